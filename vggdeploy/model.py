@@ -1,0 +1,128 @@
+"""One VGG builder for every column of the table in ``archs.py``, plus its shape walk and FLOP count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from vggdeploy.archs import LRN_ARCHS, ModelArgs
+
+
+def _make_stage(in_channels: int, width: int, kernels: tuple[int, ...], batch_norm: bool, lrn: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for index, kernel in enumerate(kernels):
+        layers.append(nn.Conv2d(in_channels, width, kernel_size=kernel, padding=kernel // 2))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(nn.ReLU(inplace=True))
+        if lrn and index == 0:
+            layers.append(nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0))  # the paper's settings
+        in_channels = width
+    layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+    return nn.Sequential(*layers)
+
+
+def _spatial_size_after(features: nn.Sequential, size: int) -> int:
+    """Side of the feature map the layers produce from a ``size``x``size`` input (no forward pass)."""
+    for layer in features.modules():
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+            kernel, stride, padding = (
+                (layer.kernel_size[0], layer.stride[0], layer.padding[0])
+                if isinstance(layer, nn.Conv2d)
+                else (layer.kernel_size, layer.stride, layer.padding)
+            )
+            size = (size + 2 * padding - kernel) // stride + 1
+    return size
+
+
+class VGG(nn.Module):
+    """VGG with a classifier sized from the real feature map, so any image size >= 32 works."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        stages, in_channels = [], args.in_channels
+        for index, (width, kernels) in enumerate(args.stages):
+            stages.append(_make_stage(in_channels, width, kernels, args.batch_norm, args.arch in LRN_ARCHS and index == 0))
+            in_channels = width
+        self.features = nn.Sequential(*stages)
+        side = _spatial_size_after(self.features, args.image_size)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * side * side, args.hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(args.dropout),
+            nn.Linear(args.hidden, args.hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(args.dropout),
+            nn.Linear(args.hidden, args.num_classes),
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # torchvision's initialisation; PyTorch's default leaves plain-SGD VGG at chance for many epochs.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(images))
+
+
+def build_model(args: ModelArgs) -> VGG:
+    return VGG(args)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    name: str
+    shape: tuple[int, ...]  # output shape without the batch axis
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    args: ModelArgs
+    shapes: tuple[LayerShape, ...]
+    parameters: int
+    gflops: float  # forward pass, one image, 2 FLOPs per multiply-add
+
+    def format(self) -> str:
+        lines = [f"{self.args.name} ({self.args.arch}, batch_norm={self.args.batch_norm}, width_ratio={self.args.width_ratio})"]
+        lines.append(f"  {'input':<24} {'x'.join(map(str, (self.args.in_channels, self.args.image_size, self.args.image_size)))}")
+        lines += [f"  {s.name:<24} {'x'.join(map(str, s.shape))}" for s in self.shapes]
+        lines.append(f"  parameters: {self.parameters:,}")
+        lines.append(f"  forward GFLOPs per image: {self.gflops:.2f}")
+        return "\n".join(lines)
+
+
+def summarize(args: ModelArgs) -> ModelSummary:
+    """Shape walk (per stage, then per classifier layer), parameter count and GFLOPs, on the meta device."""
+    with torch.device("meta"):
+        model = build_model(args)
+        images = torch.empty(1, args.in_channels, args.image_size, args.image_size)
+    shapes: list[LayerShape] = []
+    named = [(f"stage{i + 1} ({len(k)} conv)", m) for i, (m, (_, k)) in enumerate(zip(model.features, args.stages))]
+    named += [(type(m).__name__.lower(), m) for m in model.classifier if isinstance(m, (nn.Flatten, nn.Linear))]
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: shapes.append(LayerShape(name, tuple(out.shape[1:]))))
+        for name, module in named
+    ]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(images)
+    for hook in hooks:
+        hook.remove()
+    return ModelSummary(args, tuple(shapes), count_parameters(model), counter.get_total_flops() / 1e9)

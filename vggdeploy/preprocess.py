@@ -1,0 +1,139 @@
+"""Image file -> model input: the ONE definition of the preprocessing (numpy + Pillow only, no torch).
+
+Training (on tensors), ``run``, ``check``, the ONNX metadata and the non-Python consumers all follow it:
+
+1. decode; apply the EXIF orientation;
+2. grayscale in float, no rounding: ``0.299 R + 0.587 G + 0.114 B``; an alpha channel is composited over
+   black (Fashion-MNIST's background); 8-bit values are scaled by 1/255, 16-bit ones by 1/65535;
+3. resize to ``height`` x ``width`` with plain bilinear interpolation on half-pixel centres, no antialiasing
+   (``F.interpolate(mode="bilinear", align_corners=False, antialias=False)``, ONNX ``Resize`` linear/half_pixel;
+   source coordinates below 0 clamp to 0, indices past the edge clamp to the last pixel);
+4. normalise ``(x - mean) / std``; layout NCHW, float32.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vggdeploy.errors import DataError
+
+FASHION_MNIST_MEAN = 0.2860  # of the 60,000 training images scaled to [0, 1]
+FASHION_MNIST_STD = 0.3530
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's "L" conversion but without its rounding
+DEFAULT_MAX_PIXELS = 50_000_000  # larger images are refused as possible decompression bombs
+SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """The numbers of the preprocessing; serialised into the ONNX metadata."""
+
+    height: int = 224
+    width: int = 224
+    mean: float = FASHION_MNIST_MEAN
+    std: float = FASHION_MNIST_STD
+
+    def to_metadata(self) -> dict:
+        return {
+            "color": "grayscale",
+            "grayscale": "0.299*R + 0.587*G + 0.114*B in float, no rounding; alpha composited over black",
+            "scale": 1 / 255,
+            "scale_16bit": 1 / 65535,
+            "resize": {
+                "method": "bilinear",
+                "coordinate_transformation": "half_pixel",
+                "antialias": False,
+                "height": self.height,
+                "width": self.width,
+            },
+            "order": ["grayscale", "scale", "resize", "normalize"],
+            "mean": [self.mean],
+            "std": [self.std],
+            "layout": "NCHW",
+            "dtype": "float32",
+        }
+
+    @classmethod
+    def from_metadata(cls, values: dict) -> "PreprocessSpec":
+        try:
+            return cls(values["resize"]["height"], values["resize"]["width"], values["mean"][0], values["std"][0])
+        except (KeyError, IndexError, TypeError) as error:
+            raise DataError(f"the model's preprocessing metadata is incomplete: missing {error}") from None
+
+
+def decode_grayscale(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file (any format and mode Pillow reads) to a float32 HxW array in [0, 1]."""
+    name = "image bytes" if isinstance(source, bytes) else str(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                if image.width * image.height > max_pixels:
+                    raise DataError(
+                        f"{name}: {image.width}x{image.height} pixels is over the limit of {max_pixels:,} "
+                        "(possible decompression bomb; raise --max-pixels to allow it)"
+                    )
+                image = ImageOps.exif_transpose(image)
+                image.load()
+                return _to_grayscale(image)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{name}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not an image Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{name}: refused as a possible decompression bomb (raise --max-pixels to allow it)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise DataError(f"{name}: truncated or corrupt image ({error})") from None
+
+
+def _to_grayscale(image: Image.Image) -> np.ndarray:
+    if image.mode in SIXTEEN_BIT_MODES:
+        return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
+    if image.mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float32) / 255.0, 0.0, 1.0)
+    if image.mode == "L":
+        return np.asarray(image, dtype=np.float32) / 255.0
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    rgba = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32)
+    gray = rgba[..., :3] @ np.asarray(LUMA_WEIGHTS, dtype=np.float32)
+    if has_alpha:
+        gray = gray * (rgba[..., 3] / 255.0)
+    return gray / 255.0
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) weights of 1-D bilinear interpolation on half-pixel centres, no antialiasing."""
+    source = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    lower = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    upper = np.minimum(lower + 1, in_size - 1)
+    fraction = np.clip(source - lower, 0.0, 1.0)
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, lower), 1.0 - fraction)
+    np.add.at(weights, (rows, upper), fraction)
+    return weights.astype(np.float32)
+
+
+def resize_bilinear(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (..., H, W) float32 arrays; the same function as ``F.interpolate`` bilinear, half-pixel."""
+    in_height, in_width = images.shape[-2:]
+    if (in_height, in_width) == (height, width):
+        return images.astype(np.float32, copy=False)
+    return bilinear_matrix(in_height, height) @ images.astype(np.float32) @ bilinear_matrix(in_width, width).T
+
+
+def to_model_input(grays: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
+    """Grayscale [0, 1] arrays of any sizes -> one normalised (N, 1, H, W) float32 batch."""
+    resized = [resize_bilinear(gray, spec.height, spec.width) for gray in grays]
+    batch = np.stack(resized)[:, None, :, :]
+    return ((batch - np.float32(spec.mean)) / np.float32(spec.std)).astype(np.float32)
