@@ -24,7 +24,9 @@ def test_parameter_counts_match_known_values(arch, expected):
 def test_batch_norm_and_width_ratio_change_the_count():
     plain = count_parameters(_meta_model(arch="A"))
     assert count_parameters(_meta_model(arch="A", batch_norm=True)) == plain + 2 * (64 + 128 + 2 * 256 + 4 * 512)
-    assert count_parameters(_meta_model(arch="A", width_ratio=4)) < plain / 4
+    full, quarter = _meta_model(arch="A"), _meta_model(arch="A", width_ratio=4)
+    assert count_parameters(quarter.features) < count_parameters(full.features) / 15  # conv weights scale ~1/16
+    assert quarter.classifier[1].in_features == full.classifier[1].in_features // 4
 
 
 @pytest.mark.parametrize("arch", list(VGG_TABLE))
