@@ -69,7 +69,10 @@ def test_kaiming_initialisation():
     conv = model.features[0][0]
     expected_std = (2.0 / (conv.out_channels * 9)) ** 0.5
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.2)
-    assert model.classifier[1].weight.std().item() == pytest.approx(0.01, rel=0.1)
+    first = model.classifier[1]
+    assert first.weight.std().item() == pytest.approx((2.0 / first.in_features) ** 0.5, rel=0.1)
+    last = model.classifier[-1]
+    assert last.weight.std().item() == pytest.approx((1.0 / last.in_features) ** 0.5, rel=0.2)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ Heavy modules (torch, onnxruntime) are imported inside the commands that need th
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -87,3 +88,128 @@ def info(model: str | None, **options) -> None:
     from vggdeploy.model import summarize
 
     click.echo(summarize(model_args_from_options(**options)).format())
+
+
+ARTIFACTS = "artifacts"
+
+
+@main.command()
+@click.option("--preset", default=None, help="seed | full | quick [default: full with a GPU, quick without].")
+@_model_args_options
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--seed", type=int, default=None)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the model.")
+@click.option("--train-limit", type=int, default=None, help="Train on the first N images only (smoke runs).")
+@click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test images only.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder of the Fashion-MNIST .gz files.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: artifacts/<model>].")
+@click.option("--resume", is_flag=True, help="Continue from <out>/checkpoints/last.pt.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_model, data_dir, out, resume, quiet, **overrides):
+    """Train a VGG on Fashion-MNIST; writes checkpoints, metrics.jsonl and curves.png."""
+    import torch
+
+    from vggdeploy.config import preset as get_preset
+    from vggdeploy.train import train as run_training
+
+    base = get_preset(preset, torch.cuda.is_available())
+    model = model_args_from_options(
+        base.model.to_dict(), arch=arch, batch_norm=batch_norm, width_ratio=width_ratio, hidden=hidden, image_size=image_size
+    )
+    config = base.with_overrides(model=model, compile=compile_model, **overrides)
+    out_dir = out or f"{ARTIFACTS}/{model.name}"
+    result = run_training(config, out_dir, data_dir=data_dir, resume=resume, progress=not quiet)
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: only rank 0 reports
+        click.echo(result.format())
+
+
+@main.command()
+@click.option("--arch", default=None, help="Architecture whose latest trained checkpoint under artifacts/ to export.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Export this checkpoint instead.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: <model folder>/onnx].")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
+@click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (fp16 weights, fp32 I/O).")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx (static QDQ, for the CPU EP).")
+@click.option("--with-preprocessing", is_flag=True, help="Also write model.preprocess.onnx (uint8 images of any size in).")
+@click.option("--atol", type=float, default=1e-3, show_default=True, help="Max |logit difference| ORT vs torch.")
+@click.option("--parity-images", type=int, default=256, show_default=True)
+@click.option("--audit-batches", default="1,2,7,256", show_default=True, help="Batch sizes that must agree row by row.")
+@click.option("--variant-images", type=int, default=1000, show_default=True, help="Test images for the variants' accuracy.")
+@click.option("--triton-repo", type=click.Path(file_okay=False), default=None, help="Also write a Triton model repository here.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+def export(arch, checkpoint, out, opset, no_simplify, fp16, int8, with_preprocessing, atol, parity_images, audit_batches,
+           variant_images, triton_repo, data_dir):  # fmt: skip
+    """Export a trained checkpoint to a checked, simplified, self-describing ONNX model."""
+    from pathlib import Path
+
+    from vggdeploy.archs import parse_arch
+    from vggdeploy.config import ExportConfig
+    from vggdeploy.errors import UsageError
+    from vggdeploy.export import export_model, find_checkpoint
+
+    if arch is None and checkpoint is None:
+        raise UsageError("say which model: --arch A (latest trained under artifacts/) or --checkpoint PATH")
+    letter = parse_arch(arch)[0] if arch is not None else None
+    path = Path(checkpoint) if checkpoint else find_checkpoint(letter, ARTIFACTS)
+    try:
+        batches = tuple(int(size) for size in audit_batches.split(","))
+    except ValueError:
+        raise UsageError(f"--audit-batches must be comma-separated integers, got {audit_batches!r}") from None
+    config = ExportConfig(
+        opset=opset, simplify=not no_simplify, fp16=fp16, int8=int8, with_preprocessing=with_preprocessing, atol=atol,
+        parity_images=parity_images, audit_batches=batches, variant_images=variant_images,
+    )  # fmt: skip
+    out_dir = Path(out) if out else path.parent.parent / "onnx"
+    result = export_model(path, out_dir, config, expected_arch=letter, data_dir=data_dir, triton_repo=triton_repo)
+    click.echo(result.format())
+
+
+def _session_options(provider: str, **cuda_options):
+    from vggdeploy.runtime import SessionOptions
+
+    return SessionOptions(provider=provider, **{k: v for k, v in cuda_options.items() if v is not None})
+
+
+def _say_provider(model, requested: str) -> None:
+    if requested == "auto":
+        from vggdeploy.runtime import session_provider
+
+        chosen = session_provider(model.session)
+        reason = "" if chosen == "cuda" else " (no CUDA GPU found)"
+        click.echo(f"onnxruntime: using the {chosen.upper()} execution provider{reason}", err=True)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="An exported .onnx [default: the latest under artifacts/].")  # fmt: skip
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--max-pixels", type=int, default=None, help="Refuse larger images (decompression bombs) [default: 50,000,000].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
+    """Classify IMAGES (files, folders or globs; PNG, JPEG, BMP, WebP, ...) with ONNX Runtime."""
+    import json
+
+    from vggdeploy.classify import classify, latest_model
+    from vggdeploy.errors import DataError
+    from vggdeploy.preprocess import DEFAULT_MAX_PIXELS
+    from vggdeploy.runtime import load_model
+
+    model = load_model(model_path or latest_model(ARTIFACTS), _session_options(provider))
+    _say_provider(model, provider)
+    result = classify(model, list(images), top_k, batch_size, max_pixels or DEFAULT_MAX_PIXELS)
+    if as_json:
+        click.echo(json.dumps({"model": str(model.path), "predictions": [p.to_dict() for p in result.predictions],
+                               "errors": result.failures}, indent=2))  # fmt: skip
+    else:
+        click.echo(result.format_table())
+    for failure in result.failures:
+        click.echo(f"error: {failure}", err=True)
+    if result.failures:
+        raise SystemExit(DataError.exit_code)

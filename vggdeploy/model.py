@@ -63,7 +63,11 @@ class VGG(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # torchvision's initialisation; PyTorch's default leaves plain-SGD VGG at chance for many epochs.
+        # Convolutions as torchvision (Kaiming, fan_out): PyTorch's default leaves plain-SGD VGG at chance for
+        # many epochs. torchvision's fixed N(0, 0.01) for Linear layers only suits 4096-wide classifiers (narrow
+        # ones then start with a vanishing signal), so Linear layers scale with their fan-in instead: Kaiming
+        # before a ReLU, LeCun (std 1/sqrt(fan_in)) for the output layer.
+        linears = [m for m in self.modules() if isinstance(m, nn.Linear)]
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -72,7 +76,8 @@ class VGG(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
+                nonlinearity = "linear" if module is linears[-1] else "relu"
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity=nonlinearity)
                 nn.init.zeros_(module.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

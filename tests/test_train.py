@@ -1,0 +1,184 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vggdeploy.archs import ModelArgs
+from vggdeploy.checkpoint import load_checkpoint, load_model, save_checkpoint
+from vggdeploy.config import PRESETS, TrainConfig
+from vggdeploy.errors import DataError
+from vggdeploy.model import build_model
+from vggdeploy import train as train_module
+
+TINY = TrainConfig(
+    model=ModelArgs(arch="A", batch_norm=True, width_ratio=8, hidden=64, dropout=0.0, image_size=32),
+    epochs=2, batch_size=64, lr=0.1, train_limit=3000, test_limit=500, eval_batch_size=250,
+)  # fmt: skip
+
+
+def run_cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("trained")
+    return train_module.train(TINY, out, data_dir=data_dir, progress=False), out
+
+
+def test_a_short_run_learns(trained):
+    result, out = trained
+    assert result.best_accuracy > 0.6  # chance is 0.1
+    assert len(result.history) == 2 and result.images_per_second > 0
+    lines = (out / "train" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and '"test_accuracy"' in lines[0]
+    assert (out / "train" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "train" / "summary.json").is_file()
+
+
+def test_checkpoint_rebuilds_the_model_alone(trained, test_split):
+    result, out = trained
+    model, state = load_model(out / "checkpoints" / "best.pt")
+    assert state["model_args"] == TINY.model
+    assert state["test_accuracy"] == result.best_accuracy
+    assert set(state["data_checksums"]) >= {"train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}
+    assert state["versions"]["torch"] == torch.__version__
+    from vggdeploy.data import to_model_input
+    from vggdeploy.preprocess import PreprocessSpec
+
+    images, labels = test_split[0][:500], test_split[1][:500]
+    with torch.no_grad():
+        logits = model(to_model_input(images, PreprocessSpec(32, 32)))
+    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(result.best_accuracy, abs=1e-6)
+
+
+def test_saved_and_loaded_model_gives_identical_logits(tmp_path):
+    model = build_model(TINY.model).eval()
+    save_checkpoint(tmp_path / "m.pt", {"model_args": TINY.model.to_dict(), "model_state": model.state_dict()})
+    rebuilt, _ = load_model(tmp_path / "m.pt")
+    images = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(images), rebuilt(images))
+
+
+def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir, monkeypatch):
+    config = TINY.with_overrides(epochs=3, train_limit=1500)
+    whole = train_module.train(config, tmp_path / "whole", data_dir=data_dir, progress=False)
+
+    save_epoch = train_module._save_epoch
+
+    def save_then_stop(out_dir, model, optimizer, cfg, history, checksums):
+        save_epoch(out_dir, model, optimizer, cfg, history, checksums)
+        if len(history) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_epoch", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(config, tmp_path / "split", data_dir=data_dir, progress=False)
+    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(train_module, "_save_epoch", save_epoch)
+    resumed = train_module.train(config, tmp_path / "split", data_dir=data_dir, resume=True, progress=False)
+
+    assert resumed.epochs_run == 1
+    assert [h["test_accuracy"] for h in resumed.history] == [h["test_accuracy"] for h in whole.history]
+    whole_state = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")["model_state"]
+    resumed_state = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model_state"]
+    for key, value in whole_state.items():
+        assert torch.equal(value, resumed_state[key]), key
+
+
+def test_resume_refuses_other_settings(trained, data_dir):
+    _, out = trained
+    with pytest.raises(Exception, match="other settings .*lr"):
+        train_module.train(TINY.with_overrides(lr=0.3), out, data_dir=data_dir, resume=True, progress=False)
+
+
+def test_nan_loss_stops_with_one_line_error(tmp_path):
+    result = run_cli("train", "--preset", "quick", "--width-ratio", "8", "--hidden", "64", "--lr", "1e6", "--epochs", "1",
+                     "--train-limit", "2000", "--test-limit", "200", "--out", str(tmp_path), "--quiet")  # fmt: skip
+    assert result.returncode == 5
+    assert result.stderr.strip().startswith("error: the loss became nan") and "lower --lr" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "vgg12"], "unknown architecture 'vgg12'; valid: A, A-LRN"),
+        (["--image-size", "16"], "image size 16 is too small"),
+        (["--data-dir", "/nonexistent"], "data directory /nonexistent does not exist"),
+        (["--out", "/proc/forbidden"], "cannot write to output directory /proc/forbidden"),
+        (["--preset", "fast"], "unknown preset 'fast'; valid: seed, full, quick"),
+        (["--device", "cuda"], "--device cuda was asked for, but torch sees no CUDA GPU"),
+    ],
+)
+def test_bad_training_input_is_one_line(args, message):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run_cli("train", "--epochs", "1", "--train-limit", "500", *args)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
+    assert message in result.stderr
+
+
+def test_corrupt_data_is_a_one_line_error(tmp_path, data_dir):
+    from vggdeploy.data import SPLITS
+
+    for spec in (*SPLITS["train"], *SPLITS["test"]):
+        (tmp_path / spec.name).write_bytes((data_dir / spec.name).read_bytes())
+    (tmp_path / SPLITS["train"][0].name).write_bytes(b"\x1f\x8b garbage")
+    result = run_cli("train", "--epochs", "1", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 3 and "train-images-idx3-ubyte.gz: not a complete gzip file" in result.stderr
+
+
+def test_unset_flags_keep_the_preset():
+    from vggdeploy.cli import model_args_from_options
+
+    quick = PRESETS["quick"]
+    args = model_args_from_options(quick.model.to_dict(), arch=None, batch_norm=None, width_ratio=None, image_size=None)
+    assert quick.with_overrides(model=args, epochs=None, lr=None) == quick
+    assert quick.with_overrides(epochs=3).epochs == 3 and quick.with_overrides(epochs=3).lr == quick.lr
+    assert model_args_from_options(quick.model.to_dict(), arch="vgg16").batch_norm is False
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "vggdeploy-checkpoint/1", "payload": Exploit()}, path)
+    with pytest.raises(DataError, match="refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_refused(trained, tmp_path):
+    _, out = trained
+    data = (out / "checkpoints" / "best.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated or not a checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_under_torchrun(tmp_path, data_dir):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "vggdeploy", "train", "--preset", "quick",
+         "--width-ratio", "8", "--hidden", "64", "--epochs", "1", "--train-limit", "2000", "--test-limit", "400",
+         "--device", "cpu", "--out", str(tmp_path), "--quiet"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("best test accuracy") == 1  # only rank 0 reports
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1 and not any(k.startswith("module.") for k in state["model_state"])

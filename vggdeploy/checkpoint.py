@@ -1,0 +1,88 @@
+"""Checkpoints that rebuild their model alone, written atomically, loaded without executing pickled code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import platform
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from vggdeploy import __version__
+from vggdeploy.archs import ModelArgs
+from vggdeploy.errors import DataError, UsageError, VggDeployError
+
+FORMAT = "vggdeploy-checkpoint/1"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def library_versions() -> dict[str, str]:
+    return {"vggdeploy": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename, else it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
+    try:
+        yield Path(temporary)
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` (tensors, numbers, strings, lists, dicts only) with the format tag and versions."""
+    with atomic_path(path) as temporary:
+        torch.save({"format": FORMAT, "versions": library_versions(), **state}, temporary)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``: a file carrying pickled code is refused, never run."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        reason = f"a pickled {found.group(1)}" if found else "an unsupported pickled object"
+        raise DataError(f"{path}: refused, it holds objects that are not plain data ({reason}); it was not loaded") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        raise DataError(f"{path}: truncated or not a checkpoint ({str(error).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DataError(f"{path}: not a vggdeploy checkpoint (no {FORMAT!r} tag)")
+    try:
+        state["model_args"] = ModelArgs.from_dict(state["model_args"])
+    except (KeyError, TypeError, VggDeployError) as error:
+        raise DataError(f"{path}: its model arguments are unusable ({error})") from None
+    return state
+
+
+def load_model(path: str | Path, expected_arch: str | None = None):
+    """Rebuild the model stored in a checkpoint (eval mode, on the CPU) and return (model, checkpoint state)."""
+    from vggdeploy.model import build_model
+
+    state = load_checkpoint(path)
+    args: ModelArgs = state["model_args"]
+    if expected_arch is not None and args.arch != expected_arch:
+        raise UsageError(f"{path}: holds architecture {args.arch}, not {expected_arch}")
+    model = build_model(args)
+    try:
+        model.load_state_dict(state["model_state"])
+    except (KeyError, RuntimeError) as error:
+        raise DataError(f"{path}: weights do not fit {args.name} ({str(error).splitlines()[0][:160]})") from None
+    return model.eval(), state

@@ -1,0 +1,114 @@
+"""Frozen settings of each stage, and the training presets (each documented with what it reached)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from vggdeploy.archs import ModelArgs
+from vggdeploy.errors import UsageError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Presets fill these; CLI flags the user set override single fields."""
+
+    model: ModelArgs = field(default_factory=ModelArgs)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05  # peak learning rate (the one-cycle maximum, or the constant rate)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # applied to conv/linear weights only, never to biases or BatchNorm
+    schedule: str = "onecycle"  # "onecycle" (linear warm-up 20 %, cosine down) or "constant"
+    label_smoothing: float = 0.1
+    flip: bool = True  # random horizontal flips
+    shift: int = 2  # random shifts of up to this many source pixels
+    erase: float = 0.25  # random-erasing probability
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False  # torch.compile the model (pays off on a GPU for runs of several epochs)
+    eval_batch_size: int = 500
+    train_limit: int | None = None  # use only the first N training images (tests, smoke runs)
+    test_limit: int | None = None  # evaluate on the first N test images only
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise UsageError(f"learning rate must be positive, got {self.lr}")
+        if self.schedule not in ("onecycle", "constant"):
+            raise UsageError(f"schedule must be onecycle or constant, got {self.schedule!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not 0 <= self.erase <= 1 or not 0 <= self.label_smoothing < 1:
+            raise UsageError("erase must be in [0, 1] and label smoothing in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        values = dict(values)
+        return cls(**values, model=ModelArgs.from_dict(values.pop("model"))) if "model" in values else cls(**values)
+
+    def with_overrides(self, **overrides) -> "TrainConfig":
+        """Replace the fields whose override is not None (unset CLI flags never override a preset)."""
+        known = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None and k in known})
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # The seeds' recipe: VGG-11 at width ratio 4, plain SGD lr 0.05, 10 epochs, batch 128, 224 px, no augmentation.
+    "seed": TrainConfig(
+        model=ModelArgs(arch="A", width_ratio=4),
+        epochs=10, batch_size=128, lr=0.05, momentum=0.0, nesterov=False, weight_decay=0.0,
+        schedule="constant", label_smoothing=0.0, flip=False, shift=0, erase=0.0,
+    ),
+    # The deployable model (default with a GPU): VGG-11-BN at 224 px, augmentation, label smoothing, one-cycle.
+    "full": TrainConfig(
+        model=ModelArgs(arch="A", batch_norm=True), epochs=30, batch_size=256, lr=0.1, compile=True,
+    ),
+    # Default without a GPU: a narrow VGG-11-BN on 32 px inputs that trains in minutes on 2 CPU cores.
+    "quick": TrainConfig(
+        model=ModelArgs(arch="A", batch_norm=True, width_ratio=4, hidden=512, image_size=32),
+        epochs=6, batch_size=128, lr=0.1, erase=0.0,
+    ),
+}  # fmt: skip
+
+
+def preset(name: str | None, cuda_available: bool) -> TrainConfig:
+    """The named preset, or ``full`` with a GPU and ``quick`` without."""
+    name = name or ("full" if cuda_available else "quick")
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `vggdeploy export` writes and how hard it checks it."""
+
+    opset: int = 18
+    simplify: bool = True  # run onnxsim (the batch axis is verified to stay dynamic afterwards)
+    fp16: bool = False  # also write model.fp16.onnx (fp16 weights, fp32 inputs/outputs)
+    int8: bool = False  # also write model.int8.onnx (static QDQ, s8 per-channel weights, calibrated)
+    with_preprocessing: bool = False  # also write model.preprocess.onnx (uint8 images of any size in)
+    atol: float = 1e-3  # max |logit difference| allowed between ONNX Runtime fp32 and torch
+    parity_images: int = 256  # real test images for the parity check at export
+    audit_batches: tuple[int, ...] = (1, 2, 7, 256)  # batch sizes that must all give the batch-1 answers
+    golden_images: int = 10  # one test image per class, with expected logits, next to the model
+    calibration_images: int = 256  # training images that calibrate the int8 variant
+    variant_images: int = 1000  # test images on which the variants' accuracy change is measured
+    fp16_max_accuracy_drop: float = 0.0005  # fraction (0.05 percentage points)
+    int8_max_accuracy_drop: float = 0.01  # fraction (1 percentage point)
+    triton_max_batch: int = 256
+
+    def __post_init__(self) -> None:
+        if not 13 <= self.opset <= 23:
+            raise UsageError(f"opset {self.opset} is outside the supported range 13..23")
+        if not self.audit_batches or min(self.audit_batches) < 1:
+            raise UsageError("audit batches must be positive sizes")
+        for name in ("parity_images", "golden_images", "calibration_images", "variant_images"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name.replace('_', '-')} must be at least 1")

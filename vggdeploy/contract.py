@@ -1,0 +1,53 @@
+"""The contract of an exported model: input/output names, the batch axis, and the metadata keys.
+
+Export writes it, the runtime and every non-Python consumer read it; this is the one place it is defined.
+Every ``metadata_props`` value is a JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+
+from vggdeploy.errors import DataError
+
+INPUT_NAME = "images"  # float32 (batch, 1, H, W), normalised as the "preprocessing" metadata says
+OUTPUT_NAME = "logits"  # float32 (batch, classes)
+RAW_INPUT_NAME = "images_uint8"  # --with-preprocessing variant: uint8 (batch, height, width), any size
+PROBABILITIES_NAME = "probabilities"  # --with-preprocessing variant: softmax output
+BATCH_AXIS = "batch"
+FORMAT_VERSION = "1"
+
+# metadata_props keys -> what their JSON value holds
+METADATA_KEYS = {
+    "vggdeploy.format": "contract version (a string)",
+    "labels": "class names, index = output column",
+    "preprocessing": "how an image becomes the input tensor (see preprocess.PreprocessSpec.to_metadata)",
+    "io": "input and output names, dtypes, shapes with the dynamic axis names, and what the output means",
+    "model": "architecture, its name and every ModelArgs field",
+    "training": "test accuracy and epoch of the checkpoint, data checksums",
+    "export": "exporter, opset, variant (fp32/fp16/int8/preprocessing), simplification, library versions",
+    "parity": "ONNX Runtime vs torch on real test images, measured at export",
+}
+
+
+def encode_metadata(values: dict) -> dict[str, str]:
+    """Serialise each metadata section as JSON; refuses unknown keys so the README table stays complete."""
+    unknown = set(values) - set(METADATA_KEYS)
+    if unknown:
+        raise ValueError(f"undocumented metadata keys: {sorted(unknown)}")
+    return {key: json.dumps(value, sort_keys=True) for key, value in values.items()}
+
+
+def decode_metadata(props: dict[str, str], source: str) -> dict:
+    """Parse metadata_props read from a model; names the model and the key when something is off."""
+    if "vggdeploy.format" not in props:
+        raise DataError(f"{source}: no vggdeploy metadata (was it exported by 'vggdeploy export'?)")
+    decoded = {}
+    for key in METADATA_KEYS:
+        if key not in props:
+            raise DataError(f"{source}: metadata key {key!r} is missing")
+        try:
+            decoded[key] = json.loads(props[key])
+        except json.JSONDecodeError as error:
+            raise DataError(f"{source}: metadata key {key!r} is not valid JSON ({error})") from None
+    return decoded

@@ -1,0 +1,338 @@
+"""Checkpoint -> ONNX (dynamic batch) -> checker -> onnxsim -> batch audit -> parity -> metadata -> variants.
+
+Every file is checked before it is written, and written atomically: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from PIL import Image
+
+from vggdeploy import __version__
+from vggdeploy.archs import ModelArgs
+from vggdeploy.checkpoint import atomic_path, load_model
+from vggdeploy.config import ExportConfig
+from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
+from vggdeploy.data import CLASS_NAMES, load_split, to_model_input
+from vggdeploy.errors import CheckFailed, DataError, UsageError
+from vggdeploy.parity import ParityResult, compare_logits
+from vggdeploy.preprocess import PreprocessSpec, decode_grayscale
+from vggdeploy.preprocess import to_model_input as numpy_model_input
+from vggdeploy.report import markdown_table, write_json, write_text
+from vggdeploy.graph import GraphStats, attach_metadata, check_proto, io_section, run_session, save_onnx
+from vggdeploy.runtime import ORT_SUPPORTED_IR_VERSION, SessionOptions, create_session
+
+AUDIT_ATOL = 1e-4  # a batched row may differ from its batch-1 answer by float summation order only
+
+
+@dataclass(frozen=True)
+class BatchAudit:
+    batch_sizes: tuple[int, ...]
+    max_abs_diff: float  # worst row vs the batch-1 answer for the same image
+    labels_equal: bool
+
+    def __bool__(self) -> bool:
+        return self.labels_equal and self.max_abs_diff <= AUDIT_ATOL
+
+    def format(self) -> str:
+        verdict = "ok" if self else "FAILED"
+        return f"batch audit {list(self.batch_sizes)}: max |row - batch-1 row| {self.max_abs_diff:.3g} -> {verdict}"
+
+
+@dataclass
+class ExportResult:
+    model_path: Path
+    before: GraphStats
+    after: GraphStats
+    audit: BatchAudit
+    parity: ParityResult
+    variants: dict[str, dict] = field(default_factory=dict)  # name -> {path, bytes, nodes, parity, ...}
+
+    def format(self) -> str:
+        lines = [
+            f"wrote {self.model_path} ({self.model_path.stat().st_size / 1e6:.2f} MB)",
+            f"  graph: {self.before.nodes} nodes ({self.before.bytes / 1e6:.2f} MB) -> simplified "
+            f"{self.after.nodes} nodes ({self.after.bytes / 1e6:.2f} MB): {self.after.ops}",
+            f"  {self.audit.format()}",
+            f"  parity {self.parity.format()}",
+        ]
+        for name, variant in self.variants.items():
+            lines.append(f"  {name}: {variant['path']} ({variant['bytes'] / 1e6:.2f} MB) {variant['summary']}")
+        return "\n".join(lines)
+
+
+def find_checkpoint(arch: str, root: str | Path = "artifacts") -> Path:
+    """The most recent ``best.pt`` under ``root`` whose model has this architecture letter."""
+    from vggdeploy.checkpoint import load_checkpoint
+
+    candidates = sorted(Path(root).glob("*/checkpoints/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        try:
+            if load_checkpoint(path)["model_args"].arch == arch:
+                return path
+        except DataError:
+            continue
+    raise UsageError(f"no trained checkpoint for architecture {arch} under {root}/ (train one, or pass --checkpoint)")
+
+
+def to_onnx(model: torch.nn.Module, args: ModelArgs, opset: int) -> onnx.ModelProto:
+    """torch.export-based exporter with a dynamic batch axis (cleaner graph than the TorchScript tracer)."""
+    example = torch.zeros(2, args.in_channels, args.image_size, args.image_size)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # exporter progress lines
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim(BATCH_AXIS)}}, opset_version=opset,
+            dynamo=True, optimize=True, verbose=False,
+        )  # fmt: skip
+    proto = program.model_proto
+    proto.ir_version = min(proto.ir_version, ORT_SUPPORTED_IR_VERSION)
+    _name_batch_axis(proto)
+    return proto
+
+
+def _name_batch_axis(proto: onnx.ModelProto) -> None:
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS
+
+
+def batch_is_dynamic(proto: onnx.ModelProto) -> bool:
+    return all(v.type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS for v in (*proto.graph.input, *proto.graph.output))
+
+
+def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
+
+    simplified, ok = onnxsim.simplify(proto)
+    if not ok:
+        raise CheckFailed("onnxsim could not validate the simplified model against the original")
+    if not batch_is_dynamic(simplified):
+        raise CheckFailed("onnxsim froze the batch axis; export again with --no-simplify")
+    simplified.ir_version = min(simplified.ir_version, ORT_SUPPORTED_IR_VERSION)
+    return simplified
+
+
+def audit_batches(session, inputs: np.ndarray, batch_sizes: tuple[int, ...]) -> BatchAudit:
+    """Every row of every batch size must equal the batch-1 answer for that image."""
+    largest = min(max(batch_sizes), len(inputs))
+    singles = run_session(session, inputs[:largest], chunk=1)
+    worst, labels_equal = 0.0, True
+    for size in sorted({min(s, largest) for s in batch_sizes}):
+        batched = run_session(session, inputs[:size], chunk=size)
+        worst = max(worst, float(np.abs(batched - singles[:size]).max()))
+        labels_equal &= bool((batched.argmax(1) == singles[:size].argmax(1)).all())
+    return BatchAudit(tuple(sorted({min(s, largest) for s in batch_sizes})), worst, labels_equal)
+
+
+def torch_logits(model: torch.nn.Module, inputs: np.ndarray, chunk: int = 256) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([model(torch.from_numpy(inputs[i : i + chunk])) for i in range(0, len(inputs), chunk)]).numpy()
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import onnxsim
+
+    return {"vggdeploy": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "onnxsim": onnxsim.__version__}  # fmt: skip
+
+
+def build_metadata(args: ModelArgs, state: dict, config: ExportConfig, variant: str, parity: dict, raw_input: bool) -> dict:
+    spec = PreprocessSpec(args.image_size, args.image_size)
+    return {
+        "vggdeploy.format": FORMAT_VERSION,
+        "labels": list(CLASS_NAMES[: args.num_classes]),
+        "preprocessing": spec.to_metadata(),
+        "io": io_section(args, raw_input),
+        "model": {"name": args.name, **args.to_dict()},
+        "training": {
+            "test_accuracy": state.get("test_accuracy"),
+            "epoch": state.get("epoch"),
+            "data_checksums": state.get("data_checksums"),
+        },
+        "export": {
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "opset": config.opset,
+            "variant": variant,
+            "simplified": config.simplify,
+            "versions": _versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "parity": parity,
+    }
+
+
+def export_model(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    config: ExportConfig = ExportConfig(),
+    expected_arch: str | None = None,
+    data_dir=None,
+    triton_repo: str | Path | None = None,
+) -> ExportResult:
+    """Export, check and describe a checkpoint's model; returns the figures measured on the way."""
+    out_dir = Path(out_dir)
+    model, state = load_model(checkpoint, expected_arch)
+    args: ModelArgs = state["model_args"]
+    spec = PreprocessSpec(args.image_size, args.image_size)
+    test_images, test_labels = load_split("test", data_dir)
+    count = max(config.parity_images, max(config.audit_batches), config.golden_images)
+    inputs = to_model_input(test_images[:count], spec).numpy()
+    labels = test_labels.numpy()
+    _check_writable(out_dir)
+
+    exported = to_onnx(model, args, config.opset)
+    check_proto(exported)
+    before = GraphStats.of(exported)
+    final = simplify(exported) if config.simplify else exported
+    check_proto(final)
+    session = create_session(final.SerializeToString(), SessionOptions(provider="cpu"))
+
+    audit = audit_batches(session, inputs, config.audit_batches)
+    if not audit:
+        raise CheckFailed(audit.format())
+    parity_inputs = inputs[: config.parity_images]
+    reference = torch_logits(model, parity_inputs)
+    parity = compare_logits(
+        "onnxruntime-cpu fp32 vs torch fp32", reference, run_session(session, parity_inputs),
+        labels[: len(parity_inputs)], atol=config.atol,
+    )  # fmt: skip
+    if not parity:
+        raise CheckFailed(f"parity at export: {parity.format()}")
+
+    model_path = out_dir / "model.onnx"
+    attach_metadata(final, build_metadata(args, state, config, "fp32", _parity_summary(parity), raw_input=False))
+    save_onnx(final, model_path)
+    result = ExportResult(model_path, before, GraphStats.of(final), audit, parity)
+    write_golden_vectors(out_dir / "golden", session, test_images, labels, spec, config.golden_images)
+
+    if config.fp16 or config.int8 or config.with_preprocessing:
+        from vggdeploy import variants
+
+        variant_inputs = to_model_input(test_images[: config.variant_images], spec).numpy()
+        result.variants = variants.write_variants(
+            final, session, model_path, config, variant_inputs, labels[: config.variant_images], test_images, data_dir
+        )
+    if triton_repo is not None:
+        write_triton_repository(Path(triton_repo), final, args, config)
+    _write_report(out_dir, result, args)
+    return result
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to output directory {out_dir}: {error.strerror or error}") from None
+
+
+def _parity_summary(parity: ParityResult) -> dict:
+    keys = ("name", "images", "max_abs_diff", "mean_abs_diff", "min_cosine", "top1_agreement", "atol")
+    return {key: getattr(parity, key) for key in keys}
+
+
+def write_golden_vectors(folder: Path, session, test_images: torch.Tensor, labels: np.ndarray, spec: PreprocessSpec, count: int) -> None:
+    """The first test image of each class (up to ``count``) as PNG, with the logits this model gives for it.
+
+    The logits are computed from the PNG file through ``preprocess.py``, exactly as a consumer would.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    picks = [int(np.flatnonzero(labels == c)[0]) for c in range(len(CLASS_NAMES))][:count]
+    entries = []
+    for index in picks:
+        name = f"test{index:05d}.png"
+        buffer = io.BytesIO()
+        Image.fromarray(test_images[index].numpy(), mode="L").save(buffer, format="PNG")
+        write_bytes_atomic(folder / name, buffer.getvalue())
+        model_input = numpy_model_input([decode_grayscale(buffer.getvalue())], spec)
+        logits = session.run(None, {session.get_inputs()[0].name: model_input})[0][0]
+        entries.append({
+            "file": name, "test_index": index, "label": int(labels[index]), "label_name": CLASS_NAMES[labels[index]],
+            "predicted": int(logits.argmax()), "logits": [float(v) for v in logits],
+        })  # fmt: skip
+    write_json(folder / "golden.json", {"tolerance": {"logits_atol": 1e-3}, "images": entries})
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def write_triton_repository(repo: Path, proto: onnx.ModelProto, args: ModelArgs, config: ExportConfig) -> Path:
+    """A Triton model repository: ``<name>/config.pbtxt`` (onnxruntime backend, dynamic batching), ``<name>/1/model.onnx``."""
+    name = args.name.replace("-", "_")
+    folder = repo / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    save_onnx(proto, folder / "1" / "model.onnx")
+    write_text(folder / "labels.txt", "\n".join(CLASS_NAMES[: args.num_classes]) + "\n")
+    preferred = [size for size in (8, 32, 64, 128, config.triton_max_batch) if size <= config.triton_max_batch]
+    write_text(
+        folder / "config.pbtxt",
+        f'''name: "{name}"
+backend: "onnxruntime"
+max_batch_size: {config.triton_max_batch}
+input [
+  {{
+    name: "{INPUT_NAME}"
+    data_type: TYPE_FP32
+    dims: [ {args.in_channels}, {args.image_size}, {args.image_size} ]
+  }}
+]
+output [
+  {{
+    name: "{OUTPUT_NAME}"
+    data_type: TYPE_FP32
+    dims: [ {args.num_classes} ]
+    label_filename: "labels.txt"
+  }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ {", ".join(map(str, sorted(set(preferred))))} ]
+  max_queue_delay_microseconds: 100
+}}
+instance_group [
+  {{
+    count: 1
+    kind: KIND_GPU
+  }}
+]
+''',
+    )
+    return folder
+
+
+def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
+    data = {
+        "model": str(result.model_path),
+        "arch": args.to_dict(),
+        "graph_before": result.before.__dict__,
+        "graph_after": result.after.__dict__,
+        "file_bytes": result.model_path.stat().st_size,
+        "batch_audit": {**result.audit.__dict__, "passed": bool(result.audit)},
+        "parity": result.parity.to_dict(),
+        "variants": result.variants,
+    }
+    write_json(out_dir / "export_report.json", data)
+    rows = [{"file": "model.onnx", "MB": result.model_path.stat().st_size / 1e6, "nodes": result.after.nodes,
+             "summary": result.parity.format()}]  # fmt: skip
+    rows += [{"file": Path(v["path"]).name, "MB": v["bytes"] / 1e6, "nodes": v["nodes"], "summary": v["summary"]}
+             for v in result.variants.values()]  # fmt: skip
+    write_text(
+        out_dir / "export_report.md",
+        f"# Export of {args.name}\n\n{result.audit.format()}\n\n"
+        f"Graph before simplification: {result.before.nodes} nodes; after: {result.after.nodes} nodes "
+        f"`{json.dumps(result.after.ops)}`\n\n" + markdown_table(rows, ["file", "MB", "nodes", "summary"]),
+    )

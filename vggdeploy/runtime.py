@@ -1,0 +1,189 @@
+"""ONNX Runtime sessions (one factory: provider choice, no silent fallback, quiet logs) and model loading.
+
+Imports only numpy, onnx and onnxruntime, so ``vggdeploy run`` works on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from vggdeploy.contract import INPUT_NAME, RAW_INPUT_NAME, decode_metadata
+from vggdeploy.errors import DataError, UsageError, VggDeployError
+
+ORT_SUPPORTED_IR_VERSION = 10  # onnx >= 1.19 writes IR 11+ by default; ONNX Runtime 1.31 reads up to 13
+
+
+class ProviderUnavailable(VggDeployError):
+    """CUDA was asked for and ONNX Runtime could not give it."""
+
+    exit_code = 6
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Execution-provider settings that matter for VGG (CUDA EP options follow ONNX Runtime's names)."""
+
+    provider: str = "auto"  # auto | cuda | cpu
+    use_tf32: bool = False  # off: strict fp32 parity; on: TF32 tensor cores for fp32 convolutions
+    prefer_nhwc: bool = False  # CUDA EP: NHWC convolution kernels (fast with fp16 tensor cores)
+    enable_cuda_graph: bool = False  # CUDA EP: replay one captured graph (needs fixed shapes and IO binding)
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"  # EXHAUSTIVE | HEURISTIC | DEFAULT
+    intra_op_threads: int = 0  # CPU EP threads; 0 = one per physical core
+    extra: dict = field(default_factory=dict)  # more CUDA EP options, passed through
+
+
+def cuda_driver_present() -> bool:
+    """True when an NVIDIA driver answers with at least one device (no ONNX Runtime log noise)."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return libcuda.cuInit(0) == 0 and libcuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Capture what native code writes to fd 2 (ONNX Runtime logs there, not through Python)."""
+    lines: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read().decode(errors="replace").splitlines())
+
+
+def _fallback_reason(log_lines: list[str]) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(log_lines))
+    match = re.search(r"with error: ([^\n]+)", text) or re.search(r"(Failed to create CUDAExecutionProvider[^\n]*?)\. ", text)
+    return match.group(1).strip() if match else "ONNX Runtime did not say why"
+
+
+def create_session(model: str | Path | bytes, options: SessionOptions = SessionOptions()):
+    """An InferenceSession on the requested provider; asking for CUDA and getting CPU is an error with the reason."""
+    import onnxruntime as ort
+
+    if options.provider not in ("auto", "cuda", "cpu"):
+        raise UsageError(f"provider must be auto, cuda or cpu, got {options.provider!r}")
+    use_cuda = options.provider == "cuda" or (options.provider == "auto" and cuda_driver_present())
+    if options.provider == "cuda" and not cuda_driver_present():
+        raise ProviderUnavailable("CUDA was asked for, but no NVIDIA driver with a GPU was found (libcuda.so.1)")
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = 3  # errors only; warnings about memcpy nodes etc. stay out of user output
+    session_options.intra_op_num_threads = options.intra_op_threads
+    providers: list = ["CPUExecutionProvider"]
+    if use_cuda:
+        cuda_options = {
+            "use_tf32": int(options.use_tf32),
+            "prefer_nhwc": int(options.prefer_nhwc),
+            "enable_cuda_graph": int(options.enable_cuda_graph),
+            "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
+            **options.extra,
+        }
+        providers.insert(0, ("CUDAExecutionProvider", cuda_options))
+        if hasattr(ort, "preload_dlls"):
+            with _captured_stderr():
+                ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels that torch installs
+    source = str(model) if isinstance(model, Path) else model
+    try:
+        with _captured_stderr() as log:
+            session = ort.InferenceSession(source, sess_options=session_options, providers=providers)
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own Fail/InvalidGraph/... types
+        name = "model bytes" if isinstance(model, bytes) else str(model)
+        raise DataError(f"{name}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:200]})") from None
+    if use_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
+        if options.provider == "cuda":
+            raise ProviderUnavailable(f"CUDA was asked for, but ONNX Runtime fell back to CPU: {_fallback_reason(log)}")
+        session = ort.InferenceSession(source, sess_options=session_options, providers=["CPUExecutionProvider"])
+    return session
+
+
+def session_provider(session) -> str:
+    return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The decoded vggdeploy metadata of an .onnx file (without loading its weights into memory twice)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such model file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise DataError(f"{path}: not an ONNX model ({str(error).splitlines()[0][:160] or type(error).__name__})") from None
+    return decode_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
+
+
+def describe_onnx(path: str | Path) -> str:
+    """Human-readable summary of an exported model: metadata, inputs, outputs, opset, size."""
+    import json
+
+    import onnx
+
+    path = Path(path)
+    metadata = read_metadata(path)
+    proto = onnx.load(str(path), load_external_data=False)
+
+    def shape(value_info) -> str:
+        dims = value_info.type.tensor_type.shape.dim
+        return "x".join(d.dim_param or str(d.dim_value) for d in dims)
+
+    dtype = lambda v: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name  # noqa: E731
+    lines = [f"{path} ({path.stat().st_size / 1e6:.2f} MB, opset {proto.opset_import[0].version}, IR {proto.ir_version})"]
+    lines += [f"  input  {v.name}: {dtype(v)} {shape(v)}" for v in proto.graph.input]
+    lines += [f"  output {v.name}: {dtype(v)} {shape(v)}" for v in proto.graph.output]
+    lines += [f"  {key}: {json.dumps(value)}" for key, value in metadata.items()]
+    return "\n".join(lines)
+
+
+@dataclass
+class LoadedModel:
+    """A session with the model's own description: labels, preprocessing and input contract."""
+
+    path: Path
+    session: object
+    metadata: dict
+
+    @property
+    def labels(self) -> list[str]:
+        return self.metadata["labels"]
+
+    @property
+    def takes_raw_images(self) -> bool:
+        return self.metadata["io"]["input"]["name"] == RAW_INPUT_NAME
+
+
+def load_model(path: str | Path, options: SessionOptions = SessionOptions()) -> LoadedModel:
+    """Open an exported model and check that its graph matches its metadata."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    session = create_session(path, options)
+    expected = metadata["io"]["input"]["name"]
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != expected:
+        raise DataError(f"{path}: the graph's inputs {[i.name for i in inputs]} do not match its metadata ({expected!r})")
+    if expected == INPUT_NAME and list(inputs[0].shape[1:]) != metadata["io"]["input"]["shape"][1:]:
+        raise DataError(f"{path}: the graph's input shape {inputs[0].shape} does not match its metadata")
+    return LoadedModel(path, session, metadata)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)

@@ -1,0 +1,304 @@
+"""The training loop: device-resident data, one-cycle SGD, per-epoch checkpoints, exact resume, optional DDP.
+
+Randomness is re-seeded from (seed, epoch) at every epoch start, so a run resumed from the checkpoint of
+epoch k draws exactly what the uninterrupted run drew: the RNG state is a function of what the checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vggdeploy.checkpoint import library_versions, load_checkpoint, save_checkpoint
+from vggdeploy.config import TrainConfig
+from vggdeploy.data import Augmentation, data_checksums, iterate_batches, load_split
+from vggdeploy.errors import UsageError, VggDeployError
+from vggdeploy.model import build_model, summarize
+from vggdeploy.preprocess import PreprocessSpec
+from vggdeploy.report import plot_training_curves, write_json, write_jsonl
+
+PROGRESS_EVERY = 20  # steps between progress updates (each one synchronises with the device)
+PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense tensor-core peaks
+
+
+class TrainingDiverged(VggDeployError):
+    exit_code = 5
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    best_accuracy: float
+    final_accuracy: float
+    epochs_run: int
+    wall_seconds: float
+    images_per_second: float  # training throughput over the epochs this run trained (all ranks together)
+    peak_fraction: float | None  # of the GPU's bf16 tensor peak; None on the CPU
+    history: list[dict]
+
+    def format(self) -> str:
+        peak = f", {self.peak_fraction:.1%} of bf16 peak" if self.peak_fraction is not None else ""
+        return (
+            f"best test accuracy {self.best_accuracy:.2%}, final {self.final_accuracy:.2%} after {self.epochs_run} "
+            f"epochs in {self.wall_seconds:.0f} s ({self.images_per_second:,.0f} train img/s{peak}); "
+            f"checkpoints in {self.out_dir / 'checkpoints'}"
+        )
+
+
+@dataclass(frozen=True)
+class _Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _start_distributed(device: torch.device) -> _Distributed:
+    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return _Distributed()
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Distributed(dist.get_rank(), world)
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """One-cycle: linear warm-up over 20 % of the steps from lr/25, then cosine down to lr/1e4."""
+    if config.schedule == "constant":
+        return config.lr
+    warmup = max(1, int(0.2 * total_steps))
+    if step < warmup:
+        return config.lr * (1 / 25 + (1 - 1 / 25) * step / warmup)
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return config.lr * (1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out_dir / "checkpoints" / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to output directory {out_dir}: {error.strerror or error}") from None
+
+
+def _peak_fraction(device: torch.device, images_per_second: float, forward_gflops: float) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((tflops for key, tflops in PEAK_TFLOPS_BF16.items() if key in name), None)
+    return None if peak is None else images_per_second * 3 * forward_gflops * 1e9 / (peak * 1e12)
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, spec: PreprocessSpec, batch_size: int, distributed=_Distributed()) -> tuple[float, float]:
+    """(mean loss, accuracy) on the given split; with DDP each rank takes its shard and the sums are reduced."""
+    model.eval()
+    totals = torch.zeros(3, device=images.device, dtype=torch.float64)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda")
+    for batch, target in iterate_batches(images, labels, batch_size, spec, shard=(distributed.rank, distributed.world)):
+        with autocast:
+            logits = model(batch).float()
+        totals += torch.stack(
+            [F.cross_entropy(logits, target, reduction="sum"), (logits.argmax(1) == target).sum(), torch.tensor(len(target))]
+        ).to(totals)
+    if distributed.world > 1:
+        dist.all_reduce(totals)
+    return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+
+
+def _load_data(config: TrainConfig, data_dir, device: torch.device):
+    train_images, train_labels = load_split("train", data_dir)
+    test_images, test_labels = load_split("test", data_dir)
+    train_images, train_labels = train_images[: config.train_limit], train_labels[: config.train_limit]
+    test_images, test_labels = test_images[: config.test_limit], test_labels[: config.test_limit]
+    return [t.to(device) for t in (train_images, train_labels, test_images, test_labels)]
+
+
+def _resume_state(out_dir: Path, config: TrainConfig) -> dict | None:
+    path = out_dir / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise UsageError(f"--resume: no checkpoint to resume at {path}")
+    state = load_checkpoint(path)
+    saved = TrainConfig.from_dict(state["train_config"])
+    differing = [k for k, v in config.to_dict().items() if k != "device" and saved.to_dict()[k] != v]
+    if differing:
+        raise UsageError(f"--resume: {path} was trained with other settings ({', '.join(differing)}); use the same ones")
+    return state
+
+
+def train(config: TrainConfig, out_dir: str | Path, data_dir=None, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``config`` into ``out_dir`` (checkpoints/, train/); resumable from ``checkpoints/last.pt``."""
+    out_dir = Path(out_dir)
+    device = resolve_device(config.device)
+    distributed = _start_distributed(device)
+    try:
+        return _train(config, out_dir, data_dir, resume, progress, device, distributed)
+    finally:
+        if distributed.world > 1:
+            dist.destroy_process_group()
+
+
+def _train(config, out_dir, data_dir, resume, progress, device, distributed) -> TrainResult:
+    if distributed.is_main:
+        _check_writable(out_dir)
+    state = _resume_state(out_dir, config) if resume else None
+    train_images, train_labels, test_images, test_labels = _load_data(config, data_dir, device)
+    spec = PreprocessSpec(config.model.image_size, config.model.image_size)
+    augmentation = Augmentation(config.flip, config.shift, config.erase)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model).to(device)
+    optimizer = _optimizer(model, config)
+    history: list[dict] = []
+    if state is not None:
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        history = list(state["metrics"])
+    start_epoch = len(history)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    trained = torch.nn.parallel.DistributedDataParallel(model) if distributed.world > 1 else model
+    runner = torch.compile(trained) if config.compile else trained
+    steps_per_epoch = len(train_images) // distributed.world // config.batch_size
+    if steps_per_epoch == 0:
+        raise UsageError(f"batch size {config.batch_size} is larger than the {len(train_images)} training images per process")
+    total_steps = steps_per_epoch * config.epochs
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    forward_gflops = summarize(config.model).gflops
+    checksums = data_checksums(data_dir)
+
+    started, trained_images, train_seconds = time.perf_counter(), 0, 0.0
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout; shuffling and augmentation use the generator
+        generator = torch.Generator(device).manual_seed(config.seed * 100_003 + epoch)
+        runner.train()
+        running = torch.zeros(3, device=device)
+        epoch_start = time.perf_counter()
+        batches = iterate_batches(
+            train_images, train_labels, config.batch_size, spec, generator, augmentation,
+            shard=(distributed.rank, distributed.world), drop_last=True,
+        )  # fmt: skip
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                   disable=not (progress and distributed.is_main), leave=True, dynamic_ncols=True)  # fmt: skip
+        for step, (batch, target) in enumerate(bar):
+            global_step = epoch * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, global_step, total_steps)
+            if device.type == "cuda":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                logits = runner(batch)
+                loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += torch.stack([loss.detach() * len(target), (logits.argmax(1) == target).sum(), torch.tensor(len(target), device=device)])
+            if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps_per_epoch:
+                seen = running[2].item()
+                mean_loss = running[0].item() / seen
+                if not math.isfinite(mean_loss):
+                    raise TrainingDiverged(
+                        f"the loss became {mean_loss} in epoch {epoch + 1} by step {step + 1} "
+                        f"(lr {config.lr:g}); lower --lr. Nothing was saved from this epoch"
+                    )
+                rate = seen * distributed.world / (time.perf_counter() - epoch_start)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{running[1].item() / seen:.3f}", img_s=f"{rate:,.0f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_train_seconds = time.perf_counter() - epoch_start
+        train_seconds += epoch_train_seconds
+        trained_images += int(running[2].item()) * distributed.world
+        if distributed.world > 1:
+            dist.all_reduce(running)
+        test_loss, test_accuracy = evaluate(runner, test_images, test_labels, spec, config.eval_batch_size, distributed)
+        history.append({
+            "epoch": epoch + 1,
+            "train_loss": running[0].item() / running[2].item(),
+            "train_accuracy": running[1].item() / running[2].item(),
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "lr_end": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - epoch_start,
+            "train_images_per_second": running[2].item() / epoch_train_seconds,
+        })  # fmt: skip
+        if distributed.is_main:
+            _save_epoch(out_dir, model, optimizer, config, history, checksums)
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}")
+
+    rate = trained_images / train_seconds if train_seconds else 0.0
+    best = max(row["test_accuracy"] for row in history)
+    result = TrainResult(
+        out_dir, best, history[-1]["test_accuracy"], len(history) - start_epoch, time.perf_counter() - started,
+        rate, _peak_fraction(device, rate, forward_gflops), history,
+    )  # fmt: skip
+    if distributed.is_main:
+        _write_reports(out_dir, config, result, device)
+    return result
+
+
+def _save_epoch(out_dir: Path, model, optimizer, config: TrainConfig, history: list[dict], checksums: dict) -> None:
+    state = {
+        "model_args": config.model.to_dict(),
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer_state": optimizer.state_dict(),
+        "train_config": config.to_dict(),
+        "epoch": len(history),
+        "metrics": history,
+        "test_accuracy": history[-1]["test_accuracy"],
+        "data_checksums": checksums,
+    }
+    save_checkpoint(out_dir / "checkpoints" / "last.pt", state)
+    if history[-1]["test_accuracy"] >= max(row["test_accuracy"] for row in history):
+        save_checkpoint(out_dir / "checkpoints" / "best.pt", {k: v for k, v in state.items() if k != "optimizer_state"})
+    write_jsonl(out_dir / "train" / "metrics.jsonl", history)
+
+
+def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, device: torch.device) -> None:
+    plot_training_curves(out_dir / "train" / "curves.png", result.history, f"{config.model.name} on Fashion-MNIST")
+    write_json(
+        out_dir / "train" / "summary.json",
+        {
+            "model": config.model.name,
+            "best_test_accuracy": result.best_accuracy,
+            "final_test_accuracy": result.final_accuracy,
+            "epochs_this_run": result.epochs_run,
+            "wall_seconds": result.wall_seconds,
+            "train_images_per_second": result.images_per_second,
+            "bf16_peak_fraction": result.peak_fraction,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+            "config": config.to_dict(),
+            "versions": library_versions(),
+        },
+    )

@@ -1,0 +1,190 @@
+"""Derived models of an exported fp32 model: fp16 weights, int8 (static QDQ) and in-graph preprocessing.
+
+Each variant is checked against the fp32 model on real test images before it is written.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from vggdeploy.archs import ModelArgs
+from vggdeploy.config import ExportConfig
+from vggdeploy.contract import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, RAW_INPUT_NAME
+from vggdeploy.data import load_split, to_model_input
+from vggdeploy.errors import CheckFailed
+from vggdeploy.graph import GraphStats, attach_metadata, check_proto, io_section, run_session, save_onnx
+from vggdeploy.parity import ParityResult, compare_logits
+from vggdeploy.preprocess import PreprocessSpec
+from vggdeploy.runtime import ORT_SUPPORTED_IR_VERSION, SessionOptions, create_session
+
+PREPROCESSING_ATOL = 1e-3  # in-graph resize/normalise vs the numpy preprocessing, on probabilities
+
+
+def write_variants(
+    fp32: onnx.ModelProto, fp32_session, model_path: Path, config: ExportConfig, inputs: np.ndarray,
+    labels: np.ndarray, test_images: torch.Tensor, data_dir,
+) -> dict[str, dict]:  # fmt: skip
+    """Write the variants the config asks for beside ``model_path``; returns their figures by name."""
+    reference = run_session(fp32_session, inputs)
+    metadata = _metadata_of(fp32)
+    written: dict[str, dict] = {}
+
+    def finish(name: str, proto: onnx.ModelProto, parity: ParityResult, extra: dict, raw_input: bool = False) -> None:
+        path = model_path.with_name(f"model.{name}.onnx")
+        sections = dict(metadata)
+        sections["export"] = {**metadata["export"], "variant": name}
+        sections["parity"] = {**parity.to_dict(), "flips": []}
+        if raw_input:
+            args = ModelArgs.from_dict({k: v for k, v in metadata["model"].items() if k != "name"})
+            sections["io"] = io_section(args, raw_input=True)
+        attach_metadata(proto, sections)
+        save_onnx(proto, path)
+        written[name] = {"path": str(path), "bytes": path.stat().st_size, "nodes": GraphStats.of(proto).nodes,
+                         "parity": parity.to_dict(), **extra, "summary": parity.format()}  # fmt: skip
+
+    if config.fp16:
+        proto = to_fp16(fp32)
+        session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
+        parity = compare_logits("fp16 vs fp32 (onnxruntime)", reference, run_session(session, inputs), labels)
+        _check_accuracy(parity, config.fp16_max_accuracy_drop)
+        finish("fp16", proto, parity, {})
+    if config.int8:
+        args_size = fp32.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
+        calibration = _calibration_inputs(config.calibration_images, args_size, data_dir)
+        proto = to_int8(fp32, calibration)
+        session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
+        parity = compare_logits("int8 vs fp32 (onnxruntime)", reference, run_session(session, inputs), labels)
+        _check_accuracy(parity, config.int8_max_accuracy_drop)
+        speed = {"cpu_batch1_ms_fp32": _batch1_ms(fp32_session, inputs), "cpu_batch1_ms_int8": _batch1_ms(session, inputs)}
+        speed["cpu_speedup"] = speed["cpu_batch1_ms_fp32"] / speed["cpu_batch1_ms_int8"]
+        finish("int8", proto, parity, speed)
+    if config.with_preprocessing:
+        spec = PreprocessSpec.from_metadata(metadata["preprocessing"])
+        proto = with_preprocessing(fp32, spec)
+        session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
+        raw = test_images[: len(inputs)].numpy()
+        expected = _softmax(reference)
+        parity = compare_logits("uint8 in-graph preprocessing vs numpy preprocessing + fp32", expected,
+                                run_session(session, raw), labels, atol=PREPROCESSING_ATOL)  # fmt: skip
+        if not parity:
+            raise CheckFailed(f"preprocessing variant: {parity.format()}")
+        finish("preprocess", proto, parity, {}, raw_input=True)
+    return written
+
+
+def _metadata_of(proto: onnx.ModelProto) -> dict:
+    import json
+
+    return {p.key: json.loads(p.value) for p in proto.metadata_props}
+
+
+def _check_accuracy(parity: ParityResult, max_drop: float) -> None:
+    if parity.accuracy_change is not None and -parity.accuracy_change > max_drop:
+        raise CheckFailed(f"{parity.format()}: accuracy fell by more than {max_drop * 100:.2f} pp")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    from vggdeploy.runtime import softmax
+
+    return softmax(logits.astype(np.float64)).astype(np.float32)
+
+
+def _batch1_ms(session, inputs: np.ndarray, repeats: int = 20) -> float:
+    name = session.get_inputs()[0].name
+    session.run(None, {name: inputs[:1]})
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {name: inputs[i % len(inputs) : i % len(inputs) + 1]})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and activations, fp32 inputs and outputs (a Cast at each end)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=False)
+    proto.ir_version = min(proto.ir_version, ORT_SUPPORTED_IR_VERSION)
+    return proto
+
+
+def _calibration_inputs(count: int, image_size: int, data_dir) -> np.ndarray:
+    """Training images (never test images) preprocessed as at test time: the int8 calibration set."""
+    images, _ = load_split("train", data_dir)
+    step = max(1, len(images) // count)
+    return to_model_input(images[::step][:count], PreprocessSpec(image_size, image_size)).numpy()
+
+
+def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
+    """Static QDQ quantisation: s8 per-channel weights, u8 activations, MinMax calibration."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(calibration[i : i + 32] for i in range(0, len(calibration), 32))
+
+        def get_next(self):
+            batch = next(self._batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, prepared, target = (Path(folder) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
+        onnx.save(fp32, str(source))
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # shape inference + graph fusions
+        quantize_static(
+            str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+        )  # fmt: skip
+        proto = onnx.load(str(target))
+    proto.ir_version = min(proto.ir_version, ORT_SUPPORTED_IR_VERSION)
+    return proto
+
+
+def with_preprocessing(fp32: onnx.ModelProto, spec: PreprocessSpec) -> onnx.ModelProto:
+    """Prepend uint8 (batch, height, width) -> resize -> normalise, append softmax: a service only decodes."""
+    opset = next(o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx"))
+    constants = [
+        helper.make_tensor("pre_scale", TensorProto.FLOAT, [], [255.0]),
+        helper.make_tensor("pre_mean", TensorProto.FLOAT, [], [spec.mean]),
+        helper.make_tensor("pre_std", TensorProto.FLOAT, [], [spec.std]),
+        helper.make_tensor("pre_axes", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("pre_hw", TensorProto.INT64, [2], [spec.height, spec.width]),
+        helper.make_tensor("pre_start", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("pre_end", TensorProto.INT64, [1], [2]),
+    ]
+    nodes = [
+        helper.make_node("Cast", [RAW_INPUT_NAME], ["pre_float"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["pre_float", "pre_scale"], ["pre_unit"]),
+        helper.make_node("Unsqueeze", ["pre_unit", "pre_axes"], ["pre_nchw"]),
+        helper.make_node("Shape", ["pre_nchw"], ["pre_shape"]),
+        helper.make_node("Slice", ["pre_shape", "pre_start", "pre_end"], ["pre_nc"]),
+        helper.make_node("Concat", ["pre_nc", "pre_hw"], ["pre_sizes"], axis=0),
+        helper.make_node("Resize", ["pre_nchw", "", "", "pre_sizes"], ["pre_resized"], mode="linear",
+                         coordinate_transformation_mode="half_pixel", **({"antialias": 0} if opset >= 18 else {})),  # fmt: skip
+        helper.make_node("Sub", ["pre_resized", "pre_mean"], ["pre_centred"]),
+        helper.make_node("Div", ["pre_centred", "pre_std"], [INPUT_NAME]),
+    ]
+    graph = onnx.GraphProto()
+    graph.CopyFrom(fp32.graph)
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info(RAW_INPUT_NAME, TensorProto.UINT8, [BATCH_AXIS, "height", "width"]))
+    graph.initializer.extend(constants)
+    original_nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *original_nodes, helper.make_node("Softmax", [OUTPUT_NAME], [PROBABILITIES_NAME], axis=1)])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(PROBABILITIES_NAME, TensorProto.FLOAT, [BATCH_AXIS, None]))
+    graph.output[0].type.tensor_type.shape.dim[1].dim_value = fp32.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    proto = helper.make_model(graph, opset_imports=list(fp32.opset_import), ir_version=fp32.ir_version)
+    check_proto(proto)
+    return proto
