@@ -31,6 +31,7 @@ class ParityResult:
     candidate_accuracy: float | None
     atol: float | None  # max |logit difference| allowed; None = not checked
     min_agreement: float | None  # lowest top-1 agreement allowed; None = not checked
+    max_accuracy_drop: float | None = None  # largest accuracy loss (fraction) allowed; None = not checked
     flips: list[LabelFlip] = field(default_factory=list)
 
     @property
@@ -46,6 +47,9 @@ class ParityResult:
             problems.append(f"max |logit difference| {self.max_abs_diff:.3g} > atol {self.atol:.3g}")
         if self.min_agreement is not None and self.top1_agreement < self.min_agreement:
             problems.append(f"top-1 agreement {self.top1_agreement:.4%} < {self.min_agreement:.4%}")
+        if self.max_accuracy_drop is not None and self.accuracy_change is not None:
+            if -self.accuracy_change > self.max_accuracy_drop:
+                problems.append(f"accuracy fell {-self.accuracy_change * 100:.2f} pp > {self.max_accuracy_drop * 100:.2f} pp")
         return problems
 
     def __bool__(self) -> bool:
@@ -81,6 +85,7 @@ def compare_logits(
     labels: np.ndarray | None = None,
     atol: float | None = None,
     min_agreement: float | None = None,
+    max_accuracy_drop: float | None = None,
     indices: np.ndarray | None = None,
 ) -> ParityResult:
     """Compare two (N, classes) logit arrays row by row."""
@@ -107,5 +112,6 @@ def compare_logits(
         candidate_accuracy=None if labels is None else float((candidate_top == labels).mean()),
         atol=atol,
         min_agreement=min_agreement,
+        max_accuracy_drop=max_accuracy_drop,
         flips=flips,
     )

@@ -1,0 +1,177 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from vggdeploy.checkpoint import load_checkpoint, save_checkpoint
+from vggdeploy.contract import BATCH_AXIS, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME
+from vggdeploy.data import CLASS_NAMES
+from vggdeploy.errors import DataError, UsageError
+from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
+from vggdeploy.runtime import SessionOptions, create_session, read_metadata
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_dynamic_batch_survives_simplification(tiny_export, test_split):
+    result, out = tiny_export
+    proto = onnx.load(str(result.model_path))
+    for value in (*proto.graph.input, *proto.graph.output):
+        assert value.type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS
+    assert [i.name for i in proto.graph.input] == [INPUT_NAME] and [o.name for o in proto.graph.output] == [OUTPUT_NAME]
+    session = create_session(result.model_path, SessionOptions(provider="cpu"))
+    inputs = to_model_input([i.numpy() / 255.0 for i in test_split[0][:7]], PreprocessSpec(32, 32))
+    singles = np.concatenate([session.run(None, {INPUT_NAME: inputs[i : i + 1]})[0] for i in range(7)])
+    for size in (1, 2, 7):
+        np.testing.assert_allclose(session.run(None, {INPUT_NAME: inputs[:size]})[0], singles[:size], atol=1e-5)
+    assert result.audit and result.audit.batch_sizes == (1, 2, 7, 64)
+    assert result.after.nodes <= result.before.nodes and "BatchNormalization" not in result.after.ops
+
+
+def test_parity_at_export_is_measured_and_recorded(tiny_export):
+    result, out = tiny_export
+    assert result.parity and result.parity.images == 128 and result.parity.max_abs_diff < 1e-4
+    report = json.loads((out / "onnx" / "export_report.json").read_text())
+    assert report["parity"]["passed"] and report["batch_audit"]["passed"]
+    assert report["graph_after"]["nodes"] == result.after.nodes
+    assert "| model.onnx |" in (out / "onnx" / "export_report.md").read_text()
+
+
+def test_metadata_is_complete_json_and_matches_the_checkpoint(tiny_export, tiny_checkpoint):
+    result, _ = tiny_export
+    proto = onnx.load(str(result.model_path))
+    raw = {p.key: p.value for p in proto.metadata_props}
+    assert set(raw) == set(METADATA_KEYS)
+    for value in raw.values():
+        json.loads(value)
+    metadata = read_metadata(result.model_path)
+    state = load_checkpoint(tiny_checkpoint)
+    assert metadata["labels"] == list(CLASS_NAMES)
+    assert {k: v for k, v in metadata["model"].items() if k != "name"} == state["model_args"].to_dict()
+    assert metadata["training"]["test_accuracy"] == state["test_accuracy"]
+    assert metadata["preprocessing"]["resize"] == {
+        "method": "bilinear", "coordinate_transformation": "half_pixel", "antialias": False, "height": 32, "width": 32,
+    }  # fmt: skip
+    assert metadata["export"]["opset"] == 18 and metadata["export"]["variant"] == "fp32"
+    assert set(metadata["export"]["versions"]) >= {"torch", "onnx", "onnxruntime", "onnxsim"}
+    assert metadata["parity"]["max_abs_diff"] == result.parity.max_abs_diff
+    assert metadata["io"]["input"]["shape"] == [BATCH_AXIS, 1, 32, 32]
+
+
+def test_fp16_variant_agrees_with_fp32(tiny_export):
+    result, _ = tiny_export
+    fp16 = result.variants["fp16"]
+    assert fp16["parity"]["top1_agreement"] >= 0.99 and fp16["parity"]["max_abs_diff"] < 0.05
+    assert fp16["bytes"] < 0.6 * result.model_path.stat().st_size
+    assert read_metadata(fp16["path"])["export"]["variant"] == "fp16"
+    proto = onnx.load(fp16["path"])
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O kept
+
+
+def test_int8_variant_runs_and_stays_close(tiny_export):
+    result, _ = tiny_export
+    int8 = result.variants["int8"]
+    assert int8["parity"]["top1_agreement"] >= 0.9
+    assert abs(int8["parity"]["accuracy_change"]) <= 0.02
+    assert int8["cpu_batch1_ms_int8"] > 0 and "QuantizeLinear" in {n.op_type for n in onnx.load(int8["path"]).graph.node}
+
+
+def test_preprocessing_variant_matches_python_preprocessing(tiny_export, tmp_path):
+    result, out = tiny_export
+    variant = result.variants["preprocess"]
+    assert variant["parity"]["max_abs_diff"] < 1e-3
+    metadata = read_metadata(variant["path"])
+    assert metadata["io"]["input"] == {**metadata["io"]["input"], "name": "images_uint8", "dtype": "uint8"}
+    raw_session = create_session(variant["path"], SessionOptions(provider="cpu"))
+    fp32_session = create_session(result.model_path, SessionOptions(provider="cpu"))
+    golden = sorted((out / "onnx" / "golden").glob("*.png"))[0]
+    for size in [(28, 28), (50, 37), (13, 20), (300, 200)]:  # any height and width, up- and down-sampling
+        image = Image.open(golden).resize(size, Image.NEAREST)
+        gray = np.asarray(image, dtype=np.uint8)
+        probabilities = raw_session.run(None, {"images_uint8": gray[None]})[0]
+        logits = fp32_session.run(None, {INPUT_NAME: to_model_input([gray / np.float32(255)], PreprocessSpec(32, 32))})[0]
+        expected = np.exp(logits) / np.exp(logits).sum()
+        np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+
+
+def test_golden_vectors_reproduce_through_the_files(tiny_export):
+    result, out = tiny_export
+    golden = json.loads((out / "onnx" / "golden" / "golden.json").read_text())
+    assert len(golden["images"]) == 10 and {e["label"] for e in golden["images"]} == set(range(10))
+    session = create_session(result.model_path, SessionOptions(provider="cpu"))
+    for entry in golden["images"]:
+        gray = decode_grayscale(out / "onnx" / "golden" / entry["file"])
+        logits = session.run(None, {INPUT_NAME: to_model_input([gray], PreprocessSpec(32, 32))})[0][0]
+        np.testing.assert_allclose(logits, entry["logits"], atol=1e-5)
+
+
+def test_triton_config_parses_with_tritons_own_protobuf(tiny_export):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    result, out = tiny_export
+    folders = list((out / "triton").iterdir())
+    assert len(folders) == 1
+    config = text_format.Parse((folders[0] / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == folders[0].name and config.backend == "onnxruntime" and config.max_batch_size == 256
+    assert [i.name for i in config.input] == [INPUT_NAME] and list(config.input[0].dims) == [1, 32, 32]
+    assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+    assert [o.name for o in config.output] == [OUTPUT_NAME] and list(config.output[0].dims) == [10]
+    assert list(config.dynamic_batching.preferred_batch_size)[-1] == 256
+    model = onnx.load(str(folders[0] / "1" / "model.onnx"))
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS  # Triton batches on dim 0
+    assert (folders[0] / "labels.txt").read_text().splitlines() == list(CLASS_NAMES)
+
+
+def test_info_prints_the_model_description(tiny_export):
+    result, _ = tiny_export
+    printed = cli("info", str(result.model_path))
+    assert printed.returncode == 0
+    assert "input  images: float32 batchx1x32x32" in printed.stdout and "labels:" in printed.stdout
+
+
+def test_export_by_arch_finds_the_trained_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+    from vggdeploy.export import find_checkpoint
+
+    (tmp_path / "artifacts" / "m" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "artifacts" / "m" / "checkpoints" / "best.pt").write_bytes(tiny_checkpoint.read_bytes())
+    assert find_checkpoint("A", tmp_path / "artifacts").parent.parent.name == "m"
+    with pytest.raises(UsageError, match="no trained checkpoint for architecture D"):
+        find_checkpoint("D", tmp_path / "artifacts")
+
+
+@pytest.mark.parametrize("problem", ["missing", "truncated", "other-arch", "unwritable"])
+def test_bad_export_input_is_one_line_and_leaves_no_onnx(problem, tiny_checkpoint, tmp_path):
+    checkpoint, out, args = tmp_path / "in.pt", tmp_path / "out", []
+    data = tiny_checkpoint.read_bytes()
+    if problem == "truncated":
+        checkpoint.write_bytes(data[: len(data) // 3])
+    elif problem == "other-arch":
+        checkpoint.write_bytes(data)
+        args = ["--arch", "vgg16"]
+    elif problem == "unwritable":
+        checkpoint.write_bytes(data)
+        out = "/proc/not-writable"
+    result = cli("export", "--checkpoint", str(checkpoint), "--out", str(out), *args)
+    expected = {"missing": "no such checkpoint", "truncated": "truncated or not a checkpoint",
+                "other-arch": "holds architecture A, not D", "unwritable": "cannot write to output directory"}  # fmt: skip
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1 and expected[problem] in result.stderr
+    assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_failed_parity_leaves_nothing_behind(tiny_checkpoint, tmp_path, data_dir):
+    from vggdeploy.config import ExportConfig
+    from vggdeploy.errors import CheckFailed
+    from vggdeploy.export import export_model
+
+    with pytest.raises(CheckFailed, match="parity at export.*atol"):
+        export_model(tiny_checkpoint, tmp_path, ExportConfig(atol=0.0, audit_batches=(1, 2)), data_dir=data_dir)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,141 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from vggdeploy.errors import DataError
+from vggdeploy.preprocess import decode_grayscale
+from vggdeploy.runtime import ProviderUnavailable, SessionOptions, create_session, cuda_driver_present
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def golden(tiny_export):
+    result, out = tiny_export
+    return result.model_path, out / "onnx" / "golden", json.loads((out / "onnx" / "golden" / "golden.json").read_text())
+
+
+def test_run_on_the_golden_images_gives_the_golden_labels(golden):
+    model, folder, expected = golden
+    result = cli("run", str(folder), "--model", str(model), "--json", "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    predicted = {p["file"].split("/")[-1]: p["top"][0]["label"] for p in json.loads(result.stdout)["predictions"]}
+    labels = json.loads(result.stdout)
+    assert labels["errors"] == []
+    from vggdeploy.data import CLASS_NAMES
+
+    assert predicted == {e["file"]: CLASS_NAMES[e["predicted"]] for e in expected["images"]}
+    assert "using the CPU execution provider" in result.stderr or "CUDA" in result.stderr
+
+
+def test_table_output_and_the_preprocessing_variant(golden, tiny_export):
+    model, folder, expected = golden
+    first = folder / expected["images"][0]["file"]
+    table = cli("run", str(first), "--model", str(model))
+    assert table.returncode == 0 and table.stdout.splitlines()[0].startswith("file")
+    raw = cli("run", str(first), "--model", tiny_export[0].variants["preprocess"]["path"], "--json", "--top-k", "1")
+    from vggdeploy.data import CLASS_NAMES
+
+    assert json.loads(raw.stdout)["predictions"][0]["top"][0]["label"] == CLASS_NAMES[expected["images"][0]["predicted"]]
+
+
+def _image_in_every_mode(gray: np.ndarray, folder):
+    """The same picture saved in many formats and modes; all decode to (nearly) the same grayscale."""
+    base = Image.fromarray(gray, mode="L")
+    rgb = Image.merge("RGB", [base] * 3)
+    rgba = rgb.copy()
+    rgba.putalpha(255)
+    files = {
+        "gray.png": base, "rgb.png": rgb, "rgba.png": rgba, "la.png": base.convert("LA"),
+        "palette.png": rgb.convert("P", palette=Image.ADAPTIVE, colors=256), "gray.bmp": base,
+        "rgb.webp": rgb, "rgb.jpg": rgb, "cmyk.jpg": rgb.convert("CMYK"), "gray.tif": base,
+        "sixteen.png": Image.fromarray(gray.astype(np.uint16) * 257),
+    }  # fmt: skip
+    exact = {"gray.png", "rgb.png", "rgba.png", "la.png", "gray.bmp", "gray.tif", "sixteen.png", "rgb.webp"}
+    for name, image in files.items():
+        kwargs = {"lossless": True} if name.endswith(".webp") else {"quality": 95} if name.endswith(".jpg") else {}
+        image.save(folder / name, **kwargs)
+    return files, exact
+
+
+def test_every_image_mode_is_handled(test_split, tmp_path, golden):
+    gray = test_split[0][0].numpy()
+    files, exact = _image_in_every_mode(gray, tmp_path)
+    reference = gray.astype(np.float32) / 255
+    for name in files:
+        decoded = decode_grayscale(tmp_path / name)
+        assert decoded.shape == (28, 28) and decoded.dtype == np.float32
+        tolerance = 1e-5 if name in exact else 0.06 if name != "palette.png" else 0.02
+        assert np.abs(decoded - reference).mean() <= tolerance, name
+    assert Image.open(tmp_path / "sixteen.png").mode.startswith("I")
+    model, _, _ = golden
+    result = cli("run", str(tmp_path), "--model", str(model), "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["predictions"]) == len(files)
+
+
+def test_transparency_is_composited_over_black(tmp_path):
+    image = Image.new("RGBA", (4, 4), (255, 255, 255, 0))
+    image.putpixel((0, 0), (255, 255, 255, 255))
+    image.save(tmp_path / "a.png")
+    decoded = decode_grayscale(tmp_path / "a.png")
+    assert decoded[0, 0] == pytest.approx(1.0, abs=1e-6) and decoded[1:, 1:].max() == 0.0
+
+
+def test_bad_files_are_named_and_the_good_ones_still_run(golden, tmp_path):
+    model, folder, expected = golden
+    good = folder / expected["images"][0]["file"]
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
+    result = cli("run", str(good), str(tmp_path / "empty.png"), str(tmp_path / "text.png"), str(tmp_path / "cut.png"),
+                 str(tmp_path / "absent.png"), "--model", str(model), "--json")  # fmt: skip
+    assert result.returncode == 3
+    assert len(json.loads(result.stdout)["predictions"]) == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 4 and "Traceback" not in result.stderr
+    assert any("absent.png: no such file" in e for e in errors) and any("cut.png: truncated or corrupt" in e for e in errors)
+
+
+def test_decompression_bomb_limit(golden, tmp_path):
+    model, _, _ = golden
+    Image.new("L", (3000, 3000)).save(tmp_path / "big.png")
+    result = cli("run", str(tmp_path / "big.png"), "--model", str(model), "--max-pixels", "1000000")
+    assert result.returncode == 3 and "big.png: 3000x3000 pixels is over the limit of 1,000,000" in result.stderr
+
+
+@pytest.mark.skipif(cuda_driver_present(), reason="this machine has a GPU")
+def test_cuda_requested_without_a_gpu_is_a_clear_error(golden):
+    model, folder, _ = golden
+    with pytest.raises(ProviderUnavailable, match="CUDA was asked for, but no NVIDIA driver"):
+        create_session(model, SessionOptions(provider="cuda"))
+    result = cli("run", str(folder), "--model", str(model), "--provider", "cuda")
+    assert result.returncode == 6
+    assert result.stderr.strip() == "error: CUDA was asked for, but no NVIDIA driver with a GPU was found (libcuda.so.1)"
+
+
+def test_model_problems_are_one_line_errors(golden, tmp_path):
+    model, folder, _ = golden
+    (tmp_path / "cut.onnx").write_bytes(model.read_bytes()[:1000])
+    (tmp_path / "text.onnx").write_text("hello")
+    proto = onnx.load(str(model))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    proto = onnx.load(str(model))
+    proto.graph.input[0].name = "pixels"
+    proto.graph.node[0].input[0] = "pixels"
+    onnx.save(proto, str(tmp_path / "renamed.onnx"))
+    cases = {"cut.onnx": "not an ONNX model", "text.onnx": "not an ONNX model", "absent.onnx": "no such model file",
+             "bare.onnx": "no vggdeploy metadata", "renamed.onnx": "do not match its metadata"}  # fmt: skip
+    for name, message in cases.items():
+        result = cli("run", str(folder), "--model", str(tmp_path / name))
+        assert result.returncode == 3, name
+        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, (name, result.stderr)
