@@ -213,3 +213,35 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
         click.echo(f"error: {failure}", err=True)
     if result.failures:
         raise SystemExit(DataError.exit_code)
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="The exported fp32 model.onnx [default: the latest under artifacts/]; its fp16/int8 siblings are checked too.")  # fmt: skip
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="The torch reference [default: <model folder>/../checkpoints/best.pt].")  # fmt: skip
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--images", type=int, default=None, help="Use the first N test images [default: all 10,000].")
+@click.option("--atol", type=float, default=1e-3, show_default=True, help="fp32: max |logit difference|.")
+@click.option("--min-agreement", type=float, default=0.999, show_default=True, help="fp32: lowest top-1 agreement.")
+@click.option("--fp16-max-drop", type=float, default=0.05, show_default=True, help="fp16: largest accuracy drop, pp.")
+@click.option("--int8-max-drop", type=float, default=1.0, show_default=True, help="int8: largest accuracy drop, pp.")
+@click.option("--localize", is_flag=True, help="Name the first layer whose output differs beyond --layer-rtol.")
+@click.option("--layer-rtol", type=float, default=1e-3, show_default=True)
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="[default: <model folder>/reports]")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+def check(model_path, checkpoint, provider, images, atol, min_agreement, fp16_max_drop, int8_max_drop, localize,
+          layer_rtol, report_dir, data_dir):  # fmt: skip
+    """Parity of the ONNX Runtime deployment with the torch model on the real test set."""
+    from vggdeploy.check import Tolerances, run_check
+    from vggdeploy.classify import latest_model
+    from vggdeploy.errors import CheckFailed
+
+    tolerances = Tolerances(atol, min_agreement, fp16_max_drop / 100, int8_max_drop / 100, layer_rtol)
+    report = run_check(model_path or latest_model(ARTIFACTS), checkpoint, provider, images, tolerances, localize,
+                       data_dir, report_dir)  # fmt: skip
+    click.echo(report.format())
+    if not report or report.first_bad_layer is not None:
+        failed = [r.name for r in report.results if not r]
+        where = f"; first layer over tolerance: {report.first_bad_layer.layer}" if report.first_bad_layer else ""
+        raise CheckFailed(f"parity check failed for {', '.join(failed) or 'the layers'}{where}")

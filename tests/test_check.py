@@ -1,0 +1,75 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from vggdeploy.check import Tolerances, run_check
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def perturbed(tiny_export, tmp_path_factory):
+    """The tiny model with the third convolution's weights scaled by 1.3 (metadata kept)."""
+    result, _ = tiny_export
+    proto = onnx.load(str(result.model_path))
+    conv = [node for node in proto.graph.node if node.op_type == "Conv"][2]
+    weights = next(init for init in proto.graph.initializer if init.name == conv.input[1])
+    weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * np.float32(1.3), weights.name))
+    path = tmp_path_factory.mktemp("perturbed") / "model.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_torch_and_onnxruntime_agree_on_the_real_test_set(tiny_export, tiny_checkpoint, tmp_path):
+    result, _ = tiny_export
+    report = run_check(result.model_path, tiny_checkpoint, provider="cpu", images=2000, report_dir=tmp_path)
+    assert report, report.format()
+    names = [r.name for r in report.results]
+    assert names == ["fp32", "fp16", "int8"]
+    fp32 = report.results[0]
+    assert fp32.images == 2000 and fp32.top1_agreement == 1.0 and fp32.max_abs_diff < 1e-4 and fp32.min_cosine > 0.99999
+    assert fp32.reference_accuracy == fp32.candidate_accuracy > 0.5
+    saved = json.loads((tmp_path / "check.json").read_text())
+    assert saved["passed"] and saved["results"][0]["top1_agreement"] == 1.0
+    assert "| fp32 | 2000 |" in (tmp_path / "check.md").read_text()
+
+
+def test_a_perturbed_model_fails_the_check_with_its_numbers(perturbed, tiny_checkpoint, tmp_path):
+    result = cli("check", "--model", str(perturbed), "--checkpoint", str(tiny_checkpoint), "--images", "500",
+                 "--report-dir", str(tmp_path))  # fmt: skip
+    assert result.returncode == 4
+    assert "fp32: 500 images, max |diff|" in result.stdout and "FAILED: max |logit difference|" in result.stdout
+    assert result.stderr.strip() == "error: parity check failed for fp32"
+    assert not json.loads((tmp_path / "check.json").read_text())["passed"]
+
+
+def test_localize_names_the_perturbed_layer(perturbed, tiny_checkpoint, tmp_path):
+    report = run_check(perturbed, tiny_checkpoint, provider="cpu", images=64, tolerances=Tolerances(),
+                       localize=True, report_dir=tmp_path)  # fmt: skip
+    assert report.first_bad_layer is not None
+    assert report.first_bad_layer.layer == "features.2.2 (ReLU)"  # the ReLU right after the third convolution
+    before = report.layers[: report.layers.index(report.first_bad_layer)]
+    assert [d.layer for d in before] == ["features.0.2 (ReLU)", "features.0.3 (MaxPool2d)", "features.1.2 (ReLU)",
+                                         "features.1.3 (MaxPool2d)"]  # fmt: skip
+    assert all(d.relative < 1e-5 for d in before) and report.first_bad_layer.relative > 0.01
+    result = cli("check", "--model", str(perturbed), "--checkpoint", str(tiny_checkpoint), "--images", "64",
+                 "--localize", "--report-dir", str(tmp_path))  # fmt: skip
+    assert result.returncode == 4 and "first layer over tolerance: features.2.2 (ReLU)" in result.stderr
+
+
+def test_check_refuses_a_model_of_another_checkpoint(tiny_export, tmp_path, data_dir):
+    from vggdeploy.archs import ModelArgs
+    from vggdeploy.checkpoint import save_checkpoint
+    from vggdeploy.model import build_model
+
+    args = ModelArgs(arch="B", width_ratio=8, hidden=64, image_size=32)
+    save_checkpoint(tmp_path / "b.pt", {"model_args": args.to_dict(), "model_state": build_model(args).state_dict()})
+    result = cli("check", "--model", str(tiny_export[0].model_path), "--checkpoint", str(tmp_path / "b.pt"))
+    assert result.returncode == 3 and "was exported from another model than the checkpoint" in result.stderr

@@ -1,0 +1,174 @@
+"""The ``vggdeploy check`` stage: torch vs ONNX Runtime on the real test set, for every variant present.
+
+``--localize`` exposes intermediate outputs of the ONNX graph and names the first layer whose difference from the
+torch model exceeds the tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from vggdeploy.checkpoint import load_model as load_checkpoint_model
+from vggdeploy.data import load_split, to_model_input
+from vggdeploy.errors import DataError, UsageError
+from vggdeploy.graph import run_session
+from vggdeploy.parity import ParityResult, compare_logits
+from vggdeploy.preprocess import PreprocessSpec
+from vggdeploy.report import markdown_table, write_json, write_text
+from vggdeploy.runtime import SessionOptions, create_session, load_model, session_provider
+
+# ONNX op <-> torch module pairs that survive export one-to-one (BatchNorm is folded into Conv, Dropout vanishes).
+BOUNDARY_OPS = {"Relu": torch.nn.ReLU, "MaxPool": torch.nn.MaxPool2d, "Gemm": torch.nn.Linear, "LRN": torch.nn.LocalResponseNorm}
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    fp32_atol: float = 1e-3  # max |logit difference| for the fp32 model
+    fp32_min_agreement: float = 0.999  # top-1 agreement with torch, fp32
+    fp16_max_accuracy_drop: float = 0.0005  # 0.05 percentage points
+    int8_max_accuracy_drop: float = 0.01  # 1 percentage point
+    localize_rtol: float = 1e-3  # intermediate outputs: max |diff| / max |torch value|
+
+
+@dataclass(frozen=True)
+class LayerDifference:
+    layer: str  # torch module name and type, e.g. "features.2.1 (ReLU)"
+    onnx_output: str
+    max_abs_diff: float
+    relative: float  # max |diff| / max |torch value|
+
+
+@dataclass
+class CheckReport:
+    model: Path
+    provider: str
+    results: list[ParityResult]
+    layers: list[LayerDifference] = field(default_factory=list)
+    first_bad_layer: LayerDifference | None = None
+
+    def __bool__(self) -> bool:
+        return all(self.results)
+
+    def format(self) -> str:
+        lines = [f"check {self.model} on onnxruntime {self.provider.upper()}:"]
+        lines += [f"  {r.format()}" for r in self.results]
+        for result in self.results:
+            for flip in result.flips[:10]:
+                lines.append(f"    {result.name}: test image {flip.index}: {flip.reference_label} -> "
+                             f"{flip.candidate_label} (torch margin {flip.reference_margin:.3g})")  # fmt: skip
+        if self.layers:
+            lines.append(
+                f"  first layer over tolerance: {self.first_bad_layer.layer} (relative diff "
+                f"{self.first_bad_layer.relative:.3g})" if self.first_bad_layer else "  every layer within tolerance"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": str(self.model), "provider": self.provider, "passed": bool(self),
+            "results": [r.to_dict() for r in self.results],
+            "layers": [layer.__dict__ for layer in self.layers],
+            "first_bad_layer": None if self.first_bad_layer is None else self.first_bad_layer.__dict__,
+        }  # fmt: skip
+
+
+def default_checkpoint(model_path: Path) -> Path:
+    """``artifacts/<model>/onnx/model.onnx`` -> ``artifacts/<model>/checkpoints/best.pt``."""
+    path = model_path.parent.parent / "checkpoints" / "best.pt"
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {path}; pass --checkpoint")
+    return path
+
+
+def run_check(
+    model_path: str | Path, checkpoint: str | Path | None = None, provider: str = "auto", images: int | None = None,
+    tolerances: Tolerances = Tolerances(), localize: bool = False, data_dir=None, report_dir: str | Path | None = None,
+) -> CheckReport:  # fmt: skip
+    """Compare the exported model (and its fp16/int8 siblings) with the checkpoint's torch model."""
+    model_path = Path(model_path)
+    loaded = load_model(model_path, SessionOptions(provider=provider))
+    if loaded.takes_raw_images:
+        raise UsageError(f"{model_path}: check the fp32 model.onnx; the preprocessing variant is checked at export")
+    torch_model, state = load_checkpoint_model(checkpoint or default_checkpoint(model_path))
+    exported_args = {k: v for k, v in loaded.metadata["model"].items() if k != "name"}
+    if exported_args != state["model_args"].to_dict():
+        raise DataError(f"{model_path}: was exported from another model than the checkpoint ({state['model_args'].name})")
+
+    spec = PreprocessSpec.from_metadata(loaded.metadata["preprocessing"])
+    test_images, test_labels = load_split("test", data_dir)
+    inputs = to_model_input(test_images[:images], spec).numpy()
+    labels = test_labels[:images].numpy()
+    reference = _torch_logits(torch_model, inputs)
+
+    results = [compare_logits("fp32", reference, run_session(loaded.session, inputs), labels, atol=tolerances.fp32_atol,
+                              min_agreement=tolerances.fp32_min_agreement)]  # fmt: skip
+    for variant, max_drop in (("fp16", tolerances.fp16_max_accuracy_drop), ("int8", tolerances.int8_max_accuracy_drop)):
+        path = model_path.with_name(f"model.{variant}.onnx")
+        if path.is_file():
+            session = create_session(path, SessionOptions(provider=provider))
+            results.append(compare_logits(variant, reference, run_session(session, inputs), labels, max_accuracy_drop=max_drop))
+    report = CheckReport(model_path, session_provider(loaded.session), results)
+    if localize:
+        report.layers = localize_difference(model_path, torch_model, inputs[:32], provider)
+        report.first_bad_layer = next((d for d in report.layers if d.relative > tolerances.localize_rtol), None)
+    _write_reports(Path(report_dir) if report_dir else model_path.parent / "reports", report)
+    return report
+
+
+def _torch_logits(model: torch.nn.Module, inputs: np.ndarray, chunk: int = 250) -> np.ndarray:
+    """fp32 torch logits; on CUDA with TF32 off, so the reference is strict fp32."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    model = model.to(device)
+    with torch.no_grad():
+        return np.concatenate(
+            [model(torch.from_numpy(inputs[i : i + chunk]).to(device)).cpu().numpy() for i in range(0, len(inputs), chunk)]
+        )
+
+
+def localize_difference(model_path: Path, torch_model: torch.nn.Module, inputs: np.ndarray, provider: str) -> list[LayerDifference]:
+    """Per-layer differences, in forward order, between the ONNX graph's boundary outputs and torch's."""
+    proto = onnx.load(str(model_path))
+    boundary = [node for node in proto.graph.node if node.op_type in BOUNDARY_OPS]
+    existing = {output.name for output in proto.graph.output}
+    for node in boundary:
+        if node.output[0] not in existing:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
+    session = create_session(proto.SerializeToString(), SessionOptions(provider=provider))
+    names = [output.name for output in session.get_outputs()]
+    onnx_values = dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs})))
+
+    modules = [(name, m) for name, m in torch_model.named_modules() if isinstance(m, tuple(BOUNDARY_OPS.values()))]
+    captured: list[tuple[str, np.ndarray]] = []
+    hooks = [m.register_forward_hook(lambda m, i, out, name=name: captured.append((f"{name} ({type(m).__name__})", out.detach().cpu().numpy().copy())))
+             for name, m in modules]  # fmt: skip
+    with torch.no_grad():
+        torch_model.cpu()(torch.from_numpy(inputs))
+    for hook in hooks:
+        hook.remove()
+    if [BOUNDARY_OPS[n.op_type] for n in boundary] != [type(m) for _, m in modules]:
+        raise DataError(f"{model_path}: its layers do not map one-to-one onto the checkpoint's model; cannot localize")
+    differences = []
+    for node, (layer, expected) in zip(boundary, captured):
+        actual = onnx_values[node.output[0]].reshape(expected.shape)
+        worst = float(np.abs(actual - expected).max())
+        differences.append(LayerDifference(layer, node.output[0], worst, worst / max(float(np.abs(expected).max()), 1e-12)))
+    return differences
+
+
+def _write_reports(folder: Path, report: CheckReport) -> None:
+    write_json(folder / "check.json", report.to_dict())
+    rows = [{"variant": r.name, "images": r.images, "torch accuracy": r.reference_accuracy, "ORT accuracy": r.candidate_accuracy,
+             "change (pp)": None if r.accuracy_change is None else r.accuracy_change * 100, "top-1 agreement": r.top1_agreement,
+             "max abs diff": r.max_abs_diff, "mean abs diff": r.mean_abs_diff, "min cosine": r.min_cosine,
+             "flips": len(r.flips), "passed": bool(r)} for r in report.results]  # fmt: skip
+    text = f"# Parity check of {report.model}\n\nONNX Runtime provider: {report.provider}\n\n"
+    text += markdown_table(rows, list(rows[0]))
+    if report.layers:
+        text += "\n## Layers\n\n" + markdown_table([d.__dict__ for d in report.layers], ["layer", "onnx_output", "max_abs_diff", "relative"])
+    write_text(folder / "check.md", text)
