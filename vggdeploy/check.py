@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import torch
 
+from vggdeploy.checkpoint import checkpoint_beside
 from vggdeploy.checkpoint import load_model as load_checkpoint_model
 from vggdeploy.data import load_split, to_model_input
 from vggdeploy.errors import DataError, UsageError
@@ -77,14 +78,6 @@ class CheckReport:
         }  # fmt: skip
 
 
-def default_checkpoint(model_path: Path) -> Path:
-    """``artifacts/<model>/onnx/model.onnx`` -> ``artifacts/<model>/checkpoints/best.pt``."""
-    path = model_path.parent.parent / "checkpoints" / "best.pt"
-    if not path.is_file():
-        raise UsageError(f"no checkpoint at {path}; pass --checkpoint")
-    return path
-
-
 def run_check(
     model_path: str | Path, checkpoint: str | Path | None = None, provider: str = "auto", images: int | None = None,
     tolerances: Tolerances = Tolerances(), localize: bool = False, data_dir=None, report_dir: str | Path | None = None,
@@ -94,7 +87,7 @@ def run_check(
     loaded = load_model(model_path, SessionOptions(provider=provider))
     if loaded.takes_raw_images:
         raise UsageError(f"{model_path}: check the fp32 model.onnx; the preprocessing variant is checked at export")
-    torch_model, state = load_checkpoint_model(checkpoint or default_checkpoint(model_path))
+    torch_model, state = load_checkpoint_model(checkpoint or checkpoint_beside(model_path))
     exported_args = {k: v for k, v in loaded.metadata["model"].items() if k != "name"}
     if exported_args != state["model_args"].to_dict():
         raise DataError(f"{model_path}: was exported from another model than the checkpoint ({state['model_args'].name})")

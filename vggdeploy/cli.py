@@ -245,3 +245,30 @@ def check(model_path, checkpoint, provider, images, atol, min_agreement, fp16_ma
         failed = [r.name for r in report.results if not r]
         where = f"; first layer over tolerance: {report.first_bad_layer.layer}" if report.first_bad_layer else ""
         raise CheckFailed(f"parity check failed for {', '.join(failed) or 'the layers'}{where}")
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="The exported model.onnx [default: the latest under artifacts/]; fp16/int8 siblings are used too.")  # fmt: skip
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="The torch side [default: beside the model].")
+@click.option("--engines", default=None, help="Comma-separated engines [default: the GPU set with a GPU, else the CPU set].")
+@click.option("--compile", "compile_torch", is_flag=True, help="Add torch.compile max-autotune fp16 (minutes to compile).")
+@click.option("--batch-sizes", default="1,8,32,128,256", show_default=True)
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per engine and batch size.")
+@click.option("--min-runs", type=int, default=5, show_default=True)
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="[default: <model folder>/reports]")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, min_runs, report_dir, data_dir):
+    """Latency and throughput of torch and ONNX Runtime, timed the same way (JSON, markdown, PNG)."""
+    from vggdeploy.bench import default_engines, run_bench
+    from vggdeploy.classify import latest_model
+    from vggdeploy.errors import UsageError
+
+    try:
+        sizes = tuple(int(size) for size in batch_sizes.split(","))
+    except ValueError:
+        raise UsageError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
+    chosen = tuple(engines.split(",")) if engines else default_engines(compile_torch)
+    report = run_bench(model_path or latest_model(ARTIFACTS), checkpoint, chosen, sizes, seconds, min_runs,
+                       report_dir=report_dir, data_dir=data_dir)  # fmt: skip
+    click.echo(report.format())

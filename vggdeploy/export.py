@@ -30,7 +30,7 @@ from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec, decode_grayscale
 from vggdeploy.preprocess import to_model_input as numpy_model_input
 from vggdeploy.report import markdown_table, write_json, write_text
-from vggdeploy.graph import GraphStats, attach_metadata, check_proto, io_section, run_session, save_onnx
+from vggdeploy.graph import GraphStats, attach_metadata, check_proto, deployment_versions, io_section, run_session, save_onnx
 from vggdeploy.runtime import ORT_SUPPORTED_IR_VERSION, SessionOptions, create_session
 
 AUDIT_ATOL = 1e-4  # a batched row may differ from its batch-1 answer by float summation order only
@@ -140,14 +140,6 @@ def torch_logits(model: torch.nn.Module, inputs: np.ndarray, chunk: int = 256) -
         return torch.cat([model(torch.from_numpy(inputs[i : i + chunk])) for i in range(0, len(inputs), chunk)]).numpy()
 
 
-def _versions() -> dict[str, str]:
-    import onnxruntime
-    import onnxsim
-
-    return {"vggdeploy": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "onnxsim": onnxsim.__version__}  # fmt: skip
-
-
 def build_metadata(args: ModelArgs, state: dict, config: ExportConfig, variant: str, parity: dict, raw_input: bool) -> dict:
     spec = PreprocessSpec(args.image_size, args.image_size)
     return {
@@ -166,7 +158,7 @@ def build_metadata(args: ModelArgs, state: dict, config: ExportConfig, variant: 
             "opset": config.opset,
             "variant": variant,
             "simplified": config.simplify,
-            "versions": _versions(),
+            "versions": deployment_versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         },
         "parity": parity,

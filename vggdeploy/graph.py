@@ -29,6 +29,16 @@ class GraphStats:
         return cls(len(proto.graph.node), dict(sorted(ops.items())), proto.ByteSize())
 
 
+def deployment_versions() -> dict[str, str]:
+    """Versions of everything that shapes an exported model or its measurements."""
+    import onnxruntime
+    import onnxsim
+    import torch
+
+    return {"vggdeploy": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "onnxsim": onnxsim.__version__}  # fmt: skip
+
+
 def check_proto(proto: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)

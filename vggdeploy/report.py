@@ -25,7 +25,11 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     def cell(value) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+        return str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
@@ -50,7 +54,36 @@ def plot_training_curves(path: Path, history: Sequence[dict], title: str) -> Non
     accuracy_axis.set_xlabel("epoch")
     accuracy_axis.legend()
     figure.suptitle(title)
+    _save_figure(figure, path)
+
+
+def _save_figure(figure, path: Path) -> None:
+    from matplotlib import pyplot as plt
+
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
     plt.close(figure)
+
+
+def plot_bench(path: Path, measurements: Sequence, title: str) -> None:
+    """p50 latency and throughput against batch size, one line per engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, (latency, throughput) = plt.subplots(1, 2, figsize=(11, 4))
+    for engine in dict.fromkeys(m.engine for m in measurements):
+        rows = [m for m in measurements if m.engine == engine]
+        latency.plot([m.batch for m in rows], [m.p50_ms for m in rows], marker="o", label=engine)
+        throughput.plot([m.batch for m in rows], [m.images_per_second for m in rows], marker="o", label=engine)
+    for axis, label in ((latency, "p50 latency (ms)"), (throughput, "images / s")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("batch size")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+    throughput.legend(fontsize=8)
+    figure.suptitle(title)
+    _save_figure(figure, path)

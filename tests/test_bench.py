@@ -1,0 +1,46 @@
+import json
+
+import pytest
+
+from vggdeploy.bench import CPU_ENGINES, GPU_ENGINES, run_bench
+
+
+def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint, tmp_path):
+    result, _ = tiny_export
+    report = run_bench(result.model_path, tiny_checkpoint, CPU_ENGINES, (1, 4), seconds=0.05, min_runs=3,
+                       warmup=1, report_dir=tmp_path)  # fmt: skip
+    assert [(m.engine, m.batch) for m in report.measurements] == [(e, b) for e in CPU_ENGINES for b in (1, 4)]
+    for m in report.measurements:
+        assert m.runs >= 3 and 0 < m.p50_ms <= m.p90_ms <= m.p99_ms
+        assert m.images_per_second == pytest.approx(m.batch / (m.mean_ms / 1e3))
+    assert [c.engine for c in report.cold_starts] == list(CPU_ENGINES)
+    assert all(c.create_seconds > 0 and c.first_run_seconds > 0 for c in report.cold_starts)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["gflops_per_image"] == pytest.approx(report.gflops_per_image) and len(saved["measurements"]) == 6
+    assert "| ort-cpu-fp32 | 1 |" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_variant_and_gpu_engines_are_skipped_with_a_reason(tiny_checkpoint, tiny_export, tmp_path):
+    result, _ = tiny_export
+    lone = tmp_path / "onnx" / "model.onnx"
+    lone.parent.mkdir()
+    lone.write_bytes(result.model_path.read_bytes())
+    report = run_bench(lone, tiny_checkpoint, ("ort-cpu-int8", "ort-cuda-fp32"), (1,), seconds=0.01, report_dir=tmp_path)
+    assert "model.int8.onnx not found" in report.skipped["ort-cpu-int8"]
+    assert report.measurements == [] and "ort-cuda-fp32" in report.skipped
+
+
+def test_unknown_engine_is_refused(tiny_export, tiny_checkpoint):
+    from vggdeploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown engines"):
+        run_bench(tiny_export[0].model_path, tiny_checkpoint, ("ort-tpu",), (1,))
+
+
+@pytest.mark.gpu
+def test_gpu_engines_measure(tiny_export, tiny_checkpoint, tmp_path):
+    result, _ = tiny_export
+    report = run_bench(result.model_path, tiny_checkpoint, GPU_ENGINES, (1, 8), seconds=0.2, report_dir=tmp_path)
+    assert not report.skipped and len(report.measurements) == 2 * len(GPU_ENGINES)
+    assert all(m.peak_fraction is None or 0 < m.peak_fraction < 1 for m in report.measurements)
