@@ -13,8 +13,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing pinned dependencies (torch, onnxruntime-gpu, onnxsim, ...; a few minutes the first time)"
-  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v -e '^WARNING: Location' -e '^ *!!' || true
+  log=.venv/install.log
+  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[test]"; } > "$log" 2>&1; then
+    tail -30 "$log" >&2; echo "setup: pip install failed (full log: $log)" >&2; exit 1
+  fi
   .venv/bin/python -c "import vggdeploy, torch, onnxruntime, onnxsim" || { echo "setup: install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

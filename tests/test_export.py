@@ -175,3 +175,11 @@ def test_failed_parity_leaves_nothing_behind(tiny_checkpoint, tmp_path, data_dir
     with pytest.raises(CheckFailed, match="parity at export.*atol"):
         export_model(tiny_checkpoint, tmp_path, ExportConfig(atol=0.0, audit_batches=(1, 2)), data_dir=data_dir)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_readme_documents_every_metadata_key():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for key in METADATA_KEYS:
+        assert f"| `{key}` |" in readme, key

@@ -139,3 +139,12 @@ def test_model_problems_are_one_line_errors(golden, tmp_path):
         result = cli("run", str(folder), "--model", str(tmp_path / name))
         assert result.returncode == 3, name
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, (name, result.stderr)
+
+
+def test_run_works_without_torch(golden):
+    model, folder, _ = golden
+    blocker = "import sys; sys.modules['torch'] = None; from vggdeploy.cli import main; main()"
+    result = subprocess.run([sys.executable, "-c", blocker, "run", str(folder), "--model", str(model), "--json"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["predictions"]) == 10

@@ -2,46 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import platform
-import tempfile
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from vggdeploy import __version__
 from vggdeploy.archs import ModelArgs
 from vggdeploy.errors import DataError, UsageError, VggDeployError
+from vggdeploy.files import atomic_path
 
 FORMAT = "vggdeploy-checkpoint/1"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def library_versions() -> dict[str, str]:
     return {"vggdeploy": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename, else it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
-    try:
-        yield Path(temporary)
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

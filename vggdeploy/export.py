@@ -21,7 +21,8 @@ from PIL import Image
 
 from vggdeploy import __version__
 from vggdeploy.archs import ModelArgs
-from vggdeploy.checkpoint import atomic_path, load_model
+from vggdeploy.checkpoint import load_model
+from vggdeploy.files import atomic_path
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
 from vggdeploy.data import CLASS_NAMES, load_split, to_model_input

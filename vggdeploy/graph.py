@@ -10,7 +10,7 @@ import onnx
 
 from vggdeploy import __version__
 from vggdeploy.archs import ModelArgs
-from vggdeploy.checkpoint import atomic_path
+from vggdeploy.files import atomic_path
 from vggdeploy.contract import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, RAW_INPUT_NAME, encode_metadata
 from vggdeploy.errors import CheckFailed
 

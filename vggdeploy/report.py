@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from vggdeploy.checkpoint import atomic_path
+from vggdeploy.files import atomic_path
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -84,6 +84,7 @@ def plot_bench(path: Path, measurements: Sequence, title: str) -> None:
         axis.set_xlabel("batch size")
         axis.set_ylabel(label)
         axis.grid(True, which="both", alpha=0.3)
-    throughput.legend(fontsize=8)
+    if measurements:
+        throughput.legend(fontsize=8)
     figure.suptitle(title)
     _save_figure(figure, path)
