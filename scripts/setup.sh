@@ -29,4 +29,16 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ -z 
     echo "setup: Fashion-MNIST not found; run 'sudo apt-get install dataset-fashion-mnist' or set VGGDEPLOY_DATA_DIR" >&2
   fi
 fi
+# The non-Python consumers (examples/): their npm packages, installed exactly from the committed lock files.
+for example in examples/node; do
+  lock_hash=$(sha256sum "$example/package-lock.json" | cut -c1-16)
+  if [ "$(cat "$example/node_modules/.vggdeploy-installed" 2>/dev/null)" != "$lock_hash" ]; then
+    if command -v npm >/dev/null; then
+      echo "setup: npm ci in $example"
+      (cd "$example" && npm ci --no-audit --no-fund --loglevel=error) && echo "$lock_hash" > "$example/node_modules/.vggdeploy-installed"
+    else
+      echo "setup: npm not found; the $example consumer cannot be installed (needs Node >= 20)" >&2
+    fi
+  fi
+done
 echo "setup: ready (.venv/bin/vggdeploy)"

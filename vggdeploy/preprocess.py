@@ -43,6 +43,8 @@ class PreprocessSpec:
         return {
             "color": "grayscale",
             "grayscale": "0.299*R + 0.587*G + 0.114*B in float, no rounding; alpha composited over black",
+            "luma_weights": list(LUMA_WEIGHTS),
+            "alpha": "composite_over_black",
             "scale": 1 / 255,
             "scale_16bit": 1 / 65535,
             "resize": {

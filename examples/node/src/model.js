@@ -1,0 +1,46 @@
+// Loads a vggdeploy .onnx: its metadata (labels, preprocessing, io) through the ONNX protobuf schema, because
+// ONNX Runtime's JavaScript API does not expose metadata_props, and an inference session.
+import { readFileSync } from 'node:fs';
+import onnxProto from 'onnx-proto';
+import * as ort from 'onnxruntime-node';
+import { specFromMetadata } from './preprocess.js';
+
+const { onnx } = onnxProto;
+
+/** Every metadata_props value of a vggdeploy model, JSON-decoded. */
+export function readMetadata(bytes) {
+  const model = onnx.ModelProto.decode(bytes);
+  const props = Object.fromEntries((model.metadataProps ?? []).map((p) => [p.key, p.value]));
+  if (!('vggdeploy.format' in props)) throw new Error('the model carries no vggdeploy metadata');
+  return Object.fromEntries(Object.entries(props).map(([key, value]) => [key, JSON.parse(value)]));
+}
+
+export async function loadModel(path) {
+  const bytes = readFileSync(path);
+  const metadata = readMetadata(bytes);
+  const { input, output } = metadata.io;
+  if (input.dtype !== 'float32') throw new Error(`this service takes the float32 model, not ${input.name} (${input.dtype})`);
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'] });
+  if (!session.inputNames.includes(input.name) || !session.outputNames.includes(output.name)) {
+    throw new Error(`the graph's inputs/outputs ${session.inputNames}/${session.outputNames} do not match its metadata`);
+  }
+  return { metadata, session, spec: specFromMetadata(metadata.preprocessing), labels: metadata.labels };
+}
+
+/** Logits for one preprocessed image. */
+export async function infer(model, input) {
+  const { io } = model.metadata;
+  const tensor = new ort.Tensor('float32', input, [1, 1, model.spec.height, model.spec.width]);
+  const result = await model.session.run({ [io.input.name]: tensor });
+  return Array.from(result[io.output.name].data);
+}
+
+export function topK(logits, labels, k) {
+  const max = Math.max(...logits);
+  const exps = logits.map((v) => Math.exp(v - max));
+  const total = exps.reduce((a, b) => a + b, 0);
+  return exps
+    .map((e, index) => ({ label: labels[index], index, probability: e / total }))
+    .sort((a, b) => b.probability - a.probability)
+    .slice(0, k);
+}

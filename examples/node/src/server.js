@@ -1,0 +1,92 @@
+// HTTP service around a vggdeploy .onnx: POST /predict (PNG or JPEG body), GET /healthz, GET /model.
+// Labels and preprocessing come from the model file's metadata. Bad requests get a 4xx JSON error.
+import { createServer } from 'node:http';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { readMetadata } from './model.js';
+import { WorkerPool } from './pool.js';
+import { readFileSync } from 'node:fs';
+
+const DEFAULTS = { maxBodyBytes: 10 * 1024 * 1024, maxPixels: 25_000_000, workers: Math.max(1, Math.min(4, availableParallelism() - 1)) };
+
+function send(response, status, body) {
+  const text = JSON.stringify(body);
+  response.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  response.end(text);
+}
+
+function readBody(request, limit) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    request.on('data', (chunk) => {
+      size += chunk.length;
+      if (size <= limit) chunks.push(chunk); // past the limit the rest is drained unread, so the client gets the 413
+    });
+    request.on('end', () => {
+      if (size > limit) reject(Object.assign(new Error(`body larger than ${limit} bytes`), { status: 413 }));
+      else resolve(Buffer.concat(chunks));
+    });
+    request.on('error', reject);
+  });
+}
+
+export async function startServer({ modelPath, port = 0, host = '127.0.0.1', ...options }) {
+  const settings = { ...DEFAULTS, ...options };
+  const metadata = readMetadata(readFileSync(modelPath));
+  const pool = new WorkerPool(modelPath, settings.workers);
+  await pool.ready;
+
+  const routes = {
+    'GET /healthz': async () => [200, { status: 'ok', model: metadata.model.name }],
+    'GET /model': async () => [200, metadata],
+    'POST /predict': async (request, url) => {
+      const k = Math.min(Math.max(Number.parseInt(url.searchParams.get('k') ?? '3', 10) || 3, 1), metadata.labels.length);
+      const body = await readBody(request, settings.maxBodyBytes);
+      if (body.length === 0) return [400, { error: 'empty body: send a PNG or JPEG image' }];
+      try {
+        const { top, logits } = await pool.run(body, k, settings.maxPixels);
+        return [200, { model: metadata.model.name, top, logits }];
+      } catch (error) {
+        if (error.badImage) return [415, { error: error.message }];
+        throw error;
+      }
+    },
+  };
+  const knownPaths = new Set(Object.keys(routes).map((route) => route.split(' ')[1]));
+
+  const server = createServer(async (request, response) => {
+    const url = new URL(request.url, 'http://localhost');
+    const handler = routes[`${request.method} ${url.pathname}`];
+    try {
+      if (!handler) {
+        const status = knownPaths.has(url.pathname) ? 405 : 404;
+        return send(response, status, { error: status === 405 ? `${request.method} not allowed on ${url.pathname}` : `no route ${url.pathname}` });
+      }
+      const [status, body] = await handler(request, url);
+      return send(response, status, body);
+    } catch (error) {
+      if (response.headersSent) return response.destroy();
+      return send(response, error.status ?? 500, { error: error.message });
+    }
+  });
+  await new Promise((resolve) => server.listen(port, host, resolve));
+  return {
+    server,
+    url: `http://${host}:${server.address().port}`,
+    close: async () => {
+      await new Promise((resolve) => server.close(resolve));
+      await pool.close();
+    },
+  };
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const modelPath = process.argv[2] ?? process.env.MODEL_PATH;
+  if (!modelPath) {
+    console.error('usage: node src/server.js MODEL.onnx   (or MODEL_PATH=...)');
+    process.exit(2);
+  }
+  const { url } = await startServer({ modelPath, port: Number(process.env.PORT ?? 8080), host: process.env.HOST ?? '127.0.0.1' });
+  console.log(`vggdeploy service on ${url} (POST /predict, GET /healthz, GET /model)`);
+}

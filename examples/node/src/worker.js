@@ -1,0 +1,16 @@
+// A worker thread: decodes, preprocesses and classifies, so the HTTP event loop never waits on CPU work.
+import { parentPort, workerData } from 'node:worker_threads';
+import { infer, loadModel, topK } from './model.js';
+import { ImageError, preprocess } from './preprocess.js';
+
+const model = await loadModel(workerData.modelPath);
+parentPort.postMessage({ ready: true });
+
+parentPort.on('message', async ({ id, bytes, k, maxPixels }) => {
+  try {
+    const logits = await infer(model, preprocess(Buffer.from(bytes), model.spec, maxPixels));
+    parentPort.postMessage({ id, result: { top: topK(logits, model.labels, k), logits } });
+  } catch (error) {
+    parentPort.postMessage({ id, error: error.message, badImage: error instanceof ImageError });
+  }
+});

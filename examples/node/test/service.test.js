@@ -1,0 +1,77 @@
+// Self-test of the service against the golden vectors exported beside the model, and its error paths.
+// MODEL_PATH=.../model.onnx GOLDEN_DIR=.../golden node --test test/
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { after, before, test } from 'node:test';
+import { PNG } from 'pngjs';
+import { startServer } from '../src/server.js';
+
+const modelPath = process.env.MODEL_PATH;
+const goldenDir = process.env.GOLDEN_DIR;
+assert.ok(modelPath && goldenDir, 'set MODEL_PATH and GOLDEN_DIR (the pytest suite does)');
+const golden = JSON.parse(readFileSync(join(goldenDir, 'golden.json'), 'utf8'));
+let service;
+
+before(async () => {
+  service = await startServer({ modelPath, workers: 2, maxBodyBytes: 2 * 1024 * 1024 });
+});
+after(async () => service.close());
+
+const post = (body, path = '/predict', method = 'POST') => fetch(service.url + path, { method, body });
+
+test('golden images give the golden labels and logits', async () => {
+  const tolerance = golden.tolerance.logits_atol;
+  for (const entry of golden.images) {
+    const response = await post(readFileSync(join(goldenDir, entry.file)));
+    assert.equal(response.status, 200);
+    const body = await response.json();
+    assert.equal(body.top[0].index, entry.predicted, entry.file);
+    const worst = Math.max(...body.logits.map((v, i) => Math.abs(v - entry.logits[i])));
+    assert.ok(worst <= tolerance, `${entry.file}: logits differ by ${worst} > ${tolerance}`);
+    assert.equal(body.top.length, 3);
+    assert.ok(body.top[0].probability >= body.top[1].probability);
+  }
+});
+
+test('healthz and model metadata', async () => {
+  assert.deepEqual(await (await fetch(`${service.url}/healthz`)).json(), { status: 'ok', model: (await (await fetch(`${service.url}/model`)).json()).model.name });
+  const metadata = await (await fetch(`${service.url}/model`)).json();
+  assert.equal(metadata.labels.length, 10);
+  assert.equal(metadata.io.input.name, 'images');
+  assert.equal(metadata.preprocessing.resize.method, 'bilinear');
+});
+
+test('bad requests get 4xx JSON errors and the service stays up', async () => {
+  const png = readFileSync(join(goldenDir, golden.images[0].file));
+  const cases = [
+    [() => post(Buffer.alloc(0)), 400, /empty body/],
+    [() => post(Buffer.from('hello, not an image')), 415, /not a PNG or JPEG/],
+    [() => post(png.subarray(0, 40)), 415, /cannot decode/],
+    [() => post(Buffer.alloc(3 * 1024 * 1024, 1)), 413, /larger than/],
+    [() => fetch(`${service.url}/predict`), 405, /GET not allowed/],
+    [() => post(png, '/nowhere'), 404, /no route/],
+    [() => post(png, '/healthz', 'DELETE'), 405, /DELETE not allowed/],
+  ];
+  for (const [request, status, message] of cases) {
+    const response = await request();
+    assert.equal(response.status, status);
+    assert.equal(response.headers.get('content-type'), 'application/json');
+    assert.match((await response.json()).error, message);
+  }
+  assert.equal((await fetch(`${service.url}/healthz`)).status, 200);
+  assert.equal((await post(png)).status, 200);
+});
+
+test('the event loop stays free while workers decode and classify', async () => {
+  const big = new PNG({ width: 2500, height: 2500 });
+  big.data.fill(128);
+  const bytes = PNG.sync.write(big);
+  const delay = monitorEventLoopDelay({ resolution: 10 });
+  delay.enable();
+  const responses = await Promise.all([post(bytes), post(bytes), fetch(`${service.url}/healthz`)]);
+  delay.disable();
+  assert.deepEqual(responses.map((r) => r.status), [200, 200, 200]);
+  assert.ok(delay.max / 1e6 < 250, `event loop blocked for ${delay.max / 1e6} ms`);
+});
