@@ -30,7 +30,7 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ -z 
   fi
 fi
 # The non-Python consumers (examples/): their npm packages, installed exactly from the committed lock files.
-for example in examples/node; do
+for example in examples/node examples/web; do
   lock_hash=$(sha256sum "$example/package-lock.json" | cut -c1-16)
   if [ "$(cat "$example/node_modules/.vggdeploy-installed" 2>/dev/null)" != "$lock_hash" ]; then
     if command -v npm >/dev/null; then
@@ -41,4 +41,13 @@ for example in examples/node; do
     fi
   fi
 done
+# The browser test drives Debian's Chromium (never a downloaded browser build).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's chromium for the browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: /usr/bin/chromium missing; the browser test needs Debian's chromium package" >&2
+  fi
+fi
 echo "setup: ready (.venv/bin/vggdeploy)"

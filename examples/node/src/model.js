@@ -5,6 +5,8 @@ import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import { specFromMetadata } from './preprocess.js';
 
+export { topK } from '../../js-common/preprocess.js';
+
 const { onnx } = onnxProto;
 
 /** Every metadata_props value of a vggdeploy model, JSON-decoded. */
@@ -33,14 +35,4 @@ export async function infer(model, input) {
   const tensor = new ort.Tensor('float32', input, [1, 1, model.spec.height, model.spec.width]);
   const result = await model.session.run({ [io.input.name]: tensor });
   return Array.from(result[io.output.name].data);
-}
-
-export function topK(logits, labels, k) {
-  const max = Math.max(...logits);
-  const exps = logits.map((v) => Math.exp(v - max));
-  const total = exps.reduce((a, b) => a + b, 0);
-  return exps
-    .map((e, index) => ({ label: labels[index], index, probability: e / total }))
-    .sort((a, b) => b.probability - a.probability)
-    .slice(0, k);
 }

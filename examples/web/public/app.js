@@ -1,0 +1,96 @@
+// Classifies a dropped image with the exported .onnx via onnxruntime-web (wasm files served from the package).
+// Labels and preprocessing come from the model's metadata_props, read with protobufjs and a partial ONNX schema.
+import * as ort from '/ort/ort.wasm.min.mjs';
+import { specFromMetadata, toGrayscale, toModelInput, topK } from '/common/preprocess.js';
+
+const TOP_K = 5;
+const $ = (id) => document.getElementById(id);
+
+// Only the fields we read: ModelProto.metadata_props (field 14) of StringStringEntryProto {key = 1, value = 2}.
+const schema = protobuf.Root.fromJSON({
+  nested: {
+    StringStringEntryProto: { fields: { key: { type: 'string', id: 1 }, value: { type: 'string', id: 2 } } },
+    ModelProto: { fields: { metadataProps: { rule: 'repeated', type: 'StringStringEntryProto', id: 14 } } },
+  },
+});
+
+function readMetadata(bytes) {
+  const model = schema.lookupType('ModelProto').decode(bytes);
+  const props = Object.fromEntries(model.metadataProps.map((p) => [p.key, p.value]));
+  if (!('vggdeploy.format' in props)) throw new Error('this .onnx carries no vggdeploy metadata');
+  return Object.fromEntries(Object.entries(props).map(([key, value]) => [key, JSON.parse(value)]));
+}
+
+async function loadModel() {
+  ort.env.wasm.wasmPaths = '/ort/';
+  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  const [bytes, info] = await Promise.all([
+    fetch('/model.onnx').then((r) => r.arrayBuffer()).then((b) => new Uint8Array(b)),
+    fetch('/model-info.json').then((r) => r.json()),
+  ]);
+  const metadata = readMetadata(bytes);
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'] });
+  return { metadata, info, session, spec: specFromMetadata(metadata.preprocessing) };
+}
+
+async function decodeImage(file) {
+  const bitmap = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const context = canvas.getContext('2d', { colorSpace: 'srgb' });
+  context.drawImage(bitmap, 0, 0);
+  const { data } = context.getImageData(0, 0, bitmap.width, bitmap.height);
+  return { width: bitmap.width, height: bitmap.height, rgba: data, bitmap };
+}
+
+function show(result, image, metadata) {
+  $('result').hidden = false;
+  const preview = $('preview');
+  preview.getContext('2d').drawImage(image.bitmap, 0, 0, preview.width, preview.height);
+  $('label').textContent = `${result.top[0].label} (${(100 * result.top[0].probability).toFixed(1)} %)`;
+  $('bars').replaceChildren(...result.top.map(({ label, probability }) => {
+    const row = document.createElement('div');
+    row.className = 'bar';
+    row.innerHTML = `<span></span><span class="track"><span class="fill" style="width:${(100 * probability).toFixed(1)}%"></span></span><span></span>`;
+    row.children[0].textContent = label;
+    row.children[2].textContent = `${(100 * probability).toFixed(1)} %`;
+    return row;
+  }));
+}
+
+async function classify(model, file) {
+  const image = await decodeImage(file);
+  const input = toModelInput(toGrayscale(image, model.spec), image.width, image.height, model.spec);
+  const { io, labels } = model.metadata;
+  const feeds = { [io.input.name]: new ort.Tensor('float32', input, [1, 1, model.spec.height, model.spec.width]) };
+  const logits = Array.from((await model.session.run(feeds))[io.output.name].data);
+  const result = { file: file.name, logits, top: topK(logits, labels, TOP_K) };
+  show(result, image, model.metadata);
+  window.lastResult = result; // read by the page's self-test
+  return result;
+}
+
+try {
+  const model = await loadModel();
+  const { metadata, info } = model;
+  $('status').textContent = `Model ${metadata.model.name} (${info.file}, ${(info.bytes / 1e6).toFixed(2)} MB, `
+    + `test accuracy ${(100 * metadata.training.test_accuracy).toFixed(2)} %), onnxruntime-web wasm, `
+    + `${ort.env.wasm.numThreads} thread(s). Input ${metadata.preprocessing.resize.height}x${metadata.preprocessing.resize.width} grayscale.`;
+  const run = (file) => classify(model, file).catch((error) => {
+    $('status').innerHTML = '';
+    $('status').append(Object.assign(document.createElement('span'), { className: 'error', textContent: `Could not classify ${file.name}: ${error.message}` }));
+  });
+  $('file').addEventListener('change', (event) => event.target.files[0] && run(event.target.files[0]));
+  const drop = $('drop');
+  drop.addEventListener('dragover', (event) => { event.preventDefault(); drop.classList.add('over'); });
+  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+  drop.addEventListener('drop', (event) => {
+    event.preventDefault();
+    drop.classList.remove('over');
+    if (event.dataTransfer.files[0]) run(event.dataTransfer.files[0]);
+  });
+  window.modelReady = true;
+} catch (error) {
+  $('status').className = 'error';
+  $('status').textContent = `Could not load the model: ${error.message}`;
+  window.modelError = error.message;
+}

@@ -1,0 +1,69 @@
+// Serves the page, the shared preprocessing, onnxruntime-web's own wasm files and one model, on 127.0.0.1.
+// COOP/COEP headers make the page cross-origin isolated so the wasm backend can use threads.
+import { createReadStream, statSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { basename, dirname, extname, join, resolve, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const TYPES = {
+  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm',
+  '.onnx': 'application/octet-stream', '.json': 'application/json', '.png': 'image/png', '.css': 'text/css',
+};
+
+export async function startStaticServer({ modelPath, port = 0, host = '127.0.0.1' }) {
+  const mounts = {
+    '/ort/': join(here, 'node_modules', 'onnxruntime-web', 'dist'),
+    '/vendor/': join(here, 'node_modules', 'protobufjs', 'dist'),
+    '/common/': join(here, '..', 'js-common'),
+    '/': join(here, 'public'),
+  };
+  const model = resolve(modelPath);
+  const server = createServer((request, response) => {
+    const url = new URL(request.url, 'http://localhost');
+    let file;
+    if (url.pathname === '/model.onnx') {
+      file = model;
+    } else if (url.pathname === '/model-info.json') {
+      const info = JSON.stringify({ file: basename(model), bytes: statSync(model).size });
+      response.writeHead(200, { 'content-type': TYPES['.json'] });
+      return response.end(info);
+    } else {
+      const prefix = Object.keys(mounts).find((p) => url.pathname.startsWith(p));
+      const root = mounts[prefix];
+      const relative = decodeURIComponent(url.pathname.slice(prefix.length)) || 'index.html';
+      file = resolve(root, relative);
+      if (!file.startsWith(root + sep)) file = null; // no escaping the mounted folders
+    }
+    let size;
+    try {
+      size = file && statSync(file).isFile() ? statSync(file).size : null;
+    } catch {
+      size = null;
+    }
+    if (size === null) {
+      response.writeHead(404, { 'content-type': 'text/plain' });
+      return response.end('not found');
+    }
+    response.writeHead(200, {
+      'content-type': TYPES[extname(file)] ?? 'application/octet-stream',
+      'content-length': size,
+      'cross-origin-opener-policy': 'same-origin',
+      'cross-origin-embedder-policy': 'require-corp',
+      'cache-control': 'no-cache',
+    });
+    return createReadStream(file).pipe(response);
+  });
+  await new Promise((done) => server.listen(port, host, done));
+  return { url: `http://${host}:${server.address().port}`, close: () => new Promise((done) => server.close(done)) };
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const modelPath = process.argv[2] ?? process.env.MODEL_PATH;
+  if (!modelPath) {
+    console.error('usage: node serve.js MODEL.onnx   (or MODEL_PATH=...)');
+    process.exit(2);
+  }
+  const { url } = await startStaticServer({ modelPath, port: Number(process.env.PORT ?? 8000) });
+  console.log(`open ${url}/ (model: ${modelPath})`);
+}

@@ -1,0 +1,62 @@
+// Drives the page in Debian's Chromium (playwright-core, no browser download): every golden image must give the
+// golden top-1 label and logits within the golden tolerance. MODEL_PATH, GOLDEN_DIR; SCREENSHOT= saves a PNG.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { chromium } from 'playwright-core';
+import { startStaticServer } from '../serve.js';
+
+const goldenDir = process.env.GOLDEN_DIR;
+const golden = JSON.parse(readFileSync(join(goldenDir, 'golden.json'), 'utf8'));
+let server;
+let browser;
+let page;
+const consoleErrors = [];
+
+before(async () => {
+  server = await startStaticServer({ modelPath: process.env.MODEL_PATH });
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync'],
+  });
+  page = await browser.newPage({ viewport: { width: 820, height: 620 } });
+  page.on('console', (message) => message.type() === 'error' && consoleErrors.push(message.text()));
+  page.on('pageerror', (error) => consoleErrors.push(error.message));
+  await page.goto(`${server.url}/`);
+  await page.waitForFunction(() => window.modelReady || window.modelError, null, { timeout: 60_000 });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+test('the page loads the model, cross-origin isolated, and shows what it loaded', async () => {
+  assert.equal(await page.evaluate(() => window.modelError ?? null), null);
+  assert.equal(await page.evaluate(() => self.crossOriginIsolated), true);
+  assert.match(await page.textContent('#status'), /Model .* onnxruntime-web wasm/);
+});
+
+test('golden images give the golden labels and logits in the browser', async () => {
+  const tolerance = golden.tolerance.logits_atol;
+  for (const entry of golden.images) {
+    await page.evaluate(() => { window.lastResult = null; });
+    await page.setInputFiles('#file', join(goldenDir, entry.file));
+    const result = await page.waitForFunction(() => window.lastResult, null, { timeout: 30_000 }).then((h) => h.jsonValue());
+    assert.equal(result.top[0].index, entry.predicted, entry.file);
+    const worst = Math.max(...result.logits.map((v, i) => Math.abs(v - entry.logits[i])));
+    assert.ok(worst <= tolerance, `${entry.file}: logits differ by ${worst} > ${tolerance}`);
+    assert.equal(await page.locator('#bars .bar').count(), 5);
+    assert.ok((await page.textContent('#label')).startsWith(result.top[0].label));
+  }
+  if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
+  assert.deepEqual(consoleErrors, []);
+});
+
+test('a file that is not an image shows an error instead of crashing the page', async () => {
+  await page.setInputFiles('#file', { name: 'notes.png', mimeType: 'image/png', buffer: Buffer.from('not an image') });
+  await page.waitForSelector('#status .error', { timeout: 10_000 });
+  assert.match(await page.textContent('#status'), /Could not classify notes.png/);
+});
