@@ -50,4 +50,13 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "setup: /usr/bin/chromium missing; the browser test needs Debian's chromium package" >&2
   fi
 fi
+# The C++ consumer: libpng and nlohmann-json from Debian, ONNX Runtime headers from trixie, library from the wheel.
+missing=$(for pkg in cmake g++ libpng-dev nlohmann-json3-dev; do dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg"; done)
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "setup: installing $(echo $missing) for examples/cpp"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+if ! examples/cpp/build.sh .venv/bin/python > .venv/cpp-build.log 2>&1; then
+  tail -20 .venv/cpp-build.log >&2; echo "setup: examples/cpp did not build (log: .venv/cpp-build.log)" >&2
+fi
 echo "setup: ready (.venv/bin/vggdeploy)"

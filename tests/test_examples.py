@@ -53,3 +53,43 @@ def test_web_page_classifies_the_golden_images_in_chromium(tiny_export, tmp_path
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "# pass 3" in result.stdout and "# fail 0" in result.stdout
     assert (tmp_path / "page.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def cpp_program():
+    program = EXAMPLES / "cpp" / "build" / "classify"
+    if not program.is_file():
+        pytest.fail("examples/cpp is not built: run ./scripts/setup.sh (see .venv/cpp-build.log)")
+    return program
+
+
+def test_cpp_program_matches_the_golden_vectors(tiny_export, cpp_program):
+    result, out = tiny_export
+    golden_dir = out / "onnx" / "golden"
+    golden = json.loads((golden_dir / "golden.json").read_text())
+    files = [str(golden_dir / entry["file"]) for entry in golden["images"]]
+    run = subprocess.run([str(cpp_program), str(result.model_path), *files, "--json"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    answers = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(answers) == len(golden["images"])
+    for entry, answer in zip(golden["images"], answers):
+        assert answer["top"][0]["index"] == entry["predicted"], entry["file"]
+        worst = max(abs(a - b) for a, b in zip(answer["logits"], entry["logits"]))
+        assert worst <= golden["tolerance"]["logits_atol"], (entry["file"], worst)
+
+
+def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path):
+    result, out = tiny_export
+    good = next((out / "onnx" / "golden").glob("*.png"))
+    (tmp_path / "text.png").write_text("not a png")
+    run = subprocess.run([str(cpp_program), str(result.model_path), str(good), str(tmp_path / "text.png")],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 3 and len(run.stdout.splitlines()) == 1
+    assert "text.png" in run.stderr and run.stderr.startswith("error:")
+    import onnx
+
+    proto = onnx.load(str(result.model_path))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    run = subprocess.run([str(cpp_program), str(tmp_path / "bare.onnx"), str(good)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "no 'vggdeploy.format' metadata" in run.stderr
