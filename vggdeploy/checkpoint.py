@@ -35,12 +35,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise DataError(f"{path}: no such checkpoint")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        reason = f"a pickled {found.group(1)}" if found else "an unsupported pickled object"
-        raise DataError(f"{path}: refused, it holds objects that are not plain data ({reason}); it was not loaded") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        raise DataError(f"{path}: truncated or not a checkpoint ({str(error).splitlines()[0][:160]})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        # weights_only names what it refused to import or call; anything else is a damaged or foreign file
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found:
+            raise DataError(f"{path}: refused, it holds objects that are not plain data (a pickled {found.group(1)}); "
+                            "it was not loaded") from None  # fmt: skip
+        reason = next((line for line in str(error).splitlines() if line.strip() and "Weights only load failed" not in line), "")
+        raise DataError(f"{path}: truncated or not a checkpoint ({reason.strip()[:160] or type(error).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path}: not a vggdeploy checkpoint (no {FORMAT!r} tag)")
     try:

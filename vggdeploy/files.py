@@ -28,3 +28,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete what a killed atomic write left behind (``.<name>.<random>.tmp``); returns what it removed."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

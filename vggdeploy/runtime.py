@@ -116,8 +116,31 @@ def session_provider(session) -> str:
     return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
 
+def _tensors(graph) -> Iterator:
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _tensors(subgraph)
+
+
+def check_external_data(proto, path: Path) -> None:
+    """Refuse external-data references that would read files outside the model's own folder."""
+    folder = path.resolve().parent
+    for tensor in _tensors(proto.graph):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                target = (folder / entry.value).resolve()
+                if Path(entry.value).is_absolute() or not target.is_relative_to(folder):
+                    raise DataError(f"{path}: tensor {tensor.name!r} points at external data outside the model's folder ({entry.value})")
+
+
 def read_metadata(path: str | Path) -> dict:
-    """The decoded vggdeploy metadata of an .onnx file (without loading its weights into memory twice)."""
+    """The decoded vggdeploy metadata of an .onnx file, after checking the file's external-data references."""
     import onnx
 
     path = Path(path)
@@ -127,6 +150,7 @@ def read_metadata(path: str | Path) -> dict:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and friends
         raise DataError(f"{path}: not an ONNX model ({str(error).splitlines()[0][:160] or type(error).__name__})") from None
+    check_external_data(proto, path)
     return decode_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
 
 

@@ -1,13 +1,16 @@
 """The training loop: device-resident data, one-cycle SGD, per-epoch checkpoints, exact resume, optional DDP.
 
-Randomness is re-seeded from (seed, epoch) at every epoch start, so a run resumed from the checkpoint of
-epoch k draws exactly what the uninterrupted run drew: the RNG state is a function of what the checkpoint holds.
+Randomness is a function of what a checkpoint holds: shuffling and augmentation draw from a generator seeded by
+(seed, epoch), dropout is re-seeded by (seed, epoch, step). A run resumed from any checkpoint, also one saved by
+Ctrl-C in the middle of an epoch, therefore draws exactly what the uninterrupted run drew.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from vggdeploy.checkpoint import library_versions, load_checkpoint, save_checkpo
 from vggdeploy.config import TrainConfig
 from vggdeploy.data import Augmentation, data_checksums, iterate_batches, load_split
 from vggdeploy.errors import UsageError, VggDeployError
+from vggdeploy.files import remove_stale_temporaries
 from vggdeploy.model import build_model, summarize
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import plot_training_curves, write_json, write_jsonl
@@ -31,6 +35,35 @@ PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0} 
 
 class TrainingDiverged(VggDeployError):
     exit_code = 5
+
+
+class TrainingInterrupted(VggDeployError):
+    exit_code = 130
+
+
+class _StopRequests:
+    """Turns the first SIGINT/SIGTERM into a flag read at step boundaries (a second one stops at once)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, number, _frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(number).name
+
+    def __enter__(self) -> "_StopRequests":
+        if self.enabled:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
 
 
 @dataclass(frozen=True)
@@ -103,6 +136,7 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
 def _check_writable(out_dir: Path) -> None:
     try:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir / "checkpoints")
         probe = out_dir / "checkpoints" / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -161,13 +195,14 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir=None, resume: bool 
     device = resolve_device(config.device)
     distributed = _start_distributed(device)
     try:
-        return _train(config, out_dir, data_dir, resume, progress, device, distributed)
+        with _StopRequests(enabled=distributed.world == 1) as stop:
+            return _train(config, out_dir, data_dir, resume, progress, device, distributed, stop)
     finally:
         if distributed.world > 1:
             dist.destroy_process_group()
 
 
-def _train(config, out_dir, data_dir, resume, progress, device, distributed) -> TrainResult:
+def _train(config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests) -> TrainResult:
     if distributed.is_main:
         _check_writable(out_dir)
     state = _resume_state(out_dir, config) if resume else None
@@ -179,10 +214,12 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed) -> 
     model = build_model(config.model).to(device)
     optimizer = _optimizer(model, config)
     history: list[dict] = []
+    in_progress = None  # {"step", "running"} of an epoch interrupted by Ctrl-C
     if state is not None:
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         history = list(state["metrics"])
+        in_progress = state.get("in_progress")
     start_epoch = len(history)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -200,10 +237,11 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed) -> 
 
     started, trained_images, train_seconds = time.perf_counter(), 0, 0.0
     for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout; shuffling and augmentation use the generator
         generator = torch.Generator(device).manual_seed(config.seed * 100_003 + epoch)
         runner.train()
-        running = torch.zeros(3, device=device)
+        skip = in_progress["step"] if in_progress and epoch == start_epoch else 0
+        running = torch.tensor(in_progress["running"], device=device) if skip else torch.zeros(3, device=device)
+        resumed_images = running[2].item()  # trained before an interruption: not part of this run's speed
         epoch_start = time.perf_counter()
         batches = iterate_batches(
             train_images, train_labels, config.batch_size, spec, generator, augmentation,
@@ -212,6 +250,15 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed) -> 
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                    disable=not (progress and distributed.is_main), leave=True, dynamic_ncols=True)  # fmt: skip
         for step, (batch, target) in enumerate(bar):
+            if step < skip:
+                continue  # already trained before the interruption; generating it replays its random draws
+            if stop.received:
+                _save_interrupted(out_dir, model, optimizer, config, history, checksums, step, running)
+                raise TrainingInterrupted(
+                    f"interrupted ({stop.received}) in epoch {epoch + 1} at step {step}/{steps_per_epoch}; saved "
+                    f"{out_dir / 'checkpoints' / 'last.pt'}; continue with --resume and the same settings"
+                )
+            torch.manual_seed(config.seed * 100_003 + epoch * 1_000_003 + step)  # dropout
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, global_step, total_steps)
@@ -232,13 +279,13 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed) -> 
                         f"the loss became {mean_loss} in epoch {epoch + 1} by step {step + 1} "
                         f"(lr {config.lr:g}); lower --lr. Nothing was saved from this epoch"
                     )
-                rate = seen * distributed.world / (time.perf_counter() - epoch_start)
+                rate = (seen - resumed_images) * distributed.world / (time.perf_counter() - epoch_start)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{running[1].item() / seen:.3f}", img_s=f"{rate:,.0f}")
         if device.type == "cuda":
             torch.cuda.synchronize()
         epoch_train_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_train_seconds
-        trained_images += int(running[2].item()) * distributed.world
+        trained_images += int(running[2].item() - resumed_images) * distributed.world
         if distributed.world > 1:
             dist.all_reduce(running)
         test_loss, test_accuracy = evaluate(runner, test_images, test_labels, spec, config.eval_batch_size, distributed)
@@ -250,12 +297,17 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed) -> 
             "test_accuracy": test_accuracy,
             "lr_end": optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - epoch_start,
-            "train_images_per_second": running[2].item() / epoch_train_seconds,
+            "train_images_per_second": (running[2].item() - resumed_images * distributed.world) / epoch_train_seconds,
         })  # fmt: skip
         if distributed.is_main:
             _save_epoch(out_dir, model, optimizer, config, history, checksums)
             if progress:
                 tqdm.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}")
+        if stop.received and epoch + 1 < config.epochs:
+            raise TrainingInterrupted(
+                f"interrupted ({stop.received}) after epoch {epoch + 1}; saved {out_dir / 'checkpoints' / 'last.pt'}; "
+                "continue with --resume and the same settings"
+            )
 
     rate = trained_images / train_seconds if train_seconds else 0.0
     best = max(row["test_accuracy"] for row in history)
@@ -268,21 +320,32 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed) -> 
     return result
 
 
-def _save_epoch(out_dir: Path, model, optimizer, config: TrainConfig, history: list[dict], checksums: dict) -> None:
-    state = {
+def _state(model, optimizer, config: TrainConfig, history: list[dict], checksums: dict) -> dict:
+    return {
         "model_args": config.model.to_dict(),
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer_state": optimizer.state_dict(),
         "train_config": config.to_dict(),
         "epoch": len(history),
         "metrics": history,
-        "test_accuracy": history[-1]["test_accuracy"],
+        "test_accuracy": history[-1]["test_accuracy"] if history else None,
         "data_checksums": checksums,
     }
+
+
+def _save_epoch(out_dir: Path, model, optimizer, config: TrainConfig, history: list[dict], checksums: dict) -> None:
+    state = _state(model, optimizer, config, history, checksums)
     save_checkpoint(out_dir / "checkpoints" / "last.pt", state)
     if history[-1]["test_accuracy"] >= max(row["test_accuracy"] for row in history):
         save_checkpoint(out_dir / "checkpoints" / "best.pt", {k: v for k, v in state.items() if k != "optimizer_state"})
     write_jsonl(out_dir / "train" / "metrics.jsonl", history)
+
+
+def _save_interrupted(out_dir, model, optimizer, config, history, checksums, step: int, running: torch.Tensor) -> None:
+    """last.pt at a step boundary inside an epoch: enough to resume exactly where training stopped."""
+    state = _state(model, optimizer, config, history, checksums)
+    state["in_progress"] = {"step": step, "running": running.detach().cpu().tolist()}
+    save_checkpoint(out_dir / "checkpoints" / "last.pt", state)
 
 
 def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, device: torch.device) -> None:
