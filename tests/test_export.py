@@ -5,13 +5,12 @@ import sys
 import numpy as np
 import onnx
 import pytest
-import torch
 from PIL import Image
 
-from vggdeploy.checkpoint import load_checkpoint, save_checkpoint
+from vggdeploy.checkpoint import load_checkpoint
 from vggdeploy.contract import BATCH_AXIS, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME
 from vggdeploy.data import CLASS_NAMES
-from vggdeploy.errors import DataError, UsageError
+from vggdeploy.errors import UsageError
 from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
 from vggdeploy.runtime import SessionOptions, create_session, read_metadata
 
@@ -167,13 +166,18 @@ def test_bad_export_input_is_one_line_and_leaves_no_onnx(problem, tiny_checkpoin
     assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.tmp"))
 
 
-def test_failed_parity_leaves_nothing_behind(tiny_checkpoint, tmp_path, data_dir):
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"atol": 0.0}, "parity at export.*atol"), ({"fp16": True, "fp16_max_accuracy_drop": -1.0}, "variant check: fp16")],
+)
+def test_a_failed_check_leaves_nothing_behind(tiny_checkpoint, tmp_path, data_dir, settings, message):
     from vggdeploy.config import ExportConfig
     from vggdeploy.errors import CheckFailed
     from vggdeploy.export import export_model
 
-    with pytest.raises(CheckFailed, match="parity at export.*atol"):
-        export_model(tiny_checkpoint, tmp_path, ExportConfig(atol=0.0, audit_batches=(1, 2)), data_dir=data_dir)
+    config = ExportConfig(audit_batches=(1, 2), parity_images=32, variant_images=64, **settings)
+    with pytest.raises(CheckFailed, match=message):
+        export_model(tiny_checkpoint, tmp_path, config, data_dir=data_dir)
     assert list(tmp_path.iterdir()) == []
 
 

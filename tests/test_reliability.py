@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vggdeploy.checkpoint import load_checkpoint, save_checkpoint
+from vggdeploy.checkpoint import load_checkpoint
 from vggdeploy.errors import DataError
 from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
 

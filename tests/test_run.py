@@ -5,10 +5,8 @@ import sys
 import numpy as np
 import onnx
 import pytest
-import torch
 from PIL import Image
 
-from vggdeploy.errors import DataError
 from vggdeploy.preprocess import decode_grayscale
 from vggdeploy.runtime import ProviderUnavailable, SessionOptions, create_session, cuda_driver_present
 

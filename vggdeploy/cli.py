@@ -11,8 +11,13 @@ import traceback
 
 import click
 
+from typing import TYPE_CHECKING
+
 from vggdeploy import __version__
 from vggdeploy.errors import VggDeployError
+
+if TYPE_CHECKING:
+    from vggdeploy.archs import ModelArgs
 
 
 class _Group(click.Group):
@@ -60,7 +65,7 @@ def _model_args_options(command):
     return command
 
 
-def model_args_from_options(base: dict | None = None, **options) -> "ModelArgs":  # noqa: F821
+def model_args_from_options(base: dict | None = None, **options) -> "ModelArgs":
     """ModelArgs from CLI options: unset options (None) keep the base (preset or default) values."""
     from vggdeploy.archs import ModelArgs, parse_arch
 

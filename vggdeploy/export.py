@@ -9,7 +9,6 @@ import contextlib
 import datetime
 import io
 import json
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,9 @@ import onnx
 import torch
 from PIL import Image
 
-from vggdeploy import __version__
 from vggdeploy.archs import ModelArgs
 from vggdeploy.checkpoint import load_model
-from vggdeploy.files import atomic_path
+from vggdeploy.files import atomic_path, ensure_writable
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
 from vggdeploy.data import CLASS_NAMES, load_split, to_model_input
@@ -183,7 +181,7 @@ def export_model(
     count = max(config.parity_images, max(config.audit_batches), config.golden_images)
     inputs = to_model_input(test_images[:count], spec).numpy()
     labels = test_labels.numpy()
-    _check_writable(out_dir)
+    ensure_writable(out_dir)
 
     exported = to_onnx(model, args, config.opset)
     check_proto(exported)
@@ -204,32 +202,25 @@ def export_model(
     if not parity:
         raise CheckFailed(f"parity at export: {parity.format()}")
 
-    model_path = out_dir / "model.onnx"
     attach_metadata(final, build_metadata(args, state, config, "fp32", _parity_summary(parity), raw_input=False))
-    save_onnx(final, model_path)
-    result = ExportResult(model_path, before, GraphStats.of(final), audit, parity)
-    write_golden_vectors(out_dir / "golden", session, test_images, labels, spec, config.golden_images)
-
+    built = []
     if config.fp16 or config.int8 or config.with_preprocessing:
         from vggdeploy import variants
 
         variant_inputs = to_model_input(test_images[: config.variant_images], spec).numpy()
-        result.variants = variants.write_variants(
-            final, session, model_path, config, variant_inputs, labels[: config.variant_images], test_images, data_dir
-        )
+        built = variants.build_variants(final, session, config, variant_inputs, labels[: config.variant_images],
+                                        test_images, data_dir)  # fmt: skip
+
+    model_path = out_dir / "model.onnx"  # every check has passed: write
+    save_onnx(final, model_path)
+    result = ExportResult(model_path, before, GraphStats.of(final), audit, parity)
+    write_golden_vectors(out_dir / "golden", session, test_images, labels, spec, config.golden_images)
+    for variant in built:
+        result.variants[variant.name] = variants.write_variant(variant, model_path, final)
     if triton_repo is not None:
         write_triton_repository(Path(triton_repo), final, args, config)
     _write_report(out_dir, result, args)
     return result
-
-
-def _check_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir):
-            pass
-    except OSError as error:
-        raise UsageError(f"cannot write to output directory {out_dir}: {error.strerror or error}") from None
 
 
 def _parity_summary(parity: ParityResult) -> dict:

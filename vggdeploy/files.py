@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from vggdeploy.errors import UsageError
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -36,3 +38,13 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and prove a file can be written there, before any long work starts."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test.", suffix=".tmp"):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to output directory {folder}: {error.strerror or error}") from None

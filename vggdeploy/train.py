@@ -24,7 +24,7 @@ from vggdeploy.checkpoint import library_versions, load_checkpoint, save_checkpo
 from vggdeploy.config import TrainConfig
 from vggdeploy.data import Augmentation, data_checksums, iterate_batches, load_split
 from vggdeploy.errors import UsageError, VggDeployError
-from vggdeploy.files import remove_stale_temporaries
+from vggdeploy.files import ensure_writable, remove_stale_temporaries
 from vggdeploy.model import build_model, summarize
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import plot_training_curves, write_json, write_jsonl
@@ -133,17 +133,6 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
 
 
-def _check_writable(out_dir: Path) -> None:
-    try:
-        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir / "checkpoints")
-        probe = out_dir / "checkpoints" / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(f"cannot write to output directory {out_dir}: {error.strerror or error}") from None
-
-
 def _peak_fraction(device: torch.device, images_per_second: float, forward_gflops: float) -> float | None:
     if device.type != "cuda":
         return None
@@ -204,7 +193,8 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir=None, resume: bool 
 
 def _train(config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests) -> TrainResult:
     if distributed.is_main:
-        _check_writable(out_dir)
+        ensure_writable(out_dir / "checkpoints")
+        remove_stale_temporaries(out_dir / "checkpoints")
     state = _resume_state(out_dir, config) if resume else None
     train_images, train_labels, test_images, test_labels = _load_data(config, data_dir, device)
     spec = PreprocessSpec(config.model.image_size, config.model.image_size)

@@ -5,8 +5,10 @@ Each variant is checked against the fp32 model on real test images before it is 
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,79 +24,77 @@ from vggdeploy.errors import CheckFailed
 from vggdeploy.graph import GraphStats, attach_metadata, check_proto, io_section, run_session, save_onnx
 from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec
-from vggdeploy.runtime import ORT_SUPPORTED_IR_VERSION, SessionOptions, create_session
+from vggdeploy.runtime import ORT_SUPPORTED_IR_VERSION, SessionOptions, create_session, softmax
 
 PREPROCESSING_ATOL = 1e-3  # in-graph resize/normalise vs the numpy preprocessing, on probabilities
 
 
-def write_variants(
-    fp32: onnx.ModelProto, fp32_session, model_path: Path, config: ExportConfig, inputs: np.ndarray,
-    labels: np.ndarray, test_images: torch.Tensor, data_dir,
-) -> dict[str, dict]:  # fmt: skip
-    """Write the variants the config asks for beside ``model_path``; returns their figures by name."""
+@dataclass
+class Variant:
+    """A derived model that passed its check, not yet written."""
+
+    name: str  # fp16 | int8 | preprocess
+    proto: onnx.ModelProto
+    parity: ParityResult
+    extra: dict = field(default_factory=dict)  # further figures (int8: CPU latencies)
+
+
+def build_variants(
+    fp32: onnx.ModelProto, fp32_session, config: ExportConfig, inputs: np.ndarray, labels: np.ndarray,
+    test_images: torch.Tensor, data_dir,
+) -> list[Variant]:  # fmt: skip
+    """Build and check every variant the config asks for; raises CheckFailed before anything is written."""
     reference = run_session(fp32_session, inputs)
-    metadata = _metadata_of(fp32)
-    written: dict[str, dict] = {}
-
-    def finish(name: str, proto: onnx.ModelProto, parity: ParityResult, extra: dict, raw_input: bool = False) -> None:
-        path = model_path.with_name(f"model.{name}.onnx")
-        sections = dict(metadata)
-        sections["export"] = {**metadata["export"], "variant": name}
-        sections["parity"] = {**parity.to_dict(), "flips": []}
-        if raw_input:
-            args = ModelArgs.from_dict({k: v for k, v in metadata["model"].items() if k != "name"})
-            sections["io"] = io_section(args, raw_input=True)
-        attach_metadata(proto, sections)
-        save_onnx(proto, path)
-        written[name] = {"path": str(path), "bytes": path.stat().st_size, "nodes": GraphStats.of(proto).nodes,
-                         "parity": parity.to_dict(), **extra, "summary": parity.format()}  # fmt: skip
-
+    built: list[Variant] = []
     if config.fp16:
         proto = to_fp16(fp32)
         session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
         parity = compare_logits("fp16 vs fp32 (onnxruntime)", reference, run_session(session, inputs), labels,
                                 max_accuracy_drop=config.fp16_max_accuracy_drop)  # fmt: skip
-        _require(parity)
-        finish("fp16", proto, parity, {})
+        built.append(Variant("fp16", proto, _require(parity)))
     if config.int8:
-        args_size = fp32.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
-        calibration = _calibration_inputs(config.calibration_images, args_size, data_dir)
-        proto = to_int8(fp32, calibration)
+        image_size = fp32.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
+        proto = to_int8(fp32, _calibration_inputs(config.calibration_images, image_size, data_dir))
         session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
         parity = compare_logits("int8 vs fp32 (onnxruntime)", reference, run_session(session, inputs), labels,
                                 max_accuracy_drop=config.int8_max_accuracy_drop)  # fmt: skip
-        _require(parity)
         speed = {"cpu_batch1_ms_fp32": _batch1_ms(fp32_session, inputs), "cpu_batch1_ms_int8": _batch1_ms(session, inputs)}
         speed["cpu_speedup"] = speed["cpu_batch1_ms_fp32"] / speed["cpu_batch1_ms_int8"]
-        finish("int8", proto, parity, speed)
+        built.append(Variant("int8", proto, _require(parity), speed))
     if config.with_preprocessing:
-        spec = PreprocessSpec.from_metadata(metadata["preprocessing"])
-        proto = with_preprocessing(fp32, spec)
+        proto = with_preprocessing(fp32, PreprocessSpec.from_metadata(_metadata_of(fp32)["preprocessing"]))
         session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
-        raw = test_images[: len(inputs)].numpy()
-        expected = _softmax(reference)
+        expected = softmax(reference.astype(np.float64)).astype(np.float32)
         parity = compare_logits("uint8 in-graph preprocessing vs numpy preprocessing + fp32", expected,
-                                run_session(session, raw), labels, atol=PREPROCESSING_ATOL)  # fmt: skip
-        _require(parity)
-        finish("preprocess", proto, parity, {}, raw_input=True)
-    return written
+                                run_session(session, test_images[: len(inputs)].numpy()), labels,
+                                atol=PREPROCESSING_ATOL)  # fmt: skip
+        built.append(Variant("preprocess", proto, _require(parity)))
+    return built
+
+
+def write_variant(variant: Variant, model_path: Path, fp32: onnx.ModelProto) -> dict:
+    """Write ``model.<name>.onnx`` beside the fp32 model with its own metadata; returns its figures."""
+    metadata = _metadata_of(fp32)
+    metadata["export"] = {**metadata["export"], "variant": variant.name}
+    metadata["parity"] = {**variant.parity.to_dict(), "flips": []}
+    if variant.name == "preprocess":
+        args = ModelArgs.from_dict({k: v for k, v in metadata["model"].items() if k != "name"})
+        metadata["io"] = io_section(args, raw_input=True)
+    attach_metadata(variant.proto, metadata)
+    path = model_path.with_name(f"model.{variant.name}.onnx")
+    save_onnx(variant.proto, path)
+    return {"path": str(path), "bytes": path.stat().st_size, "nodes": GraphStats.of(variant.proto).nodes,
+            "parity": variant.parity.to_dict(), **variant.extra, "summary": variant.parity.format()}  # fmt: skip
 
 
 def _metadata_of(proto: onnx.ModelProto) -> dict:
-    import json
-
     return {p.key: json.loads(p.value) for p in proto.metadata_props}
 
 
-def _require(parity: ParityResult) -> None:
+def _require(parity: ParityResult) -> ParityResult:
     if not parity:
         raise CheckFailed(f"variant check: {parity.format()}")
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    from vggdeploy.runtime import softmax
-
-    return softmax(logits.astype(np.float64)).astype(np.float32)
+    return parity
 
 
 def _batch1_ms(session, inputs: np.ndarray, repeats: int = 20) -> float:
