@@ -173,12 +173,6 @@ def export(arch, checkpoint, out, opset, no_simplify, fp16, int8, with_preproces
     click.echo(result.format())
 
 
-def _session_options(provider: str, **cuda_options):
-    from vggdeploy.runtime import SessionOptions
-
-    return SessionOptions(provider=provider, **{k: v for k, v in cuda_options.items() if v is not None})
-
-
 def _say_provider(model, requested: str) -> None:
     if requested == "auto":
         from vggdeploy.runtime import session_provider
@@ -204,9 +198,9 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
     from vggdeploy.classify import classify, latest_model
     from vggdeploy.errors import DataError
     from vggdeploy.preprocess import DEFAULT_MAX_PIXELS
-    from vggdeploy.runtime import load_model
+    from vggdeploy.runtime import SessionOptions, load_model
 
-    model = load_model(model_path or latest_model(ARTIFACTS), _session_options(provider))
+    model = load_model(model_path or latest_model(ARTIFACTS), SessionOptions(provider=provider))
     _say_provider(model, provider)
     result = classify(model, list(images), top_k, batch_size, max_pixels or DEFAULT_MAX_PIXELS)
     if as_json:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from vggdeploy.archs import ModelArgs
-from vggdeploy.checkpoint import load_model
+from vggdeploy.checkpoint import load_checkpoint, load_model
 from vggdeploy.files import atomic_path, ensure_writable
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
@@ -73,8 +73,6 @@ class ExportResult:
 
 def find_checkpoint(arch: str, root: str | Path = "artifacts") -> Path:
     """The most recent ``best.pt`` under ``root`` whose model has this architecture letter."""
-    from vggdeploy.checkpoint import load_checkpoint
-
     candidates = sorted(Path(root).glob("*/checkpoints/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         try:
