@@ -18,6 +18,7 @@ from vggdeploy.checkpoint import load_model as load_checkpoint_model
 from vggdeploy.data import load_split, to_model_input
 from vggdeploy.errors import DataError, UsageError
 from vggdeploy.graph import run_session
+from vggdeploy.model import predict_logits
 from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import markdown_table, write_json, write_text
@@ -96,7 +97,7 @@ def run_check(
     test_images, test_labels = load_split("test", data_dir)
     inputs = to_model_input(test_images[:images], spec).numpy()
     labels = test_labels[:images].numpy()
-    reference = _torch_logits(torch_model, inputs)
+    reference = predict_logits(torch_model, inputs, "cuda" if torch.cuda.is_available() else "cpu")
 
     results = [compare_logits("fp32", reference, run_session(loaded.session, inputs), labels, atol=tolerances.fp32_atol,
                               min_agreement=tolerances.fp32_min_agreement)]  # fmt: skip
@@ -111,17 +112,6 @@ def run_check(
         report.first_bad_layer = next((d for d in report.layers if d.relative > tolerances.localize_rtol), None)
     _write_reports(Path(report_dir) if report_dir else model_path.parent / "reports", report)
     return report
-
-
-def _torch_logits(model: torch.nn.Module, inputs: np.ndarray, chunk: int = 250) -> np.ndarray:
-    """fp32 torch logits; on CUDA with TF32 off, so the reference is strict fp32."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    model = model.to(device)
-    with torch.no_grad():
-        return np.concatenate(
-            [model(torch.from_numpy(inputs[i : i + chunk]).to(device)).cpu().numpy() for i in range(0, len(inputs), chunk)]
-        )
 
 
 def localize_difference(model_path: Path, torch_model: torch.nn.Module, inputs: np.ndarray, provider: str) -> list[LayerDifference]:

@@ -28,13 +28,16 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save({"format": FORMAT, "versions": library_versions(), **state}, temporary)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``: a file carrying pickled code is refused, never run."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint with ``weights_only=True``: a file carrying pickled code is refused, never run.
+
+    ``mmap=True`` maps the tensors instead of reading them, for callers that only look at the metadata.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         # weights_only names what it refused to import or call; anything else is a damaged or foreign file
         found = re.search(r"GLOBAL ([\w.]+)", str(error))

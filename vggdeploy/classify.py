@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vggdeploy.errors import DataError, UsageError
+from vggdeploy.files import newest
 from vggdeploy.graph import run_session
 from vggdeploy.preprocess import DEFAULT_MAX_PIXELS, PreprocessSpec, decode_grayscale, to_model_input
 from vggdeploy.runtime import LoadedModel, softmax
@@ -46,7 +47,7 @@ class Classification:
 
 def latest_model(root: str | Path = "artifacts") -> Path:
     """The most recently exported ``model.onnx`` under ``root``."""
-    candidates = sorted(Path(root).glob("*/onnx/model.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = newest(root, "*/onnx/model.onnx")
     if not candidates:
         raise UsageError(f"no exported model under {root}/ (run 'vggdeploy export', or pass --model)")
     return candidates[0]

@@ -20,11 +20,12 @@ from PIL import Image
 
 from vggdeploy.archs import ModelArgs
 from vggdeploy.checkpoint import load_checkpoint, load_model
-from vggdeploy.files import atomic_path, ensure_writable
+from vggdeploy.files import atomic_path, ensure_writable, newest
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
 from vggdeploy.data import CLASS_NAMES, load_split, to_model_input
 from vggdeploy.errors import CheckFailed, DataError, UsageError
+from vggdeploy.model import predict_logits
 from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec, decode_grayscale
 from vggdeploy.preprocess import to_model_input as numpy_model_input
@@ -73,10 +74,9 @@ class ExportResult:
 
 def find_checkpoint(arch: str, root: str | Path = "artifacts") -> Path:
     """The most recent ``best.pt`` under ``root`` whose model has this architecture letter."""
-    candidates = sorted(Path(root).glob("*/checkpoints/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in candidates:
+    for path in newest(root, "*/checkpoints/best.pt"):
         try:
-            if load_checkpoint(path)["model_args"].arch == arch:
+            if load_checkpoint(path, mmap=True)["model_args"].arch == arch:  # mmap: the weights are not read
                 return path
         except DataError:
             continue
@@ -123,18 +123,14 @@ def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
 def audit_batches(session, inputs: np.ndarray, batch_sizes: tuple[int, ...]) -> BatchAudit:
     """Every row of every batch size must equal the batch-1 answer for that image."""
     largest = min(max(batch_sizes), len(inputs))
+    sizes = tuple(sorted({min(s, largest) for s in batch_sizes}))
     singles = run_session(session, inputs[:largest], chunk=1)
     worst, labels_equal = 0.0, True
-    for size in sorted({min(s, largest) for s in batch_sizes}):
+    for size in sizes:
         batched = run_session(session, inputs[:size], chunk=size)
         worst = max(worst, float(np.abs(batched - singles[:size]).max()))
         labels_equal &= bool((batched.argmax(1) == singles[:size].argmax(1)).all())
-    return BatchAudit(tuple(sorted({min(s, largest) for s in batch_sizes})), worst, labels_equal)
-
-
-def torch_logits(model: torch.nn.Module, inputs: np.ndarray, chunk: int = 256) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat([model(torch.from_numpy(inputs[i : i + chunk])) for i in range(0, len(inputs), chunk)]).numpy()
+    return BatchAudit(sizes, worst, labels_equal)
 
 
 def build_metadata(args: ModelArgs, state: dict, config: ExportConfig, variant: str, parity: dict, raw_input: bool) -> dict:
@@ -192,7 +188,7 @@ def export_model(
     if not audit:
         raise CheckFailed(audit.format())
     parity_inputs = inputs[: config.parity_images]
-    reference = torch_logits(model, parity_inputs)
+    reference = predict_logits(model, parity_inputs)
     parity = compare_logits(
         "onnxruntime-cpu fp32 vs torch fp32", reference, run_session(session, parity_inputs),
         labels[: len(parity_inputs)], atol=config.atol,

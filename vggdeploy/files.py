@@ -32,6 +32,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(temporary)
 
 
+def newest(root: str | Path, pattern: str) -> list[Path]:
+    """Files under ``root`` matching ``pattern``, most recently modified first."""
+    return sorted(Path(root).glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete what a killed atomic write left behind (``.<name>.<random>.tmp``); returns what it removed."""
     stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -86,6 +87,16 @@ class VGG(nn.Module):
 
 def build_model(args: ModelArgs) -> VGG:
     return VGG(args)
+
+
+def predict_logits(model: nn.Module, inputs: np.ndarray, device: str | torch.device = "cpu", chunk: int = 256) -> np.ndarray:
+    """Strict fp32 logits of preprocessed (N, C, H, W) inputs, ``chunk`` at a time (TF32 off on CUDA)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    model = model.to(device).eval()
+    with torch.no_grad():
+        return np.concatenate(
+            [model(torch.from_numpy(inputs[i : i + chunk]).to(device)).cpu().numpy() for i in range(0, len(inputs), chunk)]
+        )
 
 
 def count_parameters(model: nn.Module) -> int:

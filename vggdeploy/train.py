@@ -7,6 +7,7 @@ Ctrl-C in the middle of an epoch, therefore draws exactly what the uninterrupted
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -145,14 +146,15 @@ def _peak_fraction(device: torch.device, images_per_second: float, forward_gflop
 def evaluate(model, images, labels, spec: PreprocessSpec, batch_size: int, distributed=_Distributed()) -> tuple[float, float]:
     """(mean loss, accuracy) on the given split; with DDP each rank takes its shard and the sums are reduced."""
     model.eval()
-    totals = torch.zeros(3, device=images.device, dtype=torch.float64)
+    sums = torch.zeros(2, device=images.device, dtype=torch.float64)
+    count = 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda")
     for batch, target in iterate_batches(images, labels, batch_size, spec, shard=(distributed.rank, distributed.world)):
         with autocast:
             logits = model(batch).float()
-        totals += torch.stack(
-            [F.cross_entropy(logits, target, reduction="sum"), (logits.argmax(1) == target).sum(), torch.tensor(len(target))]
-        ).to(totals)
+        sums += torch.stack([F.cross_entropy(logits, target, reduction="sum"), (logits.argmax(1) == target).sum()]).to(sums)
+        count += len(target)
+    totals = torch.cat([sums, sums.new_tensor([count])])
     if distributed.world > 1:
         dist.all_reduce(totals)
     return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
@@ -237,6 +239,8 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
             train_images, train_labels, config.batch_size, spec, generator, augmentation,
             shard=(distributed.rank, distributed.world), drop_last=True,
         )  # fmt: skip
+        batch_count = torch.tensor(float(config.batch_size), device=device)  # drop_last: every batch is full
+        batches = itertools.islice(batches, steps_per_epoch)  # every rank takes the same number of steps
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                    disable=not (progress and distributed.is_main), leave=True, dynamic_ncols=True)  # fmt: skip
         for step, (batch, target) in enumerate(bar):
@@ -260,7 +264,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running += torch.stack([loss.detach() * len(target), (logits.argmax(1) == target).sum(), torch.tensor(len(target), device=device)])
+            running += torch.stack([loss.detach() * len(target), (logits.argmax(1) == target).sum(), batch_count])
             if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps_per_epoch:
                 seen = running[2].item()
                 mean_loss = running[0].item() / seen
