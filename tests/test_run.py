@@ -8,7 +8,16 @@ import pytest
 from PIL import Image
 
 from vggdeploy.preprocess import decode_grayscale
-from vggdeploy.runtime import ProviderUnavailable, SessionOptions, create_session, cuda_driver_present
+from vggdeploy import runtime
+from vggdeploy.runtime import (
+    Placement,
+    ProviderUnavailable,
+    SessionOptions,
+    create_session,
+    cuda_driver_present,
+    node_placements,
+    parse_node_placements,
+)
 
 
 def cli(*args):
@@ -118,6 +127,54 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(golden):
     result = cli("run", str(folder), "--model", str(model), "--provider", "cuda")
     assert result.returncode == 6
     assert result.stderr.strip() == "error: CUDA was asked for, but no NVIDIA driver with a GPU was found (libcuda.so.1)"
+
+
+@pytest.mark.skipif(cuda_driver_present(), reason="this machine has a GPU")
+def test_cuda_provider_that_cannot_start_is_a_clear_error(golden, monkeypatch):
+    """A driver that answers, but no CUDA libraries: ONNX Runtime would run everything on the CPU and only warn."""
+    model, _, _ = golden
+    monkeypatch.setattr(runtime, "cuda_driver_present", lambda: True)
+    with pytest.raises(ProviderUnavailable, match=r"CUDA was asked for, but ONNX Runtime could not start it: .*\.so"):
+        create_session(model, SessionOptions(provider="cuda"))
+
+
+def test_node_placements_come_from_onnx_runtimes_own_log(golden):
+    model, _, _ = golden
+    placements = node_placements(str(model), ["CPUExecutionProvider"])
+    assert len(placements) == 1 and placements[0].provider == "CPUExecutionProvider"
+    assert 0 < placements[0].node_count <= len(onnx.load(str(model)).graph.node)
+
+
+def test_nodes_left_on_the_cpu_are_named(monkeypatch):
+    """The mixed-placement block as session_state.cc logs it (only a GPU machine can produce one for real)."""
+    prefix = "\x1b[0;36m2026-11-23 10:51:22.8978 [V:onnxruntime:, session_state.cc:1581 VerifyEachNodeIsAssignedToAnEp] "
+    log = [prefix + "Node placements",
+           prefix + " Node(s) placed on [CPUExecutionProvider]. Number of nodes: 2",
+           prefix + "  Shape (/Shape)", prefix + "  Gather (/Gather)",
+           prefix + " Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 25",
+           "2026-11-23 10:51:22.8979 [I:onnxruntime:, inference_session.cc:2200 Initialize] Session successfully initialized."]  # fmt: skip
+    placements = parse_node_placements(log)
+    assert placements == [Placement("CPUExecutionProvider", 2, ("Shape (/Shape)", "Gather (/Gather)")),
+                          Placement("CUDAExecutionProvider", 25)]  # fmt: skip
+    assert runtime._cpu_nodes_message(placements) == (
+        "CUDA was asked for, but ONNX Runtime would run 2 of 27 nodes on the CPU: Shape (/Shape), Gather (/Gather) "
+        "(--provider auto accepts that fallback)")  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_strict_cuda_accepts_the_export_and_refuses_a_cpu_only_node(golden, tmp_path):
+    model, _, _ = golden
+    session = create_session(model, SessionOptions(provider="cuda"))
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Det", ["r"], ["y"], name="det")],
+                              "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])  # fmt: skip
+    path = tmp_path / "det.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+    with pytest.raises(ProviderUnavailable, match=r"would run \d+ of \d+ nodes on the CPU: .*Det \(det\)"):
+        create_session(path, SessionOptions(provider="cuda"))
 
 
 def test_model_problems_are_one_line_errors(golden, tmp_path):

@@ -175,10 +175,10 @@ def export(arch, checkpoint, out, opset, no_simplify, fp16, int8, with_preproces
 
 def _say_provider(model, requested: str) -> None:
     if requested == "auto":
-        from vggdeploy.runtime import session_provider
+        from vggdeploy.runtime import cuda_driver_present, session_provider
 
         chosen = session_provider(model.session)
-        reason = "" if chosen == "cuda" else " (no CUDA GPU found)"
+        reason = "" if chosen == "cuda" else " (its CUDA provider did not start)" if cuda_driver_present() else " (no CUDA GPU found)"
         click.echo(f"onnxruntime: using the {chosen.upper()} execution provider{reason}", err=True)
 
 

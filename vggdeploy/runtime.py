@@ -19,6 +19,7 @@ import numpy as np
 from vggdeploy.contract import INPUT_NAME, RAW_INPUT_NAME, decode_metadata
 from vggdeploy.errors import DataError, UsageError, VggDeployError
 
+CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessionOptionsDisableCPUEPFallback
 ORT_SUPPORTED_IR_VERSION = 10  # onnx >= 1.19 writes IR 11+ by default; ONNX Runtime 1.31 reads up to 13
 
 
@@ -67,21 +68,78 @@ def _captured_stderr() -> Iterator[list[str]]:
             lines.extend(sink.read().decode(errors="replace").splitlines())
 
 
+def _plain_text(log_lines: list[str]) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(log_lines))
+
+
 def _fallback_reason(log_lines: list[str]) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(log_lines))
+    text = _plain_text(log_lines)
     match = re.search(r"with error: ([^\n]+)", text) or re.search(r"(Failed to create CUDAExecutionProvider[^\n]*?)\. ", text)
     return match.group(1).strip() if match else "ONNX Runtime did not say why"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """The nodes ONNX Runtime gave one execution provider (names are logged only when providers share a graph)."""
+
+    provider: str
+    node_count: int
+    nodes: tuple[str, ...] = ()  # "OpType (node name)"
+
+
+_PLACEMENT_HEADER = re.compile(r"^ (?:All nodes|Node\(s\)) placed on \[(\w+)\]\. Number of nodes: (\d+)")
+
+
+def parse_node_placements(log_lines: list[str]) -> list[Placement]:
+    """Read the "Node placements" block that ONNX Runtime logs at verbose level when a session is created."""
+    placements: list[Placement] = []
+    for line in _plain_text(log_lines).splitlines():
+        _, marker, message = line.partition("VerifyEachNodeIsAssignedToAnEp] ")
+        if not marker:
+            continue
+        if header := _PLACEMENT_HEADER.match(message):
+            placements.append(Placement(header.group(1), int(header.group(2))))
+        elif message.startswith("  ") and placements:
+            last = placements[-1]
+            placements[-1] = Placement(last.provider, last.node_count, (*last.nodes, message.strip()))
+    return placements
+
+
+def node_placements(model: str | bytes, providers: list) -> list[Placement]:
+    """Where ONNX Runtime puts each node with these providers (one verbose session creation, its log parsed)."""
+    import onnxruntime as ort
+
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = 0
+    with _captured_stderr() as log:
+        ort.InferenceSession(model, sess_options=session_options, providers=providers)
+    return parse_node_placements(log)
+
+
+def _cpu_nodes_message(placements: list[Placement]) -> str:
+    on_cpu = [p for p in placements if p.provider == "CPUExecutionProvider"]
+    count = sum(p.node_count for p in on_cpu)
+    names = [name for p in on_cpu for name in p.nodes]
+    listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    total = sum(p.node_count for p in placements)
+    return (f"CUDA was asked for, but ONNX Runtime would run {count} of {total} nodes on the CPU"
+            f"{': ' + listed if listed else ''} (--provider auto accepts that fallback)")  # fmt: skip
+
+
 def create_session(model: str | Path | bytes, options: SessionOptions = SessionOptions()):
-    """An InferenceSession on the requested provider; asking for CUDA and getting CPU is an error with the reason."""
+    """An InferenceSession on the requested provider.
+
+    ``cuda`` is strict: the CUDA EP failing to start, or any node left to the CPU EP, is an error that says why
+    (ONNX Runtime itself only warns). ``auto`` takes CUDA where a GPU answers and lets ONNX Runtime place the rest.
+    """
     import onnxruntime as ort
 
     if options.provider not in ("auto", "cuda", "cpu"):
         raise UsageError(f"provider must be auto, cuda or cpu, got {options.provider!r}")
-    use_cuda = options.provider == "cuda" or (options.provider == "auto" and cuda_driver_present())
-    if options.provider == "cuda" and not cuda_driver_present():
+    strict = options.provider == "cuda"
+    if strict and not cuda_driver_present():
         raise ProviderUnavailable("CUDA was asked for, but no NVIDIA driver with a GPU was found (libcuda.so.1)")
+    use_cuda = strict or (options.provider == "auto" and cuda_driver_present())
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 3  # errors only; warnings about memcpy nodes etc. stay out of user output
     session_options.intra_op_num_threads = options.intra_op_threads
@@ -94,7 +152,10 @@ def create_session(model: str | Path | bytes, options: SessionOptions = SessionO
             "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
             **options.extra,
         }
-        providers.insert(0, ("CUDAExecutionProvider", cuda_options))
+        # Strict: no CPU EP in the list, and ONNX Runtime refuses to create a session with any node on the CPU.
+        providers = [("CUDAExecutionProvider", cuda_options), *([] if strict else providers)]
+        if strict:
+            session_options.add_session_config_entry(CPU_FALLBACK_KEY, "1")
         if hasattr(ort, "preload_dlls"):
             with _captured_stderr():
                 ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels that torch installs
@@ -103,11 +164,13 @@ def create_session(model: str | Path | bytes, options: SessionOptions = SessionO
         with _captured_stderr() as log:
             session = ort.InferenceSession(source, sess_options=session_options, providers=providers)
     except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own Fail/InvalidGraph/... types
+        if strict and "Failed to create CUDAExecutionProvider" in _plain_text(log):
+            raise ProviderUnavailable(f"CUDA was asked for, but ONNX Runtime could not start it: {_fallback_reason(log)}") from None
+        if strict and "fallback to CPU EP has been explicitly disabled" in str(error):
+            raise ProviderUnavailable(_cpu_nodes_message(node_placements(source, [providers[0], "CPUExecutionProvider"]))) from None
         name = "model bytes" if isinstance(model, bytes) else str(model)
         raise DataError(f"{name}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:200]})") from None
     if use_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
-        if options.provider == "cuda":
-            raise ProviderUnavailable(f"CUDA was asked for, but ONNX Runtime fell back to CPU: {_fallback_reason(log)}")
         session = ort.InferenceSession(source, sess_options=session_options, providers=["CPUExecutionProvider"])
     return session
 
