@@ -100,6 +100,23 @@ def test_preprocessing_variant_matches_python_preprocessing(tiny_export, tmp_pat
         np.testing.assert_allclose(probabilities, expected, atol=1e-4)
 
 
+def test_preprocessing_resize_needs_no_shape_arithmetic_from_opset_18(tiny_export):
+    """Opset 18's Resize axes keep every node GPU-placeable; older opsets compute the sizes and give the same result."""
+    from vggdeploy.variants import with_preprocessing
+
+    result, _ = tiny_export
+    variant = onnx.load(result.variants["preprocess"]["path"])
+    assert {"Shape", "Slice", "Concat"}.isdisjoint(n.op_type for n in variant.graph.node)
+    fp32 = onnx.load(str(result.model_path))
+    fp32.opset_import[0].version = 17
+    older = with_preprocessing(fp32, PreprocessSpec(32, 32))
+    assert "Shape" in {n.op_type for n in older.graph.node}
+    sessions = [create_session(m.SerializeToString(), SessionOptions(provider="cpu")) for m in (variant, older)]
+    images = np.random.default_rng(0).integers(0, 256, (3, 45, 19), dtype=np.uint8)
+    new, old = (session.run(None, {"images_uint8": images})[0] for session in sessions)
+    np.testing.assert_allclose(new, old, atol=1e-6)
+
+
 def test_golden_vectors_reproduce_through_the_files(tiny_export):
     result, out = tiny_export
     golden = json.loads((out / "onnx" / "golden" / "golden.json").read_text())

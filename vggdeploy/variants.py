@@ -160,18 +160,23 @@ def with_preprocessing(fp32: onnx.ModelProto, spec: PreprocessSpec) -> onnx.Mode
         helper.make_tensor("pre_std", TensorProto.FLOAT, [], [spec.std]),
         helper.make_tensor("pre_axes", TensorProto.INT64, [1], [1]),
         helper.make_tensor("pre_hw", TensorProto.INT64, [2], [spec.height, spec.width]),
-        helper.make_tensor("pre_start", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("pre_end", TensorProto.INT64, [1], [2]),
     ]
+    resize_mode = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+    if opset >= 18:  # Resize's axes: fixed (height, width) sizes, no shape arithmetic that a GPU provider leaves to the CPU
+        resize = [helper.make_node("Resize", ["pre_nchw", "", "", "pre_hw"], ["pre_resized"], axes=[2, 3], antialias=0, **resize_mode)]
+    else:
+        constants += [helper.make_tensor("pre_start", TensorProto.INT64, [1], [0]), helper.make_tensor("pre_end", TensorProto.INT64, [1], [2])]
+        resize = [
+            helper.make_node("Shape", ["pre_nchw"], ["pre_shape"]),
+            helper.make_node("Slice", ["pre_shape", "pre_start", "pre_end"], ["pre_nc"]),
+            helper.make_node("Concat", ["pre_nc", "pre_hw"], ["pre_sizes"], axis=0),
+            helper.make_node("Resize", ["pre_nchw", "", "", "pre_sizes"], ["pre_resized"], **resize_mode),
+        ]
     nodes = [
         helper.make_node("Cast", [RAW_INPUT_NAME], ["pre_float"], to=TensorProto.FLOAT),
         helper.make_node("Div", ["pre_float", "pre_scale"], ["pre_unit"]),
         helper.make_node("Unsqueeze", ["pre_unit", "pre_axes"], ["pre_nchw"]),
-        helper.make_node("Shape", ["pre_nchw"], ["pre_shape"]),
-        helper.make_node("Slice", ["pre_shape", "pre_start", "pre_end"], ["pre_nc"]),
-        helper.make_node("Concat", ["pre_nc", "pre_hw"], ["pre_sizes"], axis=0),
-        helper.make_node("Resize", ["pre_nchw", "", "", "pre_sizes"], ["pre_resized"], mode="linear",
-                         coordinate_transformation_mode="half_pixel", **({"antialias": 0} if opset >= 18 else {})),  # fmt: skip
+        *resize,
         helper.make_node("Sub", ["pre_resized", "pre_mean"], ["pre_centred"]),
         helper.make_node("Div", ["pre_centred", "pre_std"], [INPUT_NAME]),
     ]
