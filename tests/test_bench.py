@@ -1,4 +1,7 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +47,12 @@ def test_gpu_engines_measure(tiny_export, tiny_checkpoint, tmp_path):
     report = run_bench(result.model_path, tiny_checkpoint, GPU_ENGINES, (1, 8), seconds=0.2, report_dir=tmp_path)
     assert not report.skipped and len(report.measurements) == 2 * len(GPU_ENGINES)
     assert all(m.peak_fraction is None or 0 < m.peak_fraction < 1 for m in report.measurements)
+
+
+def test_cpu_layer_times_script_prints_the_breakdown_and_the_floor(tiny_export, tiny_checkpoint):
+    script = Path(__file__).parent.parent / "scripts" / "cpu_layer_times.py"
+    result = subprocess.run([sys.executable, str(script), str(tiny_export[0].model_path), str(tiny_checkpoint), "--runs", "2"],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "torch eager:" in result.stdout and "ONNX Runtime CPU:" in result.stdout
+    assert result.stdout.count("GFLOP/s; fully connected") == 2 and "fp32 floor" in result.stdout

@@ -1,0 +1,115 @@
+"""Where batch-1 CPU latency goes: per-operator time of torch eager and ONNX Runtime, against this CPU's ceilings.
+
+    .venv/bin/python scripts/cpu_layer_times.py MODEL.onnx CHECKPOINT [--runs 10]
+
+Prints, per engine, the time per run of each operator type (torch.profiler self time; ONNX Runtime's own profiler),
+then the convolutions' GFLOP/s and the fully connected layers' weight-read GB/s, next to two ceilings measured here:
+a large fp32 matrix product (the compute a tuned kernel reaches) and a read of an FC-sized tensor (the bandwidth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vggdeploy.checkpoint import load_model
+from vggdeploy.contract import INPUT_NAME
+from vggdeploy.runtime import create_session
+
+CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::_convolution", "Conv")
+FC_OPS = ("aten::addmm", "aten::mm", "aten::linear", "FusedGemm", "Gemm", "MatMul")
+
+
+def torch_times(model: torch.nn.Module, images: torch.Tensor, runs: int) -> dict[str, float]:
+    with torch.inference_mode():
+        for _ in range(3):
+            model(images)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            for _ in range(runs):
+                model(images)
+    return {e.key: e.self_cpu_time_total / 1e3 / runs for e in profiler.key_averages() if e.self_cpu_time_total > 0}
+
+
+def ort_times(model_path: str, images: np.ndarray, runs: int) -> dict[str, float]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    warmup = 3
+    for _ in range(warmup + runs):
+        session.run(None, {INPUT_NAME: images})
+    with open(session.end_profiling()) as file:
+        events = json.load(file)
+    per_node: dict[str, list[float]] = defaultdict(list)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_node[(event["args"]["op_name"], event["name"])].append(event["dur"] / 1e3)
+    totals: dict[str, float] = defaultdict(float)
+    for (op_name, _), durations in per_node.items():
+        totals[op_name] += sum(durations[warmup:]) / runs  # the first runs pay allocation and pre-packing
+    return dict(totals)
+
+
+def ceilings(fc_bytes: int) -> tuple[float, float]:
+    """(fp32 GFLOP/s of a 4096^3 matrix product, GB/s of summing an FC-sized fp32 tensor), best of 5."""
+    a, b = torch.rand(4096, 4096), torch.rand(4096, 4096)
+    weights = torch.rand(fc_bytes // 4)
+    best_mm = best_read = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best_mm = min(best_mm, time.perf_counter() - start)
+        start = time.perf_counter()
+        weights.sum()
+        best_read = min(best_read, time.perf_counter() - start)
+    return 2 * 4096**3 / best_mm / 1e9, fc_bytes / best_read / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="an exported fp32 model.onnx")
+    parser.add_argument("checkpoint", help="the checkpoint it came from")
+    parser.add_argument("--runs", type=int, default=10)
+    options = parser.parse_args()
+
+    model, state = load_model(options.checkpoint)
+    args = state["model_args"]
+    images = torch.from_numpy(np.random.default_rng(0).random((1, args.in_channels, args.image_size, args.image_size), dtype=np.float32))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(images)
+    flops = {str(op): count for op, count in counter.get_flop_counts()["Global"].items()}
+    conv_gflop = sum(v for k, v in flops.items() if "convolution" in k) / 1e9
+    fc_bytes = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    create_session(options.model)  # fails with a one-line reason on a bad model, before the long runs
+
+    print(f"{args.name}, batch 1, {options.runs} runs; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; convolutions {conv_gflop:.3g} GFLOP, FC weights {fc_bytes / 1e6:.3g} MB")  # fmt: skip
+    conv_rates, fc_rates = [], []  # GFLOP/s and GB/s each engine reached
+    for engine, times in (("torch eager", torch_times(model, images, options.runs)),
+                          ("ONNX Runtime CPU", ort_times(options.model, images.numpy(), options.runs))):  # fmt: skip
+        total = sum(times.values())
+        conv = sum(v for k, v in times.items() if k in CONV_OPS)
+        fc = sum(v for k, v in times.items() if k in FC_OPS)
+        conv_rates.append(conv_gflop / conv * 1e3)
+        fc_rates.append(fc_bytes / fc / 1e6)
+        print(f"\n{engine}: {total:.1f} ms of operator time per run")
+        for name, ms in sorted(times.items(), key=lambda item: -item[1])[:6]:
+            print(f"  {name:32s} {ms:7.2f} ms  {ms / total:6.1%}")
+        print(f"  convolutions {conv:.1f} ms = {conv_rates[-1]:.0f} GFLOP/s; fully connected {fc:.1f} ms = {fc_rates[-1]:.1f} GB/s of weights")
+    compute, bandwidth = ceilings(fc_bytes)
+    floor = conv_gflop / max(compute, *conv_rates) * 1e3 + fc_bytes / max(bandwidth, *fc_rates) / 1e6
+    print(f"\nceilings here: fp32 matrix product {compute:.0f} GFLOP/s, tensor read {bandwidth:.1f} GB/s; fp32 floor "
+          f"{floor:.1f} ms per image (convolutions and one read of the FC weights, each at the best rate seen above)")  # fmt: skip
+
+if __name__ == "__main__":
+    main()
