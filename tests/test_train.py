@@ -90,6 +90,23 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir, mo
         assert torch.equal(value, resumed_state[key]), key
 
 
+def test_the_gpu_recipe_path_bf16_channels_last_compiled_runs_on_cpu(trained, tmp_path, data_dir, test_split):
+    """The code path `full` takes on a GPU (bf16 autocast, channels_last, torch.compile), exercised on the CPU."""
+    fp32, _ = trained
+    result = train_module.train(TINY.with_overrides(precision="bf16", compile=True), tmp_path, data_dir=data_dir, progress=False)
+    assert result.best_accuracy > 0.6
+    assert [h["train_loss"] for h in result.history] != [h["train_loss"] for h in fp32.history]  # bf16 did run
+    model, state = load_model(tmp_path / "checkpoints" / "best.pt")  # plain fp32 keys, no torch.compile wrapper
+    assert all(value.dtype == torch.float32 for value in state["model_state"].values() if value.is_floating_point())
+    from vggdeploy.data import to_model_input
+    from vggdeploy.preprocess import PreprocessSpec
+
+    with torch.no_grad():
+        logits = model(to_model_input(test_split[0][:500], PreprocessSpec(32, 32)))
+    fp32_accuracy = (logits.argmax(1) == test_split[1][:500]).float().mean().item()
+    assert fp32_accuracy == pytest.approx(result.best_accuracy, abs=0.02)  # evaluated in bf16 during training
+
+
 def test_resume_refuses_other_settings(trained, data_dir):
     _, out = trained
     with pytest.raises(Exception, match="other settings .*lr"):

@@ -107,6 +107,8 @@ ARTIFACTS = "artifacts"
 @click.option("--seed", type=int, default=None)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the model.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+              help="auto: bf16 autocast + channels_last on CUDA, fp32 on the CPU.")  # fmt: skip
 @click.option("--train-limit", type=int, default=None, help="Train on the first N images only (smoke runs).")
 @click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test images only.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder of the Fashion-MNIST .gz files.")

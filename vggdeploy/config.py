@@ -27,6 +27,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the model (pays off on a GPU for runs of several epochs)
+    precision: str = "auto"  # auto: bf16 autocast + channels_last on CUDA, fp32 on the CPU; fp32 | bf16 force it
     eval_batch_size: int = 500
     train_limit: int | None = None  # use only the first N training images (tests, smoke runs)
     test_limit: int | None = None  # evaluate on the first N test images only
@@ -41,6 +42,8 @@ class TrainConfig:
             raise UsageError(f"schedule must be onecycle or constant, got {self.schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UsageError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0 <= self.erase <= 1 or not 0 <= self.label_smoothing < 1:
             raise UsageError("erase must be in [0, 1] and label smoothing in [0, 1)")
 

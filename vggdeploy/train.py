@@ -105,6 +105,11 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def uses_bf16(config: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast with channels_last: tensor cores on a GPU; on a CPU only when asked (fast only with AMX)."""
+    return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+
+
 def _start_distributed(device: torch.device) -> _Distributed:
     """Join the process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -143,12 +148,14 @@ def _peak_fraction(device: torch.device, images_per_second: float, forward_gflop
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, spec: PreprocessSpec, batch_size: int, distributed=_Distributed()) -> tuple[float, float]:
+def evaluate(
+    model, images, labels, spec: PreprocessSpec, batch_size: int, distributed=_Distributed(), bf16: bool = False
+) -> tuple[float, float]:
     """(mean loss, accuracy) on the given split; with DDP each rank takes its shard and the sums are reduced."""
     model.eval()
     sums = torch.zeros(2, device=images.device, dtype=torch.float64)
     count = 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda")
+    autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16)
     for batch, target in iterate_batches(images, labels, batch_size, spec, shard=(distributed.rank, distributed.world)):
         with autocast:
             logits = model(batch).float()
@@ -213,8 +220,10 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
         history = list(state["metrics"])
         in_progress = state.get("in_progress")
     start_epoch = len(history)
-    if device.type == "cuda":
+    bf16 = uses_bf16(config, device)
+    if bf16:
         model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     trained = torch.nn.parallel.DistributedDataParallel(model) if distributed.world > 1 else model
@@ -223,7 +232,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
     if steps_per_epoch == 0:
         raise UsageError(f"batch size {config.batch_size} is larger than the {len(train_images)} training images per process")
     total_steps = steps_per_epoch * config.epochs
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     forward_gflops = summarize(config.model).gflops
     checksums = data_checksums(data_dir)
 
@@ -256,7 +265,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, global_step, total_steps)
-            if device.type == "cuda":
+            if bf16:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with autocast:
                 logits = runner(batch)
@@ -282,7 +291,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
         trained_images += int(running[2].item() - resumed_images) * distributed.world
         if distributed.world > 1:
             dist.all_reduce(running)
-        test_loss, test_accuracy = evaluate(runner, test_images, test_labels, spec, config.eval_batch_size, distributed)
+        test_loss, test_accuracy = evaluate(runner, test_images, test_labels, spec, config.eval_batch_size, distributed, bf16)
         history.append({
             "epoch": epoch + 1,
             "train_loss": running[0].item() / running[2].item(),
