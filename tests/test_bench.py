@@ -3,9 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from vggdeploy.bench import CPU_ENGINES, GPU_ENGINES, run_bench
+from vggdeploy.bench import CPU_ENGINES, GPU_ENGINES, BoundOrtRun, engine_session, run_bench
 
 
 def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint, tmp_path):
@@ -56,3 +57,30 @@ def test_cpu_layer_times_script_prints_the_breakdown_and_the_floor(tiny_export, 
     assert result.returncode == 0, result.stderr
     assert "torch eager:" in result.stdout and "ONNX Runtime CPU:" in result.stdout
     assert result.stdout.count("GFLOP/s; fully connected") == 2 and "fp32 floor" in result.stdout
+
+
+def _test_inputs(count: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((count, 1, 32, 32), dtype=np.float32)
+
+
+def test_bound_ort_run_gives_the_sessions_own_logits(tiny_export):
+    model_path = tiny_export[0].model_path
+    session = engine_session(model_path, "ort-cpu-fp32")
+    inputs = _test_inputs(8)
+    for batch in (1, 8):
+        bound = BoundOrtRun(session, "ort-cpu-fp32", inputs, batch)
+        bound()
+        np.testing.assert_allclose(bound.logits(), session.run(None, {"images": inputs[:batch]})[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_engine_replays_the_right_graph_per_batch_size(tiny_export):
+    model_path = tiny_export[0].model_path
+    plain, graphed = engine_session(model_path, "ort-cuda-fp16"), engine_session(model_path, "ort-cuda-fp16-nhwc-graph")
+    inputs = _test_inputs(8)
+    for batch in (1, 8):
+        reference, replayed = BoundOrtRun(plain, "ort-cuda-fp16", inputs, batch), BoundOrtRun(graphed, "ort-cuda-fp16-nhwc-graph", inputs, batch)
+        for _ in range(3):  # warm-up, capture, replay
+            reference()
+            replayed()
+        np.testing.assert_allclose(replayed.logits(), reference.logits(), atol=2e-2)

@@ -116,7 +116,7 @@ def _prepare_torch(checkpoint: Path, engine: str) -> torch.nn.Module:
     return model
 
 
-def _ort_session(model_path: Path, engine: str):
+def engine_session(model_path: Path, engine: str):
     variant = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
     name = next((file for key, file in variant.items() if key in engine), "model.onnx")
     path = model_path.with_name(name)
@@ -130,23 +130,32 @@ def _ort_session(model_path: Path, engine: str):
     return create_session(path, options)
 
 
-def _ort_runner(session, engine: str, inputs: np.ndarray, batch: int) -> Callable[[], None]:
-    """IO binding: inputs and outputs live on the engine's device; the run waits for the device."""
-    import onnxruntime as ort
+class BoundOrtRun:
+    """One timed ONNX Runtime call with IO binding: input and output stay on the engine's device, and each call waits
+    for the device. With CUDA graphs every batch size gets its own graph id, so a graph captured at one batch size is
+    never replayed at another (ONNX Runtime's default id 0 holds just one graph)."""
 
-    device = "cuda" if "cuda" in engine else "cpu"
-    value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(inputs[:batch]), device, 0)
-    output = session.get_outputs()[0]
-    out_value = ort.OrtValue.ortvalue_from_shape_and_type([batch, output.shape[1]], np.float32, device, 0)
-    binding = session.io_binding()
-    binding.bind_ortvalue_input(session.get_inputs()[0].name, value)
-    binding.bind_ortvalue_output(output.name, out_value)
+    def __init__(self, session, engine: str, inputs: np.ndarray, batch: int) -> None:
+        import onnxruntime as ort
 
-    def run() -> None:
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
+        device = "cuda" if "cuda" in engine else "cpu"
+        self.session = session
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(inputs[:batch]), device, 0)
+        output = session.get_outputs()[0]
+        self.output = ort.OrtValue.ortvalue_from_shape_and_type([batch, output.shape[1]], np.float32, device, 0)
+        self.binding = session.io_binding()
+        self.binding.bind_ortvalue_input(session.get_inputs()[0].name, value)
+        self.binding.bind_ortvalue_output(output.name, self.output)
+        self.run_options = ort.RunOptions()
+        if "graph" in engine:
+            self.run_options.add_run_config_entry("gpu_graph_id", str(batch))
 
-    return run
+    def __call__(self) -> None:
+        self.session.run_with_iobinding(self.binding, self.run_options)
+        self.binding.synchronize_outputs()
+
+    def logits(self) -> np.ndarray:
+        return self.output.numpy()
 
 
 def device_name() -> str:
@@ -199,13 +208,13 @@ def run_bench(
             continue
         start = time.perf_counter()
         try:
-            backend = _prepare_torch(checkpoint, engine) if engine.startswith("torch") else _ort_session(model_path, engine)
+            backend = _prepare_torch(checkpoint, engine) if engine.startswith("torch") else engine_session(model_path, engine)
         except FileNotFoundError as missing:
             report.skipped[engine] = str(missing)
             continue
         created = time.perf_counter() - start
-        make_runner = _torch_runner if engine.startswith("torch") else _ort_runner
-        for position, batch in enumerate(sorted(batch_sizes)):
+        make_runner = _torch_runner if engine.startswith("torch") else BoundOrtRun
+        for position, batch in enumerate(sorted(set(batch_sizes))):  # one binding per size: a CUDA graph id each
             run = make_runner(backend, engine, inputs, batch)
             if position == 0:
                 first = time.perf_counter()
