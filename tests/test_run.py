@@ -159,6 +159,7 @@ def test_nodes_left_on_the_cpu_are_named(monkeypatch):
     assert runtime._cpu_nodes_message(placements) == (
         "CUDA was asked for, but ONNX Runtime would run 2 of 27 nodes on the CPU: Shape (/Shape), Gather (/Gather) "
         "(--provider auto accepts that fallback)")  # fmt: skip
+    assert "would leave nodes of this model to the CPU" in runtime._cpu_nodes_message([])
 
 
 @pytest.mark.gpu

@@ -112,7 +112,10 @@ def node_placements(model: str | bytes, providers: list) -> list[Placement]:
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 0
     with _captured_stderr() as log:
-        ort.InferenceSession(model, sess_options=session_options, providers=providers)
+        try:
+            ort.InferenceSession(model, sess_options=session_options, providers=providers)
+        except Exception:  # noqa: BLE001 - placement is logged before most failures; report what was logged
+            pass
     return parse_node_placements(log)
 
 
@@ -122,6 +125,8 @@ def _cpu_nodes_message(placements: list[Placement]) -> str:
     names = [name for p in on_cpu for name in p.nodes]
     listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     total = sum(p.node_count for p in placements)
+    if not on_cpu:
+        return "CUDA was asked for, but ONNX Runtime would leave nodes of this model to the CPU (--provider auto accepts that fallback)"
     return (f"CUDA was asked for, but ONNX Runtime would run {count} of {total} nodes on the CPU"
             f"{': ' + listed if listed else ''} (--provider auto accepts that fallback)")  # fmt: skip
 
@@ -171,6 +176,8 @@ def create_session(model: str | Path | bytes, options: SessionOptions = SessionO
         name = "model bytes" if isinstance(model, bytes) else str(model)
         raise DataError(f"{name}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:200]})") from None
     if use_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
+        if strict:  # ONNX Runtime's own check above should make this unreachable; never hand back a CPU session
+            raise ProviderUnavailable(f"CUDA was asked for, but ONNX Runtime fell back to CPU: {_fallback_reason(log)}")
         session = ort.InferenceSession(source, sess_options=session_options, providers=["CPUExecutionProvider"])
     return session
 
