@@ -163,10 +163,11 @@ def test_nodes_left_on_the_cpu_are_named(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_strict_cuda_accepts_the_export_and_refuses_a_cpu_only_node(golden, tmp_path):
+def test_strict_cuda_accepts_every_exported_variant_and_refuses_a_cpu_only_node(golden, tmp_path):
     model, _, _ = golden
-    session = create_session(model, SessionOptions(provider="cuda"))
-    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    for name in ("model", "model.fp16", "model.int8", "model.preprocess"):  # every node of each on the GPU
+        session = create_session(model.with_name(f"{name}.onnx"), SessionOptions(provider="cuda"))
+        assert session.get_providers()[0] == "CUDAExecutionProvider"
     from onnx import TensorProto, helper
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Det", ["r"], ["y"], name="det")],
