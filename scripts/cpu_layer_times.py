@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vggdeploy.bench import cpu_fp32_gflops
 from vggdeploy.checkpoint import load_model
 from vggdeploy.contract import INPUT_NAME
 from vggdeploy.runtime import create_session
@@ -60,19 +61,15 @@ def ort_times(model_path: str, images: np.ndarray, runs: int) -> dict[str, float
     return dict(totals)
 
 
-def ceilings(fc_bytes: int) -> tuple[float, float]:
-    """(fp32 GFLOP/s of a 4096^3 matrix product, GB/s of summing an FC-sized fp32 tensor), best of 5."""
-    a, b = torch.rand(4096, 4096), torch.rand(4096, 4096)
+def read_bandwidth(fc_bytes: int, repeats: int = 5) -> float:
+    """GB/s of summing an FC-sized fp32 tensor, best of ``repeats``."""
     weights = torch.rand(fc_bytes // 4)
-    best_mm = best_read = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best_mm = min(best_mm, time.perf_counter() - start)
+    best = float("inf")
+    for _ in range(repeats):
         start = time.perf_counter()
         weights.sum()
-        best_read = min(best_read, time.perf_counter() - start)
-    return 2 * 4096**3 / best_mm / 1e9, fc_bytes / best_read / 1e9
+        best = min(best, time.perf_counter() - start)
+    return fc_bytes / best / 1e9
 
 
 def main() -> None:
@@ -106,7 +103,7 @@ def main() -> None:
         for name, ms in sorted(times.items(), key=lambda item: -item[1])[:6]:
             print(f"  {name:32s} {ms:7.2f} ms  {ms / total:6.1%}")
         print(f"  convolutions {conv:.1f} ms = {conv_rates[-1]:.0f} GFLOP/s; fully connected {fc:.1f} ms = {fc_rates[-1]:.1f} GB/s of weights")
-    compute, bandwidth = ceilings(fc_bytes)
+    compute, bandwidth = cpu_fp32_gflops(4096, 5), read_bandwidth(fc_bytes)
     floor = conv_gflop / max(compute, *conv_rates) * 1e3 + fc_bytes / max(bandwidth, *fc_rates) / 1e6
     print(f"\nceilings here: fp32 matrix product {compute:.0f} GFLOP/s, tensor read {bandwidth:.1f} GB/s; fp32 floor "
           f"{floor:.1f} ms per image (convolutions and one read of the FC weights, each at the best rate seen above)")  # fmt: skip

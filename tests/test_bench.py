@@ -17,11 +17,14 @@ def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint
     for m in report.measurements:
         assert m.runs >= 3 and 0 < m.p50_ms <= m.p90_ms <= m.p99_ms
         assert m.images_per_second == pytest.approx(m.batch / (m.mean_ms / 1e3))
+    assert report.cpu_peak_gflops > 1
+    for m in report.measurements:  # fp32 engines against the measured fp32 matrix product; int8 has no fp32 peak
+        assert (m.peak_fraction is None) if "int8" in m.engine else 0 < m.peak_fraction < 1
     assert [c.engine for c in report.cold_starts] == list(CPU_ENGINES)
     assert all(c.create_seconds > 0 and c.first_run_seconds > 0 for c in report.cold_starts)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["gflops_per_image"] == pytest.approx(report.gflops_per_image) and len(saved["measurements"]) == 6
-    assert "| ort-cpu-fp32 | 1 |" in (tmp_path / "bench.md").read_text()
+    assert "| ort-cpu-fp32 | 1 |" in (tmp_path / "bench.md").read_text() and "matrix product measured here" in report.format()
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 

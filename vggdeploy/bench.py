@@ -66,10 +66,12 @@ class BenchReport:
     measurements: list[Measurement]
     cold_starts: list[ColdStart]
     skipped: dict[str, str]  # engine -> why it did not run
+    cpu_peak_gflops: float | None = None  # measured fp32 matrix-product rate: the CPU engines' "peak"
 
     def format(self) -> str:
         columns = ["engine", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_second", "peak_fraction"]
-        text = f"bench of {self.model} on {self.device}\n" + markdown_table([asdict(m) for m in self.measurements], columns)
+        cpu_peak = f" (CPU fp32 peak fraction: of a {self.cpu_peak_gflops:.0f} GFLOP/s matrix product measured here)" if self.cpu_peak_gflops else ""
+        text = f"bench of {self.model} on {self.device}{cpu_peak}\n" + markdown_table([asdict(m) for m in self.measurements], columns)
         text += "\ncold start:\n" + markdown_table([asdict(c) for c in self.cold_starts], ["engine", "create_seconds", "first_run_seconds"])
         text += "".join(f"\nskipped {engine}: {why}" for engine, why in self.skipped.items())
         return text
@@ -164,8 +166,22 @@ def device_name() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def _peak_fraction(engine: str, images_per_second: float, gflops: float) -> float | None:
-    if "cuda" not in engine or not torch.cuda.is_available():
+def cpu_fp32_gflops(size: int = 2048, repeats: int = 3) -> float:
+    """This CPU's fp32 compute ceiling as torch's matrix product reaches it (a CPU has no spec-sheet peak to look up)."""
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def _peak_fraction(engine: str, images_per_second: float, gflops: float, cpu_peak_gflops: float | None) -> float | None:
+    if "cpu" in engine:  # int8 has no fp32 peak to compare with
+        return None if "int8" in engine or not cpu_peak_gflops else images_per_second * gflops / cpu_peak_gflops
+    if not torch.cuda.is_available():
         return None
     name = torch.cuda.get_device_name(0)
     peaks = next((p for key, p in PEAK_TFLOPS.items() if key in name), None)
@@ -201,7 +217,8 @@ def run_bench(
     if len(inputs) < max(batch_sizes):
         inputs = np.resize(inputs, (max(batch_sizes), *inputs.shape[1:]))
     args = ModelArgs.from_dict({k: v for k, v in metadata["model"].items() if k != "name"})
-    report = BenchReport(str(model_path), device_name(), deployment_versions(), summarize(args).gflops, [], [], {})
+    cpu_peak = cpu_fp32_gflops() if any("cpu" in engine and "int8" not in engine for engine in engines) else None
+    report = BenchReport(str(model_path), device_name(), deployment_versions(), summarize(args).gflops, [], [], {}, cpu_peak)
     for engine in engines:
         if "cuda" in engine and not torch.cuda.is_available():
             report.skipped[engine] = "no CUDA GPU"
@@ -224,7 +241,8 @@ def run_bench(
             rate = batch / (times.mean() / 1e3)
             report.measurements.append(Measurement(
                 engine, batch, len(times), float(np.percentile(times, 50)), float(np.percentile(times, 90)),
-                float(np.percentile(times, 99)), float(times.mean()), rate, _peak_fraction(engine, rate, report.gflops_per_image),
+                float(np.percentile(times, 99)), float(times.mean()), rate,
+                _peak_fraction(engine, rate, report.gflops_per_image, report.cpu_peak_gflops),
             ))  # fmt: skip
     _write_reports(Path(report_dir) if report_dir else model_path.parent / "reports", report)
     return report
