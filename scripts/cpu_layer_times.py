@@ -13,14 +13,13 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from collections import defaultdict
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vggdeploy.bench import cpu_fp32_gflops
+from vggdeploy.bench import best_seconds, cpu_fp32_gflops
 from vggdeploy.checkpoint import load_model
 from vggdeploy.contract import INPUT_NAME
 from vggdeploy.runtime import create_session
@@ -42,16 +41,17 @@ def torch_times(model: torch.nn.Module, images: torch.Tensor, runs: int) -> dict
 def ort_times(model_path: str, images: np.ndarray, runs: int) -> dict[str, float]:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
     warmup = 3
-    for _ in range(warmup + runs):
-        session.run(None, {INPUT_NAME: images})
-    with open(session.end_profiling()) as file:
-        events = json.load(file)
-    per_node: dict[str, list[float]] = defaultdict(list)
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(folder, "ort")
+        session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        for _ in range(warmup + runs):
+            session.run(None, {INPUT_NAME: images})
+        with open(session.end_profiling()) as file:
+            events = json.load(file)
+    per_node: dict[tuple[str, str], list[float]] = defaultdict(list)
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             per_node[(event["args"]["op_name"], event["name"])].append(event["dur"] / 1e3)
@@ -64,12 +64,7 @@ def ort_times(model_path: str, images: np.ndarray, runs: int) -> dict[str, float
 def read_bandwidth(fc_bytes: int, repeats: int = 5) -> float:
     """GB/s of summing an FC-sized fp32 tensor, best of ``repeats``."""
     weights = torch.rand(fc_bytes // 4)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        weights.sum()
-        best = min(best, time.perf_counter() - start)
-    return fc_bytes / best / 1e9
+    return fc_bytes / best_seconds(weights.sum, repeats) / 1e9
 
 
 def main() -> None:

@@ -166,16 +166,15 @@ def device_name() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
+def best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls, after one untimed call (a ceiling, not a latency distribution)."""
+    return min(_timed_runs(run, seconds=0.0, min_runs=repeats, warmup=1))
+
+
 def cpu_fp32_gflops(size: int = 2048, repeats: int = 3) -> float:
     """This CPU's fp32 compute ceiling as torch's matrix product reaches it (a CPU has no spec-sheet peak to look up)."""
     a, b = torch.rand(size, size), torch.rand(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
 
 
 def _peak_fraction(engine: str, images_per_second: float, gflops: float, cpu_peak_gflops: float | None) -> float | None:

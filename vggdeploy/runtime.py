@@ -124,9 +124,9 @@ def _cpu_nodes_message(placements: list[Placement]) -> str:
     count = sum(p.node_count for p in on_cpu)
     names = [name for p in on_cpu for name in p.nodes]
     listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    total = sum(p.node_count for p in placements)
     if not on_cpu:
         return "CUDA was asked for, but ONNX Runtime would leave nodes of this model to the CPU (--provider auto accepts that fallback)"
+    total = sum(p.node_count for p in placements)
     return (f"CUDA was asked for, but ONNX Runtime would run {count} of {total} nodes on the CPU"
             f"{': ' + listed if listed else ''} (--provider auto accepts that fallback)")  # fmt: skip
 
