@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -88,6 +89,50 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir, mo
     resumed_state = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model_state"]
     for key, value in whole_state.items():
         assert torch.equal(value, resumed_state[key]), key
+
+
+def test_time_limit_stops_cleanly_mid_epoch_and_resume_finishes_the_run(trained, tmp_path, data_dir, monkeypatch):
+    """The wall clock runs out at step 6 of epoch 2: the run ends normally with epoch 1's best.pt, last.pt holds the
+    position, and --resume ends exactly where the uninterrupted run (the ``trained`` fixture) ended."""
+    whole, whole_out = trained
+    steps_per_epoch = TINY.train_limit // TINY.batch_size
+    steps = {"taken": 0}
+    schedule = train_module.learning_rate
+
+    def counting_schedule(config, step, total):  # called per parameter group with the global step
+        steps["taken"] = step + 1
+        return schedule(config, step, total)
+
+    monkeypatch.setattr(train_module, "learning_rate", counting_schedule)
+    monkeypatch.setattr(train_module._StopRequests, "elapsed",
+                        lambda self: 1e6 if steps["taken"] > steps_per_epoch + 5 else 1.0)  # fmt: skip
+    stopped = train_module.train(TINY, tmp_path, data_dir=data_dir, progress=False, time_limit=60)
+    assert stopped.epochs_run == 1 and len(stopped.history) == 1
+    assert stopped.stopped_early == f"stopped by the 60 s time limit in epoch 2 at step 6/{steps_per_epoch}"
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["in_progress"]["step"] == 6
+    summary = json.loads((tmp_path / "train" / "summary.json").read_text())
+    assert summary["stopped_early"] == stopped.stopped_early and summary["epochs_this_run"] == 1
+
+    monkeypatch.undo()
+    resumed = train_module.train(TINY, tmp_path, data_dir=data_dir, resume=True, progress=False)
+    assert resumed.stopped_early is None
+    assert [h["test_accuracy"] for h in resumed.history] == [h["test_accuracy"] for h in whole.history]
+    assert [h["elapsed_seconds"] > 0 for h in resumed.history] == [True, True]
+    expected = load_checkpoint(whole_out / "checkpoints" / "last.pt")["model_state"]
+    for key, value in load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model_state"].items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_time_limit_before_the_first_epoch_ends_says_how_to_continue(tmp_path):
+    result = run_cli("train", "--preset", "quick", "--width-ratio", "16", "--hidden", "32", "--epochs", "1",
+                     "--train-limit", "1000", "--test-limit", "100", "--out", str(tmp_path), "--quiet",
+                     "--time-limit", "1e-9")  # fmt: skip
+    assert result.returncode == 130
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "stopped by the 1e-09 s time limit in epoch 1 at step 0/3, before any epoch ended" in result.stderr
+    assert "--resume" in result.stderr and (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert run_cli("train", "--time-limit", "0").returncode == 2
 
 
 def test_the_gpu_recipe_path_bf16_channels_last_compiled_runs_on_cpu(trained, tmp_path, data_dir, test_split):

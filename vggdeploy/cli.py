@@ -114,8 +114,11 @@ ARTIFACTS = "artifacts"
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder of the Fashion-MNIST .gz files.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: artifacts/<model>].")
 @click.option("--resume", is_flag=True, help="Continue from <out>/checkpoints/last.pt.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Stop cleanly after this much wall time; keeps best.pt, and --resume continues.")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_model, data_dir, out, resume, quiet, **overrides):
+def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_model, data_dir, out, resume, time_limit,
+          quiet, **overrides):  # fmt: skip
     """Train a VGG on Fashion-MNIST; writes checkpoints, metrics.jsonl and curves.png."""
     import torch
 
@@ -128,7 +131,7 @@ def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_mod
     )
     config = base.with_overrides(model=model, compile=compile_model, **overrides)
     out_dir = out or f"{ARTIFACTS}/{model.name}"
-    result = run_training(config, out_dir, data_dir=data_dir, resume=resume, progress=not quiet)
+    result = run_training(config, out_dir, data_dir=data_dir, resume=resume, progress=not quiet, time_limit=time_limit)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: only rank 0 reports
         click.echo(result.format())
 

@@ -43,14 +43,34 @@ class TrainingInterrupted(VggDeployError):
 
 
 class _StopRequests:
-    """Turns the first SIGINT/SIGTERM into a flag read at step boundaries (a second one stops at once)."""
+    """Turns the first SIGINT/SIGTERM into a flag read at step boundaries (a second one stops at once), and keeps the
+    wall-clock deadline of ``--time-limit`` (counted from the start of the run, data loading included)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, time_limit: float | None = None) -> None:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.received: str | None = None
         self._previous: dict = {}
+        self.started = time.perf_counter()
+        self.time_limit = time_limit
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def out_of_time(self, step: int, distributed: "_Distributed", device: torch.device) -> bool:
+        """True once the time limit has passed. Under DDP every rank must agree, so the ranks compare their clocks
+        every PROGRESS_EVERY steps (all take the same steps) instead of each deciding alone."""
+        if self.time_limit is None:
+            return False
+        late = self.elapsed() >= self.time_limit
+        if distributed.world == 1:
+            return late
+        if step % PROGRESS_EVERY:
+            return False
+        flag = torch.tensor(float(late), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _handle(self, number, _frame) -> None:
         if self.received is not None:
@@ -77,12 +97,14 @@ class TrainResult:
     images_per_second: float  # training throughput over the epochs this run trained (all ranks together)
     peak_fraction: float | None  # of the GPU's bf16 tensor peak; None on the CPU
     history: list[dict]
+    stopped_early: str | None = None  # why the run ended before its last epoch (the time limit), else None
 
     def format(self) -> str:
         peak = f", {self.peak_fraction:.1%} of bf16 peak" if self.peak_fraction is not None else ""
+        stopped = f"; {self.stopped_early}, continue with --resume" if self.stopped_early else ""
         return (
             f"best test accuracy {self.best_accuracy:.2%}, final {self.final_accuracy:.2%} after {self.epochs_run} "
-            f"epochs in {self.wall_seconds:.0f} s ({self.images_per_second:,.0f} train img/s{peak}); "
+            f"epochs in {self.wall_seconds:.0f} s ({self.images_per_second:,.0f} train img/s{peak}){stopped}; "
             f"checkpoints in {self.out_dir / 'checkpoints'}"
         )
 
@@ -187,13 +209,23 @@ def _resume_state(out_dir: Path, config: TrainConfig) -> dict | None:
     return state
 
 
-def train(config: TrainConfig, out_dir: str | Path, data_dir=None, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``config`` into ``out_dir`` (checkpoints/, train/); resumable from ``checkpoints/last.pt``."""
+def train(
+    config: TrainConfig, out_dir: str | Path, data_dir=None, resume: bool = False, progress: bool = True,
+    time_limit: float | None = None,
+) -> TrainResult:  # fmt: skip
+    """Train ``config`` into ``out_dir`` (checkpoints/, train/); resumable from ``checkpoints/last.pt``.
+
+    ``time_limit`` (seconds of wall time from this call) ends the run cleanly at the first step boundary past it:
+    ``last.pt`` is saved at that step, so ``--resume`` continues exactly there, and ``best.pt`` keeps the best
+    finished epoch.
+    """
+    if time_limit is not None and not time_limit > 0:
+        raise UsageError(f"the time limit must be positive, got {time_limit:g} s")
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     distributed = _start_distributed(device)
     try:
-        with _StopRequests(enabled=distributed.world == 1) as stop:
+        with _StopRequests(enabled=distributed.world == 1, time_limit=time_limit) as stop:
             return _train(config, out_dir, data_dir, resume, progress, device, distributed, stop)
     finally:
         if distributed.world > 1:
@@ -236,7 +268,8 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
     forward_gflops = summarize(config.model).gflops
     checksums = data_checksums(data_dir)
 
-    started, trained_images, train_seconds = time.perf_counter(), 0, 0.0
+    trained_images, train_seconds, stopped_at = 0, 0.0, None
+    elapsed_before = history[-1].get("elapsed_seconds", 0.0) if history else 0.0  # wall time of the runs resumed from
     for epoch in range(start_epoch, config.epochs):
         generator = torch.Generator(device).manual_seed(config.seed * 100_003 + epoch)
         runner.train()
@@ -261,6 +294,11 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
                     f"interrupted ({stop.received}) in epoch {epoch + 1} at step {step}/{steps_per_epoch}; saved "
                     f"{out_dir / 'checkpoints' / 'last.pt'}; continue with --resume and the same settings"
                 )
+            if stop.out_of_time(step, distributed, device):
+                if distributed.is_main:
+                    _save_interrupted(out_dir, model, optimizer, config, history, checksums, step, running)
+                stopped_at = step
+                break
             torch.manual_seed(config.seed * 100_003 + epoch * 1_000_003 + step)  # dropout
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
@@ -289,6 +327,14 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
         epoch_train_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_train_seconds
         trained_images += int(running[2].item() - resumed_images) * distributed.world
+        bar.close()
+        if stopped_at is not None:
+            stopped = (f"stopped by the {stop.time_limit:g} s time limit in epoch {epoch + 1} at step "
+                       f"{stopped_at}/{steps_per_epoch}")  # fmt: skip
+            if not history:
+                raise TrainingInterrupted(f"{stopped}, before any epoch ended; saved {out_dir / 'checkpoints' / 'last.pt'}; "
+                                          "continue with --resume and the same settings")  # fmt: skip
+            break
         if distributed.world > 1:
             dist.all_reduce(running)
         test_loss, test_accuracy = evaluate(runner, test_images, test_labels, spec, config.eval_batch_size, distributed, bf16)
@@ -301,6 +347,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
             "lr_end": optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - epoch_start,
             "train_images_per_second": (running[2].item() - resumed_images * distributed.world) / epoch_train_seconds,
+            "elapsed_seconds": elapsed_before + stop.elapsed(),  # wall time since the run began, evaluation included
         })  # fmt: skip
         if distributed.is_main:
             _save_epoch(out_dir, model, optimizer, config, history, checksums)
@@ -315,8 +362,8 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
     rate = trained_images / train_seconds if train_seconds else 0.0
     best = max(row["test_accuracy"] for row in history)
     result = TrainResult(
-        out_dir, best, history[-1]["test_accuracy"], len(history) - start_epoch, time.perf_counter() - started,
-        rate, _peak_fraction(device, rate, forward_gflops), history,
+        out_dir, best, history[-1]["test_accuracy"], len(history) - start_epoch, stop.elapsed(),
+        rate, _peak_fraction(device, rate, forward_gflops), history, stopped if stopped_at is not None else None,
     )  # fmt: skip
     if distributed.is_main:
         _write_reports(out_dir, config, result, device)
@@ -360,6 +407,7 @@ def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, devi
             "best_test_accuracy": result.best_accuracy,
             "final_test_accuracy": result.final_accuracy,
             "epochs_this_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
             "wall_seconds": result.wall_seconds,
             "train_images_per_second": result.images_per_second,
             "bf16_peak_fraction": result.peak_fraction,
