@@ -28,12 +28,12 @@ from vggdeploy.report import markdown_table, plot_bench, write_json, write_text
 from vggdeploy.runtime import SessionOptions, create_session, cuda_driver_present, read_metadata
 
 PEAK_TFLOPS = {  # dense peaks per precision, SXM parts; None where unknown (CPUs)
-    "H100": {"fp32": 67.0, "fp16": 989.0},
-    "H200": {"fp32": 67.0, "fp16": 989.0},
-    "A100": {"fp32": 19.5, "fp16": 312.0},
+    "H100": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.0},
+    "H200": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.0},
+    "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0},
 }
 CPU_ENGINES = ("torch-cpu-fp32", "ort-cpu-fp32", "ort-cpu-int8")
-GPU_ENGINES = ("torch-cuda-fp32", "torch-cuda-fp16-cl", "ort-cuda-fp32", "ort-cuda-fp16", "ort-cuda-fp16-nhwc-graph")
+GPU_ENGINES = ("torch-cuda-fp32", "torch-cuda-tf32", "torch-cuda-fp16-cl", "ort-cuda-fp32", "ort-cuda-fp16", "ort-cuda-fp16-nhwc-graph")
 COMPILE_ENGINE = "torch-cuda-fp16-compile"
 
 
@@ -108,7 +108,7 @@ def _torch_runner(model: torch.nn.Module, engine: str, inputs: np.ndarray, batch
 def _prepare_torch(checkpoint: Path, engine: str) -> torch.nn.Module:
     model, _ = load_checkpoint_model(checkpoint)
     if "cuda" in engine:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # strict fp32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = "tf32" in engine  # else strict fp32
         torch.backends.cudnn.benchmark = True
         model = model.cuda()
         if "fp16" in engine:
@@ -186,7 +186,8 @@ def _peak_fraction(engine: str, images_per_second: float, gflops: float, cpu_pea
     peaks = next((p for key, p in PEAK_TFLOPS.items() if key in name), None)
     if peaks is None:
         return None
-    return images_per_second * gflops * 1e9 / (peaks["fp16" if "fp16" in engine else "fp32"] * 1e12)
+    precision = next((p for p in ("fp16", "tf32") if p in engine), "fp32")
+    return images_per_second * gflops * 1e9 / (peaks[precision] * 1e12)
 
 
 def default_engines(compile_torch: bool = False) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
             return "–"
         if isinstance(value, float):
             return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-        return str(value)
+        return str(value).replace("|", "\\|")  # a bare | would split the cell
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
@@ -53,6 +53,22 @@ def plot_training_curves(path: Path, history: Sequence[dict], title: str) -> Non
     accuracy_axis.plot(epochs, [row["test_accuracy"] for row in history], marker="o", label="test accuracy")
     accuracy_axis.set_xlabel("epoch")
     accuracy_axis.legend()
+    figure.suptitle(title)
+    _save_figure(figure, path)
+
+
+def plot_accuracy_against_time(path: Path, history: Sequence[dict], title: str) -> None:
+    """Test accuracy against wall time (``elapsed_seconds`` of each epoch): what a time budget buys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot([row["elapsed_seconds"] / 60 for row in history], [row["test_accuracy"] * 100 for row in history], marker="o")
+    axis.set_xlabel("wall time (min)")
+    axis.set_ylabel("test accuracy (%)")
+    axis.grid(True, alpha=0.3)
     figure.suptitle(title)
     _save_figure(figure, path)
 

@@ -1,0 +1,379 @@
+"""The GPU validation: every CUDA path of vggdeploy run end to end, one stage per device command.
+
+Stages (each must fit one 600 s device command; the default budget is 9 minutes):
+  runtime  train --preset seed; export --fp16 --int8 --with-preprocessing; check --provider cuda on the whole test
+           set; bench of the GPU engines on the full-width VGG-11-BN at 224 px; pytest -m gpu
+  train    train --preset full with a wall-clock limit; accuracy against wall time
+  all      runtime, then train
+
+Each step is the real `python -m vggdeploy ...` command line, run as a subprocess and recorded with its duration,
+exit code and the tail of its output. Figures are read from the reports the commands write. gpu-report.json and
+gpu-report.md (plus the PNGs) are rewritten after every step, so a command killed at its limit still leaves a report.
+
+``--rehearse`` runs the same stages through the same code on the CPU: tiny widths, 32 px, a few hundred images and
+the CPU provider. The suite runs it, so the wiring cannot rot between GPU windows. Its figures check the plumbing,
+not the goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vggdeploy.report import markdown_table, plot_accuracy_against_time, write_json, write_text
+
+GPU_BENCH_ENGINES = ("torch-cuda-fp32", "torch-cuda-tf32", "torch-cuda-fp16-cl", "ort-cuda-fp32", "ort-cuda-fp16",
+                     "ort-cuda-fp16-nhwc-graph")  # fmt: skip
+GRAPH_ENGINE = "ort-cuda-fp16-nhwc-graph"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The arguments that differ between the GPU run and the CPU rehearsal; everything else is shared."""
+
+    name: str
+    seed_train: tuple[str, ...]
+    export: tuple[str, ...]
+    check: tuple[str, ...]
+    bench_model_train: tuple[str, ...]  # latency does not depend on the weights: a few steps are enough
+    bench_model_export: tuple[str, ...]
+    bench: tuple[str, ...]
+    full_train: tuple[str, ...]  # --time-limit is added from the stage budget
+
+    @property
+    def rehearsal(self) -> bool:
+        return self.name == "cpu-rehearsal"
+
+
+GPU = Profile(
+    name="gpu",
+    seed_train=("--preset", "seed"),
+    export=("--fp16", "--int8", "--with-preprocessing"),
+    check=("--provider", "cuda"),
+    bench_model_train=("--preset", "full", "--epochs", "1", "--train-limit", "2560", "--test-limit", "1000", "--no-compile"),
+    bench_model_export=("--fp16", "--parity-images", "64", "--variant-images", "500"),
+    bench=("--engines", ",".join(GPU_BENCH_ENGINES), "--batch-sizes", "1,8,64,256", "--seconds", "2"),
+    full_train=("--preset", "full"),
+)
+TINY = ("--width-ratio", "16", "--hidden", "64", "--image-size", "32", "--device", "cpu")
+REHEARSAL = Profile(
+    name="cpu-rehearsal",
+    seed_train=("--preset", "seed", *TINY, "--epochs", "1", "--train-limit", "512", "--test-limit", "256"),
+    export=("--fp16", "--int8", "--with-preprocessing", "--parity-images", "64", "--audit-batches", "1,2,7,16",
+            "--variant-images", "128"),  # fmt: skip
+    # A one-epoch model on 256 images: one flipped image is 0.4 pp, so the variants' accuracy limits are opened.
+    check=("--provider", "cpu", "--images", "256", "--fp16-max-drop", "100", "--int8-max-drop", "100"),
+    bench_model_train=("--preset", "full", *TINY, "--epochs", "1", "--train-limit", "256", "--test-limit", "128",
+                       "--no-compile"),  # fmt: skip
+    bench_model_export=("--fp16", "--parity-images", "64", "--audit-batches", "1,2,7,16", "--variant-images", "128"),
+    bench=("--engines", "torch-cpu-fp32,ort-cpu-fp32", "--batch-sizes", "1,8", "--seconds", "0.1", "--min-runs", "3"),
+    full_train=("--preset", "quick", *TINY, "--epochs", "2", "--train-limit", "1024", "--test-limit", "256"),
+)
+
+
+@dataclass
+class Step:
+    name: str
+    command: str
+    returncode: int | None = None  # None: not run (the stage budget ran out before it)
+    seconds: float = 0.0
+    output_tail: str = ""
+
+
+@dataclass
+class Goal:
+    goal: str
+    measured: str
+    met: bool | None  # None: could not be measured (a step failed or did not run)
+    source: str  # the step whose command produced the figure
+
+
+@dataclass
+class Validation:
+    """Runs the steps of the chosen stages and keeps the report up to date after each one."""
+
+    profile: Profile
+    out: Path
+    work: Path
+    budget_seconds: float
+    stages: list[str]
+    steps: list[Step] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)
+    goals: list[Goal] = field(default_factory=list)
+    environment: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.environment = describe_environment()
+        self.stage_deadline = 0.0
+
+    def start_stage(self) -> None:
+        self.stage_deadline = time.monotonic() + self.budget_seconds
+
+    def run(self, name: str, arguments: list[str], module: str = "vggdeploy") -> Step:
+        """One command, within what is left of the stage budget; its output goes to the log and its tail to the report."""
+        command = [sys.executable, "-m", module, *arguments]
+        step = Step(name, " ".join(["python", "-m", module, *arguments]))
+        self.steps.append(step)
+        left = self.stage_deadline - time.monotonic()
+        if left < 5:
+            step.output_tail = "not run: the stage budget was spent"
+            self.write()
+            return step
+        started = time.monotonic()
+        log = self.work / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"== {name}: {step.command}", flush=True)
+        with log.open("w") as sink:
+            try:
+                step.returncode = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, timeout=left).returncode
+            except subprocess.TimeoutExpired:
+                step.returncode = 124
+        step.seconds = time.monotonic() - started
+        text = log.read_text(errors="replace")
+        step.output_tail = "\n".join(text.splitlines()[-15:])
+        print(f"   exit {step.returncode} after {step.seconds:.1f} s", flush=True)
+        self.write()
+        return step
+
+    def write(self) -> None:
+        report = {
+            "profile": self.profile.name,
+            "stages": self.stages,
+            "environment": self.environment,
+            "steps": [asdict(step) for step in self.steps],
+            "figures": self.figures,
+            "goals": [asdict(goal) for goal in self.goals],
+        }
+        write_json(self.out / "gpu-report.json", report)
+        write_text(self.out / "gpu-report.md", format_markdown(report))
+
+
+def describe_environment() -> dict:
+    """Device, driver and library versions, as the commands will see them."""
+    import numpy
+    import onnx
+    import torch
+
+    environment = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "onnx": onnx.__version__,
+        "numpy": numpy.__version__,
+        "code": git_commit(),
+    }
+    try:
+        import onnxruntime
+
+        environment["onnxruntime"] = f"{onnxruntime.__version__} from {Path(onnxruntime.__file__).parent.parent}"
+        environment["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except ImportError as error:
+        environment["onnxruntime"] = f"not importable: {error}"
+    try:
+        import onnxsim
+
+        environment["onnxsim"] = onnxsim.__version__
+    except ImportError as error:
+        environment["onnxsim"] = f"not importable: {error}"
+    if shutil.which("nvidia-smi"):
+        query = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                               capture_output=True, text=True)  # fmt: skip
+        environment["nvidia_smi"] = query.stdout.strip() or query.stderr.strip()
+    return environment
+
+
+def git_commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return result.stdout.strip() or None
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def copy_png(source: Path, target: Path) -> None:
+    if source.is_file():
+        shutil.copyfile(source, target)
+
+
+def runtime_stage(validation: Validation) -> None:
+    profile, work = validation.profile, validation.work
+    seed = work / "seed"
+    model = seed / "onnx" / "model.onnx"
+    validation.run("seed-train", ["train", *profile.seed_train, "--out", str(seed), "--quiet"])
+    summary = read_json(seed / "train" / "summary.json")
+    if summary:
+        validation.figures["seed_train"] = pick(summary, "best_test_accuracy", "wall_seconds", "train_images_per_second")
+    copy_png(seed / "train" / "curves.png", validation.out / "seed-curves.png")
+    validation.run("seed-export", ["export", "--checkpoint", str(seed / "checkpoints" / "best.pt"), *profile.export])
+    exported = read_json(seed / "onnx" / "export_report.json")
+    if exported:
+        validation.figures["seed_export"] = exported
+    check = validation.run("seed-check", ["check", "--model", str(model), *profile.check])
+    checked = read_json(seed / "onnx" / "reports" / "check.json")
+    if checked:
+        validation.figures["seed_check"] = checked
+    add_check_goals(validation, checked, check)
+
+    bench_dir = work / "bench-model"
+    validation.run("bench-model-train", ["train", *profile.bench_model_train, "--out", str(bench_dir), "--quiet"])
+    validation.run("bench-model-export", ["export", "--checkpoint", str(bench_dir / "checkpoints" / "best.pt"),
+                                          *profile.bench_model_export])  # fmt: skip
+    bench = validation.run("bench", ["bench", "--model", str(bench_dir / "onnx" / "model.onnx"), *profile.bench])
+    benched = read_json(bench_dir / "onnx" / "reports" / "bench.json")
+    if benched:
+        validation.figures["bench"] = benched
+    copy_png(bench_dir / "onnx" / "reports" / "bench.png", validation.out / "bench.png")
+    add_bench_goals(validation, benched, bench)
+
+    tests = validation.run("pytest-gpu", ["-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"], module="pytest")
+    counts = dict((word, int(number)) for number, word in re.findall(r"(\d+) (passed|failed|skipped|error)", tests.output_tail))
+    validation.figures["pytest_gpu"] = counts
+    validation.goals.append(Goal("the 3 gpu-marked tests pass", ", ".join(f"{n} {w}" for w, n in counts.items()) or "no result",
+                                 counts.get("passed") == 3 and tests.returncode == 0 if tests.returncode is not None else None,
+                                 tests.name))  # fmt: skip
+
+
+def train_stage(validation: Validation, time_limit: float) -> None:
+    full = validation.work / "full"
+    step = validation.run("full-train", ["train", *validation.profile.full_train, "--time-limit", f"{time_limit:g}",
+                                         "--out", str(full), "--quiet"])  # fmt: skip
+    summary = read_json(full / "train" / "summary.json")
+    metrics = full / "train" / "metrics.jsonl"
+    history = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    rows = [pick(row, "epoch", "elapsed_seconds", "test_accuracy", "train_images_per_second") for row in history]
+    validation.figures["full_train"] = {"summary": summary, "accuracy_against_time": rows}
+    copy_png(full / "train" / "curves.png", validation.out / "full-curves.png")
+    if rows:
+        plot_accuracy_against_time(validation.out / "full-accuracy-time.png", rows, "full preset: test accuracy against wall time")
+    within_4 = max((r["test_accuracy"] for r in rows if r["elapsed_seconds"] <= 240), default=None)
+    final = rows[-1] if rows else None
+    ran = step.returncode is not None
+    validation.goals += [
+        Goal(">= 95.0 % test accuracy within the first 4 min",
+             "no epoch ended" if within_4 is None else f"{within_4:.2%}",
+             None if within_4 is None else within_4 >= 0.95, step.name),
+        Goal(">= 95.5 % test accuracy in <= 10 min",
+             "no epoch ended" if final is None else f"{final['test_accuracy']:.2%} at {final['elapsed_seconds']:.0f} s",
+             None if final is None else final["test_accuracy"] >= 0.955 and final["elapsed_seconds"] <= 600, step.name),
+        Goal(">= 10,000 train img/s (VGG-11-BN, 224 px, bf16)",
+             "no summary" if not summary else f"{summary['train_images_per_second']:,.0f} img/s",
+             None if not summary else summary["train_images_per_second"] >= 10_000, step.name),
+    ] if ran else []  # fmt: skip
+
+
+def add_check_goals(validation: Validation, checked: dict | None, step: Step) -> None:
+    results = {r["name"]: r for r in (checked or {}).get("results", [])}
+    fp32, fp16 = results.get("fp32"), results.get("fp16")
+    validation.goals += [
+        Goal("fp32 (TF32 off): 100 % top-1 agreement, max |logit diff| <= 1e-3",
+             "no result" if not fp32 else f"{fp32['top1_agreement']:.2%}, {fp32['max_abs_diff']:.3g} on {fp32['images']} images",
+             None if not fp32 else fp32["top1_agreement"] == 1.0 and fp32["max_abs_diff"] <= 1e-3, step.name),
+        Goal("fp16: accuracy drop <= 0.05 pp",
+             "no result" if not fp16 else f"{fp16['accuracy_change'] * 100:+.2f} pp",
+             None if not fp16 else -fp16["accuracy_change"] <= 0.0005, step.name),
+        Goal("no node left on the CPU (strict provider session)",
+             "no result" if not checked else f"check ran on {checked['provider']}, exit {step.returncode}",
+             None if not checked else step.returncode == 0 and checked["provider"] == ("cpu" if validation.profile.rehearsal else "cuda"),
+             step.name),
+    ]  # fmt: skip
+
+
+def add_bench_goals(validation: Validation, benched: dict | None, step: Step) -> None:
+    rows = {(m["engine"], m["batch"]): m for m in (benched or {}).get("measurements", [])}
+    engine = "ort-cpu-fp32" if validation.profile.rehearsal else GRAPH_ENGINE
+    reference = "torch-cpu-fp32" if validation.profile.rehearsal else "torch-cuda-fp16-cl"
+    largest = max((batch for name, batch in rows if name == engine), default=None)
+    single, many = rows.get((engine, 1)), rows.get((engine, largest))
+    torch_single = rows.get((reference, 1))
+    ratio = f"; {torch_single['p50_ms'] / single['p50_ms']:.2f}x {reference} in the same run" if single and torch_single else ""
+    validation.goals += [
+        Goal(f"{engine} batch-1 p50 <= 0.20 ms", "no result" if not single else f"{single['p50_ms']:.3f} ms{ratio}",
+             None if not single else single["p50_ms"] <= 0.20, step.name),
+        Goal(f"{engine} batch 256 >= 25,000 img/s",
+             "no result" if not many else f"{many['images_per_second']:,.0f} img/s at batch {largest}",
+             None if not many or largest != 256 else many["images_per_second"] >= 25_000, step.name),
+    ]  # fmt: skip
+
+
+def pick(row: dict, *keys: str) -> dict:
+    return {key: row.get(key) for key in keys}
+
+
+def format_markdown(report: dict) -> str:
+    environment = report["environment"]
+    device = environment.get("cuda_device") or f"CPU ({environment['cpu']}, {environment['cpu_count']} cores)"
+    lines = [f"# GPU validation: {', '.join(report['stages'])} ({report['profile']})", ""]
+    if report["profile"] == "cpu-rehearsal":
+        lines += ["**Rehearsal on the CPU with tiny models: these figures check the wiring, they are not GPU results.**", ""]
+    lines += [f"Device: {device}", "", "```", json.dumps(environment, indent=2), "```", "", "## Steps", ""]
+    lines.append(markdown_table([{**s, "command": f"`{s['command']}`", "seconds": round(s["seconds"], 1)}
+                                 for s in report["steps"]], ["name", "command", "returncode", "seconds"]))  # fmt: skip
+    if report["goals"]:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}
+        rows = [{**g, "met": verdict[g["met"]]} for g in report["goals"]]
+        lines += ["", "## Goals", "", markdown_table(rows, ["goal", "measured", "met", "source"])]
+    bench = report["figures"].get("bench")
+    if bench:
+        lines += ["", f"## bench ({bench['device']})", ""]
+        lines.append(markdown_table(bench["measurements"], ["engine", "batch", "p50_ms", "p99_ms", "images_per_second", "peak_fraction"]))
+        lines += [f"skipped {engine}: {why}" for engine, why in bench["skipped"].items()]
+    check = report["figures"].get("seed_check")
+    if check:
+        lines += ["", f"## check (provider {check['provider']})", ""]
+        lines.append(markdown_table(check["results"], ["name", "images", "max_abs_diff", "top1_agreement", "accuracy_change", "passed"]))
+    train = report["figures"].get("full_train")
+    if train and train["accuracy_against_time"]:
+        lines += ["", "## full preset: test accuracy against wall time", ""]
+        lines.append(markdown_table(train["accuracy_against_time"], ["epoch", "elapsed_seconds", "test_accuracy", "train_images_per_second"]))
+    failed = [s for s in report["steps"] if s["returncode"] not in (0, None)]
+    for step in failed:
+        lines += ["", f"## {step['name']} exited {step['returncode']}", "", "```", step["output_tail"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=("runtime", "train", "all"))
+    parser.add_argument("--out", type=Path, required=True, help="where gpu-report.json/.md and the PNGs go ($OUT)")
+    parser.add_argument("--work", type=Path, default=None, help="models and logs [default: OUT/work]")
+    parser.add_argument("--rehearse", action="store_true", help="the same stages on the CPU with tiny models")
+    parser.add_argument("--budget-minutes", type=float, default=9.0, help="per stage [default: 9]")
+    parser.add_argument("--train-minutes", type=float, default=None,
+                        help="train stage: the --time-limit of the full run [default: the budget less 40 s]")  # fmt: skip
+    args = parser.parse_args(argv)
+    stages = ["runtime", "train"] if args.stage == "all" else [args.stage]
+    validation = Validation(REHEARSAL if args.rehearse else GPU, args.out, args.work or args.out / "work",
+                            args.budget_minutes * 60, stages)  # fmt: skip
+    validation.write()
+    for stage in stages:
+        validation.start_stage()
+        if stage == "runtime":
+            runtime_stage(validation)
+        else:
+            time_limit = args.train_minutes * 60 if args.train_minutes else max(30.0, validation.budget_seconds - 40)
+            train_stage(validation, time_limit)
+    validation.write()
+    failed = [s.name for s in validation.steps if s.returncode != 0]
+    print(f"report: {args.out / 'gpu-report.md'}" + (f"; steps that did not pass: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The GPU validation's wiring, exercised on the CPU: the parts that carry what the GPU host lacks, and a rehearsal
+of every stage through the same driver (tiny models, the CPU provider)."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
+import parts  # noqa: E402
+
+
+def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
+    result = subprocess.run([str(ROOT / "scripts" / "gpu" / "validate.sh"), "--rehearse", "all", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-report.json").read_text())
+    assert report["profile"] == "cpu-rehearsal" and report["stages"] == ["runtime", "train"]
+    names = ["seed-train", "seed-export", "seed-check", "bench-model-train", "bench-model-export", "bench", "pytest-gpu",
+             "full-train"]  # fmt: skip
+    assert [step["name"] for step in report["steps"]] == names
+    for step in report["steps"]:
+        assert step["returncode"] == 0 and step["seconds"] > 0 and step["command"].startswith("python -m ")
+    assert "--time-limit" in report["steps"][-1]["command"]
+    assert report["environment"]["torch"] and report["environment"]["onnxruntime"].startswith("1.")
+
+    check = report["figures"]["seed_check"]
+    assert check["provider"] == "cpu" and [r["name"] for r in check["results"]] == ["fp32", "fp16", "int8"]
+    assert check["results"][0]["images"] == 256 and check["results"][0]["max_abs_diff"] < 1e-3
+    bench = report["figures"]["bench"]["measurements"]
+    assert {(m["engine"], m["batch"]) for m in bench} == {(e, b) for e in ("torch-cpu-fp32", "ort-cpu-fp32") for b in (1, 8)}
+    timeline = report["figures"]["full_train"]["accuracy_against_time"]
+    assert [row["epoch"] for row in timeline] == [1, 2]
+    assert 0 < timeline[0]["elapsed_seconds"] < timeline[1]["elapsed_seconds"]
+    assert report["figures"]["pytest_gpu"].get("skipped", 0) + report["figures"]["pytest_gpu"].get("passed", 0) == 3
+
+    goals = {goal["goal"]: goal for goal in report["goals"]}
+    assert goals["fp32 (TF32 off): 100 % top-1 agreement, max |logit diff| <= 1e-3"]["met"] is True
+    assert goals[">= 95.0 % test accuracy within the first 4 min"]["met"] is False  # a tiny model; the figure is honest
+    assert all(goal["source"] in names for goal in report["goals"])
+    markdown = (tmp_path / "gpu-report.md").read_text()
+    assert "Rehearsal on the CPU" in markdown and "| seed-check | `python -m vggdeploy check" in markdown
+    assert "max \\|logit diff\\|" in markdown  # pipes escaped: the goals table keeps four columns
+    for png in ("seed-curves.png", "bench.png", "full-curves.png", "full-accuracy-time.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG", png
+
+
+@pytest.fixture
+def packed(tmp_path):
+    """Two fake wheels (one holding the excluded TensorRT library) and a data folder, packed into 1 KiB parts."""
+    wheels = []
+    for name, files in {
+        "fakeort-1.0-py3-none-any.whl": {"fakeort/__init__.py": "VALUE = 42\n",
+                                         parts.EXCLUDED[0]: "never carried", "fakeort/blob.bin": os.urandom(3000)},
+        "fakesim-1.0-py3-none-any.whl": {"fakesim/__init__.py": "from fakeort import VALUE\n"},
+    }.items():  # fmt: skip
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as archive:
+            for member, content in files.items():
+                archive.writestr(member, content)
+        wheels.append(path)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in parts.DATA_FILES:
+        (data / name).write_bytes(name.encode() * 20)
+    payload = tmp_path / "payload.tar.xz"
+    contents = parts.build_payload(wheels, data, payload)
+    carried = parts.split(payload, contents, tmp_path / "carried", max_part_bytes=1024)
+    return carried, contents, tmp_path
+
+
+def test_parts_arrive_one_per_call_and_install_when_complete(packed, capsys):
+    carried, contents, root = packed
+    assert contents["excluded"] == [parts.EXCLUDED[0]] and len(carried) >= 3
+    assert max(p.stat().st_size for p in carried) <= 1024
+    assert len({p.stat().st_size for p in carried[:-1]}) == 1  # equal parts: the fewest that fit
+    state = root / "state"
+    for number, part in enumerate(carried, start=1):
+        call = root / f"call{number}"  # each device call carries one pK folder
+        (call / part.parent.name).mkdir(parents=True)
+        for file in part.parent.iterdir():
+            (call / part.parent.name / file.name).write_bytes(file.read_bytes())
+        status = parts.receive(call, state)
+        line = capsys.readouterr().out
+        if number < len(carried):
+            assert status == 3 and f"{number} of {len(carried)} here" in line and f"p{number + 1}" in line
+        else:
+            assert status == 0 and f"all {len(carried)} joined and installed" in line
+    assert not (state / "site" / parts.EXCLUDED[0]).exists()
+    assert sorted(p.name for p in (state / "data").iterdir()) == sorted(parts.DATA_FILES)
+    imported = subprocess.run([sys.executable, "-c", "import fakesim; print(fakesim.VALUE)"], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(state / "site")})  # fmt: skip
+    assert imported.stdout.strip() == "42", imported.stderr
+    assert parts.receive(root / "empty", state) == 0 and "parts: installed in" in capsys.readouterr().out  # a later call
+
+
+def test_a_corrupt_part_is_refused_by_name(packed):
+    carried, _, root = packed
+    carried[1].write_bytes(b"x" + carried[1].read_bytes()[1:])
+    with pytest.raises(parts.PartsError, match=f"{carried[1].name}: not the part its manifest describes"):
+        parts.receive(carried[0].parent.parent, root / "state")
+
+
+def test_a_stage_before_every_part_arrived_says_what_to_carry(packed, tmp_path):
+    carried, _, root = packed
+    only_first = root / "first"
+    (only_first / "p1").mkdir(parents=True)
+    for file in carried[0].parent.iterdir():
+        (only_first / "p1" / file.name).write_bytes(file.read_bytes())
+    env = {**os.environ, "VGGDEPLOY_GPU_PARTS": str(only_first), "VGGDEPLOY_GPU_STATE": str(root / "state"), "OUT": str(tmp_path)}
+    script = str(ROOT / "scripts" / "gpu" / "validate.sh")
+    received = subprocess.run([script, "receive"], capture_output=True, text=True, env=env, timeout=60)
+    assert received.returncode == 0 and f"1 of {len(carried)} here" in received.stdout
+    stage = subprocess.run([script, "runtime"], capture_output=True, text=True, env=env, timeout=60)
+    assert stage.returncode == 3 and "cannot run runtime before every part is installed" in stage.stderr
+    assert ".device/gpu/p2" in stage.stdout and not (tmp_path / "gpu-report.json").exists()
