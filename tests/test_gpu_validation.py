@@ -46,6 +46,9 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     markdown = (tmp_path / "gpu-report.md").read_text()
     assert "Rehearsal on the CPU" in markdown and "| seed-check | `python -m vggdeploy check" in markdown
     assert "max \\|logit diff\\|" in markdown  # pipes escaped: the goals table keeps four columns
+    logs = (tmp_path / "gpu-logs.txt").read_text()
+    assert all(f"==== {name}: python -m" in logs for name in names) and "best test accuracy" in logs
+    assert len([p for p in tmp_path.iterdir() if p.is_file()]) <= 8  # what the device tool brings back
     for png in ("seed-curves.png", "bench.png", "full-curves.png", "full-accuracy-time.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG", png
 

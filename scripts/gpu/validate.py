@@ -34,6 +34,7 @@ from vggdeploy.report import markdown_table, plot_accuracy_against_time, write_j
 GPU_BENCH_ENGINES = ("torch-cuda-fp32", "torch-cuda-tf32", "torch-cuda-fp16-cl", "ort-cuda-fp32", "ort-cuda-fp16",
                      "ort-cuda-fp16-nhwc-graph")  # fmt: skip
 GRAPH_ENGINE = "ort-cuda-fp16-nhwc-graph"
+LOG_CHARS = 200_000  # of each step's output kept in gpu-logs.txt (the device tool returns at most 8 files)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ GPU = Profile(
     export=("--fp16", "--int8", "--with-preprocessing"),
     check=("--provider", "cuda"),
     bench_model_train=("--preset", "full", "--epochs", "1", "--train-limit", "2560", "--test-limit", "1000", "--no-compile"),
-    bench_model_export=("--fp16", "--parity-images", "64", "--variant-images", "500"),
+    bench_model_export=("--fp16", "--parity-images", "64", "--variant-images", "100"),  # the export checks run on the CPU
     bench=("--engines", ",".join(GPU_BENCH_ENGINES), "--batch-sizes", "1,8,64,256", "--seconds", "2"),
     full_train=("--preset", "full"),
 )
@@ -131,7 +132,7 @@ class Validation:
             self.write()
             return step
         started = time.monotonic()
-        log = self.work / "logs" / f"{name}.log"
+        log = self.log_path(name)
         log.parent.mkdir(parents=True, exist_ok=True)
         print(f"== {name}: {step.command}", flush=True)
         with log.open("w") as sink:
@@ -157,6 +158,12 @@ class Validation:
         }
         write_json(self.out / "gpu-report.json", report)
         write_text(self.out / "gpu-report.md", format_markdown(report))
+        logs = [f"==== {step.name}: {step.command}\n{self.log_path(step.name).read_text(errors='replace')[-LOG_CHARS:]}"
+                for step in self.steps if self.log_path(step.name).is_file()]  # fmt: skip
+        write_text(self.out / "gpu-logs.txt", "\n".join(logs))
+
+    def log_path(self, name: str) -> Path:
+        return self.work / "logs" / f"{name}.log"
 
 
 def describe_environment() -> dict:
