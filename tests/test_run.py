@@ -9,9 +9,9 @@ from PIL import Image
 
 from vggdeploy.preprocess import decode_grayscale
 from vggdeploy import runtime
+from vggdeploy.errors import ProviderUnavailable
 from vggdeploy.runtime import (
     Placement,
-    ProviderUnavailable,
     SessionOptions,
     create_session,
     cuda_driver_present,
@@ -190,12 +190,27 @@ def test_model_problems_are_one_line_errors(golden, tmp_path):
     proto.graph.input[0].name = "pixels"
     proto.graph.node[0].input[0] = "pixels"
     onnx.save(proto, str(tmp_path / "renamed.onnx"))
+    _with_metadata(model, tmp_path / "resized.onnx", preprocessing=lambda p: p["resize"].update(height=64, width=64))
+    _with_metadata(model, tmp_path / "labels.onnx", labels=lambda labels: labels.pop())
     cases = {"cut.onnx": "not an ONNX model", "text.onnx": "not an ONNX model", "absent.onnx": "no such model file",
-             "bare.onnx": "no vggdeploy metadata", "renamed.onnx": "do not match its metadata"}  # fmt: skip
+             "bare.onnx": "no vggdeploy metadata", "renamed.onnx": "do not match its metadata",
+             "resized.onnx": "the metadata's preprocessing makes 1x64x64 inputs, but the graph takes 1x32x32",
+             "labels.onnx": "the metadata names 9 labels, but the graph outputs 10 classes"}  # fmt: skip
     for name, message in cases.items():
         result = cli("run", str(folder), "--model", str(tmp_path / name))
         assert result.returncode == 3, name
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, (name, result.stderr)
+
+
+def _with_metadata(source, target, **edits) -> None:
+    """A copy of ``source`` whose metadata sections are changed in place by ``edits`` (key -> function)."""
+    proto = onnx.load(str(source))
+    for prop in proto.metadata_props:
+        if prop.key in edits:
+            value = json.loads(prop.value)
+            edits[prop.key](value)
+            prop.value = json.dumps(value)
+    onnx.save(proto, str(target))
 
 
 def test_run_works_without_torch(golden):

@@ -16,7 +16,7 @@ import torch
 from vggdeploy.checkpoint import checkpoint_beside
 from vggdeploy.checkpoint import load_model as load_checkpoint_model
 from vggdeploy.data import load_split, to_model_input
-from vggdeploy.errors import DataError, UsageError
+from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.graph import run_session
 from vggdeploy.model import predict_logits
 from vggdeploy.parity import ParityResult, compare_logits
@@ -54,7 +54,15 @@ class CheckReport:
     first_bad_layer: LayerDifference | None = None
 
     def __bool__(self) -> bool:
-        return all(self.results)
+        return all(self.results) and self.first_bad_layer is None
+
+    def raise_if_failed(self) -> None:
+        """CheckFailed naming what failed: a variant over its limits, or (with --localize) a layer over tolerance."""
+        if self:
+            return
+        failed = [r.name for r in self.results if not r]
+        where = f"; first layer over tolerance: {self.first_bad_layer.layer}" if self.first_bad_layer else ""
+        raise CheckFailed(f"parity check failed for {', '.join(failed) or 'the layers'}{where}")
 
     def format(self) -> str:
         lines = [f"check {self.model} on onnxruntime {self.provider.upper()}:"]

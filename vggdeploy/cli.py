@@ -5,16 +5,16 @@ Heavy modules (torch, onnxruntime) are imported inside the commands that need th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 import click
 
-from typing import TYPE_CHECKING
-
 from vggdeploy import __version__
-from vggdeploy.errors import VggDeployError
+from vggdeploy.errors import INTERNAL_ERROR_EXIT, Interrupted, VggDeployError
 
 if TYPE_CHECKING:
     from vggdeploy.archs import ModelArgs
@@ -29,16 +29,17 @@ class _Group(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            click.echo("error: interrupted", err=True)
+            sys.exit(Interrupted.exit_code)
         except Exception as error:  # noqa: BLE001 - the CLI's single exit point for failures
             if ctx.meta.get("debug"):
                 traceback.print_exc()
             if isinstance(error, VggDeployError):
-                click.echo(f"error: {error}", err=True)
+                for line in str(error).splitlines():  # one line per problem (run: one per bad image)
+                    click.echo(f"error: {line}", err=True)
                 sys.exit(error.exit_code)
             click.echo(f"error: internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True)
-            sys.exit(70)
+            sys.exit(INTERNAL_ERROR_EXIT)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -48,6 +49,19 @@ class _Group(click.Group):
 def main(ctx: click.Context, debug: bool) -> None:
     """Train VGG on Fashion-MNIST, export it to ONNX, and prove the ONNX Runtime deployment right."""
     ctx.meta["debug"] = debug
+
+
+TRAIN_EXTRA = ("torch", "torchvision", "onnxscript", "onnxsim", "tqdm", "matplotlib")  # pyproject's [train] extra
+
+
+def require_train_extra(command: str) -> None:
+    """One line with the pip command when a command needs what only ``vggdeploy[train]`` installs."""
+    missing = [module for module in TRAIN_EXTRA if importlib.util.find_spec(module) is None]
+    if missing:
+        from vggdeploy.errors import MissingExtra
+
+        raise MissingExtra(f"'vggdeploy {command}' needs the train extra ({', '.join(missing)} not installed): "
+                           "pip install 'vggdeploy[train]'")  # fmt: skip
 
 
 def _model_args_options(command):
@@ -90,6 +104,7 @@ def info(model: str | None, **options) -> None:
 
         click.echo(describe_onnx(model))
         return
+    require_train_extra("info --arch")
     from vggdeploy.model import summarize
 
     click.echo(summarize(model_args_from_options(**options)).format())
@@ -120,6 +135,7 @@ ARTIFACTS = "artifacts"
 def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_model, data_dir, out, resume, time_limit,
           quiet, **overrides):  # fmt: skip
     """Train a VGG on Fashion-MNIST; writes checkpoints, metrics.jsonl and curves.png."""
+    require_train_extra("train")
     import torch
 
     from vggdeploy.config import preset as get_preset
@@ -154,6 +170,7 @@ def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_mod
 def export(arch, checkpoint, out, opset, no_simplify, fp16, int8, with_preprocessing, atol, parity_images, audit_batches,
            variant_images, triton_repo, data_dir):  # fmt: skip
     """Export a trained checkpoint to a checked, simplified, self-describing ONNX model."""
+    require_train_extra("export")
     from pathlib import Path
 
     from vggdeploy.archs import parse_arch
@@ -213,10 +230,8 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
                                "errors": result.failures}, indent=2))  # fmt: skip
     else:
         click.echo(result.format_table())
-    for failure in result.failures:
-        click.echo(f"error: {failure}", err=True)
     if result.failures:
-        raise SystemExit(DataError.exit_code)
+        raise DataError("\n".join(result.failures))
 
 
 @main.command()
@@ -237,18 +252,15 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
 def check(model_path, checkpoint, provider, images, atol, min_agreement, fp16_max_drop, int8_max_drop, localize,
           layer_rtol, report_dir, data_dir):  # fmt: skip
     """Parity of the ONNX Runtime deployment with the torch model on the real test set."""
+    require_train_extra("check")
     from vggdeploy.check import Tolerances, run_check
     from vggdeploy.classify import latest_model
-    from vggdeploy.errors import CheckFailed
 
     tolerances = Tolerances(atol, min_agreement, fp16_max_drop / 100, int8_max_drop / 100, layer_rtol)
     report = run_check(model_path or latest_model(ARTIFACTS), checkpoint, provider, images, tolerances, localize,
                        data_dir, report_dir)  # fmt: skip
     click.echo(report.format())
-    if not report or report.first_bad_layer is not None:
-        failed = [r.name for r in report.results if not r]
-        where = f"; first layer over tolerance: {report.first_bad_layer.layer}" if report.first_bad_layer else ""
-        raise CheckFailed(f"parity check failed for {', '.join(failed) or 'the layers'}{where}")
+    report.raise_if_failed()
 
 
 @main.command()
@@ -264,6 +276,7 @@ def check(model_path, checkpoint, provider, images, atol, min_agreement, fp16_ma
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, min_runs, report_dir, data_dir):
     """Latency and throughput of torch and ONNX Runtime, timed the same way (JSON, markdown, PNG)."""
+    require_train_extra("bench")
     from vggdeploy.bench import default_engines, run_bench
     from vggdeploy.classify import latest_model
     from vggdeploy.errors import UsageError

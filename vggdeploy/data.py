@@ -25,7 +25,6 @@ CLASS_NAMES = (
 )  # fmt: skip
 DATA_DIR_ENV = "VGGDEPLOY_DATA_DIR"
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
-DOWNLOAD_CACHE = Path.home() / ".cache" / "vggdeploy" / "fashion-mnist"
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class IdxFile:
     magic: int  # 2051 for images, 2049 for labels
     count: int
     payload_md5: str  # of the decompressed bytes: independent of gzip framing (Debian recompressed the files)
-    upstream_gz_md5: str  # of the .gz as zalandoresearch publishes it (what torchvision downloads)
+    upstream_gz_md5: str  # of the .gz as zalandoresearch publishes it (a folder copied from elsewhere)
 
 
 SPLITS: dict[str, tuple[IdxFile, IdxFile]] = {
@@ -49,8 +48,8 @@ SPLITS: dict[str, tuple[IdxFile, IdxFile]] = {
 }
 
 
-def find_data_dir(data_dir: str | Path | None = None, download: bool = False) -> Path:
-    """The first of: the explicit directory, $VGGDEPLOY_DATA_DIR, Debian's package, a (opt-in) download."""
+def find_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The first of: the explicit directory, $VGGDEPLOY_DATA_DIR, Debian's package. Nothing is ever downloaded."""
     if data_dir is not None:
         path = Path(data_dir)
         if not path.is_dir():
@@ -60,20 +59,10 @@ def find_data_dir(data_dir: str | Path | None = None, download: bool = False) ->
         return find_data_dir(os.environ[DATA_DIR_ENV])
     if SYSTEM_DATA_DIR.is_dir():
         return SYSTEM_DATA_DIR
-    if download:
-        return _download()
     raise DataError(
-        f"Fashion-MNIST not found: pass --data-dir, set ${DATA_DIR_ENV}, install the Debian package "
-        "dataset-fashion-mnist (apt-get install dataset-fashion-mnist), or allow --download"
+        f"Fashion-MNIST not found: install the Debian package dataset-fashion-mnist (apt-get install "
+        f"dataset-fashion-mnist), or pass --data-dir / set ${DATA_DIR_ENV} to a folder holding its four .gz files"
     )
-
-
-def _download() -> Path:
-    from torchvision.datasets import FashionMNIST
-
-    FashionMNIST.raw_folder = property(lambda _self: str(DOWNLOAD_CACHE))  # flat folder, no class-name subdirs
-    FashionMNIST(str(DOWNLOAD_CACHE), download=True)
-    return DOWNLOAD_CACHE
 
 
 def read_idx(path: Path, spec: IdxFile, verify: bool = True) -> np.ndarray:
@@ -102,9 +91,9 @@ def read_idx(path: Path, spec: IdxFile, verify: bool = True) -> np.ndarray:
     return np.frombuffer(payload, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def load_split(split: str, data_dir: str | Path | None = None, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(split: str, data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 [N, 28, 28], labels int64 [N]) of the ``train`` or ``test`` split."""
-    root = find_data_dir(data_dir, download)
+    root = find_data_dir(data_dir)
     images_spec, labels_spec = SPLITS[split]
     images = read_idx(root / images_spec.name, images_spec)
     labels = read_idx(root / labels_spec.name, labels_spec)

@@ -17,16 +17,10 @@ from typing import Iterator
 import numpy as np
 
 from vggdeploy.contract import INPUT_NAME, RAW_INPUT_NAME, decode_metadata
-from vggdeploy.errors import DataError, UsageError, VggDeployError
+from vggdeploy.errors import DataError, ProviderUnavailable, UsageError
 
 CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessionOptionsDisableCPUEPFallback
 ORT_SUPPORTED_IR_VERSION = 10  # onnx >= 1.19 writes IR 11+ by default; ONNX Runtime 1.31 reads up to 13
-
-
-class ProviderUnavailable(VggDeployError):
-    """CUDA was asked for and ONNX Runtime could not give it."""
-
-    exit_code = 6
 
 
 @dataclass(frozen=True)
@@ -268,13 +262,29 @@ def load_model(path: str | Path, options: SessionOptions = SessionOptions()) -> 
     path = Path(path)
     metadata = read_metadata(path)
     session = create_session(path, options)
+    check_metadata_against_graph(path, metadata, session)
+    return LoadedModel(path, session, metadata)
+
+
+def check_metadata_against_graph(path: Path, metadata: dict, session) -> None:
+    """Refuse a model whose metadata contradicts its graph, before the first image meets it (one line, exit 3)."""
     expected = metadata["io"]["input"]["name"]
-    inputs = session.get_inputs()
+    inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or inputs[0].name != expected:
         raise DataError(f"{path}: the graph's inputs {[i.name for i in inputs]} do not match its metadata ({expected!r})")
-    if expected == INPUT_NAME and list(inputs[0].shape[1:]) != metadata["io"]["input"]["shape"][1:]:
-        raise DataError(f"{path}: the graph's input shape {inputs[0].shape} does not match its metadata")
-    return LoadedModel(path, session, metadata)
+    graph_input = list(inputs[0].shape)
+    if expected == INPUT_NAME:
+        if graph_input[1:] != metadata["io"]["input"]["shape"][1:]:
+            raise DataError(f"{path}: the graph's input shape {graph_input} does not match its metadata's io section "
+                            f"{metadata['io']['input']['shape']}")  # fmt: skip
+        resize = metadata["preprocessing"].get("resize", {})
+        channels = len(metadata["preprocessing"].get("mean", []))
+        if [channels, resize.get("height"), resize.get("width")] != graph_input[1:]:
+            raise DataError(f"{path}: the metadata's preprocessing makes {channels}x{resize.get('height')}x{resize.get('width')} "
+                            f"inputs, but the graph takes {'x'.join(map(str, graph_input[1:]))}")  # fmt: skip
+    classes = outputs[0].shape[-1] if outputs else None
+    if isinstance(classes, int) and len(metadata["labels"]) != classes:
+        raise DataError(f"{path}: the metadata names {len(metadata['labels'])} labels, but the graph outputs {classes} classes")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

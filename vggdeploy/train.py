@@ -24,7 +24,7 @@ from tqdm import tqdm
 from vggdeploy.checkpoint import library_versions, load_checkpoint, save_checkpoint
 from vggdeploy.config import TrainConfig
 from vggdeploy.data import Augmentation, data_checksums, iterate_batches, load_split
-from vggdeploy.errors import UsageError, VggDeployError
+from vggdeploy.errors import Interrupted, TrainingDiverged, UsageError
 from vggdeploy.files import ensure_writable, remove_stale_temporaries
 from vggdeploy.model import build_model, summarize
 from vggdeploy.preprocess import PreprocessSpec
@@ -32,14 +32,6 @@ from vggdeploy.report import plot_training_curves, write_json, write_jsonl
 
 PROGRESS_EVERY = 20  # steps between progress updates (each one synchronises with the device)
 PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense tensor-core peaks
-
-
-class TrainingDiverged(VggDeployError):
-    exit_code = 5
-
-
-class TrainingInterrupted(VggDeployError):
-    exit_code = 130
 
 
 class _StopRequests:
@@ -290,7 +282,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
                 continue  # already trained before the interruption; generating it replays its random draws
             if stop.received:
                 _save_interrupted(out_dir, model, optimizer, config, history, checksums, step, running)
-                raise TrainingInterrupted(
+                raise Interrupted(
                     f"interrupted ({stop.received}) in epoch {epoch + 1} at step {step}/{steps_per_epoch}; saved "
                     f"{out_dir / 'checkpoints' / 'last.pt'}; continue with --resume and the same settings"
                 )
@@ -332,7 +324,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
             stopped = (f"stopped by the {stop.time_limit:g} s time limit in epoch {epoch + 1} at step "
                        f"{stopped_at}/{steps_per_epoch}")  # fmt: skip
             if not history:
-                raise TrainingInterrupted(f"{stopped}, before any epoch ended; saved {out_dir / 'checkpoints' / 'last.pt'}; "
+                raise Interrupted(f"{stopped}, before any epoch ended; saved {out_dir / 'checkpoints' / 'last.pt'}; "
                                           "continue with --resume and the same settings")  # fmt: skip
             break
         if distributed.world > 1:
@@ -354,7 +346,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
             if progress:
                 tqdm.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}")
         if stop.received and epoch + 1 < config.epochs:
-            raise TrainingInterrupted(
+            raise Interrupted(
                 f"interrupted ({stop.received}) after epoch {epoch + 1}; saved {out_dir / 'checkpoints' / 'last.pt'}; "
                 "continue with --resume and the same settings"
             )
