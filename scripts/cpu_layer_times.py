@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vggdeploy.bench import best_seconds, cpu_fp32_gflops
+from vggdeploy.hardware import best_seconds, cpu_fp32_gflops
 from vggdeploy.checkpoint import load_model
 from vggdeploy.contract import INPUT_NAME
 from vggdeploy.runtime import create_session

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from vggdeploy.bench import CPU_ENGINES, GPU_ENGINES, BoundOrtRun, engine_session, run_bench
+from vggdeploy.bench import CPU_ENGINES, GPU_ENGINES, BoundOrtRun, Engine, engine_session, run_bench
 
 
 def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint, tmp_path):
@@ -28,21 +29,53 @@ def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_missing_variant_and_gpu_engines_are_skipped_with_a_reason(tiny_checkpoint, tiny_export, tmp_path):
-    result, _ = tiny_export
+def _lone_model(result, tmp_path):
+    """The fp32 model alone in a folder: no fp16 or int8 variant beside it."""
     lone = tmp_path / "onnx" / "model.onnx"
     lone.parent.mkdir()
     lone.write_bytes(result.model_path.read_bytes())
-    report = run_bench(lone, tiny_checkpoint, ("ort-cpu-int8", "ort-cuda-fp32"), (1,), seconds=0.01, report_dir=tmp_path)
-    assert "model.int8.onnx not found" in report.skipped["ort-cpu-int8"]
-    assert report.measurements == [] and "ort-cuda-fp32" in report.skipped
+    return lone
+
+
+def test_default_engines_that_cannot_run_are_skipped_with_a_reason(tiny_checkpoint, tiny_export, tmp_path, monkeypatch):
+    from vggdeploy import bench
+
+    lone = _lone_model(tiny_export[0], tmp_path)
+    monkeypatch.setattr(bench, "default_engines", lambda compile_torch=False: ("ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32"))
+    report = run_bench(lone, tiny_checkpoint, None, (1,), seconds=0.01, report_dir=tmp_path / "reports")
+    assert "model.int8.onnx not found beside the model (export with --int8)" == report.skipped["ort-cpu-int8"]
+    if not torch.cuda.is_available():
+        assert report.skipped["ort-cuda-fp32"] == "no CUDA GPU"
+    assert [m.engine for m in report.measurements] == ["ort-cpu-fp32"]
+    assert json.loads((tmp_path / "reports" / "bench.json").read_text())["skipped"] == report.skipped
+
+
+def test_an_engine_asked_for_that_cannot_run_exits_6_and_keeps_the_old_report(tiny_checkpoint, tiny_export, tmp_path):
+    lone = _lone_model(tiny_export[0], tmp_path)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "bench.json").write_text("the previous complete report")
+    result = subprocess.run([sys.executable, "-m", "vggdeploy", "bench", "--model", str(lone), "--checkpoint", str(tiny_checkpoint),
+                             "--engines", "ort-cpu-fp32,ort-cpu-int8", "--batch-sizes", "1", "--report-dir", str(reports)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 6, result.stderr
+    assert result.stderr.strip() == ("error: engine ort-cpu-int8 cannot run: model.int8.onnx not found beside the model "
+                                     "(export with --int8) (no report written)")  # fmt: skip
+    assert (reports / "bench.json").read_text() == "the previous complete report"
+    assert sorted(p.name for p in reports.iterdir()) == ["bench.json"]
 
 
 def test_unknown_engine_is_refused(tiny_export, tiny_checkpoint):
     from vggdeploy.errors import UsageError
 
-    with pytest.raises(UsageError, match="unknown engines"):
+    with pytest.raises(UsageError, match="unknown engine 'ort-tpu'"):
         run_bench(tiny_export[0].model_path, tiny_checkpoint, ("ort-tpu",), (1,))
+
+
+def test_engine_names_are_parsed_once():
+    assert Engine.parse("ort-cuda-fp16-nhwc-graph") == Engine("ort-cuda-fp16-nhwc-graph", "ort", "cuda", "fp16", True, True, False)
+    assert Engine.parse("torch-cuda-fp16-compile").compiled and Engine.parse("torch-cuda-fp16-cl").channels_last
+    assert Engine.parse("torch-cuda-tf32").peak_precision == "tf32"
 
 
 @pytest.mark.gpu
@@ -68,10 +101,11 @@ def _test_inputs(count: int) -> np.ndarray:
 
 def test_bound_ort_run_gives_the_sessions_own_logits(tiny_export):
     model_path = tiny_export[0].model_path
-    session = engine_session(model_path, "ort-cpu-fp32")
+    engine = Engine.parse("ort-cpu-fp32")
+    session = engine_session(model_path, engine)
     inputs = _test_inputs(8)
     for batch in (1, 8):
-        bound = BoundOrtRun(session, "ort-cpu-fp32", inputs, batch)
+        bound = BoundOrtRun(session, engine, inputs, batch)
         bound()
         np.testing.assert_allclose(bound.logits(), session.run(None, {"images": inputs[:batch]})[0], rtol=1e-6, atol=1e-6)
 
@@ -79,10 +113,11 @@ def test_bound_ort_run_gives_the_sessions_own_logits(tiny_export):
 @pytest.mark.gpu
 def test_cuda_graph_engine_replays_the_right_graph_per_batch_size(tiny_export):
     model_path = tiny_export[0].model_path
-    plain, graphed = engine_session(model_path, "ort-cuda-fp16"), engine_session(model_path, "ort-cuda-fp16-nhwc-graph")
+    plain_engine, graph_engine = Engine.parse("ort-cuda-fp16"), Engine.parse("ort-cuda-fp16-nhwc-graph")
+    plain, graphed = engine_session(model_path, plain_engine), engine_session(model_path, graph_engine)
     inputs = _test_inputs(8)
     for batch in (1, 8):
-        reference, replayed = BoundOrtRun(plain, "ort-cuda-fp16", inputs, batch), BoundOrtRun(graphed, "ort-cuda-fp16-nhwc-graph", inputs, batch)
+        reference, replayed = BoundOrtRun(plain, plain_engine, inputs, batch), BoundOrtRun(graphed, graph_engine, inputs, batch)
         for _ in range(3):  # warm-up, capture, replay
             reference()
             replayed()

@@ -267,7 +267,8 @@ def check(model_path, checkpoint, provider, images, atol, min_agreement, fp16_ma
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="The exported model.onnx [default: the latest under artifacts/]; fp16/int8 siblings are used too.")  # fmt: skip
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="The torch side [default: beside the model].")
-@click.option("--engines", default=None, help="Comma-separated engines [default: the GPU set with a GPU, else the CPU set].")
+@click.option("--engines", default=None,
+              help="Comma-separated engines, each of which must run [default: the GPU set with a GPU, else the CPU set].")  # fmt: skip
 @click.option("--compile", "compile_torch", is_flag=True, help="Add torch.compile max-autotune fp16 (minutes to compile).")
 @click.option("--batch-sizes", default="1,8,32,128,256", show_default=True)
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per engine and batch size.")
@@ -277,7 +278,7 @@ def check(model_path, checkpoint, provider, images, atol, min_agreement, fp16_ma
 def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, min_runs, report_dir, data_dir):
     """Latency and throughput of torch and ONNX Runtime, timed the same way (JSON, markdown, PNG)."""
     require_train_extra("bench")
-    from vggdeploy.bench import default_engines, run_bench
+    from vggdeploy.bench import run_bench
     from vggdeploy.classify import latest_model
     from vggdeploy.errors import UsageError
 
@@ -285,7 +286,7 @@ def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, 
         sizes = tuple(int(size) for size in batch_sizes.split(","))
     except ValueError:
         raise UsageError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
-    chosen = tuple(engines.split(",")) if engines else default_engines(compile_torch)
+    chosen = tuple(engines.split(",")) if engines else None
     report = run_bench(model_path or latest_model(ARTIFACTS), checkpoint, chosen, sizes, seconds, min_runs,
-                       report_dir=report_dir, data_dir=data_dir)  # fmt: skip
+                       report_dir=report_dir, data_dir=data_dir, compile_torch=compile_torch)  # fmt: skip
     click.echo(report.format())

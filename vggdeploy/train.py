@@ -26,12 +26,12 @@ from vggdeploy.config import TrainConfig
 from vggdeploy.data import Augmentation, data_checksums, iterate_batches, load_split
 from vggdeploy.errors import Interrupted, TrainingDiverged, UsageError
 from vggdeploy.files import ensure_writable, remove_stale_temporaries
+from vggdeploy.hardware import gpu_peak_tflops, peak_fraction
 from vggdeploy.model import build_model, summarize
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import plot_training_curves, write_json, write_jsonl
 
 PROGRESS_EVERY = 20  # steps between progress updates (each one synchronises with the device)
-PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense tensor-core peaks
 
 
 class _StopRequests:
@@ -154,11 +154,11 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
 
 
 def _peak_fraction(device: torch.device, images_per_second: float, forward_gflops: float) -> float | None:
+    """Of the GPU's bf16 peak; a training step is about 3 forward passes of work (forward, two for backward)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    peak = next((tflops for key, tflops in PEAK_TFLOPS_BF16.items() if key in name), None)
-    return None if peak is None else images_per_second * 3 * forward_gflops * 1e9 / (peak * 1e12)
+    peak = gpu_peak_tflops(torch.cuda.get_device_name(device), "bf16")
+    return peak_fraction(images_per_second, 3 * forward_gflops, peak and peak * 1e3)
 
 
 @torch.no_grad()

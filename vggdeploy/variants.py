@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, RAW_INPUT_NAME
 from vggdeploy.data import load_split, to_model_input
 from vggdeploy.errors import CheckFailed
+from vggdeploy.hardware import median_ms
 from vggdeploy.graph import GraphStats, attach_metadata, check_proto, io_section, run_session, save_onnx
 from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec
@@ -98,14 +98,8 @@ def _require(parity: ParityResult) -> ParityResult:
 
 
 def _batch1_ms(session, inputs: np.ndarray, repeats: int = 20) -> float:
-    name = session.get_inputs()[0].name
-    session.run(None, {name: inputs[:1]})
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {name: inputs[i % len(inputs) : i % len(inputs) + 1]})
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    name, single = session.get_inputs()[0].name, inputs[:1]
+    return median_ms(lambda: session.run(None, {name: single}), repeats)
 
 
 def to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:

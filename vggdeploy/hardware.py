@@ -1,0 +1,62 @@
+"""Timing and the hardware's ceilings: the one timing loop, the GPUs' spec-sheet peaks and the CPU's measured one.
+
+``bench``, ``train``, the export's int8 speed figure and ``scripts/cpu_layer_times.py`` all time and compare with
+these, so a peak fraction means the same thing wherever it is printed. torch is imported only where it is used.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+# Dense (no sparsity) peak TFLOP/s per precision, SXM parts, from the vendors' data sheets.
+GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H100": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.0, "bf16": 989.0},
+    "H200": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.0, "bf16": 989.0},
+    "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0},
+    "L40S": {"fp32": 91.6, "tf32": 183.0, "fp16": 362.0, "bf16": 362.0},
+}
+
+
+def timed_runs(run: Callable[[], object], seconds: float, min_runs: int, warmup: int) -> list[float]:
+    """Seconds per call: ``warmup`` untimed calls, then at least ``min_runs`` timed ones and as many more as fit in
+    ``seconds`` (``run`` must wait for its device itself, so each time covers the whole call)."""
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < min_runs or (time.perf_counter() < deadline and len(times) < 10_000):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls, after one untimed call (a ceiling, not a latency distribution)."""
+    return min(timed_runs(run, seconds=0.0, min_runs=repeats, warmup=1))
+
+
+def median_ms(run: Callable[[], object], repeats: int) -> float:
+    """The median of ``repeats`` timed calls in milliseconds, after one untimed call."""
+    times = sorted(timed_runs(run, seconds=0.0, min_runs=repeats, warmup=1))
+    return times[len(times) // 2] * 1e3
+
+
+def cpu_fp32_gflops(size: int = 2048, repeats: int = 3) -> float:
+    """This CPU's fp32 compute ceiling as torch's matrix product reaches it (a CPU has no spec-sheet peak to look up)."""
+    import torch
+
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    return 2 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
+
+
+def gpu_peak_tflops(device_name: str, precision: str) -> float | None:
+    """The spec-sheet peak of a GPU named like torch names it ("NVIDIA H100 80GB HBM3"); None when unknown."""
+    peaks = next((table for key, table in GPU_PEAK_TFLOPS.items() if key in device_name), None)
+    return None if peaks is None else peaks[precision]
+
+
+def peak_fraction(images_per_second: float, gflops_per_image: float, peak_gflops: float | None) -> float | None:
+    """The share of a peak that a throughput uses (``gflops_per_image`` counts every FLOP of one image's work)."""
+    return None if not peak_gflops else images_per_second * gflops_per_image / peak_gflops
