@@ -6,18 +6,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 source .venv/bin/activate
+result=$(mktemp)
+trap 'rm -f "$result"' EXIT
 
 echo "== train"
-vggdeploy train "$@" | tee /tmp/vggdeploy-demo-train.txt
-out=$(sed -n 's/.*checkpoints in \(.*\)\/checkpoints$/\1/p' /tmp/vggdeploy-demo-train.txt | tail -1)
+vggdeploy train "$@" --json > "$result"
+field() { python -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$result" "$1"; }
+echo "best test accuracy $(field best_accuracy), $(field epochs_run) epochs in $(field wall_seconds) s"
+out=$(field out_dir)
+layout() { python -c "import sys; from vggdeploy.artifacts import RunFolder, golden_folder, model_file
+onnx = RunFolder(sys.argv[1]).onnx; print(model_file(onnx) if sys.argv[2] == 'model' else golden_folder(onnx))" "$out" "$1"; }
+model=$(layout model)
 
 echo "== export"
-vggdeploy export --checkpoint "$out/checkpoints/best.pt" --fp16 --int8 --with-preprocessing --triton-repo "$out/triton"
+vggdeploy export --checkpoint "$(field best_checkpoint)" --fp16 --int8 --with-preprocessing --triton-repo "$out/triton"
 
 echo "== check (torch vs ONNX Runtime on the full test set)"
-vggdeploy check --model "$out/onnx/model.onnx"
+vggdeploy check --model "$model"
 
 echo "== run (the golden test images exported beside the model)"
-vggdeploy run "$out/onnx/golden" --model "$out/onnx/model.onnx"
-vggdeploy info "$out/onnx/model.onnx" | head -4
+vggdeploy run "$(layout golden)" --model "$model"
+vggdeploy info "$model" | head -4
 echo "== done: everything is under $out"

@@ -154,7 +154,7 @@ def test_info_prints_the_model_description(tiny_export):
 
 
 def test_export_by_arch_finds_the_trained_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
-    from vggdeploy.export import find_checkpoint
+    from vggdeploy.artifacts import find_checkpoint
 
     (tmp_path / "artifacts" / "m" / "checkpoints").mkdir(parents=True)
     (tmp_path / "artifacts" / "m" / "checkpoints" / "best.pt").write_bytes(tiny_checkpoint.read_bytes())

@@ -17,7 +17,7 @@ import parts  # noqa: E402
 
 def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     result = subprocess.run([str(ROOT / "scripts" / "gpu" / "validate.sh"), "--rehearse", "all", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-report.json").read_text())
     assert report["profile"] == "cpu-rehearsal" and report["stages"] == ["runtime", "train"]

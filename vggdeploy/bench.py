@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vggdeploy.archs import ModelArgs
-from vggdeploy.checkpoint import checkpoint_beside
+from vggdeploy.artifacts import RunFolder, checkpoint_beside, reports_folder, sibling
 from vggdeploy.checkpoint import load_model as load_checkpoint_model
 from vggdeploy.data import load_split, to_model_input
 from vggdeploy.errors import ProviderUnavailable, UsageError
@@ -32,7 +32,6 @@ CPU_ENGINES = ("torch-cpu-fp32", "ort-cpu-fp32", "ort-cpu-int8")
 GPU_ENGINES = ("torch-cuda-fp32", "torch-cuda-tf32", "torch-cuda-fp16-cl", "ort-cuda-fp32", "ort-cuda-fp16", "ort-cuda-fp16-nhwc-graph")
 COMPILE_ENGINE = "torch-cuda-fp16-compile"
 KNOWN_ENGINES = (*CPU_ENGINES, *GPU_ENGINES, COMPILE_ENGINE)
-VARIANT_FILES = {"fp32": "model.onnx", "tf32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ def why_engine_cannot_run(engine: Engine, model_path: Path) -> str | None:
     """The reason an engine cannot run here (no GPU, variant not exported), or None."""
     if engine.device == "cuda" and not (torch.cuda.is_available() and cuda_driver_present()):
         return "no CUDA GPU"
-    path = model_path.with_name(VARIANT_FILES[engine.precision])
+    path = engine_model(model_path, engine)
     if engine.framework == "ort" and not path.is_file():
         return f"{path.name} not found beside the model (export with --{engine.precision})"
     return None
@@ -140,7 +139,12 @@ def why_engine_cannot_run(engine: Engine, model_path: Path) -> str | None:
 
 def engine_session(model_path: Path, engine: Engine):
     options = SessionOptions(provider=engine.device, prefer_nhwc=engine.channels_last, enable_cuda_graph=engine.cuda_graph)
-    return create_session(model_path.with_name(VARIANT_FILES[engine.precision]), options)
+    return create_session(engine_model(model_path, engine), options)
+
+
+def engine_model(model_path: Path, engine: Engine) -> Path:
+    """The exported file an ONNX Runtime engine runs: the fp32 model, or its fp16/int8 sibling."""
+    return sibling(model_path, "fp32" if engine.precision in ("fp32", "tf32") else engine.precision)
 
 
 class BoundOrtRun:
@@ -237,7 +241,7 @@ def run_bench(
                 float(np.percentile(times, 99)), float(times.mean()), rate,
                 _peak_fraction(engine, rate, report.gflops_per_image, report.cpu_peak_gflops),
             ))  # fmt: skip
-    _write_reports(Path(report_dir) if report_dir else model_path.parent / "reports", report)
+    _write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
     return report
 
 
@@ -245,4 +249,4 @@ def _write_reports(folder: Path, report: BenchReport) -> None:
     write_json(folder / "bench.json", asdict(report))
     write_text(folder / "bench.md", f"# Benchmark\n\nModel `{report.model}` on {report.device}; versions "
                f"{report.versions}; {report.gflops_per_image:.2f} GFLOPs per image.\n\n```\n{report.format()}\n```\n")  # fmt: skip
-    plot_bench(folder / "bench.png", report.measurements, f"{Path(report.model).parent.parent.name} on {report.device}")
+    plot_bench(folder / "bench.png", report.measurements, f"{RunFolder.of_model(report.model).path.name} on {report.device}")

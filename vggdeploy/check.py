@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import torch
 
-from vggdeploy.checkpoint import checkpoint_beside
+from vggdeploy.artifacts import checkpoint_beside, reports_folder, sibling
 from vggdeploy.checkpoint import load_model as load_checkpoint_model
 from vggdeploy.data import load_split, to_model_input
 from vggdeploy.errors import CheckFailed, DataError, UsageError
@@ -110,7 +110,7 @@ def run_check(
     results = [compare_logits("fp32", reference, run_session(loaded.session, inputs), labels, atol=tolerances.fp32_atol,
                               min_agreement=tolerances.fp32_min_agreement)]  # fmt: skip
     for variant, max_drop in (("fp16", tolerances.fp16_max_accuracy_drop), ("int8", tolerances.int8_max_accuracy_drop)):
-        path = model_path.with_name(f"model.{variant}.onnx")
+        path = sibling(model_path, variant)
         if path.is_file():
             session = create_session(path, SessionOptions(provider=provider))
             results.append(compare_logits(variant, reference, run_session(session, inputs), labels, max_accuracy_drop=max_drop))
@@ -118,7 +118,7 @@ def run_check(
     if localize:
         report.layers = localize_difference(model_path, torch_model, inputs[:32], provider)
         report.first_bad_layer = next((d for d in report.layers if d.relative > tolerances.localize_rtol), None)
-    _write_reports(Path(report_dir) if report_dir else model_path.parent / "reports", report)
+    _write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
     return report
 
 

@@ -70,10 +70,3 @@ def load_model(path: str | Path, expected_arch: str | None = None):
         raise DataError(f"{path}: weights do not fit {args.name} ({str(error).splitlines()[0][:160]})") from None
     return model.eval(), state
 
-
-def checkpoint_beside(model_path: Path) -> Path:
-    """``artifacts/<model>/onnx/model.onnx`` -> ``artifacts/<model>/checkpoints/best.pt`` (the torch reference)."""
-    path = Path(model_path).parent.parent / "checkpoints" / "best.pt"
-    if not path.is_file():
-        raise UsageError(f"no checkpoint at {path}; pass --checkpoint")
-    return path

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from vggdeploy.errors import DataError, UsageError
-from vggdeploy.files import newest
 from vggdeploy.graph import run_session
 from vggdeploy.preprocess import DEFAULT_MAX_PIXELS, PreprocessSpec, decode_grayscale, to_model_input
 from vggdeploy.runtime import LoadedModel, softmax
@@ -43,14 +42,6 @@ class Classification:
             ranked = "   ".join(f"{label} {probability:6.2%}" for label, probability in prediction.top)
             lines.append(f"{prediction.file:<{width}}  {ranked}")
         return "\n".join(lines)
-
-
-def latest_model(root: str | Path = "artifacts") -> Path:
-    """The most recently exported ``model.onnx`` under ``root``."""
-    candidates = newest(root, "*/onnx/model.onnx")
-    if not candidates:
-        raise UsageError(f"no exported model under {root}/ (run 'vggdeploy export', or pass --model)")
-    return candidates[0]
 
 
 def expand_inputs(arguments: list[str]) -> tuple[list[Path], list[str]]:

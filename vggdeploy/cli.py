@@ -6,6 +6,7 @@ Heavy modules (torch, onnxruntime) are imported inside the commands that need th
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 import traceback
@@ -110,9 +111,6 @@ def info(model: str | None, **options) -> None:
     click.echo(summarize(model_args_from_options(**options)).format())
 
 
-ARTIFACTS = "artifacts"
-
-
 @main.command()
 @click.option("--preset", default=None, help="seed | full | quick [default: full with a GPU, quick without].")
 @_model_args_options
@@ -132,12 +130,14 @@ ARTIFACTS = "artifacts"
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Stop cleanly after this much wall time; keeps best.pt, and --resume continues.")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (paths, accuracy, timing) instead of a line.")
 def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_model, data_dir, out, resume, time_limit,
-          quiet, **overrides):  # fmt: skip
+          quiet, as_json, **overrides):  # fmt: skip
     """Train a VGG on Fashion-MNIST; writes checkpoints, metrics.jsonl and curves.png."""
     require_train_extra("train")
     import torch
 
+    from vggdeploy.artifacts import RunFolder
     from vggdeploy.config import preset as get_preset
     from vggdeploy.train import train as run_training
 
@@ -146,10 +146,10 @@ def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_mod
         base.model.to_dict(), arch=arch, batch_norm=batch_norm, width_ratio=width_ratio, hidden=hidden, image_size=image_size
     )
     config = base.with_overrides(model=model, compile=compile_model, **overrides)
-    out_dir = out or f"{ARTIFACTS}/{model.name}"
+    out_dir = out or RunFolder.for_model(model.name).path
     result = run_training(config, out_dir, data_dir=data_dir, resume=resume, progress=not quiet, time_limit=time_limit)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: only rank 0 reports
-        click.echo(result.format())
+        click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.format())
 
 
 @main.command()
@@ -176,12 +176,13 @@ def export(arch, checkpoint, out, opset, no_simplify, fp16, int8, with_preproces
     from vggdeploy.archs import parse_arch
     from vggdeploy.config import ExportConfig
     from vggdeploy.errors import UsageError
-    from vggdeploy.export import export_model, find_checkpoint
+    from vggdeploy.artifacts import RunFolder, find_checkpoint
+    from vggdeploy.export import export_model
 
     if arch is None and checkpoint is None:
         raise UsageError("say which model: --arch A (latest trained under artifacts/) or --checkpoint PATH")
     letter = parse_arch(arch)[0] if arch is not None else None
-    path = Path(checkpoint) if checkpoint else find_checkpoint(letter, ARTIFACTS)
+    path = Path(checkpoint) if checkpoint else find_checkpoint(letter)
     try:
         batches = tuple(int(size) for size in audit_batches.split(","))
     except ValueError:
@@ -190,7 +191,7 @@ def export(arch, checkpoint, out, opset, no_simplify, fp16, int8, with_preproces
         opset=opset, simplify=not no_simplify, fp16=fp16, int8=int8, with_preprocessing=with_preprocessing, atol=atol,
         parity_images=parity_images, audit_batches=batches, variant_images=variant_images,
     )  # fmt: skip
-    out_dir = Path(out) if out else path.parent.parent / "onnx"
+    out_dir = Path(out) if out else RunFolder.of_checkpoint(path).onnx
     result = export_model(path, out_dir, config, expected_arch=letter, data_dir=data_dir, triton_repo=triton_repo)
     click.echo(result.format())
 
@@ -215,14 +216,13 @@ def _say_provider(model, requested: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
     """Classify IMAGES (files, folders or globs; PNG, JPEG, BMP, WebP, ...) with ONNX Runtime."""
-    import json
-
-    from vggdeploy.classify import classify, latest_model
+    from vggdeploy.artifacts import latest_model
+    from vggdeploy.classify import classify
     from vggdeploy.errors import DataError
     from vggdeploy.preprocess import DEFAULT_MAX_PIXELS
     from vggdeploy.runtime import SessionOptions, load_model
 
-    model = load_model(model_path or latest_model(ARTIFACTS), SessionOptions(provider=provider))
+    model = load_model(model_path or latest_model(), SessionOptions(provider=provider))
     _say_provider(model, provider)
     result = classify(model, list(images), top_k, batch_size, max_pixels or DEFAULT_MAX_PIXELS)
     if as_json:
@@ -253,11 +253,11 @@ def check(model_path, checkpoint, provider, images, atol, min_agreement, fp16_ma
           layer_rtol, report_dir, data_dir):  # fmt: skip
     """Parity of the ONNX Runtime deployment with the torch model on the real test set."""
     require_train_extra("check")
+    from vggdeploy.artifacts import latest_model
     from vggdeploy.check import Tolerances, run_check
-    from vggdeploy.classify import latest_model
 
     tolerances = Tolerances(atol, min_agreement, fp16_max_drop / 100, int8_max_drop / 100, layer_rtol)
-    report = run_check(model_path or latest_model(ARTIFACTS), checkpoint, provider, images, tolerances, localize,
+    report = run_check(model_path or latest_model(), checkpoint, provider, images, tolerances, localize,
                        data_dir, report_dir)  # fmt: skip
     click.echo(report.format())
     report.raise_if_failed()
@@ -278,8 +278,8 @@ def check(model_path, checkpoint, provider, images, atol, min_agreement, fp16_ma
 def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, min_runs, report_dir, data_dir):
     """Latency and throughput of torch and ONNX Runtime, timed the same way (JSON, markdown, PNG)."""
     require_train_extra("bench")
+    from vggdeploy.artifacts import latest_model
     from vggdeploy.bench import run_bench
-    from vggdeploy.classify import latest_model
     from vggdeploy.errors import UsageError
 
     try:
@@ -287,6 +287,6 @@ def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, 
     except ValueError:
         raise UsageError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
     chosen = tuple(engines.split(",")) if engines else None
-    report = run_bench(model_path or latest_model(ARTIFACTS), checkpoint, chosen, sizes, seconds, min_runs,
+    report = run_bench(model_path or latest_model(), checkpoint, chosen, sizes, seconds, min_runs,
                        report_dir=report_dir, data_dir=data_dir, compile_torch=compile_torch)  # fmt: skip
     click.echo(report.format())

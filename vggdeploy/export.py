@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from vggdeploy.archs import ModelArgs
-from vggdeploy.checkpoint import load_checkpoint, load_model
-from vggdeploy.files import atomic_path, ensure_writable, newest
+from vggdeploy.artifacts import golden_folder, model_file
+from vggdeploy.checkpoint import load_model
+from vggdeploy.files import atomic_path, ensure_writable
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
 from vggdeploy.data import CLASS_NAMES, load_split, to_model_input
@@ -70,17 +71,6 @@ class ExportResult:
         for name, variant in self.variants.items():
             lines.append(f"  {name}: {variant['path']} ({variant['bytes'] / 1e6:.2f} MB) {variant['summary']}")
         return "\n".join(lines)
-
-
-def find_checkpoint(arch: str, root: str | Path = "artifacts") -> Path:
-    """The most recent ``best.pt`` under ``root`` whose model has this architecture letter."""
-    for path in newest(root, "*/checkpoints/best.pt"):
-        try:
-            if load_checkpoint(path, mmap=True)["model_args"].arch == arch:  # mmap: the weights are not read
-                return path
-        except DataError:
-            continue
-    raise UsageError(f"no trained checkpoint for architecture {arch} under {root}/ (train one, or pass --checkpoint)")
 
 
 def to_onnx(model: torch.nn.Module, args: ModelArgs, opset: int) -> onnx.ModelProto:
@@ -205,10 +195,10 @@ def export_model(
         built = variants.build_variants(final, session, config, variant_inputs, labels[: config.variant_images],
                                         test_images, data_dir)  # fmt: skip
 
-    model_path = out_dir / "model.onnx"  # every check has passed: write
+    model_path = model_file(out_dir)  # every check has passed: write
     save_onnx(final, model_path)
     result = ExportResult(model_path, before, GraphStats.of(final), audit, parity)
-    write_golden_vectors(out_dir / "golden", session, test_images, labels, spec, config.golden_images)
+    write_golden_vectors(golden_folder(out_dir), session, test_images, labels, spec, config.golden_images)
     for variant in built:
         result.variants[variant.name] = variants.write_variant(variant, model_path, final)
     if triton_repo is not None:
@@ -304,7 +294,7 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         "variants": result.variants,
     }
     write_json(out_dir / "export_report.json", data)
-    rows = [{"file": "model.onnx", "MB": result.model_path.stat().st_size / 1e6, "nodes": result.after.nodes,
+    rows = [{"file": result.model_path.name, "MB": result.model_path.stat().st_size / 1e6, "nodes": result.after.nodes,
              "summary": result.parity.format()}]  # fmt: skip
     rows += [{"file": Path(v["path"]).name, "MB": v["bytes"] / 1e6, "nodes": v["nodes"], "summary": v["summary"]}
              for v in result.variants.values()]  # fmt: skip

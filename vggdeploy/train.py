@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vggdeploy.artifacts import RunFolder
 from vggdeploy.checkpoint import library_versions, load_checkpoint, save_checkpoint
 from vggdeploy.config import TrainConfig
 from vggdeploy.data import Augmentation, data_checksums, iterate_batches, load_split
@@ -91,13 +92,20 @@ class TrainResult:
     history: list[dict]
     stopped_early: str | None = None  # why the run ended before its last epoch (the time limit), else None
 
+    def to_dict(self) -> dict:
+        """What ``train --json`` prints: the run folder's paths and the figures (scripts read these, not the text)."""
+        folder = RunFolder(self.out_dir)
+        figures = {k: v for k, v in asdict(self).items() if k not in ("out_dir", "history")}
+        return {"out_dir": str(folder.path), "best_checkpoint": str(folder.best_checkpoint),
+                "last_checkpoint": str(folder.last_checkpoint), "metrics": str(folder.metrics), **figures}  # fmt: skip
+
     def format(self) -> str:
         peak = f", {self.peak_fraction:.1%} of bf16 peak" if self.peak_fraction is not None else ""
         stopped = f"; {self.stopped_early}, continue with --resume" if self.stopped_early else ""
         return (
             f"best test accuracy {self.best_accuracy:.2%}, final {self.final_accuracy:.2%} after {self.epochs_run} "
             f"epochs in {self.wall_seconds:.0f} s ({self.images_per_second:,.0f} train img/s{peak}){stopped}; "
-            f"checkpoints in {self.out_dir / 'checkpoints'}"
+            f"checkpoints in {RunFolder(self.out_dir).checkpoints}"
         )
 
 
@@ -190,7 +198,7 @@ def _load_data(config: TrainConfig, data_dir, device: torch.device):
 
 
 def _resume_state(out_dir: Path, config: TrainConfig) -> dict | None:
-    path = out_dir / "checkpoints" / "last.pt"
+    path = RunFolder(out_dir).last_checkpoint
     if not path.is_file():
         raise UsageError(f"--resume: no checkpoint to resume at {path}")
     state = load_checkpoint(path)
@@ -226,8 +234,8 @@ def train(
 
 def _train(config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests) -> TrainResult:
     if distributed.is_main:
-        ensure_writable(out_dir / "checkpoints")
-        remove_stale_temporaries(out_dir / "checkpoints")
+        ensure_writable(RunFolder(out_dir).checkpoints)
+        remove_stale_temporaries(RunFolder(out_dir).checkpoints)
     state = _resume_state(out_dir, config) if resume else None
     train_images, train_labels, test_images, test_labels = _load_data(config, data_dir, device)
     spec = PreprocessSpec(config.model.image_size, config.model.image_size)
@@ -284,7 +292,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
                 _save_interrupted(out_dir, model, optimizer, config, history, checksums, step, running)
                 raise Interrupted(
                     f"interrupted ({stop.received}) in epoch {epoch + 1} at step {step}/{steps_per_epoch}; saved "
-                    f"{out_dir / 'checkpoints' / 'last.pt'}; continue with --resume and the same settings"
+                    f"{RunFolder(out_dir).last_checkpoint}; continue with --resume and the same settings"
                 )
             if stop.out_of_time(step, distributed, device):
                 if distributed.is_main:
@@ -324,7 +332,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
             stopped = (f"stopped by the {stop.time_limit:g} s time limit in epoch {epoch + 1} at step "
                        f"{stopped_at}/{steps_per_epoch}")  # fmt: skip
             if not history:
-                raise Interrupted(f"{stopped}, before any epoch ended; saved {out_dir / 'checkpoints' / 'last.pt'}; "
+                raise Interrupted(f"{stopped}, before any epoch ended; saved {RunFolder(out_dir).last_checkpoint}; "
                                           "continue with --resume and the same settings")  # fmt: skip
             break
         if distributed.world > 1:
@@ -347,7 +355,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
                 tqdm.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}")
         if stop.received and epoch + 1 < config.epochs:
             raise Interrupted(
-                f"interrupted ({stop.received}) after epoch {epoch + 1}; saved {out_dir / 'checkpoints' / 'last.pt'}; "
+                f"interrupted ({stop.received}) after epoch {epoch + 1}; saved {RunFolder(out_dir).last_checkpoint}; "
                 "continue with --resume and the same settings"
             )
 
@@ -377,23 +385,25 @@ def _state(model, optimizer, config: TrainConfig, history: list[dict], checksums
 
 def _save_epoch(out_dir: Path, model, optimizer, config: TrainConfig, history: list[dict], checksums: dict) -> None:
     state = _state(model, optimizer, config, history, checksums)
-    save_checkpoint(out_dir / "checkpoints" / "last.pt", state)
+    folder = RunFolder(out_dir)
+    save_checkpoint(folder.last_checkpoint, state)
     if history[-1]["test_accuracy"] >= max(row["test_accuracy"] for row in history):
-        save_checkpoint(out_dir / "checkpoints" / "best.pt", {k: v for k, v in state.items() if k != "optimizer_state"})
-    write_jsonl(out_dir / "train" / "metrics.jsonl", history)
+        save_checkpoint(folder.best_checkpoint, {k: v for k, v in state.items() if k != "optimizer_state"})
+    write_jsonl(folder.metrics, history)
 
 
 def _save_interrupted(out_dir, model, optimizer, config, history, checksums, step: int, running: torch.Tensor) -> None:
     """last.pt at a step boundary inside an epoch: enough to resume exactly where training stopped."""
     state = _state(model, optimizer, config, history, checksums)
     state["in_progress"] = {"step": step, "running": running.detach().cpu().tolist()}
-    save_checkpoint(out_dir / "checkpoints" / "last.pt", state)
+    save_checkpoint(RunFolder(out_dir).last_checkpoint, state)
 
 
 def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, device: torch.device) -> None:
-    plot_training_curves(out_dir / "train" / "curves.png", result.history, f"{config.model.name} on Fashion-MNIST")
+    folder = RunFolder(out_dir)
+    plot_training_curves(folder.curves, result.history, f"{config.model.name} on Fashion-MNIST")
     write_json(
-        out_dir / "train" / "summary.json",
+        folder.summary,
         {
             "model": config.model.name,
             "best_test_accuracy": result.best_accuracy,

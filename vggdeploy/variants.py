@@ -16,6 +16,7 @@ import torch
 from onnx import TensorProto, helper
 
 from vggdeploy.archs import ModelArgs
+from vggdeploy.artifacts import sibling
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, RAW_INPUT_NAME
 from vggdeploy.data import load_split, to_model_input
@@ -81,7 +82,7 @@ def write_variant(variant: Variant, model_path: Path, fp32: onnx.ModelProto) -> 
         args = ModelArgs.from_dict({k: v for k, v in metadata["model"].items() if k != "name"})
         metadata["io"] = io_section(args, raw_input=True)
     attach_metadata(variant.proto, metadata)
-    path = model_path.with_name(f"model.{variant.name}.onnx")
+    path = sibling(model_path, variant.name)
     save_onnx(variant.proto, path)
     return {"path": str(path), "bytes": path.stat().st_size, "nodes": GraphStats.of(variant.proto).nodes,
             "parity": variant.parity.to_dict(), **variant.extra, "summary": variant.parity.format()}  # fmt: skip

@@ -1,0 +1,126 @@
+"""Where every output lives: the one definition of the artifact layout (no torch; ``run`` uses it too).
+
+    artifacts/<model-name>/          a run folder (``train --out`` picks another)
+      checkpoints/last.pt, best.pt   written by train
+      train/metrics.jsonl, curves.png, summary.json
+      onnx/model.onnx                written by export (``export --out`` picks another folder)
+      onnx/model.{fp16,int8,preprocess}.onnx, onnx/golden/, onnx/export_report.{json,md}
+      onnx/reports/                  check.* and bench.*
+
+Every stage asks this module for a path instead of joining path fragments itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vggdeploy.errors import DataError, UsageError
+from vggdeploy.files import newest
+
+ROOT = Path("artifacts")
+MODEL_FILE = "model.onnx"
+VARIANTS = ("fp16", "int8", "preprocess")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One model's folder: its checkpoints, training reports and exports."""
+
+    path: Path
+
+    @classmethod
+    def for_model(cls, model_name: str, root: str | Path = ROOT) -> "RunFolder":
+        return cls(Path(root) / model_name)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> "RunFolder":
+        """``<run>/checkpoints/best.pt`` -> ``<run>``."""
+        return cls(Path(checkpoint).parent.parent)
+
+    @classmethod
+    def of_model(cls, model_path: str | Path) -> "RunFolder":
+        """``<run>/onnx/model.onnx`` -> ``<run>``."""
+        return cls(Path(model_path).parent.parent)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def train_reports(self) -> Path:
+        return self.path / "train"
+
+    @property
+    def metrics(self) -> Path:
+        return self.train_reports / "metrics.jsonl"
+
+    @property
+    def curves(self) -> Path:
+        return self.train_reports / "curves.png"
+
+    @property
+    def summary(self) -> Path:
+        return self.train_reports / "summary.json"
+
+    @property
+    def onnx(self) -> Path:
+        return self.path / "onnx"
+
+
+def model_file(onnx_folder: str | Path, variant: str = "fp32") -> Path:
+    """``model.onnx`` for fp32, ``model.<variant>.onnx`` for fp16, int8 and preprocess."""
+    if variant != "fp32" and variant not in VARIANTS:
+        raise UsageError(f"unknown variant {variant!r} (valid: fp32, {', '.join(VARIANTS)})")
+    return Path(onnx_folder) / (MODEL_FILE if variant == "fp32" else f"model.{variant}.onnx")
+
+
+def sibling(model_path: str | Path, variant: str) -> Path:
+    """The same export's ``variant`` file, beside ``model_path``."""
+    return model_file(Path(model_path).parent, variant)
+
+
+def golden_folder(onnx_folder: str | Path) -> Path:
+    return Path(onnx_folder) / "golden"
+
+
+def reports_folder(model_path: str | Path) -> Path:
+    """Where check and bench write about a model: ``reports/`` beside it."""
+    return Path(model_path).parent / "reports"
+
+
+def latest_model(root: str | Path = ROOT) -> Path:
+    """The most recently exported ``model.onnx`` under ``root``."""
+    candidates = newest(root, str(model_file(RunFolder(Path("*")).onnx)))
+    if not candidates:
+        raise UsageError(f"no exported model under {root}/ (run 'vggdeploy export', or pass --model)")
+    return candidates[0]
+
+
+def checkpoint_beside(model_path: str | Path) -> Path:
+    """The torch reference of an export: ``<run>/checkpoints/best.pt`` for ``<run>/onnx/model.onnx``."""
+    path = RunFolder.of_model(model_path).best_checkpoint
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {path}; pass --checkpoint")
+    return path
+
+
+def find_checkpoint(arch: str, root: str | Path = ROOT) -> Path:
+    """The most recent ``best.pt`` under ``root`` whose model has this architecture letter."""
+    from vggdeploy.checkpoint import load_checkpoint
+
+    for path in newest(root, str(RunFolder(Path("*")).best_checkpoint)):
+        try:
+            if load_checkpoint(path, mmap=True)["model_args"].arch == arch:  # mmap: the weights are not read
+                return path
+        except DataError:
+            continue
+    raise UsageError(f"no trained checkpoint for architecture {arch} under {root}/ (train one, or pass --checkpoint)")
