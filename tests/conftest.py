@@ -54,6 +54,6 @@ def tiny_export(tmp_path_factory, tiny_checkpoint, data_dir):
     out = tmp_path_factory.mktemp("tiny-export")
     config = ExportConfig(fp16=True, int8=True, with_preprocessing=True, parity_images=128,
                           audit_batches=(1, 2, 7, 64), variant_images=300, calibration_images=128,
-                          int8_max_accuracy_drop=0.05)  # fmt: skip
+                          int8_max_drop_pp=5.0)  # fmt: skip
     result = export_model(tiny_checkpoint, out / "onnx", config, data_dir=data_dir, triton_repo=out / "triton")
     return result, out

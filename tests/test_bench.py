@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from vggdeploy.config import BenchConfig
 from vggdeploy.bench import CPU_ENGINES, GPU_ENGINES, BoundOrtRun, Engine, engine_session, run_bench
 
 
 def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint, tmp_path):
     result, _ = tiny_export
-    report = run_bench(result.model_path, tiny_checkpoint, CPU_ENGINES, (1, 4), seconds=0.05, min_runs=3,
-                       warmup=1, report_dir=tmp_path)  # fmt: skip
+    config = BenchConfig(CPU_ENGINES, batch_sizes=(1, 4), seconds=0.05, min_runs=3, warmup=1)
+    report = run_bench(result.model_path, tiny_checkpoint, config, report_dir=tmp_path)
     assert [(m.engine, m.batch) for m in report.measurements] == [(e, b) for e in CPU_ENGINES for b in (1, 4)]
     for m in report.measurements:
         assert m.runs >= 3 and 0 < m.p50_ms <= m.p90_ms <= m.p99_ms
@@ -42,7 +43,7 @@ def test_default_engines_that_cannot_run_are_skipped_with_a_reason(tiny_checkpoi
 
     lone = _lone_model(tiny_export[0], tmp_path)
     monkeypatch.setattr(bench, "default_engines", lambda compile_torch=False: ("ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32"))
-    report = run_bench(lone, tiny_checkpoint, None, (1,), seconds=0.01, report_dir=tmp_path / "reports")
+    report = run_bench(lone, tiny_checkpoint, BenchConfig(None, batch_sizes=(1,), seconds=0.01), report_dir=tmp_path / "reports")
     assert "model.int8.onnx not found beside the model (export with --int8)" == report.skipped["ort-cpu-int8"]
     if not torch.cuda.is_available():
         assert report.skipped["ort-cuda-fp32"] == "no CUDA GPU"
@@ -69,7 +70,7 @@ def test_unknown_engine_is_refused(tiny_export, tiny_checkpoint):
     from vggdeploy.errors import UsageError
 
     with pytest.raises(UsageError, match="unknown engine 'ort-tpu'"):
-        run_bench(tiny_export[0].model_path, tiny_checkpoint, ("ort-tpu",), (1,))
+        run_bench(tiny_export[0].model_path, tiny_checkpoint, BenchConfig(("ort-tpu",), batch_sizes=(1,)))
 
 
 def test_engine_names_are_parsed_once():
@@ -81,7 +82,7 @@ def test_engine_names_are_parsed_once():
 @pytest.mark.gpu
 def test_gpu_engines_measure(tiny_export, tiny_checkpoint, tmp_path):
     result, _ = tiny_export
-    report = run_bench(result.model_path, tiny_checkpoint, GPU_ENGINES, (1, 8), seconds=0.2, report_dir=tmp_path)
+    report = run_bench(result.model_path, tiny_checkpoint, BenchConfig(GPU_ENGINES, batch_sizes=(1, 8), seconds=0.2), report_dir=tmp_path)
     assert not report.skipped and len(report.measurements) == 2 * len(GPU_ENGINES)
     assert all(m.peak_fraction is None or 0 < m.peak_fraction < 1 for m in report.measurements)
 

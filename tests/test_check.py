@@ -7,7 +7,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from vggdeploy.check import Tolerances, run_check
+from vggdeploy.check import run_check
+from vggdeploy.config import CheckConfig
 
 
 def cli(*args):
@@ -29,7 +30,7 @@ def perturbed(tiny_export, tmp_path_factory):
 
 def test_torch_and_onnxruntime_agree_on_the_real_test_set(tiny_export, tiny_checkpoint, tmp_path):
     result, _ = tiny_export
-    report = run_check(result.model_path, tiny_checkpoint, provider="cpu", images=2000, report_dir=tmp_path)
+    report = run_check(result.model_path, tiny_checkpoint, CheckConfig(provider="cpu", images=2000), report_dir=tmp_path)
     assert report, report.format()
     names = [r.name for r in report.results]
     assert names == ["fp32", "fp16", "int8"]
@@ -51,8 +52,7 @@ def test_a_perturbed_model_fails_the_check_with_its_numbers(perturbed, tiny_chec
 
 
 def test_localize_names_the_perturbed_layer(perturbed, tiny_checkpoint, tmp_path):
-    report = run_check(perturbed, tiny_checkpoint, provider="cpu", images=64, tolerances=Tolerances(),
-                       localize=True, report_dir=tmp_path)  # fmt: skip
+    report = run_check(perturbed, tiny_checkpoint, CheckConfig(provider="cpu", images=64, localize=True), report_dir=tmp_path)
     assert report.first_bad_layer is not None
     assert report.first_bad_layer.layer == "features.2.2 (ReLU)"  # the ReLU right after the third convolution
     before = report.layers[: report.layers.index(report.first_bad_layer)]

@@ -185,7 +185,7 @@ def test_bad_export_input_is_one_line_and_leaves_no_onnx(problem, tiny_checkpoin
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"atol": 0.0}, "parity at export.*atol"), ({"fp16": True, "fp16_max_accuracy_drop": -1.0}, "variant check: fp16")],
+    [({"atol": 0.0}, "parity at export.*atol"), ({"fp16": True, "fp16_max_drop_pp": -100.0}, "variant check: fp16")],
 )
 def test_a_failed_check_leaves_nothing_behind(tiny_checkpoint, tmp_path, data_dir, settings, message):
     from vggdeploy.config import ExportConfig

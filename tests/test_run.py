@@ -220,3 +220,19 @@ def test_run_works_without_torch(golden):
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["predictions"]) == 10
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "--batch-sizes", "1,x"], "Invalid value for '--batch-sizes': must be comma-separated integers, got '1,x'"),
+        (["export", "--audit-batches", "0,2"], "Invalid value for '--audit-batches': must be positive, got '0,2'"),
+        (["run"], "Missing argument 'IMAGES...'."),
+        (["--nope"], "No such option '--nope'"),
+    ],
+)
+def test_click_usage_errors_are_one_line_too(args, message):
+    result = cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"error: {message}") and "--help' " not in result.stderr and "--help')" in result.stderr

@@ -19,6 +19,7 @@ import torch
 from vggdeploy.archs import ModelArgs
 from vggdeploy.artifacts import RunFolder, checkpoint_beside, reports_folder, sibling
 from vggdeploy.checkpoint import load_model as load_checkpoint_model
+from vggdeploy.config import BenchConfig
 from vggdeploy.data import load_split, to_model_input
 from vggdeploy.errors import ProviderUnavailable, UsageError
 from vggdeploy.graph import deployment_versions
@@ -195,9 +196,8 @@ def default_engines(compile_torch: bool = False) -> tuple[str, ...]:
 
 
 def run_bench(
-    model_path: str | Path, checkpoint: str | Path | None = None, engines: tuple[str, ...] | None = None,
-    batch_sizes: tuple[int, ...] = (1, 8, 32, 128, 256), seconds: float = 2.0, min_runs: int = 5, warmup: int = 3,
-    report_dir: str | Path | None = None, data_dir=None, compile_torch: bool = False,
+    model_path: str | Path, checkpoint: str | Path | None = None, config: BenchConfig = BenchConfig(),
+    report_dir: str | Path | None = None, data_dir=None,
 ) -> BenchReport:  # fmt: skip
     """Measure every engine at every batch size on real test images.
 
@@ -207,11 +207,10 @@ def run_bench(
     model_path = Path(model_path)
     metadata = read_metadata(model_path)
     checkpoint = Path(checkpoint) if checkpoint else checkpoint_beside(model_path)
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise UsageError("batch sizes must be positive")
-    chosen = [Engine.parse(name) for name in (engines or default_engines(compile_torch))]
+    batch_sizes = config.batch_sizes
+    chosen = [Engine.parse(name) for name in (config.engines or default_engines(config.compile_torch))]
     unavailable = {engine.name: why for engine in chosen if (why := why_engine_cannot_run(engine, model_path))}
-    if engines and unavailable:
+    if config.engines and unavailable:
         raise ProviderUnavailable("; ".join(f"engine {name} cannot run: {why}" for name, why in unavailable.items())
                                   + " (no report written)")  # fmt: skip
     chosen = [engine for engine in chosen if engine.name not in unavailable]
@@ -234,7 +233,7 @@ def run_bench(
                 first = time.perf_counter()
                 run()
                 report.cold_starts.append(ColdStart(engine.name, created, time.perf_counter() - first))
-            times = np.asarray(timed_runs(run, seconds, min_runs, warmup)) * 1e3
+            times = np.asarray(timed_runs(run, config.seconds, config.min_runs, config.warmup)) * 1e3
             rate = batch / (times.mean() / 1e3)
             report.measurements.append(Measurement(
                 engine.name, batch, len(times), float(np.percentile(times, 50)), float(np.percentile(times, 90)),

@@ -15,6 +15,7 @@ import torch
 
 from vggdeploy.artifacts import checkpoint_beside, reports_folder, sibling
 from vggdeploy.checkpoint import load_model as load_checkpoint_model
+from vggdeploy.config import CheckConfig
 from vggdeploy.data import load_split, to_model_input
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.graph import run_session
@@ -26,15 +27,6 @@ from vggdeploy.runtime import SessionOptions, create_session, load_model, sessio
 
 # ONNX op <-> torch module pairs that survive export one-to-one (BatchNorm is folded into Conv, Dropout vanishes).
 BOUNDARY_OPS = {"Relu": torch.nn.ReLU, "MaxPool": torch.nn.MaxPool2d, "Gemm": torch.nn.Linear, "LRN": torch.nn.LocalResponseNorm}
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    fp32_atol: float = 1e-3  # max |logit difference| for the fp32 model
-    fp32_min_agreement: float = 0.999  # top-1 agreement with torch, fp32
-    fp16_max_accuracy_drop: float = 0.0005  # 0.05 percentage points
-    int8_max_accuracy_drop: float = 0.01  # 1 percentage point
-    localize_rtol: float = 1e-3  # intermediate outputs: max |diff| / max |torch value|
 
 
 @dataclass(frozen=True)
@@ -88,11 +80,12 @@ class CheckReport:
 
 
 def run_check(
-    model_path: str | Path, checkpoint: str | Path | None = None, provider: str = "auto", images: int | None = None,
-    tolerances: Tolerances = Tolerances(), localize: bool = False, data_dir=None, report_dir: str | Path | None = None,
+    model_path: str | Path, checkpoint: str | Path | None = None, config: CheckConfig = CheckConfig(), data_dir=None,
+    report_dir: str | Path | None = None,
 ) -> CheckReport:  # fmt: skip
     """Compare the exported model (and its fp16/int8 siblings) with the checkpoint's torch model."""
     model_path = Path(model_path)
+    provider, images = config.provider, config.images
     loaded = load_model(model_path, SessionOptions(provider=provider))
     if loaded.takes_raw_images:
         raise UsageError(f"{model_path}: check the fp32 model.onnx; the preprocessing variant is checked at export")
@@ -107,17 +100,17 @@ def run_check(
     labels = test_labels[:images].numpy()
     reference = predict_logits(torch_model, inputs, "cuda" if torch.cuda.is_available() else "cpu")
 
-    results = [compare_logits("fp32", reference, run_session(loaded.session, inputs), labels, atol=tolerances.fp32_atol,
-                              min_agreement=tolerances.fp32_min_agreement)]  # fmt: skip
-    for variant, max_drop in (("fp16", tolerances.fp16_max_accuracy_drop), ("int8", tolerances.int8_max_accuracy_drop)):
+    results = [compare_logits("fp32", reference, run_session(loaded.session, inputs), labels, atol=config.fp32_atol,
+                              min_agreement=config.fp32_min_agreement)]  # fmt: skip
+    for variant, max_drop in (("fp16", config.fp16_max_drop_pp / 100), ("int8", config.int8_max_drop_pp / 100)):
         path = sibling(model_path, variant)
         if path.is_file():
             session = create_session(path, SessionOptions(provider=provider))
             results.append(compare_logits(variant, reference, run_session(session, inputs), labels, max_accuracy_drop=max_drop))
     report = CheckReport(model_path, session_provider(loaded.session), results)
-    if localize:
-        report.layers = localize_difference(model_path, torch_model, inputs[:32], provider)
-        report.first_bad_layer = next((d for d in report.layers if d.relative > tolerances.localize_rtol), None)
+    if config.localize:
+        report.layers = localize_difference(model_path, torch_model, inputs[: config.localize_images], provider)
+        report.first_bad_layer = next((d for d in report.layers if d.relative > config.localize_rtol), None)
     _write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
     return report
 

@@ -15,14 +15,36 @@ from typing import TYPE_CHECKING
 import click
 
 from vggdeploy import __version__
+from vggdeploy.config import BenchConfig, CheckConfig, ExportConfig
 from vggdeploy.errors import INTERNAL_ERROR_EXIT, Interrupted, VggDeployError
 
 if TYPE_CHECKING:
     from vggdeploy.archs import ModelArgs
 
 
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
 class _Group(click.Group):
     """Turns every failure into one line on stderr and a non-zero exit; ``--debug`` shows the traceback."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        """Click's own errors (a bad option or value) as one line too, naming the help to read; exit 2."""
+        try:
+            return super().main(args, prog_name, standalone_mode=False, **extra)
+        except NO_ARGS_IS_HELP as error:  # a bare `vggdeploy`: the help, as click 8.1 printed it
+            click.echo(error.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx else "vggdeploy"
+            click.echo(f"error: {error.format_message()} (see '{command} --help')", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            click.echo(f"error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.exceptions.Abort:
+            click.echo("error: interrupted", err=True)
+            sys.exit(Interrupted.exit_code)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -152,44 +174,67 @@ def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_mod
         click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.format())
 
 
+class IntList(click.ParamType):
+    """A comma-separated list of positive integers, such as batch sizes: ``1,8,32``."""
+
+    name = "N,N,..."
+
+    def convert(self, value, param, ctx) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(int(part) for part in str(value).split(","))
+        except ValueError:
+            self.fail(f"must be comma-separated integers, got {value!r}", param, ctx)
+        if min(numbers) < 1:
+            self.fail(f"must be positive, got {value!r}", param, ctx)
+        return numbers
+
+
+def _listed(numbers: tuple[int, ...]) -> str:
+    return ",".join(map(str, numbers))
+
+
 @main.command()
 @click.option("--arch", default=None, help="Architecture whose latest trained checkpoint under artifacts/ to export.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Export this checkpoint instead.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: <model folder>/onnx].")
-@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--opset", type=int, default=ExportConfig.opset, show_default=True)
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (fp16 weights, fp32 I/O).")
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx (static QDQ, for the CPU EP).")
 @click.option("--with-preprocessing", is_flag=True, help="Also write model.preprocess.onnx (uint8 images of any size in).")
-@click.option("--atol", type=float, default=1e-3, show_default=True, help="Max |logit difference| ORT vs torch.")
-@click.option("--parity-images", type=int, default=256, show_default=True)
-@click.option("--audit-batches", default="1,2,7,256", show_default=True, help="Batch sizes that must agree row by row.")
-@click.option("--variant-images", type=int, default=1000, show_default=True, help="Test images for the variants' accuracy.")
+@click.option("--atol", type=float, default=ExportConfig.atol, show_default=True, help="Max |logit difference| ORT vs torch.")
+@click.option("--parity-images", type=int, default=ExportConfig.parity_images, show_default=True)
+@click.option("--audit-batches", type=IntList(), default=_listed(ExportConfig.audit_batches), show_default=True,
+              help="Batch sizes that must agree row by row.")  # fmt: skip
+@click.option("--variant-images", type=int, default=ExportConfig.variant_images, show_default=True,
+              help="Test images for the variants' accuracy.")  # fmt: skip
+@click.option("--fp16-max-drop", type=float, default=ExportConfig.fp16_max_drop_pp, show_default=True,
+              help="fp16 variant: largest accuracy drop, pp.")  # fmt: skip
+@click.option("--int8-max-drop", type=float, default=ExportConfig.int8_max_drop_pp, show_default=True,
+              help="int8 variant: largest accuracy drop, pp.")  # fmt: skip
 @click.option("--triton-repo", type=click.Path(file_okay=False), default=None, help="Also write a Triton model repository here.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 def export(arch, checkpoint, out, opset, no_simplify, fp16, int8, with_preprocessing, atol, parity_images, audit_batches,
-           variant_images, triton_repo, data_dir):  # fmt: skip
+           variant_images, fp16_max_drop, int8_max_drop, triton_repo, data_dir):  # fmt: skip
     """Export a trained checkpoint to a checked, simplified, self-describing ONNX model."""
     require_train_extra("export")
     from pathlib import Path
 
     from vggdeploy.archs import parse_arch
-    from vggdeploy.config import ExportConfig
-    from vggdeploy.errors import UsageError
     from vggdeploy.artifacts import RunFolder, find_checkpoint
+    from vggdeploy.errors import UsageError
     from vggdeploy.export import export_model
 
     if arch is None and checkpoint is None:
         raise UsageError("say which model: --arch A (latest trained under artifacts/) or --checkpoint PATH")
     letter = parse_arch(arch)[0] if arch is not None else None
     path = Path(checkpoint) if checkpoint else find_checkpoint(letter)
-    try:
-        batches = tuple(int(size) for size in audit_batches.split(","))
-    except ValueError:
-        raise UsageError(f"--audit-batches must be comma-separated integers, got {audit_batches!r}") from None
     config = ExportConfig(
         opset=opset, simplify=not no_simplify, fp16=fp16, int8=int8, with_preprocessing=with_preprocessing, atol=atol,
-        parity_images=parity_images, audit_batches=batches, variant_images=variant_images,
+        parity_images=parity_images, audit_batches=audit_batches, variant_images=variant_images,
+        fp16_max_drop_pp=fp16_max_drop, int8_max_drop_pp=int8_max_drop,
     )  # fmt: skip
     out_dir = Path(out) if out else RunFolder.of_checkpoint(path).onnx
     result = export_model(path, out_dir, config, expected_arch=letter, data_dir=data_dir, triton_repo=triton_repo)
@@ -239,26 +284,31 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
               help="The exported fp32 model.onnx [default: the latest under artifacts/]; its fp16/int8 siblings are checked too.")  # fmt: skip
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="The torch reference [default: <model folder>/../checkpoints/best.pt].")  # fmt: skip
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default=CheckConfig.provider, show_default=True)
 @click.option("--images", type=int, default=None, help="Use the first N test images [default: all 10,000].")
-@click.option("--atol", type=float, default=1e-3, show_default=True, help="fp32: max |logit difference|.")
-@click.option("--min-agreement", type=float, default=0.999, show_default=True, help="fp32: lowest top-1 agreement.")
-@click.option("--fp16-max-drop", type=float, default=0.05, show_default=True, help="fp16: largest accuracy drop, pp.")
-@click.option("--int8-max-drop", type=float, default=1.0, show_default=True, help="int8: largest accuracy drop, pp.")
+@click.option("--atol", type=float, default=CheckConfig.fp32_atol, show_default=True, help="fp32: max |logit difference|.")
+@click.option("--min-agreement", type=float, default=CheckConfig.fp32_min_agreement, show_default=True,
+              help="fp32: lowest top-1 agreement.")  # fmt: skip
+@click.option("--fp16-max-drop", type=float, default=CheckConfig.fp16_max_drop_pp, show_default=True,
+              help="fp16: largest accuracy drop, pp.")  # fmt: skip
+@click.option("--int8-max-drop", type=float, default=CheckConfig.int8_max_drop_pp, show_default=True,
+              help="int8: largest accuracy drop, pp.")  # fmt: skip
 @click.option("--localize", is_flag=True, help="Name the first layer whose output differs beyond --layer-rtol.")
-@click.option("--layer-rtol", type=float, default=1e-3, show_default=True)
+@click.option("--layer-rtol", type=float, default=CheckConfig.localize_rtol, show_default=True)
+@click.option("--localize-images", type=int, default=CheckConfig.localize_images, show_default=True,
+              help="Test images run through every layer for --localize.")  # fmt: skip
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="[default: <model folder>/reports]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 def check(model_path, checkpoint, provider, images, atol, min_agreement, fp16_max_drop, int8_max_drop, localize,
-          layer_rtol, report_dir, data_dir):  # fmt: skip
+          layer_rtol, localize_images, report_dir, data_dir):  # fmt: skip
     """Parity of the ONNX Runtime deployment with the torch model on the real test set."""
     require_train_extra("check")
     from vggdeploy.artifacts import latest_model
-    from vggdeploy.check import Tolerances, run_check
+    from vggdeploy.check import run_check
 
-    tolerances = Tolerances(atol, min_agreement, fp16_max_drop / 100, int8_max_drop / 100, layer_rtol)
-    report = run_check(model_path or latest_model(), checkpoint, provider, images, tolerances, localize,
-                       data_dir, report_dir)  # fmt: skip
+    config = CheckConfig(provider, images, atol, min_agreement, fp16_max_drop, int8_max_drop, localize, layer_rtol,
+                         localize_images)  # fmt: skip
+    report = run_check(model_path or latest_model(), checkpoint, config, data_dir, report_dir)
     click.echo(report.format())
     report.raise_if_failed()
 
@@ -270,9 +320,10 @@ def check(model_path, checkpoint, provider, images, atol, min_agreement, fp16_ma
 @click.option("--engines", default=None,
               help="Comma-separated engines, each of which must run [default: the GPU set with a GPU, else the CPU set].")  # fmt: skip
 @click.option("--compile", "compile_torch", is_flag=True, help="Add torch.compile max-autotune fp16 (minutes to compile).")
-@click.option("--batch-sizes", default="1,8,32,128,256", show_default=True)
-@click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per engine and batch size.")
-@click.option("--min-runs", type=int, default=5, show_default=True)
+@click.option("--batch-sizes", type=IntList(), default=_listed(BenchConfig.batch_sizes), show_default=True)
+@click.option("--seconds", type=float, default=BenchConfig.seconds, show_default=True,
+              help="Timed seconds per engine and batch size.")  # fmt: skip
+@click.option("--min-runs", type=int, default=BenchConfig.min_runs, show_default=True)
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="[default: <model folder>/reports]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, min_runs, report_dir, data_dir):
@@ -280,13 +331,7 @@ def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, 
     require_train_extra("bench")
     from vggdeploy.artifacts import latest_model
     from vggdeploy.bench import run_bench
-    from vggdeploy.errors import UsageError
 
-    try:
-        sizes = tuple(int(size) for size in batch_sizes.split(","))
-    except ValueError:
-        raise UsageError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
-    chosen = tuple(engines.split(",")) if engines else None
-    report = run_bench(model_path or latest_model(), checkpoint, chosen, sizes, seconds, min_runs,
-                       report_dir=report_dir, data_dir=data_dir, compile_torch=compile_torch)  # fmt: skip
+    config = BenchConfig(tuple(engines.split(",")) if engines else None, compile_torch, batch_sizes, seconds, min_runs)
+    report = run_bench(model_path or latest_model(), checkpoint, config, report_dir=report_dir, data_dir=data_dir)
     click.echo(report.format())

@@ -105,8 +105,11 @@ class ExportConfig:
     golden_images: int = 10  # one test image per class, with expected logits, next to the model
     calibration_images: int = 256  # training images that calibrate the int8 variant
     variant_images: int = 1000  # test images on which the variants' accuracy change is measured
-    fp16_max_accuracy_drop: float = 0.0005  # fraction (0.05 percentage points)
-    int8_max_accuracy_drop: float = 0.01  # fraction (1 percentage point)
+    fp16_max_drop_pp: float = 0.05  # largest accuracy loss of model.fp16.onnx, percentage points
+    int8_max_drop_pp: float = 1.0  # largest accuracy loss of model.int8.onnx, percentage points
+    audit_atol: float = 1e-4  # a batched row may differ from its batch-1 answer by float summation order only
+    golden_atol: float = 1e-3  # written into golden.json: how close a consumer's logits must come
+    preprocessing_atol: float = 1e-3  # model.preprocess.onnx's probabilities vs numpy preprocessing + fp32
     triton_max_batch: int = 256
 
     def __post_init__(self) -> None:
@@ -117,3 +120,40 @@ class ExportConfig:
         for name in ("parity_images", "golden_images", "calibration_images", "variant_images"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1")
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """What `vggdeploy check` compares and how strictly (accuracy drops in percentage points, as on the CLI)."""
+
+    provider: str = "auto"  # auto | cuda | cpu
+    images: int | None = None  # the first N test images; None = all 10,000
+    fp32_atol: float = 1e-3  # max |logit difference| of the fp32 model
+    fp32_min_agreement: float = 0.999  # lowest top-1 agreement with torch, fp32
+    fp16_max_drop_pp: float = 0.05  # largest accuracy loss of the fp16 variant
+    int8_max_drop_pp: float = 1.0  # largest accuracy loss of the int8 variant
+    localize: bool = False  # name the first layer whose output differs beyond localize_rtol
+    localize_rtol: float = 1e-3  # intermediate outputs: max |diff| / max |torch value|
+    localize_images: int = 32  # test images run through every layer for --localize
+
+    def __post_init__(self) -> None:
+        if self.images is not None and self.images < 1 or self.localize_images < 1:
+            raise UsageError("--images and the localize image count must be at least 1")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `vggdeploy bench` measures."""
+
+    engines: tuple[str, ...] | None = None  # names that must all run; None = this machine's default set
+    compile_torch: bool = False  # add torch.compile max-autotune fp16 to the default GPU set (minutes to compile)
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 128, 256)
+    seconds: float = 2.0  # timed seconds per engine and batch size
+    min_runs: int = 5  # timed runs at least, however long they take
+    warmup: int = 3  # untimed runs first
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise UsageError("batch sizes must be positive")
+        if self.min_runs < 1 or self.warmup < 0 or self.seconds < 0:
+            raise UsageError("--min-runs must be at least 1, and --seconds and the warm-up runs not negative")

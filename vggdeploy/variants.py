@@ -27,9 +27,6 @@ from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.runtime import ORT_SUPPORTED_IR_VERSION, SessionOptions, create_session, softmax
 
-PREPROCESSING_ATOL = 1e-3  # in-graph resize/normalise vs the numpy preprocessing, on probabilities
-
-
 @dataclass
 class Variant:
     """A derived model that passed its check, not yet written."""
@@ -51,14 +48,14 @@ def build_variants(
         proto = to_fp16(fp32)
         session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
         parity = compare_logits("fp16 vs fp32 (onnxruntime)", reference, run_session(session, inputs), labels,
-                                max_accuracy_drop=config.fp16_max_accuracy_drop)  # fmt: skip
+                                max_accuracy_drop=config.fp16_max_drop_pp / 100)  # fmt: skip
         built.append(Variant("fp16", proto, _require(parity)))
     if config.int8:
         image_size = fp32.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
         proto = to_int8(fp32, _calibration_inputs(config.calibration_images, image_size, data_dir))
         session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
         parity = compare_logits("int8 vs fp32 (onnxruntime)", reference, run_session(session, inputs), labels,
-                                max_accuracy_drop=config.int8_max_accuracy_drop)  # fmt: skip
+                                max_accuracy_drop=config.int8_max_drop_pp / 100)  # fmt: skip
         speed = {"cpu_batch1_ms_fp32": _batch1_ms(fp32_session, inputs), "cpu_batch1_ms_int8": _batch1_ms(session, inputs)}
         speed["cpu_speedup"] = speed["cpu_batch1_ms_fp32"] / speed["cpu_batch1_ms_int8"]
         built.append(Variant("int8", proto, _require(parity), speed))
@@ -68,7 +65,7 @@ def build_variants(
         expected = softmax(reference.astype(np.float64)).astype(np.float32)
         parity = compare_logits("uint8 in-graph preprocessing vs numpy preprocessing + fp32", expected,
                                 run_session(session, test_images[: len(inputs)].numpy()), labels,
-                                atol=PREPROCESSING_ATOL)  # fmt: skip
+                                atol=config.preprocessing_atol)  # fmt: skip
         built.append(Variant("preprocess", proto, _require(parity)))
     return built
 
