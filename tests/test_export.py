@@ -67,28 +67,29 @@ def test_metadata_is_complete_json_and_matches_the_checkpoint(tiny_export, tiny_
 def test_fp16_variant_agrees_with_fp32(tiny_export):
     result, _ = tiny_export
     fp16 = result.variants["fp16"]
-    assert fp16["parity"]["top1_agreement"] >= 0.99 and fp16["parity"]["max_abs_diff"] < 0.05
-    assert fp16["bytes"] < 0.6 * result.model_path.stat().st_size
-    assert read_metadata(fp16["path"])["export"]["variant"] == "fp16"
-    proto = onnx.load(fp16["path"])
+    assert fp16.parity.top1_agreement >= 0.99 and fp16.parity.max_abs_diff < 0.05
+    assert fp16.bytes < 0.6 * result.model_path.stat().st_size
+    assert read_metadata(fp16.path)["export"]["variant"] == "fp16"
+    proto = onnx.load(fp16.path)
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O kept
 
 
 def test_int8_variant_runs_and_stays_close(tiny_export):
     result, _ = tiny_export
     int8 = result.variants["int8"]
-    assert int8["parity"]["top1_agreement"] >= 0.9
-    assert abs(int8["parity"]["accuracy_change"]) <= 0.02
-    assert int8["cpu_batch1_ms_int8"] > 0 and "QuantizeLinear" in {n.op_type for n in onnx.load(int8["path"]).graph.node}
+    assert int8.parity.top1_agreement >= 0.9
+    assert abs(int8.parity.accuracy_change) <= 0.02
+    assert int8.cpu_batch1_ms["int8"] > 0 and "QuantizeLinear" in {n.op_type for n in onnx.load(int8.path).graph.node}
+    assert f"({int8.cpu_batch1_ms['speedup']:.2f}x)" in (result.model_path.parent / "export_report.md").read_text()
 
 
 def test_preprocessing_variant_matches_python_preprocessing(tiny_export, tmp_path):
     result, out = tiny_export
     variant = result.variants["preprocess"]
-    assert variant["parity"]["max_abs_diff"] < 1e-3
-    metadata = read_metadata(variant["path"])
+    assert variant.parity.max_abs_diff < 1e-3
+    metadata = read_metadata(variant.path)
     assert metadata["io"]["input"] == {**metadata["io"]["input"], "name": "images_uint8", "dtype": "uint8"}
-    raw_session = create_session(variant["path"], SessionOptions(provider="cpu"))
+    raw_session = create_session(variant.path, SessionOptions(provider="cpu"))
     fp32_session = create_session(result.model_path, SessionOptions(provider="cpu"))
     golden = sorted((out / "onnx" / "golden").glob("*.png"))[0]
     for size in [(28, 28), (50, 37), (13, 20), (300, 200)]:  # any height and width, up- and down-sampling
@@ -105,7 +106,7 @@ def test_preprocessing_resize_needs_no_shape_arithmetic_from_opset_18(tiny_expor
     from vggdeploy.variants import with_preprocessing
 
     result, _ = tiny_export
-    variant = onnx.load(result.variants["preprocess"]["path"])
+    variant = onnx.load(result.variants["preprocess"].path)
     assert {"Shape", "Slice", "Concat"}.isdisjoint(n.op_type for n in variant.graph.node)
     fp32 = onnx.load(str(result.model_path))
     fp32.opset_import[0].version = 17
@@ -204,3 +205,15 @@ def test_readme_documents_every_metadata_key():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for key in METADATA_KEYS:
         assert f"| `{key}` |" in readme, key
+
+
+def test_export_report_tables_keep_their_columns_and_no_simplify_says_so(tiny_checkpoint, tmp_path):
+    result = cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--no-simplify", "--int8",
+                 "--parity-images", "32", "--audit-batches", "1,2", "--variant-images", "64")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "not simplified (--no-simplify)" in result.stdout and "-> simplified" not in result.stdout
+    report = (tmp_path / "export_report.md").read_text()
+    assert "not simplified (--no-simplify)" in report and "x)" in report  # the int8 speed-up is in the markdown too
+    rows = [line for line in report.splitlines() if line.startswith("|")]
+    cells = [len(line.replace("\\|", "").split("|")) - 2 for line in rows]
+    assert len(rows) == 4 and set(cells) == {4}, rows  # header, rule, model.onnx, model.int8.onnx

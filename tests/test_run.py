@@ -48,7 +48,7 @@ def test_table_output_and_the_preprocessing_variant(golden, tiny_export):
     first = folder / expected["images"][0]["file"]
     table = cli("run", str(first), "--model", str(model))
     assert table.returncode == 0 and table.stdout.splitlines()[0].startswith("file")
-    raw = cli("run", str(first), "--model", tiny_export[0].variants["preprocess"]["path"], "--json", "--top-k", "1")
+    raw = cli("run", str(first), "--model", str(tiny_export[0].variants["preprocess"].path), "--json", "--top-k", "1")
     from vggdeploy.data import CLASS_NAMES
 
     assert json.loads(raw.stdout)["predictions"][0]["top"][0]["label"] == CLASS_NAMES[expected["images"][0]["predicted"]]

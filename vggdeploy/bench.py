@@ -16,10 +16,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vggdeploy.archs import ModelArgs
 from vggdeploy.artifacts import RunFolder, checkpoint_beside, reports_folder, sibling
 from vggdeploy.checkpoint import load_model as load_checkpoint_model
 from vggdeploy.config import BenchConfig
+from vggdeploy.contract import model_args_from_metadata
 from vggdeploy.data import load_split, to_model_input
 from vggdeploy.errors import ProviderUnavailable, UsageError
 from vggdeploy.graph import deployment_versions
@@ -219,7 +219,7 @@ def run_bench(
     inputs = to_model_input(images[: max(batch_sizes)], spec).numpy()
     if len(inputs) < max(batch_sizes):
         inputs = np.resize(inputs, (max(batch_sizes), *inputs.shape[1:]))
-    args = ModelArgs.from_dict({k: v for k, v in metadata["model"].items() if k != "name"})
+    args = model_args_from_metadata(metadata)
     cpu_peak = cpu_fp32_gflops() if any(e.device == "cpu" and e.precision != "int8" for e in chosen) else None
     report = BenchReport(str(model_path), device_name(), deployment_versions(), summarize(args).gflops, [], [], unavailable, cpu_peak)
     for engine in chosen:

@@ -16,6 +16,7 @@ import torch
 from vggdeploy.artifacts import checkpoint_beside, reports_folder, sibling
 from vggdeploy.checkpoint import load_model as load_checkpoint_model
 from vggdeploy.config import CheckConfig
+from vggdeploy.contract import model_args_from_metadata
 from vggdeploy.data import load_split, to_model_input
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.graph import run_session
@@ -90,8 +91,7 @@ def run_check(
     if loaded.takes_raw_images:
         raise UsageError(f"{model_path}: check the fp32 model.onnx; the preprocessing variant is checked at export")
     torch_model, state = load_checkpoint_model(checkpoint or checkpoint_beside(model_path))
-    exported_args = {k: v for k, v in loaded.metadata["model"].items() if k != "name"}
-    if exported_args != state["model_args"].to_dict():
+    if model_args_from_metadata(loaded.metadata) != state["model_args"]:
         raise DataError(f"{model_path}: was exported from another model than the checkpoint ({state['model_args'].name})")
 
     spec = PreprocessSpec.from_metadata(loaded.metadata["preprocessing"])

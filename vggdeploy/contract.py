@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from vggdeploy.archs import ModelArgs
 from vggdeploy.errors import DataError
 
 INPUT_NAME = "images"  # float32 (batch, 1, H, W), normalised as the "preprocessing" metadata says
@@ -16,6 +17,7 @@ RAW_INPUT_NAME = "images_uint8"  # --with-preprocessing variant: uint8 (batch, h
 PROBABILITIES_NAME = "probabilities"  # --with-preprocessing variant: softmax output
 BATCH_AXIS = "batch"
 FORMAT_VERSION = "1"
+ORT_SUPPORTED_IR_VERSION = 10  # onnx >= 1.19 writes IR 11+ by default; ONNX Runtime 1.31 reads up to 13
 
 # metadata_props keys -> what their JSON value holds
 METADATA_KEYS = {
@@ -51,3 +53,18 @@ def decode_metadata(props: dict[str, str], source: str) -> dict:
         except json.JSONDecodeError as error:
             raise DataError(f"{source}: metadata key {key!r} is not valid JSON ({error})") from None
     return decoded
+
+
+def proto_metadata(proto, source: str) -> dict:
+    """The decoded metadata of an in-memory ModelProto (``runtime.read_metadata`` reads a file)."""
+    return decode_metadata({prop.key: prop.value for prop in proto.metadata_props}, source)
+
+
+def model_args_from_metadata(metadata: dict) -> ModelArgs:
+    """The ``model`` section back as the ModelArgs it was written from (it adds only the derived ``name``)."""
+    return ModelArgs.from_dict({key: value for key, value in metadata["model"].items() if key != "name"})
+
+
+def cap_ir_version(proto) -> None:
+    """Lower the model's IR version to what the pinned ONNX Runtime reads (what export writes must load everywhere)."""
+    proto.ir_version = min(proto.ir_version, ORT_SUPPORTED_IR_VERSION)

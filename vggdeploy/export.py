@@ -12,6 +12,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -23,7 +24,7 @@ from vggdeploy.artifacts import golden_folder, model_file
 from vggdeploy.checkpoint import load_model
 from vggdeploy.files import atomic_path, ensure_writable
 from vggdeploy.config import ExportConfig
-from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
+from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, cap_ir_version
 from vggdeploy.data import CLASS_NAMES, load_split, to_model_input
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.model import predict_logits
@@ -32,7 +33,10 @@ from vggdeploy.preprocess import PreprocessSpec, decode_grayscale
 from vggdeploy.preprocess import to_model_input as numpy_model_input
 from vggdeploy.report import markdown_table, write_json, write_text
 from vggdeploy.graph import GraphStats, attach_metadata, check_proto, deployment_versions, io_section, run_session, save_onnx
-from vggdeploy.runtime import ORT_SUPPORTED_IR_VERSION, SessionOptions, create_session
+from vggdeploy.runtime import SessionOptions, create_session
+
+if TYPE_CHECKING:
+    from vggdeploy.variants import Variant
 
 @dataclass(frozen=True)
 class BatchAudit:
@@ -56,18 +60,20 @@ class ExportResult:
     after: GraphStats
     audit: BatchAudit
     parity: ParityResult
-    variants: dict[str, dict] = field(default_factory=dict)  # name -> {path, bytes, nodes, parity, ...}
+    simplified: bool
+    variants: dict[str, "Variant"] = field(default_factory=dict)
 
     def format(self) -> str:
+        step = "simplified" if self.simplified else "not simplified (--no-simplify)"
         lines = [
             f"wrote {self.model_path} ({self.model_path.stat().st_size / 1e6:.2f} MB)",
-            f"  graph: {self.before.nodes} nodes ({self.before.bytes / 1e6:.2f} MB) -> simplified "
+            f"  graph: {self.before.nodes} nodes ({self.before.bytes / 1e6:.2f} MB) -> {step} "
             f"{self.after.nodes} nodes ({self.after.bytes / 1e6:.2f} MB): {self.after.ops}",
             f"  {self.audit.format()}",
             f"  parity {self.parity.format()}",
         ]
         for name, variant in self.variants.items():
-            lines.append(f"  {name}: {variant['path']} ({variant['bytes'] / 1e6:.2f} MB) {variant['summary']}")
+            lines.append(f"  {name}: {variant.path} ({variant.bytes / 1e6:.2f} MB) {variant.summary()}")
         return "\n".join(lines)
 
 
@@ -82,7 +88,7 @@ def to_onnx(model: torch.nn.Module, args: ModelArgs, opset: int) -> onnx.ModelPr
             dynamo=True, optimize=True, verbose=False,
         )  # fmt: skip
     proto = program.model_proto
-    proto.ir_version = min(proto.ir_version, ORT_SUPPORTED_IR_VERSION)
+    cap_ir_version(proto)
     _name_batch_axis(proto)
     return proto
 
@@ -104,7 +110,7 @@ def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
         raise CheckFailed("onnxsim could not validate the simplified model against the original")
     if not batch_is_dynamic(simplified):
         raise CheckFailed("onnxsim froze the batch axis; export again with --no-simplify")
-    simplified.ir_version = min(simplified.ir_version, ORT_SUPPORTED_IR_VERSION)
+    cap_ir_version(simplified)
     return simplified
 
 
@@ -189,13 +195,15 @@ def export_model(
     if config.fp16 or config.int8 or config.with_preprocessing:
         from vggdeploy import variants
 
-        variant_inputs = to_model_input(test_images[: config.variant_images], spec).numpy()
-        built = variants.build_variants(final, session, config, variant_inputs, labels[: config.variant_images],
-                                        test_images, data_dir)  # fmt: skip
+        count = config.variant_images
+        built = variants.build_variants(variants.VariantInputs(
+            final, session, to_model_input(test_images[:count], spec).numpy(), test_images[:count].numpy(), labels[:count],
+            config, data_dir,
+        ))  # fmt: skip
 
     model_path = model_file(out_dir)  # every check has passed: write
     save_onnx(final, model_path)
-    result = ExportResult(model_path, before, GraphStats.of(final), audit, parity)
+    result = ExportResult(model_path, before, GraphStats.of(final), audit, parity, config.simplify)
     write_golden_vectors(golden_folder(out_dir), session, test_images, labels, spec, config)
     for variant in built:
         result.variants[variant.name] = variants.write_variant(variant, model_path, final)
@@ -291,16 +299,17 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         "file_bytes": result.model_path.stat().st_size,
         "batch_audit": {**result.audit.__dict__, "passed": bool(result.audit)},
         "parity": result.parity.to_dict(),
-        "variants": result.variants,
+        "variants": {name: variant.to_dict() for name, variant in result.variants.items()},
     }
     write_json(out_dir / "export_report.json", data)
     rows = [{"file": result.model_path.name, "MB": result.model_path.stat().st_size / 1e6, "nodes": result.after.nodes,
              "summary": result.parity.format()}]  # fmt: skip
-    rows += [{"file": Path(v["path"]).name, "MB": v["bytes"] / 1e6, "nodes": v["nodes"], "summary": v["summary"]}
+    rows += [{"file": v.path.name, "MB": v.bytes / 1e6, "nodes": v.nodes, "summary": v.summary()}
              for v in result.variants.values()]  # fmt: skip
     write_text(
         out_dir / "export_report.md",
         f"# Export of {args.name}\n\n{result.audit.format()}\n\n"
-        f"Graph before simplification: {result.before.nodes} nodes; after: {result.after.nodes} nodes "
+        f"Graph as exported: {result.before.nodes} nodes; "
+        f"{'after onnxsim' if result.simplified else 'not simplified (--no-simplify)'}: {result.after.nodes} nodes "
         f"`{json.dumps(result.after.ops)}`\n\n" + markdown_table(rows, ["file", "MB", "nodes", "summary"]),
     )

@@ -20,7 +20,6 @@ from vggdeploy.contract import INPUT_NAME, RAW_INPUT_NAME, decode_metadata
 from vggdeploy.errors import DataError, ProviderUnavailable, UsageError
 
 CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessionOptionsDisableCPUEPFallback
-ORT_SUPPORTED_IR_VERSION = 10  # onnx >= 1.19 writes IR 11+ by default; ONNX Runtime 1.31 reads up to 13
 
 
 @dataclass(frozen=True)

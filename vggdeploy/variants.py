@@ -5,94 +5,143 @@ Each variant is checked against the fp32 model on real test images before it is 
 
 from __future__ import annotations
 
-import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper
 
-from vggdeploy.archs import ModelArgs
 from vggdeploy.artifacts import sibling
 from vggdeploy.config import ExportConfig
-from vggdeploy.contract import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, RAW_INPUT_NAME
+from vggdeploy.contract import (
+    BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, RAW_INPUT_NAME, cap_ir_version, model_args_from_metadata,
+    proto_metadata,
+)  # fmt: skip
 from vggdeploy.data import load_split, to_model_input
 from vggdeploy.errors import CheckFailed
 from vggdeploy.hardware import median_ms
 from vggdeploy.graph import GraphStats, attach_metadata, check_proto, io_section, run_session, save_onnx
 from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec
-from vggdeploy.runtime import ORT_SUPPORTED_IR_VERSION, SessionOptions, create_session, softmax
+from vggdeploy.runtime import SessionOptions, create_session, softmax
+
+@dataclass(frozen=True)
+class VariantInputs:
+    """What the variants are built and checked with: real test images, and training images for int8 calibration."""
+
+    fp32: onnx.ModelProto
+    fp32_session: object
+    inputs: np.ndarray  # preprocessed test images (float32, N x 1 x H x W)
+    raw_images: np.ndarray  # the same test images as uint8 (N x H x W), for the in-graph preprocessing
+    labels: np.ndarray
+    config: ExportConfig
+    data_dir: object
+
+
+@dataclass(frozen=True)
+class VariantKind:
+    """One row of the variant table: when it is built, how, what it must match, and within which limits."""
+
+    name: str  # the file is model.<name>.onnx
+    description: str  # the comparison, as reports print it
+    wanted: Callable[[ExportConfig], bool]
+    build: Callable[[VariantInputs], onnx.ModelProto]
+    feed: Callable[[VariantInputs], np.ndarray]  # what the variant's session is given
+    expected: Callable[[np.ndarray], np.ndarray]  # the fp32 logits -> what the variant must output
+    limits: Callable[[ExportConfig], dict]  # compare_logits tolerances
+
 
 @dataclass
 class Variant:
-    """A derived model that passed its check, not yet written."""
+    """A derived model that passed its check, not yet written (``path`` and ``bytes`` are set once it is)."""
 
-    name: str  # fp16 | int8 | preprocess
+    name: str
     proto: onnx.ModelProto
     parity: ParityResult
-    extra: dict = field(default_factory=dict)  # further figures (int8: CPU latencies)
+    cpu_batch1_ms: dict[str, float] | None = None  # int8: fp32 and int8 batch-1 latency on the CPU and the speed-up
+    path: Path | None = None
+    bytes: int = 0
+
+    @property
+    def nodes(self) -> int:
+        return GraphStats.of(self.proto).nodes
+
+    def summary(self) -> str:
+        speed = ""
+        if self.cpu_batch1_ms:
+            speed = (f"; CPU batch 1: {self.cpu_batch1_ms['fp32']:.2f} ms fp32 -> {self.cpu_batch1_ms['int8']:.2f} ms int8 "
+                     f"({self.cpu_batch1_ms['speedup']:.2f}x)")  # fmt: skip
+        return self.parity.format() + speed
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "bytes": self.bytes, "nodes": self.nodes, "parity": self.parity.to_dict(),
+                "cpu_batch1_ms": self.cpu_batch1_ms, "summary": self.summary()}  # fmt: skip
 
 
-def build_variants(
-    fp32: onnx.ModelProto, fp32_session, config: ExportConfig, inputs: np.ndarray, labels: np.ndarray,
-    test_images: torch.Tensor, data_dir,
-) -> list[Variant]:  # fmt: skip
+def _fp32_metadata(given: VariantInputs) -> dict:
+    return proto_metadata(given.fp32, "the exported fp32 model")
+
+
+def _logits_to_probabilities(logits: np.ndarray) -> np.ndarray:
+    return softmax(logits.astype(np.float64)).astype(np.float32)
+
+
+VARIANT_KINDS = (
+    VariantKind(
+        "fp16", "fp16 vs fp32 (onnxruntime)", lambda config: config.fp16, lambda given: to_fp16(given.fp32),
+        lambda given: given.inputs, lambda logits: logits,
+        lambda config: {"max_accuracy_drop": config.fp16_max_drop_pp / 100},
+    ),
+    VariantKind(
+        "int8", "int8 vs fp32 (onnxruntime)", lambda config: config.int8,
+        lambda given: to_int8(given.fp32, _calibration_inputs(given)), lambda given: given.inputs, lambda logits: logits,
+        lambda config: {"max_accuracy_drop": config.int8_max_drop_pp / 100},
+    ),
+    VariantKind(
+        "preprocess", "uint8 in-graph preprocessing vs numpy preprocessing + fp32", lambda config: config.with_preprocessing,
+        lambda given: with_preprocessing(given.fp32, PreprocessSpec.from_metadata(_fp32_metadata(given)["preprocessing"])),
+        lambda given: given.raw_images, _logits_to_probabilities,
+        lambda config: {"atol": config.preprocessing_atol},
+    ),
+)  # fmt: skip
+
+
+def build_variants(given: VariantInputs) -> list[Variant]:
     """Build and check every variant the config asks for; raises CheckFailed before anything is written."""
-    reference = run_session(fp32_session, inputs)
+    reference = run_session(given.fp32_session, given.inputs)
     built: list[Variant] = []
-    if config.fp16:
-        proto = to_fp16(fp32)
+    for kind in VARIANT_KINDS:
+        if not kind.wanted(given.config):
+            continue
+        proto = kind.build(given)
         session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
-        parity = compare_logits("fp16 vs fp32 (onnxruntime)", reference, run_session(session, inputs), labels,
-                                max_accuracy_drop=config.fp16_max_drop_pp / 100)  # fmt: skip
-        built.append(Variant("fp16", proto, _require(parity)))
-    if config.int8:
-        image_size = fp32.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
-        proto = to_int8(fp32, _calibration_inputs(config.calibration_images, image_size, data_dir))
-        session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
-        parity = compare_logits("int8 vs fp32 (onnxruntime)", reference, run_session(session, inputs), labels,
-                                max_accuracy_drop=config.int8_max_drop_pp / 100)  # fmt: skip
-        speed = {"cpu_batch1_ms_fp32": _batch1_ms(fp32_session, inputs), "cpu_batch1_ms_int8": _batch1_ms(session, inputs)}
-        speed["cpu_speedup"] = speed["cpu_batch1_ms_fp32"] / speed["cpu_batch1_ms_int8"]
-        built.append(Variant("int8", proto, _require(parity), speed))
-    if config.with_preprocessing:
-        proto = with_preprocessing(fp32, PreprocessSpec.from_metadata(_metadata_of(fp32)["preprocessing"]))
-        session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
-        expected = softmax(reference.astype(np.float64)).astype(np.float32)
-        parity = compare_logits("uint8 in-graph preprocessing vs numpy preprocessing + fp32", expected,
-                                run_session(session, test_images[: len(inputs)].numpy()), labels,
-                                atol=config.preprocessing_atol)  # fmt: skip
-        built.append(Variant("preprocess", proto, _require(parity)))
+        parity = compare_logits(kind.description, kind.expected(reference), run_session(session, kind.feed(given)),
+                                given.labels, **kind.limits(given.config))  # fmt: skip
+        if not parity:
+            raise CheckFailed(f"variant check: {parity.format()}")
+        variant = Variant(kind.name, proto, parity)
+        if kind.name == "int8":  # what int8 buys on this CPU, next to the fp32 model it replaces
+            fp32_ms, int8_ms = _batch1_ms(given.fp32_session, given.inputs), _batch1_ms(session, given.inputs)
+            variant.cpu_batch1_ms = {"fp32": fp32_ms, "int8": int8_ms, "speedup": fp32_ms / int8_ms}
+        built.append(variant)
     return built
 
 
-def write_variant(variant: Variant, model_path: Path, fp32: onnx.ModelProto) -> dict:
-    """Write ``model.<name>.onnx`` beside the fp32 model with its own metadata; returns its figures."""
-    metadata = _metadata_of(fp32)
+def write_variant(variant: Variant, model_path: Path, fp32: onnx.ModelProto) -> Variant:
+    """Write ``model.<name>.onnx`` beside the fp32 model with its own metadata."""
+    metadata = proto_metadata(fp32, str(model_path))
     metadata["export"] = {**metadata["export"], "variant": variant.name}
     metadata["parity"] = {**variant.parity.to_dict(), "flips": []}
     if variant.name == "preprocess":
-        args = ModelArgs.from_dict({k: v for k, v in metadata["model"].items() if k != "name"})
-        metadata["io"] = io_section(args, raw_input=True)
+        metadata["io"] = io_section(model_args_from_metadata(metadata), raw_input=True)
     attach_metadata(variant.proto, metadata)
-    path = sibling(model_path, variant.name)
-    save_onnx(variant.proto, path)
-    return {"path": str(path), "bytes": path.stat().st_size, "nodes": GraphStats.of(variant.proto).nodes,
-            "parity": variant.parity.to_dict(), **variant.extra, "summary": variant.parity.format()}  # fmt: skip
-
-
-def _metadata_of(proto: onnx.ModelProto) -> dict:
-    return {p.key: json.loads(p.value) for p in proto.metadata_props}
-
-
-def _require(parity: ParityResult) -> ParityResult:
-    if not parity:
-        raise CheckFailed(f"variant check: {parity.format()}")
-    return parity
+    variant.path = sibling(model_path, variant.name)
+    save_onnx(variant.proto, variant.path)
+    variant.bytes = variant.path.stat().st_size
+    return variant
 
 
 def _batch1_ms(session, inputs: np.ndarray, repeats: int = 20) -> float:
@@ -105,15 +154,16 @@ def to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     proto = convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=False)
-    proto.ir_version = min(proto.ir_version, ORT_SUPPORTED_IR_VERSION)
+    cap_ir_version(proto)
     return proto
 
 
-def _calibration_inputs(count: int, image_size: int, data_dir) -> np.ndarray:
+def _calibration_inputs(given: VariantInputs) -> np.ndarray:
     """Training images (never test images) preprocessed as at test time: the int8 calibration set."""
-    images, _ = load_split("train", data_dir)
+    count = given.config.calibration_images
+    images, _ = load_split("train", given.data_dir)
     step = max(1, len(images) // count)
-    return to_model_input(images[::step][:count], PreprocessSpec(image_size, image_size)).numpy()
+    return to_model_input(images[::step][:count], PreprocessSpec(*given.inputs.shape[-2:])).numpy()
 
 
 def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
@@ -139,7 +189,7 @@ def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
         )  # fmt: skip
         proto = onnx.load(str(target))
-    proto.ir_version = min(proto.ir_version, ORT_SUPPORTED_IR_VERSION)
+    cap_ir_version(proto)
     return proto
 
 
