@@ -244,3 +244,26 @@ def test_two_process_gloo_run_under_torchrun(tmp_path, data_dir):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["epoch"] == 1 and not any(k.startswith("module.") for k in state["model_state"])
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_dir):
+    """A finished 2-epoch run resumed with --epochs 3 trains one more epoch; the schedule is re-planned for 3 epochs,
+    so the extension ends at the 3-epoch schedule's final rate. Without a larger --epochs there is nothing to do."""
+    import shutil
+
+    _, out = trained
+    shutil.copytree(out, tmp_path / "run")
+    finished = run_cli("train", "--out", str(tmp_path / "run"), "--resume", "--quiet")
+    assert finished.returncode == 2
+    assert "has finished 2 epochs; pass --epochs N with N > 2 to train on" in finished.stderr
+    extended = run_cli("train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "3", "--quiet", "--json",
+                       "--data-dir", str(data_dir))  # fmt: skip
+    assert extended.returncode == 0, extended.stderr
+    summary = json.loads(extended.stdout)
+    assert summary["epochs_run"] == 1 and summary["stopped_early"] is None
+    history = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    extension = TINY.with_overrides(epochs=3)
+    steps = TINY.train_limit // TINY.batch_size
+    assert history[2]["lr_end"] == pytest.approx(train_module.learning_rate(extension, 3 * steps - 1, 3 * steps))
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_config"]["epochs"] == 3

@@ -29,6 +29,9 @@ class RunFolder:
 
     path: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))  # accept the str a CLI option gives
+
     @classmethod
     def for_model(cls, model_name: str, root: str | Path = ROOT) -> "RunFolder":
         return cls(Path(root) / model_name)

@@ -148,7 +148,8 @@ def info(model: str | None, **options) -> None:
 @click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test images only.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder of the Fashion-MNIST .gz files.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: artifacts/<model>].")
-@click.option("--resume", is_flag=True, help="Continue from <out>/checkpoints/last.pt.")
+@click.option("--resume", is_flag=True,
+              help="Continue from <out>/checkpoints/last.pt with its settings; a larger --epochs extends a finished run.")  # fmt: skip
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Stop cleanly after this much wall time; keeps best.pt, and --resume continues.")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -161,14 +162,16 @@ def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_mod
 
     from vggdeploy.artifacts import RunFolder
     from vggdeploy.config import preset as get_preset
+    from vggdeploy.train import saved_config
     from vggdeploy.train import train as run_training
 
+    model_options = dict(arch=arch, batch_norm=batch_norm, width_ratio=width_ratio, hidden=hidden, image_size=image_size)
     base = get_preset(preset, torch.cuda.is_available())
-    model = model_args_from_options(
-        base.model.to_dict(), arch=arch, batch_norm=batch_norm, width_ratio=width_ratio, hidden=hidden, image_size=image_size
-    )
+    out_dir = out or RunFolder.for_model(model_args_from_options(base.model.to_dict(), **model_options).name).path
+    if resume:  # the saved run's settings, not the preset's; flags given still override (a larger --epochs extends)
+        base = saved_config(out_dir)
+    model = model_args_from_options(base.model.to_dict(), **model_options)
     config = base.with_overrides(model=model, compile=compile_model, **overrides)
-    out_dir = out or RunFolder.for_model(model.name).path
     result = run_training(config, out_dir, data_dir=data_dir, resume=resume, progress=not quiet, time_limit=time_limit)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: only rank 0 reports
         click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.format())

@@ -197,15 +197,26 @@ def _load_data(config: TrainConfig, data_dir, device: torch.device):
     return [t.to(device) for t in (train_images, train_labels, test_images, test_labels)]
 
 
-def _resume_state(out_dir: Path, config: TrainConfig) -> dict | None:
+def saved_config(out_dir: str | Path) -> TrainConfig:
+    """The settings ``last.pt`` in ``out_dir`` was trained with (``--resume`` continues with them)."""
     path = RunFolder(out_dir).last_checkpoint
     if not path.is_file():
         raise UsageError(f"--resume: no checkpoint to resume at {path}")
+    return TrainConfig.from_dict(load_checkpoint(path, mmap=True)["train_config"])
+
+
+def _resume_state(out_dir: Path, config: TrainConfig) -> dict | None:
+    """The state to continue from. Only ``epochs`` (and the device) may differ from the saved settings: a larger
+    ``epochs`` extends the run, with the learning-rate schedule re-planned for the new total."""
+    path = RunFolder(out_dir).last_checkpoint
+    saved = saved_config(out_dir)
     state = load_checkpoint(path)
-    saved = TrainConfig.from_dict(state["train_config"])
-    differing = [k for k, v in config.to_dict().items() if k != "device" and saved.to_dict()[k] != v]
+    differing = [k for k, v in config.to_dict().items() if k not in ("device", "epochs") and saved.to_dict()[k] != v]
     if differing:
         raise UsageError(f"--resume: {path} was trained with other settings ({', '.join(differing)}); use the same ones")
+    finished = len(state["metrics"])
+    if config.epochs < finished or (config.epochs == finished and not state.get("in_progress")):
+        raise UsageError(f"--resume: {path} has finished {finished} epochs; pass --epochs N with N > {finished} to train on")
     return state
 
 
@@ -232,26 +243,92 @@ def train(
             dist.destroy_process_group()
 
 
-def _train(config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests) -> TrainResult:
+def seed_for(config: TrainConfig, epoch: int, step: int | None = None) -> int:
+    """The one seeding rule: shuffling and augmentation per (seed, epoch); dropout per (seed, epoch, step)."""
+    base = config.seed * 100_003
+    return base + epoch if step is None else base + epoch * 1_000_003 + step
+
+
+@dataclass
+class RunningSums:
+    """The epoch's sums so far, kept on the device (read back only for progress): loss x images, correct, images."""
+
+    values: torch.Tensor
+
+    @classmethod
+    def start(cls, device: torch.device, saved: list[float] | None = None) -> "RunningSums":
+        return cls(torch.tensor(saved, device=device) if saved else torch.zeros(3, device=device))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
+        self.values += torch.stack([loss.detach() * len(target), (logits.argmax(1) == target).sum(), images])
+
+    @property
+    def images(self) -> float:
+        return self.values[2].item()
+
+    @property
+    def mean_loss(self) -> float:
+        return self.values[0].item() / self.images
+
+    @property
+    def accuracy(self) -> float:
+        return self.values[1].item() / self.images
+
+    def to_list(self) -> list[float]:
+        return self.values.detach().cpu().tolist()
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds while its epochs go by."""
+
+    config: TrainConfig
+    out_dir: Path
+    device: torch.device
+    distributed: _Distributed
+    stop: _StopRequests
+    progress: bool
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train images, labels, test images, labels
+    model: torch.nn.Module
+    optimizer: torch.optim.SGD
+    runner: torch.nn.Module  # the model as trained: DDP-wrapped and/or compiled
+    bf16: bool
+    steps_per_epoch: int
+    checksums: dict
+    history: list[dict]
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec(self.config.model.image_size, self.config.model.image_size)
+
+    def save_position(self, step: int, sums: RunningSums) -> None:
+        """last.pt at a step boundary inside an epoch: enough to resume exactly where training stopped."""
+        state = _state(self.model, self.optimizer, self.config, self.history, self.checksums)
+        state["in_progress"] = {"step": step, "running": sums.to_list()}
+        save_checkpoint(RunFolder(self.out_dir).last_checkpoint, state)
+
+
+@dataclass(frozen=True)
+class _EpochOutcome:
+    sums: RunningSums
+    seconds: float  # training time of the epoch (evaluation excluded)
+    images: int  # trained in this run, all ranks together (a resumed epoch's earlier part excluded)
+    stopped_at: int | None  # the step where the time limit stopped the epoch
+
+
+def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, stop) -> tuple[_Run, dict | None]:
+    """Data on the device, the model and optimizer (restored on --resume), the compiled/DDP runner."""
     if distributed.is_main:
         ensure_writable(RunFolder(out_dir).checkpoints)
         remove_stale_temporaries(RunFolder(out_dir).checkpoints)
     state = _resume_state(out_dir, config) if resume else None
-    train_images, train_labels, test_images, test_labels = _load_data(config, data_dir, device)
-    spec = PreprocessSpec(config.model.image_size, config.model.image_size)
-    augmentation = Augmentation(config.flip, config.shift, config.erase)
-
+    data = _load_data(config, data_dir, device)
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(device)
     optimizer = _optimizer(model, config)
-    history: list[dict] = []
-    in_progress = None  # {"step", "running"} of an epoch interrupted by Ctrl-C
     if state is not None:
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
-        history = list(state["metrics"])
-        in_progress = state.get("in_progress")
-    start_epoch = len(history)
     bf16 = uses_bf16(config, device)
     if bf16:
         model = model.to(memory_format=torch.channels_last)
@@ -260,99 +337,33 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     trained = torch.nn.parallel.DistributedDataParallel(model) if distributed.world > 1 else model
     runner = torch.compile(trained) if config.compile else trained
-    steps_per_epoch = len(train_images) // distributed.world // config.batch_size
+    steps_per_epoch = len(data[0]) // distributed.world // config.batch_size
     if steps_per_epoch == 0:
-        raise UsageError(f"batch size {config.batch_size} is larger than the {len(train_images)} training images per process")
-    total_steps = steps_per_epoch * config.epochs
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    forward_gflops = summarize(config.model).gflops
-    checksums = data_checksums(data_dir)
+        raise UsageError(f"batch size {config.batch_size} is larger than the {len(data[0])} training images per process")
+    history = list(state["metrics"]) if state else []
+    run = _Run(config, out_dir, device, distributed, stop, progress, data, model, optimizer, runner, bf16, steps_per_epoch,
+               data_checksums(data_dir), history)  # fmt: skip
+    return run, (state or {}).get("in_progress")
 
-    trained_images, train_seconds, stopped_at = 0, 0.0, None
-    elapsed_before = history[-1].get("elapsed_seconds", 0.0) if history else 0.0  # wall time of the runs resumed from
+
+def _train(config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests) -> TrainResult:
+    run, in_progress = _prepare(config, out_dir, data_dir, resume, progress, device, distributed, stop)
+    start_epoch = len(run.history)
+    elapsed_before = run.history[-1].get("elapsed_seconds", 0.0) if run.history else 0.0  # the runs resumed from
+    trained_images, train_seconds, stopped = 0, 0.0, None
     for epoch in range(start_epoch, config.epochs):
-        generator = torch.Generator(device).manual_seed(config.seed * 100_003 + epoch)
-        runner.train()
-        skip = in_progress["step"] if in_progress and epoch == start_epoch else 0
-        running = torch.tensor(in_progress["running"], device=device) if skip else torch.zeros(3, device=device)
-        resumed_images = running[2].item()  # trained before an interruption: not part of this run's speed
-        epoch_start = time.perf_counter()
-        batches = iterate_batches(
-            train_images, train_labels, config.batch_size, spec, generator, augmentation,
-            shard=(distributed.rank, distributed.world), drop_last=True,
-        )  # fmt: skip
-        batch_count = torch.tensor(float(config.batch_size), device=device)  # drop_last: every batch is full
-        batches = itertools.islice(batches, steps_per_epoch)  # every rank takes the same number of steps
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-                   disable=not (progress and distributed.is_main), leave=True, dynamic_ncols=True)  # fmt: skip
-        for step, (batch, target) in enumerate(bar):
-            if step < skip:
-                continue  # already trained before the interruption; generating it replays its random draws
-            if stop.received:
-                _save_interrupted(out_dir, model, optimizer, config, history, checksums, step, running)
-                raise Interrupted(
-                    f"interrupted ({stop.received}) in epoch {epoch + 1} at step {step}/{steps_per_epoch}; saved "
-                    f"{RunFolder(out_dir).last_checkpoint}; continue with --resume and the same settings"
-                )
-            if stop.out_of_time(step, distributed, device):
-                if distributed.is_main:
-                    _save_interrupted(out_dir, model, optimizer, config, history, checksums, step, running)
-                stopped_at = step
-                break
-            torch.manual_seed(config.seed * 100_003 + epoch * 1_000_003 + step)  # dropout
-            global_step = epoch * steps_per_epoch + step
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, global_step, total_steps)
-            if bf16:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                logits = runner(batch)
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += torch.stack([loss.detach() * len(target), (logits.argmax(1) == target).sum(), batch_count])
-            if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps_per_epoch:
-                seen = running[2].item()
-                mean_loss = running[0].item() / seen
-                if not math.isfinite(mean_loss):
-                    raise TrainingDiverged(
-                        f"the loss became {mean_loss} in epoch {epoch + 1} by step {step + 1} "
-                        f"(lr {config.lr:g}); lower --lr. Nothing was saved from this epoch"
-                    )
-                rate = (seen - resumed_images) * distributed.world / (time.perf_counter() - epoch_start)
-                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{running[1].item() / seen:.3f}", img_s=f"{rate:,.0f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        epoch_train_seconds = time.perf_counter() - epoch_start
-        train_seconds += epoch_train_seconds
-        trained_images += int(running[2].item() - resumed_images) * distributed.world
-        bar.close()
-        if stopped_at is not None:
+        resumed = in_progress if epoch == start_epoch else None
+        outcome = _train_epoch(run, epoch, resumed)
+        train_seconds += outcome.seconds
+        trained_images += outcome.images
+        if outcome.stopped_at is not None:
             stopped = (f"stopped by the {stop.time_limit:g} s time limit in epoch {epoch + 1} at step "
-                       f"{stopped_at}/{steps_per_epoch}")  # fmt: skip
-            if not history:
+                       f"{outcome.stopped_at}/{run.steps_per_epoch}")  # fmt: skip
+            if not run.history:
                 raise Interrupted(f"{stopped}, before any epoch ended; saved {RunFolder(out_dir).last_checkpoint}; "
-                                          "continue with --resume and the same settings")  # fmt: skip
+                                  "continue with --resume and the same settings")  # fmt: skip
             break
-        if distributed.world > 1:
-            dist.all_reduce(running)
-        test_loss, test_accuracy = evaluate(runner, test_images, test_labels, spec, config.eval_batch_size, distributed, bf16)
-        history.append({
-            "epoch": epoch + 1,
-            "train_loss": running[0].item() / running[2].item(),
-            "train_accuracy": running[1].item() / running[2].item(),
-            "test_loss": test_loss,
-            "test_accuracy": test_accuracy,
-            "lr_end": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.perf_counter() - epoch_start,
-            "train_images_per_second": (running[2].item() - resumed_images * distributed.world) / epoch_train_seconds,
-            "elapsed_seconds": elapsed_before + stop.elapsed(),  # wall time since the run began, evaluation included
-        })  # fmt: skip
-        if distributed.is_main:
-            _save_epoch(out_dir, model, optimizer, config, history, checksums)
-            if progress:
-                tqdm.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}")
+        _finish_epoch(run, epoch, outcome, elapsed_before)
         if stop.received and epoch + 1 < config.epochs:
             raise Interrupted(
                 f"interrupted ({stop.received}) after epoch {epoch + 1}; saved {RunFolder(out_dir).last_checkpoint}; "
@@ -360,14 +371,99 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
             )
 
     rate = trained_images / train_seconds if train_seconds else 0.0
-    best = max(row["test_accuracy"] for row in history)
     result = TrainResult(
-        out_dir, best, history[-1]["test_accuracy"], len(history) - start_epoch, stop.elapsed(),
-        rate, _peak_fraction(device, rate, forward_gflops), history, stopped if stopped_at is not None else None,
+        out_dir, max(row["test_accuracy"] for row in run.history), run.history[-1]["test_accuracy"],
+        len(run.history) - start_epoch, stop.elapsed(), rate,
+        _peak_fraction(device, rate, summarize(config.model).gflops), run.history, stopped,
     )  # fmt: skip
     if distributed.is_main:
         _write_reports(out_dir, config, result, device)
     return result
+
+
+def _train_epoch(run: _Run, epoch: int, resumed: dict | None) -> _EpochOutcome:
+    """One epoch of SGD steps; ``resumed`` ({"step", "running"}) continues an epoch that was interrupted."""
+    config, distributed, device = run.config, run.distributed, run.device
+    skip = resumed["step"] if resumed else 0
+    sums = RunningSums.start(device, resumed["running"] if skip else None)
+    resumed_images = sums.images  # trained before an interruption: not part of this run's speed
+    generator = torch.Generator(device).manual_seed(seed_for(config, epoch))
+    batches = iterate_batches(
+        run.data[0], run.data[1], config.batch_size, run.spec, generator, Augmentation(config.flip, config.shift, config.erase),
+        shard=(distributed.rank, distributed.world), drop_last=True,
+    )  # fmt: skip
+    batches = itertools.islice(batches, run.steps_per_epoch)  # every rank takes the same number of steps
+    batch_images = torch.tensor(float(config.batch_size), device=device)  # drop_last: every batch is full
+    total_steps = run.steps_per_epoch * config.epochs
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.bf16)
+    bar = tqdm(batches, total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+               disable=not (run.progress and distributed.is_main), leave=True, dynamic_ncols=True)  # fmt: skip
+    run.runner.train()
+    started, stopped_at = time.perf_counter(), None
+    for step, (batch, target) in enumerate(bar):
+        if step < skip:
+            continue  # already trained before the interruption; generating it replays its random draws
+        if run.stop.received:
+            run.save_position(step, sums)
+            raise Interrupted(
+                f"interrupted ({run.stop.received}) in epoch {epoch + 1} at step {step}/{run.steps_per_epoch}; saved "
+                f"{RunFolder(run.out_dir).last_checkpoint}; continue with --resume and the same settings"
+            )
+        if run.stop.out_of_time(step, distributed, device):
+            if distributed.is_main:
+                run.save_position(step, sums)
+            stopped_at = step
+            break
+        torch.manual_seed(seed_for(config, epoch, step))  # dropout
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(config, epoch * run.steps_per_epoch + step, total_steps)
+        if run.bf16:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = run.runner(batch)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        sums.add(loss, logits, target, batch_images)
+        if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == run.steps_per_epoch:
+            if not math.isfinite(sums.mean_loss):
+                raise TrainingDiverged(
+                    f"the loss became {sums.mean_loss} in epoch {epoch + 1} by step {step + 1} "
+                    f"(lr {config.lr:g}); lower --lr. Nothing was saved from this epoch"
+                )
+            rate = (sums.images - resumed_images) * distributed.world / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{sums.mean_loss:.3f}", acc=f"{sums.accuracy:.3f}", img_s=f"{rate:,.0f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    bar.close()
+    images = int(sums.images - resumed_images) * distributed.world
+    return _EpochOutcome(sums, time.perf_counter() - started, images, stopped_at)
+
+
+def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before: float) -> None:
+    """Evaluate, append the epoch's metrics, save last.pt (and best.pt when it is the best so far)."""
+    evaluation_started = time.perf_counter()
+    if run.distributed.world > 1:
+        dist.all_reduce(outcome.sums.values)
+    test_images, test_labels = run.data[2], run.data[3]
+    test_loss, test_accuracy = evaluate(run.runner, test_images, test_labels, run.spec, run.config.eval_batch_size,
+                                        run.distributed, run.bf16)  # fmt: skip
+    run.history.append({
+        "epoch": epoch + 1,
+        "train_loss": outcome.sums.mean_loss,
+        "train_accuracy": outcome.sums.accuracy,
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
+        "lr_end": run.optimizer.param_groups[0]["lr"],
+        "epoch_seconds": outcome.seconds + time.perf_counter() - evaluation_started,  # training and evaluation
+        "train_images_per_second": outcome.images / outcome.seconds,
+        "elapsed_seconds": elapsed_before + run.stop.elapsed(),  # wall time since the run began, evaluation included
+    })  # fmt: skip
+    if run.distributed.is_main:
+        _save_epoch(run.out_dir, run.model, run.optimizer, run.config, run.history, run.checksums)
+        if run.progress:
+            tqdm.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}")
 
 
 def _state(model, optimizer, config: TrainConfig, history: list[dict], checksums: dict) -> dict:
@@ -390,13 +486,6 @@ def _save_epoch(out_dir: Path, model, optimizer, config: TrainConfig, history: l
     if history[-1]["test_accuracy"] >= max(row["test_accuracy"] for row in history):
         save_checkpoint(folder.best_checkpoint, {k: v for k, v in state.items() if k != "optimizer_state"})
     write_jsonl(folder.metrics, history)
-
-
-def _save_interrupted(out_dir, model, optimizer, config, history, checksums, step: int, running: torch.Tensor) -> None:
-    """last.pt at a step boundary inside an epoch: enough to resume exactly where training stopped."""
-    state = _state(model, optimizer, config, history, checksums)
-    state["in_progress"] = {"step": step, "running": running.detach().cpu().tolist()}
-    save_checkpoint(RunFolder(out_dir).last_checkpoint, state)
 
 
 def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, device: torch.device) -> None:
