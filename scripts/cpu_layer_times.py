@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vggdeploy.hardware import best_seconds, cpu_fp32_gflops
-from vggdeploy.checkpoint import load_model
+from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.contract import INPUT_NAME
+from vggdeploy.hardware import best_seconds, cpu_fp32_gflops
 from vggdeploy.runtime import create_session
 
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::_convolution", "Conv")
@@ -74,9 +74,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     options = parser.parse_args()
 
-    model, state = load_model(options.checkpoint)
+    model, state = rebuild_model(options.checkpoint)
     args = state["model_args"]
-    images = torch.from_numpy(np.random.default_rng(0).random((1, args.in_channels, args.image_size, args.image_size), dtype=np.float32))
+    images = torch.from_numpy(
+        np.random.default_rng(0).random((1, args.in_channels, args.image_size, args.image_size), dtype=np.float32)
+    )
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(images)
     flops = {str(op): count for op, count in counter.get_flop_counts()["Global"].items()}
@@ -84,11 +86,15 @@ def main() -> None:
     fc_bytes = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, torch.nn.Linear))
     create_session(options.model)  # fails with a one-line reason on a bad model, before the long runs
 
-    print(f"{args.name}, batch 1, {options.runs} runs; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; convolutions {conv_gflop:.3g} GFLOP, FC weights {fc_bytes / 1e6:.3g} MB")  # fmt: skip
+    print(
+        f"{args.name}, batch 1, {options.runs} runs; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; convolutions {conv_gflop:.3g} GFLOP, FC weights {fc_bytes / 1e6:.3g} MB"
+    )
     conv_rates, fc_rates = [], []  # GFLOP/s and GB/s each engine reached
-    for engine, times in (("torch eager", torch_times(model, images, options.runs)),
-                          ("ONNX Runtime CPU", ort_times(options.model, images.numpy(), options.runs))):  # fmt: skip
+    for engine, times in (
+        ("torch eager", torch_times(model, images, options.runs)),
+        ("ONNX Runtime CPU", ort_times(options.model, images.numpy(), options.runs)),
+    ):
         total = sum(times.values())
         conv = sum(v for k, v in times.items() if k in CONV_OPS)
         fc = sum(v for k, v in times.items() if k in FC_OPS)
@@ -97,11 +103,16 @@ def main() -> None:
         print(f"\n{engine}: {total:.1f} ms of operator time per run")
         for name, ms in sorted(times.items(), key=lambda item: -item[1])[:6]:
             print(f"  {name:32s} {ms:7.2f} ms  {ms / total:6.1%}")
-        print(f"  convolutions {conv:.1f} ms = {conv_rates[-1]:.0f} GFLOP/s; fully connected {fc:.1f} ms = {fc_rates[-1]:.1f} GB/s of weights")
+        print(
+            f"  convolutions {conv:.1f} ms = {conv_rates[-1]:.0f} GFLOP/s; fully connected {fc:.1f} ms = {fc_rates[-1]:.1f} GB/s of weights"
+        )
     compute, bandwidth = cpu_fp32_gflops(4096, 5), read_bandwidth(fc_bytes)
     floor = conv_gflop / max(compute, *conv_rates) * 1e3 + fc_bytes / max(bandwidth, *fc_rates) / 1e6
-    print(f"\nceilings here: fp32 matrix product {compute:.0f} GFLOP/s, tensor read {bandwidth:.1f} GB/s; fp32 floor "
-          f"{floor:.1f} ms per image (convolutions and one read of the FC weights, each at the best rate seen above)")  # fmt: skip
+    print(
+        f"\nceilings here: fp32 matrix product {compute:.0f} GFLOP/s, tensor read {bandwidth:.1f} GB/s; fp32 floor "
+        f"{floor:.1f} ms per image (convolutions and one read of the FC weights, each at the best rate seen above)"
+    )
+
 
 if __name__ == "__main__":
     main()

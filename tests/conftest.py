@@ -40,7 +40,9 @@ def tiny_checkpoint(tmp_path_factory, data_dir):
     from vggdeploy.train import train
 
     out = tmp_path_factory.mktemp("tiny-model")
-    config = TrainConfig(model=ModelArgs(**TINY_ARGS), epochs=2, batch_size=64, lr=0.1, train_limit=3000, test_limit=500)
+    config = TrainConfig(
+        model=ModelArgs(**TINY_ARGS), epochs=2, batch_size=64, lr=0.1, train_limit=3000, test_limit=500
+    )
     train(config, out, data_dir=data_dir, progress=False)
     return out / "checkpoints" / "best.pt"
 
@@ -52,8 +54,15 @@ def tiny_export(tmp_path_factory, tiny_checkpoint, data_dir):
     from vggdeploy.export import export_model
 
     out = tmp_path_factory.mktemp("tiny-export")
-    config = ExportConfig(fp16=True, int8=True, with_preprocessing=True, parity_images=128,
-                          audit_batches=(1, 2, 7, 64), variant_images=300, calibration_images=128,
-                          int8_max_drop_pp=5.0)  # fmt: skip
+    config = ExportConfig(
+        fp16=True,
+        int8=True,
+        with_preprocessing=True,
+        parity_images=128,
+        audit_batches=(1, 2, 7, 64),
+        variant_images=300,
+        calibration_images=128,
+        int8_max_drop_pp=5.0,
+    )
     result = export_model(tiny_checkpoint, out / "onnx", config, data_dir=data_dir, triton_repo=out / "triton")
     return result, out

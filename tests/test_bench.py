@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from vggdeploy.config import BenchConfig
 from vggdeploy.bench import CPU_ENGINES, GPU_ENGINES, BoundOrtRun, Engine, engine_session, run_bench
+from vggdeploy.config import BenchConfig
 
 
 def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint, tmp_path):
@@ -26,7 +26,10 @@ def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint
     assert all(c.create_seconds > 0 and c.first_run_seconds > 0 for c in report.cold_starts)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["gflops_per_image"] == pytest.approx(report.gflops_per_image) and len(saved["measurements"]) == 6
-    assert "| ort-cpu-fp32 | 1 |" in (tmp_path / "bench.md").read_text() and "matrix product measured here" in report.format()
+    assert (
+        "| ort-cpu-fp32 | 1 |" in (tmp_path / "bench.md").read_text()
+        and "matrix product measured here" in report.format()
+    )
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -42,9 +45,13 @@ def test_default_engines_that_cannot_run_are_skipped_with_a_reason(tiny_checkpoi
     from vggdeploy import bench
 
     lone = _lone_model(tiny_export[0], tmp_path)
-    monkeypatch.setattr(bench, "default_engines", lambda compile_torch=False: ("ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32"))
-    report = run_bench(lone, tiny_checkpoint, BenchConfig(None, batch_sizes=(1,), seconds=0.01), report_dir=tmp_path / "reports")
-    assert "model.int8.onnx not found beside the model (export with --int8)" == report.skipped["ort-cpu-int8"]
+    monkeypatch.setattr(
+        bench, "default_engines", lambda compile_torch=False: ("ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32")
+    )
+    report = run_bench(
+        lone, tiny_checkpoint, BenchConfig(None, batch_sizes=(1,), seconds=0.01), report_dir=tmp_path / "reports"
+    )
+    assert report.skipped["ort-cpu-int8"] == "model.int8.onnx not found beside the model (export with --int8)"
     if not torch.cuda.is_available():
         assert report.skipped["ort-cuda-fp32"] == "no CUDA GPU"
     assert [m.engine for m in report.measurements] == ["ort-cpu-fp32"]
@@ -56,12 +63,32 @@ def test_an_engine_asked_for_that_cannot_run_exits_6_and_keeps_the_old_report(ti
     reports = tmp_path / "reports"
     reports.mkdir()
     (reports / "bench.json").write_text("the previous complete report")
-    result = subprocess.run([sys.executable, "-m", "vggdeploy", "bench", "--model", str(lone), "--checkpoint", str(tiny_checkpoint),
-                             "--engines", "ort-cpu-fp32,ort-cpu-int8", "--batch-sizes", "1", "--report-dir", str(reports)],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vggdeploy",
+            "bench",
+            "--model",
+            str(lone),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--engines",
+            "ort-cpu-fp32,ort-cpu-int8",
+            "--batch-sizes",
+            "1",
+            "--report-dir",
+            str(reports),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 6, result.stderr
-    assert result.stderr.strip() == ("error: engine ort-cpu-int8 cannot run: model.int8.onnx not found beside the model "
-                                     "(export with --int8) (no report written)")  # fmt: skip
+    assert result.stderr.strip() == (
+        "error: engine ort-cpu-int8 cannot run: model.int8.onnx not found beside the model "
+        "(export with --int8) (no report written)"
+    )
     assert (reports / "bench.json").read_text() == "the previous complete report"
     assert sorted(p.name for p in reports.iterdir()) == ["bench.json"]
 
@@ -74,7 +101,9 @@ def test_unknown_engine_is_refused(tiny_export, tiny_checkpoint):
 
 
 def test_engine_names_are_parsed_once():
-    assert Engine.parse("ort-cuda-fp16-nhwc-graph") == Engine("ort-cuda-fp16-nhwc-graph", "ort", "cuda", "fp16", True, True, False)
+    assert Engine.parse("ort-cuda-fp16-nhwc-graph") == Engine(
+        "ort-cuda-fp16-nhwc-graph", "ort", "cuda", "fp16", True, True, False
+    )
     assert Engine.parse("torch-cuda-fp16-compile").compiled and Engine.parse("torch-cuda-fp16-cl").channels_last
     assert Engine.parse("torch-cuda-tf32").peak_precision == "tf32"
 
@@ -82,15 +111,24 @@ def test_engine_names_are_parsed_once():
 @pytest.mark.gpu
 def test_gpu_engines_measure(tiny_export, tiny_checkpoint, tmp_path):
     result, _ = tiny_export
-    report = run_bench(result.model_path, tiny_checkpoint, BenchConfig(GPU_ENGINES, batch_sizes=(1, 8), seconds=0.2), report_dir=tmp_path)
+    report = run_bench(
+        result.model_path,
+        tiny_checkpoint,
+        BenchConfig(GPU_ENGINES, batch_sizes=(1, 8), seconds=0.2),
+        report_dir=tmp_path,
+    )
     assert not report.skipped and len(report.measurements) == 2 * len(GPU_ENGINES)
     assert all(m.peak_fraction is None or 0 < m.peak_fraction < 1 for m in report.measurements)
 
 
 def test_cpu_layer_times_script_prints_the_breakdown_and_the_floor(tiny_export, tiny_checkpoint):
     script = Path(__file__).parent.parent / "scripts" / "cpu_layer_times.py"
-    result = subprocess.run([sys.executable, str(script), str(tiny_export[0].model_path), str(tiny_checkpoint), "--runs", "2"],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(script), str(tiny_export[0].model_path), str(tiny_checkpoint), "--runs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "torch eager:" in result.stdout and "ONNX Runtime CPU:" in result.stdout
     assert result.stdout.count("GFLOP/s; fully connected") == 2 and "fp32 floor" in result.stdout
@@ -108,7 +146,9 @@ def test_bound_ort_run_gives_the_sessions_own_logits(tiny_export):
     for batch in (1, 8):
         bound = BoundOrtRun(session, engine, inputs, batch)
         bound()
-        np.testing.assert_allclose(bound.logits(), session.run(None, {"images": inputs[:batch]})[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            bound.logits(), session.run(None, {"images": inputs[:batch]})[0], rtol=1e-6, atol=1e-6
+        )
 
 
 @pytest.mark.gpu
@@ -118,7 +158,10 @@ def test_cuda_graph_engine_replays_the_right_graph_per_batch_size(tiny_export):
     plain, graphed = engine_session(model_path, plain_engine), engine_session(model_path, graph_engine)
     inputs = _test_inputs(8)
     for batch in (1, 8):
-        reference, replayed = BoundOrtRun(plain, plain_engine, inputs, batch), BoundOrtRun(graphed, graph_engine, inputs, batch)
+        reference, replayed = (
+            BoundOrtRun(plain, plain_engine, inputs, batch),
+            BoundOrtRun(graphed, graph_engine, inputs, batch),
+        )
         for _ in range(3):  # warm-up, capture, replay
             reference()
             replayed()

@@ -30,7 +30,9 @@ def perturbed(tiny_export, tmp_path_factory):
 
 def test_torch_and_onnxruntime_agree_on_the_real_test_set(tiny_export, tiny_checkpoint, tmp_path):
     result, _ = tiny_export
-    report = run_check(result.model_path, tiny_checkpoint, CheckConfig(provider="cpu", images=2000), report_dir=tmp_path)
+    report = run_check(
+        result.model_path, tiny_checkpoint, CheckConfig(provider="cpu", images=2000), report_dir=tmp_path
+    )
     assert report, report.format()
     names = [r.name for r in report.results]
     assert names == ["fp32", "fp16", "int8"]
@@ -43,8 +45,17 @@ def test_torch_and_onnxruntime_agree_on_the_real_test_set(tiny_export, tiny_chec
 
 
 def test_a_perturbed_model_fails_the_check_with_its_numbers(perturbed, tiny_checkpoint, tmp_path):
-    result = cli("check", "--model", str(perturbed), "--checkpoint", str(tiny_checkpoint), "--images", "500",
-                 "--report-dir", str(tmp_path))  # fmt: skip
+    result = cli(
+        "check",
+        "--model",
+        str(perturbed),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--images",
+        "500",
+        "--report-dir",
+        str(tmp_path),
+    )
     assert result.returncode == 4
     assert "fp32: 500 images, max |diff|" in result.stdout and "FAILED: max |logit difference|" in result.stdout
     assert result.stderr.strip() == "error: parity check failed for fp32"
@@ -52,15 +63,31 @@ def test_a_perturbed_model_fails_the_check_with_its_numbers(perturbed, tiny_chec
 
 
 def test_localize_names_the_perturbed_layer(perturbed, tiny_checkpoint, tmp_path):
-    report = run_check(perturbed, tiny_checkpoint, CheckConfig(provider="cpu", images=64, localize=True), report_dir=tmp_path)
+    report = run_check(
+        perturbed, tiny_checkpoint, CheckConfig(provider="cpu", images=64, localize=True), report_dir=tmp_path
+    )
     assert report.first_bad_layer is not None
     assert report.first_bad_layer.layer == "features.2.2 (ReLU)"  # the ReLU right after the third convolution
     before = report.layers[: report.layers.index(report.first_bad_layer)]
-    assert [d.layer for d in before] == ["features.0.2 (ReLU)", "features.0.3 (MaxPool2d)", "features.1.2 (ReLU)",
-                                         "features.1.3 (MaxPool2d)"]  # fmt: skip
+    assert [d.layer for d in before] == [
+        "features.0.2 (ReLU)",
+        "features.0.3 (MaxPool2d)",
+        "features.1.2 (ReLU)",
+        "features.1.3 (MaxPool2d)",
+    ]
     assert all(d.relative < 1e-5 for d in before) and report.first_bad_layer.relative > 0.01
-    result = cli("check", "--model", str(perturbed), "--checkpoint", str(tiny_checkpoint), "--images", "64",
-                 "--localize", "--report-dir", str(tmp_path))  # fmt: skip
+    result = cli(
+        "check",
+        "--model",
+        str(perturbed),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--images",
+        "64",
+        "--localize",
+        "--report-dir",
+        str(tmp_path),
+    )
     assert result.returncode == 4 and "first layer over tolerance: features.2.2 (ReLU)" in result.stderr
 
 

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from vggdeploy.data import CLASS_NAMES, SPLITS, Augmentation, iterate_batches, load_split, read_idx, to_model_input
+from vggdeploy.data import CLASS_NAMES, SPLITS, Augmentation, iterate_batches, load_split, read_idx, to_input_tensor
 from vggdeploy.errors import DataError
-from vggdeploy.preprocess import PreprocessSpec
-from vggdeploy.preprocess import to_model_input as numpy_model_input
+from vggdeploy.preprocess import PreprocessSpec, to_model_input
 
 
 def test_real_files_load_with_balanced_labels(data_dir, test_split):
@@ -59,7 +58,7 @@ def test_missing_file_and_directory(tmp_path, data_dir):
         load_split("test", tmp_path / "nowhere")
     _copy_split(data_dir, tmp_path)
     (tmp_path / SPLITS["test"][0].name).unlink()
-    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: missing"):
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: missing"):
         load_split("test", tmp_path)
 
 
@@ -67,8 +66,8 @@ def test_missing_file_and_directory(tmp_path, data_dir):
 def test_torch_and_numpy_preprocessing_are_the_same_function(test_split, height, width):
     images = test_split[0][:32]
     spec = PreprocessSpec(height, width)
-    on_torch = to_model_input(images, spec).numpy()
-    on_numpy = numpy_model_input([image.numpy().astype(np.float32) / 255 for image in images], spec)
+    on_torch = to_input_tensor(images, spec).numpy()
+    on_numpy = to_model_input([image.numpy().astype(np.float32) / 255 for image in images], spec)
     assert on_torch.shape == on_numpy.shape == (32, 1, height, width)
     np.testing.assert_allclose(on_torch, on_numpy, atol=1e-5)
 
@@ -94,7 +93,7 @@ def test_augmentation_keeps_shapes_and_changes_pixels(test_split):
     shifted = augmentation.apply_source(images, generator)
     assert shifted.shape == images.shape and shifted.dtype == torch.uint8
     assert not torch.equal(shifted, images)
-    batch = to_model_input(shifted, PreprocessSpec(32, 32))
+    batch = to_input_tensor(shifted, PreprocessSpec(32, 32))
     erased = augmentation.apply_input(batch, generator)
     assert ((erased == 0) & (batch != 0)).flatten(1).any(1).all()  # every image got a rectangle
     assert torch.equal(Augmentation(flip=False, shift=0).apply_source(images, generator), images)

@@ -11,8 +11,9 @@ from vggdeploy.checkpoint import load_checkpoint
 from vggdeploy.contract import BATCH_AXIS, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME
 from vggdeploy.data import CLASS_NAMES
 from vggdeploy.errors import UsageError
+from vggdeploy.onnx_file import read_metadata
 from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
-from vggdeploy.runtime import SessionOptions, create_session, read_metadata
+from vggdeploy.runtime import ProviderSettings, create_session
 
 
 def cli(*args):
@@ -20,12 +21,12 @@ def cli(*args):
 
 
 def test_dynamic_batch_survives_simplification(tiny_export, test_split):
-    result, out = tiny_export
+    result, _out = tiny_export
     proto = onnx.load(str(result.model_path))
     for value in (*proto.graph.input, *proto.graph.output):
         assert value.type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS
     assert [i.name for i in proto.graph.input] == [INPUT_NAME] and [o.name for o in proto.graph.output] == [OUTPUT_NAME]
-    session = create_session(result.model_path, SessionOptions(provider="cpu"))
+    session = create_session(result.model_path, ProviderSettings(provider="cpu"))
     inputs = to_model_input([i.numpy() / 255.0 for i in test_split[0][:7]], PreprocessSpec(32, 32))
     singles = np.concatenate([session.run(None, {INPUT_NAME: inputs[i : i + 1]})[0] for i in range(7)])
     for size in (1, 2, 7):
@@ -56,8 +57,12 @@ def test_metadata_is_complete_json_and_matches_the_checkpoint(tiny_export, tiny_
     assert {k: v for k, v in metadata["model"].items() if k != "name"} == state["model_args"].to_dict()
     assert metadata["training"]["test_accuracy"] == state["test_accuracy"]
     assert metadata["preprocessing"]["resize"] == {
-        "method": "bilinear", "coordinate_transformation": "half_pixel", "antialias": False, "height": 32, "width": 32,
-    }  # fmt: skip
+        "method": "bilinear",
+        "coordinate_transformation": "half_pixel",
+        "antialias": False,
+        "height": 32,
+        "width": 32,
+    }
     assert metadata["export"]["opset"] == 18 and metadata["export"]["variant"] == "fp32"
     assert set(metadata["export"]["versions"]) >= {"torch", "onnx", "onnxruntime", "onnxsim"}
     assert metadata["parity"]["max_abs_diff"] == result.parity.max_abs_diff
@@ -89,14 +94,16 @@ def test_preprocessing_variant_matches_python_preprocessing(tiny_export, tmp_pat
     assert variant.parity.max_abs_diff < 1e-3
     metadata = read_metadata(variant.path)
     assert metadata["io"]["input"] == {**metadata["io"]["input"], "name": "images_uint8", "dtype": "uint8"}
-    raw_session = create_session(variant.path, SessionOptions(provider="cpu"))
-    fp32_session = create_session(result.model_path, SessionOptions(provider="cpu"))
+    raw_session = create_session(variant.path, ProviderSettings(provider="cpu"))
+    fp32_session = create_session(result.model_path, ProviderSettings(provider="cpu"))
     golden = sorted((out / "onnx" / "golden").glob("*.png"))[0]
     for size in [(28, 28), (50, 37), (13, 20), (300, 200)]:  # any height and width, up- and down-sampling
         image = Image.open(golden).resize(size, Image.NEAREST)
         gray = np.asarray(image, dtype=np.uint8)
         probabilities = raw_session.run(None, {"images_uint8": gray[None]})[0]
-        logits = fp32_session.run(None, {INPUT_NAME: to_model_input([gray / np.float32(255)], PreprocessSpec(32, 32))})[0]
+        logits = fp32_session.run(None, {INPUT_NAME: to_model_input([gray / np.float32(255)], PreprocessSpec(32, 32))})[
+            0
+        ]
         expected = np.exp(logits) / np.exp(logits).sum()
         np.testing.assert_allclose(probabilities, expected, atol=1e-4)
 
@@ -112,7 +119,7 @@ def test_preprocessing_resize_needs_no_shape_arithmetic_from_opset_18(tiny_expor
     fp32.opset_import[0].version = 17
     older = with_preprocessing(fp32, PreprocessSpec(32, 32))
     assert "Shape" in {n.op_type for n in older.graph.node}
-    sessions = [create_session(m.SerializeToString(), SessionOptions(provider="cpu")) for m in (variant, older)]
+    sessions = [create_session(m.SerializeToString(), ProviderSettings(provider="cpu")) for m in (variant, older)]
     images = np.random.default_rng(0).integers(0, 256, (3, 45, 19), dtype=np.uint8)
     new, old = (session.run(None, {"images_uint8": images})[0] for session in sessions)
     np.testing.assert_allclose(new, old, atol=1e-6)
@@ -122,7 +129,7 @@ def test_golden_vectors_reproduce_through_the_files(tiny_export):
     result, out = tiny_export
     golden = json.loads((out / "onnx" / "golden" / "golden.json").read_text())
     assert len(golden["images"]) == 10 and {e["label"] for e in golden["images"]} == set(range(10))
-    session = create_session(result.model_path, SessionOptions(provider="cpu"))
+    session = create_session(result.model_path, ProviderSettings(provider="cpu"))
     for entry in golden["images"]:
         gray = decode_grayscale(out / "onnx" / "golden" / entry["file"])
         logits = session.run(None, {INPUT_NAME: to_model_input([gray], PreprocessSpec(32, 32))})[0][0]
@@ -133,7 +140,7 @@ def test_triton_config_parses_with_tritons_own_protobuf(tiny_export):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    result, out = tiny_export
+    _result, out = tiny_export
     folders = list((out / "triton").iterdir())
     assert len(folders) == 1
     config = text_format.Parse((folders[0] / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
@@ -177,8 +184,12 @@ def test_bad_export_input_is_one_line_and_leaves_no_onnx(problem, tiny_checkpoin
         checkpoint.write_bytes(data)
         out = "/proc/not-writable"
     result = cli("export", "--checkpoint", str(checkpoint), "--out", str(out), *args)
-    expected = {"missing": "no such checkpoint", "truncated": "truncated or not a checkpoint",
-                "other-arch": "holds architecture A, not D", "unwritable": "cannot write to output directory"}  # fmt: skip
+    expected = {
+        "missing": "no such checkpoint",
+        "truncated": "truncated or not a checkpoint",
+        "other-arch": "holds architecture A, not D",
+        "unwritable": "cannot write to output directory",
+    }
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1 and expected[problem] in result.stderr
     assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.tmp"))
@@ -208,8 +219,21 @@ def test_readme_documents_every_metadata_key():
 
 
 def test_export_report_tables_keep_their_columns_and_no_simplify_says_so(tiny_checkpoint, tmp_path):
-    result = cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--no-simplify", "--int8",
-                 "--parity-images", "32", "--audit-batches", "1,2", "--variant-images", "64")  # fmt: skip
+    result = cli(
+        "export",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--out",
+        str(tmp_path),
+        "--no-simplify",
+        "--int8",
+        "--parity-images",
+        "32",
+        "--audit-batches",
+        "1,2",
+        "--variant-images",
+        "64",
+    )
     assert result.returncode == 0, result.stderr
     assert "not simplified (--no-simplify)" in result.stdout and "-> simplified" not in result.stdout
     report = (tmp_path / "export_report.md").read_text()

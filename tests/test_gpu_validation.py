@@ -16,13 +16,26 @@ import parts  # noqa: E402
 
 
 def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
-    result = subprocess.run([str(ROOT / "scripts" / "gpu" / "validate.sh"), "--rehearse", "all", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "gpu" / "validate.sh"), "--rehearse", "all", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-report.json").read_text())
     assert report["profile"] == "cpu-rehearsal" and report["stages"] == ["runtime", "train"]
-    names = ["seed-train", "seed-export", "seed-check", "bench-model-train", "bench-model-export", "bench", "pytest-gpu",
-             "full-train"]  # fmt: skip
+    names = [
+        "seed-train",
+        "seed-export",
+        "seed-check",
+        "bench-model-train",
+        "bench-model-export",
+        "bench",
+        "pytest-gpu",
+        "full-train",
+    ]
     assert [step["name"] for step in report["steps"]] == names
     for step in report["steps"]:
         assert step["returncode"] == 0 and step["seconds"] > 0 and step["command"].startswith("python -m ")
@@ -33,7 +46,9 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     assert check["provider"] == "cpu" and [r["name"] for r in check["results"]] == ["fp32", "fp16", "int8"]
     assert check["results"][0]["images"] == 256 and check["results"][0]["max_abs_diff"] < 1e-3
     bench = report["figures"]["bench"]["measurements"]
-    assert {(m["engine"], m["batch"]) for m in bench} == {(e, b) for e in ("torch-cpu-fp32", "ort-cpu-fp32") for b in (1, 8)}
+    assert {(m["engine"], m["batch"]) for m in bench} == {
+        (e, b) for e in ("torch-cpu-fp32", "ort-cpu-fp32") for b in (1, 8)
+    }
     timeline = report["figures"]["full_train"]["accuracy_against_time"]
     assert [row["epoch"] for row in timeline] == [1, 2]
     assert 0 < timeline[0]["elapsed_seconds"] < timeline[1]["elapsed_seconds"]
@@ -58,10 +73,13 @@ def packed(tmp_path):
     """Two fake wheels (one holding the excluded TensorRT library) and a data folder, packed into 1 KiB parts."""
     wheels = []
     for name, files in {
-        "fakeort-1.0-py3-none-any.whl": {"fakeort/__init__.py": "VALUE = 42\n",
-                                         parts.EXCLUDED[0]: "never carried", "fakeort/blob.bin": os.urandom(3000)},
+        "fakeort-1.0-py3-none-any.whl": {
+            "fakeort/__init__.py": "VALUE = 42\n",
+            parts.EXCLUDED[0]: "never carried",
+            "fakeort/blob.bin": os.urandom(3000),
+        },
         "fakesim-1.0-py3-none-any.whl": {"fakesim/__init__.py": "from fakeort import VALUE\n"},
-    }.items():  # fmt: skip
+    }.items():
         path = tmp_path / name
         with zipfile.ZipFile(path, "w") as archive:
             for member, content in files.items():
@@ -96,10 +114,16 @@ def test_parts_arrive_one_per_call_and_install_when_complete(packed, capsys):
             assert status == 0 and f"all {len(carried)} joined and installed" in line
     assert not (state / "site" / parts.EXCLUDED[0]).exists()
     assert sorted(p.name for p in (state / "data").iterdir()) == sorted(parts.DATA_FILES)
-    imported = subprocess.run([sys.executable, "-c", "import fakesim; print(fakesim.VALUE)"], capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": str(state / "site")})  # fmt: skip
+    imported = subprocess.run(
+        [sys.executable, "-c", "import fakesim; print(fakesim.VALUE)"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(state / "site")},
+    )
     assert imported.stdout.strip() == "42", imported.stderr
-    assert parts.receive(root / "empty", state) == 0 and "parts: installed in" in capsys.readouterr().out  # a later call
+    assert (
+        parts.receive(root / "empty", state) == 0 and "parts: installed in" in capsys.readouterr().out
+    )  # a later call
 
 
 def test_a_corrupt_part_is_refused_by_name(packed):
@@ -115,7 +139,12 @@ def test_a_stage_before_every_part_arrived_says_what_to_carry(packed, tmp_path):
     (only_first / "p1").mkdir(parents=True)
     for file in carried[0].parent.iterdir():
         (only_first / "p1" / file.name).write_bytes(file.read_bytes())
-    env = {**os.environ, "VGGDEPLOY_GPU_PARTS": str(only_first), "VGGDEPLOY_GPU_STATE": str(root / "state"), "OUT": str(tmp_path)}
+    env = {
+        **os.environ,
+        "VGGDEPLOY_GPU_PARTS": str(only_first),
+        "VGGDEPLOY_GPU_STATE": str(root / "state"),
+        "OUT": str(tmp_path),
+    }
     script = str(ROOT / "scripts" / "gpu" / "validate.sh")
     received = subprocess.run([script, "receive"], capture_output=True, text=True, env=env, timeout=60)
     assert received.returncode == 0 and f"1 of {len(carried)} here" in received.stdout

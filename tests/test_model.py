@@ -49,9 +49,16 @@ def test_classifier_is_sized_from_the_feature_map():
 def test_shape_walk_of_A_at_224_matches_the_seeds():
     summary = summarize(ModelArgs(arch="A"))
     assert [s.shape for s in summary.shapes] == [
-        (64, 112, 112), (128, 56, 56), (256, 28, 28), (512, 14, 14), (512, 7, 7),
-        (25088,), (4096,), (4096,), (10,),
-    ]  # fmt: skip
+        (64, 112, 112),
+        (128, 56, 56),
+        (256, 28, 28),
+        (512, 14, 14),
+        (512, 7, 7),
+        (25088,),
+        (4096,),
+        (4096,),
+        (10,),
+    ]
     assert summary.parameters == 128_806_154
     assert summary.gflops == pytest.approx(15.09, abs=0.01)
     text = summary.format()
@@ -77,9 +84,15 @@ def test_kaiming_initialisation():
 
 @pytest.mark.parametrize(
     ("name", "parsed"),
-    [("A", ("A", None)), ("a-lrn", ("A-LRN", None)), ("vgg11", ("A", False)), ("vgg16_bn", ("D", True)),
-     ("VGG19_BN", ("E", True)), ("vgg16_c", ("C", False))],
-)  # fmt: skip
+    [
+        ("A", ("A", None)),
+        ("a-lrn", ("A-LRN", None)),
+        ("vgg11", ("A", False)),
+        ("vgg16_bn", ("D", True)),
+        ("VGG19_BN", ("E", True)),
+        ("vgg16_c", ("C", False)),
+    ],
+)
 def test_friendly_names(name, parsed):
     assert parse_arch(name) == parsed
 

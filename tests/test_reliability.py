@@ -57,8 +57,10 @@ def _corrupt_png_crc(data: bytes) -> bytes:
 def _bomb_png(side: int) -> bytes:
     """A valid PNG of side x side black pixels: a few hundred KB that would decode to side^2 bytes."""
     raw = zlib.compress(b"".join(b"\x00" + bytes(side) for _ in range(side)), 9)
+
     def chunk(kind, data):
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
     header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
@@ -70,12 +72,15 @@ def image_corpus(tmp_path_factory, test_split):
     gray = Image.fromarray(test_split[0][0].numpy(), mode="L")
     rgb = Image.merge("RGB", [gray] * 3)
     good = {
-        "gray.png": _png_bytes(gray), "rgba.png": _png_bytes(rgb.convert("RGBA")),
+        "gray.png": _png_bytes(gray),
+        "rgba.png": _png_bytes(rgb.convert("RGBA")),
         "sixteen.png": _png_bytes(Image.fromarray(test_split[0][0].numpy().astype(np.uint16) * 257)),
-        "palette.png": _png_bytes(rgb.convert("P")), "cmyk.jpg": _png_bytes(rgb.convert("CMYK"), format="JPEG"),
-        "photo.jpg": _png_bytes(rgb, format="JPEG"), "tiny-1x1.png": _png_bytes(Image.new("L", (1, 1), 200)),
+        "palette.png": _png_bytes(rgb.convert("P")),
+        "cmyk.jpg": _png_bytes(rgb.convert("CMYK"), format="JPEG"),
+        "photo.jpg": _png_bytes(rgb, format="JPEG"),
+        "tiny-1x1.png": _png_bytes(Image.new("L", (1, 1), 200)),
         "large-4000x3000.jpg": _png_bytes(rgb.resize((4000, 3000)), format="JPEG", quality=70),
-    }  # fmt: skip
+    }
     jpeg = good["photo.jpg"]
     bad = {
         "empty.png": (b"", "not an image"),
@@ -112,8 +117,17 @@ def test_empty_folder_and_missing_glob(tmp_path, tiny_export):
 def test_fuzz_image_to_tensor(data, tmp_path_factory):
     """Random bytes and mutated real PNG/JPEG/BMP/GIF files: a finite tensor or the documented DataError."""
     seed = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4, mode="L")
-    base = data.draw(st.sampled_from([_png_bytes(seed), _png_bytes(seed, format="JPEG"), _png_bytes(seed, format="BMP"),
-                                      _png_bytes(seed, format="GIF"), b""]))  # fmt: skip
+    base = data.draw(
+        st.sampled_from(
+            [
+                _png_bytes(seed),
+                _png_bytes(seed, format="JPEG"),
+                _png_bytes(seed, format="BMP"),
+                _png_bytes(seed, format="GIF"),
+                b"",
+            ]
+        )
+    )
     blob = bytearray(base)
     for _ in range(data.draw(st.integers(0, 8))):
         if blob and data.draw(st.booleans()):
@@ -131,7 +145,9 @@ def test_fuzz_image_to_tensor(data, tmp_path_factory):
 
 def _external_data_model(source: Path, folder: Path, location: str) -> Path:
     proto = onnx.load(str(source))
-    onnx.external_data_helper.convert_model_to_external_data(proto, all_tensors_to_one_file=True, location="weights.bin")
+    onnx.external_data_helper.convert_model_to_external_data(
+        proto, all_tensors_to_one_file=True, location="weights.bin"
+    )
     folder.mkdir(parents=True)
     onnx.save(proto, str(folder / "model.onnx"))
     for tensor in proto.graph.initializer:
@@ -145,9 +161,9 @@ def _external_data_model(source: Path, folder: Path, location: str) -> Path:
 def test_model_corpus_through_run_and_check(tiny_export, tmp_path, image_corpus):
     model = tiny_export[0].model_path
     folder = image_corpus[0]
-    (tmp_path / "cut.onnx").write_bytes(model.read_bytes()[: 5000])
+    (tmp_path / "cut.onnx").write_bytes(model.read_bytes()[:5000])
     proto = onnx.load(str(model))
-    for dim, value in zip(proto.graph.input[0].type.tensor_type.shape.dim[2:], (64, 64)):
+    for dim, value in zip(proto.graph.input[0].type.tensor_type.shape.dim[2:], (64, 64), strict=True):
         dim.dim_value = value
     onnx.save(proto, str(tmp_path / "other-shape.onnx"))
     proto = onnx.load(str(model))
@@ -164,7 +180,10 @@ def test_model_corpus_through_run_and_check(tiny_export, tmp_path, image_corpus)
         absolute: "external data outside the model's folder",
     }
     for path, problem in cases.items():
-        for command in (["run", str(folder / "gray.png"), "--model", str(path)], ["check", "--model", str(path), "--images", "10"]):
+        for command in (
+            ["run", str(folder / "gray.png"), "--model", str(path)],
+            ["check", "--model", str(path), "--images", "10"],
+        ):
             assert_clean_failure(cli(*command), (f"{path}: ", problem))
 
 
@@ -177,7 +196,10 @@ def test_checkpoint_corpus_through_export(tiny_checkpoint, tmp_path):
     (tmp_path / "other.pt").write_bytes(data)
     (tmp_path / "text.pt").write_text("not a checkpoint")
     cases = [
-        (["--checkpoint", str(evil)], f"{evil}: refused, it holds objects that are not plain data (a pickled posix.system)"),
+        (
+            ["--checkpoint", str(evil)],
+            f"{evil}: refused, it holds objects that are not plain data (a pickled posix.system)",
+        ),
         (["--checkpoint", str(tmp_path / "cut.pt")], "cut.pt: truncated or not a checkpoint"),
         (["--checkpoint", str(tmp_path / "text.pt")], "text.pt: truncated or not a checkpoint"),
         (["--checkpoint", str(tmp_path / "other.pt"), "--arch", "E"], "other.pt: holds architecture A, not E"),
@@ -225,13 +247,33 @@ def test_data_corpus_through_train(tmp_path, data_dir):
 
 # --- interrupted training -------------------------------------------------------------------------------------
 
-TINY_TRAIN = ["--preset", "quick", "--width-ratio", "8", "--hidden", "64", "--batch-size", "64", "--lr", "0.1",
-              "--train-limit", "6000", "--test-limit", "500", "--device", "cpu"]  # fmt: skip
+TINY_TRAIN = [
+    "--preset",
+    "quick",
+    "--width-ratio",
+    "8",
+    "--hidden",
+    "64",
+    "--batch-size",
+    "64",
+    "--lr",
+    "0.1",
+    "--train-limit",
+    "6000",
+    "--test-limit",
+    "500",
+    "--device",
+    "cpu",
+]
 
 
 def _train(out: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen([*VGGDEPLOY, "train", *TINY_TRAIN, "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [*VGGDEPLOY, "train", *TINY_TRAIN, "--out", str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(condition, timeout=120.0):
@@ -322,15 +364,40 @@ def test_sigkill_while_writing_a_checkpoint_never_leaves_a_broken_one(tmp_path):
 
 # --- concurrency and confinement -------------------------------------------------------------------------------
 
+
 def test_two_runs_and_a_bench_at_the_same_time(tiny_export, tiny_checkpoint, tmp_path):
     model = tiny_export[0].model_path
     golden = model.parent / "golden"
-    processes = [subprocess.Popen([*VGGDEPLOY, "run", str(golden), "--model", str(model), "--json"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
-    processes.append(subprocess.Popen(
-        [*VGGDEPLOY, "bench", "--model", str(model), "--checkpoint", str(tiny_checkpoint), "--batch-sizes", "1,4",
-         "--seconds", "0.3", "--report-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [*VGGDEPLOY, "run", str(golden), "--model", str(model), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    processes.append(
+        subprocess.Popen(
+            [
+                *VGGDEPLOY,
+                "bench",
+                "--model",
+                str(model),
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--batch-sizes",
+                "1,4",
+                "--seconds",
+                "0.3",
+                "--report-dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
     outputs = [p.communicate(timeout=300) for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], [err for _, err in outputs]
     assert json.loads(outputs[0][0])["predictions"] == json.loads(outputs[1][0])["predictions"]
@@ -339,8 +406,18 @@ def test_two_runs_and_a_bench_at_the_same_time(tiny_export, tiny_checkpoint, tmp
 
 def test_two_exports_to_one_path_never_interleave(tiny_checkpoint, tmp_path):
     out = tmp_path / "shared"
-    args = [*VGGDEPLOY, "export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--parity-images", "32",
-            "--audit-batches", "1,2,7"]  # fmt: skip
+    args = [
+        *VGGDEPLOY,
+        "export",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--parity-images",
+        "32",
+        "--audit-batches",
+        "1,2,7",
+    ]
     processes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     assert [p.wait(timeout=300) for p in processes] == [0, 0]
     proto = onnx.load(str(out / "model.onnx"))
@@ -352,8 +429,17 @@ def test_two_exports_to_one_path_never_interleave(tiny_checkpoint, tmp_path):
 def test_export_writes_only_inside_its_output_folder(tiny_checkpoint, tmp_path):
     (tmp_path / "work").mkdir()
     before = set(tmp_path.rglob("*"))
-    result = cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "work" / "out"),
-                 "--parity-images", "16", "--audit-batches", "1,2")  # fmt: skip
+    result = cli(
+        "export",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--out",
+        str(tmp_path / "work" / "out"),
+        "--parity-images",
+        "16",
+        "--audit-batches",
+        "1,2",
+    )
     assert result.returncode == 0, result.stderr
     created = set(tmp_path.rglob("*")) - before
     assert created and all(path.is_relative_to(tmp_path / "work" / "out") for path in created)

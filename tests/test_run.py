@@ -7,12 +7,12 @@ import onnx
 import pytest
 from PIL import Image
 
-from vggdeploy.preprocess import decode_grayscale
 from vggdeploy import runtime
 from vggdeploy.errors import ProviderUnavailable
+from vggdeploy.preprocess import decode_grayscale
 from vggdeploy.runtime import (
     Placement,
-    SessionOptions,
+    ProviderSettings,
     create_session,
     cuda_driver_present,
     node_placements,
@@ -51,7 +51,9 @@ def test_table_output_and_the_preprocessing_variant(golden, tiny_export):
     raw = cli("run", str(first), "--model", str(tiny_export[0].variants["preprocess"].path), "--json", "--top-k", "1")
     from vggdeploy.data import CLASS_NAMES
 
-    assert json.loads(raw.stdout)["predictions"][0]["top"][0]["label"] == CLASS_NAMES[expected["images"][0]["predicted"]]
+    assert (
+        json.loads(raw.stdout)["predictions"][0]["top"][0]["label"] == CLASS_NAMES[expected["images"][0]["predicted"]]
+    )
 
 
 def _image_in_every_mode(gray: np.ndarray, folder):
@@ -61,11 +63,18 @@ def _image_in_every_mode(gray: np.ndarray, folder):
     rgba = rgb.copy()
     rgba.putalpha(255)
     files = {
-        "gray.png": base, "rgb.png": rgb, "rgba.png": rgba, "la.png": base.convert("LA"),
-        "palette.png": rgb.convert("P", palette=Image.ADAPTIVE, colors=256), "gray.bmp": base,
-        "rgb.webp": rgb, "rgb.jpg": rgb, "cmyk.jpg": rgb.convert("CMYK"), "gray.tif": base,
+        "gray.png": base,
+        "rgb.png": rgb,
+        "rgba.png": rgba,
+        "la.png": base.convert("LA"),
+        "palette.png": rgb.convert("P", palette=Image.ADAPTIVE, colors=256),
+        "gray.bmp": base,
+        "rgb.webp": rgb,
+        "rgb.jpg": rgb,
+        "cmyk.jpg": rgb.convert("CMYK"),
+        "gray.tif": base,
         "sixteen.png": Image.fromarray(gray.astype(np.uint16) * 257),
-    }  # fmt: skip
+    }
     exact = {"gray.png", "rgb.png", "rgba.png", "la.png", "gray.bmp", "gray.tif", "sixteen.png", "rgb.webp"}
     for name, image in files.items():
         kwargs = {"lossless": True} if name.endswith(".webp") else {"quality": 95} if name.endswith(".jpg") else {}
@@ -103,13 +112,24 @@ def test_bad_files_are_named_and_the_good_ones_still_run(golden, tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.png").write_text("not an image")
     (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
-    result = cli("run", str(good), str(tmp_path / "empty.png"), str(tmp_path / "text.png"), str(tmp_path / "cut.png"),
-                 str(tmp_path / "absent.png"), "--model", str(model), "--json")  # fmt: skip
+    result = cli(
+        "run",
+        str(good),
+        str(tmp_path / "empty.png"),
+        str(tmp_path / "text.png"),
+        str(tmp_path / "cut.png"),
+        str(tmp_path / "absent.png"),
+        "--model",
+        str(model),
+        "--json",
+    )
     assert result.returncode == 3
     assert len(json.loads(result.stdout)["predictions"]) == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 4 and "Traceback" not in result.stderr
-    assert any("absent.png: no such file" in e for e in errors) and any("cut.png: truncated or corrupt" in e for e in errors)
+    assert any("absent.png: no such file" in e for e in errors) and any(
+        "cut.png: truncated or corrupt" in e for e in errors
+    )
 
 
 def test_decompression_bomb_limit(golden, tmp_path):
@@ -123,10 +143,12 @@ def test_decompression_bomb_limit(golden, tmp_path):
 def test_cuda_requested_without_a_gpu_is_a_clear_error(golden):
     model, folder, _ = golden
     with pytest.raises(ProviderUnavailable, match="CUDA was asked for, but no NVIDIA driver"):
-        create_session(model, SessionOptions(provider="cuda"))
+        create_session(model, ProviderSettings(provider="cuda"))
     result = cli("run", str(folder), "--model", str(model), "--provider", "cuda")
     assert result.returncode == 6
-    assert result.stderr.strip() == "error: CUDA was asked for, but no NVIDIA driver with a GPU was found (libcuda.so.1)"
+    assert (
+        result.stderr.strip() == "error: CUDA was asked for, but no NVIDIA driver with a GPU was found (libcuda.so.1)"
+    )
 
 
 @pytest.mark.skipif(cuda_driver_present(), reason="this machine has a GPU")
@@ -135,7 +157,7 @@ def test_cuda_provider_that_cannot_start_is_a_clear_error(golden, monkeypatch):
     model, _, _ = golden
     monkeypatch.setattr(runtime, "cuda_driver_present", lambda: True)
     with pytest.raises(ProviderUnavailable, match=r"CUDA was asked for, but ONNX Runtime could not start it: .*\.so"):
-        create_session(model, SessionOptions(provider="cuda"))
+        create_session(model, ProviderSettings(provider="cuda"))
 
 
 def test_node_placements_come_from_onnx_runtimes_own_log(golden):
@@ -147,18 +169,26 @@ def test_node_placements_come_from_onnx_runtimes_own_log(golden):
 
 def test_nodes_left_on_the_cpu_are_named(monkeypatch):
     """The mixed-placement block as session_state.cc logs it (only a GPU machine can produce one for real)."""
-    prefix = "\x1b[0;36m2026-11-23 10:51:22.8978 [V:onnxruntime:, session_state.cc:1581 VerifyEachNodeIsAssignedToAnEp] "
-    log = [prefix + "Node placements",
-           prefix + " Node(s) placed on [CPUExecutionProvider]. Number of nodes: 2",
-           prefix + "  Shape (/Shape)", prefix + "  Gather (/Gather)",
-           prefix + " Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 25",
-           "2026-11-23 10:51:22.8979 [I:onnxruntime:, inference_session.cc:2200 Initialize] Session successfully initialized."]  # fmt: skip
+    prefix = (
+        "\x1b[0;36m2026-11-23 10:51:22.8978 [V:onnxruntime:, session_state.cc:1581 VerifyEachNodeIsAssignedToAnEp] "
+    )
+    log = [
+        prefix + "Node placements",
+        prefix + " Node(s) placed on [CPUExecutionProvider]. Number of nodes: 2",
+        prefix + "  Shape (/Shape)",
+        prefix + "  Gather (/Gather)",
+        prefix + " Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 25",
+        "2026-11-23 10:51:22.8979 [I:onnxruntime:, inference_session.cc:2200 Initialize] Session successfully initialized.",
+    ]
     placements = parse_node_placements(log)
-    assert placements == [Placement("CPUExecutionProvider", 2, ("Shape (/Shape)", "Gather (/Gather)")),
-                          Placement("CUDAExecutionProvider", 25)]  # fmt: skip
+    assert placements == [
+        Placement("CPUExecutionProvider", 2, ("Shape (/Shape)", "Gather (/Gather)")),
+        Placement("CUDAExecutionProvider", 25),
+    ]
     assert runtime._cpu_nodes_message(placements) == (
         "CUDA was asked for, but ONNX Runtime would run 2 of 27 nodes on the CPU: Shape (/Shape), Gather (/Gather) "
-        "(--provider auto accepts that fallback)")  # fmt: skip
+        "(--provider auto accepts that fallback)"
+    )
     assert "would leave nodes of this model to the CPU" in runtime._cpu_nodes_message([])
 
 
@@ -166,17 +196,20 @@ def test_nodes_left_on_the_cpu_are_named(monkeypatch):
 def test_strict_cuda_accepts_every_exported_variant_and_refuses_a_cpu_only_node(golden, tmp_path):
     model, _, _ = golden
     for name in ("model", "model.fp16", "model.int8", "model.preprocess"):  # every node of each on the GPU
-        session = create_session(model.with_name(f"{name}.onnx"), SessionOptions(provider="cuda"))
+        session = create_session(model.with_name(f"{name}.onnx"), ProviderSettings(provider="cuda"))
         assert session.get_providers()[0] == "CUDAExecutionProvider"
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Det", ["r"], ["y"], name="det")],
-                              "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Det", ["r"], ["y"], name="det")],
+        "det",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+    )
     path = tmp_path / "det.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
     with pytest.raises(ProviderUnavailable, match=r"would run \d+ of \d+ nodes on the CPU: .*Det \(det\)"):
-        create_session(path, SessionOptions(provider="cuda"))
+        create_session(path, ProviderSettings(provider="cuda"))
 
 
 def test_model_problems_are_one_line_errors(golden, tmp_path):
@@ -192,10 +225,15 @@ def test_model_problems_are_one_line_errors(golden, tmp_path):
     onnx.save(proto, str(tmp_path / "renamed.onnx"))
     _with_metadata(model, tmp_path / "resized.onnx", preprocessing=lambda p: p["resize"].update(height=64, width=64))
     _with_metadata(model, tmp_path / "labels.onnx", labels=lambda labels: labels.pop())
-    cases = {"cut.onnx": "not an ONNX model", "text.onnx": "not an ONNX model", "absent.onnx": "no such model file",
-             "bare.onnx": "no vggdeploy metadata", "renamed.onnx": "do not match its metadata",
-             "resized.onnx": "the metadata's preprocessing makes 1x64x64 inputs, but the graph takes 1x32x32",
-             "labels.onnx": "the metadata names 9 labels, but the graph outputs 10 classes"}  # fmt: skip
+    cases = {
+        "cut.onnx": "not an ONNX model",
+        "text.onnx": "not an ONNX model",
+        "absent.onnx": "no such model file",
+        "bare.onnx": "no vggdeploy metadata",
+        "renamed.onnx": "do not match its metadata",
+        "resized.onnx": "the metadata's preprocessing makes 1x64x64 inputs, but the graph takes 1x32x32",
+        "labels.onnx": "the metadata names 9 labels, but the graph outputs 10 classes",
+    }
     for name, message in cases.items():
         result = cli("run", str(folder), "--model", str(tmp_path / name))
         assert result.returncode == 3, name
@@ -216,8 +254,12 @@ def _with_metadata(source, target, **edits) -> None:
 def test_run_works_without_torch(golden):
     model, folder, _ = golden
     blocker = "import sys; sys.modules['torch'] = None; from vggdeploy.cli import main; main()"
-    result = subprocess.run([sys.executable, "-c", blocker, "run", str(folder), "--model", str(model), "--json"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", blocker, "run", str(folder), "--model", str(model), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["predictions"]) == 10
 
@@ -225,7 +267,10 @@ def test_run_works_without_torch(golden):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["bench", "--batch-sizes", "1,x"], "Invalid value for '--batch-sizes': must be comma-separated integers, got '1,x'"),
+        (
+            ["bench", "--batch-sizes", "1,x"],
+            "Invalid value for '--batch-sizes': must be comma-separated integers, got '1,x'",
+        ),
         (["export", "--audit-batches", "0,2"], "Invalid value for '--audit-batches': must be positive, got '0,2'"),
         (["run"], "Missing argument 'IMAGES...'."),
         (["--nope"], "No such option '--nope'"),
@@ -235,4 +280,8 @@ def test_click_usage_errors_are_one_line_too(args, message):
     result = cli(*args)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith(f"error: {message}") and "--help' " not in result.stderr and "--help')" in result.stderr
+    assert (
+        result.stderr.startswith(f"error: {message}")
+        and "--help' " not in result.stderr
+        and "--help')" in result.stderr
+    )

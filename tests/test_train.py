@@ -7,21 +7,28 @@ from pathlib import Path
 import pytest
 import torch
 
+from vggdeploy import train as train_module
 from vggdeploy.archs import ModelArgs
-from vggdeploy.checkpoint import load_checkpoint, load_model, save_checkpoint
+from vggdeploy.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 from vggdeploy.config import PRESETS, TrainConfig
 from vggdeploy.errors import DataError
 from vggdeploy.model import build_model
-from vggdeploy import train as train_module
 
 TINY = TrainConfig(
     model=ModelArgs(arch="A", batch_norm=True, width_ratio=8, hidden=64, dropout=0.0, image_size=32),
-    epochs=2, batch_size=64, lr=0.1, train_limit=3000, test_limit=500, eval_batch_size=250,
-)  # fmt: skip
+    epochs=2,
+    batch_size=64,
+    lr=0.1,
+    train_limit=3000,
+    test_limit=500,
+    eval_batch_size=250,
+)
 
 
 def run_cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +49,24 @@ def test_a_short_run_learns(trained):
 
 def test_checkpoint_rebuilds_the_model_alone(trained, test_split):
     result, out = trained
-    model, state = load_model(out / "checkpoints" / "best.pt")
+    model, state = rebuild_model(out / "checkpoints" / "best.pt")
     assert state["model_args"] == TINY.model
     assert state["test_accuracy"] == result.best_accuracy
     assert set(state["data_checksums"]) >= {"train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}
     assert state["versions"]["torch"] == torch.__version__
-    from vggdeploy.data import to_model_input
+    from vggdeploy.data import to_input_tensor
     from vggdeploy.preprocess import PreprocessSpec
 
     images, labels = test_split[0][:500], test_split[1][:500]
     with torch.no_grad():
-        logits = model(to_model_input(images, PreprocessSpec(32, 32)))
+        logits = model(to_input_tensor(images, PreprocessSpec(32, 32)))
     assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(result.best_accuracy, abs=1e-6)
 
 
 def test_saved_and_loaded_model_gives_identical_logits(tmp_path):
     model = build_model(TINY.model).eval()
     save_checkpoint(tmp_path / "m.pt", {"model_args": TINY.model.to_dict(), "model_state": model.state_dict()})
-    rebuilt, _ = load_model(tmp_path / "m.pt")
+    rebuilt, _ = rebuild_model(tmp_path / "m.pt")
     images = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(images), rebuilt(images))
@@ -104,8 +111,9 @@ def test_time_limit_stops_cleanly_mid_epoch_and_resume_finishes_the_run(trained,
         return schedule(config, step, total)
 
     monkeypatch.setattr(train_module, "learning_rate", counting_schedule)
-    monkeypatch.setattr(train_module._StopRequests, "elapsed",
-                        lambda self: 1e6 if steps["taken"] > steps_per_epoch + 5 else 1.0)  # fmt: skip
+    monkeypatch.setattr(
+        train_module._StopRequests, "elapsed", lambda self: 1e6 if steps["taken"] > steps_per_epoch + 5 else 1.0
+    )
     stopped = train_module.train(TINY, tmp_path, data_dir=data_dir, progress=False, time_limit=60)
     assert stopped.epochs_run == 1 and len(stopped.history) == 1
     assert stopped.stopped_early == f"stopped by the 60 s time limit in epoch 2 at step 6/{steps_per_epoch}"
@@ -125,9 +133,26 @@ def test_time_limit_stops_cleanly_mid_epoch_and_resume_finishes_the_run(trained,
 
 
 def test_time_limit_before_the_first_epoch_ends_says_how_to_continue(tmp_path):
-    result = run_cli("train", "--preset", "quick", "--width-ratio", "16", "--hidden", "32", "--epochs", "1",
-                     "--train-limit", "1000", "--test-limit", "100", "--out", str(tmp_path), "--quiet",
-                     "--time-limit", "1e-9")  # fmt: skip
+    result = run_cli(
+        "train",
+        "--preset",
+        "quick",
+        "--width-ratio",
+        "16",
+        "--hidden",
+        "32",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "1000",
+        "--test-limit",
+        "100",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--time-limit",
+        "1e-9",
+    )
     assert result.returncode == 130
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "stopped by the 1e-09 s time limit in epoch 1 at step 0/3, before any epoch ended" in result.stderr
@@ -138,29 +163,49 @@ def test_time_limit_before_the_first_epoch_ends_says_how_to_continue(tmp_path):
 def test_the_gpu_recipe_path_bf16_channels_last_compiled_runs_on_cpu(trained, tmp_path, data_dir, test_split):
     """The code path `full` takes on a GPU (bf16 autocast, channels_last, torch.compile), exercised on the CPU."""
     fp32, _ = trained
-    result = train_module.train(TINY.with_overrides(precision="bf16", compile=True), tmp_path, data_dir=data_dir, progress=False)
+    result = train_module.train(
+        TINY.with_overrides(precision="bf16", compile=True), tmp_path, data_dir=data_dir, progress=False
+    )
     assert result.best_accuracy > 0.6
     assert [h["train_loss"] for h in result.history] != [h["train_loss"] for h in fp32.history]  # bf16 did run
-    model, state = load_model(tmp_path / "checkpoints" / "best.pt")  # plain fp32 keys, no torch.compile wrapper
+    model, state = rebuild_model(tmp_path / "checkpoints" / "best.pt")  # plain fp32 keys, no torch.compile wrapper
     assert all(value.dtype == torch.float32 for value in state["model_state"].values() if value.is_floating_point())
-    from vggdeploy.data import to_model_input
+    from vggdeploy.data import to_input_tensor
     from vggdeploy.preprocess import PreprocessSpec
 
     with torch.no_grad():
-        logits = model(to_model_input(test_split[0][:500], PreprocessSpec(32, 32)))
+        logits = model(to_input_tensor(test_split[0][:500], PreprocessSpec(32, 32)))
     fp32_accuracy = (logits.argmax(1) == test_split[1][:500]).float().mean().item()
     assert fp32_accuracy == pytest.approx(result.best_accuracy, abs=0.02)  # evaluated in bf16 during training
 
 
 def test_resume_refuses_other_settings(trained, data_dir):
     _, out = trained
-    with pytest.raises(Exception, match="other settings .*lr"):
+    with pytest.raises(Exception, match=r"other settings .*lr"):
         train_module.train(TINY.with_overrides(lr=0.3), out, data_dir=data_dir, resume=True, progress=False)
 
 
 def test_nan_loss_stops_with_one_line_error(tmp_path):
-    result = run_cli("train", "--preset", "quick", "--width-ratio", "8", "--hidden", "64", "--lr", "1e6", "--epochs", "1",
-                     "--train-limit", "2000", "--test-limit", "200", "--out", str(tmp_path), "--quiet")  # fmt: skip
+    result = run_cli(
+        "train",
+        "--preset",
+        "quick",
+        "--width-ratio",
+        "8",
+        "--hidden",
+        "64",
+        "--lr",
+        "1e6",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "2000",
+        "--test-limit",
+        "200",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    )
     assert result.returncode == 5
     assert result.stderr.strip().startswith("error: the loss became nan") and "lower --lr" in result.stderr
     assert "Traceback" not in result.stderr
@@ -234,11 +279,37 @@ def test_two_process_gloo_run_under_torchrun(tmp_path, data_dir):
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "vggdeploy", "train", "--preset", "quick",
-         "--width-ratio", "8", "--hidden", "64", "--epochs", "1", "--train-limit", "2000", "--test-limit", "400",
-         "--device", "cpu", "--out", str(tmp_path), "--quiet"],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "vggdeploy",
+            "train",
+            "--preset",
+            "quick",
+            "--width-ratio",
+            "8",
+            "--hidden",
+            "64",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "2000",
+            "--test-limit",
+            "400",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("best test accuracy") == 1  # only rank 0 reports
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
@@ -256,8 +327,18 @@ def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_
     finished = run_cli("train", "--out", str(tmp_path / "run"), "--resume", "--quiet")
     assert finished.returncode == 2
     assert "has finished 2 epochs; pass --epochs N with N > 2 to train on" in finished.stderr
-    extended = run_cli("train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "3", "--quiet", "--json",
-                       "--data-dir", str(data_dir))  # fmt: skip
+    extended = run_cli(
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--resume",
+        "--epochs",
+        "3",
+        "--quiet",
+        "--json",
+        "--data-dir",
+        str(data_dir),
+    )
     assert extended.returncode == 0, extended.stderr
     summary = json.loads(extended.stdout)
     assert summary["epochs_run"] == 1 and summary["stopped_early"] is None

@@ -78,7 +78,7 @@ class ModelArgs:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelArgs":
+    def from_dict(cls, values: dict) -> ModelArgs:
         known = set(cls.__dataclass_fields__)
         unknown = set(values) - known
         if unknown:

@@ -33,16 +33,16 @@ class RunFolder:
         object.__setattr__(self, "path", Path(self.path))  # accept the str a CLI option gives
 
     @classmethod
-    def for_model(cls, model_name: str, root: str | Path = ROOT) -> "RunFolder":
+    def for_model(cls, model_name: str, root: str | Path = ROOT) -> RunFolder:
         return cls(Path(root) / model_name)
 
     @classmethod
-    def of_checkpoint(cls, checkpoint: str | Path) -> "RunFolder":
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunFolder:
         """``<run>/checkpoints/best.pt`` -> ``<run>``."""
         return cls(Path(checkpoint).parent.parent)
 
     @classmethod
-    def of_model(cls, model_path: str | Path) -> "RunFolder":
+    def of_model(cls, model_path: str | Path) -> RunFolder:
         """``<run>/onnx/model.onnx`` -> ``<run>``."""
         return cls(Path(model_path).parent.parent)
 

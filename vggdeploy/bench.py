@@ -9,28 +9,36 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from vggdeploy.artifacts import RunFolder, checkpoint_beside, reports_folder, sibling
-from vggdeploy.checkpoint import load_model as load_checkpoint_model
+from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.config import BenchConfig
 from vggdeploy.contract import model_args_from_metadata
-from vggdeploy.data import load_split, to_model_input
+from vggdeploy.data import load_split, to_input_tensor
 from vggdeploy.errors import ProviderUnavailable, UsageError
 from vggdeploy.graph import deployment_versions
 from vggdeploy.hardware import cpu_fp32_gflops, gpu_peak_tflops, peak_fraction, timed_runs
 from vggdeploy.model import summarize
+from vggdeploy.onnx_file import read_metadata
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import markdown_table, plot_bench, write_json, write_text
-from vggdeploy.runtime import SessionOptions, create_session, cuda_driver_present, read_metadata
+from vggdeploy.runtime import ProviderSettings, create_session, cuda_driver_present
 
 CPU_ENGINES = ("torch-cpu-fp32", "ort-cpu-fp32", "ort-cpu-int8")
-GPU_ENGINES = ("torch-cuda-fp32", "torch-cuda-tf32", "torch-cuda-fp16-cl", "ort-cuda-fp32", "ort-cuda-fp16", "ort-cuda-fp16-nhwc-graph")
+GPU_ENGINES = (
+    "torch-cuda-fp32",
+    "torch-cuda-tf32",
+    "torch-cuda-fp16-cl",
+    "ort-cuda-fp32",
+    "ort-cuda-fp16",
+    "ort-cuda-fp16-nhwc-graph",
+)
 COMPILE_ENGINE = "torch-cuda-fp16-compile"
 KNOWN_ENGINES = (*CPU_ENGINES, *GPU_ENGINES, COMPILE_ENGINE)
 
@@ -48,12 +56,19 @@ class Engine:
     compiled: bool = False  # torch "-compile": torch.compile max-autotune
 
     @classmethod
-    def parse(cls, name: str) -> "Engine":
+    def parse(cls, name: str) -> Engine:
         if name not in KNOWN_ENGINES:
             raise UsageError(f"unknown engine {name!r} (valid: {', '.join(KNOWN_ENGINES)})")
         framework, device, precision, *options = name.split("-")
-        return cls(name, framework, device, precision, channels_last=bool({"cl", "nhwc"} & set(options)),
-                   cuda_graph="graph" in options, compiled="compile" in options)  # fmt: skip
+        return cls(
+            name,
+            framework,
+            device,
+            precision,
+            channels_last=bool({"cl", "nhwc"} & set(options)),
+            cuda_graph="graph" in options,
+            compiled="compile" in options,
+        )
 
     @property
     def peak_precision(self) -> str:
@@ -93,9 +108,17 @@ class BenchReport:
 
     def format(self) -> str:
         columns = ["engine", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_second", "peak_fraction"]
-        cpu_peak = f" (CPU fp32 peak fraction: of a {self.cpu_peak_gflops:.0f} GFLOP/s matrix product measured here)" if self.cpu_peak_gflops else ""
-        text = f"bench of {self.model} on {self.device}{cpu_peak}\n" + markdown_table([asdict(m) for m in self.measurements], columns)
-        text += "\ncold start:\n" + markdown_table([asdict(c) for c in self.cold_starts], ["engine", "create_seconds", "first_run_seconds"])
+        cpu_peak = (
+            f" (CPU fp32 peak fraction: of a {self.cpu_peak_gflops:.0f} GFLOP/s matrix product measured here)"
+            if self.cpu_peak_gflops
+            else ""
+        )
+        text = f"bench of {self.model} on {self.device}{cpu_peak}\n" + markdown_table(
+            [asdict(m) for m in self.measurements], columns
+        )
+        text += "\ncold start:\n" + markdown_table(
+            [asdict(c) for c in self.cold_starts], ["engine", "create_seconds", "first_run_seconds"]
+        )
         text += "".join(f"\nskipped {engine}: {why}" for engine, why in self.skipped.items())
         return text
 
@@ -116,9 +139,11 @@ def _torch_runner(model: torch.nn.Module, engine: Engine, inputs: np.ndarray, ba
 
 
 def _prepare_torch(checkpoint: Path, engine: Engine) -> torch.nn.Module:
-    model, _ = load_checkpoint_model(checkpoint)
+    model, _ = rebuild_model(checkpoint)
     if engine.device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = engine.precision == "tf32"  # else strict fp32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = (
+            engine.precision == "tf32"
+        )  # else strict fp32
         torch.backends.cudnn.benchmark = True
         model = model.cuda()
         if engine.precision == "fp16":
@@ -139,7 +164,9 @@ def why_engine_cannot_run(engine: Engine, model_path: Path) -> str | None:
 
 
 def engine_session(model_path: Path, engine: Engine):
-    options = SessionOptions(provider=engine.device, prefer_nhwc=engine.channels_last, enable_cuda_graph=engine.cuda_graph)
+    options = ProviderSettings(
+        provider=engine.device, prefer_nhwc=engine.channels_last, enable_cuda_graph=engine.cuda_graph
+    )
     return create_session(engine_model(model_path, engine), options)
 
 
@@ -182,7 +209,9 @@ def device_name() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def _peak_fraction(engine: Engine, images_per_second: float, gflops: float, cpu_peak_gflops: float | None) -> float | None:
+def _peak_fraction(
+    engine: Engine, images_per_second: float, gflops: float, cpu_peak_gflops: float | None
+) -> float | None:
     if engine.device == "cpu":  # int8 has no fp32 peak to compare with
         return None if engine.precision == "int8" else peak_fraction(images_per_second, gflops, cpu_peak_gflops)
     peak = gpu_peak_tflops(torch.cuda.get_device_name(0), engine.peak_precision) if torch.cuda.is_available() else None
@@ -196,9 +225,12 @@ def default_engines(compile_torch: bool = False) -> tuple[str, ...]:
 
 
 def run_bench(
-    model_path: str | Path, checkpoint: str | Path | None = None, config: BenchConfig = BenchConfig(),
-    report_dir: str | Path | None = None, data_dir=None,
-) -> BenchReport:  # fmt: skip
+    model_path: str | Path,
+    checkpoint: str | Path | None = None,
+    config: BenchConfig = BenchConfig(),
+    report_dir: str | Path | None = None,
+    data_dir=None,
+) -> BenchReport:
     """Measure every engine at every batch size on real test images.
 
     Engines asked for by name must all run: one that cannot is an error before anything is measured or written.
@@ -211,20 +243,25 @@ def run_bench(
     chosen = [Engine.parse(name) for name in (config.engines or default_engines(config.compile_torch))]
     unavailable = {engine.name: why for engine in chosen if (why := why_engine_cannot_run(engine, model_path))}
     if config.engines and unavailable:
-        raise ProviderUnavailable("; ".join(f"engine {name} cannot run: {why}" for name, why in unavailable.items())
-                                  + " (no report written)")  # fmt: skip
+        raise ProviderUnavailable(
+            "; ".join(f"engine {name} cannot run: {why}" for name, why in unavailable.items()) + " (no report written)"
+        )
     chosen = [engine for engine in chosen if engine.name not in unavailable]
     spec = PreprocessSpec.from_metadata(metadata["preprocessing"])
     images, _ = load_split("test", data_dir)
-    inputs = to_model_input(images[: max(batch_sizes)], spec).numpy()
+    inputs = to_input_tensor(images[: max(batch_sizes)], spec).numpy()
     if len(inputs) < max(batch_sizes):
         inputs = np.resize(inputs, (max(batch_sizes), *inputs.shape[1:]))
     args = model_args_from_metadata(metadata)
     cpu_peak = cpu_fp32_gflops() if any(e.device == "cpu" and e.precision != "int8" for e in chosen) else None
-    report = BenchReport(str(model_path), device_name(), deployment_versions(), summarize(args).gflops, [], [], unavailable, cpu_peak)
+    report = BenchReport(
+        str(model_path), device_name(), deployment_versions(), summarize(args).gflops, [], [], unavailable, cpu_peak
+    )
     for engine in chosen:
         start = time.perf_counter()
-        backend = _prepare_torch(checkpoint, engine) if engine.framework == "torch" else engine_session(model_path, engine)
+        backend = (
+            _prepare_torch(checkpoint, engine) if engine.framework == "torch" else engine_session(model_path, engine)
+        )
         created = time.perf_counter() - start
         make_runner = _torch_runner if engine.framework == "torch" else BoundOrtRun
         for position, batch in enumerate(sorted(set(batch_sizes))):  # one binding per size: a CUDA graph id each
@@ -235,17 +272,30 @@ def run_bench(
                 report.cold_starts.append(ColdStart(engine.name, created, time.perf_counter() - first))
             times = np.asarray(timed_runs(run, config.seconds, config.min_runs, config.warmup)) * 1e3
             rate = batch / (times.mean() / 1e3)
-            report.measurements.append(Measurement(
-                engine.name, batch, len(times), float(np.percentile(times, 50)), float(np.percentile(times, 90)),
-                float(np.percentile(times, 99)), float(times.mean()), rate,
-                _peak_fraction(engine, rate, report.gflops_per_image, report.cpu_peak_gflops),
-            ))  # fmt: skip
+            report.measurements.append(
+                Measurement(
+                    engine.name,
+                    batch,
+                    len(times),
+                    float(np.percentile(times, 50)),
+                    float(np.percentile(times, 90)),
+                    float(np.percentile(times, 99)),
+                    float(times.mean()),
+                    rate,
+                    _peak_fraction(engine, rate, report.gflops_per_image, report.cpu_peak_gflops),
+                )
+            )
     _write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
     return report
 
 
 def _write_reports(folder: Path, report: BenchReport) -> None:
     write_json(folder / "bench.json", asdict(report))
-    write_text(folder / "bench.md", f"# Benchmark\n\nModel `{report.model}` on {report.device}; versions "
-               f"{report.versions}; {report.gflops_per_image:.2f} GFLOPs per image.\n\n```\n{report.format()}\n```\n")  # fmt: skip
-    plot_bench(folder / "bench.png", report.measurements, f"{RunFolder.of_model(report.model).path.name} on {report.device}")
+    write_text(
+        folder / "bench.md",
+        f"# Benchmark\n\nModel `{report.model}` on {report.device}; versions "
+        f"{report.versions}; {report.gflops_per_image:.2f} GFLOPs per image.\n\n```\n{report.format()}\n```\n",
+    )
+    plot_bench(
+        folder / "bench.png", report.measurements, f"{RunFolder.of_model(report.model).path.name} on {report.device}"
+    )

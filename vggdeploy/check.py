@@ -14,20 +14,25 @@ import onnx
 import torch
 
 from vggdeploy.artifacts import checkpoint_beside, reports_folder, sibling
-from vggdeploy.checkpoint import load_model as load_checkpoint_model
+from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.config import CheckConfig
 from vggdeploy.contract import model_args_from_metadata
-from vggdeploy.data import load_split, to_model_input
+from vggdeploy.data import load_split, to_input_tensor
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.graph import run_session
 from vggdeploy.model import predict_logits
 from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import markdown_table, write_json, write_text
-from vggdeploy.runtime import SessionOptions, create_session, load_model, session_provider
+from vggdeploy.runtime import ProviderSettings, create_session, open_model, session_provider
 
 # ONNX op <-> torch module pairs that survive export one-to-one (BatchNorm is folded into Conv, Dropout vanishes).
-BOUNDARY_OPS = {"Relu": torch.nn.ReLU, "MaxPool": torch.nn.MaxPool2d, "Gemm": torch.nn.Linear, "LRN": torch.nn.LocalResponseNorm}
+BOUNDARY_OPS = {
+    "Relu": torch.nn.ReLU,
+    "MaxPool": torch.nn.MaxPool2d,
+    "Gemm": torch.nn.Linear,
+    "LRN": torch.nn.LocalResponseNorm,
+}
 
 
 @dataclass(frozen=True)
@@ -62,51 +67,72 @@ class CheckReport:
         lines += [f"  {r.format()}" for r in self.results]
         for result in self.results:
             for flip in result.flips[:10]:
-                lines.append(f"    {result.name}: test image {flip.index}: {flip.reference_label} -> "
-                             f"{flip.candidate_label} (torch margin {flip.reference_margin:.3g})")  # fmt: skip
+                lines.append(
+                    f"    {result.name}: test image {flip.index}: {flip.reference_label} -> "
+                    f"{flip.candidate_label} (torch margin {flip.reference_margin:.3g})"
+                )
         if self.layers:
             lines.append(
                 f"  first layer over tolerance: {self.first_bad_layer.layer} (relative diff "
-                f"{self.first_bad_layer.relative:.3g})" if self.first_bad_layer else "  every layer within tolerance"
+                f"{self.first_bad_layer.relative:.3g})"
+                if self.first_bad_layer
+                else "  every layer within tolerance"
             )
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {
-            "model": str(self.model), "provider": self.provider, "passed": bool(self),
+            "model": str(self.model),
+            "provider": self.provider,
+            "passed": bool(self),
             "results": [r.to_dict() for r in self.results],
             "layers": [layer.__dict__ for layer in self.layers],
             "first_bad_layer": None if self.first_bad_layer is None else self.first_bad_layer.__dict__,
-        }  # fmt: skip
+        }
 
 
 def run_check(
-    model_path: str | Path, checkpoint: str | Path | None = None, config: CheckConfig = CheckConfig(), data_dir=None,
+    model_path: str | Path,
+    checkpoint: str | Path | None = None,
+    config: CheckConfig = CheckConfig(),
+    data_dir=None,
     report_dir: str | Path | None = None,
-) -> CheckReport:  # fmt: skip
+) -> CheckReport:
     """Compare the exported model (and its fp16/int8 siblings) with the checkpoint's torch model."""
     model_path = Path(model_path)
     provider, images = config.provider, config.images
-    loaded = load_model(model_path, SessionOptions(provider=provider))
+    loaded = open_model(model_path, ProviderSettings(provider=provider))
     if loaded.takes_raw_images:
         raise UsageError(f"{model_path}: check the fp32 model.onnx; the preprocessing variant is checked at export")
-    torch_model, state = load_checkpoint_model(checkpoint or checkpoint_beside(model_path))
+    torch_model, state = rebuild_model(checkpoint or checkpoint_beside(model_path))
     if model_args_from_metadata(loaded.metadata) != state["model_args"]:
-        raise DataError(f"{model_path}: was exported from another model than the checkpoint ({state['model_args'].name})")
+        raise DataError(
+            f"{model_path}: was exported from another model than the checkpoint ({state['model_args'].name})"
+        )
 
     spec = PreprocessSpec.from_metadata(loaded.metadata["preprocessing"])
     test_images, test_labels = load_split("test", data_dir)
-    inputs = to_model_input(test_images[:images], spec).numpy()
+    inputs = to_input_tensor(test_images[:images], spec).numpy()
     labels = test_labels[:images].numpy()
     reference = predict_logits(torch_model, inputs, "cuda" if torch.cuda.is_available() else "cpu")
 
-    results = [compare_logits("fp32", reference, run_session(loaded.session, inputs), labels, atol=config.fp32_atol,
-                              min_agreement=config.fp32_min_agreement)]  # fmt: skip
+    results = [
+        compare_logits(
+            "fp32",
+            reference,
+            run_session(loaded.session, inputs),
+            labels,
+            atol=config.fp32_atol,
+            min_agreement=config.fp32_min_agreement,
+        )
+    ]
     for variant, max_drop in (("fp16", config.fp16_max_drop_pp / 100), ("int8", config.int8_max_drop_pp / 100)):
         path = sibling(model_path, variant)
         if path.is_file():
-            session = create_session(path, SessionOptions(provider=provider))
-            results.append(compare_logits(variant, reference, run_session(session, inputs), labels, max_accuracy_drop=max_drop))
+            session = create_session(path, ProviderSettings(provider=provider))
+            results.append(
+                compare_logits(variant, reference, run_session(session, inputs), labels, max_accuracy_drop=max_drop)
+            )
     report = CheckReport(model_path, session_provider(loaded.session), results)
     if config.localize:
         report.layers = localize_difference(model_path, torch_model, inputs[: config.localize_images], provider)
@@ -115,7 +141,9 @@ def run_check(
     return report
 
 
-def localize_difference(model_path: Path, torch_model: torch.nn.Module, inputs: np.ndarray, provider: str) -> list[LayerDifference]:
+def localize_difference(
+    model_path: Path, torch_model: torch.nn.Module, inputs: np.ndarray, provider: str
+) -> list[LayerDifference]:
     """Per-layer differences, in forward order, between the ONNX graph's boundary outputs and torch's."""
     proto = onnx.load(str(model_path))
     boundary = [node for node in proto.graph.node if node.op_type in BOUNDARY_OPS]
@@ -123,14 +151,20 @@ def localize_difference(model_path: Path, torch_model: torch.nn.Module, inputs: 
     for node in boundary:
         if node.output[0] not in existing:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
-    session = create_session(proto.SerializeToString(), SessionOptions(provider=provider))
+    session = create_session(proto.SerializeToString(), ProviderSettings(provider=provider))
     names = [output.name for output in session.get_outputs()]
-    onnx_values = dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs})))
+    onnx_values = dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs}), strict=True))
 
     modules = [(name, m) for name, m in torch_model.named_modules() if isinstance(m, tuple(BOUNDARY_OPS.values()))]
     captured: list[tuple[str, np.ndarray]] = []
-    hooks = [m.register_forward_hook(lambda m, i, out, name=name: captured.append((f"{name} ({type(m).__name__})", out.detach().cpu().numpy().copy())))
-             for name, m in modules]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(
+            lambda m, i, out, name=name: captured.append(
+                (f"{name} ({type(m).__name__})", out.detach().cpu().numpy().copy())
+            )
+        )
+        for name, m in modules
+    ]
     with torch.no_grad():
         torch_model.cpu()(torch.from_numpy(inputs))
     for hook in hooks:
@@ -138,21 +172,37 @@ def localize_difference(model_path: Path, torch_model: torch.nn.Module, inputs: 
     if [BOUNDARY_OPS[n.op_type] for n in boundary] != [type(m) for _, m in modules]:
         raise DataError(f"{model_path}: its layers do not map one-to-one onto the checkpoint's model; cannot localize")
     differences = []
-    for node, (layer, expected) in zip(boundary, captured):
+    for node, (layer, expected) in zip(boundary, captured, strict=True):
         actual = onnx_values[node.output[0]].reshape(expected.shape)
         worst = float(np.abs(actual - expected).max())
-        differences.append(LayerDifference(layer, node.output[0], worst, worst / max(float(np.abs(expected).max()), 1e-12)))
+        differences.append(
+            LayerDifference(layer, node.output[0], worst, worst / max(float(np.abs(expected).max()), 1e-12))
+        )
     return differences
 
 
 def _write_reports(folder: Path, report: CheckReport) -> None:
     write_json(folder / "check.json", report.to_dict())
-    rows = [{"variant": r.name, "images": r.images, "torch accuracy": r.reference_accuracy, "ORT accuracy": r.candidate_accuracy,
-             "change (pp)": None if r.accuracy_change is None else r.accuracy_change * 100, "top-1 agreement": r.top1_agreement,
-             "max abs diff": r.max_abs_diff, "mean abs diff": r.mean_abs_diff, "min cosine": r.min_cosine,
-             "flips": len(r.flips), "passed": bool(r)} for r in report.results]  # fmt: skip
+    rows = [
+        {
+            "variant": r.name,
+            "images": r.images,
+            "torch accuracy": r.reference_accuracy,
+            "ORT accuracy": r.candidate_accuracy,
+            "change (pp)": None if r.accuracy_change is None else r.accuracy_change * 100,
+            "top-1 agreement": r.top1_agreement,
+            "max abs diff": r.max_abs_diff,
+            "mean abs diff": r.mean_abs_diff,
+            "min cosine": r.min_cosine,
+            "flips": len(r.flips),
+            "passed": bool(r),
+        }
+        for r in report.results
+    ]
     text = f"# Parity check of {report.model}\n\nONNX Runtime provider: {report.provider}\n\n"
     text += markdown_table(rows, list(rows[0]))
     if report.layers:
-        text += "\n## Layers\n\n" + markdown_table([d.__dict__ for d in report.layers], ["layer", "onnx_output", "max_abs_diff", "relative"])
+        text += "\n## Layers\n\n" + markdown_table(
+            [d.__dict__ for d in report.layers], ["layer", "onnx_output", "max_abs_diff", "relative"]
+        )
     write_text(folder / "check.md", text)

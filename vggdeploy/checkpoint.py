@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pickle
-import re
 import platform
+import re
 import zipfile
 from pathlib import Path
 
@@ -42,10 +42,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         # weights_only names what it refused to import or call; anything else is a damaged or foreign file
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         if found:
-            raise DataError(f"{path}: refused, it holds objects that are not plain data (a pickled {found.group(1)}); "
-                            "it was not loaded") from None  # fmt: skip
-        reason = next((line for line in str(error).splitlines() if line.strip() and "Weights only load failed" not in line), "")
-        raise DataError(f"{path}: truncated or not a checkpoint ({reason.strip()[:160] or type(error).__name__})") from None
+            raise DataError(
+                f"{path}: refused, it holds objects that are not plain data (a pickled {found.group(1)}); "
+                "it was not loaded"
+            ) from None
+        reason = next(
+            (line for line in str(error).splitlines() if line.strip() and "Weights only load failed" not in line), ""
+        )
+        raise DataError(
+            f"{path}: truncated or not a checkpoint ({reason.strip()[:160] or type(error).__name__})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path}: not a vggdeploy checkpoint (no {FORMAT!r} tag)")
     try:
@@ -55,7 +61,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return state
 
 
-def load_model(path: str | Path, expected_arch: str | None = None):
+def rebuild_model(path: str | Path, expected_arch: str | None = None):
     """Rebuild the model stored in a checkpoint (eval mode, on the CPU) and return (model, checkpoint state)."""
     from vggdeploy.model import build_model
 
@@ -69,4 +75,3 @@ def load_model(path: str | Path, expected_arch: str | None = None):
     except (KeyError, RuntimeError) as error:
         raise DataError(f"{path}: weights do not fit {args.name} ({str(error).splitlines()[0][:160]})") from None
     return model.eval(), state
-

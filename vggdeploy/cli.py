@@ -54,14 +54,16 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(Interrupted.exit_code)
-        except Exception as error:  # noqa: BLE001 - the CLI's single exit point for failures
+        except Exception as error:
             if ctx.meta.get("debug"):
                 traceback.print_exc()
             if isinstance(error, VggDeployError):
                 for line in str(error).splitlines():  # one line per problem (run: one per bad image)
                     click.echo(f"error: {line}", err=True)
                 sys.exit(error.exit_code)
-            click.echo(f"error: internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True)
+            click.echo(
+                f"error: internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True
+            )
             sys.exit(INTERNAL_ERROR_EXIT)
 
 
@@ -83,8 +85,10 @@ def require_train_extra(command: str) -> None:
     if missing:
         from vggdeploy.errors import MissingExtra
 
-        raise MissingExtra(f"'vggdeploy {command}' needs the train extra ({', '.join(missing)} not installed): "
-                           "pip install 'vggdeploy[train]'")  # fmt: skip
+        raise MissingExtra(
+            f"'vggdeploy {command}' needs the train extra ({', '.join(missing)} not installed): "
+            "pip install 'vggdeploy[train]'"
+        )
 
 
 def _model_args_options(command):
@@ -102,7 +106,7 @@ def _model_args_options(command):
     return command
 
 
-def model_args_from_options(base: dict | None = None, **options) -> "ModelArgs":
+def model_args_from_options(base: dict | None = None, **options) -> ModelArgs:
     """ModelArgs from CLI options: unset options (None) keep the base (preset or default) values."""
     from vggdeploy.archs import ModelArgs, parse_arch
 
@@ -123,7 +127,7 @@ def model_args_from_options(base: dict | None = None, **options) -> "ModelArgs":
 def info(model: str | None, **options) -> None:
     """Describe an architecture (shape walk, parameters, GFLOPs), or an exported MODEL.onnx."""
     if model is not None:
-        from vggdeploy.runtime import describe_onnx
+        from vggdeploy.onnx_file import describe_onnx
 
         click.echo(describe_onnx(model))
         return
@@ -142,20 +146,52 @@ def info(model: str | None, **options) -> None:
 @click.option("--seed", type=int, default=None)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the model.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
-              help="auto: bf16 autocast + channels_last on CUDA, fp32 on the CPU.")  # fmt: skip
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default=None,
+    help="auto: bf16 autocast + channels_last on CUDA, fp32 on the CPU.",
+)
 @click.option("--train-limit", type=int, default=None, help="Train on the first N images only (smoke runs).")
 @click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test images only.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder of the Fashion-MNIST .gz files.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: artifacts/<model>].")
-@click.option("--resume", is_flag=True,
-              help="Continue from <out>/checkpoints/last.pt with its settings; a larger --epochs extends a finished run.")  # fmt: skip
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Stop cleanly after this much wall time; keeps best.pt, and --resume continues.")  # fmt: skip
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False), default=None, help="Folder of the Fashion-MNIST .gz files."
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: artifacts/<model>]."
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from <out>/checkpoints/last.pt with its settings; a larger --epochs extends a finished run.",
+)
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop cleanly after this much wall time; keeps best.pt, and --resume continues.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (paths, accuracy, timing) instead of a line.")
-def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_model, data_dir, out, resume, time_limit,
-          quiet, as_json, **overrides):  # fmt: skip
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (paths, accuracy, timing) instead of a line."
+)
+def train(
+    preset,
+    arch,
+    batch_norm,
+    width_ratio,
+    hidden,
+    image_size,
+    compile_model,
+    data_dir,
+    out,
+    resume,
+    time_limit,
+    quiet,
+    as_json,
+    **overrides,
+):
     """Train a VGG on Fashion-MNIST; writes checkpoints, metrics.jsonl and curves.png."""
     require_train_extra("train")
     import torch
@@ -165,7 +201,9 @@ def train(preset, arch, batch_norm, width_ratio, hidden, image_size, compile_mod
     from vggdeploy.train import saved_config
     from vggdeploy.train import train as run_training
 
-    model_options = dict(arch=arch, batch_norm=batch_norm, width_ratio=width_ratio, hidden=hidden, image_size=image_size)
+    model_options = dict(
+        arch=arch, batch_norm=batch_norm, width_ratio=width_ratio, hidden=hidden, image_size=image_size
+    )
     base = get_preset(preset, torch.cuda.is_available())
     out_dir = out or RunFolder.for_model(model_args_from_options(base.model.to_dict(), **model_options).name).path
     if resume:  # the saved run's settings, not the preset's; flags given still override (a larger --epochs extends)
@@ -201,26 +239,70 @@ def _listed(numbers: tuple[int, ...]) -> str:
 @main.command()
 @click.option("--arch", default=None, help="Architecture whose latest trained checkpoint under artifacts/ to export.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Export this checkpoint instead.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: <model folder>/onnx].")
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: <model folder>/onnx]."
+)
 @click.option("--opset", type=int, default=ExportConfig.opset, show_default=True)
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (fp16 weights, fp32 I/O).")
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx (static QDQ, for the CPU EP).")
-@click.option("--with-preprocessing", is_flag=True, help="Also write model.preprocess.onnx (uint8 images of any size in).")
-@click.option("--atol", type=float, default=ExportConfig.atol, show_default=True, help="Max |logit difference| ORT vs torch.")
+@click.option(
+    "--with-preprocessing", is_flag=True, help="Also write model.preprocess.onnx (uint8 images of any size in)."
+)
+@click.option(
+    "--atol", type=float, default=ExportConfig.atol, show_default=True, help="Max |logit difference| ORT vs torch."
+)
 @click.option("--parity-images", type=int, default=ExportConfig.parity_images, show_default=True)
-@click.option("--audit-batches", type=IntList(), default=_listed(ExportConfig.audit_batches), show_default=True,
-              help="Batch sizes that must agree row by row.")  # fmt: skip
-@click.option("--variant-images", type=int, default=ExportConfig.variant_images, show_default=True,
-              help="Test images for the variants' accuracy.")  # fmt: skip
-@click.option("--fp16-max-drop", type=float, default=ExportConfig.fp16_max_drop_pp, show_default=True,
-              help="fp16 variant: largest accuracy drop, pp.")  # fmt: skip
-@click.option("--int8-max-drop", type=float, default=ExportConfig.int8_max_drop_pp, show_default=True,
-              help="int8 variant: largest accuracy drop, pp.")  # fmt: skip
-@click.option("--triton-repo", type=click.Path(file_okay=False), default=None, help="Also write a Triton model repository here.")
+@click.option(
+    "--audit-batches",
+    type=IntList(),
+    default=_listed(ExportConfig.audit_batches),
+    show_default=True,
+    help="Batch sizes that must agree row by row.",
+)
+@click.option(
+    "--variant-images",
+    type=int,
+    default=ExportConfig.variant_images,
+    show_default=True,
+    help="Test images for the variants' accuracy.",
+)
+@click.option(
+    "--fp16-max-drop",
+    type=float,
+    default=ExportConfig.fp16_max_drop_pp,
+    show_default=True,
+    help="fp16 variant: largest accuracy drop, pp.",
+)
+@click.option(
+    "--int8-max-drop",
+    type=float,
+    default=ExportConfig.int8_max_drop_pp,
+    show_default=True,
+    help="int8 variant: largest accuracy drop, pp.",
+)
+@click.option(
+    "--triton-repo", type=click.Path(file_okay=False), default=None, help="Also write a Triton model repository here."
+)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
-def export(arch, checkpoint, out, opset, no_simplify, fp16, int8, with_preprocessing, atol, parity_images, audit_batches,
-           variant_images, fp16_max_drop, int8_max_drop, triton_repo, data_dir):  # fmt: skip
+def export(
+    arch,
+    checkpoint,
+    out,
+    opset,
+    no_simplify,
+    fp16,
+    int8,
+    with_preprocessing,
+    atol,
+    parity_images,
+    audit_batches,
+    variant_images,
+    fp16_max_drop,
+    int8_max_drop,
+    triton_repo,
+    data_dir,
+):
     """Export a trained checkpoint to a checked, simplified, self-describing ONNX model."""
     require_train_extra("export")
     from pathlib import Path
@@ -235,10 +317,18 @@ def export(arch, checkpoint, out, opset, no_simplify, fp16, int8, with_preproces
     letter = parse_arch(arch)[0] if arch is not None else None
     path = Path(checkpoint) if checkpoint else find_checkpoint(letter)
     config = ExportConfig(
-        opset=opset, simplify=not no_simplify, fp16=fp16, int8=int8, with_preprocessing=with_preprocessing, atol=atol,
-        parity_images=parity_images, audit_batches=audit_batches, variant_images=variant_images,
-        fp16_max_drop_pp=fp16_max_drop, int8_max_drop_pp=int8_max_drop,
-    )  # fmt: skip
+        opset=opset,
+        simplify=not no_simplify,
+        fp16=fp16,
+        int8=int8,
+        with_preprocessing=with_preprocessing,
+        atol=atol,
+        parity_images=parity_images,
+        audit_batches=audit_batches,
+        variant_images=variant_images,
+        fp16_max_drop_pp=fp16_max_drop,
+        int8_max_drop_pp=int8_max_drop,
+    )
     out_dir = Path(out) if out else RunFolder.of_checkpoint(path).onnx
     result = export_model(path, out_dir, config, expected_arch=letter, data_dir=data_dir, triton_repo=triton_repo)
     click.echo(result.format())
@@ -249,33 +339,54 @@ def _say_provider(model, requested: str) -> None:
         from vggdeploy.runtime import cuda_driver_present, session_provider
 
         chosen = session_provider(model.session)
-        reason = "" if chosen == "cuda" else " (its CUDA provider did not start)" if cuda_driver_present() else " (no CUDA GPU found)"
+        reason = (
+            ""
+            if chosen == "cuda"
+            else " (its CUDA provider did not start)"
+            if cuda_driver_present()
+            else " (no CUDA GPU found)"
+        )
         click.echo(f"onnxruntime: using the {chosen.upper()} execution provider{reason}", err=True)
 
 
 @main.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="An exported .onnx [default: the latest under artifacts/].")  # fmt: skip
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="An exported .onnx [default: the latest under artifacts/].",
+)
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--max-pixels", type=int, default=None, help="Refuse larger images (decompression bombs) [default: 50,000,000].")
+@click.option(
+    "--max-pixels", type=int, default=None, help="Refuse larger images (decompression bombs) [default: 50,000,000]."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
     """Classify IMAGES (files, folders or globs; PNG, JPEG, BMP, WebP, ...) with ONNX Runtime."""
     from vggdeploy.artifacts import latest_model
-    from vggdeploy.classify import classify
     from vggdeploy.errors import DataError
     from vggdeploy.preprocess import DEFAULT_MAX_PIXELS
-    from vggdeploy.runtime import SessionOptions, load_model
+    from vggdeploy.run import classify
+    from vggdeploy.runtime import ProviderSettings, open_model
 
-    model = load_model(model_path or latest_model(), SessionOptions(provider=provider))
+    model = open_model(model_path or latest_model(), ProviderSettings(provider=provider))
     _say_provider(model, provider)
     result = classify(model, list(images), top_k, batch_size, max_pixels or DEFAULT_MAX_PIXELS)
     if as_json:
-        click.echo(json.dumps({"model": str(model.path), "predictions": [p.to_dict() for p in result.predictions],
-                               "errors": result.failures}, indent=2))  # fmt: skip
+        click.echo(
+            json.dumps(
+                {
+                    "model": str(model.path),
+                    "predictions": [p.to_dict() for p in result.predictions],
+                    "errors": result.failures,
+                },
+                indent=2,
+            )
+        )
     else:
         click.echo(result.format_table())
     if result.failures:
@@ -283,49 +394,111 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
 
 
 @main.command()
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="The exported fp32 model.onnx [default: the latest under artifacts/]; its fp16/int8 siblings are checked too.")  # fmt: skip
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="The torch reference [default: <model folder>/../checkpoints/best.pt].")  # fmt: skip
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The exported fp32 model.onnx [default: the latest under artifacts/]; its fp16/int8 siblings are checked too.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The torch reference [default: <model folder>/../checkpoints/best.pt].",
+)
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default=CheckConfig.provider, show_default=True)
 @click.option("--images", type=int, default=None, help="Use the first N test images [default: all 10,000].")
-@click.option("--atol", type=float, default=CheckConfig.fp32_atol, show_default=True, help="fp32: max |logit difference|.")
-@click.option("--min-agreement", type=float, default=CheckConfig.fp32_min_agreement, show_default=True,
-              help="fp32: lowest top-1 agreement.")  # fmt: skip
-@click.option("--fp16-max-drop", type=float, default=CheckConfig.fp16_max_drop_pp, show_default=True,
-              help="fp16: largest accuracy drop, pp.")  # fmt: skip
-@click.option("--int8-max-drop", type=float, default=CheckConfig.int8_max_drop_pp, show_default=True,
-              help="int8: largest accuracy drop, pp.")  # fmt: skip
+@click.option(
+    "--atol", type=float, default=CheckConfig.fp32_atol, show_default=True, help="fp32: max |logit difference|."
+)
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=CheckConfig.fp32_min_agreement,
+    show_default=True,
+    help="fp32: lowest top-1 agreement.",
+)
+@click.option(
+    "--fp16-max-drop",
+    type=float,
+    default=CheckConfig.fp16_max_drop_pp,
+    show_default=True,
+    help="fp16: largest accuracy drop, pp.",
+)
+@click.option(
+    "--int8-max-drop",
+    type=float,
+    default=CheckConfig.int8_max_drop_pp,
+    show_default=True,
+    help="int8: largest accuracy drop, pp.",
+)
 @click.option("--localize", is_flag=True, help="Name the first layer whose output differs beyond --layer-rtol.")
 @click.option("--layer-rtol", type=float, default=CheckConfig.localize_rtol, show_default=True)
-@click.option("--localize-images", type=int, default=CheckConfig.localize_images, show_default=True,
-              help="Test images run through every layer for --localize.")  # fmt: skip
+@click.option(
+    "--localize-images",
+    type=int,
+    default=CheckConfig.localize_images,
+    show_default=True,
+    help="Test images run through every layer for --localize.",
+)
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="[default: <model folder>/reports]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
-def check(model_path, checkpoint, provider, images, atol, min_agreement, fp16_max_drop, int8_max_drop, localize,
-          layer_rtol, localize_images, report_dir, data_dir):  # fmt: skip
+def check(
+    model_path,
+    checkpoint,
+    provider,
+    images,
+    atol,
+    min_agreement,
+    fp16_max_drop,
+    int8_max_drop,
+    localize,
+    layer_rtol,
+    localize_images,
+    report_dir,
+    data_dir,
+):
     """Parity of the ONNX Runtime deployment with the torch model on the real test set."""
     require_train_extra("check")
     from vggdeploy.artifacts import latest_model
     from vggdeploy.check import run_check
 
-    config = CheckConfig(provider, images, atol, min_agreement, fp16_max_drop, int8_max_drop, localize, layer_rtol,
-                         localize_images)  # fmt: skip
+    config = CheckConfig(
+        provider, images, atol, min_agreement, fp16_max_drop, int8_max_drop, localize, layer_rtol, localize_images
+    )
     report = run_check(model_path or latest_model(), checkpoint, config, data_dir, report_dir)
     click.echo(report.format())
     report.raise_if_failed()
 
 
 @main.command()
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="The exported model.onnx [default: the latest under artifacts/]; fp16/int8 siblings are used too.")  # fmt: skip
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="The torch side [default: beside the model].")
-@click.option("--engines", default=None,
-              help="Comma-separated engines, each of which must run [default: the GPU set with a GPU, else the CPU set].")  # fmt: skip
-@click.option("--compile", "compile_torch", is_flag=True, help="Add torch.compile max-autotune fp16 (minutes to compile).")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The exported model.onnx [default: the latest under artifacts/]; fp16/int8 siblings are used too.",
+)
+@click.option(
+    "--checkpoint", type=click.Path(dir_okay=False), default=None, help="The torch side [default: beside the model]."
+)
+@click.option(
+    "--engines",
+    default=None,
+    help="Comma-separated engines, each of which must run [default: the GPU set with a GPU, else the CPU set].",
+)
+@click.option(
+    "--compile", "compile_torch", is_flag=True, help="Add torch.compile max-autotune fp16 (minutes to compile)."
+)
 @click.option("--batch-sizes", type=IntList(), default=_listed(BenchConfig.batch_sizes), show_default=True)
-@click.option("--seconds", type=float, default=BenchConfig.seconds, show_default=True,
-              help="Timed seconds per engine and batch size.")  # fmt: skip
+@click.option(
+    "--seconds",
+    type=float,
+    default=BenchConfig.seconds,
+    show_default=True,
+    help="Timed seconds per engine and batch size.",
+)
 @click.option("--min-runs", type=int, default=BenchConfig.min_runs, show_default=True)
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="[default: <model folder>/reports]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)

@@ -51,12 +51,12 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         values = dict(values)
         model = ModelArgs.from_dict(values.pop("model")) if "model" in values else ModelArgs()
         return cls(model=model, **values)
 
-    def with_overrides(self, **overrides) -> "TrainConfig":
+    def with_overrides(self, **overrides) -> TrainConfig:
         """Replace the fields whose override is not None (unset CLI flags never override a preset)."""
         known = {f.name for f in fields(self)}
         return replace(self, **{k: v for k, v in overrides.items() if v is not None and k in known})
@@ -66,20 +66,36 @@ PRESETS: dict[str, TrainConfig] = {
     # The seeds' recipe: VGG-11 at width ratio 4, plain SGD lr 0.05, 10 epochs, batch 128, 224 px, no augmentation.
     "seed": TrainConfig(
         model=ModelArgs(arch="A", width_ratio=4),
-        epochs=10, batch_size=128, lr=0.05, momentum=0.0, nesterov=False, weight_decay=0.0,
-        schedule="constant", label_smoothing=0.0, flip=False, shift=0, erase=0.0,
+        epochs=10,
+        batch_size=128,
+        lr=0.05,
+        momentum=0.0,
+        nesterov=False,
+        weight_decay=0.0,
+        schedule="constant",
+        label_smoothing=0.0,
+        flip=False,
+        shift=0,
+        erase=0.0,
     ),
     # The deployable model (default with a GPU): VGG-11-BN at 224 px, augmentation, label smoothing, one-cycle.
     "full": TrainConfig(
-        model=ModelArgs(arch="A", batch_norm=True), epochs=30, batch_size=256, lr=0.1, compile=True,
+        model=ModelArgs(arch="A", batch_norm=True),
+        epochs=30,
+        batch_size=256,
+        lr=0.1,
+        compile=True,
     ),
     # Default without a GPU: a narrow VGG-11-BN on 32 px inputs that trains in minutes on 2 CPU cores.
     # Trials on 2 CPU cores (batch 128, width 8): 6 epochs 90.7 %; 9 epochs 91.1 %; batch 256 trains faster per image.
     "quick": TrainConfig(
         model=ModelArgs(arch="A", batch_norm=True, width_ratio=8, hidden=256, dropout=0.2, image_size=32),
-        epochs=9, batch_size=256, lr=0.2, erase=0.0,
+        epochs=9,
+        batch_size=256,
+        lr=0.2,
+        erase=0.0,
     ),
-}  # fmt: skip
+}
 
 
 def preset(name: str | None, cuda_available: bool) -> TrainConfig:
@@ -137,7 +153,7 @@ class CheckConfig:
     localize_images: int = 32  # test images run through every layer for --localize
 
     def __post_init__(self) -> None:
-        if self.images is not None and self.images < 1 or self.localize_images < 1:
+        if (self.images is not None and self.images < 1) or self.localize_images < 1:
             raise UsageError("--images and the localize image count must be at least 1")
 
 

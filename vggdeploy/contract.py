@@ -56,7 +56,7 @@ def decode_metadata(props: dict[str, str], source: str) -> dict:
 
 
 def proto_metadata(proto, source: str) -> dict:
-    """The decoded metadata of an in-memory ModelProto (``runtime.read_metadata`` reads a file)."""
+    """The decoded metadata of an in-memory ModelProto (``onnx_file.read_metadata`` reads a file)."""
     return decode_metadata({prop.key: prop.value for prop in proto.metadata_props}, source)
 
 
@@ -68,3 +68,12 @@ def model_args_from_metadata(metadata: dict) -> ModelArgs:
 def cap_ir_version(proto) -> None:
     """Lower the model's IR version to what the pinned ONNX Runtime reads (what export writes must load everywhere)."""
     proto.ir_version = min(proto.ir_version, ORT_SUPPORTED_IR_VERSION)
+
+
+def probabilities(logits):
+    """What the logits mean as probabilities: softmax over the classes (row-wise, numerically stable; numpy)."""
+    import numpy as np
+
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)

@@ -20,9 +20,17 @@ from vggdeploy.errors import DataError
 from vggdeploy.preprocess import PreprocessSpec
 
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 DATA_DIR_ENV = "VGGDEPLOY_DATA_DIR"
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 
@@ -38,12 +46,36 @@ class IdxFile:
 
 SPLITS: dict[str, tuple[IdxFile, IdxFile]] = {
     "train": (
-        IdxFile("train-images-idx3-ubyte.gz", 2051, 60_000, "f4a8712d7a061bf5bd6d2ca38dc4d50a", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-        IdxFile("train-labels-idx1-ubyte.gz", 2049, 60_000, "9018921c3c673c538a1fc5bad174d6f9", "25c81989df183df01b3e8a0aad5dffbe"),
+        IdxFile(
+            "train-images-idx3-ubyte.gz",
+            2051,
+            60_000,
+            "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        ),
+        IdxFile(
+            "train-labels-idx1-ubyte.gz",
+            2049,
+            60_000,
+            "9018921c3c673c538a1fc5bad174d6f9",
+            "25c81989df183df01b3e8a0aad5dffbe",
+        ),
     ),
     "test": (
-        IdxFile("t10k-images-idx3-ubyte.gz", 2051, 10_000, "8181f5470baa50b63fa0f6fddb340f0a", "bef4ecab320f06d8554ea6380940ec79"),
-        IdxFile("t10k-labels-idx1-ubyte.gz", 2049, 10_000, "15d484375f8d13e6eb1aabb0c3f46965", "bb300cfdad3c16e7a12a480ee83cd310"),
+        IdxFile(
+            "t10k-images-idx3-ubyte.gz",
+            2051,
+            10_000,
+            "8181f5470baa50b63fa0f6fddb340f0a",
+            "bef4ecab320f06d8554ea6380940ec79",
+        ),
+        IdxFile(
+            "t10k-labels-idx1-ubyte.gz",
+            2049,
+            10_000,
+            "15d484375f8d13e6eb1aabb0c3f46965",
+            "bb300cfdad3c16e7a12a480ee83cd310",
+        ),
     ),
 }
 
@@ -68,13 +100,19 @@ def find_data_dir(data_dir: str | Path | None = None) -> Path:
 def read_idx(path: Path, spec: IdxFile, verify: bool = True) -> np.ndarray:
     """Read one IDX .gz file, checking its checksum, magic number, count and length; name the problem."""
     if not path.is_file():
-        raise DataError(f"{path}: missing (the Fashion-MNIST directory needs {', '.join(f.name for s in SPLITS.values() for f in s)})")
+        raise DataError(
+            f"{path}: missing (the Fashion-MNIST directory needs {', '.join(f.name for s in SPLITS.values() for f in s)})"
+        )
     raw = path.read_bytes()
     try:
         payload = gzip.decompress(raw)
     except (OSError, EOFError) as error:
         raise DataError(f"{path}: not a complete gzip file ({error})") from None
-    if verify and hashlib.md5(payload).hexdigest() != spec.payload_md5 and hashlib.md5(raw).hexdigest() != spec.upstream_gz_md5:
+    if (
+        verify
+        and hashlib.md5(payload).hexdigest() != spec.payload_md5
+        and hashlib.md5(raw).hexdigest() != spec.upstream_gz_md5
+    ):
         raise DataError(f"{path}: checksum mismatch (the file is corrupt or not the official Fashion-MNIST)")
     if len(payload) < 8:
         raise DataError(f"{path}: too short for an IDX header")
@@ -104,14 +142,18 @@ def load_split(split: str, data_dir: str | Path | None = None) -> tuple[torch.Te
 
 def data_checksums(data_dir: str | Path | None = None) -> dict[str, str]:
     """MD5 of each decompressed file, as stored in checkpoints (what the model was trained and tested on)."""
-    return {spec.name: spec.payload_md5 for pair in SPLITS.values() for spec in pair} | {"dir": str(find_data_dir(data_dir))}
+    return {spec.name: spec.payload_md5 for pair in SPLITS.values() for spec in pair} | {
+        "dir": str(find_data_dir(data_dir))
+    }
 
 
-def to_model_input(images: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+def to_input_tensor(images: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """uint8 (N, H, W) on any device -> normalised float (N, 1, h, w): the torch twin of preprocess.to_model_input."""
     batch = images.unsqueeze(1).float() / 255.0
     if batch.shape[-2:] != (spec.height, spec.width):
-        batch = F.interpolate(batch, size=(spec.height, spec.width), mode="bilinear", align_corners=False, antialias=False)
+        batch = F.interpolate(
+            batch, size=(spec.height, spec.width), mode="bilinear", align_corners=False, antialias=False
+        )
     return (batch - spec.mean) / spec.std
 
 
@@ -132,7 +174,7 @@ class Augmentation:
             images = torch.where(flips[:, None, None], images.flip(-1), images)
         if self.shift:
             padded = F.pad(images, (self.shift,) * 4)
-            dy, dx = (torch.randint(0, 2 * self.shift + 1, (2, n), generator=generator, device=device))
+            dy, dx = torch.randint(0, 2 * self.shift + 1, (2, n), generator=generator, device=device)
             rows = (dy[:, None] + torch.arange(height, device=device))[:, :, None]
             cols = (dx[:, None] + torch.arange(width, device=device))[:, None, :]
             images = padded[torch.arange(n, device=device)[:, None, None], rows, cols]
@@ -185,7 +227,7 @@ def iterate_batches(
         source = images[index]
         if augmentation is not None and generator is not None:
             source = augmentation.apply_source(source, generator)
-        batch = to_model_input(source, spec)
+        batch = to_input_tensor(source, spec)
         if augmentation is not None and generator is not None:
             batch = augmentation.apply_input(batch, generator)
         yield batch, labels[index]

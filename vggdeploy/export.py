@@ -21,22 +21,30 @@ from PIL import Image
 
 from vggdeploy.archs import ModelArgs
 from vggdeploy.artifacts import golden_folder, model_file
-from vggdeploy.checkpoint import load_model
-from vggdeploy.files import atomic_path, ensure_writable
+from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, cap_ir_version
-from vggdeploy.data import CLASS_NAMES, load_split, to_model_input
-from vggdeploy.errors import CheckFailed, DataError, UsageError
+from vggdeploy.data import CLASS_NAMES, load_split, to_input_tensor
+from vggdeploy.errors import CheckFailed
+from vggdeploy.files import atomic_path, ensure_writable
+from vggdeploy.graph import (
+    GraphStats,
+    attach_metadata,
+    check_proto,
+    deployment_versions,
+    io_section,
+    run_session,
+    save_onnx,
+)
 from vggdeploy.model import predict_logits
 from vggdeploy.parity import ParityResult, compare_logits
-from vggdeploy.preprocess import PreprocessSpec, decode_grayscale
-from vggdeploy.preprocess import to_model_input as numpy_model_input
+from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
 from vggdeploy.report import markdown_table, write_json, write_text
-from vggdeploy.graph import GraphStats, attach_metadata, check_proto, deployment_versions, io_section, run_session, save_onnx
-from vggdeploy.runtime import SessionOptions, create_session
+from vggdeploy.runtime import ProviderSettings, create_session
 
 if TYPE_CHECKING:
     from vggdeploy.variants import Variant
+
 
 @dataclass(frozen=True)
 class BatchAudit:
@@ -61,7 +69,7 @@ class ExportResult:
     audit: BatchAudit
     parity: ParityResult
     simplified: bool
-    variants: dict[str, "Variant"] = field(default_factory=dict)
+    variants: dict[str, Variant] = field(default_factory=dict)
 
     def format(self) -> str:
         step = "simplified" if self.simplified else "not simplified (--no-simplify)"
@@ -83,10 +91,16 @@ def to_onnx(model: torch.nn.Module, args: ModelArgs, opset: int) -> onnx.ModelPr
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # exporter progress lines
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim(BATCH_AXIS)}}, opset_version=opset,
-            dynamo=True, optimize=True, verbose=False,
-        )  # fmt: skip
+            model,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim(BATCH_AXIS)}},
+            opset_version=opset,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
     proto = program.model_proto
     cap_ir_version(proto)
     _name_batch_axis(proto)
@@ -99,7 +113,9 @@ def _name_batch_axis(proto: onnx.ModelProto) -> None:
 
 
 def batch_is_dynamic(proto: onnx.ModelProto) -> bool:
-    return all(v.type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS for v in (*proto.graph.input, *proto.graph.output))
+    return all(
+        v.type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS for v in (*proto.graph.input, *proto.graph.output)
+    )
 
 
 def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -127,7 +143,9 @@ def audit_batches(session, inputs: np.ndarray, batch_sizes: tuple[int, ...], ato
     return BatchAudit(sizes, worst, labels_equal, atol)
 
 
-def build_metadata(args: ModelArgs, state: dict, config: ExportConfig, variant: str, parity: dict, raw_input: bool) -> dict:
+def build_metadata(
+    args: ModelArgs, state: dict, config: ExportConfig, variant: str, parity: dict, raw_input: bool
+) -> dict:
     spec = PreprocessSpec(args.image_size, args.image_size)
     return {
         "vggdeploy.format": FORMAT_VERSION,
@@ -162,12 +180,12 @@ def export_model(
 ) -> ExportResult:
     """Export, check and describe a checkpoint's model; returns the figures measured on the way."""
     out_dir = Path(out_dir)
-    model, state = load_model(checkpoint, expected_arch)
+    model, state = rebuild_model(checkpoint, expected_arch)
     args: ModelArgs = state["model_args"]
     spec = PreprocessSpec(args.image_size, args.image_size)
     test_images, test_labels = load_split("test", data_dir)
     count = max(config.parity_images, max(config.audit_batches), config.golden_images)
-    inputs = to_model_input(test_images[:count], spec).numpy()
+    inputs = to_input_tensor(test_images[:count], spec).numpy()
     labels = test_labels.numpy()
     ensure_writable(out_dir)
 
@@ -176,7 +194,7 @@ def export_model(
     before = GraphStats.of(exported)
     final = simplify(exported) if config.simplify else exported
     check_proto(final)
-    session = create_session(final.SerializeToString(), SessionOptions(provider="cpu"))
+    session = create_session(final.SerializeToString(), ProviderSettings(provider="cpu"))
 
     audit = audit_batches(session, inputs, config.audit_batches, config.audit_atol)
     if not audit:
@@ -184,9 +202,12 @@ def export_model(
     parity_inputs = inputs[: config.parity_images]
     reference = predict_logits(model, parity_inputs)
     parity = compare_logits(
-        "onnxruntime-cpu fp32 vs torch fp32", reference, run_session(session, parity_inputs),
-        labels[: len(parity_inputs)], atol=config.atol,
-    )  # fmt: skip
+        "onnxruntime-cpu fp32 vs torch fp32",
+        reference,
+        run_session(session, parity_inputs),
+        labels[: len(parity_inputs)],
+        atol=config.atol,
+    )
     if not parity:
         raise CheckFailed(f"parity at export: {parity.format()}")
 
@@ -196,10 +217,17 @@ def export_model(
         from vggdeploy import variants
 
         count = config.variant_images
-        built = variants.build_variants(variants.VariantInputs(
-            final, session, to_model_input(test_images[:count], spec).numpy(), test_images[:count].numpy(), labels[:count],
-            config, data_dir,
-        ))  # fmt: skip
+        built = variants.build_variants(
+            variants.VariantInputs(
+                final,
+                session,
+                to_input_tensor(test_images[:count], spec).numpy(),
+                test_images[:count].numpy(),
+                labels[:count],
+                config,
+                data_dir,
+            )
+        )
 
     model_path = model_file(out_dir)  # every check has passed: write
     save_onnx(final, model_path)
@@ -220,7 +248,7 @@ def _parity_summary(parity: ParityResult) -> dict:
 
 def write_golden_vectors(
     folder: Path, session, test_images: torch.Tensor, labels: np.ndarray, spec: PreprocessSpec, config: ExportConfig
-) -> None:  # fmt: skip
+) -> None:
     """The first test image of each class (up to ``count``) as PNG, with the logits this model gives for it.
 
     The logits are computed from the PNG file through ``preprocess.py``, exactly as a consumer would.
@@ -233,12 +261,18 @@ def write_golden_vectors(
         buffer = io.BytesIO()
         Image.fromarray(test_images[index].numpy(), mode="L").save(buffer, format="PNG")
         write_bytes_atomic(folder / name, buffer.getvalue())
-        model_input = numpy_model_input([decode_grayscale(buffer.getvalue())], spec)
+        model_input = to_model_input([decode_grayscale(buffer.getvalue())], spec)
         logits = session.run(None, {session.get_inputs()[0].name: model_input})[0][0]
-        entries.append({
-            "file": name, "test_index": index, "label": int(labels[index]), "label_name": CLASS_NAMES[labels[index]],
-            "predicted": int(logits.argmax()), "logits": [float(v) for v in logits],
-        })  # fmt: skip
+        entries.append(
+            {
+                "file": name,
+                "test_index": index,
+                "label": int(labels[index]),
+                "label_name": CLASS_NAMES[labels[index]],
+                "predicted": int(logits.argmax()),
+                "logits": [float(v) for v in logits],
+            }
+        )
     write_json(folder / "golden.json", {"tolerance": {"logits_atol": config.golden_atol}, "images": entries})
 
 
@@ -302,10 +336,18 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         "variants": {name: variant.to_dict() for name, variant in result.variants.items()},
     }
     write_json(out_dir / "export_report.json", data)
-    rows = [{"file": result.model_path.name, "MB": result.model_path.stat().st_size / 1e6, "nodes": result.after.nodes,
-             "summary": result.parity.format()}]  # fmt: skip
-    rows += [{"file": v.path.name, "MB": v.bytes / 1e6, "nodes": v.nodes, "summary": v.summary()}
-             for v in result.variants.values()]  # fmt: skip
+    rows = [
+        {
+            "file": result.model_path.name,
+            "MB": result.model_path.stat().st_size / 1e6,
+            "nodes": result.after.nodes,
+            "summary": result.parity.format(),
+        }
+    ]
+    rows += [
+        {"file": v.path.name, "MB": v.bytes / 1e6, "nodes": v.nodes, "summary": v.summary()}
+        for v in result.variants.values()
+    ]
     write_text(
         out_dir / "export_report.md",
         f"# Export of {args.name}\n\n{result.audit.format()}\n\n"

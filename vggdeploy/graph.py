@@ -10,9 +10,9 @@ import onnx
 
 from vggdeploy import __version__
 from vggdeploy.archs import ModelArgs
-from vggdeploy.files import atomic_path
 from vggdeploy.contract import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, RAW_INPUT_NAME, encode_metadata
 from vggdeploy.errors import CheckFailed
+from vggdeploy.files import atomic_path
 
 ORT_CHUNK = 64  # images per ONNX Runtime call when scoring many
 
@@ -24,7 +24,7 @@ class GraphStats:
     bytes: int
 
     @classmethod
-    def of(cls, proto: onnx.ModelProto) -> "GraphStats":
+    def of(cls, proto: onnx.ModelProto) -> GraphStats:
         ops = collections.Counter(node.op_type for node in proto.graph.node)
         return cls(len(proto.graph.node), dict(sorted(ops.items())), proto.ByteSize())
 
@@ -35,8 +35,13 @@ def deployment_versions() -> dict[str, str]:
     import onnxsim
     import torch
 
-    return {"vggdeploy": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "onnxsim": onnxsim.__version__}  # fmt: skip
+    return {
+        "vggdeploy": __version__,
+        "torch": str(torch.__version__),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxsim": onnxsim.__version__,
+    }
 
 
 def check_proto(proto: onnx.ModelProto) -> None:
@@ -56,18 +61,33 @@ def io_section(args: ModelArgs, raw_input: bool) -> dict:
     """The "io" metadata: what goes in and what comes out, with the dynamic axis names."""
     if raw_input:
         return {
-            "input": {"name": RAW_INPUT_NAME, "dtype": "uint8", "shape": [BATCH_AXIS, "height", "width"],
-                      "meaning": "8-bit grayscale images of any size; resize and normalisation happen inside"},
-            "output": {"name": PROBABILITIES_NAME, "dtype": "float32", "shape": [BATCH_AXIS, args.num_classes],
-                       "meaning": "softmax probabilities, column i = labels[i]"},
-        }  # fmt: skip
+            "input": {
+                "name": RAW_INPUT_NAME,
+                "dtype": "uint8",
+                "shape": [BATCH_AXIS, "height", "width"],
+                "meaning": "8-bit grayscale images of any size; resize and normalisation happen inside",
+            },
+            "output": {
+                "name": PROBABILITIES_NAME,
+                "dtype": "float32",
+                "shape": [BATCH_AXIS, args.num_classes],
+                "meaning": "softmax probabilities, column i = labels[i]",
+            },
+        }
     return {
-        "input": {"name": INPUT_NAME, "dtype": "float32",
-                  "shape": [BATCH_AXIS, args.in_channels, args.image_size, args.image_size],
-                  "meaning": "images preprocessed as the 'preprocessing' section says"},
-        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [BATCH_AXIS, args.num_classes],
-                   "meaning": "logits (apply softmax for probabilities), column i = labels[i]"},
-    }  # fmt: skip
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "shape": [BATCH_AXIS, args.in_channels, args.image_size, args.image_size],
+            "meaning": "images preprocessed as the 'preprocessing' section says",
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "dtype": "float32",
+            "shape": [BATCH_AXIS, args.num_classes],
+            "meaning": "logits (apply softmax for probabilities), column i = labels[i]",
+        },
+    }
 
 
 def attach_metadata(proto: onnx.ModelProto, metadata: dict) -> None:

@@ -7,7 +7,7 @@ these, so a peak fraction means the same thing wherever it is printed. torch is 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 # Dense (no sparsity) peak TFLOP/s per precision, SXM parts, from the vendors' data sheets.
 GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {

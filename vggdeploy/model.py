@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +49,9 @@ class VGG(nn.Module):
         self.args = args
         stages, in_channels = [], args.in_channels
         for index, (width, kernels) in enumerate(args.stages):
-            stages.append(_make_stage(in_channels, width, kernels, args.batch_norm, args.arch in LRN_ARCHS and index == 0))
+            stages.append(
+                _make_stage(in_channels, width, kernels, args.batch_norm, args.arch in LRN_ARCHS and index == 0)
+            )
             in_channels = width
         self.features = nn.Sequential(*stages)
         side = _spatial_size_after(self.features, args.image_size)
@@ -89,14 +93,29 @@ def build_model(args: ModelArgs) -> VGG:
     return VGG(args)
 
 
-def predict_logits(model: nn.Module, inputs: np.ndarray, device: str | torch.device = "cpu", chunk: int = 256) -> np.ndarray:
-    """Strict fp32 logits of preprocessed (N, C, H, W) inputs, ``chunk`` at a time (TF32 off on CUDA)."""
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+def predict_logits(
+    model: nn.Module, inputs: np.ndarray, device: str | torch.device = "cpu", chunk: int = 256
+) -> np.ndarray:
+    """Strict fp32 logits of preprocessed (N, C, H, W) inputs, ``chunk`` at a time (TF32 off on CUDA meanwhile)."""
     model = model.to(device).eval()
-    with torch.no_grad():
+    with torch.no_grad(), _tf32_off():
         return np.concatenate(
-            [model(torch.from_numpy(inputs[i : i + chunk]).to(device)).cpu().numpy() for i in range(0, len(inputs), chunk)]
+            [
+                model(torch.from_numpy(inputs[i : i + chunk]).to(device)).cpu().numpy()
+                for i in range(0, len(inputs), chunk)
+            ]
         )
+
+
+@contextmanager
+def _tf32_off() -> Iterator[None]:
+    """TF32 off for the block only: the process's own setting (training turns it on) comes back afterwards."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -117,8 +136,12 @@ class ModelSummary:
     gflops: float  # forward pass, one image, 2 FLOPs per multiply-add
 
     def format(self) -> str:
-        lines = [f"{self.args.name} ({self.args.arch}, batch_norm={self.args.batch_norm}, width_ratio={self.args.width_ratio})"]
-        lines.append(f"  {'input':<24} {'x'.join(map(str, (self.args.in_channels, self.args.image_size, self.args.image_size)))}")
+        lines = [
+            f"{self.args.name} ({self.args.arch}, batch_norm={self.args.batch_norm}, width_ratio={self.args.width_ratio})"
+        ]
+        lines.append(
+            f"  {'input':<24} {'x'.join(map(str, (self.args.in_channels, self.args.image_size, self.args.image_size)))}"
+        )
         lines += [f"  {s.name:<24} {'x'.join(map(str, s.shape))}" for s in self.shapes]
         lines.append(f"  parameters: {self.parameters:,}")
         lines.append(f"  forward GFLOPs per image: {self.gflops:.2f}")
@@ -131,10 +154,15 @@ def summarize(args: ModelArgs) -> ModelSummary:
         model = build_model(args)
         images = torch.empty(1, args.in_channels, args.image_size, args.image_size)
     shapes: list[LayerShape] = []
-    named = [(f"stage{i + 1} ({len(k)} conv)", m) for i, (m, (_, k)) in enumerate(zip(model.features, args.stages))]
+    named = [
+        (f"stage{i + 1} ({len(k)} conv)", m)
+        for i, (m, (_, k)) in enumerate(zip(model.features, args.stages, strict=True))
+    ]
     named += [(type(m).__name__.lower(), m) for m in model.classifier if isinstance(m, (nn.Flatten, nn.Linear))]
     hooks = [
-        module.register_forward_hook(lambda _m, _i, out, name=name: shapes.append(LayerShape(name, tuple(out.shape[1:]))))
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: shapes.append(LayerShape(name, tuple(out.shape[1:])))
+        )
         for name, module in named
     ]
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -47,9 +47,9 @@ class ParityResult:
             problems.append(f"max |logit difference| {self.max_abs_diff:.3g} > atol {self.atol:.3g}")
         if self.min_agreement is not None and self.top1_agreement < self.min_agreement:
             problems.append(f"top-1 agreement {self.top1_agreement:.4%} < {self.min_agreement:.4%}")
-        if self.max_accuracy_drop is not None and self.accuracy_change is not None:
-            if -self.accuracy_change > self.max_accuracy_drop:
-                problems.append(f"accuracy fell {-self.accuracy_change * 100:.2f} pp > {self.max_accuracy_drop * 100:.2f} pp")
+        change, limit = self.accuracy_change, self.max_accuracy_drop
+        if limit is not None and change is not None and -change > limit:
+            problems.append(f"accuracy fell {-change * 100:.2f} pp > {limit * 100:.2f} pp")
         return problems
 
     def __bool__(self) -> bool:
@@ -97,10 +97,14 @@ def compare_logits(
     reference_top, candidate_top = reference.argmax(1), candidate.argmax(1)
     indices = np.arange(len(reference)) if indices is None else indices
     flips = [
-        LabelFlip(int(indices[i]), int(reference_top[i]), int(candidate_top[i]),
-                  float(reference[i, reference_top[i]] - reference[i, candidate_top[i]]))
+        LabelFlip(
+            int(indices[i]),
+            int(reference_top[i]),
+            int(candidate_top[i]),
+            float(reference[i, reference_top[i]] - reference[i, candidate_top[i]]),
+        )
         for i in np.flatnonzero(reference_top != candidate_top)
-    ]  # fmt: skip
+    ]
     return ParityResult(
         name=name,
         images=len(reference),

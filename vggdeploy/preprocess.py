@@ -14,6 +14,8 @@ Training (on tensors), ``run``, ``check``, the ONNX metadata and the non-Python 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,6 @@ FASHION_MNIST_STD = 0.3530
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's "L" conversion but without its rounding
 DEFAULT_MAX_PIXELS = 50_000_000  # larger images are refused as possible decompression bombs
 SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
-Image.MAX_IMAGE_PIXELS = None  # Image.open reads only the header; decode_grayscale's max_pixels is the one limit
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class PreprocessSpec:
         }
 
     @classmethod
-    def from_metadata(cls, values: dict) -> "PreprocessSpec":
+    def from_metadata(cls, values: dict) -> PreprocessSpec:
         try:
             return cls(values["resize"]["height"], values["resize"]["width"], values["mean"][0], values["std"][0])
         except (KeyError, IndexError, TypeError) as error:
@@ -73,7 +74,7 @@ def decode_grayscale(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_P
     """Decode an image file (any format and mode Pillow reads) to a float32 HxW array in [0, 1]."""
     name = "image bytes" if isinstance(source, bytes) else str(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        with _only_our_pixel_limit(), Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             if image.width * image.height > max_pixels:
                 raise DataError(
                     f"{name}: {image.width}x{image.height} pixels is over the limit of {max_pixels:,} "
@@ -92,6 +93,17 @@ def decode_grayscale(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_P
         raise DataError(f"{name}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise DataError(f"{name}: truncated or corrupt image ({error})") from None
+
+
+@contextmanager
+def _only_our_pixel_limit() -> Iterator[None]:
+    """Pillow's own bomb check off while a header is read (``max_pixels`` is the one limit), and back afterwards."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _to_grayscale(image: Image.Image) -> np.ndarray:

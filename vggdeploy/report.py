@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from vggdeploy.files import atomic_path
 
@@ -65,7 +65,9 @@ def plot_accuracy_against_time(path: Path, history: Sequence[dict], title: str) 
     from matplotlib import pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4))
-    axis.plot([row["elapsed_seconds"] / 60 for row in history], [row["test_accuracy"] * 100 for row in history], marker="o")
+    axis.plot(
+        [row["elapsed_seconds"] / 60 for row in history], [row["test_accuracy"] * 100 for row in history], marker="o"
+    )
     axis.set_xlabel("wall time (min)")
     axis.set_ylabel("test accuracy (%)")
     axis.grid(True, alpha=0.3)

@@ -9,21 +9,20 @@ import ctypes
 import os
 import re
 import tempfile
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
-
-from vggdeploy.contract import INPUT_NAME, RAW_INPUT_NAME, decode_metadata
+from vggdeploy.contract import INPUT_NAME, RAW_INPUT_NAME
 from vggdeploy.errors import DataError, ProviderUnavailable, UsageError
+from vggdeploy.onnx_file import read_metadata
 
 CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessionOptionsDisableCPUEPFallback
 
 
 @dataclass(frozen=True)
-class SessionOptions:
+class ProviderSettings:
     """Execution-provider settings that matter for VGG (CUDA EP options follow ONNX Runtime's names)."""
 
     provider: str = "auto"  # auto | cuda | cpu
@@ -67,7 +66,9 @@ def _plain_text(log_lines: list[str]) -> str:
 
 def _fallback_reason(log_lines: list[str]) -> str:
     text = _plain_text(log_lines)
-    match = re.search(r"with error: ([^\n]+)", text) or re.search(r"(Failed to create CUDAExecutionProvider[^\n]*?)\. ", text)
+    match = re.search(r"with error: ([^\n]+)", text) or re.search(
+        r"(Failed to create CUDAExecutionProvider[^\n]*?)\. ", text
+    )
     return match.group(1).strip() if match else "ONNX Runtime did not say why"
 
 
@@ -104,11 +105,8 @@ def node_placements(model: str | bytes, providers: list) -> list[Placement]:
 
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 0
-    with _captured_stderr() as log:
-        try:
-            ort.InferenceSession(model, sess_options=session_options, providers=providers)
-        except Exception:  # noqa: BLE001 - placement is logged before most failures; report what was logged
-            pass
+    with _captured_stderr() as log, suppress(Exception):
+        ort.InferenceSession(model, sess_options=session_options, providers=providers)
     return parse_node_placements(log)
 
 
@@ -120,11 +118,13 @@ def _cpu_nodes_message(placements: list[Placement]) -> str:
     if not on_cpu:
         return "CUDA was asked for, but ONNX Runtime would leave nodes of this model to the CPU (--provider auto accepts that fallback)"
     total = sum(p.node_count for p in placements)
-    return (f"CUDA was asked for, but ONNX Runtime would run {count} of {total} nodes on the CPU"
-            f"{': ' + listed if listed else ''} (--provider auto accepts that fallback)")  # fmt: skip
+    return (
+        f"CUDA was asked for, but ONNX Runtime would run {count} of {total} nodes on the CPU"
+        f"{': ' + listed if listed else ''} (--provider auto accepts that fallback)"
+    )
 
 
-def create_session(model: str | Path | bytes, options: SessionOptions = SessionOptions()):
+def create_session(model: str | Path | bytes, options: ProviderSettings = ProviderSettings()):
     """An InferenceSession on the requested provider.
 
     ``cuda`` is strict: the CUDA EP failing to start, or any node left to the CPU EP, is an error that says why
@@ -161,11 +161,15 @@ def create_session(model: str | Path | bytes, options: SessionOptions = SessionO
     try:
         with _captured_stderr() as log:
             session = ort.InferenceSession(source, sess_options=session_options, providers=providers)
-    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own Fail/InvalidGraph/... types
+    except Exception as error:
         if strict and "Failed to create CUDAExecutionProvider" in _plain_text(log):
-            raise ProviderUnavailable(f"CUDA was asked for, but ONNX Runtime could not start it: {_fallback_reason(log)}") from None
+            raise ProviderUnavailable(
+                f"CUDA was asked for, but ONNX Runtime could not start it: {_fallback_reason(log)}"
+            ) from None
         if strict and "fallback to CPU EP has been explicitly disabled" in str(error):
-            raise ProviderUnavailable(_cpu_nodes_message(node_placements(source, [providers[0], "CPUExecutionProvider"]))) from None
+            raise ProviderUnavailable(
+                _cpu_nodes_message(node_placements(source, [providers[0], "CPUExecutionProvider"]))
+            ) from None
         name = "model bytes" if isinstance(model, bytes) else str(model)
         raise DataError(f"{name}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:200]})") from None
     if use_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
@@ -177,66 +181,6 @@ def create_session(model: str | Path | bytes, options: SessionOptions = SessionO
 
 def session_provider(session) -> str:
     return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-
-
-def _tensors(graph) -> Iterator:
-    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-                yield from _tensors(subgraph)
-
-
-def check_external_data(proto, path: Path) -> None:
-    """Refuse external-data references that would read files outside the model's own folder."""
-    folder = path.resolve().parent
-    for tensor in _tensors(proto.graph):
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                target = (folder / entry.value).resolve()
-                if Path(entry.value).is_absolute() or not target.is_relative_to(folder):
-                    raise DataError(f"{path}: tensor {tensor.name!r} points at external data outside the model's folder ({entry.value})")
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The decoded vggdeploy metadata of an .onnx file, after checking the file's external-data references."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such model file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise DataError(f"{path}: not an ONNX model ({str(error).splitlines()[0][:160] or type(error).__name__})") from None
-    check_external_data(proto, path)
-    return decode_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
-
-
-def describe_onnx(path: str | Path) -> str:
-    """Human-readable summary of an exported model: metadata, inputs, outputs, opset, size."""
-    import json
-
-    import onnx
-
-    path = Path(path)
-    metadata = read_metadata(path)
-    proto = onnx.load(str(path), load_external_data=False)
-
-    def shape(value_info) -> str:
-        dims = value_info.type.tensor_type.shape.dim
-        return "x".join(d.dim_param or str(d.dim_value) for d in dims)
-
-    dtype = lambda v: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name  # noqa: E731
-    lines = [f"{path} ({path.stat().st_size / 1e6:.2f} MB, opset {proto.opset_import[0].version}, IR {proto.ir_version})"]
-    lines += [f"  input  {v.name}: {dtype(v)} {shape(v)}" for v in proto.graph.input]
-    lines += [f"  output {v.name}: {dtype(v)} {shape(v)}" for v in proto.graph.output]
-    lines += [f"  {key}: {json.dumps(value)}" for key, value in metadata.items()]
-    return "\n".join(lines)
 
 
 @dataclass
@@ -256,7 +200,7 @@ class LoadedModel:
         return self.metadata["io"]["input"]["name"] == RAW_INPUT_NAME
 
 
-def load_model(path: str | Path, options: SessionOptions = SessionOptions()) -> LoadedModel:
+def open_model(path: str | Path, options: ProviderSettings = ProviderSettings()) -> LoadedModel:
     """Open an exported model and check that its graph matches its metadata."""
     path = Path(path)
     metadata = read_metadata(path)
@@ -270,23 +214,25 @@ def check_metadata_against_graph(path: Path, metadata: dict, session) -> None:
     expected = metadata["io"]["input"]["name"]
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or inputs[0].name != expected:
-        raise DataError(f"{path}: the graph's inputs {[i.name for i in inputs]} do not match its metadata ({expected!r})")
+        raise DataError(
+            f"{path}: the graph's inputs {[i.name for i in inputs]} do not match its metadata ({expected!r})"
+        )
     graph_input = list(inputs[0].shape)
     if expected == INPUT_NAME:
         if graph_input[1:] != metadata["io"]["input"]["shape"][1:]:
-            raise DataError(f"{path}: the graph's input shape {graph_input} does not match its metadata's io section "
-                            f"{metadata['io']['input']['shape']}")  # fmt: skip
+            raise DataError(
+                f"{path}: the graph's input shape {graph_input} does not match its metadata's io section "
+                f"{metadata['io']['input']['shape']}"
+            )
         resize = metadata["preprocessing"].get("resize", {})
         channels = len(metadata["preprocessing"].get("mean", []))
         if [channels, resize.get("height"), resize.get("width")] != graph_input[1:]:
-            raise DataError(f"{path}: the metadata's preprocessing makes {channels}x{resize.get('height')}x{resize.get('width')} "
-                            f"inputs, but the graph takes {'x'.join(map(str, graph_input[1:]))}")  # fmt: skip
+            raise DataError(
+                f"{path}: the metadata's preprocessing makes {channels}x{resize.get('height')}x{resize.get('width')} "
+                f"inputs, but the graph takes {'x'.join(map(str, graph_input[1:]))}"
+            )
     classes = outputs[0].shape[-1] if outputs else None
     if isinstance(classes, int) and len(metadata["labels"]) != classes:
-        raise DataError(f"{path}: the metadata names {len(metadata['labels'])} labels, but the graph outputs {classes} classes")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+        raise DataError(
+            f"{path}: the metadata names {len(metadata['labels'])} labels, but the graph outputs {classes} classes"
+        )

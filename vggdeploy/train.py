@@ -51,7 +51,7 @@ class _StopRequests:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def out_of_time(self, step: int, distributed: "_Distributed", device: torch.device) -> bool:
+    def out_of_time(self, step: int, distributed: _Distributed, device: torch.device) -> bool:
         """True once the time limit has passed. Under DDP every rank must agree, so the ranks compare their clocks
         every PROGRESS_EVERY steps (all take the same steps) instead of each deciding alone."""
         if self.time_limit is None:
@@ -70,7 +70,7 @@ class _StopRequests:
             raise KeyboardInterrupt
         self.received = signal.Signals(number).name
 
-    def __enter__(self) -> "_StopRequests":
+    def __enter__(self) -> _StopRequests:
         if self.enabled:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
@@ -96,8 +96,13 @@ class TrainResult:
         """What ``train --json`` prints: the run folder's paths and the figures (scripts read these, not the text)."""
         folder = RunFolder(self.out_dir)
         figures = {k: v for k, v in asdict(self).items() if k not in ("out_dir", "history")}
-        return {"out_dir": str(folder.path), "best_checkpoint": str(folder.best_checkpoint),
-                "last_checkpoint": str(folder.last_checkpoint), "metrics": str(folder.metrics), **figures}  # fmt: skip
+        return {
+            "out_dir": str(folder.path),
+            "best_checkpoint": str(folder.best_checkpoint),
+            "last_checkpoint": str(folder.last_checkpoint),
+            "metrics": str(folder.metrics),
+            **figures,
+        }
 
     def format(self) -> str:
         peak = f", {self.peak_fraction:.1%} of bf16 peak" if self.peak_fraction is not None else ""
@@ -158,7 +163,9 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
+    return torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0
+    )
 
 
 def _peak_fraction(device: torch.device, images_per_second: float, forward_gflops: float) -> float | None:
@@ -181,7 +188,9 @@ def evaluate(
     for batch, target in iterate_batches(images, labels, batch_size, spec, shard=(distributed.rank, distributed.world)):
         with autocast:
             logits = model(batch).float()
-        sums += torch.stack([F.cross_entropy(logits, target, reduction="sum"), (logits.argmax(1) == target).sum()]).to(sums)
+        sums += torch.stack([F.cross_entropy(logits, target, reduction="sum"), (logits.argmax(1) == target).sum()]).to(
+            sums
+        )
         count += len(target)
     totals = torch.cat([sums, sums.new_tensor([count])])
     if distributed.world > 1:
@@ -213,17 +222,25 @@ def _resume_state(out_dir: Path, config: TrainConfig) -> dict | None:
     state = load_checkpoint(path)
     differing = [k for k, v in config.to_dict().items() if k not in ("device", "epochs") and saved.to_dict()[k] != v]
     if differing:
-        raise UsageError(f"--resume: {path} was trained with other settings ({', '.join(differing)}); use the same ones")
+        raise UsageError(
+            f"--resume: {path} was trained with other settings ({', '.join(differing)}); use the same ones"
+        )
     finished = len(state["metrics"])
     if config.epochs < finished or (config.epochs == finished and not state.get("in_progress")):
-        raise UsageError(f"--resume: {path} has finished {finished} epochs; pass --epochs N with N > {finished} to train on")
+        raise UsageError(
+            f"--resume: {path} has finished {finished} epochs; pass --epochs N with N > {finished} to train on"
+        )
     return state
 
 
 def train(
-    config: TrainConfig, out_dir: str | Path, data_dir=None, resume: bool = False, progress: bool = True,
+    config: TrainConfig,
+    out_dir: str | Path,
+    data_dir=None,
+    resume: bool = False,
+    progress: bool = True,
     time_limit: float | None = None,
-) -> TrainResult:  # fmt: skip
+) -> TrainResult:
     """Train ``config`` into ``out_dir`` (checkpoints/, train/); resumable from ``checkpoints/last.pt``.
 
     ``time_limit`` (seconds of wall time from this call) ends the run cleanly at the first step boundary past it:
@@ -256,7 +273,7 @@ class RunningSums:
     values: torch.Tensor
 
     @classmethod
-    def start(cls, device: torch.device, saved: list[float] | None = None) -> "RunningSums":
+    def start(cls, device: torch.device, saved: list[float] | None = None) -> RunningSums:
         return cls(torch.tensor(saved, device=device) if saved else torch.zeros(3, device=device))
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
@@ -339,10 +356,26 @@ def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, s
     runner = torch.compile(trained) if config.compile else trained
     steps_per_epoch = len(data[0]) // distributed.world // config.batch_size
     if steps_per_epoch == 0:
-        raise UsageError(f"batch size {config.batch_size} is larger than the {len(data[0])} training images per process")
+        raise UsageError(
+            f"batch size {config.batch_size} is larger than the {len(data[0])} training images per process"
+        )
     history = list(state["metrics"]) if state else []
-    run = _Run(config, out_dir, device, distributed, stop, progress, data, model, optimizer, runner, bf16, steps_per_epoch,
-               data_checksums(data_dir), history)  # fmt: skip
+    run = _Run(
+        config,
+        out_dir,
+        device,
+        distributed,
+        stop,
+        progress,
+        data,
+        model,
+        optimizer,
+        runner,
+        bf16,
+        steps_per_epoch,
+        data_checksums(data_dir),
+        history,
+    )
     return run, (state or {}).get("in_progress")
 
 
@@ -357,11 +390,15 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
         train_seconds += outcome.seconds
         trained_images += outcome.images
         if outcome.stopped_at is not None:
-            stopped = (f"stopped by the {stop.time_limit:g} s time limit in epoch {epoch + 1} at step "
-                       f"{outcome.stopped_at}/{run.steps_per_epoch}")  # fmt: skip
+            stopped = (
+                f"stopped by the {stop.time_limit:g} s time limit in epoch {epoch + 1} at step "
+                f"{outcome.stopped_at}/{run.steps_per_epoch}"
+            )
             if not run.history:
-                raise Interrupted(f"{stopped}, before any epoch ended; saved {RunFolder(out_dir).last_checkpoint}; "
-                                  "continue with --resume and the same settings")  # fmt: skip
+                raise Interrupted(
+                    f"{stopped}, before any epoch ended; saved {RunFolder(out_dir).last_checkpoint}; "
+                    "continue with --resume and the same settings"
+                )
             break
         _finish_epoch(run, epoch, outcome, elapsed_before)
         if stop.received and epoch + 1 < config.epochs:
@@ -372,10 +409,16 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
 
     rate = trained_images / train_seconds if train_seconds else 0.0
     result = TrainResult(
-        out_dir, max(row["test_accuracy"] for row in run.history), run.history[-1]["test_accuracy"],
-        len(run.history) - start_epoch, stop.elapsed(), rate,
-        _peak_fraction(device, rate, summarize(config.model).gflops), run.history, stopped,
-    )  # fmt: skip
+        out_dir,
+        max(row["test_accuracy"] for row in run.history),
+        run.history[-1]["test_accuracy"],
+        len(run.history) - start_epoch,
+        stop.elapsed(),
+        rate,
+        _peak_fraction(device, rate, summarize(config.model).gflops),
+        run.history,
+        stopped,
+    )
     if distributed.is_main:
         _write_reports(out_dir, config, result, device)
     return result
@@ -389,15 +432,28 @@ def _train_epoch(run: _Run, epoch: int, resumed: dict | None) -> _EpochOutcome:
     resumed_images = sums.images  # trained before an interruption: not part of this run's speed
     generator = torch.Generator(device).manual_seed(seed_for(config, epoch))
     batches = iterate_batches(
-        run.data[0], run.data[1], config.batch_size, run.spec, generator, Augmentation(config.flip, config.shift, config.erase),
-        shard=(distributed.rank, distributed.world), drop_last=True,
-    )  # fmt: skip
+        run.data[0],
+        run.data[1],
+        config.batch_size,
+        run.spec,
+        generator,
+        Augmentation(config.flip, config.shift, config.erase),
+        shard=(distributed.rank, distributed.world),
+        drop_last=True,
+    )
     batches = itertools.islice(batches, run.steps_per_epoch)  # every rank takes the same number of steps
     batch_images = torch.tensor(float(config.batch_size), device=device)  # drop_last: every batch is full
     total_steps = run.steps_per_epoch * config.epochs
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.bf16)
-    bar = tqdm(batches, total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-               disable=not (run.progress and distributed.is_main), leave=True, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        batches,
+        total=run.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        unit="batch",
+        disable=not (run.progress and distributed.is_main),
+        leave=True,
+        dynamic_ncols=True,
+    )
     run.runner.train()
     started, stopped_at = time.perf_counter(), None
     for step, (batch, target) in enumerate(bar):
@@ -447,19 +503,23 @@ def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before:
     if run.distributed.world > 1:
         dist.all_reduce(outcome.sums.values)
     test_images, test_labels = run.data[2], run.data[3]
-    test_loss, test_accuracy = evaluate(run.runner, test_images, test_labels, run.spec, run.config.eval_batch_size,
-                                        run.distributed, run.bf16)  # fmt: skip
-    run.history.append({
-        "epoch": epoch + 1,
-        "train_loss": outcome.sums.mean_loss,
-        "train_accuracy": outcome.sums.accuracy,
-        "test_loss": test_loss,
-        "test_accuracy": test_accuracy,
-        "lr_end": run.optimizer.param_groups[0]["lr"],
-        "epoch_seconds": outcome.seconds + time.perf_counter() - evaluation_started,  # training and evaluation
-        "train_images_per_second": outcome.images / outcome.seconds,
-        "elapsed_seconds": elapsed_before + run.stop.elapsed(),  # wall time since the run began, evaluation included
-    })  # fmt: skip
+    test_loss, test_accuracy = evaluate(
+        run.runner, test_images, test_labels, run.spec, run.config.eval_batch_size, run.distributed, run.bf16
+    )
+    run.history.append(
+        {
+            "epoch": epoch + 1,
+            "train_loss": outcome.sums.mean_loss,
+            "train_accuracy": outcome.sums.accuracy,
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "lr_end": run.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": outcome.seconds + time.perf_counter() - evaluation_started,  # training and evaluation
+            "train_images_per_second": outcome.images / outcome.seconds,
+            "elapsed_seconds": elapsed_before
+            + run.stop.elapsed(),  # wall time since the run began, evaluation included
+        }
+    )
     if run.distributed.is_main:
         _save_epoch(run.out_dir, run.model, run.optimizer, run.config, run.history, run.checksums)
         if run.progress:
@@ -502,7 +562,9 @@ def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, devi
             "wall_seconds": result.wall_seconds,
             "train_images_per_second": result.images_per_second,
             "bf16_peak_fraction": result.peak_fraction,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+            "device": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
             "config": config.to_dict(),
             "versions": library_versions(),
         },

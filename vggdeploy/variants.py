@@ -6,9 +6,9 @@ Each variant is checked against the fp32 model on real test images before it is 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -17,16 +17,24 @@ from onnx import TensorProto, helper
 from vggdeploy.artifacts import sibling
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import (
-    BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, RAW_INPUT_NAME, cap_ir_version, model_args_from_metadata,
+    BATCH_AXIS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PROBABILITIES_NAME,
+    RAW_INPUT_NAME,
+    cap_ir_version,
+    model_args_from_metadata,
+    probabilities,
     proto_metadata,
-)  # fmt: skip
-from vggdeploy.data import load_split, to_model_input
+)
+from vggdeploy.data import load_split, to_input_tensor
 from vggdeploy.errors import CheckFailed
-from vggdeploy.hardware import median_ms
 from vggdeploy.graph import GraphStats, attach_metadata, check_proto, io_section, run_session, save_onnx
+from vggdeploy.hardware import median_ms
 from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec
-from vggdeploy.runtime import SessionOptions, create_session, softmax
+from vggdeploy.runtime import ProviderSettings, create_session
+
 
 @dataclass(frozen=True)
 class VariantInputs:
@@ -72,13 +80,21 @@ class Variant:
     def summary(self) -> str:
         speed = ""
         if self.cpu_batch1_ms:
-            speed = (f"; CPU batch 1: {self.cpu_batch1_ms['fp32']:.2f} ms fp32 -> {self.cpu_batch1_ms['int8']:.2f} ms int8 "
-                     f"({self.cpu_batch1_ms['speedup']:.2f}x)")  # fmt: skip
+            speed = (
+                f"; CPU batch 1: {self.cpu_batch1_ms['fp32']:.2f} ms fp32 -> {self.cpu_batch1_ms['int8']:.2f} ms int8 "
+                f"({self.cpu_batch1_ms['speedup']:.2f}x)"
+            )
         return self.parity.format() + speed
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "bytes": self.bytes, "nodes": self.nodes, "parity": self.parity.to_dict(),
-                "cpu_batch1_ms": self.cpu_batch1_ms, "summary": self.summary()}  # fmt: skip
+        return {
+            "path": str(self.path),
+            "bytes": self.bytes,
+            "nodes": self.nodes,
+            "parity": self.parity.to_dict(),
+            "cpu_batch1_ms": self.cpu_batch1_ms,
+            "summary": self.summary(),
+        }
 
 
 def _fp32_metadata(given: VariantInputs) -> dict:
@@ -86,27 +102,40 @@ def _fp32_metadata(given: VariantInputs) -> dict:
 
 
 def _logits_to_probabilities(logits: np.ndarray) -> np.ndarray:
-    return softmax(logits.astype(np.float64)).astype(np.float32)
+    return probabilities(logits.astype(np.float64)).astype(np.float32)
 
 
 VARIANT_KINDS = (
     VariantKind(
-        "fp16", "fp16 vs fp32 (onnxruntime)", lambda config: config.fp16, lambda given: to_fp16(given.fp32),
-        lambda given: given.inputs, lambda logits: logits,
+        "fp16",
+        "fp16 vs fp32 (onnxruntime)",
+        lambda config: config.fp16,
+        lambda given: to_fp16(given.fp32),
+        lambda given: given.inputs,
+        lambda logits: logits,
         lambda config: {"max_accuracy_drop": config.fp16_max_drop_pp / 100},
     ),
     VariantKind(
-        "int8", "int8 vs fp32 (onnxruntime)", lambda config: config.int8,
-        lambda given: to_int8(given.fp32, _calibration_inputs(given)), lambda given: given.inputs, lambda logits: logits,
+        "int8",
+        "int8 vs fp32 (onnxruntime)",
+        lambda config: config.int8,
+        lambda given: to_int8(given.fp32, _calibration_inputs(given)),
+        lambda given: given.inputs,
+        lambda logits: logits,
         lambda config: {"max_accuracy_drop": config.int8_max_drop_pp / 100},
     ),
     VariantKind(
-        "preprocess", "uint8 in-graph preprocessing vs numpy preprocessing + fp32", lambda config: config.with_preprocessing,
-        lambda given: with_preprocessing(given.fp32, PreprocessSpec.from_metadata(_fp32_metadata(given)["preprocessing"])),
-        lambda given: given.raw_images, _logits_to_probabilities,
+        "preprocess",
+        "uint8 in-graph preprocessing vs numpy preprocessing + fp32",
+        lambda config: config.with_preprocessing,
+        lambda given: with_preprocessing(
+            given.fp32, PreprocessSpec.from_metadata(_fp32_metadata(given)["preprocessing"])
+        ),
+        lambda given: given.raw_images,
+        _logits_to_probabilities,
         lambda config: {"atol": config.preprocessing_atol},
     ),
-)  # fmt: skip
+)
 
 
 def build_variants(given: VariantInputs) -> list[Variant]:
@@ -117,9 +146,14 @@ def build_variants(given: VariantInputs) -> list[Variant]:
         if not kind.wanted(given.config):
             continue
         proto = kind.build(given)
-        session = create_session(proto.SerializeToString(), SessionOptions(provider="cpu"))
-        parity = compare_logits(kind.description, kind.expected(reference), run_session(session, kind.feed(given)),
-                                given.labels, **kind.limits(given.config))  # fmt: skip
+        session = create_session(proto.SerializeToString(), ProviderSettings(provider="cpu"))
+        parity = compare_logits(
+            kind.description,
+            kind.expected(reference),
+            run_session(session, kind.feed(given)),
+            given.labels,
+            **kind.limits(given.config),
+        )
         if not parity:
             raise CheckFailed(f"variant check: {parity.format()}")
         variant = Variant(kind.name, proto, parity)
@@ -163,7 +197,7 @@ def _calibration_inputs(given: VariantInputs) -> np.ndarray:
     count = given.config.calibration_images
     images, _ = load_split("train", given.data_dir)
     step = max(1, len(images) // count)
-    return to_model_input(images[::step][:count], PreprocessSpec(*given.inputs.shape[-2:])).numpy()
+    return to_input_tensor(images[::step][:count], PreprocessSpec(*given.inputs.shape[-2:])).numpy()
 
 
 def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
@@ -185,9 +219,14 @@ def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
         onnx.save(fp32, str(source))
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # shape inference + graph fusions
         quantize_static(
-            str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-        )  # fmt: skip
+            str(prepared),
+            str(target),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
         proto = onnx.load(str(target))
     cap_ir_version(proto)
     return proto
@@ -204,10 +243,19 @@ def with_preprocessing(fp32: onnx.ModelProto, spec: PreprocessSpec) -> onnx.Mode
         helper.make_tensor("pre_hw", TensorProto.INT64, [2], [spec.height, spec.width]),
     ]
     resize_mode = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
-    if opset >= 18:  # Resize's axes: fixed (height, width) sizes, no shape arithmetic that a GPU provider leaves to the CPU
-        resize = [helper.make_node("Resize", ["pre_nchw", "", "", "pre_hw"], ["pre_resized"], axes=[2, 3], antialias=0, **resize_mode)]
+    if (
+        opset >= 18
+    ):  # Resize's axes: fixed (height, width) sizes, no shape arithmetic that a GPU provider leaves to the CPU
+        resize = [
+            helper.make_node(
+                "Resize", ["pre_nchw", "", "", "pre_hw"], ["pre_resized"], axes=[2, 3], antialias=0, **resize_mode
+            )
+        ]
     else:
-        constants += [helper.make_tensor("pre_start", TensorProto.INT64, [1], [0]), helper.make_tensor("pre_end", TensorProto.INT64, [1], [2])]
+        constants += [
+            helper.make_tensor("pre_start", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("pre_end", TensorProto.INT64, [1], [2]),
+        ]
         resize = [
             helper.make_node("Shape", ["pre_nchw"], ["pre_shape"]),
             helper.make_node("Slice", ["pre_shape", "pre_start", "pre_end"], ["pre_nc"]),
@@ -225,14 +273,20 @@ def with_preprocessing(fp32: onnx.ModelProto, spec: PreprocessSpec) -> onnx.Mode
     graph = onnx.GraphProto()
     graph.CopyFrom(fp32.graph)
     del graph.input[:]
-    graph.input.append(helper.make_tensor_value_info(RAW_INPUT_NAME, TensorProto.UINT8, [BATCH_AXIS, "height", "width"]))
+    graph.input.append(
+        helper.make_tensor_value_info(RAW_INPUT_NAME, TensorProto.UINT8, [BATCH_AXIS, "height", "width"])
+    )
     graph.initializer.extend(constants)
     original_nodes = list(graph.node)
     del graph.node[:]
-    graph.node.extend([*nodes, *original_nodes, helper.make_node("Softmax", [OUTPUT_NAME], [PROBABILITIES_NAME], axis=1)])
+    graph.node.extend(
+        [*nodes, *original_nodes, helper.make_node("Softmax", [OUTPUT_NAME], [PROBABILITIES_NAME], axis=1)]
+    )
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(PROBABILITIES_NAME, TensorProto.FLOAT, [BATCH_AXIS, None]))
-    graph.output[0].type.tensor_type.shape.dim[1].dim_value = fp32.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    graph.output[0].type.tensor_type.shape.dim[1].dim_value = (
+        fp32.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    )
     proto = helper.make_model(graph, opset_imports=list(fp32.opset_import), ir_version=fp32.ir_version)
     check_proto(proto)
     return proto

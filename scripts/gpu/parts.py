@@ -32,7 +32,12 @@ PACKAGES = ("onnxruntime-gpu==1.31.1", "onnxsim==0.8.1")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64")
 # Never loaded by vggdeploy: the TensorRT provider (it needs TensorRT, which the host lacks).
 EXCLUDED = ("onnxruntime/capi/libonnxruntime_providers_tensorrt.so",)
-DATA_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+DATA_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 MANIFEST = "manifest.json"
 MIB = 1 << 20
 
@@ -54,10 +59,25 @@ def download_wheels(python_version: str, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     platforms = [argument for platform in PLATFORMS for argument in ("--platform", platform)]
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--implementation", "cp",
-         "--python-version", python_version, *platforms, "--dest", str(folder), *PACKAGES],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            python_version,
+            *platforms,
+            "--dest",
+            str(folder),
+            *PACKAGES,
+        ],
         check=True,
-    )  # fmt: skip
+    )
     wheels = sorted(folder.glob("*.whl"))
     if len(wheels) != len(PACKAGES):
         raise PartsError(f"{folder}: expected {len(PACKAGES)} wheels, found {[w.name for w in wheels]}")
@@ -116,7 +136,9 @@ def split(payload: Path, contents: dict, out: Path, max_part_bytes: int) -> list
             path.write_bytes(stream.read(part_size))
             parts.append(path)
     manifest = {
-        "parts": [{"name": p.name, "folder": p.parent.name, "bytes": p.stat().st_size, "sha256": sha256(p)} for p in parts],
+        "parts": [
+            {"name": p.name, "folder": p.parent.name, "bytes": p.stat().st_size, "sha256": sha256(p)} for p in parts
+        ],
         "payload_bytes": size,
         "payload_sha256": sha256(payload),
         "contents": contents,
@@ -149,7 +171,9 @@ class Receiver:
             for part in folder.glob("part-*"):
                 entry = entries.get(part.name)
                 if entry is None or sha256(part) != entry["sha256"]:
-                    raise PartsError(f"{part}: not the part its manifest describes (corrupt or from another pack); pack again")
+                    raise PartsError(
+                        f"{part}: not the part its manifest describes (corrupt or from another pack); pack again"
+                    )
                 self.parts.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(part, self.parts / part.name)
             (self.state / MANIFEST).write_text(json.dumps(manifest))
@@ -194,7 +218,9 @@ class Receiver:
             tar.extractall(self.state, filter="data")
         if digest.hexdigest() != manifest["payload_sha256"]:
             raise PartsError("the joined parts do not match the packed payload; pack again")
-        self.installed_stamp.write_text(json.dumps({"payload_sha256": manifest["payload_sha256"], **manifest["contents"]}))
+        self.installed_stamp.write_text(
+            json.dumps({"payload_sha256": manifest["payload_sha256"], **manifest["contents"]})
+        )
         shutil.rmtree(self.parts)
 
 
@@ -204,7 +230,9 @@ def receive(carried: Path, state: Path) -> int:
     manifest = receiver.take(carried)
     done = receiver.installed()
     if manifest is None:
-        raise PartsError(f"no parts found under {carried} and nothing installed in {state}; run scripts/gpu/pack.sh here first")
+        raise PartsError(
+            f"no parts found under {carried} and nothing installed in {state}; run scripts/gpu/pack.sh here first"
+        )
     if done and done["payload_sha256"] == manifest["payload_sha256"]:
         print(f"parts: installed in {state} ({', '.join(done['wheels'])}; data: {len(done['data'])} files)")
         return 0
@@ -237,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             return receive(args.carried, args.state)
         missing = [name for name in DATA_FILES if not (args.data_dir / name).is_file()]
         if missing:
-            raise PartsError(f"{args.data_dir}: no Fashion-MNIST ({', '.join(missing)}); apt-get install dataset-fashion-mnist")
+            raise PartsError(
+                f"{args.data_dir}: no Fashion-MNIST ({', '.join(missing)}); apt-get install dataset-fashion-mnist"
+            )
         key = hashlib.sha256(" ".join((*PACKAGES, *EXCLUDED)).encode()).hexdigest()[:12]
         cache = args.cache / f"py{args.python_version}-{key}"
         payload = cache / "payload.tar.xz"

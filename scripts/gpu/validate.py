@@ -31,8 +31,14 @@ from pathlib import Path
 
 from vggdeploy.report import markdown_table, plot_accuracy_against_time, write_json, write_text
 
-GPU_BENCH_ENGINES = ("torch-cuda-fp32", "torch-cuda-tf32", "torch-cuda-fp16-cl", "ort-cuda-fp32", "ort-cuda-fp16",
-                     "ort-cuda-fp16-nhwc-graph")  # fmt: skip
+GPU_BENCH_ENGINES = (
+    "torch-cuda-fp32",
+    "torch-cuda-tf32",
+    "torch-cuda-fp16-cl",
+    "ort-cuda-fp32",
+    "ort-cuda-fp16",
+    "ort-cuda-fp16-nhwc-graph",
+)
 GRAPH_ENGINE = "ort-cuda-fp16-nhwc-graph"
 LOG_CHARS = 200_000  # of each step's output kept in gpu-logs.txt (the device tool returns at most 8 files)
 
@@ -60,8 +66,24 @@ GPU = Profile(
     seed_train=("--preset", "seed"),
     export=("--fp16", "--int8", "--with-preprocessing"),
     check=("--provider", "cuda"),
-    bench_model_train=("--preset", "full", "--epochs", "1", "--train-limit", "2560", "--test-limit", "1000", "--no-compile"),
-    bench_model_export=("--fp16", "--parity-images", "64", "--variant-images", "100"),  # the export checks run on the CPU
+    bench_model_train=(
+        "--preset",
+        "full",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "2560",
+        "--test-limit",
+        "1000",
+        "--no-compile",
+    ),
+    bench_model_export=(
+        "--fp16",
+        "--parity-images",
+        "64",
+        "--variant-images",
+        "100",
+    ),  # the export checks run on the CPU
     bench=("--engines", ",".join(GPU_BENCH_ENGINES), "--batch-sizes", "1,8,64,256", "--seconds", "2"),
     full_train=("--preset", "full"),
 )
@@ -69,12 +91,31 @@ TINY = ("--width-ratio", "16", "--hidden", "64", "--image-size", "32", "--device
 REHEARSAL = Profile(
     name="cpu-rehearsal",
     seed_train=("--preset", "seed", *TINY, "--epochs", "1", "--train-limit", "512", "--test-limit", "256"),
-    export=("--fp16", "--int8", "--with-preprocessing", "--parity-images", "64", "--audit-batches", "1,2,7,16",
-            "--variant-images", "128"),  # fmt: skip
+    export=(
+        "--fp16",
+        "--int8",
+        "--with-preprocessing",
+        "--parity-images",
+        "64",
+        "--audit-batches",
+        "1,2,7,16",
+        "--variant-images",
+        "128",
+    ),
     # A one-epoch model on 256 images: one flipped image is 0.4 pp, so the variants' accuracy limits are opened.
     check=("--provider", "cpu", "--images", "256", "--fp16-max-drop", "100", "--int8-max-drop", "100"),
-    bench_model_train=("--preset", "full", *TINY, "--epochs", "1", "--train-limit", "256", "--test-limit", "128",
-                       "--no-compile"),  # fmt: skip
+    bench_model_train=(
+        "--preset",
+        "full",
+        *TINY,
+        "--epochs",
+        "1",
+        "--train-limit",
+        "256",
+        "--test-limit",
+        "128",
+        "--no-compile",
+    ),
     bench_model_export=("--fp16", "--parity-images", "64", "--audit-batches", "1,2,7,16", "--variant-images", "128"),
     bench=("--engines", "torch-cpu-fp32,ort-cpu-fp32", "--batch-sizes", "1,8", "--seconds", "0.1", "--min-runs", "3"),
     full_train=("--preset", "quick", *TINY, "--epochs", "2", "--train-limit", "1024", "--test-limit", "256"),
@@ -137,7 +178,9 @@ class Validation:
         print(f"== {name}: {step.command}", flush=True)
         with log.open("w") as sink:
             try:
-                step.returncode = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, timeout=left).returncode
+                step.returncode = subprocess.run(
+                    command, stdout=sink, stderr=subprocess.STDOUT, timeout=left
+                ).returncode
             except subprocess.TimeoutExpired:
                 step.returncode = 124
         step.seconds = time.monotonic() - started
@@ -158,8 +201,11 @@ class Validation:
         }
         write_json(self.out / "gpu-report.json", report)
         write_text(self.out / "gpu-report.md", format_markdown(report))
-        logs = [f"==== {step.name}: {step.command}\n{self.log_path(step.name).read_text(errors='replace')[-LOG_CHARS:]}"
-                for step in self.steps if self.log_path(step.name).is_file()]  # fmt: skip
+        logs = [
+            f"==== {step.name}: {step.command}\n{self.log_path(step.name).read_text(errors='replace')[-LOG_CHARS:]}"
+            for step in self.steps
+            if self.log_path(step.name).is_file()
+        ]
         write_text(self.out / "gpu-logs.txt", "\n".join(logs))
 
     def log_path(self, name: str) -> Path:
@@ -196,8 +242,11 @@ def describe_environment() -> dict:
     except ImportError as error:
         environment["onnxsim"] = f"not importable: {error}"
     if shutil.which("nvidia-smi"):
-        query = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                               capture_output=True, text=True)  # fmt: skip
+        query = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
         environment["nvidia_smi"] = query.stdout.strip() or query.stderr.strip()
     return environment
 
@@ -226,7 +275,9 @@ def runtime_stage(validation: Validation) -> None:
     validation.run("seed-train", ["train", *profile.seed_train, "--out", str(seed), "--quiet"])
     summary = read_json(seed / "train" / "summary.json")
     if summary:
-        validation.figures["seed_train"] = pick(summary, "best_test_accuracy", "wall_seconds", "train_images_per_second")
+        validation.figures["seed_train"] = pick(
+            summary, "best_test_accuracy", "wall_seconds", "train_images_per_second"
+        )
     copy_png(seed / "train" / "curves.png", validation.out / "seed-curves.png")
     validation.run("seed-export", ["export", "--checkpoint", str(seed / "checkpoints" / "best.pt"), *profile.export])
     exported = read_json(seed / "onnx" / "export_report.json")
@@ -240,8 +291,10 @@ def runtime_stage(validation: Validation) -> None:
 
     bench_dir = work / "bench-model"
     validation.run("bench-model-train", ["train", *profile.bench_model_train, "--out", str(bench_dir), "--quiet"])
-    validation.run("bench-model-export", ["export", "--checkpoint", str(bench_dir / "checkpoints" / "best.pt"),
-                                          *profile.bench_model_export])  # fmt: skip
+    validation.run(
+        "bench-model-export",
+        ["export", "--checkpoint", str(bench_dir / "checkpoints" / "best.pt"), *profile.bench_model_export],
+    )
     bench = validation.run("bench", ["bench", "--model", str(bench_dir / "onnx" / "model.onnx"), *profile.bench])
     benched = read_json(bench_dir / "onnx" / "reports" / "bench.json")
     if benched:
@@ -250,17 +303,26 @@ def runtime_stage(validation: Validation) -> None:
     add_bench_goals(validation, benched, bench)
 
     tests = validation.run("pytest-gpu", ["-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"], module="pytest")
-    counts = dict((word, int(number)) for number, word in re.findall(r"(\d+) (passed|failed|skipped|error)", tests.output_tail))
+    counts = dict(
+        (word, int(number)) for number, word in re.findall(r"(\d+) (passed|failed|skipped|error)", tests.output_tail)
+    )
     validation.figures["pytest_gpu"] = counts
-    validation.goals.append(Goal("the 3 gpu-marked tests pass", ", ".join(f"{n} {w}" for w, n in counts.items()) or "no result",
-                                 counts.get("passed") == 3 and tests.returncode == 0 if tests.returncode is not None else None,
-                                 tests.name))  # fmt: skip
+    validation.goals.append(
+        Goal(
+            "the 3 gpu-marked tests pass",
+            ", ".join(f"{n} {w}" for w, n in counts.items()) or "no result",
+            counts.get("passed") == 3 and tests.returncode == 0 if tests.returncode is not None else None,
+            tests.name,
+        )
+    )
 
 
 def train_stage(validation: Validation, time_limit: float) -> None:
     full = validation.work / "full"
-    step = validation.run("full-train", ["train", *validation.profile.full_train, "--time-limit", f"{time_limit:g}",
-                                         "--out", str(full), "--quiet"])  # fmt: skip
+    step = validation.run(
+        "full-train",
+        ["train", *validation.profile.full_train, "--time-limit", f"{time_limit:g}", "--out", str(full), "--quiet"],
+    )
     summary = read_json(full / "train" / "summary.json")
     metrics = full / "train" / "metrics.jsonl"
     history = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
@@ -268,38 +330,67 @@ def train_stage(validation: Validation, time_limit: float) -> None:
     validation.figures["full_train"] = {"summary": summary, "accuracy_against_time": rows}
     copy_png(full / "train" / "curves.png", validation.out / "full-curves.png")
     if rows:
-        plot_accuracy_against_time(validation.out / "full-accuracy-time.png", rows, "full preset: test accuracy against wall time")
+        plot_accuracy_against_time(
+            validation.out / "full-accuracy-time.png", rows, "full preset: test accuracy against wall time"
+        )
     within_4 = max((r["test_accuracy"] for r in rows if r["elapsed_seconds"] <= 240), default=None)
     final = rows[-1] if rows else None
     ran = step.returncode is not None
-    validation.goals += [
-        Goal(">= 95.0 % test accuracy within the first 4 min",
-             "no epoch ended" if within_4 is None else f"{within_4:.2%}",
-             None if within_4 is None else within_4 >= 0.95, step.name),
-        Goal(">= 95.5 % test accuracy in <= 10 min",
-             "no epoch ended" if final is None else f"{final['test_accuracy']:.2%} at {final['elapsed_seconds']:.0f} s",
-             None if final is None else final["test_accuracy"] >= 0.955 and final["elapsed_seconds"] <= 600, step.name),
-        Goal(">= 10,000 train img/s (VGG-11-BN, 224 px, bf16)",
-             "no summary" if not summary else f"{summary['train_images_per_second']:,.0f} img/s",
-             None if not summary else summary["train_images_per_second"] >= 10_000, step.name),
-    ] if ran else []  # fmt: skip
+    validation.goals += (
+        [
+            Goal(
+                ">= 95.0 % test accuracy within the first 4 min",
+                "no epoch ended" if within_4 is None else f"{within_4:.2%}",
+                None if within_4 is None else within_4 >= 0.95,
+                step.name,
+            ),
+            Goal(
+                ">= 95.5 % test accuracy in <= 10 min",
+                "no epoch ended"
+                if final is None
+                else f"{final['test_accuracy']:.2%} at {final['elapsed_seconds']:.0f} s",
+                None if final is None else final["test_accuracy"] >= 0.955 and final["elapsed_seconds"] <= 600,
+                step.name,
+            ),
+            Goal(
+                ">= 10,000 train img/s (VGG-11-BN, 224 px, bf16)",
+                "no summary" if not summary else f"{summary['train_images_per_second']:,.0f} img/s",
+                None if not summary else summary["train_images_per_second"] >= 10_000,
+                step.name,
+            ),
+        ]
+        if ran
+        else []
+    )
 
 
 def add_check_goals(validation: Validation, checked: dict | None, step: Step) -> None:
     results = {r["name"]: r for r in (checked or {}).get("results", [])}
     fp32, fp16 = results.get("fp32"), results.get("fp16")
     validation.goals += [
-        Goal("fp32 (TF32 off): 100 % top-1 agreement, max |logit diff| <= 1e-3",
-             "no result" if not fp32 else f"{fp32['top1_agreement']:.2%}, {fp32['max_abs_diff']:.3g} on {fp32['images']} images",
-             None if not fp32 else fp32["top1_agreement"] == 1.0 and fp32["max_abs_diff"] <= 1e-3, step.name),
-        Goal("fp16: accuracy drop <= 0.05 pp",
-             "no result" if not fp16 else f"{fp16['accuracy_change'] * 100:+.2f} pp",
-             None if not fp16 else -fp16["accuracy_change"] <= 0.0005, step.name),
-        Goal("no node left on the CPU (strict provider session)",
-             "no result" if not checked else f"check ran on {checked['provider']}, exit {step.returncode}",
-             None if not checked else step.returncode == 0 and checked["provider"] == ("cpu" if validation.profile.rehearsal else "cuda"),
-             step.name),
-    ]  # fmt: skip
+        Goal(
+            "fp32 (TF32 off): 100 % top-1 agreement, max |logit diff| <= 1e-3",
+            "no result"
+            if not fp32
+            else f"{fp32['top1_agreement']:.2%}, {fp32['max_abs_diff']:.3g} on {fp32['images']} images",
+            None if not fp32 else fp32["top1_agreement"] == 1.0 and fp32["max_abs_diff"] <= 1e-3,
+            step.name,
+        ),
+        Goal(
+            "fp16: accuracy drop <= 0.05 pp",
+            "no result" if not fp16 else f"{fp16['accuracy_change'] * 100:+.2f} pp",
+            None if not fp16 else -fp16["accuracy_change"] <= 0.0005,
+            step.name,
+        ),
+        Goal(
+            "no node left on the CPU (strict provider session)",
+            "no result" if not checked else f"check ran on {checked['provider']}, exit {step.returncode}",
+            None
+            if not checked
+            else step.returncode == 0 and checked["provider"] == ("cpu" if validation.profile.rehearsal else "cuda"),
+            step.name,
+        ),
+    ]
 
 
 def add_bench_goals(validation: Validation, benched: dict | None, step: Step) -> None:
@@ -309,14 +400,25 @@ def add_bench_goals(validation: Validation, benched: dict | None, step: Step) ->
     largest = max((batch for name, batch in rows if name == engine), default=None)
     single, many = rows.get((engine, 1)), rows.get((engine, largest))
     torch_single = rows.get((reference, 1))
-    ratio = f"; {torch_single['p50_ms'] / single['p50_ms']:.2f}x {reference} in the same run" if single and torch_single else ""
+    ratio = (
+        f"; {torch_single['p50_ms'] / single['p50_ms']:.2f}x {reference} in the same run"
+        if single and torch_single
+        else ""
+    )
     validation.goals += [
-        Goal(f"{engine} batch-1 p50 <= 0.20 ms", "no result" if not single else f"{single['p50_ms']:.3f} ms{ratio}",
-             None if not single else single["p50_ms"] <= 0.20, step.name),
-        Goal(f"{engine} batch 256 >= 25,000 img/s",
-             "no result" if not many else f"{many['images_per_second']:,.0f} img/s at batch {largest}",
-             None if not many or largest != 256 else many["images_per_second"] >= 25_000, step.name),
-    ]  # fmt: skip
+        Goal(
+            f"{engine} batch-1 p50 <= 0.20 ms",
+            "no result" if not single else f"{single['p50_ms']:.3f} ms{ratio}",
+            None if not single else single["p50_ms"] <= 0.20,
+            step.name,
+        ),
+        Goal(
+            f"{engine} batch 256 >= 25,000 img/s",
+            "no result" if not many else f"{many['images_per_second']:,.0f} img/s at batch {largest}",
+            None if not many or largest != 256 else many["images_per_second"] >= 25_000,
+            step.name,
+        ),
+    ]
 
 
 def pick(row: dict, *keys: str) -> dict:
@@ -328,10 +430,17 @@ def format_markdown(report: dict) -> str:
     device = environment.get("cuda_device") or f"CPU ({environment['cpu']}, {environment['cpu_count']} cores)"
     lines = [f"# GPU validation: {', '.join(report['stages'])} ({report['profile']})", ""]
     if report["profile"] == "cpu-rehearsal":
-        lines += ["**Rehearsal on the CPU with tiny models: these figures check the wiring, they are not GPU results.**", ""]
+        lines += [
+            "**Rehearsal on the CPU with tiny models: these figures check the wiring, they are not GPU results.**",
+            "",
+        ]
     lines += [f"Device: {device}", "", "```", json.dumps(environment, indent=2), "```", "", "## Steps", ""]
-    lines.append(markdown_table([{**s, "command": f"`{s['command']}`", "seconds": round(s["seconds"], 1)}
-                                 for s in report["steps"]], ["name", "command", "returncode", "seconds"]))  # fmt: skip
+    lines.append(
+        markdown_table(
+            [{**s, "command": f"`{s['command']}`", "seconds": round(s["seconds"], 1)} for s in report["steps"]],
+            ["name", "command", "returncode", "seconds"],
+        )
+    )
     if report["goals"]:
         verdict = {True: "met", False: "NOT met", None: "not measured"}
         rows = [{**g, "met": verdict[g["met"]]} for g in report["goals"]]
@@ -339,16 +448,28 @@ def format_markdown(report: dict) -> str:
     bench = report["figures"].get("bench")
     if bench:
         lines += ["", f"## bench ({bench['device']})", ""]
-        lines.append(markdown_table(bench["measurements"], ["engine", "batch", "p50_ms", "p99_ms", "images_per_second", "peak_fraction"]))
+        lines.append(
+            markdown_table(
+                bench["measurements"], ["engine", "batch", "p50_ms", "p99_ms", "images_per_second", "peak_fraction"]
+            )
+        )
         lines += [f"skipped {engine}: {why}" for engine, why in bench["skipped"].items()]
     check = report["figures"].get("seed_check")
     if check:
         lines += ["", f"## check (provider {check['provider']})", ""]
-        lines.append(markdown_table(check["results"], ["name", "images", "max_abs_diff", "top1_agreement", "accuracy_change", "passed"]))
+        lines.append(
+            markdown_table(
+                check["results"], ["name", "images", "max_abs_diff", "top1_agreement", "accuracy_change", "passed"]
+            )
+        )
     train = report["figures"].get("full_train")
     if train and train["accuracy_against_time"]:
         lines += ["", "## full preset: test accuracy against wall time", ""]
-        lines.append(markdown_table(train["accuracy_against_time"], ["epoch", "elapsed_seconds", "test_accuracy", "train_images_per_second"]))
+        lines.append(
+            markdown_table(
+                train["accuracy_against_time"], ["epoch", "elapsed_seconds", "test_accuracy", "train_images_per_second"]
+            )
+        )
     failed = [s for s in report["steps"] if s["returncode"] not in (0, None)]
     for step in failed:
         lines += ["", f"## {step['name']} exited {step['returncode']}", "", "```", step["output_tail"], "```"]
@@ -362,12 +483,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="models and logs [default: OUT/work]")
     parser.add_argument("--rehearse", action="store_true", help="the same stages on the CPU with tiny models")
     parser.add_argument("--budget-minutes", type=float, default=9.0, help="per stage [default: 9]")
-    parser.add_argument("--train-minutes", type=float, default=None,
-                        help="train stage: the --time-limit of the full run [default: the budget less 40 s]")  # fmt: skip
+    parser.add_argument(
+        "--train-minutes",
+        type=float,
+        default=None,
+        help="train stage: the --time-limit of the full run [default: the budget less 40 s]",
+    )
     args = parser.parse_args(argv)
     stages = ["runtime", "train"] if args.stage == "all" else [args.stage]
-    validation = Validation(REHEARSAL if args.rehearse else GPU, args.out, args.work or args.out / "work",
-                            args.budget_minutes * 60, stages)  # fmt: skip
+    validation = Validation(
+        REHEARSAL if args.rehearse else GPU, args.out, args.work or args.out / "work", args.budget_minutes * 60, stages
+    )
     validation.write()
     for stage in stages:
         validation.start_stage()
@@ -378,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
             train_stage(validation, time_limit)
     validation.write()
     failed = [s.name for s in validation.steps if s.returncode != 0]
-    print(f"report: {args.out / 'gpu-report.md'}" + (f"; steps that did not pass: {', '.join(failed)}" if failed else ""))
+    print(
+        f"report: {args.out / 'gpu-report.md'}" + (f"; steps that did not pass: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from vggdeploy.contract import probabilities
 from vggdeploy.errors import DataError, UsageError
 from vggdeploy.graph import run_session
 from vggdeploy.preprocess import DEFAULT_MAX_PIXELS, PreprocessSpec, decode_grayscale, to_model_input
-from vggdeploy.runtime import LoadedModel, softmax
+from vggdeploy.runtime import LoadedModel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".pgm", ".ppm"})
 
@@ -87,7 +88,7 @@ def classify(
         if not decoded:
             continue
         probabilities = _probabilities(model, [gray for _, gray in decoded], spec)
-        for (path, _), row in zip(decoded, probabilities):
+        for (path, _), row in zip(decoded, probabilities, strict=True):
             order = np.argsort(-row)[:top_k]
             result.predictions.append(Prediction(str(path), [(labels[i], float(row[i])) for i in order]))
     return result
@@ -98,4 +99,4 @@ def _probabilities(model: LoadedModel, grays: list[np.ndarray], spec: Preprocess
         name = model.session.get_inputs()[0].name
         as_uint8 = [np.clip(np.rint(gray * 255), 0, 255).astype(np.uint8)[None] for gray in grays]
         return np.concatenate([model.session.run(None, {name: image})[0] for image in as_uint8])
-    return softmax(run_session(model.session, to_model_input(grays, spec)))
+    return probabilities(run_session(model.session, to_model_input(grays, spec)))
