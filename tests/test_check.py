@@ -100,3 +100,42 @@ def test_check_refuses_a_model_of_another_checkpoint(tiny_export, tmp_path, data
     save_checkpoint(tmp_path / "b.pt", {"model_args": args.to_dict(), "model_state": build_model(args).state_dict()})
     result = cli("check", "--model", str(tiny_export[0].model_path), "--checkpoint", str(tmp_path / "b.pt"))
     assert result.returncode == 3 and "was exported from another model than the checkpoint" in result.stderr
+
+
+def test_swapped_classes_give_exactly_the_figures_they_must(tiny_export, tiny_checkpoint, test_split, tmp_path):
+    """The last Gemm's rows for classes 0 and 1 exchanged: ONNX Runtime's logits are torch's with two columns swapped,
+    so every figure of the check is known from torch's logits alone."""
+    from vggdeploy.checkpoint import rebuild_model
+    from vggdeploy.data import to_input_tensor
+    from vggdeploy.model import predict_logits
+    from vggdeploy.preprocess import PreprocessSpec
+
+    result, _ = tiny_export
+    proto = onnx.load(str(result.model_path))
+    gemm = [node for node in proto.graph.node if node.op_type == "Gemm"][-1]
+    for name in gemm.input[1:3]:  # weight (classes x features, transB) and bias
+        tensor = next(init for init in proto.graph.initializer if init.name == name)
+        values = numpy_helper.to_array(tensor).copy()
+        values[[0, 1]] = values[[1, 0]]
+        tensor.CopyFrom(numpy_helper.from_array(values, name))
+    swapped = tmp_path / "onnx" / "model.onnx"
+    swapped.parent.mkdir()
+    onnx.save(proto, str(swapped))
+
+    images = 500
+    model, _ = rebuild_model(tiny_checkpoint)
+    torch_logits = predict_logits(model, to_input_tensor(test_split[0][:images], PreprocessSpec(32, 32)).numpy())
+    top = torch_logits.argmax(1)
+    moved = np.isin(top, [0, 1])
+    report = run_check(swapped, tiny_checkpoint, CheckConfig(provider="cpu", images=images), report_dir=tmp_path)
+    fp32 = report.results[0]
+    assert fp32.top1_agreement == pytest.approx(1 - moved.mean(), abs=1e-12)
+    assert len(fp32.flips) == moved.sum() > 0
+    assert [flip.index for flip in fp32.flips] == np.flatnonzero(moved).tolist()
+    assert all({flip.reference_label, flip.candidate_label} == {0, 1} for flip in fp32.flips)
+    gap = np.abs(torch_logits[:, 0] - torch_logits[:, 1])
+    assert fp32.max_abs_diff == pytest.approx(gap.max(), abs=1e-4)
+    assert fp32.mean_abs_diff == pytest.approx(2 * gap.sum() / torch_logits.size, abs=1e-5)
+    labels = test_split[1][:images].numpy()
+    assert fp32.candidate_accuracy == pytest.approx((np.where(moved, 1 - top, top) == labels).mean(), abs=1e-12)
+    assert not report and fp32.failures[0].startswith("max |logit difference|")

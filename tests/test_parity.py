@@ -34,7 +34,8 @@ def test_flips_carry_the_caller_s_indices_and_the_reference_margin():
     swapped = REFERENCE[:, [1, 0, 2]]  # classes 0 and 1 exchanged: rows whose top-1 is 0 or 1 flip
     result = compare_logits("swapped", REFERENCE, swapped, indices=indices)
     assert result.flips == [LabelFlip(100, 0, 1, 1.0), LabelFlip(101, 1, 0, 3.0), LabelFlip(103, 0, 1, 5.0)]
-    assert result.top1_agreement == 0.25 and result.reference_accuracy is None and result.accuracy_change is None
+    assert result.top1_agreement == 0.25 and result.accuracy_change is None
+    assert result.reference_accuracy is None and result.candidate_accuracy is None
     assert result.max_abs_diff == 5.0 and result.min_cosine == pytest.approx(0.0)  # row 3: (5,0,0) vs (0,5,0)
 
 
@@ -97,3 +98,26 @@ def test_format_prints_the_figures_reached():
     text = compare_logits("hand-made", REFERENCE, CANDIDATE, LABELS, atol=1.0).format()
     assert text.startswith("hand-made: 4 images, max |diff| 1.5, mean |diff| 0.188, min cosine 0.907959")
     assert "top-1 agreement 75.00% (1 flips), accuracy 75.00% -> 50.00% (-25.00 pp) -> FAILED" in text
+
+
+def test_format_without_labels_prints_no_accuracy_and_to_dict_carries_the_change():
+    assert compare_logits("same", REFERENCE, REFERENCE).format() == (
+        "same: 4 images, max |diff| 0, mean |diff| 0, min cosine 1.000000, top-1 agreement 100.00% (0 flips) -> ok"
+    )
+    assert compare_logits("hand-made", REFERENCE, CANDIDATE, LABELS).to_dict()["accuracy_change"] == -0.25
+    failed = compare_logits("hand-made", REFERENCE, CANDIDATE, LABELS, atol=1.0, min_agreement=1.0).format()
+    assert failed.endswith("-> FAILED: max |logit difference| 1.5 > atol 1; top-1 agreement 75.0000% < 100.0000%")
+
+
+def test_small_logits_keep_their_true_cosine():
+    reference = np.array([[0.5, 0.5], [0.5, 0.0]])
+    candidate = np.array([[0.5, 0.0], [0.0, 0.5]])  # norms below 1: cos 1/sqrt(2) and 0, never clamped to 1
+    result = compare_logits("small", reference, candidate)
+    assert result.min_cosine == 0.0
+    assert compare_logits("small", reference[:1], candidate[:1]).min_cosine == pytest.approx(1 / math.sqrt(2))
+
+
+def test_float32_logits_are_compared_in_float64():
+    huge = np.array([[1e20, 1e20, -1e20]], dtype=np.float32)  # their squares overflow float32
+    result = compare_logits("huge", huge, huge.copy())
+    assert result.min_cosine == pytest.approx(1.0) and result.max_abs_diff == 0.0

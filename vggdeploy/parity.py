@@ -89,8 +89,8 @@ def compare_logits(
     indices: np.ndarray | None = None,
 ) -> ParityResult:
     """Compare two (N, classes) logit arrays row by row."""
-    reference = reference.astype(np.float64)
-    candidate = candidate.astype(np.float64)
+    reference = np.asarray(reference, dtype=np.float64)  # float32 products of large logits would overflow
+    candidate = np.asarray(candidate, dtype=np.float64)
     difference = np.abs(reference - candidate)
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
     cosine = np.where(norms > 0, (reference * candidate).sum(1) / np.maximum(norms, 1e-30), 1.0)
