@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.contract import INPUT_NAME
 from vggdeploy.hardware import best_seconds, cpu_fp32_gflops
-from vggdeploy.runtime import create_session
+from vggdeploy.runtime import captured_native_stderr, create_session
 
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::_convolution", "Conv")
 FC_OPS = ("aten::addmm", "aten::mm", "aten::linear", "FusedGemm", "Gemm", "MatMul")
@@ -32,7 +32,8 @@ def torch_times(model: torch.nn.Module, images: torch.Tensor, runs: int) -> dict
     with torch.inference_mode():
         for _ in range(3):
             model(images)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        # the profiler's native library logs GPU probes ("gpuGetDeviceCount failed") even for a CPU-only profile
+        with captured_native_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
             for _ in range(runs):
                 model(images)
     return {e.key: e.self_cpu_time_total / 1e3 / runs for e in profiler.key_averages() if e.self_cpu_time_total > 0}

@@ -139,3 +139,23 @@ def test_swapped_classes_give_exactly_the_figures_they_must(tiny_export, tiny_ch
     labels = test_split[1][:images].numpy()
     assert fp32.candidate_accuracy == pytest.approx((np.where(moved, 1 - top, top) == labels).mean(), abs=1e-12)
     assert not report and fp32.failures[0].startswith("max |logit difference|")
+    text = report.format()
+    assert f"fp32: the first 10 of {moved.sum()} flips (all in check.json):" in text
+    first = fp32.flips[0]
+    names = ["T-shirt/top", "Trouser"]
+    assert f"test image {first.index}: {names[first.reference_label]} -> {names[first.candidate_label]}" in text
+
+
+def test_a_variant_file_is_checked_against_its_own_limits(tiny_export, tiny_checkpoint, tmp_path):
+    result, out = tiny_export
+    int8 = result.variants["int8"].path
+    report = run_check(
+        int8, tiny_checkpoint, CheckConfig(provider="cpu", images=300, int8_max_drop_pp=5.0), report_dir=tmp_path
+    )
+    assert [r.name for r in report.results] == ["int8"] and report.results[0].max_accuracy_drop == 0.05
+    assert report.results[0].atol is None and report, report.format()
+    raw = cli("check", "--model", str(result.variants["preprocess"].path), "--checkpoint", str(tiny_checkpoint))
+    assert raw.returncode == 2
+    assert raw.stderr.strip().endswith(f"check {result.model_path} instead")
+    localize = cli("check", "--model", str(int8), "--checkpoint", str(tiny_checkpoint), "--localize")
+    assert localize.returncode == 2 and "--localize follows the fp32 graph" in localize.stderr

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -8,6 +9,7 @@ import pytest
 from PIL import Image
 
 from vggdeploy import runtime
+from vggdeploy.data import CLASS_NAMES
 from vggdeploy.errors import ProviderUnavailable
 from vggdeploy.preprocess import decode_grayscale
 from vggdeploy.runtime import (
@@ -47,7 +49,10 @@ def test_table_output_and_the_preprocessing_variant(golden, tiny_export):
     model, folder, expected = golden
     first = folder / expected["images"][0]["file"]
     table = cli("run", str(first), "--model", str(model))
-    assert table.returncode == 0 and table.stdout.splitlines()[0].startswith("file")
+    assert table.returncode == 0 and table.stdout.splitlines()[0].startswith(
+        f"model: {model} (vgg11_bn-w8-32px, test accuracy"
+    )
+    assert table.stdout.splitlines()[1].startswith("file")
     raw = cli("run", str(first), "--model", str(tiny_export[0].variants["preprocess"].path), "--json", "--top-k", "1")
     from vggdeploy.data import CLASS_NAMES
 
@@ -285,3 +290,66 @@ def test_click_usage_errors_are_one_line_too(args, message):
         and "--help' " not in result.stderr
         and "--help')" in result.stderr
     )
+
+
+def test_json_answers_carry_index_label_probability_and_logits(golden):
+    """The shape every consumer answers in: {file, top: [{index, label, probability}], logits}."""
+    from vggdeploy.contract import probabilities
+
+    model, folder, expected = golden
+    result = cli("run", str(folder), "--model", str(model), "--json", "--top-k", "3")
+    answer = json.loads(result.stdout)
+    assert answer["model"] == str(model) and answer["errors"] == []
+    by_file = {Path(p["file"]).name: p for p in answer["predictions"]}
+    for entry in expected["images"]:
+        prediction = by_file[entry["file"]]
+        assert set(prediction) == {"file", "top", "logits"} and len(prediction["logits"]) == 10
+        np.testing.assert_allclose(prediction["logits"], entry["logits"], atol=expected["tolerance"]["logits_atol"])
+        chances = probabilities(np.array([prediction["logits"]]))[0]
+        assert [t["index"] for t in prediction["top"]] == np.argsort(-chances)[:3].tolist()
+        assert all(t["label"] == CLASS_NAMES[t["index"]] for t in prediction["top"])
+        assert [t["probability"] for t in prediction["top"]] == pytest.approx(sorted(chances)[::-1][:3], abs=1e-6)
+
+
+def test_the_implicit_model_is_named_and_table_columns_line_up(golden, tmp_path):
+    model, folder, _ = golden
+    export = tmp_path / "artifacts" / "some-model" / "onnx"
+    export.mkdir(parents=True)
+    (export / "model.onnx").write_bytes(model.read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-m", "vggdeploy", "run", str(folder)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "no --model given; using the newest export under artifacts/: artifacts/some-model/onnx/model.onnx"
+        in result.stderr
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("model: artifacts/some-model/onnx/model.onnx")
+    rows = lines[2:]
+    assert len(rows) == 10
+    percent_columns = {tuple(i for i, ch in enumerate(row) if ch == "%") for row in rows}
+    assert len(percent_columns) == 1, rows  # every probability ends in the same column
+
+
+def test_folders_are_searched_at_any_depth_and_double_star_spans_folders(golden, tmp_path):
+    model, folder, _ = golden
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    pngs = sorted(folder.glob("*.png"))
+    (tmp_path / "a" / pngs[0].name).write_bytes(pngs[0].read_bytes())
+    (nested / pngs[1].name).write_bytes(pngs[1].read_bytes())
+    (nested / "notes.txt").write_text("not an image")
+    for argument in (str(tmp_path / "a"), str(tmp_path / "**" / "*.png")):
+        result = cli("run", argument, "--model", str(model), "--json")
+        assert result.returncode == 0, result.stderr
+        files = [p["file"] for p in json.loads(result.stdout)["predictions"]]
+        assert sorted(Path(f).name for f in files) == [pngs[0].name, pngs[1].name], argument
+    empty = tmp_path / "empty" / "deeper"
+    empty.mkdir(parents=True)
+    result = cli("run", str(tmp_path / "empty"), "--model", str(model))
+    assert result.returncode == 3 and "folder holds no image files, at any depth" in result.stderr

@@ -26,6 +26,8 @@ from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import markdown_table, write_json, write_text
 from vggdeploy.runtime import ProviderSettings, create_session, open_model, session_provider
 
+LISTED_FLIPS = 10  # flips printed per variant; check.json lists up to parity.MAX_LISTED_FLIPS
+
 # ONNX op <-> torch module pairs that survive export one-to-one (BatchNorm is folded into Conv, Dropout vanishes).
 BOUNDARY_OPS = {
     "Relu": torch.nn.ReLU,
@@ -48,6 +50,7 @@ class CheckReport:
     model: Path
     provider: str
     results: list[ParityResult]
+    labels: list[str]  # class names, for the flips
     layers: list[LayerDifference] = field(default_factory=list)
     first_bad_layer: LayerDifference | None = None
 
@@ -66,10 +69,15 @@ class CheckReport:
         lines = [f"check {self.model} on onnxruntime {self.provider.upper()}:"]
         lines += [f"  {r.format()}" for r in self.results]
         for result in self.results:
-            for flip in result.flips[:10]:
+            shown = result.flips[:LISTED_FLIPS]
+            if len(result.flips) > len(shown):
                 lines.append(
-                    f"    {result.name}: test image {flip.index}: {flip.reference_label} -> "
-                    f"{flip.candidate_label} (torch margin {flip.reference_margin:.3g})"
+                    f"    {result.name}: the first {len(shown)} of {len(result.flips)} flips (all in check.json):"
+                )
+            for flip in shown:
+                lines.append(
+                    f"    {result.name}: test image {flip.index}: {self.labels[flip.reference_label]} -> "
+                    f"{self.labels[flip.candidate_label]} (torch margin {flip.reference_margin:.3g})"
                 )
         if self.layers:
             lines.append(
@@ -98,12 +106,19 @@ def run_check(
     data_dir=None,
     report_dir: str | Path | None = None,
 ) -> CheckReport:
-    """Compare the exported model (and its fp16/int8 siblings) with the checkpoint's torch model."""
+    """Compare the exported model with the checkpoint's torch model: model.onnx and its fp16/int8 siblings, or a
+    variant file alone against that variant's own limits."""
     model_path = Path(model_path)
     provider, images = config.provider, config.images
     loaded = open_model(model_path, ProviderSettings(provider=provider))
+    variant = loaded.metadata["export"].get("variant", "fp32")
     if loaded.takes_raw_images:
-        raise UsageError(f"{model_path}: check the fp32 model.onnx; the preprocessing variant is checked at export")
+        raise UsageError(
+            f"{model_path}: the preprocessing variant takes raw images and is checked at export; "
+            f"check {sibling(model_path, 'fp32')} instead"
+        )
+    if config.localize and variant != "fp32":
+        raise UsageError(f"{model_path}: --localize follows the fp32 graph; pass {sibling(model_path, 'fp32')}")
     torch_model, state = rebuild_model(checkpoint or checkpoint_beside(model_path))
     if model_args_from_metadata(loaded.metadata) != state["model_args"]:
         raise DataError(
@@ -116,24 +131,21 @@ def run_check(
     labels = test_labels[:images].numpy()
     reference = predict_logits(torch_model, inputs, "cuda" if torch.cuda.is_available() else "cpu")
 
+    limits = {
+        "fp32": {"atol": config.fp32_atol, "min_agreement": config.fp32_min_agreement},
+        "fp16": {"max_accuracy_drop": config.fp16_max_drop_pp / 100},
+        "int8": {"max_accuracy_drop": config.int8_max_drop_pp / 100},
+    }
+    sessions = {variant: loaded.session}
+    if variant == "fp32":  # the whole export: the variants found beside it too
+        for name in ("fp16", "int8"):
+            if sibling(model_path, name).is_file():
+                sessions[name] = create_session(sibling(model_path, name), ProviderSettings(provider=provider))
     results = [
-        compare_logits(
-            "fp32",
-            reference,
-            run_session(loaded.session, inputs),
-            labels,
-            atol=config.fp32_atol,
-            min_agreement=config.fp32_min_agreement,
-        )
+        compare_logits(name, reference, run_session(session, inputs), labels, **limits[name])
+        for name, session in sessions.items()
     ]
-    for variant, max_drop in (("fp16", config.fp16_max_drop_pp / 100), ("int8", config.int8_max_drop_pp / 100)):
-        path = sibling(model_path, variant)
-        if path.is_file():
-            session = create_session(path, ProviderSettings(provider=provider))
-            results.append(
-                compare_logits(variant, reference, run_session(session, inputs), labels, max_accuracy_drop=max_drop)
-            )
-    report = CheckReport(model_path, session_provider(loaded.session), results)
+    report = CheckReport(model_path, session_provider(loaded.session), results, loaded.labels)
     if config.localize:
         report.layers = localize_difference(model_path, torch_model, inputs[: config.localize_images], provider)
         report.first_bad_layer = next((d for d in report.layers if d.relative > config.localize_rtol), None)

@@ -46,12 +46,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
                 f"{path}: refused, it holds objects that are not plain data (a pickled {found.group(1)}); "
                 "it was not loaded"
             ) from None
-        reason = next(
+        line = next(
             (line for line in str(error).splitlines() if line.strip() and "Weights only load failed" not in line), ""
         )
-        raise DataError(
-            f"{path}: truncated or not a checkpoint ({reason.strip()[:160] or type(error).__name__})"
-        ) from None
+        reason = re.split(r"(?<=[a-z])\. ", line.strip(), maxsplit=1)[0]  # its first sentence, never cut mid-way
+        raise DataError(f"{path}: truncated or not a checkpoint ({reason or type(error).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path}: not a vggdeploy checkpoint (no {FORMAT!r} tag)")
     try:

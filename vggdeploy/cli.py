@@ -99,6 +99,12 @@ def _model_args_options(command):
             click.option("--batch-norm/--no-batch-norm", default=None, help="BatchNorm after each conv."),
             click.option("--width-ratio", type=int, default=None, help="Divide every conv width by this."),
             click.option("--hidden", type=int, default=None, help="Hidden FC width [default: 4096]."),
+            click.option(
+                "--dropout",
+                type=click.FloatRange(0, 1, max_open=True),
+                default=None,
+                help="Dropout before each hidden FC layer [default: 0.5].",
+            ),
             click.option("--image-size", type=int, default=None, help="Input side in pixels, >= 32 [default: 224]."),
         ]
     ):
@@ -115,7 +121,7 @@ def model_args_from_options(base: dict | None = None, **options) -> ModelArgs:
         values["arch"], batch_norm = parse_arch(options["arch"])
         if batch_norm is not None:
             values["batch_norm"] = batch_norm
-    for key in ("batch_norm", "width_ratio", "hidden", "image_size"):
+    for key in ("batch_norm", "width_ratio", "hidden", "dropout", "image_size"):
         if options.get(key) is not None:
             values[key] = options[key]
     return ModelArgs(**values)
@@ -182,6 +188,7 @@ def train(
     batch_norm,
     width_ratio,
     hidden,
+    dropout,
     image_size,
     compile_model,
     data_dir,
@@ -202,7 +209,7 @@ def train(
     from vggdeploy.train import train as run_training
 
     model_options = dict(
-        arch=arch, batch_norm=batch_norm, width_ratio=width_ratio, hidden=hidden, image_size=image_size
+        arch=arch, batch_norm=batch_norm, width_ratio=width_ratio, hidden=hidden, dropout=dropout, image_size=image_size
     )
     base = get_preset(preset, torch.cuda.is_available())
     out_dir = out or RunFolder.for_model(model_args_from_options(base.model.to_dict(), **model_options).name).path
@@ -370,25 +377,19 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
     from vggdeploy.artifacts import latest_model
     from vggdeploy.errors import DataError
     from vggdeploy.preprocess import DEFAULT_MAX_PIXELS
-    from vggdeploy.run import classify
-    from vggdeploy.runtime import ProviderSettings, open_model
+    from vggdeploy.run import classify, describe_model
+    from vggdeploy.runtime import ProviderSettings, open_model, session_provider
 
-    model = open_model(model_path or latest_model(), ProviderSettings(provider=provider))
+    if model_path is None:
+        model_path = latest_model()
+        click.echo(f"vggdeploy: no --model given; using the newest export under artifacts/: {model_path}", err=True)
+    model = open_model(model_path, ProviderSettings(provider=provider))
     _say_provider(model, provider)
     result = classify(model, list(images), top_k, batch_size, max_pixels or DEFAULT_MAX_PIXELS)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "model": str(model.path),
-                    "predictions": [p.to_dict() for p in result.predictions],
-                    "errors": result.failures,
-                },
-                indent=2,
-            )
-        )
+        click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        click.echo(result.format_table())
+        click.echo(result.format_table(describe_model(model, session_provider(model.session))))
     if result.failures:
         raise DataError("\n".join(result.failures))
 

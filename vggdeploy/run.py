@@ -6,7 +6,8 @@ Needs only numpy, Pillow, onnx and onnxruntime (no torch). Bad files are reporte
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,51 +22,91 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".
 
 
 @dataclass(frozen=True)
+class Ranked:
+    """One of the top-k classes of an image."""
+
+    index: int  # the output column, labels[index]
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
 class Prediction:
     file: str
-    top: list[tuple[str, float]]  # (label, probability), most likely first
+    top: list[Ranked]  # most likely first
+    logits: list[float] | None  # the model's output row; None for model.preprocess.onnx (its graph ends in softmax)
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "top": [{"label": label, "probability": p} for label, p in self.top]}
+        """The answer every consumer gives (Node, C++, this CLI): file, top [{index, label, probability}], logits."""
+        return {"file": self.file, "top": [asdict(entry) for entry in self.top], "logits": self.logits}
 
 
 @dataclass
 class Classification:
+    model: Path
     predictions: list[Prediction] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # one line per bad file: "<file>: <problem>"
 
-    def format_table(self) -> str:
+    def format_table(self, model_line: str) -> str:
+        """``model_line`` first, then one row per image with its top-k classes in aligned columns."""
         if not self.predictions:
-            return ""
-        width = max(len(p.file) for p in self.predictions)
-        lines = [f"{'file':<{width}}  prediction"]
+            return model_line
+        file_width = max(len("file"), *(len(p.file) for p in self.predictions))
+        label_width = max(len(entry.label) for p in self.predictions for entry in p.top)
+        rows = [f"{'file':<{file_width}}  prediction (probability)"]
         for prediction in self.predictions:
-            ranked = "   ".join(f"{label} {probability:6.2%}" for label, probability in prediction.top)
-            lines.append(f"{prediction.file:<{width}}  {ranked}")
-        return "\n".join(lines)
+            cells = [f"{entry.label:<{label_width}} {entry.probability:7.2%}" for entry in prediction.top]
+            rows.append(f"{prediction.file:<{file_width}}  " + "   ".join(cells))
+        return "\n".join([model_line, *rows])
+
+    def to_dict(self) -> dict:
+        return {
+            "model": str(self.model),
+            "predictions": [p.to_dict() for p in self.predictions],
+            "errors": self.failures,
+        }
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` at any depth, sorted; symbolic links to folders are not followed."""
+    found = [
+        Path(root) / name
+        for root, _folders, files in os.walk(folder)
+        for name in files
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return sorted(found)
 
 
 def expand_inputs(arguments: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their image files, sorted) and glob patterns -> (image paths, problems)."""
+    """Files, folders (their image files at any depth, sorted) and glob patterns (``**`` spans folders) ->
+    (image paths, problems)."""
     paths: list[Path] = []
     problems: list[str] = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = _image_files(path)
             if not found:
-                problems.append(f"{argument}: folder holds no image files")
+                problems.append(f"{argument}: folder holds no image files, at any depth")
             paths += found
         elif path.exists():
             paths.append(path)
         elif glob.has_magic(argument):
-            matches = sorted(Path(m) for m in glob.glob(argument) if Path(m).is_file())
+            matches = sorted(Path(m) for m in glob.glob(argument, recursive=True) if Path(m).is_file())
             if not matches:
                 problems.append(f"{argument}: no file matches")
             paths += matches
         else:
             problems.append(f"{argument}: no such file")
     return paths, problems
+
+
+def describe_model(model: LoadedModel, provider: str) -> str:
+    """The line that says which model answered: path, architecture, its test accuracy, the execution provider."""
+    accuracy = model.metadata["training"].get("test_accuracy")
+    trained = f", test accuracy {accuracy:.2%}" if accuracy is not None else ""
+    return f"model: {model.path} ({model.metadata['model']['name']}{trained}; onnxruntime {provider.upper()})"
 
 
 def classify(
@@ -75,7 +116,7 @@ def classify(
     if top_k < 1 or batch_size < 1:
         raise UsageError("--top-k and --batch-size must be at least 1")
     paths, problems = expand_inputs(arguments)
-    result = Classification(failures=problems)
+    result = Classification(model.path, failures=problems)
     spec = PreprocessSpec.from_metadata(model.metadata["preprocessing"])
     labels = model.labels
     for start in range(0, len(paths), batch_size):
@@ -87,16 +128,18 @@ def classify(
                 result.failures.append(str(error))
         if not decoded:
             continue
-        probabilities = _probabilities(model, [gray for _, gray in decoded], spec)
-        for (path, _), row in zip(decoded, probabilities, strict=True):
-            order = np.argsort(-row)[:top_k]
-            result.predictions.append(Prediction(str(path), [(labels[i], float(row[i])) for i in order]))
+        logits, chances = _outputs(model, [gray for _, gray in decoded], spec)
+        for row, ((path, _), probability) in enumerate(zip(decoded, chances, strict=True)):
+            top = [Ranked(int(i), labels[i], float(probability[i])) for i in np.argsort(-probability)[:top_k]]
+            result.predictions.append(Prediction(str(path), top, None if logits is None else logits[row].tolist()))
     return result
 
 
-def _probabilities(model: LoadedModel, grays: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
-    if model.takes_raw_images:  # the graph resizes and normalises; images of different sizes go one by one
+def _outputs(model: LoadedModel, grays: list[np.ndarray], spec: PreprocessSpec) -> tuple[np.ndarray | None, np.ndarray]:
+    """(logits or None, probabilities) of decoded images."""
+    if model.takes_raw_images:  # the graph resizes, normalises and ends in softmax; images go one by one
         name = model.session.get_inputs()[0].name
         as_uint8 = [np.clip(np.rint(gray * 255), 0, 255).astype(np.uint8)[None] for gray in grays]
-        return np.concatenate([model.session.run(None, {name: image})[0] for image in as_uint8])
-    return probabilities(run_session(model.session, to_model_input(grays, spec)))
+        return None, np.concatenate([model.session.run(None, {name: image})[0] for image in as_uint8])
+    logits = run_session(model.session, to_model_input(grays, spec))
+    return logits, probabilities(logits)

@@ -45,7 +45,7 @@ def cuda_driver_present() -> bool:
 
 
 @contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
+def captured_native_stderr() -> Iterator[list[str]]:
     """Capture what native code writes to fd 2 (ONNX Runtime logs there, not through Python)."""
     lines: list[str] = []
     saved = os.dup(2)
@@ -105,7 +105,7 @@ def node_placements(model: str | bytes, providers: list) -> list[Placement]:
 
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 0
-    with _captured_stderr() as log, suppress(Exception):
+    with captured_native_stderr() as log, suppress(Exception):
         ort.InferenceSession(model, sess_options=session_options, providers=providers)
     return parse_node_placements(log)
 
@@ -155,11 +155,11 @@ def create_session(model: str | Path | bytes, options: ProviderSettings = Provid
         if strict:
             session_options.add_session_config_entry(CPU_FALLBACK_KEY, "1")
         if hasattr(ort, "preload_dlls"):
-            with _captured_stderr():
+            with captured_native_stderr():
                 ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels that torch installs
     source = str(model) if isinstance(model, Path) else model
     try:
-        with _captured_stderr() as log:
+        with captured_native_stderr() as log:
             session = ort.InferenceSession(source, sess_options=session_options, providers=providers)
     except Exception as error:
         if strict and "Failed to create CUDAExecutionProvider" in _plain_text(log):
