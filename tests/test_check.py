@@ -147,7 +147,7 @@ def test_swapped_classes_give_exactly_the_figures_they_must(tiny_export, tiny_ch
 
 
 def test_a_variant_file_is_checked_against_its_own_limits(tiny_export, tiny_checkpoint, tmp_path):
-    result, out = tiny_export
+    result, _ = tiny_export
     int8 = result.variants["int8"].path
     report = run_check(
         int8, tiny_checkpoint, CheckConfig(provider="cpu", images=300, int8_max_drop_pp=5.0), report_dir=tmp_path
