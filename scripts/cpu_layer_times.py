@@ -33,7 +33,10 @@ def torch_times(model: torch.nn.Module, images: torch.Tensor, runs: int) -> dict
         for _ in range(3):
             model(images)
         # the profiler's native library logs GPU probes ("gpuGetDeviceCount failed") even for a CPU-only profile
-        with captured_native_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        with (
+            captured_native_stderr(),
+            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler,
+        ):
             for _ in range(runs):
                 model(images)
     return {e.key: e.self_cpu_time_total / 1e3 / runs for e in profiler.key_averages() if e.self_cpu_time_total > 0}
