@@ -353,3 +353,29 @@ def test_folders_are_searched_at_any_depth_and_double_star_spans_folders(golden,
     empty.mkdir(parents=True)
     result = cli("run", str(tmp_path / "empty"), "--model", str(model))
     assert result.returncode == 3 and "folder holds no image files, at any depth" in result.stderr
+
+
+def test_readme_synopsis_lists_exactly_each_command_s_options():
+    """The README's command block names every option `--help` knows, and no other."""
+    import re
+
+    import click
+
+    from vggdeploy.cli import main
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme[readme.index("## The commands") :].split("```bash\n", 1)[1].split("```", 1)[0]
+    synopsis: dict[str, set[str]] = {}
+    command = None
+    for line in block.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:1] == ["vggdeploy"]:
+            command = words[1]
+            synopsis.setdefault(command, set())
+        if command:
+            synopsis[command] |= set(re.findall(r"--[a-z0-9-]+(?:/--[a-z0-9-]+)?", line.split("#", 1)[0]))
+    documented = {
+        name: {"/".join(p.opts + p.secondary_opts) for p in cmd.params if isinstance(p, click.Option)}
+        for name, cmd in main.commands.items()
+    }
+    assert synopsis == documented
