@@ -66,3 +66,15 @@ def tiny_export(tmp_path_factory, tiny_checkpoint, data_dir):
     )
     result = export_model(tiny_checkpoint, out / "onnx", config, data_dir=data_dir, triton_repo=out / "triton")
     return result, out
+
+
+@pytest.fixture(scope="session")
+def image_kinds(tiny_export, test_split, tmp_path_factory):
+    """Every image kind `run` accepts, made from a test image, with the Python reference's logits (expected.json)."""
+    import numpy as np
+    from image_kinds import write_fixture_set
+    from PIL import Image
+
+    result, _ = tiny_export
+    gray = np.asarray(Image.fromarray(test_split[0][0].numpy(), "L").resize((61, 47), Image.BILINEAR))
+    return write_fixture_set(gray, result.model_path, tmp_path_factory.mktemp("image-kinds"))

@@ -38,7 +38,7 @@ def test_node_service_matches_the_golden_vectors_and_handles_bad_requests(tiny_e
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "# pass 4" in result.stdout and "# fail 0" in result.stdout
+    assert "# pass 5" in result.stdout and "# fail 0" in result.stdout
 
 
 def test_node_service_short_load_test_has_no_failures(tiny_export, node_ready):
@@ -110,3 +110,67 @@ def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path):
         [str(cpp_program), str(tmp_path / "bare.onnx"), str(good)], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 1 and "no 'vggdeploy.format' metadata" in run.stderr
+
+
+def _worst_differences(answers: dict[str, list[float]], expected: dict) -> dict[str, float]:
+    return {
+        kind: max(abs(a - b) for a, b in zip(answers[kind], expected[kind]["logits"], strict=True)) for kind in answers
+    }
+
+
+def test_cpp_program_agrees_on_every_png_kind_and_refuses_jpeg_in_words(image_kinds, tiny_export, cpp_program):
+    """16-bit gray at full precision, 16-bit colour by its high byte, alpha over black, palettes with transparency,
+    1x1 and 4000x3000: the Python reference's logits within the golden tolerance. JPEG is refused by name."""
+    from image_kinds import JPEG_KINDS, PNG_KINDS
+
+    expected = json.loads(image_kinds.read_text())["kinds"]
+    folder = image_kinds.parent
+    files = [str(folder / expected[kind]["file"]) for kind in (*PNG_KINDS, *JPEG_KINDS)]
+    run = subprocess.run(
+        [str(cpp_program), str(tiny_export[0].model_path), *files, "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 3, run.stderr  # the JPEGs
+    answers = {Path(answer["file"]).stem: answer["logits"] for answer in map(json.loads, run.stdout.splitlines())}
+    assert sorted(answers) == sorted(PNG_KINDS)
+    worst = _worst_differences(answers, expected)
+    assert max(worst.values()) <= 1e-3, worst
+    refused = run.stderr.strip().splitlines()
+    assert len(refused) == len(JPEG_KINDS) and all("not a PNG file (this example decodes PNG only)" in r for r in refused)
+
+
+def test_node_service_agrees_on_every_image_kind(image_kinds, tiny_export, node_ready):
+    """PNG of every kind within the golden tolerance; JPEG (jpeg-js, not libjpeg-turbo) within JPEG_LOGITS_ATOL and
+    with the same top-1; the EXIF orientation applied; nothing refused."""
+    env = {**_consumer_env(tiny_export), "IMAGE_KINDS": str(image_kinds)}
+    result = subprocess.run(
+        ["node", "--test", "test/kinds.test.js"], cwd=node_ready, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "# pass 1" in result.stdout and "# fail 0" in result.stdout
+
+
+def test_npm_test_alone_uses_the_newest_export_under_artifacts(tiny_export, node_ready):
+    """`npm test` with no variables finds the newest model.onnx under the repository's artifacts/ (and its golden/)."""
+    result, out = tiny_export
+    run_folder = Path(__file__).parent.parent / "artifacts" / "npm-test-alone"
+    try:
+        shutil.copytree(out / "onnx", run_folder / "onnx", ignore=shutil.ignore_patterns("*.fp16.onnx", "*.int8.onnx"))
+        env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "GOLDEN_DIR", "IMAGE_KINDS")}
+        npm = subprocess.run(["npm", "test"], cwd=node_ready, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(run_folder, ignore_errors=True)
+    assert npm.returncode == 0, npm.stdout[-3000:] + npm.stderr[-2000:]
+    assert "# fail 0" in npm.stdout and "# skipped 1" in npm.stdout  # the image-kinds test needs IMAGE_KINDS
+
+
+@pytest.mark.parametrize(
+    ("example", "script"), [("node", "src/server.js"), ("web", "serve.js")], ids=["node service", "web page server"]
+)
+def test_example_servers_refuse_a_bad_model_in_one_line_before_serving(example, script, tmp_path):
+    folder = _installed(example, "onnxruntime-node" if example == "node" else "onnxruntime-web")
+    for model, message in ((tmp_path / "nosuch.onnx", "no such model file"), (tmp_path, "")):
+        env = {**os.environ, "PORT": "0"}
+        run = subprocess.run(["node", script, str(model)], cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1, (run.stdout, run.stderr)
+        assert run.stderr.strip().splitlines() == [run.stderr.strip()] and run.stderr.startswith(f"error: {model}: ")
+        assert message in run.stderr and "open http" not in run.stdout and "at " not in run.stderr

@@ -64,6 +64,14 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     console.error('usage: node serve.js MODEL.onnx   (or MODEL_PATH=...)');
     process.exit(2);
   }
-  const { url } = await startStaticServer({ modelPath, port: Number(process.env.PORT ?? 8000) });
+  try {
+    const file = statSync(modelPath); // the page reads the model's metadata itself; here: it must be a file
+    if (!file.isFile()) throw new Error('not a file');
+    if (file.size === 0) throw new Error('the model file is empty');
+  } catch (error) {
+    console.error(`error: ${modelPath}: ${error.code === 'ENOENT' ? 'no such model file' : error.message}`);
+    process.exit(1);
+  }
+  const { url } = await startStaticServer({ modelPath, port: Number(process.env.PORT ?? 8000), host: process.env.HOST ?? '127.0.0.1' });
   console.log(`open ${url}/ (model: ${modelPath})`);
 }

@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <csetjmp>
 #include <cstdint>
+#include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -49,21 +51,70 @@ struct Image {
   std::vector<float> gray;  // [0, 1]
 };
 
-// Decodes any PNG (gray, RGB, palette, alpha, 16-bit) to RGBA8 with libpng's simplified API, then to grayscale
-// exactly as vggdeploy/preprocess.py does: luma in float, alpha composited over black, scaled to [0, 1].
+// Decodes any PNG to grayscale in [0, 1] exactly as vggdeploy/preprocess.py (Pillow) reads it:
+//  - 16-bit gray: value / 65535, full precision;
+//  - gray of 1-8 bits: value / 255 after expansion to 8 bits (a tRNS colour key is ignored, as Pillow's "L" does);
+//  - everything else (gray+alpha, RGB, RGBA, palette, tRNS keys): 16-bit samples keep their high byte, as Pillow's
+//    8-bit modes do, then luma in float, alpha composited over black, / 255.
+// libpng's simplified API is not used: it treats 16-bit data as linear light and re-encodes it to sRGB.
 Image LoadPng(const std::string& path, const Preprocessing& spec) {
-  png_image png{};
-  png.version = PNG_IMAGE_VERSION;
-  if (!png_image_begin_read_from_file(&png, path.c_str())) throw std::runtime_error(png.message);
-  png.format = PNG_FORMAT_RGBA;
-  std::vector<std::uint8_t> rgba(PNG_IMAGE_SIZE(png));
-  if (!png_image_finish_read(&png, nullptr, rgba.data(), 0, nullptr)) throw std::runtime_error(png.message);
-  Image image{static_cast<int>(png.width), static_cast<int>(png.height), {}};
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (!file) throw std::runtime_error("cannot open the file");
+  std::array<png_byte, 8> signature{};
+  if (std::fread(signature.data(), 1, signature.size(), file) != signature.size() ||
+      png_sig_cmp(signature.data(), 0, signature.size()) != 0) {
+    std::fclose(file);
+    throw std::runtime_error("not a PNG file (this example decodes PNG only)");
+  }
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (!png || !info) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    std::fclose(file);
+    throw std::runtime_error("libpng could not start");
+  }
+  Image image;
+  std::vector<png_byte> pixels;
+  std::vector<png_bytep> rows;  // declared before setjmp: nothing with a destructor is created after it
+  if (setjmp(png_jmpbuf(png))) {  // libpng reports a corrupt or truncated file by jumping back here
+    png_destroy_read_struct(&png, &info, nullptr);
+    std::fclose(file);
+    throw std::runtime_error("truncated or corrupt PNG");
+  }
+  png_init_io(png, file);
+  png_set_sig_bytes(png, static_cast<int>(signature.size()));
+  png_read_info(png, info);
+  const int color = png_get_color_type(png, info);
+  const int depth = png_get_bit_depth(png, info);
+  const bool gray = color == PNG_COLOR_TYPE_GRAY;
+  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if (gray && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (!gray && png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
+  if (!gray && depth == 16) png_set_strip_16(png);  // keeps the high byte, as Pillow does
+  if (color == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(png);
+  if (!gray) png_set_add_alpha(png, 0xFF, PNG_FILLER_AFTER);  // every non-gray pixel becomes RGBA
+  png_read_update_info(png, info);
+  image.width = static_cast<int>(png_get_image_width(png, info));
+  image.height = static_cast<int>(png_get_image_height(png, info));
+  const size_t row_bytes = png_get_rowbytes(png, info);
+  pixels.resize(row_bytes * image.height);
+  rows.resize(image.height);
+  for (int y = 0; y < image.height; ++y) rows[y] = pixels.data() + y * row_bytes;
+  png_read_image(png, rows.data());
+  png_destroy_read_struct(&png, &info, nullptr);
+  std::fclose(file);
+
   image.gray.resize(static_cast<size_t>(image.width) * image.height);
   for (size_t i = 0; i < image.gray.size(); ++i) {
-    const std::uint8_t* p = &rgba[4 * i];
-    const float luma = spec.luma[0] * p[0] + spec.luma[1] * p[1] + spec.luma[2] * p[2];
-    image.gray[i] = luma * (p[3] / 255.0f) / 255.0f;
+    if (gray && depth == 16) {
+      image.gray[i] = static_cast<float>((pixels[2 * i] << 8) | pixels[2 * i + 1]) / 65535.0f;
+    } else if (gray) {
+      image.gray[i] = pixels[i] / 255.0f;
+    } else {
+      const png_byte* p = &pixels[4 * i];
+      const float luma = spec.luma[0] * p[0] + spec.luma[1] * p[1] + spec.luma[2] * p[2];
+      image.gray[i] = luma * (p[3] / 255.0f) / 255.0f;
+    }
   }
   return image;
 }

@@ -31,9 +31,39 @@ function readBody(request, limit) {
   });
 }
 
+/** The image in a request: the raw body, or the first file of a multipart/form-data upload (`curl -F image=@x.png`). */
+async function imageBytes(request, body) {
+  const type = request.headers['content-type'] ?? '';
+  if (!type.startsWith('multipart/form-data')) return body;
+  let form;
+  try {
+    form = await new Response(body, { headers: { 'content-type': type } }).formData();
+  } catch {
+    throw Object.assign(new Error('malformed multipart/form-data body'), { status: 400 });
+  }
+  const file = [...form.values()].find((value) => typeof value === 'object');
+  if (!file) throw Object.assign(new Error('the multipart upload holds no file: send -F image=@picture.png'), { status: 400 });
+  return Buffer.from(await file.arrayBuffer());
+}
+
+/** The model's metadata, or an Error naming the file and the problem in one line. */
+export function readModel(modelPath) {
+  let bytes;
+  try {
+    bytes = readFileSync(modelPath);
+  } catch (error) {
+    throw new Error(`${modelPath}: ${error.code === 'ENOENT' ? 'no such model file' : error.message}`);
+  }
+  try {
+    return readMetadata(bytes);
+  } catch (error) {
+    throw new Error(`${modelPath}: not a vggdeploy model (${error.message})`);
+  }
+}
+
 export async function startServer({ modelPath, port = 0, host = '127.0.0.1', ...options }) {
   const settings = { ...DEFAULTS, ...options };
-  const metadata = readMetadata(readFileSync(modelPath));
+  const metadata = readModel(modelPath);
   const pool = new WorkerPool(modelPath, settings.workers);
   await pool.ready;
 
@@ -42,7 +72,7 @@ export async function startServer({ modelPath, port = 0, host = '127.0.0.1', ...
     'GET /model': async () => [200, metadata],
     'POST /predict': async (request, url) => {
       const k = Math.min(Math.max(Number.parseInt(url.searchParams.get('k') ?? '3', 10) || 3, 1), metadata.labels.length);
-      const body = await readBody(request, settings.maxBodyBytes);
+      const body = await imageBytes(request, await readBody(request, settings.maxBodyBytes));
       if (body.length === 0) return [400, { error: 'empty body: send a PNG or JPEG image' }];
       try {
         const { top, logits } = await pool.run(body, k, settings.maxPixels);
@@ -87,6 +117,11 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     console.error('usage: node src/server.js MODEL.onnx   (or MODEL_PATH=...)');
     process.exit(2);
   }
-  const { url } = await startServer({ modelPath, port: Number(process.env.PORT ?? 8080), host: process.env.HOST ?? '127.0.0.1' });
-  console.log(`vggdeploy service on ${url} (POST /predict, GET /healthz, GET /model)`);
+  try {
+    const { url } = await startServer({ modelPath, port: Number(process.env.PORT ?? 8080), host: process.env.HOST ?? '127.0.0.1', workers: process.env.WORKERS ? Number(process.env.WORKERS) : undefined });
+    console.log(`vggdeploy service on ${url} (POST /predict, GET /healthz, GET /model)`);
+  } catch (error) {
+    console.error(`error: ${error.message}`);
+    process.exit(1);
+  }
 }

@@ -1,16 +1,16 @@
 // Self-test of the service against the golden vectors exported beside the model, and its error paths.
-// MODEL_PATH=.../model.onnx GOLDEN_DIR=.../golden node --test test/
+// npm test (the newest export under artifacts/), or MODEL_PATH=.../model.onnx GOLDEN_DIR=.../golden npm test
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { after, before, test } from 'node:test';
 import { PNG } from 'pngjs';
+import { resolveGoldenDir, resolveModelPath } from '../../js-common/model-paths.js';
 import { startServer } from '../src/server.js';
 
-const modelPath = process.env.MODEL_PATH;
-const goldenDir = process.env.GOLDEN_DIR;
-assert.ok(modelPath && goldenDir, 'set MODEL_PATH and GOLDEN_DIR (the pytest suite does)');
+const modelPath = resolveModelPath();
+const goldenDir = resolveGoldenDir();
 const golden = JSON.parse(readFileSync(join(goldenDir, 'golden.json'), 'utf8'));
 let service;
 
@@ -35,6 +35,22 @@ test('golden images give the golden labels and logits', async () => {
   }
 });
 
+/** A multipart/form-data body as `curl -F image=@file.png` sends it. */
+function multipart(field, blob, asFile = true) {
+  const form = new FormData();
+  if (asFile) form.append(field, blob, 'upload.png');
+  else form.append(field, 'text only');
+  return form;
+}
+
+test('a multipart upload (curl -F image=@file.png) is classified like a raw body', async () => {
+  const bytes = readFileSync(join(goldenDir, golden.images[0].file));
+  const raw = await (await post(bytes)).json();
+  const response = await post(multipart('image', new Blob([bytes], { type: 'image/png' })));
+  assert.equal(response.status, 200);
+  assert.deepEqual((await response.json()).logits, raw.logits);
+});
+
 test('healthz and model metadata', async () => {
   assert.deepEqual(await (await fetch(`${service.url}/healthz`)).json(), { status: 'ok', model: (await (await fetch(`${service.url}/model`)).json()).model.name });
   const metadata = await (await fetch(`${service.url}/model`)).json();
@@ -48,7 +64,9 @@ test('bad requests get 4xx JSON errors and the service stays up', async () => {
   const cases = [
     [() => post(Buffer.alloc(0)), 400, /empty body/],
     [() => post(Buffer.from('hello, not an image')), 415, /not a PNG or JPEG/],
-    [() => post(png.subarray(0, 40)), 415, /cannot decode/],
+    [() => post(png.subarray(0, 40)), 415, /^cannot decode the image: truncated or corrupt PNG$/],
+    [() => post(png.subarray(0, png.length - 30)), 415, /^cannot decode the image: truncated or corrupt PNG$/],
+    [() => post(multipart('notes', new Blob(['text only']), false)), 400, /holds no file/],
     [() => post(Buffer.alloc(3 * 1024 * 1024, 1)), 413, /larger than/],
     [() => fetch(`${service.url}/predict`), 405, /GET not allowed/],
     [() => post(png, '/nowhere'), 404, /no route/],

@@ -1,13 +1,15 @@
 // Drives the page in Debian's Chromium (playwright-core, no browser download): every golden image must give the
-// golden top-1 label and logits within the golden tolerance. MODEL_PATH, GOLDEN_DIR; SCREENSHOT= saves a PNG.
+// golden top-1 label and logits within the golden tolerance. npm test takes the newest export under artifacts/;
+// MODEL_PATH and GOLDEN_DIR choose another; SCREENSHOT= saves a PNG of the page.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
+import { resolveGoldenDir, resolveModelPath } from '../../js-common/model-paths.js';
 import { startStaticServer } from '../serve.js';
 
-const goldenDir = process.env.GOLDEN_DIR;
+const goldenDir = resolveGoldenDir();
 const golden = JSON.parse(readFileSync(join(goldenDir, 'golden.json'), 'utf8'));
 let server;
 let browser;
@@ -15,7 +17,7 @@ let page;
 const consoleErrors = [];
 
 before(async () => {
-  server = await startStaticServer({ modelPath: process.env.MODEL_PATH });
+  server = await startStaticServer({ modelPath: resolveModelPath() });
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',

@@ -1,0 +1,30 @@
+// Every image kind vggdeploy's Python reference accepts, from the fixture set the pytest suite writes (or any folder
+// with the same expected.json): IMAGE_KINDS=.../expected.json MODEL_PATH=.../model.onnx node --test test/kinds.test.js
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { test } from 'node:test';
+import { startServer } from '../src/server.js';
+import { resolveModelPath } from '../../js-common/model-paths.js';
+
+const fixture = process.env.IMAGE_KINDS;
+
+test('every image kind gives the Python reference logits', { skip: !fixture && 'set IMAGE_KINDS' }, async () => {
+  const { tolerance, kinds } = JSON.parse(readFileSync(fixture, 'utf8'));
+  const service = await startServer({ modelPath: resolveModelPath(), workers: 1, maxBodyBytes: 64 * 1024 * 1024 });
+  try {
+    for (const [kind, entry] of Object.entries(kinds)) {
+      const body = readFileSync(join(dirname(fixture), entry.file));
+      const response = await fetch(`${service.url}/predict`, { method: 'POST', body });
+      assert.equal(response.status, 200, kind);
+      const { logits } = await response.json();
+      const worst = Math.max(...logits.map((v, i) => Math.abs(v - entry.logits[i])));
+      const limit = entry.file.endsWith('.jpg') ? tolerance.jpeg_logits_atol : tolerance.logits_atol;
+      assert.ok(worst <= limit, `${kind}: logits differ by ${worst} > ${limit}`);
+      const top = (values) => values.indexOf(Math.max(...values));
+      assert.equal(top(logits), top(entry.logits), `${kind}: another top-1 class`);
+    }
+  } finally {
+    await service.close();
+  }
+});

@@ -1,0 +1,107 @@
+"""Every kind of image `vggdeploy run` accepts, made from one picture, with the logits the Python reference gives.
+
+The non-Python consumers are tested against these files: each must give the same logits within the golden tolerance,
+or refuse the kind in words.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PNG_KINDS = ("gray8", "gray_transparent_key", "gray16", "gray_alpha8", "gray_alpha16", "rgb8", "rgba8", "palette", "palette_transparent",
+             "rgb16", "rgba16", "one_by_one", "large_4000x3000")  # fmt: skip
+JPEG_KINDS = ("rgb_jpeg", "gray_jpeg", "cmyk_jpeg", "exif_rotated_jpeg")
+# JPEG decoders may round differently (ITU-T T.81 allows IDCT results to differ by one level), so a consumer with
+# another JPEG decoder than Pillow's libjpeg-turbo is held to this looser bound, and to the same top-1 class.
+JPEG_LOGITS_ATOL = 1e-2
+
+
+def _raw_png(width: int, height: int, color_type: int, samples: np.ndarray) -> bytes:
+    """A 16-bit PNG written byte by byte (Pillow writes 16 bits for grayscale only)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = samples.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def write_image_kinds(gray: np.ndarray, folder: Path) -> dict[str, Path]:
+    """The picture ``gray`` (uint8 HxW) in every kind, as files in ``folder``; alpha and colour vary across it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    height, width = gray.shape
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(64, 255, width, dtype=np.float32)[None, :].repeat(height, 0).astype(np.uint8)  # alpha
+    tint = np.stack([gray, np.clip(gray.astype(int) * 3 // 4 + 40, 0, 255), 255 - gray], -1).astype(np.uint8)
+    low_bits = rng.integers(0, 256, gray.shape)  # 16-bit samples that are not just 8-bit ones times 257
+    sixteen = gray.astype(np.uint16) * 256 + low_bits
+    images: dict[str, bytes] = {}
+
+    def save(image: Image.Image, format: str, **options) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format=format, **options)
+        return buffer.getvalue()
+
+    rgb = Image.fromarray(tint, "RGB")
+    images["gray8"] = save(Image.fromarray(gray, "L"), "PNG")
+    images["gray_transparent_key"] = save(Image.fromarray(gray, "L"), "PNG", transparency=int(gray[0, 0]))
+    images["gray16"] = save(Image.fromarray(sixteen.astype(np.uint16)), "PNG")
+    images["gray_alpha8"] = save(Image.fromarray(np.stack([gray, ramp], -1), "LA"), "PNG")
+    images["gray_alpha16"] = _raw_png(width, height, 4, np.stack([sixteen, ramp.astype(np.uint16) * 257], -1))
+    images["rgb8"] = save(rgb, "PNG")
+    images["rgba8"] = save(Image.fromarray(np.dstack([tint, ramp]), "RGBA"), "PNG")
+    palette = rgb.convert("P", palette=Image.ADAPTIVE, colors=200)
+    images["palette"] = save(palette, "PNG")
+    images["palette_transparent"] = save(palette, "PNG", transparency=int(np.asarray(palette)[0, 0]))
+    tint16 = tint.astype(np.uint16) * 256 + rng.integers(0, 256, tint.shape)
+    images["rgb16"] = _raw_png(width, height, 2, tint16)
+    images["rgba16"] = _raw_png(width, height, 6, np.dstack([tint16, ramp.astype(np.uint16) * 257]))
+    images["one_by_one"] = save(
+        Image.fromarray(gray[height // 2 : height // 2 + 1, width // 2 : width // 2 + 1], "L"), "PNG"
+    )
+    images["large_4000x3000"] = save(Image.fromarray(gray, "L").resize((4000, 3000), Image.BILINEAR), "PNG")
+    images["rgb_jpeg"] = save(rgb, "JPEG", quality=95)
+    images["gray_jpeg"] = save(Image.fromarray(gray, "L"), "JPEG", quality=95)
+    images["cmyk_jpeg"] = save(rgb.convert("CMYK"), "JPEG", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the stored pixels are to be turned 90 degrees clockwise
+    images["exif_rotated_jpeg"] = save(Image.fromarray(np.rot90(gray, 1).copy(), "L"), "JPEG", quality=95, exif=exif)
+    paths = {}
+    for name, data in images.items():
+        path = folder / (name + (".jpg" if name.endswith("jpeg") else ".png"))
+        path.write_bytes(data)
+        paths[name] = path
+    return paths
+
+
+def reference_logits(model_path: Path, paths: dict[str, Path]) -> dict[str, list[float]]:
+    """What `vggdeploy run` (the Python reference) computes for each file."""
+    from vggdeploy.graph import run_session
+    from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
+    from vggdeploy.runtime import ProviderSettings, open_model
+
+    model = open_model(model_path, ProviderSettings(provider="cpu"))
+    spec = PreprocessSpec.from_metadata(model.metadata["preprocessing"])
+    return {
+        name: run_session(model.session, to_model_input([decode_grayscale(path)], spec))[0].tolist()
+        for name, path in paths.items()
+    }
+
+
+def write_fixture_set(gray: np.ndarray, model_path: Path, folder: Path) -> Path:
+    """The images plus ``expected.json`` ({kind: {file, logits}}), as the consumers' tests read them."""
+    paths = write_image_kinds(gray, folder)
+    logits = reference_logits(model_path, paths)
+    expected = {name: {"file": path.name, "logits": logits[name]} for name, path in paths.items()}
+    tolerance = {"logits_atol": 1e-3, "jpeg_logits_atol": JPEG_LOGITS_ATOL}
+    (folder / "expected.json").write_text(json.dumps({"tolerance": tolerance, "kinds": expected}, indent=1))
+    return folder / "expected.json"
