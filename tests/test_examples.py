@@ -151,7 +151,7 @@ def test_node_service_agrees_on_every_image_kind(image_kinds, tiny_export, node_
 
 def test_npm_test_alone_uses_the_newest_export_under_artifacts(tiny_export, node_ready):
     """`npm test` with no variables finds the newest model.onnx under the repository's artifacts/ (and its golden/)."""
-    result, out = tiny_export
+    _, out = tiny_export
     run_folder = Path(__file__).parent.parent / "artifacts" / "npm-test-alone"
     try:
         shutil.copytree(out / "onnx", run_folder / "onnx", ignore=shutil.ignore_patterns("*.fp16.onnx", "*.int8.onnx"))
