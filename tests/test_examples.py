@@ -127,7 +127,10 @@ def test_cpp_program_agrees_on_every_png_kind_and_refuses_jpeg_in_words(image_ki
     folder = image_kinds.parent
     files = [str(folder / expected[kind]["file"]) for kind in (*PNG_KINDS, *JPEG_KINDS)]
     run = subprocess.run(
-        [str(cpp_program), str(tiny_export[0].model_path), *files, "--json"], capture_output=True, text=True, timeout=120
+        [str(cpp_program), str(tiny_export[0].model_path), *files, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 3, run.stderr  # the JPEGs
     answers = {Path(answer["file"]).stem: answer["logits"] for answer in map(json.loads, run.stdout.splitlines())}
@@ -135,7 +138,9 @@ def test_cpp_program_agrees_on_every_png_kind_and_refuses_jpeg_in_words(image_ki
     worst = _worst_differences(answers, expected)
     assert max(worst.values()) <= 1e-3, worst
     refused = run.stderr.strip().splitlines()
-    assert len(refused) == len(JPEG_KINDS) and all("not a PNG file (this example decodes PNG only)" in r for r in refused)
+    assert len(refused) == len(JPEG_KINDS) and all(
+        "not a PNG file (this example decodes PNG only)" in r for r in refused
+    )
 
 
 def test_node_service_agrees_on_every_image_kind(image_kinds, tiny_export, node_ready):
@@ -170,7 +175,9 @@ def test_example_servers_refuse_a_bad_model_in_one_line_before_serving(example, 
     folder = _installed(example, "onnxruntime-node" if example == "node" else "onnxruntime-web")
     for model, message in ((tmp_path / "nosuch.onnx", "no such model file"), (tmp_path, "")):
         env = {**os.environ, "PORT": "0"}
-        run = subprocess.run(["node", script, str(model)], cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+        run = subprocess.run(
+            ["node", script, str(model)], cwd=folder, env=env, capture_output=True, text=True, timeout=60
+        )
         assert run.returncode == 1, (run.stdout, run.stderr)
         assert run.stderr.strip().splitlines() == [run.stderr.strip()] and run.stderr.startswith(f"error: {model}: ")
         assert message in run.stderr and "open http" not in run.stdout and "at " not in run.stderr
