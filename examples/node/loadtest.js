@@ -3,10 +3,11 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { startServer } from './src/server.js';
+import { resolveGoldenDir, resolveModelPath } from '../js-common/model-paths.js';
 
-const golden = JSON.parse(readFileSync(join(process.env.GOLDEN_DIR, 'golden.json'), 'utf8'));
-const body = readFileSync(join(process.env.GOLDEN_DIR, golden.images[0].file));
-const service = await startServer({ modelPath: process.env.MODEL_PATH });
+const golden = JSON.parse(readFileSync(join(resolveGoldenDir(), 'golden.json'), 'utf8'));
+const body = readFileSync(join(resolveGoldenDir(), golden.images[0].file));
+const service = await startServer({ modelPath: resolveModelPath() });
 const result = await autocannon({
   url: `${service.url}/predict`, method: 'POST', body, headers: { 'content-type': 'image/png' },
   connections: Number(process.env.CONNECTIONS ?? 8), amount: Number(process.env.REQUESTS ?? 3000), timeout: 10,
