@@ -349,3 +349,29 @@ def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_
     steps = TINY.train_limit // TINY.batch_size
     assert history[2]["lr_end"] == pytest.approx(train_module.learning_rate(extension, 3 * steps - 1, 3 * steps))
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_config"]["epochs"] == 3
+
+
+def test_train_json_keeps_stdout_for_the_json_alone(tmp_path):
+    """Progress bars and per-epoch lines go to stderr, so `train --json` output parses as it is (scripts/demo.sh)."""
+    result = run_cli(
+        "train",
+        "--preset",
+        "quick",
+        "--width-ratio",
+        "16",
+        "--hidden",
+        "32",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "512",
+        "--test-limit",
+        "128",
+        "--json",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["best_checkpoint"] == str(tmp_path / "checkpoints" / "best.pt") and summary["epochs_run"] == 1
+    assert "epoch 1: test accuracy" in result.stderr

@@ -11,6 +11,7 @@ import itertools
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -523,7 +524,9 @@ def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before:
     if run.distributed.is_main:
         _save_epoch(run.out_dir, run.model, run.optimizer, run.config, run.history, run.checksums)
         if run.progress:
-            tqdm.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}")
+            tqdm.write(
+                f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}", file=sys.stderr
+            )
 
 
 def _state(model, optimizer, config: TrainConfig, history: list[dict], checksums: dict) -> dict:

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vggdeploy.artifacts import RunFolder, model_file, reports_folder
 from vggdeploy.report import markdown_table, plot_accuracy_against_time, write_json, write_text
 
 GPU_BENCH_ENGINES = (
@@ -270,36 +271,37 @@ def copy_png(source: Path, target: Path) -> None:
 
 def runtime_stage(validation: Validation) -> None:
     profile, work = validation.profile, validation.work
-    seed = work / "seed"
-    model = seed / "onnx" / "model.onnx"
-    validation.run("seed-train", ["train", *profile.seed_train, "--out", str(seed), "--quiet"])
-    summary = read_json(seed / "train" / "summary.json")
+    seed = RunFolder(work / "seed")
+    model = model_file(seed.onnx)
+    validation.run("seed-train", ["train", *profile.seed_train, "--out", str(seed.path), "--quiet"])
+    summary = read_json(seed.summary)
     if summary:
         validation.figures["seed_train"] = pick(
             summary, "best_test_accuracy", "wall_seconds", "train_images_per_second"
         )
-    copy_png(seed / "train" / "curves.png", validation.out / "seed-curves.png")
-    validation.run("seed-export", ["export", "--checkpoint", str(seed / "checkpoints" / "best.pt"), *profile.export])
-    exported = read_json(seed / "onnx" / "export_report.json")
+    copy_png(seed.curves, validation.out / "seed-curves.png")
+    validation.run("seed-export", ["export", "--checkpoint", str(seed.best_checkpoint), *profile.export])
+    exported = read_json(seed.onnx / "export_report.json")
     if exported:
         validation.figures["seed_export"] = exported
     check = validation.run("seed-check", ["check", "--model", str(model), *profile.check])
-    checked = read_json(seed / "onnx" / "reports" / "check.json")
+    checked = read_json(reports_folder(model) / "check.json")
     if checked:
         validation.figures["seed_check"] = checked
     add_check_goals(validation, checked, check)
 
-    bench_dir = work / "bench-model"
-    validation.run("bench-model-train", ["train", *profile.bench_model_train, "--out", str(bench_dir), "--quiet"])
+    bench_run = RunFolder(work / "bench-model")
+    bench_model = model_file(bench_run.onnx)
+    validation.run("bench-model-train", ["train", *profile.bench_model_train, "--out", str(bench_run.path), "--quiet"])
     validation.run(
         "bench-model-export",
-        ["export", "--checkpoint", str(bench_dir / "checkpoints" / "best.pt"), *profile.bench_model_export],
+        ["export", "--checkpoint", str(bench_run.best_checkpoint), *profile.bench_model_export],
     )
-    bench = validation.run("bench", ["bench", "--model", str(bench_dir / "onnx" / "model.onnx"), *profile.bench])
-    benched = read_json(bench_dir / "onnx" / "reports" / "bench.json")
+    bench = validation.run("bench", ["bench", "--model", str(bench_model), *profile.bench])
+    benched = read_json(reports_folder(bench_model) / "bench.json")
     if benched:
         validation.figures["bench"] = benched
-    copy_png(bench_dir / "onnx" / "reports" / "bench.png", validation.out / "bench.png")
+    copy_png(reports_folder(bench_model) / "bench.png", validation.out / "bench.png")
     add_bench_goals(validation, benched, bench)
 
     tests = validation.run("pytest-gpu", ["-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"], module="pytest")
@@ -318,17 +320,25 @@ def runtime_stage(validation: Validation) -> None:
 
 
 def train_stage(validation: Validation, time_limit: float) -> None:
-    full = validation.work / "full"
+    full = RunFolder(validation.work / "full")
     step = validation.run(
         "full-train",
-        ["train", *validation.profile.full_train, "--time-limit", f"{time_limit:g}", "--out", str(full), "--quiet"],
+        [
+            "train",
+            *validation.profile.full_train,
+            "--time-limit",
+            f"{time_limit:g}",
+            "--out",
+            str(full.path),
+            "--quiet",
+        ],
     )
-    summary = read_json(full / "train" / "summary.json")
-    metrics = full / "train" / "metrics.jsonl"
+    summary = read_json(full.summary)
+    metrics = full.metrics
     history = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
     rows = [pick(row, "epoch", "elapsed_seconds", "test_accuracy", "train_images_per_second") for row in history]
     validation.figures["full_train"] = {"summary": summary, "accuracy_against_time": rows}
-    copy_png(full / "train" / "curves.png", validation.out / "full-curves.png")
+    copy_png(full.curves, validation.out / "full-curves.png")
     if rows:
         plot_accuracy_against_time(
             validation.out / "full-accuracy-time.png", rows, "full preset: test accuracy against wall time"
