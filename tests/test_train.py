@@ -14,6 +14,7 @@ from vggdeploy.config import PRESETS, TrainConfig
 from vggdeploy.errors import DataError
 from vggdeploy.model import build_model
 
+TINY_CLI = ("--preset", "quick", "--width-ratio", "16", "--hidden", "32", "--epochs", "1")  # seconds on 2 cores
 TINY = TrainConfig(
     model=ModelArgs(arch="A", batch_norm=True, width_ratio=8, hidden=64, dropout=0.0, image_size=32),
     epochs=2,
@@ -135,14 +136,7 @@ def test_time_limit_stops_cleanly_mid_epoch_and_resume_finishes_the_run(trained,
 def test_time_limit_before_the_first_epoch_ends_says_how_to_continue(tmp_path):
     result = run_cli(
         "train",
-        "--preset",
-        "quick",
-        "--width-ratio",
-        "16",
-        "--hidden",
-        "32",
-        "--epochs",
-        "1",
+        *TINY_CLI,
         "--train-limit",
         "1000",
         "--test-limit",
@@ -355,14 +349,7 @@ def test_train_json_keeps_stdout_for_the_json_alone(tmp_path):
     """Progress bars and per-epoch lines go to stderr, so `train --json` output parses as it is (scripts/demo.sh)."""
     result = run_cli(
         "train",
-        "--preset",
-        "quick",
-        "--width-ratio",
-        "16",
-        "--hidden",
-        "32",
-        "--epochs",
-        "1",
+        *TINY_CLI,
         "--train-limit",
         "512",
         "--test-limit",

@@ -222,6 +222,23 @@ def train(
         click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.format())
 
 
+def _accuracy_drop_options(config_class):
+    """--fp16-max-drop and --int8-max-drop, with their defaults (percentage points) from the stage's config."""
+
+    def add(command):
+        for variant in ("int8", "fp16"):
+            command = click.option(
+                f"--{variant}-max-drop",
+                type=float,
+                default=getattr(config_class, f"{variant}_max_drop_pp"),
+                show_default=True,
+                help=f"{variant}: largest accuracy drop the variant may show, pp.",
+            )(command)
+        return command
+
+    return add
+
+
 class IntList(click.ParamType):
     """A comma-separated list of positive integers, such as batch sizes: ``1,8,32``."""
 
@@ -274,20 +291,7 @@ def _listed(numbers: tuple[int, ...]) -> str:
     show_default=True,
     help="Test images for the variants' accuracy.",
 )
-@click.option(
-    "--fp16-max-drop",
-    type=float,
-    default=ExportConfig.fp16_max_drop_pp,
-    show_default=True,
-    help="fp16 variant: largest accuracy drop, pp.",
-)
-@click.option(
-    "--int8-max-drop",
-    type=float,
-    default=ExportConfig.int8_max_drop_pp,
-    show_default=True,
-    help="int8 variant: largest accuracy drop, pp.",
-)
+@_accuracy_drop_options(ExportConfig)
 @click.option(
     "--triton-repo", type=click.Path(file_okay=False), default=None, help="Also write a Triton model repository here."
 )
@@ -420,20 +424,7 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
     show_default=True,
     help="fp32: lowest top-1 agreement.",
 )
-@click.option(
-    "--fp16-max-drop",
-    type=float,
-    default=CheckConfig.fp16_max_drop_pp,
-    show_default=True,
-    help="fp16: largest accuracy drop, pp.",
-)
-@click.option(
-    "--int8-max-drop",
-    type=float,
-    default=CheckConfig.int8_max_drop_pp,
-    show_default=True,
-    help="int8: largest accuracy drop, pp.",
-)
+@_accuracy_drop_options(CheckConfig)
 @click.option("--localize", is_flag=True, help="Name the first layer whose output differs beyond --layer-rtol.")
 @click.option("--layer-rtol", type=float, default=CheckConfig.localize_rtol, show_default=True)
 @click.option(

@@ -30,16 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vggdeploy.artifacts import RunFolder, model_file, reports_folder
+from vggdeploy.bench import GPU_ENGINES
 from vggdeploy.report import markdown_table, plot_accuracy_against_time, write_json, write_text
 
-GPU_BENCH_ENGINES = (
-    "torch-cuda-fp32",
-    "torch-cuda-tf32",
-    "torch-cuda-fp16-cl",
-    "ort-cuda-fp32",
-    "ort-cuda-fp16",
-    "ort-cuda-fp16-nhwc-graph",
-)
 GRAPH_ENGINE = "ort-cuda-fp16-nhwc-graph"
 LOG_CHARS = 200_000  # of each step's output kept in gpu-logs.txt (the device tool returns at most 8 files)
 
@@ -85,7 +78,7 @@ GPU = Profile(
         "--variant-images",
         "100",
     ),  # the export checks run on the CPU
-    bench=("--engines", ",".join(GPU_BENCH_ENGINES), "--batch-sizes", "1,8,64,256", "--seconds", "2"),
+    bench=("--engines", ",".join(GPU_ENGINES), "--batch-sizes", "1,8,64,256", "--seconds", "2"),
     full_train=("--preset", "full"),
 )
 TINY = ("--width-ratio", "16", "--hidden", "64", "--image-size", "32", "--device", "cpu")
