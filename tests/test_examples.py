@@ -51,16 +51,16 @@ def test_node_service_short_load_test_has_no_failures(tiny_export, node_ready):
     assert summary["requests"] == 400 and summary["non2xx"] == 0 and summary["errors"] == 0
 
 
-def test_web_page_classifies_the_golden_images_in_chromium(tiny_export, tmp_path):
+def test_web_page_classifies_the_golden_images_and_every_image_kind_in_chromium(tiny_export, image_kinds, tmp_path):
     folder = _installed("web", "onnxruntime-web")
     if not Path("/usr/bin/chromium").is_file():
         pytest.fail("Debian's chromium is missing: run ./scripts/setup.sh")
-    env = {**_consumer_env(tiny_export), "SCREENSHOT": str(tmp_path / "page.png")}
+    env = {**_consumer_env(tiny_export), "SCREENSHOT": str(tmp_path / "page.png"), "IMAGE_KINDS": str(image_kinds)}
     result = subprocess.run(
         ["node", "--test", "test/page.test.js"], cwd=folder, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "# pass 3" in result.stdout and "# fail 0" in result.stdout
+    assert "# pass 4" in result.stdout and "# fail 0" in result.stdout
     assert (tmp_path / "page.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -33,13 +33,49 @@ async function loadModel() {
   return { metadata, info, session, spec: specFromMetadata(metadata.preprocessing) };
 }
 
-async function decodeImage(file) {
-  const bitmap = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
-  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-  const context = canvas.getContext('2d', { colorSpace: 'srgb' });
+// A canvas keeps premultiplied alpha, which rounds semi-transparent pixels; a WebGL texture uploaded without
+// premultiplication and read back gives the decoded bytes exactly. Where WebGL is missing, the canvas is used for
+// opaque images and semi-transparent ones are refused rather than answered inexactly.
+function exactPixels(bitmap) {
+  const gl = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('webgl2', { premultipliedAlpha: false });
+  if (!gl || Math.max(bitmap.width, bitmap.height) > gl.getParameter(gl.MAX_TEXTURE_SIZE)) return null;
+  gl.bindTexture(gl.TEXTURE_2D, gl.createTexture());
+  gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, false);
+  gl.pixelStorei(gl.UNPACK_COLORSPACE_CONVERSION_WEBGL, gl.NONE);
+  gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, gl.RGBA, gl.UNSIGNED_BYTE, bitmap);
+  gl.bindFramebuffer(gl.FRAMEBUFFER, gl.createFramebuffer());
+  gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.TEXTURE_2D, gl.getParameter(gl.TEXTURE_BINDING_2D), 0);
+  const rgba = new Uint8Array(4 * bitmap.width * bitmap.height);
+  gl.readPixels(0, 0, bitmap.width, bitmap.height, gl.RGBA, gl.UNSIGNED_BYTE, rgba);
+  return gl.getError() === gl.NO_ERROR ? rgba : null;
+}
+
+function canvasPixels(bitmap) {
+  const context = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d', { colorSpace: 'srgb' });
   context.drawImage(bitmap, 0, 0);
   const { data } = context.getImageData(0, 0, bitmap.width, bitmap.height);
-  return { width: bitmap.width, height: bitmap.height, rgba: data, bitmap };
+  for (let i = 3; i < data.length; i += 4) {
+    if (data[i] !== 255) throw new Error('this browser cannot read semi-transparent pixels exactly (no WebGL 2)');
+  }
+  return data;
+}
+
+/** PNG bit depth and colour type from the IHDR chunk, or null for other formats. */
+function pngHeader(bytes) {
+  const signature = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+  return signature.every((b, i) => bytes[i] === b) ? { depth: bytes[24], colorType: bytes[25] } : null;
+}
+
+async function decodeImage(file) {
+  const png = pngHeader(new Uint8Array(await file.slice(0, 26).arrayBuffer()));
+  if (png?.depth === 16 && png.colorType === 0) {
+    // The reference reads 16-bit gray at full precision; browsers reduce it to 8 bits first.
+    throw new Error('16-bit grayscale PNGs are read inexactly by browsers; use the Node service or vggdeploy run');
+  }
+  const bitmap = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+  const rgba = exactPixels(bitmap) ?? canvasPixels(bitmap);
+  // PNG gray (colour type 0): the reference ignores a tRNS colour key, so only the gray values count
+  return { width: bitmap.width, height: bitmap.height, rgba, colorType: png?.colorType, bitmap };
 }
 
 function show(result, image, metadata) {

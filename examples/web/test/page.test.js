@@ -3,7 +3,7 @@
 // MODEL_PATH and GOLDEN_DIR choose another; SCREENSHOT= saves a PNG of the page.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
 import { resolveGoldenDir, resolveModelPath } from '../../js-common/model-paths.js';
@@ -61,4 +61,24 @@ test('a file that is not an image shows an error instead of crashing the page', 
   await page.setInputFiles('#file', { name: 'notes.png', mimeType: 'image/png', buffer: Buffer.from('not an image') });
   await page.waitForSelector('#status .error', { timeout: 10_000 });
   assert.match(await page.textContent('#status'), /Could not classify notes.png/);
+});
+
+test('every image kind gives the Python reference logits, or a refusal in words', { skip: !process.env.IMAGE_KINDS && 'set IMAGE_KINDS' }, async () => {
+  const fixture = process.env.IMAGE_KINDS;
+  const { tolerance, kinds } = JSON.parse(readFileSync(fixture, 'utf8'));
+  const refused = { gray16: /16-bit grayscale PNGs are read inexactly by browsers/ };
+  for (const [kind, entry] of Object.entries(kinds)) {
+    await page.evaluate(() => { window.lastResult = null; document.querySelector('#status').textContent = ''; });
+    await page.setInputFiles('#file', join(dirname(fixture), entry.file));
+    await page.waitForFunction(() => window.lastResult || document.querySelector('#status .error'), null, { timeout: 60_000 });
+    const result = await page.evaluate(() => window.lastResult);
+    if (refused[kind]) {
+      assert.equal(result, null, `${kind}: answered instead of refusing`);
+      assert.match(await page.textContent('#status'), refused[kind]);
+      continue;
+    }
+    assert.ok(result, `${kind}: ${await page.textContent('#status')}`);
+    const worst = Math.max(...result.logits.map((v, i) => Math.abs(v - entry.logits[i])));
+    assert.ok(worst <= tolerance.logits_atol, `${kind}: logits differ by ${worst} > ${tolerance.logits_atol}`);
+  }
 });
