@@ -404,7 +404,7 @@ def test_two_runs_and_a_bench_at_the_same_time(tiny_export, tiny_checkpoint, tmp
     assert (tmp_path / "bench.json").is_file()
 
 
-def test_two_exports_to_one_path_never_interleave(tiny_checkpoint, tmp_path):
+def test_two_exports_to_one_path_one_runs_the_other_is_told(tiny_checkpoint, tmp_path):
     out = tmp_path / "shared"
     args = [
         *VGGDEPLOY,
@@ -419,7 +419,11 @@ def test_two_exports_to_one_path_never_interleave(tiny_checkpoint, tmp_path):
         "1,2,7",
     ]
     processes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    assert [p.wait(timeout=300) for p in processes] == [0, 0]
+    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in processes)
+    assert [code for code, _ in outcomes] == [0, 75]  # one writer: the second stops at once, naming the first
+    assert (
+        f"{out} is in use by 'vggdeploy export' (pid " in outcomes[1][1] and "write elsewhere (--out)" in outcomes[1][1]
+    )
     proto = onnx.load(str(out / "model.onnx"))
     onnx.checker.check_model(proto, full_check=True)
     assert not list(out.rglob("*.tmp"))

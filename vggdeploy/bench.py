@@ -22,10 +22,11 @@ from vggdeploy.config import BenchConfig
 from vggdeploy.contract import model_args_from_metadata
 from vggdeploy.data import load_split, to_input_tensor
 from vggdeploy.errors import ProviderUnavailable, UsageError
+from vggdeploy.files import folder_lock
 from vggdeploy.graph import deployment_versions
 from vggdeploy.hardware import cpu_fp32_gflops, gpu_peak_tflops, peak_fraction, timed_runs
 from vggdeploy.model import summarize
-from vggdeploy.onnx_file import read_metadata
+from vggdeploy.onnx_file import read_metadata, require_model_file
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import markdown_table, plot_bench, write_json, write_text
 from vggdeploy.runtime import ProviderSettings, create_session, cuda_driver_present
@@ -236,6 +237,12 @@ def run_bench(
     Engines asked for by name must all run: one that cannot is an error before anything is measured or written.
     Without names, the default set for this machine runs, and an engine that cannot is skipped with its reason.
     """
+    folder = Path(report_dir) if report_dir else reports_folder(require_model_file(model_path))
+    with folder_lock(folder, "vggdeploy bench"):  # one bench writing these reports at a time
+        return _bench(Path(model_path), checkpoint, config, folder, data_dir)
+
+
+def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, data_dir) -> BenchReport:
     model_path = Path(model_path)
     metadata = read_metadata(model_path)
     checkpoint = Path(checkpoint) if checkpoint else checkpoint_beside(model_path)

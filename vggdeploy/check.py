@@ -19,8 +19,10 @@ from vggdeploy.config import CheckConfig
 from vggdeploy.contract import model_args_from_metadata
 from vggdeploy.data import load_split, to_input_tensor
 from vggdeploy.errors import CheckFailed, DataError, UsageError
+from vggdeploy.files import folder_lock
 from vggdeploy.graph import run_session
 from vggdeploy.model import predict_logits
+from vggdeploy.onnx_file import require_model_file
 from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import markdown_table, write_json, write_text
@@ -108,6 +110,12 @@ def run_check(
 ) -> CheckReport:
     """Compare the exported model with the checkpoint's torch model: model.onnx and its fp16/int8 siblings, or a
     variant file alone against that variant's own limits."""
+    folder = Path(report_dir) if report_dir else reports_folder(require_model_file(model_path))
+    with folder_lock(folder, "vggdeploy check"):  # one check writing these reports at a time
+        return _check(Path(model_path), checkpoint, config, data_dir, folder)
+
+
+def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_dir: Path) -> CheckReport:
     model_path = Path(model_path)
     provider, images = config.provider, config.images
     loaded = open_model(model_path, ProviderSettings(provider=provider))

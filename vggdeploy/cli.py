@@ -16,7 +16,7 @@ import click
 
 from vggdeploy import __version__
 from vggdeploy.config import BenchConfig, CheckConfig, ExportConfig
-from vggdeploy.errors import INTERNAL_ERROR_EXIT, Interrupted, VggDeployError
+from vggdeploy.errors import INTERNAL_ERROR_EXIT, Interrupted, VggDeployError, write_error
 
 if TYPE_CHECKING:
     from vggdeploy.archs import ModelArgs
@@ -61,6 +61,10 @@ class _Group(click.Group):
                 for line in str(error).splitlines():  # one line per problem (run: one per bad image)
                     click.echo(f"error: {line}", err=True)
                 sys.exit(error.exit_code)
+            plain = write_error(error, error.filename) if isinstance(error, OSError) and error.filename else None
+            if plain is not None:  # a write outside the atomic helpers hit a full disk or a read-only path
+                click.echo(f"error: {plain}", err=True)
+                sys.exit(plain.exit_code)
             click.echo(
                 f"error: internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True
             )

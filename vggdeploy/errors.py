@@ -1,10 +1,16 @@
 """Every failure the CLI reports, with its exit code: the one place both are defined.
 
-Exit codes: 2 bad usage, 3 a bad input file, 4 a numerical check failed, 5 training diverged, 6 the requested
-execution provider is unavailable, 130 interrupted; 70 is left for internal errors (a bug).
+Exit codes: 2 bad usage, 3 a bad input file, path or permission, 4 a numerical check failed, 5 training diverged,
+6 the requested execution provider is unavailable, 7 the disk is full, 75 the output folder is in use by another
+run (sysexits' EX_TEMPFAIL: try again later), 130 interrupted; 70 is left for internal errors (a bug).
+``write_error`` is the one mapping from a failed write to these words.
 """
 
 from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
 
 INTERNAL_ERROR_EXIT = 70
 
@@ -49,7 +55,55 @@ class ProviderUnavailable(VggDeployError):
     exit_code = 6
 
 
+class FolderInUse(VggDeployError):
+    """Another live run writes the same output folder; the message names it."""
+
+    exit_code = 75
+
+
 class Interrupted(VggDeployError):
     """Ctrl-C, SIGTERM or a time limit stopped the work; what was saved is in the message."""
 
     exit_code = 130
+
+
+class ResourceExhausted(VggDeployError):
+    """The disk filled up while writing; the message says what was being written and what is still intact."""
+
+    exit_code = 7
+
+
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+# torch.save reports a full disk from its C++ zip writer as a RuntimeError, without an errno
+TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "No space left on device")
+
+
+def _free_bytes(path: Path) -> int | None:
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def write_error(error: BaseException, path: str | Path, written: int = 0) -> VggDeployError | None:
+    """The plain-words error for a write of ``path`` that failed with ``error`` (``written``: bytes it had put down),
+    or None when the failure is not about space, permissions or the path."""
+    path = Path(path)
+    code = getattr(error, "errno", None)
+    if code in NO_SPACE or (isinstance(error, RuntimeError) and any(t in str(error) for t in TORCH_WRITE_FAILURES)):
+        free = _free_bytes(path)
+        before = path.stat().st_size if path.is_file() else 0
+        needed = max(written, before)
+        need = f"; it needs more than {needed / 1e6:.2f} MB" if needed else ""
+        have = f"{free / 1e6:.2f} MB free" if free is not None else "free space unknown"
+        return ResourceExhausted(f"{path}: no space left on the device while writing it ({have}{need})")
+    if code in (errno.EACCES, errno.EPERM):
+        return DataError(f"{path}: permission denied, cannot write it")
+    if code == errno.EROFS:
+        return DataError(f"{path}: read-only file system, cannot write it")
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return DataError(f"{path}: its folder does not exist or is not a folder, cannot write it")
+    return None

@@ -20,13 +20,13 @@ import torch
 from PIL import Image
 
 from vggdeploy.archs import ModelArgs
-from vggdeploy.artifacts import golden_folder, model_file
+from vggdeploy.artifacts import golden_folder, model_file, sibling
 from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, cap_ir_version
 from vggdeploy.data import CLASS_NAMES, load_split, to_input_tensor
 from vggdeploy.errors import CheckFailed
-from vggdeploy.files import atomic_path, ensure_writable
+from vggdeploy.files import atomic_path, ensure_writable, folder_lock, staged_folder
 from vggdeploy.graph import (
     GraphStats,
     attach_metadata,
@@ -64,6 +64,7 @@ class BatchAudit:
 @dataclass
 class ExportResult:
     model_path: Path
+    file_bytes: int
     before: GraphStats
     after: GraphStats
     audit: BatchAudit
@@ -74,7 +75,7 @@ class ExportResult:
     def format(self) -> str:
         step = "simplified" if self.simplified else "not simplified (--no-simplify)"
         lines = [
-            f"wrote {self.model_path} ({self.model_path.stat().st_size / 1e6:.2f} MB)",
+            f"wrote {self.model_path} ({self.file_bytes / 1e6:.2f} MB)",
             f"  graph: {self.before.nodes} nodes ({self.before.bytes / 1e6:.2f} MB) -> {step} "
             f"{self.after.nodes} nodes ({self.after.bytes / 1e6:.2f} MB): {self.after.ops}",
             f"  {self.audit.format()}",
@@ -179,6 +180,11 @@ def export_model(
     triton_repo: str | Path | None = None,
 ) -> ExportResult:
     """Export, check and describe a checkpoint's model; returns the figures measured on the way."""
+    with folder_lock(out_dir, "vggdeploy export"):  # one export into a folder at a time
+        return _export(checkpoint, Path(out_dir), config, expected_arch, data_dir, triton_repo)
+
+
+def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data_dir, triton_repo) -> ExportResult:
     out_dir = Path(out_dir)
     model, state = rebuild_model(checkpoint, expected_arch)
     args: ModelArgs = state["model_args"]
@@ -187,7 +193,7 @@ def export_model(
     count = max(config.parity_images, max(config.audit_batches), config.golden_images)
     inputs = to_input_tensor(test_images[:count], spec).numpy()
     labels = test_labels.numpy()
-    ensure_writable(out_dir)
+    ensure_writable(out_dir.parent)
 
     exported = to_onnx(model, args, config.opset)
     check_proto(exported)
@@ -229,15 +235,28 @@ def export_model(
             )
         )
 
-    model_path = model_file(out_dir)  # every check has passed: write
-    save_onnx(final, model_path)
-    result = ExportResult(model_path, before, GraphStats.of(final), audit, parity, config.simplify)
-    write_golden_vectors(golden_folder(out_dir), session, test_images, labels, spec, config)
-    for variant in built:
-        result.variants[variant.name] = variants.write_variant(variant, model_path, final)
-    if triton_repo is not None:
-        write_triton_repository(Path(triton_repo), final, args, config)
-    _write_report(out_dir, result, args)
+    # Every check has passed: build the whole output beside its place, then swap it in (nothing half-written is left)
+    with contextlib.ExitStack() as stack:
+        staging = stack.enter_context(staged_folder(out_dir))
+        staged_model = model_file(staging)
+        save_onnx(final, staged_model)
+        result = ExportResult(
+            model_file(out_dir),
+            staged_model.stat().st_size,
+            before,
+            GraphStats.of(final),
+            audit,
+            parity,
+            config.simplify,
+        )
+        write_golden_vectors(golden_folder(staging), session, test_images, labels, spec, config)
+        for variant in built:
+            result.variants[variant.name] = variants.write_variant(variant, staged_model, final)
+            variant.path = sibling(result.model_path, variant.name)  # where it will be once the export is in place
+        if triton_repo is not None:
+            model_folder = Path(triton_repo) / triton_model_name(args)  # other models in the repository stay
+            write_triton_model(stack.enter_context(staged_folder(model_folder)), final, args, config)
+        _write_report(staging, result, args)
     return result
 
 
@@ -281,10 +300,13 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         temporary.write_bytes(data)
 
 
-def write_triton_repository(repo: Path, proto: onnx.ModelProto, args: ModelArgs, config: ExportConfig) -> Path:
-    """A Triton model repository: ``<name>/config.pbtxt`` (onnxruntime backend, dynamic batching), ``<name>/1/model.onnx``."""
-    name = args.name.replace("-", "_")
-    folder = repo / name
+def triton_model_name(args: ModelArgs) -> str:
+    return args.name.replace("-", "_")
+
+
+def write_triton_model(folder: Path, proto: onnx.ModelProto, args: ModelArgs, config: ExportConfig) -> Path:
+    """One model of a Triton repository: ``config.pbtxt`` (onnxruntime backend, dynamic batching), ``1/model.onnx``."""
+    name = triton_model_name(args)
     (folder / "1").mkdir(parents=True, exist_ok=True)
     save_onnx(proto, folder / "1" / "model.onnx")
     write_text(folder / "labels.txt", "\n".join(CLASS_NAMES[: args.num_classes]) + "\n")
@@ -330,7 +352,7 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         "arch": args.to_dict(),
         "graph_before": result.before.__dict__,
         "graph_after": result.after.__dict__,
-        "file_bytes": result.model_path.stat().st_size,
+        "file_bytes": result.file_bytes,
         "batch_audit": {**result.audit.__dict__, "passed": bool(result.audit)},
         "parity": result.parity.to_dict(),
         "variants": {name: variant.to_dict() for name, variant in result.variants.items()},
@@ -339,7 +361,7 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
     rows = [
         {
             "file": result.model_path.name,
-            "MB": result.model_path.stat().st_size / 1e6,
+            "MB": result.file_bytes / 1e6,
             "nodes": result.after.nodes,
             "summary": result.parity.format(),
         }

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import shutil
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vggdeploy.errors import UsageError
+from vggdeploy.errors import DataError, FolderInUse, write_error
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -18,17 +23,24 @@ os.umask(_UMASK)
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename, else it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         yield Path(temporary)
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:  # a full disk, a read-only or vanished folder: say so in plain words
+        written = os.path.getsize(temporary) if temporary and os.path.exists(temporary) else 0
+        plain = write_error(error, path, written)
+        if plain is None:
+            raise
+        raise plain from None
     finally:
-        if os.path.exists(temporary):
+        if temporary and os.path.exists(temporary):
             os.unlink(temporary)
 
 
@@ -52,4 +64,114 @@ def ensure_writable(folder: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test.", suffix=".tmp"):
             pass
     except OSError as error:
-        raise UsageError(f"cannot write to output directory {folder}: {error.strerror or error}") from None
+        kind = type(write_error(error, folder) or DataError)  # exit 3 for a path or permission, 7 for a full disk
+        raise kind(f"cannot write to output directory {folder}: {error.strerror or error}") from None
+
+
+STAGING = ".{name}.staging-{pid}"  # a folder being built, beside its target
+REPLACED = ".{name}.replaced-{pid}"  # the previous target, kept until the new one is in place
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_staging(target: Path) -> list[str]:
+    """Tidy what a killed run left beside ``target``; returns one line per thing it did.
+
+    A staging folder of a dead process is removed (it was never complete). A replaced previous version is put back
+    when the run died between the two renames and ``target`` is missing, else removed.
+    """
+    done = []
+    for leftover in sorted(target.parent.glob(f".{target.name}.*-*")):
+        kind, _, pid = leftover.name.rpartition("-")
+        if not pid.isdigit() or _pid_alive(int(pid)) or not leftover.is_dir():
+            continue
+        if kind.endswith(".replaced") and not target.exists():
+            os.replace(leftover, target)
+            done.append(f"restored {target} from an export interrupted while replacing it")
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            done.append(f"removed {leftover}, left by a killed run")
+    return done
+
+
+@contextmanager
+def staged_folder(target: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``target`` to build a whole output in; when the block ends well it replaces
+    ``target`` (two renames, the old version removed last), else it is removed and ``target`` is untouched."""
+    target = Path(target)
+    ensure_writable(target.parent)
+    clean_stale_staging(target)
+    staging = target.parent / STAGING.format(name=target.name, pid=os.getpid())
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        replaced = target.parent / REPLACED.format(name=target.name, pid=os.getpid())
+        if target.exists():
+            os.replace(target, replaced)
+        os.replace(staging, target)
+        shutil.rmtree(replaced, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _lock_holder(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # gone, or being written by its owner this instant
+
+
+@contextmanager
+def folder_lock(target: str | Path, command: str) -> Iterator[None]:
+    """One writer for ``target`` at a time: a lock file beside it (``.<name>.lock``: host, PID, command, start).
+
+    A second run fails at once naming the holder. A lock left by a process of this host that no longer exists is
+    taken over, and the user is told on stderr.
+    """
+    target = Path(target)
+    ensure_writable(target)
+    lock = target.parent / f".{target.name}.lock"
+    mine = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "command": command,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for _ in range(100):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is None:
+                continue  # its owner is writing it: look again
+            if holder.get("host") == mine["host"] and not _pid_alive(int(holder.get("pid", 0))):
+                print(
+                    f"vggdeploy: {target} was locked by '{holder.get('command')}' (pid {holder.get('pid')}), which "
+                    "no longer runs; taking the lock over",
+                    file=sys.stderr,
+                )
+                lock.unlink(missing_ok=True)
+                continue
+            raise FolderInUse(
+                f"{target} is in use by '{holder.get('command')}' (pid {holder.get('pid')} on {holder.get('host')}, "
+                f"since {holder.get('started')}); wait for it to end, or write elsewhere (--out)"
+            ) from None
+        with os.fdopen(handle, "w") as file:
+            json.dump(mine, file)
+        break
+    else:
+        raise FolderInUse(f"{target}: could not take its lock {lock}")
+    try:
+        yield
+    finally:
+        if (_lock_holder(lock) or {}).get("pid") == mine["pid"]:
+            lock.unlink(missing_ok=True)

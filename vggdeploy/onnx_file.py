@@ -35,13 +35,19 @@ def check_external_data(proto, path: Path) -> None:
                     )
 
 
+def require_model_file(path: str | Path) -> Path:
+    """``path`` as a Path, or a one-line DataError when no such file exists (before anything is written for it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such model file")
+    return path
+
+
 def read_metadata(path: str | Path) -> dict:
     """The decoded vggdeploy metadata of an .onnx file, after checking the file's external-data references."""
     import onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such model file")
+    path = require_model_file(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:

@@ -7,6 +7,7 @@ Ctrl-C in the middle of an epoch, therefore draws exactly what the uninterrupted
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -14,6 +15,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,8 +29,8 @@ from vggdeploy.artifacts import RunFolder
 from vggdeploy.checkpoint import library_versions, load_checkpoint, save_checkpoint
 from vggdeploy.config import TrainConfig
 from vggdeploy.data import Augmentation, data_checksums, iterate_batches, load_split
-from vggdeploy.errors import Interrupted, TrainingDiverged, UsageError
-from vggdeploy.files import ensure_writable, remove_stale_temporaries
+from vggdeploy.errors import Interrupted, ResourceExhausted, TrainingDiverged, UsageError
+from vggdeploy.files import ensure_writable, folder_lock, remove_stale_temporaries
 from vggdeploy.hardware import gpu_peak_tflops, peak_fraction
 from vggdeploy.model import build_model, summarize
 from vggdeploy.preprocess import PreprocessSpec
@@ -253,8 +256,9 @@ def train(
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     distributed = _start_distributed(device)
+    lock = folder_lock(out_dir, "vggdeploy train") if distributed.is_main else contextlib.nullcontext()
     try:
-        with _StopRequests(enabled=distributed.world == 1, time_limit=time_limit) as stop:
+        with lock, _StopRequests(enabled=distributed.world == 1, time_limit=time_limit) as stop:
             return _train(config, out_dir, data_dir, resume, progress, device, distributed, stop)
     finally:
         if distributed.world > 1:
@@ -323,7 +327,8 @@ class _Run:
         """last.pt at a step boundary inside an epoch: enough to resume exactly where training stopped."""
         state = _state(self.model, self.optimizer, self.config, self.history, self.checksums)
         state["in_progress"] = {"step": step, "running": sums.to_list()}
-        save_checkpoint(RunFolder(self.out_dir).last_checkpoint, state)
+        with keeping_what_was_saved(self.out_dir):
+            save_checkpoint(RunFolder(self.out_dir).last_checkpoint, state)
 
 
 @dataclass(frozen=True)
@@ -421,7 +426,8 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
         stopped,
     )
     if distributed.is_main:
-        _write_reports(out_dir, config, result, device)
+        with keeping_what_was_saved(out_dir):
+            _write_reports(out_dir, config, result, device)
     return result
 
 
@@ -522,7 +528,8 @@ def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before:
         }
     )
     if run.distributed.is_main:
-        _save_epoch(run.out_dir, run.model, run.optimizer, run.config, run.history, run.checksums)
+        with keeping_what_was_saved(run.out_dir):
+            _save_epoch(run.out_dir, run.model, run.optimizer, run.config, run.history, run.checksums)
         if run.progress:
             tqdm.write(
                 f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}", file=sys.stderr
@@ -540,6 +547,28 @@ def _state(model, optimizer, config: TrainConfig, history: list[dict], checksums
         "test_accuracy": history[-1]["test_accuracy"] if history else None,
         "data_checksums": checksums,
     }
+
+
+@contextmanager
+def keeping_what_was_saved(out_dir: Path) -> Iterator[None]:
+    """A full disk stops training with a message that also says which checkpoints are intact and how to go on."""
+    try:
+        yield
+    except ResourceExhausted as error:
+        raise ResourceExhausted(f"{error}; {intact_checkpoints(out_dir)}") from None
+
+
+def intact_checkpoints(out_dir: Path) -> str:
+    """Which checkpoints on disk are whole, and from which epoch (atomic writes never leave a partial one)."""
+    folder = RunFolder(out_dir)
+    kept = [
+        f"{path.name} from epoch {load_checkpoint(path, mmap=True)['epoch']}"
+        for path in (folder.last_checkpoint, folder.best_checkpoint)
+        if path.is_file()
+    ]
+    if not kept:
+        return "no checkpoint had been written yet: free some space and train again"
+    return f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} intact: free some space and continue with --resume"
 
 
 def _save_epoch(out_dir: Path, model, optimizer, config: TrainConfig, history: list[dict], checksums: dict) -> None:

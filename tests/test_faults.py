@@ -1,0 +1,240 @@
+"""Faults of the machine, made for real: a disk that fills up during training, a read-only output folder.
+
+They need root to mount a small tmpfs (`mount -t tmpfs -o size=...`); where that is not allowed they are skipped
+with the reason.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vggdeploy.checkpoint import load_checkpoint
+
+TRAIN = [
+    "train",
+    "--preset",
+    "quick",
+    "--width-ratio",
+    "8",
+    "--hidden",
+    "64",
+    "--train-limit",
+    "1000",
+    "--test-limit",
+    "200",
+    "--quiet",
+]
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mounts a tmpfs of a given size (KiB) or options at a fresh folder; unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        folder = tmp_path / f"fs{len(mounted)}"
+        folder.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_disk_that_fills_during_training_keeps_the_last_checkpoints_and_resume_finishes(tmp_path, tmpfs):
+    sized = cli(*TRAIN, "--epochs", "1", "--out", str(tmp_path / "sizes"))
+    assert sized.returncode == 0, sized.stderr
+    checkpoints = tmp_path / "sizes" / "checkpoints"
+    last, best = ((checkpoints / name).stat().st_size for name in ("last.pt", "best.pt"))
+    # room for epoch 1's last.pt and best.pt and half of another last.pt: epoch 2's save cannot complete
+    disk = tmpfs(f"size={(last + best + last // 2) // 1024 + 24}k")
+    out = disk / "run"
+
+    full = cli(*TRAIN, "--epochs", "2", "--out", str(out))
+    assert full.returncode == 7, full.stderr
+    message = full.stderr.strip()
+    assert message.splitlines() == [message] and "Traceback" not in message
+    assert "last.pt: no space left on the device while writing it (" in message and "MB free" in message
+    assert message.endswith(
+        "last.pt from epoch 1 and best.pt from epoch 1 are intact: free some space and continue with --resume"
+    )
+    assert not list(out.rglob("*.tmp"))
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1  # whole, weights_only loadable
+    assert len((out / "train" / "metrics.jsonl").read_text().splitlines()) == 1  # whole lines only
+
+    subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+    resumed = cli(*TRAIN, "--epochs", "2", "--out", str(out), "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["epochs_run"] == 1
+    assert [json.loads(line)["epoch"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_read_only_output_folder_is_exit_3_in_one_line(tmpfs):
+    read_only = tmpfs("size=1m,ro")
+    result = cli(*TRAIN, "--epochs", "1", "--out", str(read_only / "run"))
+    assert result.returncode == 3
+    assert (
+        result.stderr.strip()
+        == f"error: cannot write to output directory {read_only / 'run'}: Read-only file system"
+    )
+
+
+EXPORT = ["--parity-images", "32", "--audit-batches", "1,2", "--variant-images", "64"]
+
+
+def _export(checkpoint, out, *extra):
+    return cli("export", "--checkpoint", str(checkpoint), "--out", str(out), *EXPORT, *extra)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")) + [
+        str(p) for p in folder.rglob("*.tmp")
+    ]
+
+
+def _intact(folder: Path) -> None:
+    import onnx
+
+    onnx.checker.check_model(str(folder / "model.onnx"), full_check=True)
+    assert json.loads((folder / "golden" / "golden.json").read_text())["images"]
+    assert (folder / "export_report.json").is_file()
+
+
+def test_a_re_export_replaces_the_folder_whole(tiny_checkpoint, tmp_path):
+    out = tmp_path / "onnx"
+    out.mkdir()
+    (out / "stale-note.txt").write_text("from an older export")
+    result = _export(tiny_checkpoint, out)
+    assert result.returncode == 0, result.stderr
+    _intact(out)
+    assert not (out / "stale-note.txt").exists() and _leftovers(out) == []
+
+
+def test_a_disk_that_fills_during_export_leaves_the_previous_export_untouched(tiny_checkpoint, tiny_export, tmpfs):
+    previous = tiny_export[1] / "onnx"
+    size = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file() and "int8" not in p.name)
+    disk = tmpfs(f"size={int(size * 1.4) // 1024 + 64}k")  # the old export fits; a second one beside it does not
+    out = disk / "onnx"
+    first = _export(tiny_checkpoint, out, "--fp16")
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    full = _export(tiny_checkpoint, out, "--fp16", "--with-preprocessing")
+    assert full.returncode == 7, full.stderr
+    assert full.stderr.startswith("error: ") and "no space left on the device while writing it" in full.stderr
+    assert full.stderr.strip().splitlines() == [full.stderr.strip()]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    _intact(out)
+    assert _leftovers(out) == []
+
+
+def test_an_export_killed_midway_leaves_the_previous_one_and_the_next_run_tidies_up(tiny_checkpoint, tmp_path):
+    import signal
+
+    out = tmp_path / "onnx"
+    assert _export(tiny_checkpoint, out).returncode == 0
+    before = (out / "model.onnx").read_bytes()
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vggdeploy",
+                "export",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--out",
+                str(out),
+                *EXPORT,
+                "--fp16",
+                "--int8",
+            ]
+        )
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".onnx.staging-*")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(sig)
+        process.wait(timeout=60)
+        assert (out / "model.onnx").read_bytes() == before  # the previous export, untouched
+        _intact(out)
+    again = _export(tiny_checkpoint, out)
+    assert again.returncode == 0, again.stderr
+    _intact(out)
+    assert _leftovers(out) == []
+
+
+def test_a_run_killed_between_the_two_renames_gets_its_previous_export_back(tmp_path):
+    from vggdeploy.files import clean_stale_staging
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    target = tmp_path / "onnx"
+    replaced = tmp_path / f".onnx.replaced-{dead.pid}"
+    replaced.mkdir()
+    (replaced / "model.onnx").write_text("the previous export")
+    staging = tmp_path / f".onnx.staging-{dead.pid}"
+    staging.mkdir()
+    done = clean_stale_staging(target)
+    assert (
+        (target / "model.onnx").read_text() == "the previous export" and not replaced.exists() and not staging.exists()
+    )
+    assert any("restored" in line for line in done) and any("removed" in line for line in done)
+
+
+def test_two_trainings_into_one_folder_the_second_stops_at_once_naming_the_first(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "vggdeploy", *TRAIN, "--epochs", "2", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock = tmp_path / ".run.lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = cli(*TRAIN, "--epochs", "2", "--out", str(out))
+    assert second.returncode == 75
+    holder = json.loads(lock.read_text())
+    assert second.stderr.strip() == (
+        f"error: {out} is in use by 'vggdeploy train' (pid {first.pid} on {holder['host']}, since {holder['started']}); "
+        "wait for it to end, or write elsewhere (--out)"
+    )
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert not lock.exists()
+    assert len((out / "train" / "metrics.jsonl").read_text().splitlines()) == 2  # one run's lines, not a mix
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_and_resume_works(tmp_path):
+    import socket
+
+    out = tmp_path / "run"
+    crashed = subprocess.Popen([sys.executable, "-m", "vggdeploy", *TRAIN, "--epochs", "3", "--out", str(out)])
+    checkpoint = out / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and crashed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    crashed.kill()  # SIGKILL: no chance to remove its lock
+    crashed.wait()
+    lock = tmp_path / ".run.lock"
+    assert json.loads(lock.read_text()) | {"host": socket.gethostname()} == json.loads(lock.read_text())
+    resumed = cli(*TRAIN, "--epochs", "3", "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (
+        f"vggdeploy: {out} was locked by 'vggdeploy train' (pid {crashed.pid}), which no longer runs; taking the lock over"
+        in resumed.stderr
+    )
+    assert not lock.exists() and load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 3
