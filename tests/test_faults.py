@@ -88,8 +88,7 @@ def test_a_read_only_output_folder_is_exit_3_in_one_line(tmpfs):
     result = cli(*TRAIN, "--epochs", "1", "--out", str(read_only / "run"))
     assert result.returncode == 3
     assert (
-        result.stderr.strip()
-        == f"error: cannot write to output directory {read_only / 'run'}: Read-only file system"
+        result.stderr.strip() == f"error: cannot write to output directory {read_only / 'run'}: Read-only file system"
     )
 
 
