@@ -26,51 +26,6 @@ export function toGrayscale({ width, height, rgba, depth = 8, colorType }, spec)
   return gray;
 }
 
-/** The EXIF orientation (1-8) in a TIFF-structured EXIF block, or 1 when there is none. */
-export function exifOrientation(exif) {
-  if (!exif) return 1;
-  const start = [0, 1, 2, 6].find((i) => (exif[i] === 0x49 && exif[i + 1] === 0x49) || (exif[i] === 0x4d && exif[i + 1] === 0x4d));
-  if (start === undefined || start + 8 > exif.length) return 1;
-  const little = exif[start] === 0x49;
-  const view = new DataView(exif.buffer, exif.byteOffset + start, exif.length - start);
-  const ifd = view.getUint32(4, little);
-  if (ifd + 2 > view.byteLength) return 1;
-  const count = view.getUint16(ifd, little);
-  for (let entry = 0; entry < count; entry += 1) {
-    const at = ifd + 2 + 12 * entry;
-    if (at + 12 > view.byteLength) return 1;
-    if (view.getUint16(at, little) === 0x0112) {
-      const value = view.getUint16(at + 8, little);
-      return value >= 1 && value <= 8 ? value : 1;
-    }
-  }
-  return 1;
-}
-
-/** Turn/flip RGBA pixels upright as their EXIF orientation says (what Pillow's ImageOps.exif_transpose does). */
-export function applyOrientation({ width, height, rgba }, orientation) {
-  if (orientation === 1) return { width, height, rgba };
-  const swap = orientation >= 5;
-  const [outWidth, outHeight] = swap ? [height, width] : [width, height];
-  const destination = {
-    2: (x, y) => [width - 1 - x, y],
-    3: (x, y) => [width - 1 - x, height - 1 - y],
-    4: (x, y) => [x, height - 1 - y],
-    5: (x, y) => [y, x],
-    6: (x, y) => [height - 1 - y, x],
-    7: (x, y) => [height - 1 - y, width - 1 - x],
-    8: (x, y) => [y, width - 1 - x],
-  }[orientation];
-  const out = new rgba.constructor(rgba.length);
-  for (let y = 0; y < height; y += 1) {
-    for (let x = 0; x < width; x += 1) {
-      const [dx, dy] = destination(x, y);
-      out.set(rgba.subarray(4 * (y * width + x), 4 * (y * width + x) + 4), 4 * (dy * outWidth + dx));
-    }
-  }
-  return { width: outWidth, height: outHeight, rgba: out };
-}
-
 // 1-D bilinear taps on half-pixel centres: source = (o + 0.5) * in / out - 0.5, clamped at 0 and the last pixel.
 function taps(inSize, outSize) {
   const lower = new Int32Array(outSize);

@@ -1,7 +1,7 @@
 // Image bytes -> model input in Node: PNG/JPEG decoding here, the preprocessing itself in js-common.
-import jpeg from 'jpeg-js';
+import sharp from 'sharp';
 import { PNG } from 'pngjs';
-import { applyOrientation, exifOrientation, toGrayscale, toModelInput } from '../../js-common/preprocess.js';
+import { toGrayscale, toModelInput } from '../../js-common/preprocess.js';
 
 export { specFromMetadata } from '../../js-common/preprocess.js';
 
@@ -12,10 +12,10 @@ const JPEG_SIGNATURE = Buffer.from([0xff, 0xd8, 0xff]);
 
 /**
  * Decode PNG or JPEG bytes to { width, height, rgba, depth, colorType }; throws ImageError on anything else.
- * 16-bit PNG samples are kept whole (toGrayscale reads them as Pillow does); JPEGs are turned upright by their
- * EXIF orientation.
+ * PNG through pngjs, its 16-bit samples kept whole (toGrayscale reads them as Pillow does); JPEG through sharp
+ * (libvips with mozjpeg), turned upright by its EXIF orientation; CMYK JPEG is refused.
  */
-export function decode(bytes, maxPixels) {
+export async function decode(bytes, maxPixels) {
   let image;
   try {
     if (bytes.subarray(0, 4).equals(PNG_SIGNATURE)) {
@@ -23,8 +23,18 @@ export function decode(bytes, maxPixels) {
       const png = PNG.sync.read(bytes, { skipRescale: depth === 16 });
       image = { width: png.width, height: png.height, rgba: png.data, depth, colorType };
     } else if (bytes.subarray(0, 3).equals(JPEG_SIGNATURE)) {
-      const jpg = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true, maxResolutionInMP: maxPixels / 1e6, maxMemoryUsageInMB: 1024 });
-      image = applyOrientation({ width: jpg.width, height: jpg.height, rgba: jpg.data }, exifOrientation(jpg.exifBuffer));
+      // libvips decodes JPEG with mozjpeg (libjpeg-turbo's decoder, as Pillow uses), so the pixels are Pillow's
+      const jpg = sharp(bytes, { failOn: 'truncated' });
+      const header = await jpg.metadata();
+      if (header.width * header.height > maxPixels) {
+        throw new ImageError(`${header.width}x${header.height} pixels is over the limit of ${maxPixels}`);
+      }
+      if (header.space === 'cmyk') {
+        // libvips converts CMYK through an ICC profile, Pillow with a plain formula: the answers would differ
+        throw new ImageError('CMYK JPEGs are not supported here (their colours convert differently); convert to RGB');
+      }
+      const { data, info } = await jpg.rotate().ensureAlpha().raw().toBuffer({ resolveWithObject: true });
+      image = { width: info.width, height: info.height, rgba: data }; // .rotate(): upright by EXIF, like exif_transpose
     } else {
       throw new ImageError('not a PNG or JPEG image');
     }
@@ -40,7 +50,7 @@ export function decode(bytes, maxPixels) {
 }
 
 /** Image bytes -> Float32Array input of one image. */
-export function preprocess(bytes, spec, maxPixels) {
-  const image = decode(bytes, maxPixels);
+export async function preprocess(bytes, spec, maxPixels) {
+  const image = await decode(bytes, maxPixels);
   return toModelInput(toGrayscale(image, spec), image.width, image.height, spec);
 }

@@ -8,7 +8,7 @@ parentPort.postMessage({ ready: true });
 
 parentPort.on('message', async ({ id, bytes, k, maxPixels }) => {
   try {
-    const logits = await infer(model, preprocess(Buffer.from(bytes), model.spec, maxPixels));
+    const logits = await infer(model, await preprocess(Buffer.from(bytes), model.spec, maxPixels));
     parentPort.postMessage({ id, result: { top: topK(logits, model.labels, k), logits } });
   } catch (error) {
     parentPort.postMessage({ id, error: error.message, badImage: error instanceof ImageError });
