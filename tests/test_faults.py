@@ -140,39 +140,80 @@ def test_a_disk_that_fills_during_export_leaves_the_previous_export_untouched(ti
     assert _leftovers(out) == []
 
 
-def test_an_export_killed_midway_leaves_the_previous_one_and_the_next_run_tidies_up(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize(
+    ("signal_name", "kill_when"),
+    [
+        ("SIGKILL", "staging"),  # as soon as the staging folder exists
+        ("SIGTERM", "staging"),
+        ("SIGKILL", "model.onnx"),  # once the new model is written into it
+        ("SIGKILL", "export_report.json"),  # the last file: just before (or after) the swap
+    ],
+)
+def test_an_export_killed_midway_leaves_a_whole_export_and_the_next_run_tidies_up(
+    tiny_checkpoint, tmp_path, signal_name, kill_when
+):
+    """Wherever the kill lands, the folder holds a whole export: the previous one, or (when the kill came after the
+    swap) the new one; never a mix. The next export removes what the killed run left."""
     import signal
 
     out = tmp_path / "onnx"
     assert _export(tiny_checkpoint, out).returncode == 0
     before = (out / "model.onnx").read_bytes()
-    for sig in (signal.SIGKILL, signal.SIGTERM):
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vggdeploy",
-                "export",
-                "--checkpoint",
-                str(tiny_checkpoint),
-                "--out",
-                str(out),
-                *EXPORT,
-                "--fp16",
-                "--int8",
-            ]
-        )
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob(".onnx.staging-*")) and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        process.send_signal(sig)
-        process.wait(timeout=60)
-        assert (out / "model.onnx").read_bytes() == before  # the previous export, untouched
-        _intact(out)
+    command = [
+        sys.executable,
+        "-m",
+        "vggdeploy",
+        "export",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        *EXPORT,
+        "--fp16",
+        "--int8",
+    ]
+    process = subprocess.Popen(command)
+
+    def reached() -> bool:
+        staging = list(tmp_path.glob(".onnx.staging-*"))
+        return bool(staging) and (kill_when == "staging" or (staging[0] / kill_when).exists())
+
+    deadline = time.monotonic() + 120
+    while not reached() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(getattr(signal, signal_name))
+    process.wait(timeout=60)
+    _intact(out)
+    if (out / "model.onnx").read_bytes() != before:  # the kill came after the swap: the new export, whole
+        assert json.loads((out / "export_report.json").read_text())["variants"].keys() == {"fp16", "int8"}
     again = _export(tiny_checkpoint, out)
     assert again.returncode == 0, again.stderr
     _intact(out)
     assert _leftovers(out) == []
+
+
+def test_a_folder_without_write_permission_is_exit_3_in_one_line(tmp_path):
+    """A real permission fault: root is made to obey file permissions by dropping its DAC-override capability."""
+    import os
+    import shutil
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root ignores file permissions and setpriv is missing")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    result = subprocess.run(
+        [*prefix, sys.executable, "-m", "vggdeploy", *TRAIN, "--epochs", "1", "--out", str(locked / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip() == f"error: cannot write to output directory {locked / 'run'}: Permission denied"
+    assert list(locked.iterdir()) == []
 
 
 def test_a_run_killed_between_the_two_renames_gets_its_previous_export_back(tmp_path):
