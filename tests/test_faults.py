@@ -186,8 +186,10 @@ def test_an_export_killed_midway_leaves_a_whole_export_and_the_next_run_tidies_u
     _intact(out)
     if (out / "model.onnx").read_bytes() != before:  # the kill came after the swap: the new export, whole
         assert json.loads((out / "export_report.json").read_text())["variants"].keys() == {"fp16", "int8"}
+    left = [name for name in _leftovers(out) if ".staging-" in name]
     again = _export(tiny_checkpoint, out)
     assert again.returncode == 0, again.stderr
+    assert all(f"vggdeploy: removed {tmp_path / name}, left by a killed run" in again.stderr for name in left)
     _intact(out)
     assert _leftovers(out) == []
 

@@ -108,7 +108,8 @@ def staged_folder(target: str | Path) -> Iterator[Path]:
     ``target`` (two renames, the old version removed last), else it is removed and ``target`` is untouched."""
     target = Path(target)
     ensure_writable(target.parent)
-    clean_stale_staging(target)
+    for line in clean_stale_staging(target):
+        print(f"vggdeploy: {line}", file=sys.stderr)
     staging = target.parent / STAGING.format(name=target.name, pid=os.getpid())
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
