@@ -61,7 +61,7 @@ def tiny_export(tmp_path_factory, tiny_checkpoint, data_dir):
         parity_images=128,
         audit_batches=(1, 2, 7, 64),
         variant_images=300,
-        calibration_images=128,
+        int8_calibration_images=128,
         int8_max_drop_pp=5.0,
     )
     result = export_model(tiny_checkpoint, out / "onnx", config, data_dir=data_dir, triton_repo=out / "triton")

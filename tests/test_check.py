@@ -9,6 +9,7 @@ from onnx import numpy_helper
 
 from vggdeploy.check import run_check
 from vggdeploy.config import CheckConfig
+from vggdeploy.onnx_file import read_metadata
 
 
 def cli(*args):
@@ -42,6 +43,17 @@ def test_torch_and_onnxruntime_agree_on_the_real_test_set(tiny_export, tiny_chec
     saved = json.loads((tmp_path / "check.json").read_text())
     assert saved["passed"] and saved["results"][0]["top1_agreement"] == 1.0
     assert "| fp32 | 2000 |" in (tmp_path / "check.md").read_text()
+    calibration = report.calibration  # at the model's own temperature, per variant, against torch fp32
+    assert (
+        calibration.calibrated
+        and calibration.temperature == read_metadata(result.model_path)["calibration"]["temperature"]
+    )
+    assert list(calibration.variants) == ["fp32", "fp16", "int8"] and calibration.worse() == []
+    assert calibration.variants["fp32"].ece == pytest.approx(calibration.reference.ece, abs=1e-4)
+    assert calibration.reference.accuracy == fp32.reference_accuracy and calibration.reference.images == 2000
+    assert saved["calibration"]["variants"]["int8"]["ece"] == calibration.variants["int8"].ece
+    assert "## Calibration on the test set" in (tmp_path / "check.md").read_text()
+    assert "calibration, T = " in report.format()
 
 
 def test_a_perturbed_model_fails_the_check_with_its_numbers(perturbed, tiny_checkpoint, tmp_path):
@@ -58,7 +70,9 @@ def test_a_perturbed_model_fails_the_check_with_its_numbers(perturbed, tiny_chec
     )
     assert result.returncode == 4
     assert "fp32: 500 images, max |diff|" in result.stdout and "FAILED: max |logit difference|" in result.stdout
-    assert result.stderr.strip() == "error: parity check failed for fp32"
+    # the last layer's weights x 1.3 sharpen every softmax too: its calibration is spoiled, and the check says so
+    assert result.stderr.strip() == "error: parity check failed for fp32, fp32 calibration (ECE)"
+    assert "    fp32: ECE" in result.stdout and "(limit +0.50) -> FAILED" in result.stdout
     assert not json.loads((tmp_path / "check.json").read_text())["passed"]
 
 

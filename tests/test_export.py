@@ -97,6 +97,7 @@ def test_preprocessing_variant_matches_python_preprocessing(tiny_export, tmp_pat
     raw_session = create_session(variant.path, ProviderSettings(provider="cpu"))
     fp32_session = create_session(result.model_path, ProviderSettings(provider="cpu"))
     golden = sorted((out / "onnx" / "golden").glob("*.png"))[0]
+    temperature = metadata["calibration"]["temperature"]
     for size in [(28, 28), (50, 37), (13, 20), (300, 200)]:  # any height and width, up- and down-sampling
         image = Image.open(golden).resize(size, Image.NEAREST)
         gray = np.asarray(image, dtype=np.uint8)
@@ -104,7 +105,7 @@ def test_preprocessing_variant_matches_python_preprocessing(tiny_export, tmp_pat
         logits = fp32_session.run(None, {INPUT_NAME: to_model_input([gray / np.float32(255)], PreprocessSpec(32, 32))})[
             0
         ]
-        expected = np.exp(logits) / np.exp(logits).sum()
+        expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum()  # the calibrated contract
         np.testing.assert_allclose(probabilities, expected, atol=1e-4)
 
 
@@ -117,7 +118,9 @@ def test_preprocessing_resize_needs_no_shape_arithmetic_from_opset_18(tiny_expor
     assert {"Shape", "Slice", "Concat"}.isdisjoint(n.op_type for n in variant.graph.node)
     fp32 = onnx.load(str(result.model_path))
     fp32.opset_import[0].version = 17
-    older = with_preprocessing(fp32, PreprocessSpec(32, 32))
+    older = with_preprocessing(
+        fp32, PreprocessSpec(32, 32), read_metadata(result.model_path)["calibration"]["temperature"]
+    )
     assert "Shape" in {n.op_type for n in older.graph.node}
     sessions = [create_session(m.SerializeToString(), ProviderSettings(provider="cpu")) for m in (variant, older)]
     images = np.random.default_rng(0).integers(0, 256, (3, 45, 19), dtype=np.uint8)
@@ -134,6 +137,10 @@ def test_golden_vectors_reproduce_through_the_files(tiny_export):
         gray = decode_grayscale(out / "onnx" / "golden" / entry["file"])
         logits = session.run(None, {INPUT_NAME: to_model_input([gray], PreprocessSpec(32, 32))})[0][0]
         np.testing.assert_allclose(logits, entry["logits"], atol=1e-5)
+        scaled = np.asarray(entry["logits"], dtype=np.float64) / golden["temperature"]
+        np.testing.assert_allclose(entry["probabilities"], np.exp(scaled) / np.exp(scaled).sum(), rtol=0, atol=1e-12)
+    assert golden["temperature"] == read_metadata(result.model_path)["calibration"]["temperature"]
+    assert golden["calibrated"] is True
 
 
 def test_triton_config_parses_with_tritons_own_protobuf(tiny_export):

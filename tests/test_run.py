@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from golden_check import golden_problems
 from PIL import Image
 
 from vggdeploy import runtime
@@ -59,6 +60,18 @@ def test_table_output_and_the_preprocessing_variant(golden, tiny_export):
     assert (
         json.loads(raw.stdout)["predictions"][0]["top"][0]["label"] == CLASS_NAMES[expected["images"][0]["predicted"]]
     )
+
+
+def test_the_preprocessing_variants_probabilities_are_the_golden_calibrated_ones(golden, tiny_export):
+    """model.preprocess.onnx ends in softmax(logits / T) inside the graph: its answers are the golden probabilities."""
+    _, folder, expected = golden
+    variant = tiny_export[0].variants["preprocess"].path
+    answer = cli("run", str(folder), "--model", str(variant), "--json", "--top-k", "10")
+    by_file = {Path(p["file"]).name: p for p in json.loads(answer.stdout)["predictions"]}
+    assert expected["calibrated"] and abs(expected["temperature"] - 1) > 0.05  # a temperature that shows when missed
+    for entry in expected["images"]:
+        assert by_file[entry["file"]]["logits"] is None
+        assert golden_problems(by_file[entry["file"]], entry, expected) == [], entry["file"]
 
 
 def _image_in_every_mode(gray: np.ndarray, folder):
@@ -293,7 +306,8 @@ def test_click_usage_errors_are_one_line_too(args, message):
 
 
 def test_json_answers_carry_index_label_probability_and_logits(golden):
-    """The shape every consumer answers in: {file, top: [{index, label, probability}], logits}."""
+    """The shape every consumer answers in: {file, top: [{index, label, probability}], logits, calibrated,
+    temperature}, the probabilities being softmax(logits / T) and the golden ones."""
     from vggdeploy.contract import probabilities
 
     model, folder, expected = golden
@@ -303,9 +317,10 @@ def test_json_answers_carry_index_label_probability_and_logits(golden):
     by_file = {Path(p["file"]).name: p for p in answer["predictions"]}
     for entry in expected["images"]:
         prediction = by_file[entry["file"]]
-        assert set(prediction) == {"file", "top", "logits"} and len(prediction["logits"]) == 10
-        np.testing.assert_allclose(prediction["logits"], entry["logits"], atol=expected["tolerance"]["logits_atol"])
-        chances = probabilities(np.array([prediction["logits"]]))[0]
+        assert set(prediction) == {"file", "top", "logits", "calibrated", "temperature"}
+        assert len(prediction["logits"]) == 10
+        assert golden_problems(prediction, entry, expected) == []
+        chances = probabilities(np.array([prediction["logits"]]), expected["temperature"])[0]
         assert [t["index"] for t in prediction["top"]] == np.argsort(-chances)[:3].tolist()
         assert all(t["label"] == CLASS_NAMES[t["index"]] for t in prediction["top"])
         assert [t["probability"] for t in prediction["top"]] == pytest.approx(sorted(chances)[::-1][:3], abs=1e-6)

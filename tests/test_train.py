@@ -11,6 +11,7 @@ from vggdeploy import train as train_module
 from vggdeploy.archs import ModelArgs
 from vggdeploy.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 from vggdeploy.config import PRESETS, TrainConfig
+from vggdeploy.data import holdout_size
 from vggdeploy.errors import DataError
 from vggdeploy.model import build_model
 
@@ -24,6 +25,9 @@ TINY = TrainConfig(
     test_limit=500,
     eval_batch_size=250,
 )
+
+# steps per epoch: the images left after the calibration holdout (a tenth of the 3,000), in full batches
+TINY_STEPS = (TINY.train_limit - holdout_size(TINY.calibration_holdout, TINY.train_limit)) // TINY.batch_size
 
 
 def run_cli(*args, env=None, timeout=300):
@@ -103,7 +107,7 @@ def test_time_limit_stops_cleanly_mid_epoch_and_resume_finishes_the_run(trained,
     """The wall clock runs out at step 6 of epoch 2: the run ends normally with epoch 1's best.pt, last.pt holds the
     position, and --resume ends exactly where the uninterrupted run (the ``trained`` fixture) ended."""
     whole, whole_out = trained
-    steps_per_epoch = TINY.train_limit // TINY.batch_size
+    steps_per_epoch = TINY_STEPS
     steps = {"taken": 0}
     schedule = train_module.learning_rate
 
@@ -340,7 +344,7 @@ def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_
     history = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [1, 2, 3]
     extension = TINY.with_overrides(epochs=3)
-    steps = TINY.train_limit // TINY.batch_size
+    steps = TINY_STEPS
     assert history[2]["lr_end"] == pytest.approx(train_module.learning_rate(extension, 3 * steps - 1, 3 * steps))
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_config"]["epochs"] == 3
 

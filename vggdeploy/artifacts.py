@@ -4,7 +4,7 @@
       checkpoints/last.pt, best.pt   written by train
       train/metrics.jsonl, curves.png, summary.json
       onnx/model.onnx                written by export (``export --out`` picks another folder)
-      onnx/model.{fp16,int8,preprocess}.onnx, onnx/golden/, onnx/export_report.{json,md}
+      onnx/model.{fp16,int8,preprocess}.onnx, onnx/golden/, onnx/export_report.{json,md}, onnx/reliability.png
       onnx/reports/                  check.* and bench.*
 
 Every stage asks this module for a path instead of joining path fragments itself.
@@ -93,6 +93,11 @@ def sibling(model_path: str | Path, variant: str) -> Path:
 
 def golden_folder(onnx_folder: str | Path) -> Path:
     return Path(onnx_folder) / "golden"
+
+
+def reliability_diagram(onnx_folder: str | Path) -> Path:
+    """Export's before/after calibration plot of the test set."""
+    return Path(onnx_folder) / "reliability.png"
 
 
 def reports_folder(model_path: str | Path) -> Path:

@@ -14,9 +14,10 @@ import onnx
 import torch
 
 from vggdeploy.artifacts import checkpoint_beside, reports_folder, sibling
+from vggdeploy.calibration import DEFAULT_BINS, CalibrationFigures
 from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.config import CheckConfig
-from vggdeploy.contract import model_args_from_metadata
+from vggdeploy.contract import is_calibrated, model_args_from_metadata, temperature
 from vggdeploy.data import load_split, to_input_tensor
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.files import folder_lock
@@ -47,23 +48,62 @@ class LayerDifference:
     relative: float  # max |diff| / max |torch value|
 
 
+@dataclass(frozen=True)
+class CalibrationCheck:
+    """The deployed probabilities' calibration on the test set, per variant, against the torch fp32 model's."""
+
+    temperature: float
+    calibrated: bool  # the temperature was fitted at export (False: plain softmax)
+    reference: CalibrationFigures  # torch fp32 at the same temperature
+    variants: dict[str, CalibrationFigures]
+    max_ece_increase: float  # a fraction: 0.005 = 0.5 pp
+
+    def worse(self) -> list[str]:
+        """The variants whose ECE exceeds the reference's by more than the limit."""
+        return [n for n, f in self.variants.items() if f.ece - self.reference.ece > self.max_ece_increase]
+
+    def format(self) -> str:
+        how = "fitted" if self.calibrated else "not fitted, plain softmax"
+        lines = [f"  calibration, T = {self.temperature:.4g} ({how}); torch fp32: {self.reference.format()}"]
+        for name, figures in self.variants.items():
+            change = (figures.ece - self.reference.ece) * 100
+            verdict = "ok" if name not in self.worse() else "FAILED"
+            lines.append(
+                f"    {name}: {figures.format()}; ECE {change:+.2f} pp (limit +{self.max_ece_increase * 100:.2f}) "
+                f"-> {verdict}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "temperature": self.temperature,
+            "calibrated": self.calibrated,
+            "max_ece_increase": self.max_ece_increase,
+            "reference": self.reference.to_dict(),
+            "variants": {name: figures.to_dict() for name, figures in self.variants.items()},
+            "worse_than_limit": self.worse(),
+        }
+
+
 @dataclass
 class CheckReport:
     model: Path
     provider: str
     results: list[ParityResult]
     labels: list[str]  # class names, for the flips
+    calibration: CalibrationCheck
     layers: list[LayerDifference] = field(default_factory=list)
     first_bad_layer: LayerDifference | None = None
 
     def __bool__(self) -> bool:
-        return all(self.results) and self.first_bad_layer is None
+        return all(self.results) and not self.calibration.worse() and self.first_bad_layer is None
 
     def raise_if_failed(self) -> None:
         """CheckFailed naming what failed: a variant over its limits, or (with --localize) a layer over tolerance."""
         if self:
             return
         failed = [r.name for r in self.results if not r]
+        failed += [f"{name} calibration (ECE)" for name in self.calibration.worse()]
         where = f"; first layer over tolerance: {self.first_bad_layer.layer}" if self.first_bad_layer else ""
         raise CheckFailed(f"parity check failed for {', '.join(failed) or 'the layers'}{where}")
 
@@ -81,6 +121,7 @@ class CheckReport:
                     f"    {result.name}: test image {flip.index}: {self.labels[flip.reference_label]} -> "
                     f"{self.labels[flip.candidate_label]} (torch margin {flip.reference_margin:.3g})"
                 )
+        lines.append(self.calibration.format())
         if self.layers:
             lines.append(
                 f"  first layer over tolerance: {self.first_bad_layer.layer} (relative diff "
@@ -96,6 +137,7 @@ class CheckReport:
             "provider": self.provider,
             "passed": bool(self),
             "results": [r.to_dict() for r in self.results],
+            "calibration": self.calibration.to_dict(),
             "layers": [layer.__dict__ for layer in self.layers],
             "first_bad_layer": None if self.first_bad_layer is None else self.first_bad_layer.__dict__,
         }
@@ -149,11 +191,17 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
         for name in ("fp16", "int8"):
             if sibling(model_path, name).is_file():
                 sessions[name] = create_session(sibling(model_path, name), ProviderSettings(provider=provider))
-    results = [
-        compare_logits(name, reference, run_session(session, inputs), labels, **limits[name])
-        for name, session in sessions.items()
-    ]
-    report = CheckReport(model_path, session_provider(loaded.session), results, loaded.labels)
+    outputs = {name: run_session(session, inputs) for name, session in sessions.items()}
+    results = [compare_logits(name, reference, logits, labels, **limits[name]) for name, logits in outputs.items()]
+    scale, bins = temperature(loaded.metadata), loaded.metadata.get("calibration", {}).get("ece_bins", DEFAULT_BINS)
+    calibration = CalibrationCheck(
+        scale,
+        is_calibrated(loaded.metadata),
+        CalibrationFigures.measure(reference, labels, scale, bins),
+        {name: CalibrationFigures.measure(logits, labels, scale, bins) for name, logits in outputs.items()},
+        config.max_ece_increase_pp / 100,
+    )
+    report = CheckReport(model_path, session_provider(loaded.session), results, loaded.labels, calibration)
     if config.localize:
         report.layers = localize_difference(model_path, torch_model, inputs[: config.localize_images], provider)
         report.first_bad_layer = next((d for d in report.layers if d.relative > config.localize_rtol), None)
@@ -225,4 +273,11 @@ def _write_reports(folder: Path, report: CheckReport) -> None:
         text += "\n## Layers\n\n" + markdown_table(
             [d.__dict__ for d in report.layers], ["layer", "onnx_output", "max_abs_diff", "relative"]
         )
+    text += "\n## Calibration on the test set\n\n" + markdown_table(
+        [
+            {"model": name, **figures.to_dict()}
+            for name, figures in {"torch fp32": report.calibration.reference, **report.calibration.variants}.items()
+        ],
+        ["model", "images", "temperature", "ece", "nll", "mean_confidence", "accuracy"],
+    )
     write_text(folder / "check.md", text)

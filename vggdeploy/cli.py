@@ -154,6 +154,12 @@ def info(model: str | None, **options) -> None:
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
 @click.option("--seed", type=int, default=None)
+@click.option(
+    "--calibration-holdout",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Training images never trained on, for export's temperature fit (at most a tenth) [default: 5000].",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the model.")
 @click.option(
@@ -299,6 +305,11 @@ def _listed(numbers: tuple[int, ...]) -> str:
 @click.option(
     "--triton-repo", type=click.Path(file_okay=False), default=None, help="Also write a Triton model repository here."
 )
+@click.option(
+    "--no-calibration",
+    is_flag=True,
+    help="Skip the temperature fit: probabilities are the plain softmax (temperature 1).",
+)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 def export(
     arch,
@@ -316,6 +327,7 @@ def export(
     fp16_max_drop,
     int8_max_drop,
     triton_repo,
+    no_calibration,
     data_dir,
 ):
     """Export a trained checkpoint to a checked, simplified, self-describing ONNX model."""
@@ -343,6 +355,7 @@ def export(
         variant_images=variant_images,
         fp16_max_drop_pp=fp16_max_drop,
         int8_max_drop_pp=int8_max_drop,
+        calibrate=not no_calibration,
     )
     out_dir = Path(out) if out else RunFolder.of_checkpoint(path).onnx
     result = export_model(path, out_dir, config, expected_arch=letter, data_dir=data_dir, triton_repo=triton_repo)
@@ -429,6 +442,13 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
     help="fp32: lowest top-1 agreement.",
 )
 @_accuracy_drop_options(CheckConfig)
+@click.option(
+    "--max-ece-increase",
+    type=float,
+    default=CheckConfig.max_ece_increase_pp,
+    show_default=True,
+    help="Largest calibration error (ECE) increase of any variant over torch fp32, pp.",
+)
 @click.option("--localize", is_flag=True, help="Name the first layer whose output differs beyond --layer-rtol.")
 @click.option("--layer-rtol", type=float, default=CheckConfig.localize_rtol, show_default=True)
 @click.option(
@@ -449,6 +469,7 @@ def check(
     min_agreement,
     fp16_max_drop,
     int8_max_drop,
+    max_ece_increase,
     localize,
     layer_rtol,
     localize_images,
@@ -461,7 +482,16 @@ def check(
     from vggdeploy.check import run_check
 
     config = CheckConfig(
-        provider, images, atol, min_agreement, fp16_max_drop, int8_max_drop, localize, layer_rtol, localize_images
+        provider=provider,
+        images=images,
+        fp32_atol=atol,
+        fp32_min_agreement=min_agreement,
+        fp16_max_drop_pp=fp16_max_drop,
+        int8_max_drop_pp=int8_max_drop,
+        max_ece_increase_pp=max_ece_increase,
+        localize=localize,
+        localize_rtol=layer_rtol,
+        localize_images=localize_images,
     )
     report = run_check(model_path or latest_model(), checkpoint, config, data_dir, report_dir)
     click.echo(report.format())

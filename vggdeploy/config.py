@@ -25,6 +25,7 @@ class TrainConfig:
     shift: int = 2  # random shifts of up to this many source pixels
     erase: float = 0.25  # random-erasing probability
     seed: int = 0
+    calibration_holdout: int = 5000  # training images kept out of every gradient step, for export's temperature fit
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the model (pays off on a GPU for runs of several epochs)
     precision: str = "auto"  # auto: bf16 autocast + channels_last on CUDA, fp32 on the CPU; fp32 | bf16 force it
@@ -44,6 +45,8 @@ class TrainConfig:
             raise UsageError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UsageError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.calibration_holdout < 0:
+            raise UsageError(f"calibration holdout must not be negative, got {self.calibration_holdout}")
         if not 0 <= self.erase <= 1 or not 0 <= self.label_smoothing < 1:
             raise UsageError("erase must be in [0, 1] and label smoothing in [0, 1)")
 
@@ -52,7 +55,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        values = dict(values)
+        values = {"calibration_holdout": 0, **values}  # saved before the holdout existed: trained on every image
         model = ModelArgs.from_dict(values.pop("model")) if "model" in values else ModelArgs()
         return cls(model=model, **values)
 
@@ -119,7 +122,9 @@ class ExportConfig:
     parity_images: int = 256  # real test images for the parity check at export
     audit_batches: tuple[int, ...] = (1, 2, 7, 256)  # batch sizes that must all give the batch-1 answers
     golden_images: int = 10  # one test image per class, with expected logits, next to the model
-    calibration_images: int = 256  # training images that calibrate the int8 variant
+    int8_calibration_images: int = 256  # training images that set the int8 variant's activation ranges
+    calibrate: bool = True  # fit the temperature on the checkpoint's held-out slice (--no-calibration: T = 1)
+    calibration_bins: int = 15  # equal-width confidence bins of the ECE and the reliability diagram
     variant_images: int = 1000  # test images on which the variants' accuracy change is measured
     fp16_max_drop_pp: float = 0.05  # largest accuracy loss of model.fp16.onnx, percentage points
     int8_max_drop_pp: float = 1.0  # largest accuracy loss of model.int8.onnx, percentage points
@@ -133,7 +138,7 @@ class ExportConfig:
             raise UsageError(f"opset {self.opset} is outside the supported range 13..23")
         if not self.audit_batches or min(self.audit_batches) < 1:
             raise UsageError("audit batches must be positive sizes")
-        for name in ("parity_images", "golden_images", "calibration_images", "variant_images"):
+        for name in ("parity_images", "golden_images", "int8_calibration_images", "variant_images", "calibration_bins"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1")
 
@@ -148,6 +153,7 @@ class CheckConfig:
     fp32_min_agreement: float = 0.999  # lowest top-1 agreement with torch, fp32
     fp16_max_drop_pp: float = 0.05  # largest accuracy loss of the fp16 variant
     int8_max_drop_pp: float = 1.0  # largest accuracy loss of the int8 variant
+    max_ece_increase_pp: float = 0.5  # largest calibration-error increase of any variant over torch fp32
     localize: bool = False  # name the first layer whose output differs beyond localize_rtol
     localize_rtol: float = 1e-3  # intermediate outputs: max |diff| / max |torch value|
     localize_images: int = 32  # test images run through every layer for --localize

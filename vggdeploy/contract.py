@@ -14,7 +14,7 @@ from vggdeploy.errors import DataError
 INPUT_NAME = "images"  # float32 (batch, 1, H, W), normalised as the "preprocessing" metadata says
 OUTPUT_NAME = "logits"  # float32 (batch, classes)
 RAW_INPUT_NAME = "images_uint8"  # --with-preprocessing variant: uint8 (batch, height, width), any size
-PROBABILITIES_NAME = "probabilities"  # --with-preprocessing variant: softmax output
+PROBABILITIES_NAME = "probabilities"  # --with-preprocessing variant: softmax(logits / temperature)
 BATCH_AXIS = "batch"
 FORMAT_VERSION = "1"
 ORT_SUPPORTED_IR_VERSION = 10  # onnx >= 1.19 writes IR 11+ by default; ONNX Runtime 1.31 reads up to 13
@@ -29,7 +29,9 @@ METADATA_KEYS = {
     "training": "test accuracy and epoch of the checkpoint, data checksums",
     "export": "exporter, opset, variant (fp32/fp16/int8/preprocessing), simplification, library versions",
     "parity": "ONNX Runtime vs torch on real test images, measured at export",
+    "calibration": "the temperature T of probabilities = softmax(logits / T), how it was fitted, ECE/NLL before/after",
 }
+OPTIONAL_METADATA_KEYS = frozenset({"calibration"})  # models exported before it existed mean temperature 1
 
 
 def encode_metadata(values: dict) -> dict[str, str]:
@@ -46,6 +48,8 @@ def decode_metadata(props: dict[str, str], source: str) -> dict:
         raise DataError(f"{source}: no vggdeploy metadata (was it exported by 'vggdeploy export'?)")
     decoded = {}
     for key in METADATA_KEYS:
+        if key not in props and key in OPTIONAL_METADATA_KEYS:
+            continue
         if key not in props:
             raise DataError(f"{source}: metadata key {key!r} is missing")
         try:
@@ -70,10 +74,22 @@ def cap_ir_version(proto) -> None:
     proto.ir_version = min(proto.ir_version, ORT_SUPPORTED_IR_VERSION)
 
 
-def probabilities(logits):
-    """What the logits mean as probabilities: softmax over the classes (row-wise, numerically stable; numpy)."""
+def temperature(metadata: dict) -> float:
+    """The T of ``softmax(logits / T)``; 1 for a model without the ``calibration`` key (exported before it)."""
+    return float(metadata.get("calibration", {}).get("temperature", 1.0))
+
+
+def is_calibrated(metadata: dict) -> bool:
+    """Whether the temperature was fitted on held-out images (False: plain softmax, as exported models used to be)."""
+    return bool(metadata.get("calibration", {}).get("fitted", False))
+
+
+def probabilities(logits, temperature: float = 1.0):
+    """What the logits mean as probabilities: softmax(logits / temperature) over the classes (row-wise, numerically
+    stable; numpy). ``temperature`` comes from the model's metadata (see ``temperature``)."""
     import numpy as np
 
-    shifted = logits - logits.max(axis=1, keepdims=True)
+    scaled = logits / temperature
+    shifted = scaled - scaled.max(axis=1, keepdims=True)
     exponentials = np.exp(shifted)
     return exponentials / exponentials.sum(axis=1, keepdims=True)

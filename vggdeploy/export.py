@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 from vggdeploy.archs import ModelArgs
-from vggdeploy.artifacts import golden_folder, model_file, sibling
+from vggdeploy.artifacts import golden_folder, model_file, reliability_diagram, sibling
 from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.config import ExportConfig
-from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, cap_ir_version
+from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, cap_ir_version, probabilities
 from vggdeploy.data import CLASS_NAMES, load_split, to_input_tensor
 from vggdeploy.errors import CheckFailed
 from vggdeploy.files import atomic_path, ensure_writable, folder_lock, staged_folder
@@ -41,6 +41,7 @@ from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
 from vggdeploy.report import markdown_table, write_json, write_text
 from vggdeploy.runtime import ProviderSettings, create_session
+from vggdeploy.temperature import Calibration, calibrate
 
 if TYPE_CHECKING:
     from vggdeploy.variants import Variant
@@ -70,6 +71,7 @@ class ExportResult:
     audit: BatchAudit
     parity: ParityResult
     simplified: bool
+    calibration: Calibration
     variants: dict[str, Variant] = field(default_factory=dict)
 
     def format(self) -> str:
@@ -80,6 +82,7 @@ class ExportResult:
             f"{self.after.nodes} nodes ({self.after.bytes / 1e6:.2f} MB): {self.after.ops}",
             f"  {self.audit.format()}",
             f"  parity {self.parity.format()}",
+            f"  {self.calibration.format()}",
         ]
         for name, variant in self.variants.items():
             lines.append(f"  {name}: {variant.path} ({variant.bytes / 1e6:.2f} MB) {variant.summary()}")
@@ -145,7 +148,13 @@ def audit_batches(session, inputs: np.ndarray, batch_sizes: tuple[int, ...], ato
 
 
 def build_metadata(
-    args: ModelArgs, state: dict, config: ExportConfig, variant: str, parity: dict, raw_input: bool
+    args: ModelArgs,
+    state: dict,
+    config: ExportConfig,
+    variant: str,
+    parity: dict,
+    calibration: dict,
+    raw_input: bool,
 ) -> dict:
     spec = PreprocessSpec(args.image_size, args.image_size)
     return {
@@ -168,6 +177,7 @@ def build_metadata(
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         },
         "parity": parity,
+        "calibration": calibration,
     }
 
 
@@ -217,7 +227,13 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
     if not parity:
         raise CheckFailed(f"parity at export: {parity.format()}")
 
-    attach_metadata(final, build_metadata(args, state, config, "fp32", _parity_summary(parity), raw_input=False))
+    calibration = calibrate(model, state, test_images, test_labels, spec, config, data_dir)
+    attach_metadata(
+        final,
+        build_metadata(
+            args, state, config, "fp32", _parity_summary(parity), calibration.to_metadata(), raw_input=False
+        ),
+    )
     built = []
     if config.fp16 or config.int8 or config.with_preprocessing:
         from vggdeploy import variants
@@ -248,8 +264,10 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             audit,
             parity,
             config.simplify,
+            calibration,
         )
-        write_golden_vectors(golden_folder(staging), session, test_images, labels, spec, config)
+        write_golden_vectors(golden_folder(staging), session, test_images, labels, spec, config, calibration)
+        calibration.plot(reliability_diagram(staging), f"{args.name}: test set, {len(labels):,} images")
         for variant in built:
             result.variants[variant.name] = variants.write_variant(variant, staged_model, final)
             variant.path = sibling(result.model_path, variant.name)  # where it will be once the export is in place
@@ -266,13 +284,21 @@ def _parity_summary(parity: ParityResult) -> dict:
 
 
 def write_golden_vectors(
-    folder: Path, session, test_images: torch.Tensor, labels: np.ndarray, spec: PreprocessSpec, config: ExportConfig
+    folder: Path,
+    session,
+    test_images: torch.Tensor,
+    labels: np.ndarray,
+    spec: PreprocessSpec,
+    config: ExportConfig,
+    calibration: Calibration,
 ) -> None:
-    """The first test image of each class (up to ``count``) as PNG, with the logits this model gives for it.
+    """The first test image of each class (up to ``count``) as PNG, with the logits this model gives for it and
+    the probabilities softmax(logits / temperature) a consumer must print (the export's calibration temperature).
 
     The logits are computed from the PNG file through ``preprocess.py``, exactly as a consumer would.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    temperature = calibration.temperature
     picks = [int(np.flatnonzero(labels == c)[0]) for c in range(len(CLASS_NAMES))][: config.golden_images]
     entries = []
     for index in picks:
@@ -290,9 +316,24 @@ def write_golden_vectors(
                 "label_name": CLASS_NAMES[labels[index]],
                 "predicted": int(logits.argmax()),
                 "logits": [float(v) for v in logits],
+                "probabilities": [float(v) for v in probabilities(logits[None].astype(np.float64), temperature)[0]],
             }
         )
-    write_json(folder / "golden.json", {"tolerance": {"logits_atol": config.golden_atol}, "images": entries})
+    tolerance = {
+        "logits_atol": config.golden_atol,
+        # softmax moves a probability by at most half the largest logit change, divided by the temperature
+        "probabilities_atol": config.golden_atol / (2 * temperature),
+    }
+    write_json(
+        folder / "golden.json",
+        {
+            "temperature": temperature,
+            "calibrated": calibration.fitted,
+            "probabilities": "softmax(logits / temperature)",
+            "tolerance": tolerance,
+            "images": entries,
+        },
+    )
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -356,6 +397,7 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         "batch_audit": {**result.audit.__dict__, "passed": bool(result.audit)},
         "parity": result.parity.to_dict(),
         "variants": {name: variant.to_dict() for name, variant in result.variants.items()},
+        "calibration": result.calibration.to_metadata(),
     }
     write_json(out_dir / "export_report.json", data)
     rows = [
@@ -375,5 +417,7 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         f"# Export of {args.name}\n\n{result.audit.format()}\n\n"
         f"Graph as exported: {result.before.nodes} nodes; "
         f"{'after onnxsim' if result.simplified else 'not simplified (--no-simplify)'}: {result.after.nodes} nodes "
-        f"`{json.dumps(result.after.ops)}`\n\n" + markdown_table(rows, ["file", "MB", "nodes", "summary"]),
+        f"`{json.dumps(result.after.ops)}`\n\n"
+        + markdown_table(rows, ["file", "MB", "nodes", "summary"])
+        + f"\n{result.calibration.format()}\n\n![reliability diagram]({reliability_diagram(Path('.'))})\n",
     )

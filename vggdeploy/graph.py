@@ -71,7 +71,7 @@ def io_section(args: ModelArgs, raw_input: bool) -> dict:
                 "name": PROBABILITIES_NAME,
                 "dtype": "float32",
                 "shape": [BATCH_AXIS, args.num_classes],
-                "meaning": "softmax probabilities, column i = labels[i]",
+                "meaning": "probabilities softmax(logits / calibration.temperature), column i = labels[i]",
             },
         }
     return {
@@ -85,7 +85,8 @@ def io_section(args: ModelArgs, raw_input: bool) -> dict:
             "name": OUTPUT_NAME,
             "dtype": "float32",
             "shape": [BATCH_AXIS, args.num_classes],
-            "meaning": "logits (apply softmax for probabilities), column i = labels[i]",
+            "meaning": "logits, column i = labels[i]; probabilities = softmax(logits / calibration.temperature), "
+            "temperature 1 where the model has no calibration key",
         },
     }
 

@@ -48,7 +48,7 @@ class ParityResult:
         if self.min_agreement is not None and self.top1_agreement < self.min_agreement:
             problems.append(f"top-1 agreement {self.top1_agreement:.4%} < {self.min_agreement:.4%}")
         change, limit = self.accuracy_change, self.max_accuracy_drop
-        if limit is not None and change is not None and -change > limit:
+        if limit is not None and change is not None and -change > limit + 1e-9:  # a drop equal to it passes
             problems.append(f"accuracy fell {-change * 100:.2f} pp > {limit * 100:.2f} pp")
         return problems
 

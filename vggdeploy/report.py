@@ -38,11 +38,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 def plot_training_curves(path: Path, history: Sequence[dict], title: str) -> None:
     """Loss and accuracy per epoch, like the seeds' plots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
     loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss")
@@ -59,11 +55,7 @@ def plot_training_curves(path: Path, history: Sequence[dict], title: str) -> Non
 
 def plot_accuracy_against_time(path: Path, history: Sequence[dict], title: str) -> None:
     """Test accuracy against wall time (``elapsed_seconds`` of each epoch): what a time budget buys."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))
     axis.plot(
         [row["elapsed_seconds"] / 60 for row in history], [row["test_accuracy"] * 100 for row in history], marker="o"
@@ -73,6 +65,16 @@ def plot_accuracy_against_time(path: Path, history: Sequence[dict], title: str) 
     axis.grid(True, alpha=0.3)
     figure.suptitle(title)
     _save_figure(figure, path)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the headless Agg backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
 
 
 def _save_figure(figure, path: Path) -> None:
@@ -86,11 +88,7 @@ def _save_figure(figure, path: Path) -> None:
 
 def plot_bench(path: Path, measurements: Sequence, title: str) -> None:
     """p50 latency and throughput against batch size, one line per engine."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = _pyplot()
     figure, (latency, throughput) = plt.subplots(1, 2, figsize=(11, 4))
     for engine in dict.fromkeys(m.engine for m in measurements):
         rows = [m for m in measurements if m.engine == engine]
@@ -104,5 +102,29 @@ def plot_bench(path: Path, measurements: Sequence, title: str) -> None:
         axis.grid(True, which="both", alpha=0.3)
     if measurements:
         throughput.legend(fontsize=8)
+    figure.suptitle(title)
+    _save_figure(figure, path)
+
+
+def plot_reliability(path: Path, panels: Sequence[tuple[str, object]], title: str) -> None:
+    """Reliability diagrams side by side: per confidence bin (``ReliabilityBins``), the accuracy as a bar, the share
+    of images in it (orange) and the mean confidence as a red mark; on the diagonal both meet (perfect calibration).
+    The ECE weighs each bin's gap by its share."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
+    for axis, (label, bins) in zip(axes[0], panels, strict=True):
+        filled = bins.counts > 0
+        left, width = bins.edges[:-1][filled], (bins.edges[1:] - bins.edges[:-1])[filled]
+        axis.bar(left, bins.accuracy[filled], width=width, align="edge", edgecolor="black", label="accuracy")
+        share = bins.counts[filled] / bins.counts.sum()
+        axis.bar(left, share, width=width, align="edge", color="orange", alpha=0.8, label="share of images")
+        axis.hlines(bins.confidence[filled], left, left + width, colors="red", linewidth=2.5, label="mean confidence")
+        axis.plot([0, 1], [0, 1], linestyle="--", color="gray")
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("confidence (top-1 probability)")
+        axis.set_ylabel("accuracy")
+        axis.set_title(label)
+        axis.legend(loc="upper left", fontsize=8)
     figure.suptitle(title)
     _save_figure(figure, path)

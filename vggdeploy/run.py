@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggdeploy.contract import probabilities
+from vggdeploy.contract import is_calibrated, probabilities, temperature
 from vggdeploy.errors import DataError, UsageError
 from vggdeploy.graph import run_session
 from vggdeploy.preprocess import DEFAULT_MAX_PIXELS, PreprocessSpec, decode_grayscale, to_model_input
@@ -33,12 +33,21 @@ class Ranked:
 @dataclass(frozen=True)
 class Prediction:
     file: str
-    top: list[Ranked]  # most likely first
+    top: list[Ranked]  # most likely first; probability = softmax(logits / temperature)
     logits: list[float] | None  # the model's output row; None for model.preprocess.onnx (its graph ends in softmax)
+    temperature: float  # the model's calibration temperature (1 for a model without one)
+    calibrated: bool  # whether that temperature was fitted on held-out images
 
     def to_dict(self) -> dict:
-        """The answer every consumer gives (Node, C++, this CLI): file, top [{index, label, probability}], logits."""
-        return {"file": self.file, "top": [asdict(entry) for entry in self.top], "logits": self.logits}
+        """The answer every consumer gives (Node, C++, this CLI): file, top [{index, label, probability}], logits,
+        calibrated, temperature."""
+        return {
+            "file": self.file,
+            "top": [asdict(entry) for entry in self.top],
+            "logits": self.logits,
+            "calibrated": self.calibrated,
+            "temperature": self.temperature,
+        }
 
 
 @dataclass
@@ -106,7 +115,14 @@ def describe_model(model: LoadedModel, provider: str) -> str:
     """The line that says which model answered: path, architecture, its test accuracy, the execution provider."""
     accuracy = model.metadata["training"].get("test_accuracy")
     trained = f", test accuracy {accuracy:.2%}" if accuracy is not None else ""
-    return f"model: {model.path} ({model.metadata['model']['name']}{trained}; onnxruntime {provider.upper()})"
+    chances = (
+        f"probabilities calibrated, softmax(logits / {temperature(model.metadata):.4g})"
+        if is_calibrated(model.metadata)
+        else "probabilities uncalibrated, plain softmax"
+    )
+    return (
+        f"model: {model.path} ({model.metadata['model']['name']}{trained}; {chances}; onnxruntime {provider.upper()})"
+    )
 
 
 def classify(
@@ -118,7 +134,7 @@ def classify(
     paths, problems = expand_inputs(arguments)
     result = Classification(model.path, failures=problems)
     spec = PreprocessSpec.from_metadata(model.metadata["preprocessing"])
-    labels = model.labels
+    labels, scale, calibrated = model.labels, temperature(model.metadata), is_calibrated(model.metadata)
     for start in range(0, len(paths), batch_size):
         decoded: list[tuple[Path, np.ndarray]] = []
         for path in paths[start : start + batch_size]:
@@ -128,18 +144,21 @@ def classify(
                 result.failures.append(str(error))
         if not decoded:
             continue
-        logits, chances = _outputs(model, [gray for _, gray in decoded], spec)
+        logits, chances = _outputs(model, [gray for _, gray in decoded], spec, scale)
         for row, ((path, _), probability) in enumerate(zip(decoded, chances, strict=True)):
             top = [Ranked(int(i), labels[i], float(probability[i])) for i in np.argsort(-probability)[:top_k]]
-            result.predictions.append(Prediction(str(path), top, None if logits is None else logits[row].tolist()))
+            row_logits = None if logits is None else logits[row].tolist()
+            result.predictions.append(Prediction(str(path), top, row_logits, scale, calibrated))
     return result
 
 
-def _outputs(model: LoadedModel, grays: list[np.ndarray], spec: PreprocessSpec) -> tuple[np.ndarray | None, np.ndarray]:
-    """(logits or None, probabilities) of decoded images."""
-    if model.takes_raw_images:  # the graph resizes, normalises and ends in softmax; images go one by one
+def _outputs(
+    model: LoadedModel, grays: list[np.ndarray], spec: PreprocessSpec, scale: float
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(logits or None, probabilities at temperature ``scale``) of decoded images."""
+    if model.takes_raw_images:  # the graph resizes, normalises and ends in softmax(logits / T); images one by one
         name = model.session.get_inputs()[0].name
         as_uint8 = [np.clip(np.rint(gray * 255), 0, 255).astype(np.uint8)[None] for gray in grays]
         return None, np.concatenate([model.session.run(None, {name: image})[0] for image in as_uint8])
     logits = run_session(model.session, to_model_input(grays, spec))
-    return logits, probabilities(logits)
+    return logits, probabilities(logits.astype(np.float64), scale)

@@ -28,7 +28,14 @@ from tqdm import tqdm
 from vggdeploy.artifacts import RunFolder
 from vggdeploy.checkpoint import library_versions, load_checkpoint, save_checkpoint
 from vggdeploy.config import TrainConfig
-from vggdeploy.data import Augmentation, data_checksums, iterate_batches, load_split
+from vggdeploy.data import (
+    Augmentation,
+    data_checksums,
+    holdout_size,
+    iterate_batches,
+    load_split,
+    stratified_holdout,
+)
 from vggdeploy.errors import Interrupted, ResourceExhausted, TrainingDiverged, UsageError
 from vggdeploy.files import ensure_writable, folder_lock, remove_stale_temporaries
 from vggdeploy.hardware import gpu_peak_tflops, peak_fraction
@@ -95,6 +102,7 @@ class TrainResult:
     peak_fraction: float | None  # of the GPU's bf16 tensor peak; None on the CPU
     history: list[dict]
     stopped_early: str | None = None  # why the run ended before its last epoch (the time limit), else None
+    held_out: int = 0  # training images kept out of the gradient steps, for export's temperature fit
 
     def to_dict(self) -> dict:
         """What ``train --json`` prints: the run folder's paths and the figures (scripts read these, not the text)."""
@@ -114,6 +122,7 @@ class TrainResult:
         return (
             f"best test accuracy {self.best_accuracy:.2%}, final {self.final_accuracy:.2%} after {self.epochs_run} "
             f"epochs in {self.wall_seconds:.0f} s ({self.images_per_second:,.0f} train img/s{peak}){stopped}; "
+            f"{self.held_out:,} training images held out for calibration; "
             f"checkpoints in {RunFolder(self.out_dir).checkpoints}"
         )
 
@@ -202,12 +211,41 @@ def evaluate(
     return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
 
 
-def _load_data(config: TrainConfig, data_dir, device: torch.device):
+@dataclass(frozen=True)
+class TrainingData:
+    """The images on the training device, and what checkpoints record about them."""
+
+    train_images: torch.Tensor  # only these take gradient steps
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    provenance: dict  # "data_checksums" and "calibration_split" (the held-out indices), saved in every checkpoint
+
+
+def calibration_split(config: TrainConfig, labels: torch.Tensor) -> dict:
+    """The training images held out for export's temperature fit: stratified, seeded by ``config.seed``, recorded
+    by index into the training split as loaded (after ``train_limit``)."""
+    count = holdout_size(config.calibration_holdout, len(labels))
+    return {
+        "source": "Fashion-MNIST train split",
+        "of_images": len(labels),
+        "seed": config.seed,
+        "indices": stratified_holdout(labels, count, config.seed),
+    }
+
+
+def _load_data(config: TrainConfig, data_dir, device: torch.device) -> TrainingData:
     train_images, train_labels = load_split("train", data_dir)
     test_images, test_labels = load_split("test", data_dir)
     train_images, train_labels = train_images[: config.train_limit], train_labels[: config.train_limit]
     test_images, test_labels = test_images[: config.test_limit], test_labels[: config.test_limit]
-    return [t.to(device) for t in (train_images, train_labels, test_images, test_labels)]
+    split = calibration_split(config, train_labels)
+    kept = torch.ones(len(train_labels), dtype=torch.bool)
+    kept[split["indices"]] = False
+    return TrainingData(
+        *(t.to(device) for t in (train_images[kept], train_labels[kept], test_images, test_labels)),
+        {"data_checksums": data_checksums(data_dir), "calibration_split": split},
+    )
 
 
 def saved_config(out_dir: str | Path) -> TrainConfig:
@@ -310,13 +348,12 @@ class _Run:
     distributed: _Distributed
     stop: _StopRequests
     progress: bool
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train images, labels, test images, labels
+    data: TrainingData
     model: torch.nn.Module
     optimizer: torch.optim.SGD
     runner: torch.nn.Module  # the model as trained: DDP-wrapped and/or compiled
     bf16: bool
     steps_per_epoch: int
-    checksums: dict
     history: list[dict]
 
     @property
@@ -325,7 +362,7 @@ class _Run:
 
     def save_position(self, step: int, sums: RunningSums) -> None:
         """last.pt at a step boundary inside an epoch: enough to resume exactly where training stopped."""
-        state = _state(self.model, self.optimizer, self.config, self.history, self.checksums)
+        state = _state(self.model, self.optimizer, self.config, self.history, self.data.provenance)
         state["in_progress"] = {"step": step, "running": sums.to_list()}
         with keeping_what_was_saved(self.out_dir):
             save_checkpoint(RunFolder(self.out_dir).last_checkpoint, state)
@@ -360,10 +397,10 @@ def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, s
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     trained = torch.nn.parallel.DistributedDataParallel(model) if distributed.world > 1 else model
     runner = torch.compile(trained) if config.compile else trained
-    steps_per_epoch = len(data[0]) // distributed.world // config.batch_size
+    steps_per_epoch = len(data.train_images) // distributed.world // config.batch_size
     if steps_per_epoch == 0:
         raise UsageError(
-            f"batch size {config.batch_size} is larger than the {len(data[0])} training images per process"
+            f"batch size {config.batch_size} is larger than the {len(data.train_images)} training images per process"
         )
     history = list(state["metrics"]) if state else []
     run = _Run(
@@ -379,7 +416,6 @@ def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, s
         runner,
         bf16,
         steps_per_epoch,
-        data_checksums(data_dir),
         history,
     )
     return run, (state or {}).get("in_progress")
@@ -424,6 +460,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
         _peak_fraction(device, rate, summarize(config.model).gflops),
         run.history,
         stopped,
+        len(run.data.provenance["calibration_split"]["indices"]),
     )
     if distributed.is_main:
         with keeping_what_was_saved(out_dir):
@@ -439,8 +476,8 @@ def _train_epoch(run: _Run, epoch: int, resumed: dict | None) -> _EpochOutcome:
     resumed_images = sums.images  # trained before an interruption: not part of this run's speed
     generator = torch.Generator(device).manual_seed(seed_for(config, epoch))
     batches = iterate_batches(
-        run.data[0],
-        run.data[1],
+        run.data.train_images,
+        run.data.train_labels,
         config.batch_size,
         run.spec,
         generator,
@@ -509,9 +546,14 @@ def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before:
     evaluation_started = time.perf_counter()
     if run.distributed.world > 1:
         dist.all_reduce(outcome.sums.values)
-    test_images, test_labels = run.data[2], run.data[3]
     test_loss, test_accuracy = evaluate(
-        run.runner, test_images, test_labels, run.spec, run.config.eval_batch_size, run.distributed, run.bf16
+        run.runner,
+        run.data.test_images,
+        run.data.test_labels,
+        run.spec,
+        run.config.eval_batch_size,
+        run.distributed,
+        run.bf16,
     )
     run.history.append(
         {
@@ -529,14 +571,14 @@ def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before:
     )
     if run.distributed.is_main:
         with keeping_what_was_saved(run.out_dir):
-            _save_epoch(run.out_dir, run.model, run.optimizer, run.config, run.history, run.checksums)
+            _save_epoch(run.out_dir, run.model, run.optimizer, run.config, run.history, run.data.provenance)
         if run.progress:
             tqdm.write(
                 f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}", file=sys.stderr
             )
 
 
-def _state(model, optimizer, config: TrainConfig, history: list[dict], checksums: dict) -> dict:
+def _state(model, optimizer, config: TrainConfig, history: list[dict], provenance: dict) -> dict:
     return {
         "model_args": config.model.to_dict(),
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -545,7 +587,7 @@ def _state(model, optimizer, config: TrainConfig, history: list[dict], checksums
         "epoch": len(history),
         "metrics": history,
         "test_accuracy": history[-1]["test_accuracy"] if history else None,
-        "data_checksums": checksums,
+        **provenance,
     }
 
 
@@ -571,8 +613,8 @@ def intact_checkpoints(out_dir: Path) -> str:
     return f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} intact: free some space and continue with --resume"
 
 
-def _save_epoch(out_dir: Path, model, optimizer, config: TrainConfig, history: list[dict], checksums: dict) -> None:
-    state = _state(model, optimizer, config, history, checksums)
+def _save_epoch(out_dir: Path, model, optimizer, config: TrainConfig, history: list[dict], provenance: dict) -> None:
+    state = _state(model, optimizer, config, history, provenance)
     folder = RunFolder(out_dir)
     save_checkpoint(folder.last_checkpoint, state)
     if history[-1]["test_accuracy"] >= max(row["test_accuracy"] for row in history):
@@ -591,6 +633,7 @@ def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, devi
             "final_test_accuracy": result.final_accuracy,
             "epochs_this_run": result.epochs_run,
             "stopped_early": result.stopped_early,
+            "held_out_for_calibration": result.held_out,
             "wall_seconds": result.wall_seconds,
             "train_images_per_second": result.images_per_second,
             "bf16_peak_fraction": result.peak_fraction,

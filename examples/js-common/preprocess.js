@@ -76,10 +76,20 @@ export function specFromMetadata(preprocessing) {
   };
 }
 
-/** Softmax of the logits, the k most likely labels first. */
-export function topK(logits, labels, k) {
-  const max = Math.max(...logits);
-  const exps = logits.map((v) => Math.exp(v - max));
+/**
+ * The model's calibration: probabilities are softmax(logits / temperature). A model exported before the
+ * "calibration" metadata key existed means temperature 1 (plain softmax), calibrated false.
+ */
+export function calibrationOf(metadata) {
+  const calibration = metadata.calibration ?? {};
+  return { temperature: calibration.temperature ?? 1, calibrated: calibration.fitted === true };
+}
+
+/** softmax(logits / temperature), the k most likely labels first. */
+export function topK(logits, labels, k, temperature = 1) {
+  const scaled = logits.map((v) => v / temperature);
+  const max = Math.max(...scaled);
+  const exps = scaled.map((v) => Math.exp(v - max));
   const total = exps.reduce((a, b) => a + b, 0);
   return exps
     .map((e, index) => ({ label: labels[index], index, probability: e / total }))

@@ -163,7 +163,20 @@ json ReadMetadata(const Ort::Session& session) {
     if (!value) throw std::runtime_error(std::string("the model has no '") + key + "' metadata (not a vggdeploy export?)");
     decoded[key] = json::parse(value.get());
   }
+  // Optional: a model exported before the key existed means temperature 1 (plain softmax), uncalibrated.
+  Ort::AllocatedStringPtr calibration = metadata.LookupCustomMetadataMapAllocated("calibration", allocator);
+  decoded["calibration"] = calibration ? json::parse(calibration.get()) : json::object();
   return decoded;
+}
+
+// The metadata's contract for probabilities: softmax(logits / temperature), in double precision.
+std::vector<double> Probabilities(const std::vector<float>& logits, double temperature) {
+  const double peak = *std::max_element(logits.begin(), logits.end()) / temperature;
+  std::vector<double> probabilities(logits.size());
+  double total = 0;
+  for (size_t i = 0; i < logits.size(); ++i) total += probabilities[i] = std::exp(logits[i] / temperature - peak);
+  for (double& p : probabilities) p /= total;
+  return probabilities;
 }
 
 }  // namespace
@@ -200,6 +213,8 @@ int main(int argc, char** argv) {
     const std::string input_name = metadata.at("io").at("input").at("name");
     const std::string output_name = metadata.at("io").at("output").at("name");
     if (metadata.at("io").at("input").at("dtype") != "float32") throw std::runtime_error("this program takes the float32 model");
+    const double temperature = metadata.at("calibration").value("temperature", 1.0);
+    const bool calibrated = metadata.at("calibration").value("fitted", false);
 
     int failures = 0;
     const Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
@@ -220,10 +235,7 @@ int main(int argc, char** argv) {
       const float* data = outputs[0].GetTensorData<float>();
       std::vector<float> logits(data, data + labels.size());
 
-      const float peak = *std::max_element(logits.begin(), logits.end());
-      std::vector<double> probabilities(logits.size());
-      double total = 0;
-      for (size_t i = 0; i < logits.size(); ++i) total += probabilities[i] = std::exp(logits[i] - peak);
+      const std::vector<double> probabilities = Probabilities(logits, temperature);
       std::vector<size_t> order(logits.size());
       std::iota(order.begin(), order.end(), 0);
       std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return probabilities[a] > probabilities[b]; });
@@ -231,11 +243,11 @@ int main(int argc, char** argv) {
 
       if (as_json) {
         json top = json::array();
-        for (size_t i : order) top.push_back({{"label", labels[i]}, {"index", i}, {"probability", probabilities[i] / total}});
-        std::cout << json{{"file", path}, {"logits", logits}, {"top", top}}.dump() << "\n";
+        for (size_t i : order) top.push_back({{"label", labels[i]}, {"index", i}, {"probability", probabilities[i]}});
+        std::cout << json{{"file", path}, {"logits", logits}, {"top", top}, {"calibrated", calibrated}, {"temperature", temperature}}.dump() << "\n";
       } else {
         std::cout << path;
-        for (size_t i : order) std::cout << "  " << labels[i] << " " << 100.0 * probabilities[i] / total << "%";
+        for (size_t i : order) std::cout << "  " << labels[i] << " " << 100.0 * probabilities[i] << "%";
         std::cout << "\n";
       }
     }

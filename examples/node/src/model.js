@@ -5,6 +5,8 @@ import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import { specFromMetadata } from './preprocess.js';
 
+import { calibrationOf } from '../../js-common/preprocess.js';
+
 export { topK } from '../../js-common/preprocess.js';
 
 const { onnx } = onnxProto;
@@ -26,7 +28,13 @@ export async function loadModel(path) {
   if (!session.inputNames.includes(input.name) || !session.outputNames.includes(output.name)) {
     throw new Error(`the graph's inputs/outputs ${session.inputNames}/${session.outputNames} do not match its metadata`);
   }
-  return { metadata, session, spec: specFromMetadata(metadata.preprocessing), labels: metadata.labels };
+  return {
+    metadata,
+    session,
+    spec: specFromMetadata(metadata.preprocessing),
+    labels: metadata.labels,
+    ...calibrationOf(metadata),
+  };
 }
 
 /** Logits for one preprocessed image. */

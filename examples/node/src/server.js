@@ -75,8 +75,8 @@ export async function startServer({ modelPath, port = 0, host = '127.0.0.1', ...
       const body = await imageBytes(request, await readBody(request, settings.maxBodyBytes));
       if (body.length === 0) return [400, { error: 'empty body: send a PNG or JPEG image' }];
       try {
-        const { top, logits } = await pool.run(body, k, settings.maxPixels);
-        return [200, { model: metadata.model.name, top, logits }];
+        const { top, logits, calibrated, temperature } = await pool.run(body, k, settings.maxPixels);
+        return [200, { model: metadata.model.name, top, logits, calibrated, temperature }];
       } catch (error) {
         if (error.badImage) return [415, { error: error.message }];
         throw error;

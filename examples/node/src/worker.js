@@ -9,7 +9,9 @@ parentPort.postMessage({ ready: true });
 parentPort.on('message', async ({ id, bytes, k, maxPixels }) => {
   try {
     const logits = await infer(model, await preprocess(Buffer.from(bytes), model.spec, maxPixels));
-    parentPort.postMessage({ id, result: { top: topK(logits, model.labels, k), logits } });
+    const { temperature, calibrated } = model;
+    const top = topK(logits, model.labels, k, temperature);
+    parentPort.postMessage({ id, result: { top, logits, calibrated, temperature } });
   } catch (error) {
     parentPort.postMessage({ id, error: error.message, badImage: error instanceof ImageError });
   }

@@ -1,7 +1,7 @@
 // Classifies a dropped image with the exported .onnx via onnxruntime-web (wasm files served from the package).
 // Labels and preprocessing come from the model's metadata_props, read with protobufjs and a partial ONNX schema.
 import * as ort from '/ort/ort.wasm.min.mjs';
-import { specFromMetadata, toGrayscale, toModelInput, topK } from '/common/preprocess.js';
+import { calibrationOf, specFromMetadata, toGrayscale, toModelInput, topK } from '/common/preprocess.js';
 
 const TOP_K = 5;
 const $ = (id) => document.getElementById(id);
@@ -99,7 +99,8 @@ async function classify(model, file) {
   const { io, labels } = model.metadata;
   const feeds = { [io.input.name]: new ort.Tensor('float32', input, [1, 1, model.spec.height, model.spec.width]) };
   const logits = Array.from((await model.session.run(feeds))[io.output.name].data);
-  const result = { file: file.name, logits, top: topK(logits, labels, TOP_K) };
+  const { temperature, calibrated } = calibrationOf(model.metadata);
+  const result = { file: file.name, logits, top: topK(logits, labels, TOP_K, temperature), calibrated, temperature };
   show(result, image, model.metadata);
   window.lastResult = result; // read by the page's self-test
   return result;
@@ -110,7 +111,10 @@ try {
   const { metadata, info } = model;
   $('status').textContent = `Model ${metadata.model.name} (${info.file}, ${(info.bytes / 1e6).toFixed(2)} MB, `
     + `test accuracy ${(100 * metadata.training.test_accuracy).toFixed(2)} %), onnxruntime-web wasm, `
-    + `${ort.env.wasm.numThreads} thread(s). Input ${metadata.preprocessing.resize.height}x${metadata.preprocessing.resize.width} grayscale.`;
+    + `${ort.env.wasm.numThreads} thread(s). Input ${metadata.preprocessing.resize.height}x${metadata.preprocessing.resize.width} grayscale. `
+    + (calibrationOf(metadata).calibrated
+      ? `Probabilities calibrated: softmax(logits / ${calibrationOf(metadata).temperature.toFixed(4)}).`
+      : 'Probabilities uncalibrated: plain softmax.');
   const run = (file) => classify(model, file).catch((error) => {
     $('status').innerHTML = '';
     $('status').append(Object.assign(document.createElement('span'), { className: 'error', textContent: `Could not classify ${file.name}: ${error.message}` }));

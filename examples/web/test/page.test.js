@@ -1,11 +1,12 @@
 // Drives the page in Debian's Chromium (playwright-core, no browser download): every golden image must give the
-// golden top-1 label and logits within the golden tolerance. npm test takes the newest export under artifacts/;
+// golden top-1 label, logits within the golden tolerance and probabilities softmax(logits / T). npm test takes the newest export under artifacts/;
 // MODEL_PATH and GOLDEN_DIR choose another; SCREENSHOT= saves a PNG of the page.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
+import { goldenProblems } from '../../js-common/golden.js';
 import { resolveGoldenDir, resolveModelPath } from '../../js-common/model-paths.js';
 import { startStaticServer } from '../serve.js';
 
@@ -41,15 +42,12 @@ test('the page loads the model, cross-origin isolated, and shows what it loaded'
   assert.match(await page.textContent('#status'), /Model .* onnxruntime-web wasm/);
 });
 
-test('golden images give the golden labels and logits in the browser', async () => {
-  const tolerance = golden.tolerance.logits_atol;
+test('golden images give the golden labels, logits and calibrated probabilities in the browser', async () => {
   for (const entry of golden.images) {
     await page.evaluate(() => { window.lastResult = null; });
     await page.setInputFiles('#file', join(goldenDir, entry.file));
     const result = await page.waitForFunction(() => window.lastResult, null, { timeout: 30_000 }).then((h) => h.jsonValue());
-    assert.equal(result.top[0].index, entry.predicted, entry.file);
-    const worst = Math.max(...result.logits.map((v, i) => Math.abs(v - entry.logits[i])));
-    assert.ok(worst <= tolerance, `${entry.file}: logits differ by ${worst} > ${tolerance}`);
+    assert.deepEqual(goldenProblems(result, entry, golden), [], entry.file);
     assert.equal(await page.locator('#bars .bar').count(), 5);
     assert.ok((await page.textContent('#label')).startsWith(result.top[0].label));
   }

@@ -1,0 +1,144 @@
+"""Export's calibration step: fit the temperature on the checkpoint's held-out training images, measure it.
+
+The slice was kept out of every gradient step by ``train`` (its indices are in the checkpoint), so fitting on it is
+fair; the test set is only measured, before and after, never fitted on.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vggdeploy.calibration import CalibrationFigures, ReliabilityBins, fit_temperature
+from vggdeploy.config import ExportConfig
+from vggdeploy.contract import probabilities
+from vggdeploy.data import load_split, to_input_tensor
+from vggdeploy.errors import DataError
+from vggdeploy.model import predict_logits
+from vggdeploy.preprocess import PreprocessSpec
+from vggdeploy.report import plot_reliability
+
+LOGITS_CHUNK = 1000  # images preprocessed at a time (a whole split at 224 px would take gigabytes)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The fitted temperature and what it does: the ``calibration`` metadata section and the diagram's data."""
+
+    temperature: float
+    fitted: bool
+    method: str  # how T was chosen, or "none: <why it was not fitted>"
+    bins: int
+    slice_before: CalibrationFigures | None  # None when the checkpoint holds no held-out slice
+    slice_after: CalibrationFigures | None
+    test_before: CalibrationFigures
+    test_after: CalibrationFigures
+    test_logits: np.ndarray
+    test_labels: np.ndarray
+
+    def to_metadata(self) -> dict:
+        def pair(before, after) -> dict | None:
+            return None if before is None else {"before": before.to_dict(), "after": after.to_dict()}
+
+        return {
+            "temperature": self.temperature,
+            "fitted": self.fitted,
+            "method": self.method,
+            "probabilities": "softmax(logits / temperature)",
+            "ece_bins": self.bins,
+            "calibration_slice": pair(self.slice_before, self.slice_after),
+            "test_set": pair(self.test_before, self.test_after),
+        }
+
+    def format(self) -> str:
+        if not self.fitted:
+            return f"calibration: temperature 1 ({self.method}); test {self.test_before.format()}"
+        return (
+            f"calibration: temperature {self.temperature:.4f} fitted on {self.slice_before.images:,} held-out "
+            f"training images; test ECE {self.test_before.ece:.2%} -> {self.test_after.ece:.2%}, NLL "
+            f"{self.test_before.nll:.3f} -> {self.test_after.nll:.3f}"
+        )
+
+    def plot(self, path: Path, title: str) -> None:
+        """The reliability diagram of the test set before (T = 1) and after (T = fitted)."""
+        plot_reliability(
+            path,
+            [
+                (f"before (T = 1): ECE {self.test_before.ece:.2%}", self._bins(1.0)),
+                (f"after (T = {self.temperature:.3f}): ECE {self.test_after.ece:.2%}", self._bins(self.temperature)),
+            ],
+            title,
+        )
+
+    def _bins(self, temperature: float) -> ReliabilityBins:
+        return ReliabilityBins.of(
+            probabilities(self.test_logits.astype(np.float64), temperature), self.test_labels, self.bins
+        )
+
+
+def _logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec) -> np.ndarray:
+    """The torch fp32 logits of uint8 images, on the GPU when there is one."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return np.concatenate(
+        [
+            predict_logits(model, to_input_tensor(images[i : i + LOGITS_CHUNK], spec).numpy(), device)
+            for i in range(0, len(images), LOGITS_CHUNK)
+        ]
+    )
+
+
+def held_out_slice(state: dict, data_dir) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(images, labels) of the training images the checkpoint says were held out, or None if it holds none."""
+    split = state.get("calibration_split")
+    if not split or len(split["indices"]) == 0:
+        return None
+    images, labels = load_split("train", data_dir)
+    if split["of_images"] > len(images) or int(split["indices"].max()) >= split["of_images"]:
+        raise DataError(f"the checkpoint's calibration slice does not fit the {len(images)} training images found")
+    indices = split["indices"].long()
+    return images[indices], labels[indices]
+
+
+def calibrate(
+    model: torch.nn.Module,
+    state: dict,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    spec: PreprocessSpec,
+    config: ExportConfig,
+    data_dir=None,
+) -> Calibration:
+    """Fit T on the held-out slice (unless ``config.calibrate`` is off) and measure the test set before and after."""
+    bins = config.calibration_bins
+    test_logits, labels = _logits(model, test_images, spec), test_labels.numpy()
+    held_out = held_out_slice(state, data_dir) if config.calibrate else None
+    if held_out is None:
+        why = (
+            "--no-calibration"
+            if not config.calibrate
+            else "the checkpoint holds no held-out calibration slice (trained by an older vggdeploy, or with "
+            "--calibration-holdout 0)"
+        )
+        if config.calibrate:
+            print(f"vggdeploy: warning: probabilities stay uncalibrated (temperature 1): {why}", file=sys.stderr)
+        test = CalibrationFigures.measure(test_logits, labels, 1.0, bins)
+        return Calibration(1.0, False, f"none: {why}", bins, None, None, test, test, test_logits, labels)
+    slice_logits, slice_labels = _logits(model, held_out[0], spec), held_out[1].numpy()
+    temperature = fit_temperature(slice_logits, slice_labels)
+    return Calibration(
+        temperature,
+        True,
+        "temperature scaling: NLL minimised over T by a bounded golden-section search, on training images held out "
+        "of every gradient step",
+        bins,
+        CalibrationFigures.measure(slice_logits, slice_labels, 1.0, bins),
+        CalibrationFigures.measure(slice_logits, slice_labels, temperature, bins),
+        CalibrationFigures.measure(test_logits, labels, 1.0, bins),
+        CalibrationFigures.measure(test_logits, labels, temperature, bins),
+        test_logits,
+        labels,
+    )
