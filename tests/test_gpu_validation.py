@@ -35,11 +35,12 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
         "bench",
         "pytest-gpu",
         "full-train",
+        "full-export",
     ]
     assert [step["name"] for step in report["steps"]] == names
     for step in report["steps"]:
         assert step["returncode"] == 0 and step["seconds"] > 0 and step["command"].startswith("python -m ")
-    assert "--time-limit" in report["steps"][-1]["command"]
+    assert "--time-limit" in report["steps"][-2]["command"]
     assert report["environment"]["torch"] and report["environment"]["onnxruntime"].startswith("1.")
 
     check = report["figures"]["seed_check"]
@@ -58,13 +59,16 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     assert goals["fp32 (TF32 off): 100 % top-1 agreement, max |logit diff| <= 1e-3"]["met"] is True
     assert goals[">= 95.0 % test accuracy within the first 4 min"]["met"] is False  # a tiny model; the figure is honest
     assert all(goal["source"] in names for goal in report["goals"])
+    ece = goals["full preset: test-set ECE <= 2.5 % (temperature fitted on held-out training images)"]
+    assert ece["met"] is not None and " -> " in ece["measured"] and report["figures"]["full_calibration"]["fitted"]
+    assert goals["every variant's ECE within +0.5 pp of torch fp32's (at the model's temperature)"]["met"] is not None
     markdown = (tmp_path / "gpu-report.md").read_text()
     assert "Rehearsal on the CPU" in markdown and "| seed-check | `python -m vggdeploy check" in markdown
     assert "max \\|logit diff\\|" in markdown  # pipes escaped: the goals table keeps four columns
     logs = (tmp_path / "gpu-logs.txt").read_text()
     assert all(f"==== {name}: python -m" in logs for name in names) and "best test accuracy" in logs
     assert len([p for p in tmp_path.iterdir() if p.is_file()]) <= 8  # what the device tool brings back
-    for png in ("seed-curves.png", "bench.png", "full-curves.png", "full-accuracy-time.png"):
+    for png in ("seed-curves.png", "bench.png", "full-curves.png", "full-accuracy-time.png", "full-reliability.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG", png
 
 
