@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from vggdeploy.artifacts import RunFolder, checkpoint_beside, reports_folder, sibling
-from vggdeploy.checkpoint import rebuild_model
+from vggdeploy.checkpoint import load_checkpoint, rebuild_model
 from vggdeploy.config import BenchConfig
 from vggdeploy.contract import model_args_from_metadata
-from vggdeploy.data import load_split, to_input_tensor
+from vggdeploy.data import to_input_tensor
+from vggdeploy.datasets import dataset_of
 from vggdeploy.errors import ProviderUnavailable, UsageError
 from vggdeploy.files import folder_lock
 from vggdeploy.graph import deployment_versions
@@ -255,7 +256,7 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
         )
     chosen = [engine for engine in chosen if engine.name not in unavailable]
     spec = PreprocessSpec.from_metadata(metadata["preprocessing"])
-    images, _ = load_split("test", data_dir)
+    images = dataset_of(load_checkpoint(checkpoint, mmap=True), data_dir).test_images
     inputs = to_input_tensor(images[: max(batch_sizes)], spec).numpy()
     if len(inputs) < max(batch_sizes):
         inputs = np.resize(inputs, (max(batch_sizes), *inputs.shape[1:]))

@@ -18,7 +18,8 @@ from vggdeploy.calibration import DEFAULT_BINS, CalibrationFigures
 from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.config import CheckConfig
 from vggdeploy.contract import is_calibrated, model_args_from_metadata, temperature
-from vggdeploy.data import load_split, to_input_tensor
+from vggdeploy.data import to_input_tensor
+from vggdeploy.datasets import dataset_of
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.files import folder_lock
 from vggdeploy.graph import run_session
@@ -176,7 +177,8 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
         )
 
     spec = PreprocessSpec.from_metadata(loaded.metadata["preprocessing"])
-    test_images, test_labels = load_split("test", data_dir)
+    dataset = dataset_of(state, data_dir)
+    test_images, test_labels = dataset.test_images, dataset.test_labels
     inputs = to_input_tensor(test_images[:images], spec).numpy()
     labels = test_labels[:images].numpy()
     reference = predict_logits(torch_model, inputs, "cuda" if torch.cuda.is_available() else "cpu")

@@ -168,6 +168,25 @@ def info(model: str | None, **options) -> None:
     default=None,
     help="auto: bf16 autocast + channels_last on CUDA, fp32 on the CPU.",
 )
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A folder of your own labelled images: DIR/<class>/* or DIR/train|test/<class>/* [default: Fashion-MNIST].",
+)
+@click.option(
+    "--test-fraction",
+    type=float,
+    default=None,
+    help="--data with one folder per class: the share split off as the test set [default: 0.1].",
+)
+@click.option(
+    "--color",
+    type=click.Choice(["auto", "grayscale", "rgb"]),
+    default=None,
+    help="--data: auto = RGB once a training image has colour [default: auto].",
+)
+@click.option("--strict", is_flag=True, default=None, help="--data: an unreadable image file is fatal, not skipped.")
 @click.option("--train-limit", type=int, default=None, help="Train on the first N images only (smoke runs).")
 @click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test images only.")
 @click.option(
@@ -211,6 +230,8 @@ def train(
 ):
     """Train a VGG on Fashion-MNIST; writes checkpoints, metrics.jsonl and curves.png."""
     require_train_extra("train")
+    from pathlib import Path
+
     import torch
 
     from vggdeploy.artifacts import RunFolder
@@ -222,7 +243,11 @@ def train(
         arch=arch, batch_norm=batch_norm, width_ratio=width_ratio, hidden=hidden, dropout=dropout, image_size=image_size
     )
     base = get_preset(preset, torch.cuda.is_available())
-    out_dir = out or RunFolder.for_model(model_args_from_options(base.model.to_dict(), **model_options).name).path
+    name = model_args_from_options(base.model.to_dict(), **model_options).name
+    if overrides.get("data"):  # own images: the folder's name keeps their runs apart from Fashion-MNIST's
+        overrides["data"] = str(Path(overrides["data"]).resolve())  # --resume works from any directory
+        name = f"{Path(overrides['data']).name}-{name}"
+    out_dir = out or RunFolder.for_model(name).path
     if resume:  # the saved run's settings, not the preset's; flags given still override (a larger --epochs extends)
         base = saved_config(out_dir)
     model = model_args_from_options(base.model.to_dict(), **model_options)

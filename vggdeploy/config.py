@@ -30,6 +30,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (pays off on a GPU for runs of several epochs)
     precision: str = "auto"  # auto: bf16 autocast + channels_last on CUDA, fp32 on the CPU; fp32 | bf16 force it
     eval_batch_size: int = 500
+    data: str | None = None  # a folder of the user's own labelled images; None = Fashion-MNIST
+    test_fraction: float = 0.1  # single-folder layout: the share split off (stratified, seeded) as the test set
+    color: str = "auto"  # own images: auto (RGB once a training image has colour) | grayscale | rgb
+    strict: bool = False  # own images: an unreadable image file is fatal instead of skipped
     train_limit: int | None = None  # use only the first N training images (tests, smoke runs)
     test_limit: int | None = None  # evaluate on the first N test images only
 

@@ -174,13 +174,18 @@ def data_checksums(data_dir: str | Path | None = None) -> dict[str, str]:
 
 
 def to_input_tensor(images: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """uint8 (N, H, W) on any device -> normalised float (N, 1, h, w): the torch twin of preprocess.to_model_input."""
-    batch = images.unsqueeze(1).float() / 255.0
+    """uint8 (N, H, W) or (N, C, H, W) on any device -> normalised float (N, C, h, w): the torch twin of
+    preprocess.to_model_input."""
+    batch = (images.unsqueeze(1) if images.dim() == 3 else images).float() / 255.0
     if batch.shape[-2:] != (spec.height, spec.width):
         batch = F.interpolate(
             batch, size=(spec.height, spec.width), mode="bilinear", align_corners=False, antialias=False
         )
-    return (batch - spec.mean) / spec.std
+    if spec.channels == 1:
+        return (batch - spec.mean[0]) / spec.std[0]
+    mean = torch.tensor(spec.mean, device=batch.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=batch.device).view(1, -1, 1, 1)
+    return (batch - mean) / std
 
 
 @dataclass(frozen=True)
@@ -192,18 +197,24 @@ class Augmentation:
     erase: float = 0.0  # probability of random erasing (a rectangle of 2-20 % of the area set to 0)
 
     def apply_source(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Flip and shift uint8 (N, H, W) source images."""
-        n, height, width = images.shape
+        """Flip and shift uint8 (N, H, W) or (N, C, H, W) source images (every channel alike)."""
+        n, height, width = images.shape[0], images.shape[-2], images.shape[-1]
         device = images.device
         if self.flip:
             flips = torch.rand(n, generator=generator, device=device) < 0.5
-            images = torch.where(flips[:, None, None], images.flip(-1), images)
+            flips = flips.view(n, *([1] * (images.dim() - 1)))
+            images = torch.where(flips, images.flip(-1), images)
         if self.shift:
             padded = F.pad(images, (self.shift,) * 4)
             dy, dx = torch.randint(0, 2 * self.shift + 1, (2, n), generator=generator, device=device)
             rows = (dy[:, None] + torch.arange(height, device=device))[:, :, None]
             cols = (dx[:, None] + torch.arange(width, device=device))[:, None, :]
-            images = padded[torch.arange(n, device=device)[:, None, None], rows, cols]
+            if images.dim() == 3:
+                images = padded[torch.arange(n, device=device)[:, None, None], rows, cols]
+            else:
+                channels = torch.arange(images.shape[1], device=device)[None, :, None, None]
+                samples = torch.arange(n, device=device)[:, None, None, None]
+                images = padded[samples, channels, rows[:, None], cols[:, None]]
         return images
 
     def apply_input(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

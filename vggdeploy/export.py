@@ -24,7 +24,8 @@ from vggdeploy.artifacts import golden_folder, model_file, reliability_diagram, 
 from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, cap_ir_version, probabilities
-from vggdeploy.data import CLASS_NAMES, load_split, to_input_tensor
+from vggdeploy.data import to_input_tensor
+from vggdeploy.datasets import Dataset, dataset_of
 from vggdeploy.errors import CheckFailed
 from vggdeploy.files import atomic_path, ensure_writable, folder_lock, staged_folder
 from vggdeploy.graph import (
@@ -38,7 +39,7 @@ from vggdeploy.graph import (
 )
 from vggdeploy.model import predict_logits
 from vggdeploy.parity import ParityResult, compare_logits
-from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
+from vggdeploy.preprocess import PreprocessSpec, decode_image, to_model_input
 from vggdeploy.report import markdown_table, write_json, write_text
 from vggdeploy.runtime import ProviderSettings, create_session
 from vggdeploy.temperature import Calibration, calibrate
@@ -150,16 +151,17 @@ def audit_batches(session, inputs: np.ndarray, batch_sizes: tuple[int, ...], ato
 def build_metadata(
     args: ModelArgs,
     state: dict,
+    dataset: Dataset,
     config: ExportConfig,
     variant: str,
     parity: dict,
     calibration: dict,
     raw_input: bool,
 ) -> dict:
-    spec = PreprocessSpec(args.image_size, args.image_size)
+    spec = dataset.spec(args.image_size)
     return {
         "vggdeploy.format": FORMAT_VERSION,
-        "labels": list(CLASS_NAMES[: args.num_classes]),
+        "labels": list(dataset.class_names),
         "preprocessing": spec.to_metadata(),
         "io": io_section(args, raw_input),
         "model": {"name": args.name, **args.to_dict()},
@@ -167,6 +169,7 @@ def build_metadata(
             "test_accuracy": state.get("test_accuracy"),
             "epoch": state.get("epoch"),
             "data_checksums": state.get("data_checksums"),
+            "dataset": dataset.name,
         },
         "export": {
             "exporter": "torch.onnx.export(dynamo=True)",
@@ -198,8 +201,9 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
     out_dir = Path(out_dir)
     model, state = rebuild_model(checkpoint, expected_arch)
     args: ModelArgs = state["model_args"]
-    spec = PreprocessSpec(args.image_size, args.image_size)
-    test_images, test_labels = load_split("test", data_dir)
+    dataset = dataset_of(state, data_dir)
+    spec = dataset.spec(args.image_size)
+    test_images, test_labels = dataset.test_images, dataset.test_labels
     count = max(config.parity_images, max(config.audit_batches), config.golden_images)
     inputs = to_input_tensor(test_images[:count], spec).numpy()
     labels = test_labels.numpy()
@@ -227,11 +231,11 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
     if not parity:
         raise CheckFailed(f"parity at export: {parity.format()}")
 
-    calibration = calibrate(model, state, test_images, test_labels, spec, config, data_dir)
+    calibration = calibrate(model, state, dataset, spec, config)
     attach_metadata(
         final,
         build_metadata(
-            args, state, config, "fp32", _parity_summary(parity), calibration.to_metadata(), raw_input=False
+            args, state, dataset, config, "fp32", _parity_summary(parity), calibration.to_metadata(), raw_input=False
         ),
     )
     built = []
@@ -244,10 +248,10 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
                 final,
                 session,
                 to_input_tensor(test_images[:count], spec).numpy(),
-                test_images[:count].numpy(),
+                channels_last(test_images[:count]).numpy(),
                 labels[:count],
                 config,
-                data_dir,
+                dataset.train_images,
             )
         )
 
@@ -266,14 +270,16 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             config.simplify,
             calibration,
         )
-        write_golden_vectors(golden_folder(staging), session, test_images, labels, spec, config, calibration)
+        write_golden_vectors(golden_folder(staging), session, dataset, spec, config, calibration)
         calibration.plot(reliability_diagram(staging), f"{args.name}: test set, {len(labels):,} images")
         for variant in built:
             result.variants[variant.name] = variants.write_variant(variant, staged_model, final)
             variant.path = sibling(result.model_path, variant.name)  # where it will be once the export is in place
         if triton_repo is not None:
             model_folder = Path(triton_repo) / triton_model_name(args)  # other models in the repository stay
-            write_triton_model(stack.enter_context(staged_folder(model_folder)), final, args, config)
+            write_triton_model(
+                stack.enter_context(staged_folder(model_folder)), final, args, config, dataset.class_names
+            )
         _write_report(staging, result, args)
     return result
 
@@ -283,11 +289,15 @@ def _parity_summary(parity: ParityResult) -> dict:
     return {key: getattr(parity, key) for key in keys}
 
 
+def channels_last(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> (N, H, W, 3), the layout decoders give; gray (N, H, W) stays."""
+    return images.permute(0, 2, 3, 1).contiguous() if images.dim() == 4 else images
+
+
 def write_golden_vectors(
     folder: Path,
     session,
-    test_images: torch.Tensor,
-    labels: np.ndarray,
+    dataset: Dataset,
     spec: PreprocessSpec,
     config: ExportConfig,
     calibration: Calibration,
@@ -299,21 +309,22 @@ def write_golden_vectors(
     """
     folder.mkdir(parents=True, exist_ok=True)
     temperature = calibration.temperature
-    picks = [int(np.flatnonzero(labels == c)[0]) for c in range(len(CLASS_NAMES))][: config.golden_images]
+    labels, names = dataset.test_labels.numpy(), dataset.class_names
+    picks = [int(np.flatnonzero(labels == c)[0]) for c in range(len(names))][: config.golden_images]
     entries = []
     for index in picks:
         name = f"test{index:05d}.png"
         buffer = io.BytesIO()
-        Image.fromarray(test_images[index].numpy(), mode="L").save(buffer, format="PNG")
+        Image.fromarray(channels_last(dataset.test_images[index : index + 1])[0].numpy()).save(buffer, format="PNG")
         write_bytes_atomic(folder / name, buffer.getvalue())
-        model_input = to_model_input([decode_grayscale(buffer.getvalue())], spec)
+        model_input = to_model_input([decode_image(buffer.getvalue(), spec.color)], spec)
         logits = session.run(None, {session.get_inputs()[0].name: model_input})[0][0]
         entries.append(
             {
                 "file": name,
                 "test_index": index,
                 "label": int(labels[index]),
-                "label_name": CLASS_NAMES[labels[index]],
+                "label_name": names[labels[index]],
                 "predicted": int(logits.argmax()),
                 "logits": [float(v) for v in logits],
                 "probabilities": [float(v) for v in probabilities(logits[None].astype(np.float64), temperature)[0]],
@@ -345,12 +356,14 @@ def triton_model_name(args: ModelArgs) -> str:
     return args.name.replace("-", "_")
 
 
-def write_triton_model(folder: Path, proto: onnx.ModelProto, args: ModelArgs, config: ExportConfig) -> Path:
+def write_triton_model(
+    folder: Path, proto: onnx.ModelProto, args: ModelArgs, config: ExportConfig, labels: tuple[str, ...]
+) -> Path:
     """One model of a Triton repository: ``config.pbtxt`` (onnxruntime backend, dynamic batching), ``1/model.onnx``."""
     name = triton_model_name(args)
     (folder / "1").mkdir(parents=True, exist_ok=True)
     save_onnx(proto, folder / "1" / "model.onnx")
-    write_text(folder / "labels.txt", "\n".join(CLASS_NAMES[: args.num_classes]) + "\n")
+    write_text(folder / "labels.txt", "\n".join(labels) + "\n")
     preferred = [size for size in (8, 32, 64, 128, config.triton_max_batch) if size <= config.triton_max_batch]
     write_text(
         folder / "config.pbtxt",

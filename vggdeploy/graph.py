@@ -64,8 +64,13 @@ def io_section(args: ModelArgs, raw_input: bool) -> dict:
             "input": {
                 "name": RAW_INPUT_NAME,
                 "dtype": "uint8",
-                "shape": [BATCH_AXIS, "height", "width"],
-                "meaning": "8-bit grayscale images of any size; resize and normalisation happen inside",
+                "shape": [BATCH_AXIS, "height", "width"] + ([args.in_channels] if args.in_channels > 1 else []),
+                "meaning": (
+                    "8-bit grayscale images of any size"
+                    if args.in_channels == 1
+                    else f"8-bit images of any size, {args.in_channels} channels last (RGB)"
+                )
+                + "; resize and normalisation happen inside",
             },
             "output": {
                 "name": PROBABILITIES_NAME,

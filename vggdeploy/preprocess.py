@@ -3,12 +3,13 @@
 Training (on tensors), ``run``, ``check``, the ONNX metadata and the non-Python consumers all follow it:
 
 1. decode; apply the EXIF orientation;
-2. grayscale in float, no rounding: ``0.299 R + 0.587 G + 0.114 B``; an alpha channel is composited over
-   black (Fashion-MNIST's background); 8-bit values are scaled by 1/255, 16-bit ones by 1/65535;
+2. colour ``grayscale``: gray in float, no rounding: ``0.299 R + 0.587 G + 0.114 B``; colour ``rgb``: R, G, B in float
+   (a gray image repeated to three channels). An alpha channel is composited over black (Fashion-MNIST's
+   background); 8-bit values are scaled by 1/255, 16-bit ones by 1/65535;
 3. resize to ``height`` x ``width`` with plain bilinear interpolation on half-pixel centres, no antialiasing
    (``F.interpolate(mode="bilinear", align_corners=False, antialias=False)``, ONNX ``Resize`` linear/half_pixel;
    source coordinates below 0 clamp to 0, indices past the edge clamp to the last pixel);
-4. normalise ``(x - mean) / std``; layout NCHW, float32.
+4. normalise ``(x - mean) / std`` per channel; layout NCHW, float32.
 """
 
 from __future__ import annotations
@@ -31,20 +32,41 @@ DEFAULT_MAX_PIXELS = 50_000_000  # larger images are refused as possible decompr
 SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
+COLORS = ("grayscale", "rgb")
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """The numbers of the preprocessing; serialised into the ONNX metadata."""
 
     height: int = 224
     width: int = 224
-    mean: float = FASHION_MNIST_MEAN
-    std: float = FASHION_MNIST_STD
+    mean: tuple[float, ...] = (FASHION_MNIST_MEAN,)  # one per channel
+    std: tuple[float, ...] = (FASHION_MNIST_STD,)
+    color: str = "grayscale"  # or "rgb"
+
+    def __post_init__(self) -> None:
+        if self.color not in COLORS:
+            raise DataError(f"unknown preprocessing colour {self.color!r} (valid: {', '.join(COLORS)})")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise DataError(f"{self.color} preprocessing needs {self.channels} means and stds")
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.color == "rgb" else 1
 
     def to_metadata(self) -> dict:
+        conversion = (
+            {
+                "grayscale": "0.299*R + 0.587*G + 0.114*B in float, no rounding; alpha composited over black",
+                "luma_weights": list(LUMA_WEIGHTS),
+            }
+            if self.color == "grayscale"
+            else {"rgb": "R, G, B in float; a gray image repeated to 3 channels; alpha composited over black"}
+        )
         return {
-            "color": "grayscale",
-            "grayscale": "0.299*R + 0.587*G + 0.114*B in float, no rounding; alpha composited over black",
-            "luma_weights": list(LUMA_WEIGHTS),
+            "color": self.color,
+            **conversion,
             "alpha": "composite_over_black",
             "scale": 1 / 255,
             "scale_16bit": 1 / 65535,
@@ -55,9 +77,9 @@ class PreprocessSpec:
                 "height": self.height,
                 "width": self.width,
             },
-            "order": ["grayscale", "scale", "resize", "normalize"],
-            "mean": [self.mean],
-            "std": [self.std],
+            "order": [self.color, "scale", "resize", "normalize"],
+            "mean": list(self.mean),
+            "std": list(self.std),
             "layout": "NCHW",
             "dtype": "float32",
         }
@@ -65,13 +87,25 @@ class PreprocessSpec:
     @classmethod
     def from_metadata(cls, values: dict) -> PreprocessSpec:
         try:
-            return cls(values["resize"]["height"], values["resize"]["width"], values["mean"][0], values["std"][0])
+            return cls(
+                values["resize"]["height"],
+                values["resize"]["width"],
+                tuple(values["mean"]),
+                tuple(values["std"]),
+                values.get("color", "grayscale"),
+            )
         except (KeyError, IndexError, TypeError) as error:
             raise DataError(f"the model's preprocessing metadata is incomplete: missing {error}") from None
 
 
 def decode_grayscale(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file (any format and mode Pillow reads) to a float32 HxW array in [0, 1]."""
+    return decode_image(source, "grayscale", max_pixels)
+
+
+def decode_image(source: str | Path | bytes, color: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file (any format and mode Pillow reads) to float32 in [0, 1]: HxW for ``grayscale``, 3xHxW
+    for ``rgb``."""
     name = "image bytes" if isinstance(source, bytes) else str(source)
     try:
         with _only_our_pixel_limit(), Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
@@ -82,7 +116,7 @@ def decode_grayscale(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_P
                 )
             image = ImageOps.exif_transpose(image)
             image.load()
-            return _to_grayscale(image)
+            return _to_grayscale(image) if color == "grayscale" else _to_rgb(image)
     except DataError:
         raise
     except FileNotFoundError:
@@ -121,6 +155,22 @@ def _to_grayscale(image: Image.Image) -> np.ndarray:
     return gray / 255.0
 
 
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    if image.mode in SIXTEEN_BIT_MODES or image.mode in ("L", "F"):
+        return np.repeat(_to_grayscale(image)[None], 3, axis=0)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    rgba = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32)
+    rgb = rgba[..., :3]
+    if has_alpha:
+        rgb = rgb * (rgba[..., 3:] / 255.0)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)) / 255.0
+
+
+def has_color(rgb: np.ndarray, tolerance: float = 1.5 / 255) -> bool:
+    """Whether a decoded 3xHxW image is coloured (its channels differ), not gray stored as RGB."""
+    return bool(np.abs(rgb[0] - rgb[1]).max() > tolerance or np.abs(rgb[1] - rgb[2]).max() > tolerance)
+
+
 def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
     """(out_size, in_size) weights of 1-D bilinear interpolation on half-pixel centres, no antialiasing."""
     source = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5, 0.0)
@@ -142,8 +192,10 @@ def resize_bilinear(images: np.ndarray, height: int, width: int) -> np.ndarray:
     return bilinear_matrix(in_height, height) @ images.astype(np.float32) @ bilinear_matrix(in_width, width).T
 
 
-def to_model_input(grays: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
-    """Grayscale [0, 1] arrays of any sizes -> one normalised (N, 1, H, W) float32 batch."""
-    resized = [resize_bilinear(gray, spec.height, spec.width) for gray in grays]
-    batch = np.stack(resized)[:, None, :, :]
-    return ((batch - np.float32(spec.mean)) / np.float32(spec.std)).astype(np.float32)
+def to_model_input(images: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
+    """Decoded [0, 1] arrays of any sizes (HxW gray, or CxHxW) -> one normalised (N, C, H, W) float32 batch."""
+    resized = [resize_bilinear(image, spec.height, spec.width) for image in images]
+    batch = np.stack([image if image.ndim == 3 else image[None] for image in resized])
+    mean = np.asarray(spec.mean, dtype=np.float32)[None, :, None, None]
+    std = np.asarray(spec.std, dtype=np.float32)[None, :, None, None]
+    return ((batch - mean) / std).astype(np.float32)

@@ -15,7 +15,7 @@ import numpy as np
 from vggdeploy.contract import is_calibrated, probabilities, temperature
 from vggdeploy.errors import DataError, UsageError
 from vggdeploy.graph import run_session
-from vggdeploy.preprocess import DEFAULT_MAX_PIXELS, PreprocessSpec, decode_grayscale, to_model_input
+from vggdeploy.preprocess import DEFAULT_MAX_PIXELS, PreprocessSpec, decode_image, to_model_input
 from vggdeploy.runtime import LoadedModel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".pgm", ".ppm"})
@@ -139,12 +139,12 @@ def classify(
         decoded: list[tuple[Path, np.ndarray]] = []
         for path in paths[start : start + batch_size]:
             try:
-                decoded.append((path, decode_grayscale(path, max_pixels)))
+                decoded.append((path, decode_image(path, spec.color, max_pixels)))
             except DataError as error:
                 result.failures.append(str(error))
         if not decoded:
             continue
-        logits, chances = _outputs(model, [gray for _, gray in decoded], spec, scale)
+        logits, chances = _outputs(model, [image for _, image in decoded], spec, scale)
         for row, ((path, _), probability) in enumerate(zip(decoded, chances, strict=True)):
             top = [Ranked(int(i), labels[i], float(probability[i])) for i in np.argsort(-probability)[:top_k]]
             row_logits = None if logits is None else logits[row].tolist()
@@ -153,12 +153,13 @@ def classify(
 
 
 def _outputs(
-    model: LoadedModel, grays: list[np.ndarray], spec: PreprocessSpec, scale: float
+    model: LoadedModel, images: list[np.ndarray], spec: PreprocessSpec, scale: float
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """(logits or None, probabilities at temperature ``scale``) of decoded images."""
     if model.takes_raw_images:  # the graph resizes, normalises and ends in softmax(logits / T); images one by one
         name = model.session.get_inputs()[0].name
-        as_uint8 = [np.clip(np.rint(gray * 255), 0, 255).astype(np.uint8)[None] for gray in grays]
-        return None, np.concatenate([model.session.run(None, {name: image})[0] for image in as_uint8])
-    logits = run_session(model.session, to_model_input(grays, spec))
+        as_uint8 = [np.clip(np.rint(image * 255), 0, 255).astype(np.uint8) for image in images]
+        channels_last = [image.transpose(1, 2, 0) if image.ndim == 3 else image for image in as_uint8]
+        return None, np.concatenate([model.session.run(None, {name: image[None]})[0] for image in channels_last])
+    logits = run_session(model.session, to_model_input(images, spec))
     return logits, probabilities(logits.astype(np.float64), scale)

@@ -16,7 +16,8 @@ import torch
 from vggdeploy.calibration import CalibrationFigures, ReliabilityBins, fit_temperature
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import probabilities
-from vggdeploy.data import load_split, to_input_tensor
+from vggdeploy.data import to_input_tensor
+from vggdeploy.datasets import Dataset
 from vggdeploy.errors import DataError
 from vggdeploy.model import predict_logits
 from vggdeploy.preprocess import PreprocessSpec
@@ -91,12 +92,12 @@ def _logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec) 
     )
 
 
-def held_out_slice(state: dict, data_dir) -> tuple[torch.Tensor, torch.Tensor] | None:
+def held_out_slice(state: dict, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(images, labels) of the training images the checkpoint says were held out, or None if it holds none."""
     split = state.get("calibration_split")
     if not split or len(split["indices"]) == 0:
         return None
-    images, labels = load_split("train", data_dir)
+    images, labels = dataset.train_images, dataset.train_labels
     if split["of_images"] > len(images) or int(split["indices"].max()) >= split["of_images"]:
         raise DataError(f"the checkpoint's calibration slice does not fit the {len(images)} training images found")
     indices = split["indices"].long()
@@ -104,18 +105,12 @@ def held_out_slice(state: dict, data_dir) -> tuple[torch.Tensor, torch.Tensor] |
 
 
 def calibrate(
-    model: torch.nn.Module,
-    state: dict,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
-    spec: PreprocessSpec,
-    config: ExportConfig,
-    data_dir=None,
+    model: torch.nn.Module, state: dict, dataset: Dataset, spec: PreprocessSpec, config: ExportConfig
 ) -> Calibration:
     """Fit T on the held-out slice (unless ``config.calibrate`` is off) and measure the test set before and after."""
     bins = config.calibration_bins
-    test_logits, labels = _logits(model, test_images, spec), test_labels.numpy()
-    held_out = held_out_slice(state, data_dir) if config.calibrate else None
+    test_logits, labels = _logits(model, dataset.test_images, spec), dataset.test_labels.numpy()
+    held_out = held_out_slice(state, dataset) if config.calibrate else None
     if held_out is None:
         why = (
             "--no-calibration"

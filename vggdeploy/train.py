@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,14 +28,8 @@ from tqdm import tqdm
 from vggdeploy.artifacts import RunFolder
 from vggdeploy.checkpoint import library_versions, load_checkpoint, save_checkpoint
 from vggdeploy.config import TrainConfig
-from vggdeploy.data import (
-    Augmentation,
-    data_checksums,
-    holdout_size,
-    iterate_batches,
-    load_split,
-    stratified_holdout,
-)
+from vggdeploy.data import Augmentation, holdout_size, iterate_batches, stratified_holdout
+from vggdeploy.datasets import Dataset, fashion_mnist, image_folder, report_notes
 from vggdeploy.errors import Interrupted, ResourceExhausted, TrainingDiverged, UsageError
 from vggdeploy.files import ensure_writable, folder_lock, remove_stale_temporaries
 from vggdeploy.hardware import gpu_peak_tflops, peak_fraction
@@ -219,33 +213,65 @@ class TrainingData:
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    provenance: dict  # "data_checksums" and "calibration_split" (the held-out indices), saved in every checkpoint
+    spec: PreprocessSpec  # the dataset's colour and normalisation at the model's size
+    name: str  # of the dataset, for reports
+    # "data_checksums", "dataset" (how to find the images again) and "calibration_split" (the held-out indices),
+    # saved in every checkpoint
+    provenance: dict
 
 
-def calibration_split(config: TrainConfig, labels: torch.Tensor) -> dict:
+def calibration_split(config: TrainConfig, labels: torch.Tensor, source: str) -> dict:
     """The training images held out for export's temperature fit: stratified, seeded by ``config.seed``, recorded
     by index into the training split as loaded (after ``train_limit``)."""
     count = holdout_size(config.calibration_holdout, len(labels))
     return {
-        "source": "Fashion-MNIST train split",
+        "source": f"{source} train split",
         "of_images": len(labels),
         "seed": config.seed,
         "indices": stratified_holdout(labels, count, config.seed),
     }
 
 
-def _load_data(config: TrainConfig, data_dir, device: torch.device) -> TrainingData:
-    train_images, train_labels = load_split("train", data_dir)
-    test_images, test_labels = load_split("test", data_dir)
-    train_images, train_labels = train_images[: config.train_limit], train_labels[: config.train_limit]
-    test_images, test_labels = test_images[: config.test_limit], test_labels[: config.test_limit]
-    split = calibration_split(config, train_labels)
+def load_dataset(config: TrainConfig, data_dir, progress: bool = True) -> Dataset:
+    """Fashion-MNIST, or the folder of ``config.data`` decoded at the model's size (its notes go to stderr)."""
+    if config.data is None:
+        return fashion_mnist(data_dir)
+    dataset = image_folder(
+        config.data,
+        config.model.image_size,
+        config.color,
+        config.test_fraction,
+        config.seed,
+        config.strict,
+        progress,
+    )
+    report_notes(dataset)
+    return dataset
+
+
+def _load_data(config: TrainConfig, dataset: Dataset, device: torch.device) -> TrainingData:
+    train_images, train_labels = dataset.train_images[: config.train_limit], dataset.train_labels[: config.train_limit]
+    test_images, test_labels = dataset.test_images[: config.test_limit], dataset.test_labels[: config.test_limit]
+    split = calibration_split(config, train_labels, dataset.name)
     kept = torch.ones(len(train_labels), dtype=torch.bool)
     kept[split["indices"]] = False
+    provenance = {
+        "data_checksums": dataset.description.get("data_checksums"),
+        "dataset": dataset.description,
+        "calibration_split": split,
+    }
     return TrainingData(
         *(t.to(device) for t in (train_images[kept], train_labels[kept], test_images, test_labels)),
-        {"data_checksums": data_checksums(data_dir), "calibration_split": split},
+        dataset.spec(config.model.image_size),
+        dataset.name,
+        provenance,
     )
+
+
+def fitted_to(config: TrainConfig, dataset: Dataset) -> TrainConfig:
+    """The config with the model's input channels and classes set by the dataset."""
+    model = replace(config.model, in_channels=dataset.channels, num_classes=len(dataset.class_names))
+    return replace(config, model=model)
 
 
 def saved_config(out_dir: str | Path) -> TrainConfig:
@@ -358,7 +384,7 @@ class _Run:
 
     @property
     def spec(self) -> PreprocessSpec:
-        return PreprocessSpec(self.config.model.image_size, self.config.model.image_size)
+        return self.data.spec
 
     def save_position(self, step: int, sums: RunningSums) -> None:
         """last.pt at a step boundary inside an epoch: enough to resume exactly where training stopped."""
@@ -382,7 +408,9 @@ def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, s
         ensure_writable(RunFolder(out_dir).checkpoints)
         remove_stale_temporaries(RunFolder(out_dir).checkpoints)
     state = _resume_state(out_dir, config) if resume else None
-    data = _load_data(config, data_dir, device)
+    dataset = load_dataset(config, data_dir, progress and distributed.is_main)
+    config = fitted_to(config, dataset)
+    data = _load_data(config, dataset, device)
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(device)
     optimizer = _optimizer(model, config)
@@ -457,14 +485,14 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
         len(run.history) - start_epoch,
         stop.elapsed(),
         rate,
-        _peak_fraction(device, rate, summarize(config.model).gflops),
+        _peak_fraction(device, rate, summarize(run.config.model).gflops),
         run.history,
         stopped,
         len(run.data.provenance["calibration_split"]["indices"]),
     )
     if distributed.is_main:
         with keeping_what_was_saved(out_dir):
-            _write_reports(out_dir, config, result, device)
+            _write_reports(out_dir, run.config, result, device, run.data.name)
     return result
 
 
@@ -622,9 +650,9 @@ def _save_epoch(out_dir: Path, model, optimizer, config: TrainConfig, history: l
     write_jsonl(folder.metrics, history)
 
 
-def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, device: torch.device) -> None:
+def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, device: torch.device, data: str) -> None:
     folder = RunFolder(out_dir)
-    plot_training_curves(folder.curves, result.history, f"{config.model.name} on Fashion-MNIST")
+    plot_training_curves(folder.curves, result.history, f"{config.model.name} on {data}")
     write_json(
         folder.summary,
         {

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper
 
 from vggdeploy.artifacts import sibling
@@ -28,7 +29,7 @@ from vggdeploy.contract import (
     proto_metadata,
     temperature,
 )
-from vggdeploy.data import load_split, to_input_tensor
+from vggdeploy.data import to_input_tensor
 from vggdeploy.errors import CheckFailed
 from vggdeploy.graph import GraphStats, attach_metadata, check_proto, io_section, run_session, save_onnx
 from vggdeploy.hardware import median_ms
@@ -43,11 +44,11 @@ class VariantInputs:
 
     fp32: onnx.ModelProto
     fp32_session: object
-    inputs: np.ndarray  # preprocessed test images (float32, N x 1 x H x W)
-    raw_images: np.ndarray  # the same test images as uint8 (N x H x W), for the in-graph preprocessing
+    inputs: np.ndarray  # preprocessed test images (float32, N x C x H x W)
+    raw_images: np.ndarray  # the same test images as uint8 (N x H x W, or N x H x W x 3), for in-graph preprocessing
     labels: np.ndarray
     config: ExportConfig
-    data_dir: object
+    training_images: torch.Tensor  # uint8, the dataset's training split: int8 calibration draws from it
 
 
 @dataclass(frozen=True)
@@ -210,9 +211,10 @@ def to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
 def _calibration_inputs(given: VariantInputs) -> np.ndarray:
     """Training images (never test images) preprocessed as at test time: the int8 calibration set."""
     count = given.config.int8_calibration_images
-    images, _ = load_split("train", given.data_dir)
+    images = given.training_images
     step = max(1, len(images) // count)
-    return to_input_tensor(images[::step][:count], PreprocessSpec(*given.inputs.shape[-2:])).numpy()
+    spec = PreprocessSpec.from_metadata(_fp32_metadata(given)["preprocessing"])
+    return to_input_tensor(images[::step][:count], spec).numpy()
 
 
 def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
@@ -248,13 +250,14 @@ def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
 
 
 def with_preprocessing(fp32: onnx.ModelProto, spec: PreprocessSpec, temperature: float = 1.0) -> onnx.ModelProto:
-    """Prepend uint8 (batch, height, width) -> resize -> normalise, append softmax(logits / temperature): a service
-    only decodes, and reads calibrated probabilities."""
+    """Prepend uint8 (batch, height, width) gray or (batch, height, width, 3) RGB -> resize -> normalise, append
+    softmax(logits / temperature): a service only decodes, and reads calibrated probabilities."""
     opset = next(o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx"))
+    per_channel = [] if spec.channels == 1 else [1, spec.channels, 1, 1]
     constants = [
         helper.make_tensor("pre_scale", TensorProto.FLOAT, [], [255.0]),
-        helper.make_tensor("pre_mean", TensorProto.FLOAT, [], [spec.mean]),
-        helper.make_tensor("pre_std", TensorProto.FLOAT, [], [spec.std]),
+        helper.make_tensor("pre_mean", TensorProto.FLOAT, per_channel, list(spec.mean)),
+        helper.make_tensor("pre_std", TensorProto.FLOAT, per_channel, list(spec.std)),
         helper.make_tensor("pre_axes", TensorProto.INT64, [1], [1]),
         helper.make_tensor("pre_hw", TensorProto.INT64, [2], [spec.height, spec.width]),
         helper.make_tensor("post_temperature", TensorProto.FLOAT, [], [temperature]),
@@ -282,7 +285,9 @@ def with_preprocessing(fp32: onnx.ModelProto, spec: PreprocessSpec, temperature:
     nodes = [
         helper.make_node("Cast", [RAW_INPUT_NAME], ["pre_float"], to=TensorProto.FLOAT),
         helper.make_node("Div", ["pre_float", "pre_scale"], ["pre_unit"]),
-        helper.make_node("Unsqueeze", ["pre_unit", "pre_axes"], ["pre_nchw"]),
+        helper.make_node("Unsqueeze", ["pre_unit", "pre_axes"], ["pre_nchw"])
+        if spec.channels == 1
+        else helper.make_node("Transpose", ["pre_unit"], ["pre_nchw"], perm=[0, 3, 1, 2]),
         *resize,
         helper.make_node("Sub", ["pre_resized", "pre_mean"], ["pre_centred"]),
         helper.make_node("Div", ["pre_centred", "pre_std"], [INPUT_NAME]),
@@ -290,9 +295,8 @@ def with_preprocessing(fp32: onnx.ModelProto, spec: PreprocessSpec, temperature:
     graph = onnx.GraphProto()
     graph.CopyFrom(fp32.graph)
     del graph.input[:]
-    graph.input.append(
-        helper.make_tensor_value_info(RAW_INPUT_NAME, TensorProto.UINT8, [BATCH_AXIS, "height", "width"])
-    )
+    raw_shape = [BATCH_AXIS, "height", "width"] + ([] if spec.channels == 1 else [spec.channels])
+    graph.input.append(helper.make_tensor_value_info(RAW_INPUT_NAME, TensorProto.UINT8, raw_shape))
     graph.initializer.extend(constants)
     original_nodes = list(graph.node)
     del graph.node[:]

@@ -1,0 +1,276 @@
+"""Training, exporting and running on a folder of the user's own images (made here, never downloaded)."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from golden_check import golden_problems
+from PIL import Image
+
+from vggdeploy import folders
+from vggdeploy.datasets import image_folder
+from vggdeploy.errors import DataError, UsageError
+from vggdeploy.onnx_file import read_metadata
+
+ROOT = Path(__file__).parent.parent
+_spec = importlib.util.spec_from_file_location("make_image_folder", ROOT / "scripts" / "make_image_folder.py")
+make_image_folder = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_image_folder)
+
+TINY = ("--preset", "quick", "--width-ratio", "16", "--hidden", "32", "--image-size", "32", "--epochs", "2")
+TINY += ("--batch-size", "32")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(folders.CACHE_DIR_ENV, str(tmp_path / "cache"))
+
+
+def cli(*args, cache: Path):
+    env = {**os.environ, folders.CACHE_DIR_ENV: str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def rgb_set(tmp_path_factory, data_dir):
+    """10 classes of coloured Fashion-MNIST items, 24 training and 6 test images each, PNG and JPEG, 28-40 px."""
+    out = tmp_path_factory.mktemp("rgb-set")
+    make_image_folder.make_image_folder(out, 24, 6, "split", seed=0, sizes=(28, 40), data_dir=data_dir)
+    return out
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def test_split_layout_colour_inference_and_statistics(rgb_set):
+    dataset = image_folder(rgb_set, 32, progress=False)
+    assert dataset.color == "rgb" and dataset.channels == 3 and len(dataset.class_names) == 10
+    assert dataset.class_names[0] == "Ankle_boot"  # folder names, sorted, are the labels
+    assert dataset.train_images.shape == (240, 3, 32, 32) and dataset.train_images.dtype == torch.uint8
+    assert dataset.test_images.shape == (60, 3, 32, 32)
+    assert torch.bincount(dataset.test_labels).tolist() == [6] * 10
+    values = dataset.train_images.double() / 255
+    assert dataset.mean == pytest.approx(values.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    assert dataset.std == pytest.approx(values.std(dim=(0, 2, 3), correction=0).tolist(), abs=1e-6)
+    assert dataset.description["layout"] == "train/test" and len(dataset.description["test_files"]) == 60
+
+
+def test_decoding_follows_the_one_preprocessing(rgb_set):
+    """A stored image is the float preprocessing of its file (decode, resize), rounded to uint8."""
+    from vggdeploy.preprocess import decode_image, resize_bilinear
+
+    dataset = image_folder(rgb_set, 32, progress=False)
+    for position in (0, 7):
+        file = rgb_set / dataset.description["test_files"][position]
+        expected = resize_bilinear(decode_image(file, "rgb"), 32, 32) * 255
+        assert np.abs(dataset.test_images[position].numpy() - expected).max() <= 0.5 + 1e-4
+
+
+def test_val_and_single_layouts_and_a_reproducible_split(rgb_set, tmp_path):
+    val = _copy(rgb_set, tmp_path / "val-set")
+    (val / "test").rename(val / "val")
+    assert image_folder(val, 32, progress=False).description["layout"] == "train/val"
+
+    single = tmp_path / "single"
+    shutil.copytree(rgb_set / "train", single)
+    first = folders.scan_folder(single, test_fraction=0.25, seed=0)
+    again = folders.scan_folder(single, test_fraction=0.25, seed=0)
+    other = folders.scan_folder(single, test_fraction=0.25, seed=1)
+    assert first.layout == "single" and len(first.test) == 60 and len(first.train) == 180
+    assert first.test == again.test and first.test != other.test
+    assert sorted(label for _, label in first.test) == sorted(list(range(10)) * 6)  # stratified: 6 per class
+    assert not {p for p, _ in first.test} & {p for p, _ in first.train}
+
+
+def test_grayscale_sets_are_found_gray_and_color_can_be_forced(rgb_set, tmp_path):
+    gray = tmp_path / "gray"
+    for path in rgb_set.rglob("*.*"):
+        target = gray / path.relative_to(rgb_set).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image = Image.open(path).convert("L")
+        (image if path.suffix == ".png" else Image.merge("RGB", [image] * 3)).save(target)  # gray stored as RGB too
+    found = image_folder(gray, 32, progress=False)
+    assert found.color == "grayscale" and found.train_images.shape == (240, 32, 32) and len(found.mean) == 1
+    assert image_folder(gray, 32, color="rgb", progress=False).train_images.shape == (240, 3, 32, 32)
+    assert image_folder(rgb_set, 32, color="grayscale", progress=False).channels == 1
+    (gray / "train" / "Bag" / "colour.png").parent.mkdir(exist_ok=True)
+    Image.new("RGB", (30, 30), (200, 20, 20)).save(gray / "train" / "Bag" / "colour.png")
+    assert image_folder(gray, 32, progress=False).color == "rgb"  # one coloured training image is enough
+
+
+def _bad_sets(root: Path, rgb_set: Path) -> dict:
+    """name -> (folder, the message it must give)."""
+    cases = {"missing": (root / "nothing-here", "no such folder")}
+    empty = root / "empty"
+    empty.mkdir()
+    cases["empty"] = (empty, "no class folders")
+    one = root / "one-class" / "Bag"
+    one.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(one / "a.png")
+    cases["one-class"] = (one.parent, "1 class folder; a classifier needs at least 2")
+    no_images = _copy(rgb_set, root / "no-images")
+    shutil.rmtree(no_images / "train" / "Bag")
+    (no_images / "train" / "Bag").mkdir()
+    cases["class-without-images"] = (no_images, "class 'Bag' has no images in the train split")
+    missing_test = _copy(rgb_set, root / "missing-test")
+    shutil.rmtree(missing_test / "test" / "Coat")
+    cases["class-missing-from-test"] = (missing_test, "class 'Coat' is missing from the test split")
+    text_only = root / "text-only"
+    for name in ("a", "b"):
+        (text_only / name).mkdir(parents=True)
+        (text_only / name / "notes.txt").write_text("not an image")
+    cases["only-non-images"] = (text_only, "no image files in its class folders")
+    lonely = root / "lonely"
+    for name, count in (("a", 3), ("b", 1)):
+        (lonely / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(lonely / name / f"{i}.png")
+    cases["one-image-class"] = (lonely, "class 'b' has 1 image; it needs 2 or more")
+    return cases
+
+
+def test_every_bad_dataset_gets_one_clear_line(rgb_set, tmp_path):
+    for name, (folder, message) in _bad_sets(tmp_path, rgb_set).items():
+        with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            image_folder(folder, 32, progress=False)
+        result = cli("train", "--data", str(folder), *TINY, "--out", str(tmp_path / "out" / name), cache=tmp_path)
+        assert result.returncode == 3, (name, result.stderr)
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ") and message in result.stderr, name
+        assert "Traceback" not in result.stderr
+
+
+def test_unreadable_files_are_skipped_and_named_or_fatal_with_strict(rgb_set, tmp_path):
+    broken = _copy(rgb_set, tmp_path / "broken")
+    (broken / "train" / "Bag" / "zz-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (broken / "train" / "Coat" / "zz-empty.jpg").write_bytes(b"")
+    dataset = image_folder(broken, 32, progress=False)
+    assert len(dataset.train_images) == 240
+    assert any("skipped 2 unreadable image files" in note and "zz-corrupt.png" in note for note in dataset.notes)
+    assert len(dataset.description["skipped"]) == 2
+    with pytest.raises(DataError, match="--strict: 2 unreadable image files"):
+        image_folder(broken, 32, strict=True, progress=False)
+
+
+def test_symlink_loops_end_and_train_test_duplicates_are_reported(rgb_set, tmp_path):
+    looped = _copy(rgb_set, tmp_path / "looped")
+    (looped / "train" / "Bag" / "again").symlink_to(looped / "train" / "Bag", target_is_directory=True)
+    shutil.copy(looped / "train" / "Coat" / sorted(os.listdir(looped / "train" / "Coat"))[0], looped / "test" / "Coat")
+    dataset = image_folder(looped, 32, progress=False)
+    assert len(dataset.train_images) == 240  # every file once, however many ways the loop reaches it
+    assert any("1 test images are byte-identical to training images" in note for note in dataset.notes)
+
+
+def test_the_cache_answers_the_second_run_and_a_changed_file_invalidates_it(rgb_set, tmp_path):
+    copy = _copy(rgb_set, tmp_path / "cached")
+    samples = folders.scan_folder(copy).train
+    started = time.perf_counter()
+    first, cached = folders.decode_split(copy, samples, 32, "train", progress=False)
+    decode_seconds = time.perf_counter() - started
+    assert not cached
+    started = time.perf_counter()
+    second, cached = folders.decode_split(copy, samples, 32, "train", progress=False)
+    assert cached and torch.equal(first.images, second.images) and first.files == second.files
+    assert time.perf_counter() - started < decode_seconds
+    changed = Path(samples[5][0])
+    Image.new("RGB", (30, 30), (0, 255, 0)).save(changed, format="PNG" if changed.suffix == ".png" else "JPEG")
+    third, cached = folders.decode_split(copy, samples, 32, "train", progress=False)
+    assert not cached and not torch.equal(third.images[5], first.images[5])
+    assert len(list(folders.cache_folder().glob("*.pt"))) == 1  # the stale decoding was replaced
+
+
+def test_a_set_over_the_memory_budget_is_refused_before_decoding():
+    with pytest.raises(UsageError, match=r"100,000 images at 224 px RGB take 15.05 GB .* pass a smaller --image-size"):
+        folders.check_memory(100_000, 224, budget=2 * 10**9)
+    folders.check_memory(100_000, 64, budget=2 * 10**9)  # the documented budget: 100k images at 64 px in 2 GB
+
+
+@pytest.fixture(scope="module")
+def rgb_export(rgb_set, tmp_path_factory):
+    """A tiny model trained on the RGB set and exported with every variant."""
+    out = tmp_path_factory.mktemp("rgb-run")
+    cache = out / "cache"
+    trained = cli(
+        "train", "--data", str(rgb_set), *TINY, "--lr", "0.05", "--out", str(out / "run"), "--json", cache=cache
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "10 classes, 240 training and 60 test images (train/test layout), rgb" in trained.stderr
+    exported = cli(
+        "export",
+        "--checkpoint",
+        json.loads(trained.stdout)["best_checkpoint"],
+        "--fp16",
+        "--int8",
+        "--with-preprocessing",
+        "--int8-max-drop",
+        "100",
+        "--fp16-max-drop",
+        "100",
+        cache=cache,
+    )
+    assert exported.returncode == 0, exported.stderr
+    return out / "run" / "onnx", cache
+
+
+def test_the_rgb_model_carries_its_classes_colour_and_normalisation(rgb_export, rgb_set):
+    onnx_folder, _ = rgb_export
+    metadata = read_metadata(onnx_folder / "model.onnx")
+    assert metadata["labels"] == sorted(p.name for p in (rgb_set / "train").iterdir())
+    assert metadata["preprocessing"]["color"] == "rgb" and len(metadata["preprocessing"]["mean"]) == 3
+    assert metadata["io"]["input"]["shape"] == ["batch", 3, 32, 32] and metadata["model"]["in_channels"] == 3
+    raw = read_metadata(onnx_folder / "model.preprocess.onnx")["io"]["input"]
+    assert raw["shape"] == ["batch", "height", "width", 3] and raw["dtype"] == "uint8"
+    golden = json.loads((onnx_folder / "golden" / "golden.json").read_text())
+    assert sorted(entry["label"] for entry in golden["images"]) == list(range(10))  # one test image per class
+    assert Image.open(onnx_folder / "golden" / golden["images"][0]["file"]).mode == "RGB"
+
+
+def test_run_and_the_preprocessing_variant_give_the_golden_answers_on_rgb(rgb_export):
+    onnx_folder, cache = rgb_export
+    golden = json.loads((onnx_folder / "golden" / "golden.json").read_text())
+    for model in ("model.onnx", "model.preprocess.onnx"):
+        answer = cli(
+            "run",
+            str(onnx_folder / "golden"),
+            "--model",
+            str(onnx_folder / model),
+            "--json",
+            "--top-k",
+            "10",
+            cache=cache,
+        )
+        assert answer.returncode == 0, answer.stderr
+        by_file = {Path(p["file"]).name: p for p in json.loads(answer.stdout)["predictions"]}
+        for entry in golden["images"]:
+            assert golden_problems(by_file[entry["file"]], entry, golden) == [], (model, entry["file"])
+
+
+def test_check_runs_on_the_users_test_split(rgb_export):
+    onnx_folder, cache = rgb_export
+    result = cli(
+        "check",
+        "--model",
+        str(onnx_folder / "model.onnx"),
+        "--int8-max-drop",
+        "100",
+        "--fp16-max-drop",
+        "100",
+        "--max-ece-increase",
+        "100",
+        cache=cache,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((onnx_folder / "reports" / "check.json").read_text())
+    fp32 = report["results"][0]
+    assert fp32["images"] == 60 and fp32["top1_agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
