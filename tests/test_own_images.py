@@ -274,3 +274,40 @@ def test_check_runs_on_the_users_test_split(rgb_export):
     report = json.loads((onnx_folder / "reports" / "check.json").read_text())
     fp32 = report["results"][0]
     assert fp32["images"] == 60 and fp32["top1_agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
+
+
+def _consumer(example: str, script: str, onnx_folder: Path) -> subprocess.CompletedProcess:
+    folder = ROOT / "examples" / example
+    if shutil.which("node") is None or not (folder / "node_modules").is_dir():
+        pytest.fail(f"examples/{example} is not installed: run ./scripts/setup.sh")
+    env = {**os.environ, "MODEL_PATH": str(onnx_folder / "model.onnx"), "GOLDEN_DIR": str(onnx_folder / "golden")}
+    return subprocess.run(["node", "--test", script], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_node_service_and_the_web_page_answer_the_rgb_golden_images(rgb_export):
+    """Their own golden tests (labels, logits, calibrated probabilities) on the RGB model, unchanged."""
+    onnx_folder, _ = rgb_export
+    node = _consumer("node", "test/service.test.js", onnx_folder)
+    assert node.returncode == 0 and "# pass 5" in node.stdout, node.stdout[-3000:]
+    if not Path("/usr/bin/chromium").is_file():
+        pytest.fail("Debian's chromium is missing: run ./scripts/setup.sh")
+    web = _consumer("web", "test/page.test.js", onnx_folder)
+    assert web.returncode == 0 and "# pass 3" in web.stdout and "# fail 0" in web.stdout, web.stdout[-3000:]
+
+
+def test_the_cpp_program_answers_the_rgb_golden_images(rgb_export):
+    onnx_folder, _ = rgb_export
+    program = ROOT / "examples" / "cpp" / "build" / "classify"
+    if not program.is_file():
+        pytest.fail("examples/cpp is not built: run ./scripts/setup.sh")
+    golden = json.loads((onnx_folder / "golden" / "golden.json").read_text())
+    files = [str(onnx_folder / "golden" / entry["file"]) for entry in golden["images"]]
+    run = subprocess.run(
+        [str(program), str(onnx_folder / "model.onnx"), *files, "--json", "--top-k", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    for entry, line in zip(golden["images"], run.stdout.splitlines(), strict=True):
+        assert golden_problems(json.loads(line), entry, golden) == [], entry["file"]

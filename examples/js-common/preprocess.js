@@ -1,29 +1,37 @@
 // The vggdeploy preprocessing in plain JavaScript, shared by the Node service and the browser page.
-// It follows the model's "preprocessing" metadata exactly: grayscale in float (luma weights, alpha over black)
-// -> scale to [0, 1] -> bilinear resize on half-pixel centres, no antialiasing -> (x - mean) / std, NCHW float32.
+// It follows the model's "preprocessing" metadata exactly: grayscale (luma weights) or R, G, B in float, alpha over
+// black -> scale to [0, 1] -> bilinear resize on half-pixel centres, no antialiasing -> (x - mean) / std per channel,
+// NCHW float32.
 
 /**
- * Decoded pixels -> grayscale Float32Array in [0, 1], exactly as vggdeploy/preprocess.py (Pillow) reads them.
- * `rgba` holds 4 samples a pixel. PNG decoders also pass `depth` and `colorType` (from the IHDR chunk):
- *  - 16-bit gray (colorType 0): sample / 65535, full precision;
+ * Decoded pixels -> the model's channels (1 gray, or 3 RGB planes) as one Float32Array in [0, 1], exactly as
+ * vggdeploy/preprocess.py (Pillow) reads them. `rgba` holds 4 samples a pixel. PNG decoders also pass `depth` and
+ * `colorType` (from the IHDR chunk):
+ *  - 16-bit gray (colorType 0): sample / 65535, full precision (repeated to 3 planes for an RGB model);
  *  - gray of 1-8 bits: sample / 255; a tRNS colour key is ignored, as Pillow's "L" mode ignores it;
- *  - anything else: 16-bit samples keep their high byte (as Pillow's 8-bit modes do), luma in float,
- *    alpha composited over black, / 255.
+ *  - anything else: 16-bit samples keep their high byte (as Pillow's 8-bit modes do), luma in float (grayscale
+ *    models) or R, G, B (RGB models), alpha composited over black, / 255.
  */
-export function toGrayscale({ width, height, rgba, depth = 8, colorType }, spec) {
-  const [wr, wg, wb] = spec.lumaWeights;
-  const gray = new Float32Array(width * height);
+export function toChannels({ width, height, rgba, depth = 8, colorType }, spec) {
+  const area = width * height;
+  const planes = new Float32Array(area * spec.channels);
   const shift = depth === 16 ? 8 : 0;
-  for (let i = 0; i < gray.length; i += 1) {
+  for (let i = 0; i < area; i += 1) {
     const p = 4 * i;
     if (colorType === 0) {
-      gray[i] = depth === 16 ? rgba[p] / 65535 : rgba[p] / 255;
+      const value = depth === 16 ? rgba[p] / 65535 : rgba[p] / 255;
+      for (let c = 0; c < spec.channels; c += 1) planes[c * area + i] = value;
+      continue;
+    }
+    const [r, g, b, a] = [rgba[p] >> shift, rgba[p + 1] >> shift, rgba[p + 2] >> shift, rgba[p + 3] >> shift];
+    if (spec.channels === 1) {
+      const [wr, wg, wb] = spec.lumaWeights;
+      planes[i] = ((wr * r + wg * g + wb * b) * (a / 255)) / 255;
     } else {
-      const [r, g, b, a] = [rgba[p] >> shift, rgba[p + 1] >> shift, rgba[p + 2] >> shift, rgba[p + 3] >> shift];
-      gray[i] = ((wr * r + wg * g + wb * b) * (a / 255)) / 255;
+      [r, g, b].forEach((value, c) => { planes[c * area + i] = (value * (a / 255)) / 255; });
     }
   }
-  return gray;
+  return planes;
 }
 
 // 1-D bilinear taps on half-pixel centres: source = (o + 0.5) * in / out - 0.5, clamped at 0 and the last pixel.
@@ -40,22 +48,27 @@ function taps(inSize, outSize) {
   return { lower, upper, fraction };
 }
 
-/** Resize and normalise a grayscale image into the (1, 1, H, W) model input. */
-export function toModelInput(gray, width, height, spec) {
+/** Resize and normalise decoded planes (from toChannels) into the (1, C, H, W) model input. */
+export function toModelInput(planes, width, height, spec) {
   const rows = taps(height, spec.height);
   const cols = taps(width, spec.width);
-  const out = new Float32Array(spec.height * spec.width);
-  for (let y = 0; y < spec.height; y += 1) {
-    const top = rows.lower[y] * width;
-    const bottom = rows.upper[y] * width;
-    const fy = rows.fraction[y];
-    for (let x = 0; x < spec.width; x += 1) {
-      const fx = cols.fraction[x];
-      const l = cols.lower[x];
-      const r = cols.upper[x];
-      const upperRow = gray[top + l] * (1 - fx) + gray[top + r] * fx;
-      const lowerRow = gray[bottom + l] * (1 - fx) + gray[bottom + r] * fx;
-      out[y * spec.width + x] = (upperRow * (1 - fy) + lowerRow * fy - spec.mean) / spec.std;
+  const inArea = width * height;
+  const outArea = spec.height * spec.width;
+  const out = new Float32Array(outArea * spec.channels);
+  for (let c = 0; c < spec.channels; c += 1) {
+    const plane = planes.subarray(c * inArea, (c + 1) * inArea);
+    for (let y = 0; y < spec.height; y += 1) {
+      const top = rows.lower[y] * width;
+      const bottom = rows.upper[y] * width;
+      const fy = rows.fraction[y];
+      for (let x = 0; x < spec.width; x += 1) {
+        const fx = cols.fraction[x];
+        const l = cols.lower[x];
+        const r = cols.upper[x];
+        const upperRow = plane[top + l] * (1 - fx) + plane[top + r] * fx;
+        const lowerRow = plane[bottom + l] * (1 - fx) + plane[bottom + r] * fx;
+        out[c * outArea + y * spec.width + x] = (upperRow * (1 - fy) + lowerRow * fy - spec.mean[c]) / spec.std[c];
+      }
     }
   }
   return out;
@@ -64,14 +77,18 @@ export function toModelInput(gray, width, height, spec) {
 /** The preprocessing numbers from the model's metadata (nothing is hard-coded here). */
 export function specFromMetadata(preprocessing) {
   const { resize } = preprocessing;
-  if (preprocessing.color !== 'grayscale' || resize.method !== 'bilinear' || resize.coordinate_transformation !== 'half_pixel' || resize.antialias || preprocessing.alpha !== 'composite_over_black' || preprocessing.luma_weights?.length !== 3) {
+  const channels = { grayscale: 1, rgb: 3 }[preprocessing.color];
+  if (!channels || resize.method !== 'bilinear' || resize.coordinate_transformation !== 'half_pixel' || resize.antialias
+    || preprocessing.alpha !== 'composite_over_black' || (channels === 1 && preprocessing.luma_weights?.length !== 3)
+    || preprocessing.mean?.length !== channels || preprocessing.std?.length !== channels) {
     throw new Error(`unsupported preprocessing ${JSON.stringify(preprocessing)}`);
   }
   return {
     height: resize.height,
     width: resize.width,
-    mean: preprocessing.mean[0],
-    std: preprocessing.std[0],
+    channels,
+    mean: preprocessing.mean,
+    std: preprocessing.std,
     lumaWeights: preprocessing.luma_weights,
   };
 }

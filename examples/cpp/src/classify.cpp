@@ -24,13 +24,14 @@ namespace {
 struct Preprocessing {
   int height = 0;
   int width = 0;
-  float mean = 0.0f;
-  float std = 1.0f;
+  int channels = 1;  // 1: "grayscale" (luma), 3: "rgb"
+  std::vector<float> mean, std;  // one per channel
   std::array<float, 3> luma{};
 
   static Preprocessing FromMetadata(const json& p) {
     const json& resize = p.at("resize");
-    if (p.at("color") != "grayscale" || resize.at("method") != "bilinear" ||
+    const bool known_color = p.at("color") == "grayscale" || p.at("color") == "rgb";
+    if (!known_color || resize.at("method") != "bilinear" ||
         resize.at("coordinate_transformation") != "half_pixel" || resize.at("antialias").get<bool>() ||
         p.at("alpha") != "composite_over_black") {
       throw std::runtime_error("unsupported preprocessing: " + p.dump());
@@ -38,9 +39,15 @@ struct Preprocessing {
     Preprocessing spec;
     spec.height = resize.at("height");
     spec.width = resize.at("width");
-    spec.mean = p.at("mean").at(0);
-    spec.std = p.at("std").at(0);
-    for (int i = 0; i < 3; ++i) spec.luma[i] = p.at("luma_weights").at(i);
+    spec.channels = p.at("color") == "rgb" ? 3 : 1;
+    spec.mean = p.at("mean").get<std::vector<float>>();
+    spec.std = p.at("std").get<std::vector<float>>();
+    if (static_cast<int>(spec.mean.size()) != spec.channels || static_cast<int>(spec.std.size()) != spec.channels) {
+      throw std::runtime_error("the preprocessing metadata needs one mean and std per channel");
+    }
+    if (spec.channels == 1) {
+      for (int i = 0; i < 3; ++i) spec.luma[i] = p.at("luma_weights").at(i);
+    }
     return spec;
   }
 };
@@ -48,14 +55,15 @@ struct Preprocessing {
 struct Image {
   int width = 0;
   int height = 0;
-  std::vector<float> gray;  // [0, 1]
+  std::vector<float> planes;  // channels x height x width, [0, 1]
 };
 
-// Decodes any PNG to grayscale in [0, 1] exactly as vggdeploy/preprocess.py (Pillow) reads it:
-//  - 16-bit gray: value / 65535, full precision;
+// Decodes any PNG to the model's channels in [0, 1] exactly as vggdeploy/preprocess.py (Pillow) reads it:
+//  - 16-bit gray: value / 65535, full precision (repeated to 3 channels for an RGB model);
 //  - gray of 1-8 bits: value / 255 after expansion to 8 bits (a tRNS colour key is ignored, as Pillow's "L" does);
 //  - everything else (gray+alpha, RGB, RGBA, palette, tRNS keys): 16-bit samples keep their high byte, as Pillow's
-//    8-bit modes do, then luma in float, alpha composited over black, / 255.
+//    8-bit modes do, then luma in float (grayscale models) or R, G, B (RGB models), alpha composited over black,
+//    / 255.
 // libpng's simplified API is not used: it treats 16-bit data as linear light and re-encodes it to sRGB.
 Image LoadPng(const std::string& path, const Preprocessing& spec) {
   std::FILE* file = std::fopen(path.c_str(), "rb");
@@ -104,16 +112,20 @@ Image LoadPng(const std::string& path, const Preprocessing& spec) {
   png_destroy_read_struct(&png, &info, nullptr);
   std::fclose(file);
 
-  image.gray.resize(static_cast<size_t>(image.width) * image.height);
-  for (size_t i = 0; i < image.gray.size(); ++i) {
-    if (gray && depth == 16) {
-      image.gray[i] = static_cast<float>((pixels[2 * i] << 8) | pixels[2 * i + 1]) / 65535.0f;
-    } else if (gray) {
-      image.gray[i] = pixels[i] / 255.0f;
-    } else {
+  const size_t area = static_cast<size_t>(image.width) * image.height;
+  image.planes.resize(area * spec.channels);
+  for (size_t i = 0; i < area; ++i) {
+    if (gray) {
+      const float value = depth == 16 ? static_cast<float>((pixels[2 * i] << 8) | pixels[2 * i + 1]) / 65535.0f
+                                      : pixels[i] / 255.0f;
+      for (int c = 0; c < spec.channels; ++c) image.planes[c * area + i] = value;
+    } else if (spec.channels == 1) {
       const png_byte* p = &pixels[4 * i];
       const float luma = spec.luma[0] * p[0] + spec.luma[1] * p[1] + spec.luma[2] * p[2];
-      image.gray[i] = luma * (p[3] / 255.0f) / 255.0f;
+      image.planes[i] = luma * (p[3] / 255.0f) / 255.0f;
+    } else {
+      const png_byte* p = &pixels[4 * i];
+      for (int c = 0; c < 3; ++c) image.planes[c * area + i] = p[c] * (p[3] / 255.0f) / 255.0f;
     }
   }
   return image;
@@ -139,16 +151,22 @@ Taps BilinearTaps(int in_size, int out_size) {
 std::vector<float> ToModelInput(const Image& image, const Preprocessing& spec) {
   const Taps rows = BilinearTaps(image.height, spec.height);
   const Taps cols = BilinearTaps(image.width, spec.width);
-  std::vector<float> input(static_cast<size_t>(spec.height) * spec.width);
-  for (int y = 0; y < spec.height; ++y) {
-    const float* top = &image.gray[static_cast<size_t>(rows.lower[y]) * image.width];
-    const float* bottom = &image.gray[static_cast<size_t>(rows.upper[y]) * image.width];
-    const float fy = rows.fraction[y];
-    for (int x = 0; x < spec.width; ++x) {
-      const float fx = cols.fraction[x];
-      const float upper = top[cols.lower[x]] * (1 - fx) + top[cols.upper[x]] * fx;
-      const float lower = bottom[cols.lower[x]] * (1 - fx) + bottom[cols.upper[x]] * fx;
-      input[static_cast<size_t>(y) * spec.width + x] = (upper * (1 - fy) + lower * fy - spec.mean) / spec.std;
+  const size_t in_area = static_cast<size_t>(image.width) * image.height;
+  const size_t out_area = static_cast<size_t>(spec.height) * spec.width;
+  std::vector<float> input(out_area * spec.channels);
+  for (int c = 0; c < spec.channels; ++c) {
+    const float* plane = &image.planes[c * in_area];
+    for (int y = 0; y < spec.height; ++y) {
+      const float* top = &plane[static_cast<size_t>(rows.lower[y]) * image.width];
+      const float* bottom = &plane[static_cast<size_t>(rows.upper[y]) * image.width];
+      const float fy = rows.fraction[y];
+      for (int x = 0; x < spec.width; ++x) {
+        const float fx = cols.fraction[x];
+        const float upper = top[cols.lower[x]] * (1 - fx) + top[cols.upper[x]] * fx;
+        const float lower = bottom[cols.lower[x]] * (1 - fx) + bottom[cols.upper[x]] * fx;
+        input[c * out_area + static_cast<size_t>(y) * spec.width + x] =
+            (upper * (1 - fy) + lower * fy - spec.mean[c]) / spec.std[c];
+      }
     }
   }
   return input;
@@ -227,7 +245,7 @@ int main(int argc, char** argv) {
         ++failures;
         continue;
       }
-      const std::array<int64_t, 4> shape{1, 1, spec.height, spec.width};
+      const std::array<int64_t, 4> shape{1, spec.channels, spec.height, spec.width};
       Ort::Value tensor = Ort::Value::CreateTensor<float>(memory, input.data(), input.size(), shape.data(), shape.size());
       const char* input_names[] = {input_name.c_str()};
       const char* output_names[] = {output_name.c_str()};

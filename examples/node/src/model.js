@@ -40,7 +40,7 @@ export async function loadModel(path) {
 /** Logits for one preprocessed image. */
 export async function infer(model, input) {
   const { io } = model.metadata;
-  const tensor = new ort.Tensor('float32', input, [1, 1, model.spec.height, model.spec.width]);
+  const tensor = new ort.Tensor('float32', input, [1, model.spec.channels, model.spec.height, model.spec.width]);
   const result = await model.session.run({ [io.input.name]: tensor });
   return Array.from(result[io.output.name].data);
 }

@@ -1,7 +1,7 @@
 // Image bytes -> model input in Node: PNG/JPEG decoding here, the preprocessing itself in js-common.
 import sharp from 'sharp';
 import { PNG } from 'pngjs';
-import { toGrayscale, toModelInput } from '../../js-common/preprocess.js';
+import { toChannels, toModelInput } from '../../js-common/preprocess.js';
 
 export { specFromMetadata } from '../../js-common/preprocess.js';
 
@@ -12,7 +12,7 @@ const JPEG_SIGNATURE = Buffer.from([0xff, 0xd8, 0xff]);
 
 /**
  * Decode PNG or JPEG bytes to { width, height, rgba, depth, colorType }; throws ImageError on anything else.
- * PNG through pngjs, its 16-bit samples kept whole (toGrayscale reads them as Pillow does); JPEG through sharp
+ * PNG through pngjs, its 16-bit samples kept whole (toChannels reads them as Pillow does); JPEG through sharp
  * (libvips with mozjpeg), turned upright by its EXIF orientation; CMYK JPEG is refused.
  */
 export async function decode(bytes, maxPixels) {
@@ -52,5 +52,5 @@ export async function decode(bytes, maxPixels) {
 /** Image bytes -> Float32Array input of one image. */
 export async function preprocess(bytes, spec, maxPixels) {
   const image = await decode(bytes, maxPixels);
-  return toModelInput(toGrayscale(image, spec), image.width, image.height, spec);
+  return toModelInput(toChannels(image, spec), image.width, image.height, spec);
 }

@@ -1,7 +1,7 @@
 // Classifies a dropped image with the exported .onnx via onnxruntime-web (wasm files served from the package).
 // Labels and preprocessing come from the model's metadata_props, read with protobufjs and a partial ONNX schema.
 import * as ort from '/ort/ort.wasm.min.mjs';
-import { calibrationOf, specFromMetadata, toGrayscale, toModelInput, topK } from '/common/preprocess.js';
+import { calibrationOf, specFromMetadata, toChannels, toModelInput, topK } from '/common/preprocess.js';
 
 const TOP_K = 5;
 const $ = (id) => document.getElementById(id);
@@ -95,9 +95,9 @@ function show(result, image, metadata) {
 
 async function classify(model, file) {
   const image = await decodeImage(file);
-  const input = toModelInput(toGrayscale(image, model.spec), image.width, image.height, model.spec);
+  const input = toModelInput(toChannels(image, model.spec), image.width, image.height, model.spec);
   const { io, labels } = model.metadata;
-  const feeds = { [io.input.name]: new ort.Tensor('float32', input, [1, 1, model.spec.height, model.spec.width]) };
+  const feeds = { [io.input.name]: new ort.Tensor('float32', input, [1, model.spec.channels, model.spec.height, model.spec.width]) };
   const logits = Array.from((await model.session.run(feeds))[io.output.name].data);
   const { temperature, calibrated } = calibrationOf(model.metadata);
   const result = { file: file.name, logits, top: topK(logits, labels, TOP_K, temperature), calibrated, temperature };
@@ -111,7 +111,7 @@ try {
   const { metadata, info } = model;
   $('status').textContent = `Model ${metadata.model.name} (${info.file}, ${(info.bytes / 1e6).toFixed(2)} MB, `
     + `test accuracy ${(100 * metadata.training.test_accuracy).toFixed(2)} %), onnxruntime-web wasm, `
-    + `${ort.env.wasm.numThreads} thread(s). Input ${metadata.preprocessing.resize.height}x${metadata.preprocessing.resize.width} grayscale. `
+    + `${ort.env.wasm.numThreads} thread(s). Input ${metadata.preprocessing.resize.height}x${metadata.preprocessing.resize.width} ${metadata.preprocessing.color}. `
     + (calibrationOf(metadata).calibrated
       ? `Probabilities calibrated: softmax(logits / ${calibrationOf(metadata).temperature.toFixed(4)}).`
       : 'Probabilities uncalibrated: plain softmax.');
