@@ -217,6 +217,8 @@ def rgb_export(rgb_set, tmp_path_factory):
         "100",
         "--fp16-max-drop",
         "100",
+        "--triton-repo",
+        str(out / "triton"),
         cache=cache,
     )
     assert exported.returncode == 0, exported.stderr
@@ -234,6 +236,33 @@ def test_the_rgb_model_carries_its_classes_colour_and_normalisation(rgb_export, 
     golden = json.loads((onnx_folder / "golden" / "golden.json").read_text())
     assert sorted(entry["label"] for entry in golden["images"]) == list(range(10))  # one test image per class
     assert Image.open(onnx_folder / "golden" / golden["images"][0]["file"]).mode == "RGB"
+
+
+def test_the_holdout_triton_and_info_follow_the_folder(rgb_export):
+    from vggdeploy.checkpoint import load_checkpoint
+
+    onnx_folder, cache = rgb_export
+    state = load_checkpoint(onnx_folder.parent / "checkpoints" / "best.pt")
+    split = state["calibration_split"]
+    assert split["of_images"] == 240 and len(split["indices"]) == 24  # a tenth of the folder's training split
+    assert state["dataset"]["kind"] == "folder" and len(state["dataset"]["test_files"]) == 60
+    config = next((onnx_folder.parent.parent / "triton").glob("*/config.pbtxt")).read_text()
+    assert "dims: [ 3, 32, 32 ]" in config
+    assert "input  images: float32 batchx3x32x32" in cli("info", str(onnx_folder / "model.onnx"), cache=cache).stdout
+
+
+def test_mixed_modes_and_sizes_decode_into_one_rgb_set(rgb_set, tmp_path):
+    """Palette, 16-bit, CMYK, gray and RGBA files of any size sit beside the RGB ones."""
+    mixed = _copy(rgb_set, tmp_path / "mixed")
+    source = Image.open(next((mixed / "train" / "Bag").glob("*.png"))).convert("RGB")
+    folder = mixed / "train" / "Bag"
+    source.convert("P", palette=Image.ADAPTIVE).save(folder / "m-palette.png")
+    Image.fromarray(np.asarray(source.convert("L"), dtype=np.uint16) * 257).save(folder / "m-sixteen.png")
+    source.convert("CMYK").save(folder / "m-cmyk.jpg")
+    source.convert("L").resize((90, 17)).save(folder / "m-gray-wide.png")
+    source.convert("RGBA").resize((5, 5)).save(folder / "m-rgba-tiny.png")
+    dataset = image_folder(mixed, 32, progress=False)
+    assert len(dataset.train_images) == 245 and dataset.color == "rgb" and not dataset.description["skipped"]
 
 
 def test_run_and_the_preprocessing_variant_give_the_golden_answers_on_rgb(rgb_export):
