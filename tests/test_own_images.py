@@ -340,3 +340,12 @@ def test_the_cpp_program_answers_the_rgb_golden_images(rgb_export):
     assert run.returncode == 0, run.stderr
     for entry, line in zip(golden["images"], run.stdout.splitlines(), strict=True):
         assert golden_problems(json.loads(line), entry, golden) == [], entry["file"]
+
+
+def test_resume_finds_the_folder_again(rgb_export, tmp_path):
+    """--resume takes --data and its split from the checkpoint; a larger --epochs trains on."""
+    onnx_folder, cache = rgb_export
+    run = shutil.copytree(onnx_folder.parent, tmp_path / "run", ignore=shutil.ignore_patterns("onnx"))
+    resumed = cli("train", "--out", str(run), "--resume", "--epochs", "3", "--quiet", "--json", cache=cache)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["epochs_run"] == 1 and "decoded images from the cache" in resumed.stderr
