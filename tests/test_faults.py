@@ -241,8 +241,8 @@ def test_a_run_killed_between_the_two_renames_gets_its_previous_export_back(tmp_
 
 def test_two_trainings_into_one_folder_the_second_stops_at_once_naming_the_first(tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "vggdeploy", *TRAIN, "--epochs", "2", "--out", str(out)],
+    first = subprocess.Popen(  # 20,000 images: long enough that the second starts (imports torch) while it runs
+        [sys.executable, "-m", "vggdeploy", *TRAIN, "--train-limit", "20000", "--epochs", "2", "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
