@@ -89,6 +89,7 @@ def image_folder(
         missing = sorted(set(range(len(scan.classes))) - set(decoded.labels.tolist()))
         if missing:
             raise DataError(f"{root}: class {scan.classes[missing[0]]!r} has no readable image in the {split} split")
+    train, test = _shuffled(train, seed), _shuffled(test, seed)
     chosen = color if color != "auto" else ("rgb" if bool(train.colored.any()) else "grayscale")
     convert = (lambda images: images) if chosen == "rgb" else folders.to_grayscale_uint8
     train_images, test_images = convert(train.images), convert(test.images)
@@ -133,6 +134,20 @@ def image_folder(
         test.labels,
         description,
         notes,
+    )
+
+
+def _shuffled(split: folders.DecodedSplit, seed: int) -> folders.DecodedSplit:
+    """The split in a seeded random order instead of class by class, so that its first N images (``--images``, the
+    export's parity and variant checks, ``--train-limit``) hold every class."""
+    order = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(seed))
+    return folders.DecodedSplit(
+        split.images[order],
+        split.labels[order],
+        split.colored[order],
+        [split.files[i] for i in order],
+        [split.digests[i] for i in order],
+        split.failures,
     )
 
 
