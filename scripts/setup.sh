@@ -14,7 +14,7 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing pinned dependencies (torch, onnxruntime-gpu, onnxsim, ...; a few minutes the first time)"
   log=.venv/install.log
-  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[train,test]"; } > "$log" 2>&1; then
+  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[train,test,openvino]"; } > "$log" 2>&1; then
     tail -30 "$log" >&2; echo "setup: pip install failed (full log: $log)" >&2; exit 1
   fi
   .venv/bin/python -c "import vggdeploy, torch, onnxruntime, onnxsim" || { echo "setup: install failed" >&2; exit 1; }

@@ -411,7 +411,7 @@ def _say_provider(model, requested: str) -> None:
     default=None,
     help="An exported .onnx [default: the latest under artifacts/].",
 )
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu", "openvino"]), default="auto", show_default=True)
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option(
@@ -454,7 +454,12 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
     default=None,
     help="The torch reference [default: <model folder>/../checkpoints/best.pt].",
 )
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default=CheckConfig.provider, show_default=True)
+@click.option(
+    "--provider",
+    type=click.Choice(["auto", "cuda", "cpu", "openvino"]),
+    default=CheckConfig.provider,
+    show_default=True,
+)
 @click.option("--images", type=int, default=None, help="Use the first N test images [default: all 10,000].")
 @click.option(
     "--atol", type=float, default=CheckConfig.fp32_atol, show_default=True, help="fp32: max |logit difference|."

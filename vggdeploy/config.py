@@ -152,7 +152,7 @@ class ExportConfig:
 class CheckConfig:
     """What `vggdeploy check` compares and how strictly (accuracy drops in percentage points, as on the CLI)."""
 
-    provider: str = "auto"  # auto | cuda | cpu
+    provider: str = "auto"  # auto | cuda | cpu | openvino
     images: int | None = None  # the first N test images; None = all 10,000
     fp32_atol: float = 1e-3  # max |logit difference| of the fp32 model
     fp32_min_agreement: float = 0.999  # lowest top-1 agreement with torch, fp32

@@ -19,13 +19,15 @@ from vggdeploy.errors import DataError, ProviderUnavailable, UsageError
 from vggdeploy.onnx_file import read_metadata
 
 CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessionOptionsDisableCPUEPFallback
+PROVIDERS = ("auto", "cuda", "cpu", "openvino")
+OPENVINO_INSTALL = "pip install 'vggdeploy[openvino]'"  # onnxruntime-ep-openvino, with its own OpenVINO runtime
 
 
 @dataclass(frozen=True)
 class ProviderSettings:
     """Execution-provider settings that matter for VGG (CUDA EP options follow ONNX Runtime's names)."""
 
-    provider: str = "auto"  # auto | cuda | cpu
+    provider: str = "auto"  # auto | cuda | cpu | openvino
     use_tf32: bool = False  # off: strict fp32 parity; on: TF32 tensor cores for fp32 convolutions
     prefer_nhwc: bool = False  # CUDA EP: NHWC convolution kernels (fast with fp16 tensor cores)
     enable_cuda_graph: bool = False  # CUDA EP: replay one captured graph (needs fixed shapes and IO binding)
@@ -124,16 +126,52 @@ def _cpu_nodes_message(placements: list[Placement]) -> str:
     )
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor and model as /proc/cpuinfo names them (the OpenVINO plugin offers Intel CPUs only)."""
+    with suppress(OSError):
+        info = Path("/proc/cpuinfo").read_text()
+        vendor = re.search(r"^vendor_id\s*:\s*(.+)$", info, re.M)
+        model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+        return " ".join(m.group(1).strip() for m in (vendor, model) if m)
+    return "unknown CPU"
+
+
+def openvino_devices() -> list:
+    """The OpenVINO plugin registered with ONNX Runtime (once per process), and the CPU devices it offers."""
+    import onnxruntime as ort
+
+    try:
+        import onnxruntime_ep_openvino as plugin
+    except ImportError:
+        raise ProviderUnavailable(
+            f"OpenVINO was asked for, but its plugin is not installed: {OPENVINO_INSTALL}"
+        ) from None
+    name = plugin.get_ep_name()
+    if not any(device.ep_name == name for device in ort.get_ep_devices()):
+        with suppress(Exception):  # already registered under this name: get_ep_devices says what it offers
+            ort.register_execution_provider_library(name, plugin.get_library_path())
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == name and d.device.type == ort.OrtHardwareDeviceType.CPU]
+    if not devices:
+        raise ProviderUnavailable(
+            f"OpenVINO was asked for, but its plugin offers no device on this CPU ({cpu_vendor()}): it runs on Intel "
+            "CPUs (--provider cpu runs ONNX Runtime's own CPU provider)"
+        )
+    return devices
+
+
 def create_session(model: str | Path | bytes, options: ProviderSettings = ProviderSettings()):
     """An InferenceSession on the requested provider.
 
-    ``cuda`` is strict: the CUDA EP failing to start, or any node left to the CPU EP, is an error that says why
-    (ONNX Runtime itself only warns). ``auto`` takes CUDA where a GPU answers and lets ONNX Runtime place the rest.
+    ``cuda`` and ``openvino`` are strict: the provider failing to start, or any node left to the CPU EP, is an error
+    that says why (ONNX Runtime itself only warns). ``auto`` takes CUDA where a GPU answers and lets ONNX Runtime
+    place the rest.
     """
     import onnxruntime as ort
 
-    if options.provider not in ("auto", "cuda", "cpu"):
-        raise UsageError(f"provider must be auto, cuda or cpu, got {options.provider!r}")
+    if options.provider not in PROVIDERS:
+        raise UsageError(f"provider must be one of {', '.join(PROVIDERS)}, got {options.provider!r}")
+    if options.provider == "openvino":
+        return _openvino_session(model, options)
     strict = options.provider == "cuda"
     if strict and not cuda_driver_present():
         raise ProviderUnavailable("CUDA was asked for, but no NVIDIA driver with a GPU was found (libcuda.so.1)")
@@ -179,8 +217,32 @@ def create_session(model: str | Path | bytes, options: ProviderSettings = Provid
     return session
 
 
+def _openvino_session(model: str | Path | bytes, options: ProviderSettings):
+    """Strict OpenVINO: its CPU device through the plugin API, no CPU EP fallback for any node."""
+    import onnxruntime as ort
+
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = 3
+    session_options.intra_op_num_threads = options.intra_op_threads
+    session_options.add_provider_for_devices(openvino_devices()[:1], {k: str(v) for k, v in options.extra.items()})
+    session_options.add_session_config_entry(CPU_FALLBACK_KEY, "1")
+    source = str(model) if isinstance(model, Path) else model
+    try:
+        with captured_native_stderr():
+            return ort.InferenceSession(source, sess_options=session_options)
+    except Exception as error:
+        if "fallback to CPU EP has been explicitly disabled" in str(error):
+            raise ProviderUnavailable(
+                "OpenVINO was asked for, but ONNX Runtime would leave nodes of this model to its CPU provider "
+                "(--provider cpu runs them all there)"
+            ) from None
+        name = "model bytes" if isinstance(model, bytes) else str(model)
+        raise DataError(f"{name}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:200]})") from None
+
+
 def session_provider(session) -> str:
-    return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    first = session.get_providers()[0]
+    return {"CUDAExecutionProvider": "cuda", "OpenVINOExecutionProvider": "openvino"}.get(first, "cpu")
 
 
 @dataclass
