@@ -75,3 +75,21 @@ def test_fp32_and_int8_parity_through_openvino(openvino_ready, tiny_export, tiny
     )
     assert report.provider == "openvino" and report, report.format()
     assert {r.name for r in report.results} >= {"fp32", "int8"}
+
+
+def test_bench_runs_the_openvino_engines_or_skips_them_with_the_reason(tiny_export, tiny_checkpoint, tmp_path):
+    from vggdeploy.bench import OPENVINO_ENGINES, run_bench
+    from vggdeploy.config import BenchConfig
+
+    devices, reason = _devices_or_reason()
+    report = run_bench(
+        tiny_export[0].model_path, tiny_checkpoint, BenchConfig(None, batch_sizes=(1,), seconds=0.01), tmp_path
+    )
+    for engine in OPENVINO_ENGINES:
+        if devices:
+            assert any(m.engine == engine for m in report.measurements)
+        else:
+            assert report.skipped[engine] == reason
+    if not devices:  # asked for by name, an engine that cannot run is an error before anything is measured
+        with pytest.raises(ProviderUnavailable, match="engine ort-openvino-fp32 cannot run: OpenVINO"):
+            run_bench(tiny_export[0].model_path, tiny_checkpoint, BenchConfig(("ort-openvino-fp32",)), tmp_path)

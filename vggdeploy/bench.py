@@ -30,9 +30,10 @@ from vggdeploy.model import summarize
 from vggdeploy.onnx_file import read_metadata, require_model_file
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import markdown_table, plot_bench, write_json, write_text
-from vggdeploy.runtime import ProviderSettings, create_session, cuda_driver_present
+from vggdeploy.runtime import ProviderSettings, create_session, cuda_driver_present, openvino_devices
 
 CPU_ENGINES = ("torch-cpu-fp32", "ort-cpu-fp32", "ort-cpu-int8")
+OPENVINO_ENGINES = ("ort-openvino-fp32", "ort-openvino-int8")  # the openvino extra, on Intel CPUs
 GPU_ENGINES = (
     "torch-cuda-fp32",
     "torch-cuda-tf32",
@@ -42,7 +43,7 @@ GPU_ENGINES = (
     "ort-cuda-fp16-nhwc-graph",
 )
 COMPILE_ENGINE = "torch-cuda-fp16-compile"
-KNOWN_ENGINES = (*CPU_ENGINES, *GPU_ENGINES, COMPILE_ENGINE)
+KNOWN_ENGINES = (*CPU_ENGINES, *OPENVINO_ENGINES, *GPU_ENGINES, COMPILE_ENGINE)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Engine:
 
     name: str
     framework: str  # torch | ort
-    device: str  # cpu | cuda
+    device: str  # cpu | cuda | openvino (ONNX Runtime's OpenVINO provider on the CPU)
     precision: str  # fp32 | tf32 | fp16 | int8
     channels_last: bool = False  # torch "-cl"; ONNX Runtime "-nhwc" (the CUDA EP's prefer_nhwc)
     cuda_graph: bool = False  # ONNX Runtime "-graph": replay a captured CUDA graph
@@ -71,6 +72,10 @@ class Engine:
             cuda_graph="graph" in options,
             compiled="compile" in options,
         )
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device in ("cpu", "openvino")
 
     @property
     def peak_precision(self) -> str:
@@ -159,6 +164,11 @@ def why_engine_cannot_run(engine: Engine, model_path: Path) -> str | None:
     """The reason an engine cannot run here (no GPU, variant not exported), or None."""
     if engine.device == "cuda" and not (torch.cuda.is_available() and cuda_driver_present()):
         return "no CUDA GPU"
+    if engine.device == "openvino":
+        try:
+            openvino_devices()
+        except ProviderUnavailable as error:
+            return str(error)
     path = engine_model(model_path, engine)
     if engine.framework == "ort" and not path.is_file():
         return f"{path.name} not found beside the model (export with --{engine.precision})"
@@ -185,7 +195,7 @@ class BoundOrtRun:
     def __init__(self, session, engine: Engine, inputs: np.ndarray, batch: int) -> None:
         import onnxruntime as ort
 
-        device = engine.device
+        device = "cuda" if engine.device == "cuda" else "cpu"  # OpenVINO reads and writes host memory
         self.session = session
         value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(inputs[:batch]), device, 0)
         output = session.get_outputs()[0]
@@ -214,7 +224,7 @@ def device_name() -> str:
 def _peak_fraction(
     engine: Engine, images_per_second: float, gflops: float, cpu_peak_gflops: float | None
 ) -> float | None:
-    if engine.device == "cpu":  # int8 has no fp32 peak to compare with
+    if engine.on_cpu:  # int8 has no fp32 peak to compare with
         return None if engine.precision == "int8" else peak_fraction(images_per_second, gflops, cpu_peak_gflops)
     peak = gpu_peak_tflops(torch.cuda.get_device_name(0), engine.peak_precision) if torch.cuda.is_available() else None
     return peak_fraction(images_per_second, gflops, peak and peak * 1e3)
@@ -223,7 +233,7 @@ def _peak_fraction(
 def default_engines(compile_torch: bool = False) -> tuple[str, ...]:
     if torch.cuda.is_available() and cuda_driver_present():
         return (*GPU_ENGINES, *((COMPILE_ENGINE,) if compile_torch else ()), "ort-cpu-fp32")
-    return CPU_ENGINES
+    return (*CPU_ENGINES, *OPENVINO_ENGINES)
 
 
 def run_bench(
@@ -261,7 +271,7 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
     if len(inputs) < max(batch_sizes):
         inputs = np.resize(inputs, (max(batch_sizes), *inputs.shape[1:]))
     args = model_args_from_metadata(metadata)
-    cpu_peak = cpu_fp32_gflops() if any(e.device == "cpu" and e.precision != "int8" for e in chosen) else None
+    cpu_peak = cpu_fp32_gflops() if any(e.on_cpu and e.precision != "int8" for e in chosen) else None
     report = BenchReport(
         str(model_path), device_name(), deployment_versions(), summarize(args).gflops, [], [], unavailable, cpu_peak
     )
