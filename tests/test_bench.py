@@ -31,6 +31,21 @@ def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint
         and "matrix product measured here" in report.format()
     )
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    table = {row["engine"]: row for row in report.cpu_table()}  # the one CPU table: engines as rows
+    assert list(table) == list(CPU_ENGINES) and report.cpu_threads == torch.get_num_threads()
+    single = {m.engine: m for m in report.measurements if m.batch == 1}
+    for engine, row in table.items():
+        assert row["batch-1 p50 ms"] == single[engine].p50_ms and row["img/s @8"] is None  # batch 8 was not run
+        assert row["MB"] > 0 and row["cold start s"] > 0
+    assert table["ort-cpu-int8"]["accuracy change pp"] == pytest.approx(
+        result.variants["int8"].parity.accuracy_change * 100
+    )
+    best = min(("ort-cpu-fp32", "ort-cpu-int8"), key=lambda e: single[e].p50_ms)
+    speedup = single["torch-cpu-fp32"].p50_ms / single[best].p50_ms
+    assert report.best_cpu_engine() == (
+        f"best deployable CPU engine at batch 1: {best} ({single[best].p50_ms:.3g} ms p50, {speedup:.2f}x torch eager fp32)"
+    )
+    assert f"CPU engines ({report.cpu_threads} threads each)" in report.format()
 
 
 def _lone_model(result, tmp_path):

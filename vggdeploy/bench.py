@@ -10,7 +10,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,46 @@ class BenchReport:
     cold_starts: list[ColdStart]
     skipped: dict[str, str]  # engine -> why it did not run (default engine sets only; asked-for engines must run)
     cpu_peak_gflops: float | None = None  # measured fp32 matrix-product rate: the CPU engines' "peak"
+    cpu_threads: int = 0  # the same for torch, ONNX Runtime's CPU provider and OpenVINO in one run
+    engine_files: dict[str, dict] = field(default_factory=dict)  # engine -> {"mb", "accuracy_change_pp"}
+
+    def cpu_table(self) -> list[dict]:
+        """One row per CPU engine: batch-1 latency, throughput at 8/32/256, peak fraction, cold start, size, accuracy."""
+        rows = []
+        cold = {c.engine: c.create_seconds + c.first_run_seconds for c in self.cold_starts}
+        for engine in dict.fromkeys(m.engine for m in self.measurements):
+            if not Engine.parse(engine).on_cpu:
+                continue
+            by_batch = {m.batch: m for m in self.measurements if m.engine == engine}
+            single = by_batch.get(1)
+            fractions = [m.peak_fraction for m in by_batch.values() if m.peak_fraction is not None]
+            rows.append(
+                {
+                    "engine": engine,
+                    "batch-1 p50 ms": single and single.p50_ms,
+                    "batch-1 p99 ms": single and single.p99_ms,
+                    **{f"img/s @{b}": by_batch[b].images_per_second if b in by_batch else None for b in (8, 32, 256)},
+                    "fp32 peak": max(fractions) if fractions else None,
+                    "cold start s": cold.get(engine),
+                    "MB": self.engine_files.get(engine, {}).get("mb"),
+                    "accuracy change pp": self.engine_files.get(engine, {}).get("accuracy_change_pp"),
+                }
+            )
+        return rows
+
+    def best_cpu_engine(self) -> str | None:
+        """The fastest deployable (ONNX Runtime) CPU engine at batch 1, with its speed-up over torch eager fp32."""
+        single = {m.engine: m.p50_ms for m in self.measurements if m.batch == 1 and Engine.parse(m.engine).on_cpu}
+        deployable = {e: ms for e, ms in single.items() if e.startswith("ort-")}
+        if not deployable:
+            return None
+        best = min(deployable, key=deployable.get)
+        speedup = (
+            f", {single['torch-cpu-fp32'] / deployable[best]:.2f}x torch eager fp32"
+            if "torch-cpu-fp32" in single
+            else ""
+        )
+        return f"best deployable CPU engine at batch 1: {best} ({deployable[best]:.3g} ms p50{speedup})"
 
     def format(self) -> str:
         columns = ["engine", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_second", "peak_fraction"]
@@ -126,6 +166,10 @@ class BenchReport:
         text += "\ncold start:\n" + markdown_table(
             [asdict(c) for c in self.cold_starts], ["engine", "create_seconds", "first_run_seconds"]
         )
+        table = self.cpu_table()
+        if table:
+            text += f"\nCPU engines ({self.cpu_threads} threads each):\n" + markdown_table(table, list(table[0]))
+            text += f"{self.best_cpu_engine()}\n"
         text += "".join(f"\nskipped {engine}: {why}" for engine, why in self.skipped.items())
         return text
 
@@ -177,7 +221,10 @@ def why_engine_cannot_run(engine: Engine, model_path: Path) -> str | None:
 
 def engine_session(model_path: Path, engine: Engine):
     options = ProviderSettings(
-        provider=engine.device, prefer_nhwc=engine.channels_last, enable_cuda_graph=engine.cuda_graph
+        provider=engine.device,
+        prefer_nhwc=engine.channels_last,
+        enable_cuda_graph=engine.cuda_graph,
+        intra_op_threads=torch.get_num_threads() if engine.on_cpu else 0,  # as many threads as torch uses
     )
     return create_session(engine_model(model_path, engine), options)
 
@@ -273,7 +320,16 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
     args = model_args_from_metadata(metadata)
     cpu_peak = cpu_fp32_gflops() if any(e.on_cpu and e.precision != "int8" for e in chosen) else None
     report = BenchReport(
-        str(model_path), device_name(), deployment_versions(), summarize(args).gflops, [], [], unavailable, cpu_peak
+        str(model_path),
+        device_name(),
+        deployment_versions(),
+        summarize(args).gflops,
+        [],
+        [],
+        unavailable,
+        cpu_peak,
+        torch.get_num_threads(),
+        {engine.name: _engine_file(model_path, checkpoint, engine) for engine in chosen},
     )
     for engine in chosen:
         start = time.perf_counter()
@@ -305,6 +361,15 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
             )
     _write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
     return report
+
+
+def _engine_file(model_path: Path, checkpoint: Path, engine: Engine) -> dict:
+    """The size of what an engine loads, and the accuracy change its file showed at export (torch is the reference)."""
+    if engine.framework == "torch":
+        return {"mb": checkpoint.stat().st_size / 1e6, "accuracy_change_pp": None}
+    path = engine_model(model_path, engine)
+    change = read_metadata(path)["parity"].get("accuracy_change")
+    return {"mb": path.stat().st_size / 1e6, "accuracy_change_pp": None if change is None else change * 100}
 
 
 def _write_reports(folder: Path, report: BenchReport) -> None:
