@@ -1,5 +1,6 @@
 """--provider openvino: the OpenVINO plugin for ONNX Runtime, registered by the session factory, strict like CUDA."""
 
+import json
 import subprocess
 import sys
 
@@ -7,12 +8,23 @@ import onnxruntime as ort
 import pytest
 
 from vggdeploy.config import CheckConfig
-from vggdeploy.errors import ProviderUnavailable
-from vggdeploy.runtime import OPENVINO_INSTALL, ProviderSettings, create_session, openvino_devices, session_provider
-
-plugin = pytest.importorskip(
-    "onnxruntime_ep_openvino", reason=f"the openvino extra is not installed: {OPENVINO_INSTALL}"
+from vggdeploy.errors import ProviderUnavailable, UsageError
+from vggdeploy.runtime import (
+    OPENVINO_INSTALL,
+    ProviderSettings,
+    create_session,
+    openvino_devices,
+    openvino_hint,
+    openvino_options,
+    session_provider,
 )
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    return pytest.importorskip(
+        "onnxruntime_ep_openvino", reason=f"the openvino extra is not installed: {OPENVINO_INSTALL}"
+    )
 
 
 def _devices_or_reason() -> tuple[list, str | None]:
@@ -22,7 +34,45 @@ def _devices_or_reason() -> tuple[list, str | None]:
         return [], str(error)
 
 
-def test_the_plugin_registers_once_and_says_what_it_offers():
+def test_the_hint_follows_the_batch_size_unless_set():
+    assert [openvino_hint("auto", batch) for batch in (1, 2, 256)] == ["LATENCY", "THROUGHPUT", "THROUGHPUT"]
+    assert openvino_hint("latency", 256) == "LATENCY" and openvino_hint("throughput", 1) == "THROUGHPUT"
+
+
+def test_threads_and_hint_reach_the_plugin_through_load_config():
+    options = openvino_options(ProviderSettings("openvino", intra_op_threads=2, batch_size=64))
+    assert json.loads(options["load_config"]) == {
+        "CPU": {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": "2"}
+    }
+    # no thread count asked for: OpenVINO's own default, not a forced number
+    single = json.loads(openvino_options(ProviderSettings("openvino", performance_hint="latency"))["load_config"])
+    assert single == {"CPU": {"PERFORMANCE_HINT": "LATENCY"}}
+
+
+def test_a_hint_without_openvino_is_a_usage_error(tiny_export):
+    with pytest.raises(UsageError, match="applies to --provider openvino only"):
+        ProviderSettings("cpu", performance_hint="latency")
+    with pytest.raises(UsageError, match="performance hint must be one of auto, latency, throughput"):
+        ProviderSettings("openvino", performance_hint="fast")
+    model, golden = str(tiny_export[0].model_path), str(tiny_export[1] / "onnx" / "golden")
+    for command in (["run", golden, "--model", model], ["check", "--model", model]):
+        args = [sys.executable, "-m", "vggdeploy", *command, "--provider", "cpu", "--performance-hint", "throughput"]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == "error: a performance hint applies to --provider openvino only"
+
+
+def test_bench_engines_name_their_hint():
+    from vggdeploy.bench import Engine, describe_settings
+
+    assert Engine.parse("ort-openvino-int8-latency").performance_hint == "latency"
+    assert Engine.parse("ort-openvino-int8").performance_hint == "auto"
+    described = describe_settings(Engine.parse("ort-openvino-fp32"), [1, 8, 256])
+    assert described.endswith("OpenVINO hint LATENCY at batch 1, THROUGHPUT at batch 8/256")
+    assert describe_settings(Engine.parse("ort-openvino-fp32-latency"), [1, 8]).endswith("LATENCY at batch 1/8")
+
+
+def test_the_plugin_registers_once_and_says_what_it_offers(plugin):
     devices, reason = _devices_or_reason()
     # registered: ONNX Runtime knows the library under the plugin's name (unregistering an unknown name fails)
     ort.unregister_execution_provider_library(plugin.get_ep_name())
@@ -33,13 +83,13 @@ def test_the_plugin_registers_once_and_says_what_it_offers():
         assert "offers no device on this CPU" in reason and "Intel" in reason
 
 
-def test_a_missing_plugin_is_one_line_with_the_pip_command(tiny_export, monkeypatch):
+def test_a_missing_plugin_is_one_line_with_the_pip_command(plugin, tiny_export, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime_ep_openvino", None)  # import fails as if it were not installed
     with pytest.raises(ProviderUnavailable, match=r"its plugin is not installed: pip install 'vggdeploy\[openvino\]'"):
         create_session(tiny_export[0].model_path, ProviderSettings(provider="openvino"))
 
 
-def test_run_and_check_with_openvino_answer_or_refuse_in_one_line(tiny_export, tiny_checkpoint):
+def test_run_and_check_with_openvino_answer_or_refuse_in_one_line(plugin, tiny_export, tiny_checkpoint):
     devices, reason = _devices_or_reason()
     model = str(tiny_export[0].model_path)
     golden = str(tiny_export[1] / "onnx" / "golden")
@@ -53,14 +103,17 @@ def test_run_and_check_with_openvino_answer_or_refuse_in_one_line(tiny_export, t
 
 
 @pytest.fixture(scope="module")
-def openvino_ready():
+def openvino_ready(plugin):
     devices, reason = _devices_or_reason()
     if not devices:
         pytest.skip(f"needs an Intel CPU: {reason}")
 
 
-def test_a_session_is_strict_and_runs_on_openvino(openvino_ready, tiny_export):
-    session = create_session(tiny_export[0].model_path, ProviderSettings(provider="openvino"))
+@pytest.mark.parametrize("hint", ["auto", "latency", "throughput"])
+def test_a_session_is_strict_and_runs_on_openvino(openvino_ready, tiny_export, hint):
+    session = create_session(
+        tiny_export[0].model_path, ProviderSettings("openvino", intra_op_threads=1, performance_hint=hint, batch_size=8)
+    )
     assert session_provider(session) == "openvino"
 
 
@@ -77,17 +130,18 @@ def test_fp32_and_int8_parity_through_openvino(openvino_ready, tiny_export, tiny
     assert {r.name for r in report.results} >= {"fp32", "int8"}
 
 
-def test_bench_runs_the_openvino_engines_or_skips_them_with_the_reason(tiny_export, tiny_checkpoint, tmp_path):
+def test_bench_runs_the_openvino_engines_or_skips_them_with_the_reason(plugin, tiny_export, tiny_checkpoint, tmp_path):
     from vggdeploy.bench import OPENVINO_ENGINES, run_bench
     from vggdeploy.config import BenchConfig
 
     devices, reason = _devices_or_reason()
     report = run_bench(
-        tiny_export[0].model_path, tiny_checkpoint, BenchConfig(None, batch_sizes=(1,), seconds=0.01), tmp_path
+        tiny_export[0].model_path, tiny_checkpoint, BenchConfig(None, batch_sizes=(1, 8), seconds=0.01), tmp_path
     )
     for engine in OPENVINO_ENGINES:
         if devices:
-            assert any(m.engine == engine for m in report.measurements)
+            assert {m.batch for m in report.measurements if m.engine == engine} == {1, 8}
+            assert report.engine_settings[engine].endswith("LATENCY at batch 1, THROUGHPUT at batch 8")
         else:
             assert report.skipped[engine] == reason
     if not devices:  # asked for by name, an engine that cannot run is an error before anything is measured

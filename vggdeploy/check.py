@@ -22,7 +22,7 @@ from vggdeploy.data import to_input_tensor
 from vggdeploy.datasets import dataset_of
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.files import folder_lock
-from vggdeploy.graph import run_session
+from vggdeploy.graph import ORT_CHUNK, run_session
 from vggdeploy.model import predict_logits
 from vggdeploy.onnx_file import require_model_file
 from vggdeploy.parity import ParityResult, compare_logits
@@ -160,8 +160,11 @@ def run_check(
 
 def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_dir: Path) -> CheckReport:
     model_path = Path(model_path)
-    provider, images = config.provider, config.images
-    loaded = open_model(model_path, ProviderSettings(provider=provider))
+    images = config.images
+    settings = ProviderSettings(
+        provider=config.provider, performance_hint=config.performance_hint, batch_size=ORT_CHUNK
+    )
+    loaded = open_model(model_path, settings)
     variant = loaded.metadata["export"].get("variant", "fp32")
     if loaded.takes_raw_images:
         raise UsageError(
@@ -192,7 +195,7 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     if variant == "fp32":  # the whole export: the variants found beside it too
         for name in ("fp16", "int8"):
             if sibling(model_path, name).is_file():
-                sessions[name] = create_session(sibling(model_path, name), ProviderSettings(provider=provider))
+                sessions[name] = create_session(sibling(model_path, name), settings)
     outputs = {name: run_session(session, inputs) for name, session in sessions.items()}
     results = [compare_logits(name, reference, logits, labels, **limits[name]) for name, logits in outputs.items()]
     scale, bins = temperature(loaded.metadata), loaded.metadata.get("calibration", {}).get("ece_bins", DEFAULT_BINS)
@@ -205,14 +208,14 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     )
     report = CheckReport(model_path, session_provider(loaded.session), results, loaded.labels, calibration)
     if config.localize:
-        report.layers = localize_difference(model_path, torch_model, inputs[: config.localize_images], provider)
+        report.layers = localize_difference(model_path, torch_model, inputs[: config.localize_images], settings)
         report.first_bad_layer = next((d for d in report.layers if d.relative > config.localize_rtol), None)
     _write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
     return report
 
 
 def localize_difference(
-    model_path: Path, torch_model: torch.nn.Module, inputs: np.ndarray, provider: str
+    model_path: Path, torch_model: torch.nn.Module, inputs: np.ndarray, settings: ProviderSettings
 ) -> list[LayerDifference]:
     """Per-layer differences, in forward order, between the ONNX graph's boundary outputs and torch's."""
     proto = onnx.load(str(model_path))
@@ -221,7 +224,7 @@ def localize_difference(
     for node in boundary:
         if node.output[0] not in existing:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
-    session = create_session(proto.SerializeToString(), ProviderSettings(provider=provider))
+    session = create_session(proto.SerializeToString(), settings)
     names = [output.name for output in session.get_outputs()]
     onnx_values = dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs}), strict=True))
 

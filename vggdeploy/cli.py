@@ -402,6 +402,16 @@ def _say_provider(model, requested: str) -> None:
         click.echo(f"onnxruntime: using the {chosen.upper()} execution provider{reason}", err=True)
 
 
+def _performance_hint_option(function):
+    return click.option(
+        "--performance-hint",
+        type=click.Choice(["auto", "latency", "throughput"]),
+        default="auto",
+        show_default=True,
+        help="OpenVINO only: its LATENCY or THROUGHPUT hint; auto takes LATENCY for one image, THROUGHPUT for batches.",
+    )(function)
+
+
 @main.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option(
@@ -418,20 +428,23 @@ def _say_provider(model, requested: str) -> None:
     "--max-pixels", type=int, default=None, help="Refuse larger images (decompression bombs) [default: 50,000,000]."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
+@_performance_hint_option
+def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, performance_hint):
     """Classify IMAGES (files, folders or globs; PNG, JPEG, BMP, WebP, ...) with ONNX Runtime."""
     from vggdeploy.artifacts import latest_model
     from vggdeploy.errors import DataError
     from vggdeploy.preprocess import DEFAULT_MAX_PIXELS
-    from vggdeploy.run import classify, describe_model
+    from vggdeploy.run import classify, describe_model, expand_inputs
     from vggdeploy.runtime import ProviderSettings, open_model, session_provider
 
     if model_path is None:
         model_path = latest_model()
         click.echo(f"vggdeploy: no --model given; using the newest export under artifacts/: {model_path}", err=True)
-    model = open_model(model_path, ProviderSettings(provider=provider))
+    paths, problems = expand_inputs(list(images))
+    batch = max(1, min(batch_size, len(paths)))  # what OpenVINO's auto performance hint follows
+    model = open_model(model_path, ProviderSettings(provider, performance_hint=performance_hint, batch_size=batch))
     _say_provider(model, provider)
-    result = classify(model, list(images), top_k, batch_size, max_pixels or DEFAULT_MAX_PIXELS)
+    result = classify(model, paths, problems, top_k, batch_size, max_pixels or DEFAULT_MAX_PIXELS)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -460,6 +473,7 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json):
     default=CheckConfig.provider,
     show_default=True,
 )
+@_performance_hint_option
 @click.option("--images", type=int, default=None, help="Use the first N test images [default: all 10,000].")
 @click.option(
     "--atol", type=float, default=CheckConfig.fp32_atol, show_default=True, help="fp32: max |logit difference|."
@@ -494,6 +508,7 @@ def check(
     model_path,
     checkpoint,
     provider,
+    performance_hint,
     images,
     atol,
     min_agreement,
@@ -513,6 +528,7 @@ def check(
 
     config = CheckConfig(
         provider=provider,
+        performance_hint=performance_hint,
         images=images,
         fp32_atol=atol,
         fp32_min_agreement=min_agreement,

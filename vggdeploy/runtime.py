@@ -6,6 +6,7 @@ Imports only numpy, onnx and onnxruntime, so ``vggdeploy run`` works on a machin
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import tempfile
@@ -21,6 +22,7 @@ from vggdeploy.onnx_file import read_metadata
 CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessionOptionsDisableCPUEPFallback
 PROVIDERS = ("auto", "cuda", "cpu", "openvino")
 OPENVINO_INSTALL = "pip install 'vggdeploy[openvino]'"  # onnxruntime-ep-openvino, with its own OpenVINO runtime
+PERFORMANCE_HINTS = ("auto", "latency", "throughput")  # OpenVINO's; auto follows the batch size
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,18 @@ class ProviderSettings:
     prefer_nhwc: bool = False  # CUDA EP: NHWC convolution kernels (fast with fp16 tensor cores)
     enable_cuda_graph: bool = False  # CUDA EP: replay one captured graph (needs fixed shapes and IO binding)
     cudnn_conv_algo_search: str = "EXHAUSTIVE"  # EXHAUSTIVE | HEURISTIC | DEFAULT
-    intra_op_threads: int = 0  # CPU EP threads; 0 = one per physical core
-    extra: dict = field(default_factory=dict)  # more CUDA EP options, passed through
+    intra_op_threads: int = 0  # CPU EP and OpenVINO threads; 0 = the provider's default
+    performance_hint: str = "auto"  # OpenVINO: auto | latency | throughput
+    batch_size: int = 1  # the batch the caller sends: OpenVINO's auto hint follows it
+    extra: dict = field(default_factory=dict)  # more provider options, passed through
+
+    def __post_init__(self) -> None:
+        if self.performance_hint not in PERFORMANCE_HINTS:
+            raise UsageError(
+                f"performance hint must be one of {', '.join(PERFORMANCE_HINTS)}, got {self.performance_hint!r}"
+            )
+        if self.performance_hint != "auto" and self.provider != "openvino":
+            raise UsageError("a performance hint applies to --provider openvino only")
 
 
 def cuda_driver_present() -> bool:
@@ -159,6 +171,22 @@ def openvino_devices() -> list:
     return devices
 
 
+def openvino_hint(setting: str, batch_size: int) -> str:
+    """OpenVINO's performance hint: LATENCY for single images and THROUGHPUT for batches, unless set explicitly."""
+    if setting == "auto":
+        return "LATENCY" if batch_size <= 1 else "THROUGHPUT"
+    return setting.upper()
+
+
+def openvino_options(options: ProviderSettings) -> dict[str, str]:
+    """The plugin's provider options. Threads and the hint go through ``load_config`` (the CPU device's OpenVINO
+    properties as JSON): the plugin ignores the older ``num_of_threads`` and ``num_streams`` options."""
+    device = {"PERFORMANCE_HINT": openvino_hint(options.performance_hint, options.batch_size)}
+    if options.intra_op_threads:
+        device["INFERENCE_NUM_THREADS"] = str(options.intra_op_threads)
+    return {"load_config": json.dumps({"CPU": device}), **{k: str(v) for k, v in options.extra.items()}}
+
+
 def create_session(model: str | Path | bytes, options: ProviderSettings = ProviderSettings()):
     """An InferenceSession on the requested provider.
 
@@ -224,7 +252,7 @@ def _openvino_session(model: str | Path | bytes, options: ProviderSettings):
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 3
     session_options.intra_op_num_threads = options.intra_op_threads
-    session_options.add_provider_for_devices(openvino_devices()[:1], {k: str(v) for k, v in options.extra.items()})
+    session_options.add_provider_for_devices(openvino_devices()[:1], openvino_options(options))
     session_options.add_session_config_entry(CPU_FALLBACK_KEY, "1")
     source = str(model) if isinstance(model, Path) else model
     try:
