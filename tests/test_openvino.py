@@ -147,3 +147,35 @@ def test_bench_runs_the_openvino_engines_or_skips_them_with_the_reason(plugin, t
     if not devices:  # asked for by name, an engine that cannot run is an error before anything is measured
         with pytest.raises(ProviderUnavailable, match="engine ort-openvino-fp32 cannot run: OpenVINO"):
             run_bench(tiny_export[0].model_path, tiny_checkpoint, BenchConfig(("ort-openvino-fp32",)), tmp_path)
+
+
+def test_bench_says_where_openvino_loses_to_mlas():
+    from vggdeploy.bench import BenchReport, Measurement
+
+    def measured(engine, batch, p50_ms):
+        return Measurement(engine, batch, 5, p50_ms, p50_ms, p50_ms, p50_ms, batch / (p50_ms / 1e3), None)
+
+    report = BenchReport(
+        "model.onnx",
+        "cpu",
+        {},
+        15.0,
+        [
+            measured("ort-cpu-int8", 1, 20.0),
+            measured("ort-openvino-int8", 1, 18.0),  # wins at batch 1: not listed
+            measured("ort-cpu-int8", 8, 100.0),
+            measured("ort-openvino-int8", 8, 125.0),  # 64 vs 80 img/s: listed
+            measured("ort-cpu-fp32", 1, 60.0),
+            measured("ort-openvino-fp32", 1, 61.5),  # listed
+            measured("torch-cpu-fp32", 1, 80.0),
+        ],
+        [],
+        {},
+    )
+    assert report.openvino_losses() == [
+        "ort-openvino-int8 is slower than ort-cpu-int8 at batch 8 (64 vs 80 img/s)",
+        "ort-openvino-fp32 is slower than ort-cpu-fp32 at batch 1 (61.5 vs 60 ms p50)",
+    ]
+    text = report.format()
+    assert "best deployable CPU engine at batch 1: ort-openvino-int8 (18 ms p50, 4.44x torch eager fp32)" in text
+    assert text.index("best deployable") < text.index("is slower than ort-cpu-int8 at batch 8")

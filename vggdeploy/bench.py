@@ -157,6 +157,27 @@ class BenchReport:
         )
         return f"best deployable CPU engine at batch 1: {best} ({deployable[best]:.3g} ms p50{speedup})"
 
+    def openvino_losses(self) -> list[str]:
+        """Each batch size where an OpenVINO engine is slower than ONNX Runtime's own CPU provider (MLAS) at the same
+        precision: batch 1 by p50 latency, larger batches by img/s."""
+        measured = {(m.engine, m.batch): m for m in self.measurements}
+        losses = []
+        for (name, batch), openvino in measured.items():
+            engine = Engine.parse(name)
+            mlas = measured.get((f"ort-cpu-{engine.precision}", batch))
+            if engine.device != "openvino" or mlas is None:
+                continue
+            if batch == 1 and openvino.p50_ms > mlas.p50_ms:
+                losses.append(
+                    f"{name} is slower than {mlas.engine} at batch 1 ({openvino.p50_ms:.3g} vs {mlas.p50_ms:.3g} ms p50)"
+                )
+            elif batch > 1 and openvino.images_per_second < mlas.images_per_second:
+                losses.append(
+                    f"{name} is slower than {mlas.engine} at batch {batch} "
+                    f"({openvino.images_per_second:,.0f} vs {mlas.images_per_second:,.0f} img/s)"
+                )
+        return losses
+
     def format(self) -> str:
         columns = ["engine", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_second", "peak_fraction"]
         cpu_peak = (
@@ -174,7 +195,7 @@ class BenchReport:
         if table:
             text += f"\nCPU engines ({self.cpu_threads} threads each):\n" + markdown_table(table, list(table[0]))
             text += "".join(f"{engine}: {setting}\n" for engine, setting in self.engine_settings.items())
-            text += f"{self.best_cpu_engine()}\n"
+            text += f"{self.best_cpu_engine()}\n" + "".join(f"{line}\n" for line in self.openvino_losses())
         text += "".join(f"\nskipped {engine}: {why}" for engine, why in self.skipped.items())
         return text
 
