@@ -2,9 +2,12 @@
 
     .venv/bin/python scripts/cpu_layer_times.py MODEL.onnx CHECKPOINT [--runs 10]
 
-Prints, per engine, the time per run of each operator type (torch.profiler self time; ONNX Runtime's own profiler),
-then the convolutions' GFLOP/s and the fully connected layers' weight-read GB/s, next to two ceilings measured here:
-a large fp32 matrix product (the compute a tuned kernel reaches) and a read of an FC-sized tensor (the bandwidth).
+Prints, per engine (torch eager fp32, ONNX Runtime fp32, and ONNX Runtime int8 when model.int8.onnx lies beside the
+model), the time per run of each operator type (torch.profiler self time; ONNX Runtime's own profiler), then the
+convolutions' GFLOP/s and the fully connected layers' weight-read GB/s, next to three ceilings measured here: a large
+fp32 matrix product (torch), a large uint8 x int8 one (ONNX Runtime's MLAS, VNNI where the CPU has it) and a read of
+an FC-sized tensor. The floors: the convolutions at the matrix-product rate plus one read of the FC weights (4 bytes
+each in fp32, 1 in int8); every engine's time is printed as a multiple of its precision's floor.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vggdeploy.artifacts import sibling
 from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.contract import INPUT_NAME
-from vggdeploy.hardware import best_seconds, cpu_fp32_gflops
+from vggdeploy.hardware import best_seconds, cpu_fp32_gflops, cpu_int8_gops
 from vggdeploy.runtime import captured_native_stderr, create_session
 
-CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::_convolution", "Conv")
-FC_OPS = ("aten::addmm", "aten::mm", "aten::linear", "FusedGemm", "Gemm", "MatMul")
+CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::_convolution", "Conv", "QLinearConv")
+FC_OPS = ("aten::addmm", "aten::mm", "aten::linear", "FusedGemm", "Gemm", "MatMul", "QGemm", "MatMulInteger")
 
 
 def torch_times(model: torch.nn.Module, images: torch.Tensor, runs: int) -> dict[str, float]:
@@ -94,28 +98,46 @@ def main() -> None:
         f"{args.name}, batch 1, {options.runs} runs; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; convolutions {conv_gflop:.3g} GFLOP, FC weights {fc_bytes / 1e6:.3g} MB"
     )
-    conv_rates, fc_rates = [], []  # GFLOP/s and GB/s each engine reached
-    for engine, times in (
-        ("torch eager", torch_times(model, images, options.runs)),
-        ("ONNX Runtime CPU", ort_times(options.model, images.numpy(), options.runs)),
-    ):
-        total = sum(times.values())
+    int8_model = sibling(options.model, "int8")
+    engines = [
+        ("torch eager fp32", "fp32", torch_times(model, images, options.runs)),
+        ("ONNX Runtime CPU fp32", "fp32", ort_times(options.model, images.numpy(), options.runs)),
+    ]
+    if int8_model.is_file():
+        engines.append(("ONNX Runtime CPU int8", "int8", ort_times(str(int8_model), images.numpy(), options.runs)))
+    weight_bytes = {"fp32": fc_bytes, "int8": fc_bytes // 4}
+    rates: dict[str, tuple[list, list]] = {"fp32": ([], []), "int8": ([], [])}  # GFLOP/s and GB/s reached
+    totals = {}
+    for engine, precision, times in engines:
+        total = totals[engine] = sum(times.values())
         conv = sum(v for k, v in times.items() if k in CONV_OPS)
         fc = sum(v for k, v in times.items() if k in FC_OPS)
-        conv_rates.append(conv_gflop / conv * 1e3)
-        fc_rates.append(fc_bytes / fc / 1e6)
+        rates[precision][0].append(conv_gflop / conv * 1e3)
+        rates[precision][1].append(weight_bytes[precision] / fc / 1e6)
         print(f"\n{engine}: {total:.1f} ms of operator time per run")
         for name, ms in sorted(times.items(), key=lambda item: -item[1])[:6]:
             print(f"  {name:32s} {ms:7.2f} ms  {ms / total:6.1%}")
         print(
-            f"  convolutions {conv:.1f} ms = {conv_rates[-1]:.0f} GFLOP/s; fully connected {fc:.1f} ms = {fc_rates[-1]:.1f} GB/s of weights"
+            f"  convolutions {conv:.1f} ms = {rates[precision][0][-1]:.0f} GFLOP/s; fully connected {fc:.1f} ms = "
+            f"{rates[precision][1][-1]:.1f} GB/s of weights"
         )
-    compute, bandwidth = cpu_fp32_gflops(4096, 5), read_bandwidth(fc_bytes)
-    floor = conv_gflop / max(compute, *conv_rates) * 1e3 + fc_bytes / max(bandwidth, *fc_rates) / 1e6
+    compute = {"fp32": cpu_fp32_gflops(4096, 5), "int8": cpu_int8_gops(2048, 5)}
+    bandwidth = read_bandwidth(fc_bytes)
+    floors = {  # each at the best rate seen: the ceiling measured, or an engine that beat it
+        precision: conv_gflop / max(compute[precision], *conv_rates) * 1e3
+        + weight_bytes[precision] / max(bandwidth, *fc_rates) / 1e6
+        for precision, (conv_rates, fc_rates) in rates.items()
+        if conv_rates
+    }
     print(
-        f"\nceilings here: fp32 matrix product {compute:.0f} GFLOP/s, tensor read {bandwidth:.1f} GB/s; fp32 floor "
-        f"{floor:.1f} ms per image (convolutions and one read of the FC weights, each at the best rate seen above)"
+        f"\nceilings here: fp32 matrix product {compute['fp32']:.0f} GFLOP/s, int8 matrix product "
+        f"{compute['int8']:.0f} GOP/s, tensor read {bandwidth:.1f} GB/s"
     )
+    for precision, floor in floors.items():
+        print(f"{precision} floor {floor:.3g} ms per image (convolutions, and one read of the FC weights)")
+    for engine, total in totals.items():
+        distances = ", ".join(f"{total / floor:.2f}x the {precision} floor" for precision, floor in floors.items())
+        print(f"  {engine}: {total:.3g} ms = {distances}")
 
 
 if __name__ == "__main__":

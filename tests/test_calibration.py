@@ -148,6 +148,9 @@ def test_no_calibration_and_a_checkpoint_without_a_slice_export_temperature_1(ti
     calibration = read_metadata(skipped.model_path)["calibration"]
     assert calibration["temperature"] == 1.0 and not calibration["fitted"]
     assert calibration["method"] == "none: --no-calibration" and calibration["calibration_slice"] is None
+    # skipped means skipped: no torch pass over the test set, so no test figures and no diagram
+    assert calibration["test_set"] is None and not (tmp_path / "skipped" / "reliability.png").exists()
+    assert "the test set was not measured" in (tmp_path / "skipped" / "export_report.md").read_text()
     golden = json.loads((tmp_path / "skipped" / "golden" / "golden.json").read_text())
     assert golden["temperature"] == 1.0 and golden["calibrated"] is False
 

@@ -271,7 +271,8 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             calibration,
         )
         write_golden_vectors(golden_folder(staging), session, dataset, spec, config, calibration)
-        calibration.plot(reliability_diagram(staging), f"{args.name}: test set, {len(labels):,} images")
+        if calibration.measured:
+            calibration.plot(reliability_diagram(staging), f"{args.name}: test set, {len(labels):,} images")
         for variant in built:
             result.variants[variant.name] = variants.write_variant(variant, staged_model, final)
             variant.path = sibling(result.model_path, variant.name)  # where it will be once the export is in place
@@ -432,5 +433,6 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         f"{'after onnxsim' if result.simplified else 'not simplified (--no-simplify)'}: {result.after.nodes} nodes "
         f"`{json.dumps(result.after.ops)}`\n\n"
         + markdown_table(rows, ["file", "MB", "nodes", "summary"])
-        + f"\n{result.calibration.format()}\n\n![reliability diagram]({reliability_diagram(Path('.'))})\n",
+        + f"\n{result.calibration.format()}\n"
+        + (f"\n![reliability diagram]({reliability_diagram(Path('.'))})\n" if result.calibration.measured else ""),
     )

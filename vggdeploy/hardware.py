@@ -51,6 +51,30 @@ def cpu_fp32_gflops(size: int = 2048, repeats: int = 3) -> float:
     return 2 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
 
 
+def cpu_int8_gops(size: int = 2048, repeats: int = 3) -> float:
+    """This CPU's int8 compute ceiling as ONNX Runtime reaches it: a uint8 x int8 MatMulInteger (the MLAS kernels
+    behind its QLinearConv and QGemm; VNNI where the CPU has it), in multiply-adds x 2 per second."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(
+        rng.integers(-127, 127, (size, size), dtype=np.int8), "b"
+    )  # pre-packed, as in a model
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
+        "int8_matmul",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"a": rng.integers(0, 255, (size, size), dtype=np.uint8)}
+    return 2 * size**3 / best_seconds(lambda: session.run(None, feeds), repeats) / 1e9
+
+
 def gpu_peak_tflops(device_name: str, precision: str) -> float | None:
     """The spec-sheet peak of a GPU named like torch names it ("NVIDIA H100 80GB HBM3"); None when unknown."""
     peaks = next((table for key, table in GPU_PEAK_TFLOPS.items() if key in device_name), None)

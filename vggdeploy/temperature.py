@@ -36,10 +36,15 @@ class Calibration:
     bins: int
     slice_before: CalibrationFigures | None  # None when the checkpoint holds no held-out slice
     slice_after: CalibrationFigures | None
-    test_before: CalibrationFigures
-    test_after: CalibrationFigures
-    test_logits: np.ndarray
-    test_labels: np.ndarray
+    test_before: CalibrationFigures | None  # None with --no-calibration: the test set is not run through torch
+    test_after: CalibrationFigures | None
+    test_logits: np.ndarray | None
+    test_labels: np.ndarray | None
+
+    @property
+    def measured(self) -> bool:
+        """Whether the test set was measured (and there is a reliability diagram to draw)."""
+        return self.test_before is not None
 
     def to_metadata(self) -> dict:
         def pair(before, after) -> dict | None:
@@ -57,7 +62,8 @@ class Calibration:
 
     def format(self) -> str:
         if not self.fitted:
-            return f"calibration: temperature 1 ({self.method}); test {self.test_before.format()}"
+            test = f"test {self.test_before.format()}" if self.measured else "the test set was not measured"
+            return f"calibration: temperature 1 ({self.method}); {test}"
         return (
             f"calibration: temperature {self.temperature:.4f} fitted on {self.slice_before.images:,} held-out "
             f"training images; test ECE {self.test_before.ece:.2%} -> {self.test_after.ece:.2%}, NLL "
@@ -107,19 +113,19 @@ def held_out_slice(state: dict, dataset: Dataset) -> tuple[torch.Tensor, torch.T
 def calibrate(
     model: torch.nn.Module, state: dict, dataset: Dataset, spec: PreprocessSpec, config: ExportConfig
 ) -> Calibration:
-    """Fit T on the held-out slice (unless ``config.calibrate`` is off) and measure the test set before and after."""
+    """Fit T on the held-out slice and measure the test set before and after. With ``config.calibrate`` off, neither:
+    T = 1, and no pass of torch over the whole test set (minutes on a CPU at 224 px)."""
     bins = config.calibration_bins
+    if not config.calibrate:
+        return Calibration(1.0, False, "none: --no-calibration", bins, None, None, None, None, None, None)
     test_logits, labels = _logits(model, dataset.test_images, spec), dataset.test_labels.numpy()
-    held_out = held_out_slice(state, dataset) if config.calibrate else None
+    held_out = held_out_slice(state, dataset)
     if held_out is None:
         why = (
-            "--no-calibration"
-            if not config.calibrate
-            else "the checkpoint holds no held-out calibration slice (trained by an older vggdeploy, or with "
+            "the checkpoint holds no held-out calibration slice (trained by an older vggdeploy, or with "
             "--calibration-holdout 0)"
         )
-        if config.calibrate:
-            print(f"vggdeploy: warning: probabilities stay uncalibrated (temperature 1): {why}", file=sys.stderr)
+        print(f"vggdeploy: warning: probabilities stay uncalibrated (temperature 1): {why}", file=sys.stderr)
         test = CalibrationFigures.measure(test_logits, labels, 1.0, bins)
         return Calibration(1.0, False, f"none: {why}", bins, None, None, test, test, test_logits, labels)
     slice_logits, slice_labels = _logits(model, held_out[0], spec), held_out[1].numpy()
