@@ -5,9 +5,10 @@
 Prints, per engine (torch eager fp32, ONNX Runtime fp32, and ONNX Runtime int8 when model.int8.onnx lies beside the
 model), the time per run of each operator type (torch.profiler self time; ONNX Runtime's own profiler), then the
 convolutions' GFLOP/s and the fully connected layers' weight-read GB/s, next to three ceilings measured here: a large
-fp32 matrix product (torch), a large uint8 x int8 one (ONNX Runtime's MLAS, VNNI where the CPU has it) and a read of
-an FC-sized tensor. The floors: the convolutions at the matrix-product rate plus one read of the FC weights (4 bytes
-each in fp32, 1 in int8); every engine's time is printed as a multiple of its precision's floor.
+fp32 matrix product (the faster of torch and ONNX Runtime), a large uint8 x int8 one (ONNX Runtime's MLAS, VNNI
+where the CPU has it) and a read of an FC-sized tensor. The floors: the convolutions at the matrix-product rate plus
+one read of the FC weights (4 bytes each in fp32, 1 in int8); every engine's time is printed as a multiple of each
+floor.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def main() -> None:
             f"  convolutions {conv:.1f} ms = {rates[precision][0][-1]:.0f} GFLOP/s; fully connected {fc:.1f} ms = "
             f"{rates[precision][1][-1]:.1f} GB/s of weights"
         )
-    compute = {"fp32": cpu_fp32_gflops(4096, 5), "int8": cpu_int8_gops(2048, 5)}
+    compute = {"fp32": cpu_fp32_gflops(2048, 5), "int8": cpu_int8_gops(2048, 5)}
     bandwidth = read_bandwidth(fc_bytes)
     floors = {  # each at the best rate seen: the ceiling measured, or an engine that beat it
         precision: conv_gflop / max(compute[precision], *conv_rates) * 1e3

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,22 @@ def test_cuda_graph_engine_replays_the_right_graph_per_batch_size(tiny_export):
             reference()
             replayed()
         np.testing.assert_allclose(replayed.logits(), reference.logits(), atol=2e-2)
+
+
+def test_the_cpu_table_script_runs_every_step(tmp_path):
+    """scripts/cpu_table.sh, which produces BENCHMARKS.md's CPU table, on a tiny model: CPU named, bench, floors."""
+    root = Path(__file__).parent.parent
+    result = subprocess.run(
+        ["bash", str(root / "scripts" / "cpu_table.sh"), "--smoke", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert re.search(r"== CPU: .+ CPU \(.*\), \d+ cores, \d+ torch threads", out), out[:500]
+    assert "best deployable CPU engine at batch 1: ort-cpu-" in out
+    report = json.loads((tmp_path / "bench-vgg11" / "bench.json").read_text())
+    assert {m["engine"] for m in report["measurements"]} >= set(CPU_ENGINES)
+    assert re.search(r"int8 matrix product \d+ GOP/s", out) and re.search(r"int8 floor [\d.]+ ms per image", out)
+    assert re.search(r"ONNX Runtime CPU int8: [\d.]+ ms = [\d.]+x the fp32 floor, [\d.]+x the int8 floor", out)

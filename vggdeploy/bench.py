@@ -7,7 +7,6 @@ timed run ends with a device synchronisation; cold start (model/session creation
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,12 +24,19 @@ from vggdeploy.datasets import dataset_of
 from vggdeploy.errors import ProviderUnavailable, UsageError
 from vggdeploy.files import folder_lock
 from vggdeploy.graph import deployment_versions
-from vggdeploy.hardware import cpu_fp32_gflops, gpu_peak_tflops, peak_fraction, timed_runs
+from vggdeploy.hardware import cpu_fp32_gflops, cpu_instruction_sets, gpu_peak_tflops, peak_fraction, timed_runs
 from vggdeploy.model import summarize
 from vggdeploy.onnx_file import read_metadata, require_model_file
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import markdown_table, plot_bench, write_json, write_text
-from vggdeploy.runtime import ProviderSettings, create_session, cuda_driver_present, openvino_devices, openvino_hint
+from vggdeploy.runtime import (
+    ProviderSettings,
+    cpu_vendor,
+    create_session,
+    cuda_driver_present,
+    openvino_devices,
+    openvino_hint,
+)
 
 CPU_ENGINES = ("torch-cpu-fp32", "ort-cpu-fp32", "ort-cpu-int8")
 OPENVINO_ENGINES = ("ort-openvino-fp32", "ort-openvino-int8")  # the openvino extra, on Intel CPUs; hint follows batch
@@ -307,7 +313,8 @@ class BoundOrtRun:
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    sets = ", ".join(cpu_instruction_sets()) or "no AVX2"
+    return f"{cpu_vendor()} CPU ({sets}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def _peak_fraction(

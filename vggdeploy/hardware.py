@@ -6,8 +6,10 @@ these, so a peak fraction means the same thing wherever it is printed. torch is 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 # Dense (no sparsity) peak TFLOP/s per precision, SXM parts, from the vendors' data sheets.
 GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
@@ -16,6 +18,9 @@ GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0},
     "L40S": {"fp32": 91.6, "tf32": 183.0, "fp16": 362.0, "bf16": 362.0},
 }
+
+# fp32 vector width, int8 dot products (VNNI) and matrix tiles (AMX): what sets the CPU engines' ceilings
+NOTABLE_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def timed_runs(run: Callable[[], object], seconds: float, min_runs: int, warmup: int) -> list[float]:
@@ -44,35 +49,66 @@ def median_ms(run: Callable[[], object], repeats: int) -> float:
 
 
 def cpu_fp32_gflops(size: int = 2048, repeats: int = 3) -> float:
-    """This CPU's fp32 compute ceiling as torch's matrix product reaches it (a CPU has no spec-sheet peak to look up)."""
+    """This CPU's fp32 compute ceiling: the faster of torch's matrix product and ONNX Runtime's (MLAS), since a CPU
+    has no spec-sheet peak to look up and either library may reach more of it on a given CPU."""
+    import numpy as np
     import torch
 
     a, b = torch.rand(size, size), torch.rand(size, size)
-    return 2 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
+    torch_seconds = best_seconds(lambda: torch.mm(a, b), repeats)
+    rng = np.random.default_rng(0)
+    ort_seconds = _ort_matmul_seconds(
+        "MatMul", rng.random((size, size), dtype=np.float32), rng.random((size, size), dtype=np.float32), repeats
+    )
+    return 2 * size**3 / min(torch_seconds, ort_seconds) / 1e9
 
 
 def cpu_int8_gops(size: int = 2048, repeats: int = 3) -> float:
     """This CPU's int8 compute ceiling as ONNX Runtime reaches it: a uint8 x int8 MatMulInteger (the MLAS kernels
     behind its QLinearConv and QGemm; VNNI where the CPU has it), in multiply-adds x 2 per second."""
     import numpy as np
+
+    rng = np.random.default_rng(0)
+    activations = rng.integers(0, 255, (size, size), dtype=np.uint8)
+    weights = rng.integers(-127, 127, (size, size), dtype=np.int8)
+    return 2 * size**3 / _ort_matmul_seconds("MatMulInteger", activations, weights, repeats) / 1e9
+
+
+def _ort_matmul_seconds(op_type: str, activations, weights, repeats: int) -> float:
+    """The fastest of ``repeats`` runs of a one-node ONNX Runtime CPU graph ``activations @ weights``, the weights a
+    constant (pre-packed once, as in a model)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
-    weights = numpy_helper.from_array(
-        rng.integers(-127, 127, (size, size), dtype=np.int8), "b"
-    )  # pre-packed, as in a model
+    rows, columns = activations.shape[0], weights.shape[1]
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
-        "int8_matmul",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
-        [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])],
-        [weights],
+        [helper.make_node(op_type, ["a", "b"], ["c"])],
+        "matmul",
+        [
+            helper.make_tensor_value_info(
+                "a", helper.np_dtype_to_tensor_dtype(activations.dtype), list(activations.shape)
+            )
+        ],
+        [
+            helper.make_tensor_value_info(
+                "c", TensorProto.INT32 if op_type == "MatMulInteger" else TensorProto.FLOAT, [rows, columns]
+            )
+        ],
+        [numpy_helper.from_array(weights, "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {"a": rng.integers(0, 255, (size, size), dtype=np.uint8)}
-    return 2 * size**3 / best_seconds(lambda: session.run(None, feeds), repeats) / 1e9
+    return best_seconds(lambda: session.run(None, {"a": activations}), repeats)
+
+
+def cpu_instruction_sets() -> list[str]:
+    """The instruction sets that decide CPU inference speed which this CPU has, as /proc/cpuinfo names them."""
+    try:
+        flags = re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+    except OSError:
+        return []
+    present = set(flags.group(1).split()) if flags else set()
+    return [name for name in NOTABLE_CPU_FLAGS if name in present]
 
 
 def gpu_peak_tflops(device_name: str, precision: str) -> float | None:
