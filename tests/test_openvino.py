@@ -179,3 +179,36 @@ def test_bench_says_where_openvino_loses_to_mlas():
     text = report.format()
     assert "best deployable CPU engine at batch 1: ort-openvino-int8 (18 ms p50, 4.44x torch eager fp32)" in text
     assert text.index("best deployable") < text.index("is slower than ort-cpu-int8 at batch 8")
+
+
+def test_the_openvino_session_is_built_strict_with_its_options(tiny_export, monkeypatch):
+    """On any CPU: what the session factory hands ONNX Runtime for OpenVINO (a stand-in records it), and how it
+    reports ONNX Runtime refusing to leave nodes to the CPU provider."""
+    from vggdeploy import runtime
+
+    recorded = {}
+
+    class RecordingOptions:
+        def __init__(self):
+            recorded["config"] = {}
+
+        def add_provider_for_devices(self, devices, options):
+            recorded["devices"], recorded["options"] = devices, options
+
+        def add_session_config_entry(self, key, value):
+            recorded["config"][key] = value
+
+    def refusing_session(source, sess_options):
+        raise RuntimeError("This session contains graph nodes ... fallback to CPU EP has been explicitly disabled")
+
+    monkeypatch.setattr(runtime, "openvino_devices", lambda: ["the Intel CPU device"])
+    monkeypatch.setattr(ort, "SessionOptions", RecordingOptions)
+    monkeypatch.setattr(ort, "InferenceSession", refusing_session)
+    settings = ProviderSettings("openvino", intra_op_threads=2, batch_size=1)
+    with pytest.raises(ProviderUnavailable, match="would leave nodes of this model to its CPU provider"):
+        create_session(tiny_export[0].model_path, settings)
+    assert recorded["devices"] == ["the Intel CPU device"]
+    assert recorded["config"] == {"session.disable_cpu_ep_fallback": "1"}
+    assert json.loads(recorded["options"]["load_config"]) == {
+        "CPU": {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "2"}
+    }
