@@ -147,8 +147,11 @@ def test_cpu_layer_times_script_prints_the_breakdown_and_the_floor(tiny_export, 
     )
     assert result.returncode == 0, result.stderr
     assert "ERROR" not in result.stderr and "gpuGetDeviceCount" not in result.stderr, result.stderr
-    assert "torch eager:" in result.stdout and "ONNX Runtime CPU:" in result.stdout
-    assert result.stdout.count("GFLOP/s; fully connected") == 2 and "fp32 floor" in result.stdout
+    engines = ("torch eager fp32", "ONNX Runtime CPU fp32", "ONNX Runtime CPU int8")  # int8: the sibling exported
+    assert all(f"\n{engine}: " in result.stdout for engine in engines), result.stdout
+    assert result.stdout.count("GFLOP/s; fully connected") == 3
+    for engine in engines:  # each engine's time against both floors
+        assert re.search(rf"  {engine}: [\d.]+ ms = [\d.]+x the fp32 floor, [\d.]+x the int8 floor", result.stdout)
 
 
 def _test_inputs(count: int) -> np.ndarray:
