@@ -39,8 +39,8 @@ from vggdeploy.runtime import (
 )
 
 CPU_ENGINES = ("torch-cpu-fp32", "ort-cpu-fp32", "ort-cpu-int8")
-OPENVINO_ENGINES = ("ort-openvino-fp32", "ort-openvino-int8")  # the openvino extra, on Intel CPUs; hint follows batch
-OPENVINO_FIXED_HINTS = tuple(f"{engine}-{hint}" for engine in OPENVINO_ENGINES for hint in ("latency", "throughput"))
+OPENVINO_ENGINES = ("ort-openvino-fp32", "ort-openvino-int8")  # the openvino extra, on Intel CPUs; LATENCY hint
+OPENVINO_THROUGHPUT = tuple(f"{engine}-throughput" for engine in OPENVINO_ENGINES)  # named only: the hint's cost
 GPU_ENGINES = (
     "torch-cuda-fp32",
     "torch-cuda-tf32",
@@ -50,7 +50,7 @@ GPU_ENGINES = (
     "ort-cuda-fp16-nhwc-graph",
 )
 COMPILE_ENGINE = "torch-cuda-fp16-compile"
-KNOWN_ENGINES = (*CPU_ENGINES, *OPENVINO_ENGINES, *OPENVINO_FIXED_HINTS, *GPU_ENGINES, COMPILE_ENGINE)
+KNOWN_ENGINES = (*CPU_ENGINES, *OPENVINO_ENGINES, *OPENVINO_THROUGHPUT, *GPU_ENGINES, COMPILE_ENGINE)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Engine:
     channels_last: bool = False  # torch "-cl"; ONNX Runtime "-nhwc" (the CUDA EP's prefer_nhwc)
     cuda_graph: bool = False  # ONNX Runtime "-graph": replay a captured CUDA graph
     compiled: bool = False  # torch "-compile": torch.compile max-autotune
-    performance_hint: str = "auto"  # OpenVINO "-latency" / "-throughput"; auto follows the batch size
+    performance_hint: str = "auto"  # OpenVINO "-throughput"; auto is LATENCY
 
     @classmethod
     def parse(cls, name: str) -> Engine:
@@ -79,7 +79,7 @@ class Engine:
             channels_last=bool({"cl", "nhwc"} & set(options)),
             cuda_graph="graph" in options,
             compiled="compile" in options,
-            performance_hint=next((o for o in options if o in ("latency", "throughput")), "auto"),
+            performance_hint="throughput" if "throughput" in options else "auto",
         )
 
     @property
@@ -122,7 +122,7 @@ class BenchReport:
     skipped: dict[str, str]  # engine -> why it did not run (default engine sets only; asked-for engines must run)
     cpu_peak_gflops: float | None = None  # measured fp32 matrix-product rate: the CPU engines' "peak"
     cpu_threads: int = 0  # the same for torch, ONNX Runtime's CPU provider and OpenVINO in one run
-    engine_settings: dict[str, str] = field(default_factory=dict)  # engine -> its threads and OpenVINO hints
+    engine_settings: dict[str, str] = field(default_factory=dict)  # CPU engine -> its threads (and OpenVINO hint)
     engine_files: dict[str, dict] = field(default_factory=dict)  # engine -> {"mb", "accuracy_change_pp"}
 
     def cpu_table(self) -> list[dict]:
@@ -251,30 +251,23 @@ def why_engine_cannot_run(engine: Engine, model_path: Path) -> str | None:
     return None
 
 
-def engine_settings(engine: Engine, batch: int) -> ProviderSettings:
-    """The session settings of an ONNX Runtime engine at one batch size: as many CPU threads as torch uses."""
-    return ProviderSettings(
+def engine_session(model_path: Path, engine: Engine):
+    options = ProviderSettings(
         provider=engine.device,
         prefer_nhwc=engine.channels_last,
         enable_cuda_graph=engine.cuda_graph,
-        intra_op_threads=torch.get_num_threads() if engine.on_cpu else 0,
+        intra_op_threads=torch.get_num_threads() if engine.on_cpu else 0,  # as many threads as torch uses
         performance_hint=engine.performance_hint,
-        batch_size=batch,
     )
+    return create_session(engine_model(model_path, engine), options)
 
 
-def describe_settings(engine: Engine, batch_sizes: list[int]) -> str:
-    """What the report says an engine ran with: threads, and OpenVINO's hint at each batch size."""
+def describe_settings(engine: Engine) -> str:
+    """What the report says a CPU engine ran with: its threads, and OpenVINO's performance hint."""
     threads = f"{torch.get_num_threads()} threads"
-    if engine.device != "openvino":
-        return threads
-    hints = {b: openvino_hint(engine.performance_hint, b) for b in batch_sizes}
-    by_hint = {h: "/".join(str(b) for b in batch_sizes if hints[b] == h) for h in dict.fromkeys(hints.values())}
-    return f"{threads}, OpenVINO hint " + ", ".join(f"{hint} at batch {sizes}" for hint, sizes in by_hint.items())
-
-
-def engine_session(model_path: Path, engine: Engine, batch: int = 1):
-    return create_session(engine_model(model_path, engine), engine_settings(engine, batch))
+    return (
+        f"{threads}, OpenVINO hint {openvino_hint(engine.performance_hint)}" if engine.device == "openvino" else threads
+    )
 
 
 def engine_model(model_path: Path, engine: Engine) -> Path:
@@ -380,20 +373,17 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
         torch.get_num_threads(),
         engine_files={engine.name: _engine_file(model_path, checkpoint, engine) for engine in chosen},
     )
-    sizes = sorted(set(batch_sizes))
     for engine in chosen:
         if engine.on_cpu:
-            report.engine_settings[engine.name] = describe_settings(engine, sizes)
-        backends: dict[str, object] = {}
-        for position, batch in enumerate(sizes):  # one binding per size: a CUDA graph id each
-            key = _backend_key(engine, batch)
-            if key not in backends:
-                start = time.perf_counter()
-                backends[key] = (
-                    _prepare_torch(checkpoint, engine) if key == "torch" else engine_session(model_path, engine, batch)
-                )
-                created = time.perf_counter() - start
-            run = (_torch_runner if key == "torch" else BoundOrtRun)(backends[key], engine, inputs, batch)
+            report.engine_settings[engine.name] = describe_settings(engine)
+        start = time.perf_counter()
+        backend = (
+            _prepare_torch(checkpoint, engine) if engine.framework == "torch" else engine_session(model_path, engine)
+        )
+        created = time.perf_counter() - start
+        make_runner = _torch_runner if engine.framework == "torch" else BoundOrtRun
+        for position, batch in enumerate(sorted(set(batch_sizes))):  # one binding per size: a CUDA graph id each
+            run = make_runner(backend, engine, inputs, batch)
             if position == 0:
                 first = time.perf_counter()
                 run()
@@ -415,13 +405,6 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
             )
     _write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
     return report
-
-
-def _backend_key(engine: Engine, batch: int) -> str:
-    """What a batch size runs on: torch's model, or an ONNX Runtime session (OpenVINO: one per performance hint)."""
-    if engine.framework == "torch":
-        return "torch"
-    return openvino_hint(engine.performance_hint, batch) if engine.device == "openvino" else "session"
 
 
 def _engine_file(model_path: Path, checkpoint: Path, engine: Engine) -> dict:

@@ -22,7 +22,7 @@ from vggdeploy.data import to_input_tensor
 from vggdeploy.datasets import dataset_of
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.files import folder_lock
-from vggdeploy.graph import ORT_CHUNK, run_session
+from vggdeploy.graph import run_session
 from vggdeploy.model import predict_logits
 from vggdeploy.onnx_file import require_model_file
 from vggdeploy.parity import ParityResult, compare_logits
@@ -161,9 +161,7 @@ def run_check(
 def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_dir: Path) -> CheckReport:
     model_path = Path(model_path)
     images = config.images
-    settings = ProviderSettings(
-        provider=config.provider, performance_hint=config.performance_hint, batch_size=ORT_CHUNK
-    )
+    settings = ProviderSettings(config.provider, performance_hint=config.performance_hint)
     loaded = open_model(model_path, settings)
     variant = loaded.metadata["export"].get("variant", "fp32")
     if loaded.takes_raw_images:

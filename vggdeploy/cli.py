@@ -408,7 +408,7 @@ def _performance_hint_option(function):
         type=click.Choice(["auto", "latency", "throughput"]),
         default="auto",
         show_default=True,
-        help="OpenVINO only: its LATENCY or THROUGHPUT hint; auto takes LATENCY for one image, THROUGHPUT for batches.",
+        help="OpenVINO only: auto = LATENCY (one call at a time); THROUGHPUT pays off only for concurrent calls.",
     )(function)
 
 
@@ -434,17 +434,15 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, pe
     from vggdeploy.artifacts import latest_model
     from vggdeploy.errors import DataError
     from vggdeploy.preprocess import DEFAULT_MAX_PIXELS
-    from vggdeploy.run import classify, describe_model, expand_inputs
+    from vggdeploy.run import classify, describe_model
     from vggdeploy.runtime import ProviderSettings, open_model, session_provider
 
     if model_path is None:
         model_path = latest_model()
         click.echo(f"vggdeploy: no --model given; using the newest export under artifacts/: {model_path}", err=True)
-    paths, problems = expand_inputs(list(images))
-    batch = max(1, min(batch_size, len(paths)))  # what OpenVINO's auto performance hint follows
-    model = open_model(model_path, ProviderSettings(provider, performance_hint=performance_hint, batch_size=batch))
+    model = open_model(model_path, ProviderSettings(provider, performance_hint=performance_hint))
     _say_provider(model, provider)
-    result = classify(model, paths, problems, top_k, batch_size, max_pixels or DEFAULT_MAX_PIXELS)
+    result = classify(model, list(images), top_k, batch_size, max_pixels or DEFAULT_MAX_PIXELS)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

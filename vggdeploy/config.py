@@ -153,7 +153,7 @@ class CheckConfig:
     """What `vggdeploy check` compares and how strictly (accuracy drops in percentage points, as on the CLI)."""
 
     provider: str = "auto"  # auto | cuda | cpu | openvino
-    performance_hint: str = "auto"  # OpenVINO only: auto (follows the batch size) | latency | throughput
+    performance_hint: str = "auto"  # OpenVINO only: auto (= latency) | latency | throughput
     images: int | None = None  # the first N test images; None = all 10,000
     fp32_atol: float = 1e-3  # max |logit difference| of the fp32 model
     fp32_min_agreement: float = 0.999  # lowest top-1 agreement with torch, fp32

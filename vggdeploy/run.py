@@ -126,17 +126,13 @@ def describe_model(model: LoadedModel, provider: str) -> str:
 
 
 def classify(
-    model: LoadedModel,
-    paths: list[Path],
-    problems: list[str],
-    top_k: int = 3,
-    batch_size: int = 32,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    model: LoadedModel, arguments: list[str], top_k: int = 3, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Classification:
-    """Classify image files already found by ``expand_inputs`` (``problems``: what it could not find)."""
+    """Classify every image the arguments name, ``batch_size`` at a time."""
     if top_k < 1 or batch_size < 1:
         raise UsageError("--top-k and --batch-size must be at least 1")
-    result = Classification(model.path, failures=list(problems))
+    paths, problems = expand_inputs(arguments)
+    result = Classification(model.path, failures=problems)
     spec = PreprocessSpec.from_metadata(model.metadata["preprocessing"])
     labels, scale, calibrated = model.labels, temperature(model.metadata), is_calibrated(model.metadata)
     for start in range(0, len(paths), batch_size):

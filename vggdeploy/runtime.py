@@ -22,7 +22,7 @@ from vggdeploy.onnx_file import read_metadata
 CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessionOptionsDisableCPUEPFallback
 PROVIDERS = ("auto", "cuda", "cpu", "openvino")
 OPENVINO_INSTALL = "pip install 'vggdeploy[openvino]'"  # onnxruntime-ep-openvino, with its own OpenVINO runtime
-PERFORMANCE_HINTS = ("auto", "latency", "throughput")  # OpenVINO's; auto follows the batch size
+PERFORMANCE_HINTS = ("auto", "latency", "throughput")  # OpenVINO's; auto = latency (see openvino_options)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,6 @@ class ProviderSettings:
     cudnn_conv_algo_search: str = "EXHAUSTIVE"  # EXHAUSTIVE | HEURISTIC | DEFAULT
     intra_op_threads: int = 0  # CPU EP and OpenVINO threads; 0 = the provider's default
     performance_hint: str = "auto"  # OpenVINO: auto | latency | throughput
-    batch_size: int = 1  # the batch the caller sends: OpenVINO's auto hint follows it
     extra: dict = field(default_factory=dict)  # more provider options, passed through
 
     def __post_init__(self) -> None:
@@ -171,17 +170,19 @@ def openvino_devices() -> list:
     return devices
 
 
-def openvino_hint(setting: str, batch_size: int) -> str:
-    """OpenVINO's performance hint: LATENCY for single images and THROUGHPUT for batches, unless set explicitly."""
-    if setting == "auto":
-        return "LATENCY" if batch_size <= 1 else "THROUGHPUT"
-    return setting.upper()
+def openvino_hint(setting: str) -> str:
+    """OpenVINO's performance hint. auto is LATENCY at every batch size: THROUGHPUT splits the cores into streams
+    and one call runs on one stream, so a caller that waits for each call (``run``, ``check``, ``bench``, most
+    services) gets half the speed on 2 cores (BENCHMARKS.md, "OpenVINO's hints"); it pays off for concurrent calls."""
+    return "LATENCY" if setting == "auto" else setting.upper()
 
 
 def openvino_options(options: ProviderSettings) -> dict[str, str]:
-    """The plugin's provider options. Threads and the hint go through ``load_config`` (the CPU device's OpenVINO
-    properties as JSON): the plugin ignores the older ``num_of_threads`` and ``num_streams`` options."""
-    device = {"PERFORMANCE_HINT": openvino_hint(options.performance_hint, options.batch_size)}
+    """The plugin's provider options. Threads, hint and precision go through ``load_config`` (the CPU device's
+    OpenVINO properties as JSON): the plugin ignores the older ``num_of_threads`` and ``num_streams`` options. The
+    precision is f32 because the model file decides it: on CPUs with bf16 units (AVX-512 BF16, AMX) OpenVINO would
+    otherwise run an fp32 model in bf16."""
+    device = {"PERFORMANCE_HINT": openvino_hint(options.performance_hint), "INFERENCE_PRECISION_HINT": "f32"}
     if options.intra_op_threads:
         device["INFERENCE_NUM_THREADS"] = str(options.intra_op_threads)
     return {"load_config": json.dumps({"CPU": device}), **{k: str(v) for k, v in options.extra.items()}}
