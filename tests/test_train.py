@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -205,9 +206,27 @@ def test_nan_loss_stops_with_one_line_error(tmp_path):
         "--quiet",
     )
     assert result.returncode == 5
-    assert result.stderr.strip().startswith("error: the loss became nan") and "lower --lr" in result.stderr
+    assert (
+        result.stderr.strip().startswith("error: training diverged: the mean loss reached")
+        and "lower --lr" in result.stderr
+    )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_a_loss_that_exploded_without_reaching_nan_is_divergence_too():
+    from vggdeploy.errors import TrainingDiverged
+
+    plain = replace(TINY, model=replace(TINY.model, batch_norm=False))
+    # 3319: the mean loss of plain VGG-11 (4096 hidden, 224 px) after 4 steps at lr 0.2; its logits reached 1e20
+    with pytest.raises(
+        TrainingDiverged, match=r"mean loss reached 3319 in epoch 1 by step 4 \(chance is 2.3.*add --batch-norm"
+    ):
+        train_module.check_loss(3319.27, plain, "in epoch 1 by step 4")
+    with pytest.raises(TrainingDiverged, match="mean loss reached nan"):
+        train_module.check_loss(float("nan"), TINY, "in epoch 1 by step 20")
+    for healthy in (2.31, 4.5, 20.0):  # chance, a rough start, a bad spike: not divergence
+        train_module.check_loss(healthy, TINY, "in epoch 1 by step 20")
 
 
 @pytest.mark.parametrize(

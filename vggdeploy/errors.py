@@ -44,7 +44,7 @@ class CheckFailed(VggDeployError):
 
 
 class TrainingDiverged(VggDeployError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, or exploded far above chance."""
 
     exit_code = 5
 

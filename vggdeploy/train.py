@@ -38,6 +38,7 @@ from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import plot_training_curves, write_json, write_jsonl
 
 PROGRESS_EVERY = 20  # steps between progress updates (each one synchronises with the device)
+EXPLODED_LOSS_FACTOR = 10  # a mean loss this many times the chance loss, ln(classes), means the weights blew up
 
 
 class _StopRequests:
@@ -555,11 +556,7 @@ def _train_epoch(run: _Run, epoch: int, resumed: dict | None) -> _EpochOutcome:
         run.optimizer.step()
         sums.add(loss, logits, target, batch_images)
         if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == run.steps_per_epoch:
-            if not math.isfinite(sums.mean_loss):
-                raise TrainingDiverged(
-                    f"the loss became {sums.mean_loss} in epoch {epoch + 1} by step {step + 1} "
-                    f"(lr {config.lr:g}); lower --lr. Nothing was saved from this epoch"
-                )
+            check_loss(sums.mean_loss, config, f"in epoch {epoch + 1} by step {step + 1}")
             rate = (sums.images - resumed_images) * distributed.world / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{sums.mean_loss:.3f}", acc=f"{sums.accuracy:.3f}", img_s=f"{rate:,.0f}")
     if device.type == "cuda":
@@ -567,6 +564,19 @@ def _train_epoch(run: _Run, epoch: int, resumed: dict | None) -> _EpochOutcome:
     bar.close()
     images = int(sums.images - resumed_images) * distributed.world
     return _EpochOutcome(sums, time.perf_counter() - started, images, stopped_at)
+
+
+def check_loss(mean_loss: float, config: TrainConfig, where: str) -> None:
+    """Stop a run whose loss is NaN or infinite, or finite but far above chance: weights that blew up give logits of
+    1e20 and a loss in the thousands without ever reaching NaN, and would be saved as a "trained" model."""
+    chance = math.log(config.model.num_classes)
+    if math.isfinite(mean_loss) and mean_loss <= EXPLODED_LOSS_FACTOR * max(chance, 1.0):
+        return
+    advice = "lower --lr" + ("" if config.model.batch_norm else ", or add --batch-norm")
+    raise TrainingDiverged(
+        f"training diverged: the mean loss reached {mean_loss:.4g} {where} (chance is {chance:.3g}, lr "
+        f"{config.lr:g}); {advice}. Nothing was saved from this epoch"
+    )
 
 
 def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before: float) -> None:
