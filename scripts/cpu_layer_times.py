@@ -76,6 +76,14 @@ def read_bandwidth(fc_bytes: int, repeats: int = 5) -> float:
     return fc_bytes / best_seconds(weights.sum, repeats) / 1e9
 
 
+def floor_ms(
+    conv_gflop: float, fc_weight_bytes: int, compute: float, bandwidth: float, conv_rates: list, fc_rates: list
+) -> float:
+    """Milliseconds per image no engine can beat: the convolutions at the best rate seen (the measured ceiling, or
+    an engine that beat it; GFLOP/s) plus one read of the FC weights at the best bandwidth seen (GB/s)."""
+    return conv_gflop / max(compute, *conv_rates) * 1e3 + fc_weight_bytes / max(bandwidth, *fc_rates) / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="an exported fp32 model.onnx")
@@ -124,11 +132,10 @@ def main() -> None:
         )
     compute = {"fp32": cpu_fp32_gflops(2048, 5), "int8": cpu_int8_gops(2048, 5)}
     bandwidth = read_bandwidth(fc_bytes)
-    floors = {  # each at the best rate seen: the ceiling measured, or an engine that beat it
-        precision: conv_gflop / max(compute[precision], *conv_rates) * 1e3
-        + weight_bytes[precision] / max(bandwidth, *fc_rates) / 1e6
-        for precision, (conv_rates, fc_rates) in rates.items()
-        if conv_rates
+    floors = {
+        precision: floor_ms(conv_gflop, weight_bytes[precision], compute[precision], bandwidth, *reached)
+        for precision, reached in rates.items()
+        if reached[0]
     }
     print(
         f"\nceilings here: fp32 matrix product {compute['fp32']:.0f} GFLOP/s, int8 matrix product "

@@ -205,3 +205,14 @@ def test_the_cpu_table_script_runs_every_step(tmp_path):
     assert {m["engine"] for m in report["measurements"]} >= set(CPU_ENGINES)
     assert re.search(r"int8 matrix product \d+ GOP/s", out) and re.search(r"int8 floor [\d.]+ ms per image", out)
     assert re.search(r"ONNX Runtime CPU int8: [\d.]+ ms = [\d.]+x the fp32 floor, [\d.]+x the int8 floor", out)
+
+
+def test_the_floor_takes_the_best_rate_seen_for_each_part():
+    sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
+    from cpu_layer_times import floor_ms
+
+    # 14.9 GFLOP at 250 GFLOP/s (an engine beat the 200 measured) + 478 MB at 35 GB/s (the read beat the engines)
+    assert floor_ms(14.9, 478_000_000, 200.0, 35.0, [180.0, 250.0], [20.0, 30.0]) == pytest.approx(
+        59.6 + 13.657, abs=1e-3
+    )
+    assert floor_ms(14.9, 119_500_000, 844.0, 35.0, [804.0], [28.7]) == pytest.approx(17.654 + 3.414, abs=1e-3)

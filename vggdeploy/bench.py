@@ -24,14 +24,20 @@ from vggdeploy.datasets import dataset_of
 from vggdeploy.errors import ProviderUnavailable, UsageError
 from vggdeploy.files import folder_lock
 from vggdeploy.graph import deployment_versions
-from vggdeploy.hardware import cpu_fp32_gflops, cpu_instruction_sets, gpu_peak_tflops, peak_fraction, timed_runs
+from vggdeploy.hardware import (
+    cpu_fp32_gflops,
+    cpu_instruction_sets,
+    cpu_vendor,
+    gpu_peak_tflops,
+    peak_fraction,
+    timed_runs,
+)
 from vggdeploy.model import summarize
 from vggdeploy.onnx_file import read_metadata, require_model_file
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import markdown_table, plot_bench, write_json, write_text
 from vggdeploy.runtime import (
     ProviderSettings,
-    cpu_vendor,
     create_session,
     cuda_driver_present,
     openvino_devices,

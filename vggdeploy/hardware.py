@@ -101,13 +101,24 @@ def _ort_matmul_seconds(op_type: str, activations, weights, repeats: int) -> flo
     return best_seconds(lambda: session.run(None, {"a": activations}), repeats)
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in /proc/cpuinfo, or None (not Linux, or no such field)."""
+    try:
+        found = re.search(rf"^{field}\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+    except OSError:
+        return None
+    return found.group(1).strip() if found else None
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor and model as /proc/cpuinfo names them (the OpenVINO plugin offers Intel CPUs only)."""
+    named = [value for value in (_cpuinfo("vendor_id"), _cpuinfo("model name")) if value]
+    return " ".join(named) if named else "unknown CPU"
+
+
 def cpu_instruction_sets() -> list[str]:
     """The instruction sets that decide CPU inference speed which this CPU has, as /proc/cpuinfo names them."""
-    try:
-        flags = re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
-    except OSError:
-        return []
-    present = set(flags.group(1).split()) if flags else set()
+    present = set((_cpuinfo("flags") or "").split())
     return [name for name in NOTABLE_CPU_FLAGS if name in present]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from vggdeploy.contract import INPUT_NAME, RAW_INPUT_NAME
 from vggdeploy.errors import DataError, ProviderUnavailable, UsageError
+from vggdeploy.hardware import cpu_vendor
 from vggdeploy.onnx_file import read_metadata
 
 CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessionOptionsDisableCPUEPFallback
@@ -135,16 +136,6 @@ def _cpu_nodes_message(placements: list[Placement]) -> str:
         f"CUDA was asked for, but ONNX Runtime would run {count} of {total} nodes on the CPU"
         f"{': ' + listed if listed else ''} (--provider auto accepts that fallback)"
     )
-
-
-def cpu_vendor() -> str:
-    """The CPU's vendor and model as /proc/cpuinfo names them (the OpenVINO plugin offers Intel CPUs only)."""
-    with suppress(OSError):
-        info = Path("/proc/cpuinfo").read_text()
-        vendor = re.search(r"^vendor_id\s*:\s*(.+)$", info, re.M)
-        model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-        return " ".join(m.group(1).strip() for m in (vendor, model) if m)
-    return "unknown CPU"
 
 
 def openvino_devices() -> list:
