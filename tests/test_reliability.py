@@ -195,6 +195,8 @@ def test_checkpoint_corpus_through_export(tiny_checkpoint, tmp_path):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "other.pt").write_bytes(data)
     (tmp_path / "text.pt").write_text("not a checkpoint")
+    (tmp_path / "hello.pt").write_text("hello\n")  # once a KeyError from the unpickler: an internal error
+    (tmp_path / "image.pt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     cases = [
         (
             ["--checkpoint", str(evil)],
@@ -202,13 +204,51 @@ def test_checkpoint_corpus_through_export(tiny_checkpoint, tmp_path):
         ),
         (["--checkpoint", str(tmp_path / "cut.pt")], "cut.pt: truncated or not a checkpoint"),
         (["--checkpoint", str(tmp_path / "text.pt")], "text.pt: truncated or not a checkpoint"),
+        (["--checkpoint", str(tmp_path / "hello.pt")], "hello.pt: truncated or not a checkpoint"),
+        (["--checkpoint", str(tmp_path / "image.pt")], "image.pt: truncated or not a checkpoint"),
         (["--checkpoint", str(tmp_path / "other.pt"), "--arch", "E"], "other.pt: holds architecture A, not E"),
         (["--checkpoint", str(tmp_path / "absent.pt")], "absent.pt: no such checkpoint"),
     ]
     for args, problem in cases:
-        assert_clean_failure(cli("export", *args, "--out", str(tmp_path / "out")), problem)
+        assert_clean_failure(cli("export", *args, "--out", str(tmp_path / "new" / "out")), problem)
+        assert not (tmp_path / "new").exists(), "a refused export left the folders it created"
     assert not marker.exists()
     assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("command", "problem"),
+    [
+        (["check", "--atol", "nan"], "--atol must be a number >= 0, got nan"),
+        (["check", "--min-agreement", "1.5"], "--min-agreement must be between 0 and 1, got 1.5"),
+        (["check", "--fp16-max-drop", "nan"], "--fp16-max-drop must be a number >= 0, got nan"),
+        (["check", "--max-ece-increase", "-1"], "--max-ece-increase must be a number >= 0, got -1.0"),
+        (["check", "--localize", "--layer-rtol", "nan"], "--layer-rtol must be a number >= 0, got nan"),
+        (["export", "--int8-max-drop", "nan"], "--int8-max-drop must be a number >= 0, got nan"),
+        (["bench", "--seconds", "nan"], "--seconds"),
+        (["run", "--max-pixels", "0", "any.png"], "'--max-pixels': 0 is not in the range x>=1"),
+    ],
+)
+def test_a_limit_that_every_comparison_passes_is_refused(command, problem, tiny_export, tiny_checkpoint, tmp_path):
+    """NaN passes every `>` test, so `--atol nan` once reported 'ok'; such limits are usage errors, and the folders
+    a refused command created are gone again."""
+    model = str(tiny_export[0].model_path)
+    where = {
+        "check": ["--model", model, "--images", "50", "--report-dir", str(tmp_path / "new" / "reports")],
+        "export": ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "new" / "onnx")],
+        "bench": ["--model", model, "--engines", "ort-cpu-fp32", "--report-dir", str(tmp_path / "new" / "reports")],
+        "run": ["--model", model],
+    }[command[0]]
+    assert_clean_failure(cli(*command, *where), problem, code=2)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_training_refused_after_its_folder_was_made_leaves_no_folder(tmp_path, data_dir):
+    out = tmp_path / "new" / "run"
+    settings = ["--width-ratio", "64", "--image-size", "32", "--epochs", "1", "--quiet", "--data-dir", str(data_dir)]
+    result = cli("train", *settings, "--train-limit", "64", "--out", str(out))  # 58 images after the holdout
+    assert_clean_failure(result, "batch size 256 is larger than the 58 training images", code=2)
+    assert not (tmp_path / "new").exists()
 
 
 def _pickled_code_checkpoint(marker: Path) -> bytes:

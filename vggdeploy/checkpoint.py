@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import platform
 import re
 import zipfile
@@ -36,9 +35,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: truncated or not a checkpoint (not a torch.save archive)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the unpickler raises many kinds on a foreign archive
         # weights_only names what it refused to import or call; anything else is a damaged or foreign file
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         if found:
@@ -46,9 +49,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
                 f"{path}: refused, it holds objects that are not plain data (a pickled {found.group(1)}); "
                 "it was not loaded"
             ) from None
-        line = next(
-            (line for line in str(error).splitlines() if line.strip() and "Weights only load failed" not in line), ""
-        )
+        line = next((line for line in str(error).splitlines() if line.strip() and not _torch_advice(line)), "")
         reason = re.split(r"(?<=[a-z])\. ", line.strip(), maxsplit=1)[0]  # its first sentence, never cut mid-way
         raise DataError(f"{path}: truncated or not a checkpoint ({reason or type(error).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -58,6 +59,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     except (KeyError, TypeError, VggDeployError) as error:
         raise DataError(f"{path}: its model arguments are unusable ({error})") from None
     return state
+
+
+def _torch_advice(line: str) -> bool:
+    """The lines of torch.load's message that explain weights_only rather than what was wrong with the file."""
+    return any(
+        phrase in line for phrase in ("Weights only load failed", "Please file an issue", "Check the documentation")
+    )
 
 
 def rebuild_model(path: str | Path, expected_arch: str | None = None):

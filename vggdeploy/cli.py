@@ -422,10 +422,13 @@ def _performance_hint_option(function):
     help="An exported .onnx [default: the latest under artifacts/].",
 )
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu", "openvino"]), default="auto", show_default=True)
-@click.option("--top-k", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
-    "--max-pixels", type=int, default=None, help="Refuse larger images (decompression bombs) [default: 50,000,000]."
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse larger images (decompression bombs) [default: 50,000,000].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_performance_hint_option
@@ -442,7 +445,7 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, pe
         click.echo(f"vggdeploy: no --model given; using the newest export under artifacts/: {model_path}", err=True)
     model = open_model(model_path, ProviderSettings(provider, performance_hint=performance_hint))
     _say_provider(model, provider)
-    result = classify(model, list(images), top_k, batch_size, max_pixels or DEFAULT_MAX_PIXELS)
+    result = classify(model, list(images), top_k, batch_size, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

@@ -106,6 +106,14 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+def require_limits(config: object, flags: dict[str, str]) -> None:
+    """Each named tolerance a number >= 0; NaN is refused because every comparison with it passes."""
+    for name, flag in flags.items():
+        value = getattr(config, name)
+        if not value >= 0:
+            raise UsageError(f"{flag} must be a number >= 0, got {value}")
+
+
 def preset(name: str | None, cuda_available: bool) -> TrainConfig:
     """The named preset, or ``full`` with a GPU and ``quick`` without."""
     name = name or ("full" if cuda_available else "quick")
@@ -146,6 +154,17 @@ class ExportConfig:
         for name in ("parity_images", "golden_images", "int8_calibration_images", "variant_images", "calibration_bins"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1")
+        require_limits(
+            self,
+            {
+                "atol": "--atol",
+                "fp16_max_drop_pp": "--fp16-max-drop",
+                "int8_max_drop_pp": "--int8-max-drop",
+                "audit_atol": "audit atol",
+                "golden_atol": "golden atol",
+                "preprocessing_atol": "preprocessing atol",
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -167,6 +186,18 @@ class CheckConfig:
     def __post_init__(self) -> None:
         if (self.images is not None and self.images < 1) or self.localize_images < 1:
             raise UsageError("--images and the localize image count must be at least 1")
+        require_limits(
+            self,
+            {
+                "fp32_atol": "--atol",
+                "fp16_max_drop_pp": "--fp16-max-drop",
+                "int8_max_drop_pp": "--int8-max-drop",
+                "max_ece_increase_pp": "--max-ece-increase",
+                "localize_rtol": "--layer-rtol",
+            },
+        )
+        if not 0 <= self.fp32_min_agreement <= 1:
+            raise UsageError(f"--min-agreement must be between 0 and 1, got {self.fp32_min_agreement}")
         from vggdeploy.runtime import ProviderSettings
 
         ProviderSettings(self.provider, performance_hint=self.performance_hint)  # refuses a hint without OpenVINO
@@ -186,5 +217,5 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise UsageError("batch sizes must be positive")
-        if self.min_runs < 1 or self.warmup < 0 or self.seconds < 0:
+        if self.min_runs < 1 or self.warmup < 0 or not self.seconds >= 0:
             raise UsageError("--min-runs must be at least 1, and --seconds and the warm-up runs not negative")

@@ -131,14 +131,45 @@ def _lock_holder(path: Path) -> dict | None:
         return None  # gone, or being written by its owner this instant
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def remove_unfilled(folders: list[Path]) -> None:
+    """Remove each folder (deepest first) that holds no file at any depth: what a failed run created for nothing."""
+    for folder in folders:
+        if folder.is_dir() and all(p.is_dir() and not p.is_symlink() for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextmanager
 def folder_lock(target: str | Path, command: str) -> Iterator[None]:
     """One writer for ``target`` at a time: a lock file beside it (``.<name>.lock``: host, PID, command, start).
 
     A second run fails at once naming the holder. A lock left by a process of this host that no longer exists is
-    taken over, and the user is told on stderr.
+    taken over, and the user is told on stderr. When the run fails, the folders it created and never wrote a file
+    into are removed again, so a refused command leaves nothing behind.
     """
     target = Path(target)
+    created = missing_folders(target.absolute())
+    finished = False
+    try:
+        with _lock_file(target, command):
+            yield
+        finished = True
+    finally:
+        if not finished:
+            remove_unfilled(created)
+
+
+@contextmanager
+def _lock_file(target: Path, command: str) -> Iterator[None]:
     ensure_writable(target)
     lock = target.parent / f".{target.name}.lock"
     mine = {

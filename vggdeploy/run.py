@@ -129,8 +129,8 @@ def classify(
     model: LoadedModel, arguments: list[str], top_k: int = 3, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Classification:
     """Classify every image the arguments name, ``batch_size`` at a time."""
-    if top_k < 1 or batch_size < 1:
-        raise UsageError("--top-k and --batch-size must be at least 1")
+    if min(top_k, batch_size, max_pixels) < 1:
+        raise UsageError("--top-k, --batch-size and --max-pixels must be at least 1")
     paths, problems = expand_inputs(arguments)
     result = Classification(model.path, failures=problems)
     spec = PreprocessSpec.from_metadata(model.metadata["preprocessing"])
