@@ -80,6 +80,7 @@ def image_corpus(tmp_path_factory, test_split):
         "photo.jpg": _png_bytes(rgb, format="JPEG"),
         "tiny-1x1.png": _png_bytes(Image.new("L", (1, 1), 200)),
         "large-4000x3000.jpg": _png_bytes(rgb.resize((4000, 3000)), format="JPEG", quality=70),
+        "animated.gif": _png_bytes(gray, format="GIF", save_all=True, append_images=[rgb.convert("L").rotate(90)]),
     }
     jpeg = good["photo.jpg"]
     bad = {
@@ -89,6 +90,7 @@ def image_corpus(tmp_path_factory, test_split):
         "crc.png": (_corrupt_png_crc(good["gray.png"]), "truncated or corrupt"),
         "cut.jpg": (jpeg[: len(jpeg) // 2], "truncated or corrupt"),
         "bomb.png": (_bomb_png(20_000), "20000x20000 pixels is over the limit of 50,000,000"),
+        "float.tif": (_png_bytes(Image.new("F", (8, 8), 0.5), format="TIFF"), "32-bit float pixels"),
     }
     for name, data in good.items():
         (folder / name).write_bytes(data)
@@ -104,6 +106,14 @@ def test_image_corpus_through_run(image_corpus, tiny_export):
     predicted = {Path(p["file"]).name for p in json.loads(result.stdout)["predictions"]}
     assert predicted == set(good)
     assert len(result.stderr.strip().splitlines()) == len(bad) + 1  # + the provider line
+
+
+def test_an_animated_or_multi_page_image_is_read_by_its_first_frame(tmp_path):
+    first, second = Image.new("L", (8, 8), 30), Image.new("L", (8, 8), 220)
+    for name in ("animated.gif", "pages.tif"):
+        first.save(tmp_path / name, save_all=True, append_images=[second])
+        assert Image.open(tmp_path / name).n_frames == 2
+        np.testing.assert_array_equal(decode_grayscale(tmp_path / name), np.full((8, 8), 30 / 255, np.float32))
 
 
 def test_empty_folder_and_missing_glob(tmp_path, tiny_export):

@@ -114,6 +114,10 @@ def decode_image(source: str | Path | bytes, color: str, max_pixels: int = DEFAU
                     f"{name}: {image.width}x{image.height} pixels is over the limit of {max_pixels:,} "
                     "(possible decompression bomb; raise --max-pixels to allow it)"
                 )
+            if image.mode == "F":
+                raise DataError(
+                    f"{name}: 32-bit float pixels have no agreed scale (0-1 or 0-255); save it as 8- or 16-bit"
+                )
             image = ImageOps.exif_transpose(image)
             image.load()
             return _to_grayscale(image) if color == "grayscale" else _to_rgb(image)
@@ -143,8 +147,6 @@ def _only_our_pixel_limit() -> Iterator[None]:
 def _to_grayscale(image: Image.Image) -> np.ndarray:
     if image.mode in SIXTEEN_BIT_MODES:
         return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
-    if image.mode == "F":
-        return np.clip(np.asarray(image, dtype=np.float32) / 255.0, 0.0, 1.0)
     if image.mode == "L":
         return np.asarray(image, dtype=np.float32) / 255.0
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
@@ -156,7 +158,7 @@ def _to_grayscale(image: Image.Image) -> np.ndarray:
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
-    if image.mode in SIXTEEN_BIT_MODES or image.mode in ("L", "F"):
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "L":
         return np.repeat(_to_grayscale(image)[None], 3, axis=0)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     rgba = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32)
