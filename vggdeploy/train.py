@@ -116,8 +116,8 @@ class TrainResult:
         stopped = f"; {self.stopped_early}, continue with --resume" if self.stopped_early else ""
         return (
             f"best test accuracy {self.best_accuracy:.2%}, final {self.final_accuracy:.2%} after {self.epochs_run} "
-            f"epochs in {self.wall_seconds:.0f} s ({self.images_per_second:,.0f} train img/s{peak}){stopped}; "
-            f"{self.held_out:,} training images held out for calibration; "
+            f"epoch{'s' if self.epochs_run != 1 else ''} in {self.wall_seconds:.0f} s ({self.images_per_second:,.0f} train img/s{peak}){stopped}; "
+            f"{self.held_out:,} training image{'s' if self.held_out != 1 else ''} held out for calibration; "
             f"checkpoints in {RunFolder(self.out_dir).checkpoints}"
         )
 
