@@ -235,7 +235,7 @@ def test_checkpoint_corpus_through_export(tiny_checkpoint, tmp_path):
         (["check", "--max-ece-increase", "-1"], "--max-ece-increase must be a number >= 0, got -1.0"),
         (["check", "--localize", "--layer-rtol", "nan"], "--layer-rtol must be a number >= 0, got nan"),
         (["export", "--int8-max-drop", "nan"], "--int8-max-drop must be a number >= 0, got nan"),
-        (["bench", "--seconds", "nan"], "--seconds"),
+        (["bench", "--seconds", "nan"], "--seconds must be a number >= 0, got nan"),
         (["run", "--max-pixels", "0", "any.png"], "'--max-pixels': 0 is not in the range x>=1"),
     ],
 )

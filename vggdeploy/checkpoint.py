@@ -41,7 +41,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except MemoryError:
         raise
-    except Exception as error:  # noqa: BLE001 - the unpickler raises many kinds on a foreign archive
+    except Exception as error:  # the unpickler raises many kinds of error on a foreign archive
         # weights_only names what it refused to import or call; anything else is a damaged or foreign file
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         if found:

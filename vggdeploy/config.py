@@ -217,5 +217,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise UsageError("batch sizes must be positive")
-        if self.min_runs < 1 or self.warmup < 0 or not self.seconds >= 0:
-            raise UsageError("--min-runs must be at least 1, and --seconds and the warm-up runs not negative")
+        if self.min_runs < 1:
+            raise UsageError(f"--min-runs must be at least 1, got {self.min_runs}")
+        if self.warmup < 0:
+            raise UsageError(f"warm-up runs must not be negative, got {self.warmup}")
+        require_limits(self, {"seconds": "--seconds"})

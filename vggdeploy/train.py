@@ -114,10 +114,12 @@ class TrainResult:
     def format(self) -> str:
         peak = f", {self.peak_fraction:.1%} of bf16 peak" if self.peak_fraction is not None else ""
         stopped = f"; {self.stopped_early}, continue with --resume" if self.stopped_early else ""
+        epochs = f"{self.epochs_run} epoch{'s' if self.epochs_run != 1 else ''}"
+        held_out = f"{self.held_out:,} training image{'s' if self.held_out != 1 else ''}"
         return (
-            f"best test accuracy {self.best_accuracy:.2%}, final {self.final_accuracy:.2%} after {self.epochs_run} "
-            f"epoch{'s' if self.epochs_run != 1 else ''} in {self.wall_seconds:.0f} s ({self.images_per_second:,.0f} train img/s{peak}){stopped}; "
-            f"{self.held_out:,} training image{'s' if self.held_out != 1 else ''} held out for calibration; "
+            f"best test accuracy {self.best_accuracy:.2%}, final {self.final_accuracy:.2%} after {epochs} "
+            f"in {self.wall_seconds:.0f} s ({self.images_per_second:,.0f} train img/s{peak}){stopped}; "
+            f"{held_out} held out for calibration; "
             f"checkpoints in {RunFolder(self.out_dir).checkpoints}"
         )
 

@@ -299,7 +299,8 @@ def runtime_stage(validation: Validation) -> None:
     add_bench_goals(validation, benched, bench)
 
     # only the modules that hold gpu tests: another module's import (hypothesis, say) cannot stop the step
-    gpu_modules = sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "tests").glob("test_*.py") if "pytest.mark.gpu" in p.read_text())
+    tests_folder = Path(__file__).resolve().parents[2] / "tests"
+    gpu_modules = sorted(str(p) for p in tests_folder.glob("test_*.py") if "pytest.mark.gpu" in p.read_text())
     tests = validation.run("pytest-gpu", ["-m", "gpu", "-q", "-p", "no:cacheprovider", *gpu_modules], module="pytest")
     counts = dict(
         (word, int(number)) for number, word in re.findall(r"(\d+) (passed|failed|skipped|error)", tests.output_tail)
