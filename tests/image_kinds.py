@@ -16,20 +16,58 @@ import numpy as np
 from PIL import Image
 
 PNG_KINDS = ("gray8", "gray_transparent_key", "gray16", "gray_alpha8", "gray_alpha16", "rgb8", "rgba8", "palette", "palette_transparent",
-             "rgb16", "rgba16", "one_by_one", "large_4000x3000")  # fmt: skip
+             "rgb16", "rgba16", "one_by_one", "large_4000x3000", *(f"exif_orientation_{o}_png" for o in range(2, 9)),
+             "exif_transposed_png_after_idat", "animated_png")  # fmt: skip
 JPEG_KINDS = ("rgb_jpeg", "gray_jpeg", "cmyk_jpeg", "exif_rotated_jpeg")
 
 
 def _raw_png(width: int, height: int, color_type: int, samples: np.ndarray) -> bytes:
     """A 16-bit PNG written byte by byte (Pillow writes 16 bits for grayscale only)."""
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
     rows = samples.astype(">u2").reshape(height, -1)
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _chunks(png: bytes) -> list[tuple[bytes, bytes]]:
+    chunks, position = [], 8
+    while position < len(png):
+        (length,) = struct.unpack(">I", png[position : position + 4])
+        chunks.append((png[position + 4 : position + 8], png[position + 8 : position + 8 + length]))
+        position += 12 + length
+    return chunks
+
+
+def _exif_moved_after_idat(png: bytes) -> bytes:
+    """The same PNG with its eXIf chunk after the image data (allowed; a decoder must read to the end for it)."""
+    chunks = _chunks(png)
+    exif = [c for c in chunks if c[0] == b"eXIf"]
+    rest = [c for c in chunks if c[0] not in (b"eXIf", b"IEND")]
+    return png[:8] + b"".join(_chunk(kind, data) for kind, data in (*rest, *exif, (b"IEND", b"")))
+
+
+UNDO_ORIENTATION = {  # the transposition that EXIF orientation N undoes
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def _orientation(value: int, endian: str) -> Image.Exif:
+    """EXIF holding only an orientation, in little (``<``, "II") or big (``>``, "MM") endian byte order."""
+    exif = Image.Exif()
+    exif[0x0112] = value
+    exif.endian = endian
+    return exif
 
 
 def write_image_kinds(gray: np.ndarray, folder: Path) -> dict[str, Path]:
@@ -69,9 +107,17 @@ def write_image_kinds(gray: np.ndarray, folder: Path) -> dict[str, Path]:
     images["rgb_jpeg"] = save(rgb, "JPEG", quality=95)
     images["gray_jpeg"] = save(Image.fromarray(gray, "L"), "JPEG", quality=95)
     images["cmyk_jpeg"] = save(rgb.convert("CMYK"), "JPEG", quality=95)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: the stored pixels are to be turned 90 degrees clockwise
-    images["exif_rotated_jpeg"] = save(Image.fromarray(np.rot90(gray, 1).copy(), "L"), "JPEG", quality=95, exif=exif)
+    # EXIF orientation 6: the stored pixels are to be turned 90 degrees clockwise; 5: transposed (mirrored too)
+    turned = Image.fromarray(np.rot90(gray, 1).copy(), "L")
+    images["exif_rotated_jpeg"] = save(turned, "JPEG", quality=95, exif=_orientation(6, "<"))
+    for orientation, method in UNDO_ORIENTATION.items():  # stored so that the upright image is the picture again
+        stored = Image.fromarray(gray, "L").transpose(method)
+        images[f"exif_orientation_{orientation}_png"] = save(stored, "PNG", exif=_orientation(orientation, "<"))
+    transposed = Image.fromarray(np.dstack([tint, ramp]).transpose(1, 0, 2).copy(), "RGBA")
+    images["exif_transposed_png_after_idat"] = _exif_moved_after_idat(
+        save(transposed, "PNG", exif=_orientation(5, ">"))
+    )
+    images["animated_png"] = save(Image.fromarray(gray, "L"), "PNG", save_all=True, append_images=[rgb.rotate(90)])
     paths = {}
     for name, data in images.items():
         path = folder / (name + (".jpg" if name.endswith("jpeg") else ".png"))

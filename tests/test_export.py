@@ -14,6 +14,7 @@ from vggdeploy.errors import UsageError
 from vggdeploy.onnx_file import read_metadata
 from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
 from vggdeploy.runtime import ProviderSettings, create_session
+from vggdeploy.variants import to_fp16
 
 
 def cli(*args):
@@ -202,15 +203,29 @@ def test_bad_export_input_is_one_line_and_leaves_no_onnx(problem, tiny_checkpoin
     assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.tmp"))
 
 
+def _fp16_that_always_says_class_0(fp32: onnx.ModelProto) -> onnx.ModelProto:
+    """A broken fp16 variant: the classifier's bias pushes every image to class 0."""
+    from onnx import numpy_helper
+
+    proto = to_fp16(fp32)  # the real one, bound when this module was imported
+    bias = next(t for t in reversed(proto.graph.initializer) if list(t.dims) == [10])
+    values = numpy_helper.to_array(bias).copy()
+    values[0] += 1000
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    return proto
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"atol": 0.0}, "parity at export.*atol"), ({"fp16": True, "fp16_max_drop_pp": -100.0}, "variant check: fp16")],
+    [({"atol": 0.0}, "parity at export.*atol"), ({"fp16": True}, "variant check: fp16")],
 )
-def test_a_failed_check_leaves_nothing_behind(tiny_checkpoint, tmp_path, data_dir, settings, message):
+def test_a_failed_check_leaves_nothing_behind(tiny_checkpoint, tmp_path, data_dir, settings, message, monkeypatch):
+    from vggdeploy import variants
     from vggdeploy.config import ExportConfig
     from vggdeploy.errors import CheckFailed
     from vggdeploy.export import export_model
 
+    monkeypatch.setattr(variants, "to_fp16", _fp16_that_always_says_class_0)
     config = ExportConfig(audit_batches=(1, 2), parity_images=32, variant_images=64, **settings)
     with pytest.raises(CheckFailed, match=message):
         export_model(tiny_checkpoint, tmp_path, config, data_dir=data_dir)

@@ -116,6 +116,28 @@ def test_an_animated_or_multi_page_image_is_read_by_its_first_frame(tmp_path):
         np.testing.assert_array_equal(decode_grayscale(tmp_path / name), np.full((8, 8), 30 / 255, np.float32))
 
 
+def test_exif_orientation_turns_images_upright_but_not_from_png_text_chunks(tmp_path):
+    """Each of the 8 orientations of a PNG's eXIf chunk (and a JPEG's) gives the upright picture; EXIF that Pillow
+    would also read from a PNG text chunk ("Raw profile type exif") is not used: no other consumer reads it."""
+    from image_kinds import write_image_kinds
+    from PIL import PngImagePlugin
+
+    picture = np.random.default_rng(1).integers(0, 256, (15, 11)).astype(np.uint8)
+    paths = write_image_kinds(picture, tmp_path)
+    upright = decode_grayscale(paths["gray8"])
+    for kind in [f"exif_orientation_{o}_png" for o in range(2, 9)] + ["exif_transposed_png_after_idat"]:
+        expected = upright if kind != "exif_transposed_png_after_idat" else decode_grayscale(paths["rgba8"])
+        np.testing.assert_array_equal(decode_grayscale(paths[kind]), expected, err_msg=kind)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = b"Exif\x00\x00" + exif.tobytes()
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{raw.hex()}\n")
+    Image.fromarray(picture).save(tmp_path / "text-chunk.png", pnginfo=text)
+    assert Image.open(tmp_path / "text-chunk.png").getexif().get(0x0112) == 6  # Pillow alone would turn it
+    np.testing.assert_array_equal(decode_grayscale(tmp_path / "text-chunk.png"), upright)
+
+
 def test_empty_folder_and_missing_glob(tmp_path, tiny_export):
     (tmp_path / "empty").mkdir()
     result = cli("run", str(tmp_path / "empty"), str(tmp_path / "*.png"), "--model", str(tiny_export[0].model_path))

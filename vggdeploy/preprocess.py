@@ -65,6 +65,11 @@ class PreprocessSpec:
             else {"rgb": "R, G, B in float; a gray image repeated to 3 channels; alpha composited over black"}
         )
         return {
+            "decode": {
+                "orientation": "EXIF orientation (tag 0x0112) applied first: JPEG, TIFF, WebP, and a PNG's eXIf chunk",
+                "frames": "the first frame of an animated or multi-page file",
+                "float_pixels": "refused (no agreed scale)",
+            },
             "color": self.color,
             **conversion,
             "alpha": "composite_over_black",
@@ -118,8 +123,8 @@ def decode_image(source: str | Path | bytes, color: str, max_pixels: int = DEFAU
                 raise DataError(
                     f"{name}: 32-bit float pixels have no agreed scale (0-1 or 0-255); save it as 8- or 16-bit"
                 )
-            image = ImageOps.exif_transpose(image)
             image.load()
+            image = _upright(image)
             return _to_grayscale(image) if color == "grayscale" else _to_rgb(image)
     except DataError:
         raise
@@ -131,6 +136,14 @@ def decode_image(source: str | Path | bytes, color: str, max_pixels: int = DEFAU
         raise DataError(f"{name}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise DataError(f"{name}: truncated or corrupt image ({error})") from None
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The EXIF orientation applied: from a JPEG, TIFF or WebP's EXIF, and from a PNG's eXIf chunk only (Pillow would
+    also take EXIF from PNG text chunks, an old ImageMagick habit that the other consumers do not read)."""
+    if image.format == "PNG" and ("exif" not in image.info or "exif" in image.text):
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 @contextmanager

@@ -106,7 +106,7 @@ def _fp32_metadata(given: VariantInputs) -> dict:
 def _resolvable_drop(limit_pp: float, images: int) -> float:
     """The accuracy drop export allows a variant on ``images`` test images: a positive limit finer than one image is
     raised to one image (on 1,000 images one flip is 0.1 pp, coarser than a 0.05 pp limit; ``check`` applies the
-    limit itself on the whole test set). Zero and negative limits stay as they are."""
+    limit itself on the whole test set). A zero limit stays zero."""
     limit = limit_pp / 100
     return max(limit, 1 / images) if limit > 0 else limit
 

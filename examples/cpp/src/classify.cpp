@@ -1,15 +1,17 @@
 // Classifies PNG images with a vggdeploy .onnx through ONNX Runtime's C++ API. Labels, preprocessing and the
 // input/output names all come from the model's metadata (GetModelMetadata); nothing is hard-coded.
-//   classify MODEL.onnx IMAGE.png... [--top-k K] [--json]
+//   classify MODEL.onnx IMAGE.png... [--top-k K] [--max-pixels N] [--json]
 #include <onnxruntime_cxx_api.h>
 #include <png.h>
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cmath>
 #include <csetjmp>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -58,14 +60,73 @@ struct Image {
   std::vector<float> planes;  // channels x height x width, [0, 1]
 };
 
+// The EXIF orientation (tag 0x0112) of a PNG's eXIf chunk: a TIFF header ("II*\0" or "MM\0*", an "Exif\0\0"
+// prefix allowed), then IFD0's entries. 1 (as stored) when there is none or it cannot be read, as Pillow treats it.
+int ExifOrientation(const png_byte* data, size_t size) {
+  if (size >= 6 && std::equal(data, data + 6, "Exif\0\0")) {
+    data += 6;
+    size -= 6;
+  }
+  if (size < 8) return 1;
+  const bool little = data[0] == 'I' && data[1] == 'I';
+  if (!little && !(data[0] == 'M' && data[1] == 'M')) return 1;
+  auto read = [&](size_t at, int bytes) -> uint32_t {
+    uint32_t value = 0;
+    for (int i = 0; i < bytes; ++i) value |= static_cast<uint32_t>(data[at + i]) << (8 * (little ? i : bytes - 1 - i));
+    return value;
+  };
+  const size_t ifd = read(4, 4);
+  if (ifd + 2 > size) return 1;
+  const uint32_t entries = read(ifd, 2);
+  for (uint32_t e = 0; e < entries && ifd + 2 + 12 * (e + 1) <= size; ++e) {
+    const size_t entry = ifd + 2 + 12 * e;
+    if (read(entry, 2) == 0x0112 && read(entry + 2, 2) == 3) {  // orientation, a SHORT
+      const uint32_t value = read(entry + 8, 2);
+      return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
+    }
+  }
+  return 1;
+}
+
+// The upright image, as Pillow's ImageOps.exif_transpose makes it: 2 mirror, 3 turn 180 degrees, 4 flip, 5 transpose,
+// 6 turn 90 degrees clockwise, 7 transverse, 8 turn 90 degrees anticlockwise.
+Image Upright(const Image& stored, int orientation) {
+  if (orientation == 1) return stored;
+  const int w = stored.width, h = stored.height;
+  const bool swaps = orientation >= 5;
+  Image upright{swaps ? h : w, swaps ? w : h, std::vector<float>(stored.planes.size())};
+  const size_t area = static_cast<size_t>(w) * h;
+  const int channels = static_cast<int>(stored.planes.size() / std::max<size_t>(area, 1));
+  for (int y = 0; y < upright.height; ++y) {
+    for (int x = 0; x < upright.width; ++x) {
+      int sx = x, sy = y;  // the stored pixel that lands at (x, y)
+      switch (orientation) {
+        case 2: sx = w - 1 - x; break;
+        case 3: sx = w - 1 - x; sy = h - 1 - y; break;
+        case 4: sy = h - 1 - y; break;
+        case 5: sx = y; sy = x; break;
+        case 6: sx = y; sy = h - 1 - x; break;
+        case 7: sx = w - 1 - y; sy = h - 1 - x; break;
+        case 8: sx = w - 1 - y; sy = x; break;
+      }
+      for (int c = 0; c < channels; ++c) {
+        upright.planes[c * area + static_cast<size_t>(y) * upright.width + x] =
+            stored.planes[c * area + static_cast<size_t>(sy) * w + sx];
+      }
+    }
+  }
+  return upright;
+}
+
 // Decodes any PNG to the model's channels in [0, 1] exactly as vggdeploy/preprocess.py (Pillow) reads it:
 //  - 16-bit gray: value / 65535, full precision (repeated to 3 channels for an RGB model);
 //  - gray of 1-8 bits: value / 255 after expansion to 8 bits (a tRNS colour key is ignored, as Pillow's "L" does);
 //  - everything else (gray+alpha, RGB, RGBA, palette, tRNS keys): 16-bit samples keep their high byte, as Pillow's
 //    8-bit modes do, then luma in float (grayscale models) or R, G, B (RGB models), alpha composited over black,
 //    / 255.
+// The image is then turned upright by the orientation of its eXIf chunk, before or after the pixels.
 // libpng's simplified API is not used: it treats 16-bit data as linear light and re-encodes it to sRGB.
-Image LoadPng(const std::string& path, const Preprocessing& spec) {
+Image LoadPng(const std::string& path, const Preprocessing& spec, long long max_pixels) {
   std::FILE* file = std::fopen(path.c_str(), "rb");
   if (!file) throw std::runtime_error("cannot open the file");
   std::array<png_byte, 8> signature{};
@@ -104,11 +165,23 @@ Image LoadPng(const std::string& path, const Preprocessing& spec) {
   png_read_update_info(png, info);
   image.width = static_cast<int>(png_get_image_width(png, info));
   image.height = static_cast<int>(png_get_image_height(png, info));
+  if (static_cast<long long>(image.width) * image.height > max_pixels) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    std::fclose(file);
+    throw std::runtime_error(std::to_string(image.width) + "x" + std::to_string(image.height) +
+                             " pixels is over the limit of " + std::to_string(max_pixels) +
+                             " (possible decompression bomb; raise --max-pixels to allow it)");
+  }
   const size_t row_bytes = png_get_rowbytes(png, info);
   pixels.resize(row_bytes * image.height);
   rows.resize(image.height);
   for (int y = 0; y < image.height; ++y) rows[y] = pixels.data() + y * row_bytes;
   png_read_image(png, rows.data());
+  if (setjmp(png_jmpbuf(png)) == 0) png_read_end(png, info);  // an eXIf chunk may follow the pixels; a damaged
+                                                                // tail after them is ignored, as Pillow ignores it
+  png_uint_32 exif_size = 0;
+  png_bytep exif = nullptr;
+  const int orientation = png_get_eXIf_1(png, info, &exif_size, &exif) ? ExifOrientation(exif, exif_size) : 1;
   png_destroy_read_struct(&png, &info, nullptr);
   std::fclose(file);
 
@@ -128,7 +201,7 @@ Image LoadPng(const std::string& path, const Preprocessing& spec) {
       for (int c = 0; c < 3; ++c) image.planes[c * area + i] = p[c] * (p[3] / 255.0f) / 255.0f;
     }
   }
-  return image;
+  return Upright(image, orientation);
 }
 
 struct Taps {
@@ -197,17 +270,32 @@ std::vector<double> Probabilities(const std::vector<float>& logits, double tempe
   return probabilities;
 }
 
+// A whole positive integer, or 0 for anything else ("3x", "-1", "", out of range).
+long long PositiveInteger(const char* text) {
+  errno = 0;
+  char* end = nullptr;
+  const long long value = std::strtoll(text, &end, 10);
+  return errno == 0 && end != text && *end == '\0' && value > 0 ? value : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  const char* usage = "usage: classify MODEL.onnx IMAGE.png... [--top-k K] [--max-pixels N] [--json]\n";
   std::vector<std::string> images;
   std::string model_path;
-  int top_k = 3;
+  long long top_k = 3;
+  long long max_pixels = 50'000'000;  // vggdeploy run's default: larger images are refused as decompression bombs
   bool as_json = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg == "--top-k" && i + 1 < argc) {
-      top_k = std::stoi(argv[++i]);
+    if (arg == "--top-k" || arg == "--max-pixels") {
+      const long long value = i + 1 < argc ? PositiveInteger(argv[++i]) : 0;
+      if (value == 0) {
+        std::cerr << "error: " << arg << " needs a positive whole number\n" << usage;
+        return 2;
+      }
+      (arg == "--top-k" ? top_k : max_pixels) = value;
     } else if (arg == "--json") {
       as_json = true;
     } else if (model_path.empty()) {
@@ -217,7 +305,7 @@ int main(int argc, char** argv) {
     }
   }
   if (model_path.empty() || images.empty()) {
-    std::cerr << "usage: classify MODEL.onnx IMAGE.png... [--top-k K] [--json]\n";
+    std::cerr << usage;
     return 2;
   }
   try {
@@ -239,7 +327,7 @@ int main(int argc, char** argv) {
     for (const std::string& path : images) {
       std::vector<float> input;
       try {
-        input = ToModelInput(LoadPng(path, spec), spec);
+        input = ToModelInput(LoadPng(path, spec, max_pixels), spec);
       } catch (const std::exception& error) {
         std::cerr << "error: " << path << ": " << error.what() << "\n";
         ++failures;
@@ -257,7 +345,7 @@ int main(int argc, char** argv) {
       std::vector<size_t> order(logits.size());
       std::iota(order.begin(), order.end(), 0);
       std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return probabilities[a] > probabilities[b]; });
-      order.resize(std::min<size_t>(std::max(top_k, 1), order.size()));
+      order.resize(std::min<size_t>(static_cast<size_t>(top_k), order.size()));
 
       if (as_json) {
         json top = json::array();

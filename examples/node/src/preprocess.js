@@ -1,6 +1,7 @@
 // Image bytes -> model input in Node: PNG/JPEG decoding here, the preprocessing itself in js-common.
 import sharp from 'sharp';
 import { PNG } from 'pngjs';
+import { pngOrientation, upright } from '../../js-common/orientation.js';
 import { toChannels, toModelInput } from '../../js-common/preprocess.js';
 
 export { specFromMetadata } from '../../js-common/preprocess.js';
@@ -12,8 +13,9 @@ const JPEG_SIGNATURE = Buffer.from([0xff, 0xd8, 0xff]);
 
 /**
  * Decode PNG or JPEG bytes to { width, height, rgba, depth, colorType }; throws ImageError on anything else.
- * PNG through pngjs, its 16-bit samples kept whole (toChannels reads them as Pillow does); JPEG through sharp
- * (libvips with mozjpeg), turned upright by its EXIF orientation; CMYK JPEG is refused.
+ * PNG through pngjs, its 16-bit samples kept whole (toChannels reads them as Pillow does), then turned upright by the
+ * orientation of its eXIf chunk; JPEG through sharp (libvips with mozjpeg), turned upright by its EXIF orientation;
+ * CMYK JPEG is refused.
  */
 export async function decode(bytes, maxPixels) {
   let image;
@@ -21,7 +23,7 @@ export async function decode(bytes, maxPixels) {
     if (bytes.subarray(0, 4).equals(PNG_SIGNATURE)) {
       const [depth, colorType] = [bytes[24], bytes[25]]; // from the IHDR chunk, which a PNG must start with
       const png = PNG.sync.read(bytes, { skipRescale: depth === 16 });
-      image = { width: png.width, height: png.height, rgba: png.data, depth, colorType };
+      image = upright({ width: png.width, height: png.height, rgba: png.data, depth, colorType }, pngOrientation(bytes));
     } else if (bytes.subarray(0, 3).equals(JPEG_SIGNATURE)) {
       // libvips decodes JPEG with mozjpeg (libjpeg-turbo's decoder, as Pillow uses), so the pixels are Pillow's
       const jpg = sharp(bytes, { failOn: 'truncated' });

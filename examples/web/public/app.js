@@ -1,6 +1,7 @@
 // Classifies a dropped image with the exported .onnx via onnxruntime-web (wasm files served from the package).
 // Labels and preprocessing come from the model's metadata_props, read with protobufjs and a partial ONNX schema.
 import * as ort from '/ort/ort.wasm.min.mjs';
+import { pngOrientation, upright, withoutExifChunk } from '/common/orientation.js';
 import { calibrationOf, specFromMetadata, toChannels, toModelInput, topK } from '/common/preprocess.js';
 
 const TOP_K = 5;
@@ -67,15 +68,26 @@ function pngHeader(bytes) {
 }
 
 async function decodeImage(file) {
-  const png = pngHeader(new Uint8Array(await file.slice(0, 26).arrayBuffer()));
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  const png = pngHeader(bytes);
   if (png?.depth === 16 && png.colorType === 0) {
     // The reference reads 16-bit gray at full precision; browsers reduce it to 8 bits first.
     throw new Error('16-bit grayscale PNGs are read inexactly by browsers; use the Node service or vggdeploy run');
   }
-  const bitmap = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+  // A PNG's eXIf orientation is applied here, not by the browser (Chromium reads it only before the pixels);
+  // a JPEG's EXIF orientation is applied by the browser, as every current one does.
+  const source = png ? new Blob([withoutExifChunk(bytes)], { type: 'image/png' }) : file;
+  const bitmap = await createImageBitmap(source, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
   const rgba = exactPixels(bitmap) ?? canvasPixels(bitmap);
   // PNG gray (colour type 0): the reference ignores a tRNS colour key, so only the gray values count
-  return { width: bitmap.width, height: bitmap.height, rgba, colorType: png?.colorType, bitmap };
+  const stored = { width: bitmap.width, height: bitmap.height, rgba, colorType: png?.colorType };
+  const image = png ? upright(stored, pngOrientation(bytes)) : stored;
+  return { ...image, bitmap: image === stored ? bitmap : await uprightBitmap(image) };
+}
+
+/** A bitmap of the upright pixels, for the preview. */
+function uprightBitmap({ width, height, rgba }) {
+  return createImageBitmap(new ImageData(new Uint8ClampedArray(rgba.buffer, rgba.byteOffset, rgba.length), width, height));
 }
 
 function show(result, image, metadata) {

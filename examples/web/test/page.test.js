@@ -2,7 +2,7 @@
 // golden top-1 label, logits within the golden tolerance and probabilities softmax(logits / T). npm test takes the newest export under artifacts/;
 // MODEL_PATH and GOLDEN_DIR choose another; SCREENSHOT= saves a PNG of the page.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
@@ -65,6 +65,7 @@ test('every image kind gives the Python reference logits, or a refusal in words'
   const fixture = process.env.IMAGE_KINDS;
   const { tolerance, kinds } = JSON.parse(readFileSync(fixture, 'utf8'));
   const refused = { gray16: /16-bit grayscale PNGs are read inexactly by browsers/ };
+  const report = {}; // KINDS_REPORT=file.json keeps each kind's largest |logit difference| (BENCHMARKS.md's table)
   for (const [kind, entry] of Object.entries(kinds)) {
     await page.evaluate(() => { window.lastResult = null; document.querySelector('#status').textContent = ''; });
     await page.setInputFiles('#file', join(dirname(fixture), entry.file));
@@ -77,6 +78,8 @@ test('every image kind gives the Python reference logits, or a refusal in words'
     }
     assert.ok(result, `${kind}: ${await page.textContent('#status')}`);
     const worst = Math.max(...result.logits.map((v, i) => Math.abs(v - entry.logits[i])));
+    report[kind] = worst;
     assert.ok(worst <= tolerance.logits_atol, `${kind}: logits differ by ${worst} > ${tolerance.logits_atol}`);
   }
+  if (process.env.KINDS_REPORT) writeFileSync(process.env.KINDS_REPORT, JSON.stringify(report, null, 1));
 });
