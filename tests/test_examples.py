@@ -109,6 +109,21 @@ def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path):
         [str(cpp_program), str(tmp_path / "bare.onnx"), str(good)], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 1 and "no 'vggdeploy.format' metadata" in run.stderr
+    for flag, value in (("--top-k", "abc"), ("--top-k", "0"), ("--max-pixels", "-5"), ("--max-pixels", "1e9")):
+        run = subprocess.run(
+            [str(cpp_program), str(result.model_path), str(good), flag, value],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 2 and run.stderr.startswith(f"error: {flag} needs a positive whole number"), run.stderr
+    run = subprocess.run(
+        [str(cpp_program), str(result.model_path), str(good), "--max-pixels", "100"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 3 and "pixels is over the limit of 100 (possible decompression bomb" in run.stderr
 
 
 def _worst_differences(answers: dict[str, list[float]], expected: dict) -> dict[str, float]:
