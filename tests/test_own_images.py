@@ -176,18 +176,27 @@ def test_the_cache_answers_the_second_run_and_a_changed_file_invalidates_it(rgb_
     copy = _copy(rgb_set, tmp_path / "cached")
     samples = folders.scan_folder(copy).train
     started = time.perf_counter()
-    first, cached = folders.decode_split(copy, samples, 32, "train", progress=False)
+    first, cache = folders.decode_split(copy, samples, 32, "train", progress=False)
     decode_seconds = time.perf_counter() - started
-    assert not cached
+    assert cache == folders.CACHED
     started = time.perf_counter()
-    second, cached = folders.decode_split(copy, samples, 32, "train", progress=False)
-    assert cached and torch.equal(first.images, second.images) and first.files == second.files
+    second, cache = folders.decode_split(copy, samples, 32, "train", progress=False)
+    assert cache == folders.FROM_CACHE and torch.equal(first.images, second.images) and first.files == second.files
     assert time.perf_counter() - started < decode_seconds
     changed = Path(samples[5][0])
     Image.new("RGB", (30, 30), (0, 255, 0)).save(changed, format="PNG" if changed.suffix == ".png" else "JPEG")
-    third, cached = folders.decode_split(copy, samples, 32, "train", progress=False)
-    assert not cached and not torch.equal(third.images[5], first.images[5])
+    third, cache = folders.decode_split(copy, samples, 32, "train", progress=False)
+    assert cache == folders.CACHED and not torch.equal(third.images[5], first.images[5])
     assert len(list(folders.cache_folder().glob("*.pt"))) == 1  # the stale decoding was replaced
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_next_run(rgb_set, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(folders.CACHE_DIR_ENV, str(blocker / "cache"))
+    dataset = image_folder(rgb_set, 32, progress=False)
+    assert len(dataset.train_images) == 240
+    assert "decoded images not cached (" in dataset.notes[0] and "is not a folder, cannot write it" in dataset.notes[0]
 
 
 def test_a_set_over_the_memory_budget_is_refused_before_decoding():

@@ -80,8 +80,8 @@ def image_folder(
     root = Path(root)
     scan = folders.scan_folder(root, test_fraction, seed)
     folders.check_memory(len(scan.train) + len(scan.test), image_size)
-    train, train_cached = folders.decode_split(root, scan.train, image_size, "train", progress)
-    test, test_cached = folders.decode_split(root, scan.test, image_size, "test", progress)
+    train, train_cache = folders.decode_split(root, scan.train, image_size, "train", progress)
+    test, test_cache = folders.decode_split(root, scan.test, image_size, "test", progress)
     failures = train.failures + test.failures
     if failures and strict:
         raise DataError(f"{failures[0]} (--strict: {len(failures)} unreadable image files)")
@@ -98,7 +98,7 @@ def image_folder(
         f"{root}: {len(scan.classes)} classes, {len(train.files):,} training and {len(test.files):,} test images "
         f"({scan.layout} layout), {chosen}"
         + (f" ({int(train.colored.sum()):,} training images have colour)" if color == "auto" else " (--color)")
-        + f"; decoded images {'from the cache' if train_cached and test_cached else 'cached for the next run'}"
+        + f"; decoded images {train_cache if train_cache == test_cache else f'train {train_cache}, test {test_cache}'}"
     ]
     if failures:
         shown = "; ".join(failures[: folders.LISTED_FAILURES])

@@ -24,7 +24,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from tqdm import tqdm
 
 from vggdeploy.data import stratified_holdout
-from vggdeploy.errors import DataError, UsageError
+from vggdeploy.errors import DataError, UsageError, VggDeployError, write_error
 from vggdeploy.files import atomic_path
 from vggdeploy.preprocess import LUMA_WEIGHTS, decode_image, has_color, resize_bilinear
 
@@ -182,16 +182,21 @@ def _cache_key(root: Path, samples: list[tuple[str, int]], size: int) -> str:
     return hashlib.sha256(payload).hexdigest()[:32]
 
 
+FROM_CACHE = "from the cache"
+CACHED = "cached for the next run"
+
+
 def decode_split(
     root: Path, samples: list[tuple[str, int]], size: int, name: str, progress: bool = True
-) -> tuple[DecodedSplit, bool]:
-    """Decode (or read from the cache) one split; returns it and whether the cache answered."""
+) -> tuple[DecodedSplit, str]:
+    """Decode (or read from the cache) one split; returns it and what the cache did (FROM_CACHE, CACHED, or
+    "not cached (why)": a cache that cannot be written costs the next run a decode, never this run)."""
     folder = cache_folder()
     prefix = hashlib.sha256(f"{root.resolve()}:{name}".encode()).hexdigest()[:16]
     path = folder / f"{prefix}-{_cache_key(root, samples, size)}.pt"
     if path.is_file():
         try:
-            return DecodedSplit(**torch.load(path, weights_only=True)), True
+            return DecodedSplit(**torch.load(path, weights_only=True)), FROM_CACHE
         except (RuntimeError, OSError, EOFError, TypeError, ValueError):
             pass  # a damaged cache is decoded again and rewritten
     workers = min(32, os.cpu_count() or 1)
@@ -215,12 +220,21 @@ def decode_split(
         [results[i][3] for i in kept],
         [problem for _, _, problem, _ in results if problem is not None],
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(f"{prefix}-*.pt"):  # the same folder's older decodings
-        stale.unlink(missing_ok=True)
-    with atomic_path(path) as temporary:
-        torch.save(decoded.__dict__, temporary)
-    return decoded, False
+    return decoded, _save_to_cache(decoded, path, prefix)
+
+
+def _save_to_cache(decoded: DecodedSplit, path: Path, prefix: str) -> str:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f"{prefix}-*.pt"):  # the same folder's older decodings
+            stale.unlink(missing_ok=True)
+        with atomic_path(path) as temporary:
+            torch.save(decoded.__dict__, temporary)
+    except OSError as error:
+        return f"not cached ({write_error(error, path.parent) or error})"
+    except VggDeployError as error:  # atomic_path's plain words for a full disk or a refused write
+        return f"not cached ({error})"
+    return CACHED
 
 
 def to_grayscale_uint8(images: torch.Tensor) -> torch.Tensor:
