@@ -88,7 +88,7 @@ def test_cpp_program_matches_the_golden_vectors_and_probabilities(tiny_export, c
         assert golden_problems(answer, entry, golden) == [], entry["file"]
 
 
-def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path):
+def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path, nan_model):
     result, out = tiny_export
     good = next((out / "onnx" / "golden").glob("*.png"))
     (tmp_path / "text.png").write_text("not a png")
@@ -124,6 +124,9 @@ def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path):
         timeout=60,
     )
     assert run.returncode == 3 and "pixels is over the limit of 100 (possible decompression bomb" in run.stderr
+    run = subprocess.run([str(cpp_program), str(nan_model), str(good)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 4 and run.stdout == ""
+    assert run.stderr == f"error: {good}: the model's output is not finite (NaN or inf): no probabilities\n"
 
 
 def _worst_differences(answers: dict[str, list[float]], expected: dict) -> dict[str, float]:
@@ -166,6 +169,53 @@ def test_node_service_agrees_on_every_image_kind(image_kinds, tiny_export, node_
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "# pass 1" in result.stdout and "# fail 0" in result.stdout
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_node_service_started_as_the_readme_says_answers_and_refuses_bad_settings(tiny_export, node_ready, nan_model):
+    """`node src/server.js MODEL` with no WORKERS once started zero workers and answered 500 to every request; the
+    tests had always passed an explicit worker count."""
+    result, out = tiny_export
+    golden = json.loads((out / "onnx" / "golden" / "golden.json").read_text())
+    entry = golden["images"][0]
+    image = (out / "onnx" / "golden" / entry["file"]).read_bytes()
+    env = {k: v for k, v in os.environ.items() if k not in ("WORKERS", "MODEL_PATH")} | {"PORT": "0"}
+    for model, expected in ((result.model_path, 200), (nan_model, 500)):
+        service = subprocess.Popen(
+            ["node", "src/server.js", str(model)], cwd=node_ready, env=env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            url = service.stdout.readline().split()[3]  # "vggdeploy service on http://127.0.0.1:PORT (...)"
+            status, answer = _post(f"{url}/predict", image)
+        finally:
+            service.terminate()
+            service.wait(timeout=30)
+        assert status == expected, answer
+        if expected == 200:
+            assert answer["top"][0]["label"] == entry["label_name"]
+            assert max(abs(a - b) for a, b in zip(answer["logits"], entry["logits"], strict=True)) <= 1e-3
+        else:
+            assert answer == {"error": "the model's output is not finite (NaN or inf): no probabilities"}
+    for name, value in (("WORKERS", "0"), ("WORKERS", "two"), ("PORT", "99999")):
+        run = subprocess.run(
+            ["node", "src/server.js", str(result.model_path)],
+            cwd=node_ready,
+            env={**env, name: value},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 2 and run.stderr.startswith(f"error: {name} must be a whole number"), run.stderr
 
 
 def test_npm_test_alone_uses_the_newest_export_under_artifacts(tiny_export, node_ready):

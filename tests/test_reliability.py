@@ -138,6 +138,16 @@ def test_exif_orientation_turns_images_upright_but_not_from_png_text_chunks(tmp_
     np.testing.assert_array_equal(decode_grayscale(tmp_path / "text-chunk.png"), upright)
 
 
+def test_a_model_whose_output_is_not_finite_gives_no_probabilities(nan_model, tmp_path):
+    """Once `run` printed 'nan%' with exit 0, and --json wrote NaN, which is not JSON."""
+    image = tmp_path / "image.png"
+    Image.new("L", (28, 28), 90).save(image)
+    result = cli("run", str(image), "--model", str(nan_model), "--json")
+    assert_clean_failure(result, f"{image}: the model's output is not finite (NaN or inf): no probabilities", code=4)
+    answer = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert answer["predictions"] == [] and len(answer["errors"]) == 1
+
+
 def test_empty_folder_and_missing_glob(tmp_path, tiny_export):
     (tmp_path / "empty").mkdir()
     result = cli("run", str(tmp_path / "empty"), str(tmp_path / "*.png"), "--model", str(tiny_export[0].model_path))

@@ -435,7 +435,7 @@ def _performance_hint_option(function):
 def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, performance_hint):
     """Classify IMAGES (files, folders or globs; PNG, JPEG, BMP, WebP, ...) with ONNX Runtime."""
     from vggdeploy.artifacts import latest_model
-    from vggdeploy.errors import DataError
+    from vggdeploy.errors import CheckFailed, DataError
     from vggdeploy.preprocess import DEFAULT_MAX_PIXELS
     from vggdeploy.run import classify, describe_model
     from vggdeploy.runtime import ProviderSettings, open_model, session_provider
@@ -451,7 +451,7 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, pe
     else:
         click.echo(result.format_table(describe_model(model, session_provider(model.session))))
     if result.failures:
-        raise DataError("\n".join(result.failures))
+        raise (CheckFailed if result.not_finite else DataError)("\n".join(result.failures))
 
 
 @main.command()

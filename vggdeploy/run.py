@@ -55,6 +55,7 @@ class Classification:
     model: Path
     predictions: list[Prediction] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # one line per bad file: "<file>: <problem>"
+    not_finite: int = 0  # of the failures, images whose model output had a NaN or an infinity (a broken model)
 
     def format_table(self, model_line: str) -> str:
         """``model_line`` first, then one row per image with its top-k classes in aligned columns."""
@@ -146,6 +147,10 @@ def classify(
             continue
         logits, chances = _outputs(model, [image for _, image in decoded], spec, scale)
         for row, ((path, _), probability) in enumerate(zip(decoded, chances, strict=True)):
+            if not (np.isfinite(probability).all() and (logits is None or np.isfinite(logits[row]).all())):
+                result.failures.append(f"{path}: the model's output is not finite (NaN or inf): no probabilities")
+                result.not_finite += 1
+                continue
             top = [Ranked(int(i), labels[i], float(probability[i])) for i in np.argsort(-probability)[:top_k]]
             row_logits = None if logits is None else logits[row].tolist()
             result.predictions.append(Prediction(str(path), top, row_logits, scale, calibrated))

@@ -102,8 +102,9 @@ export function calibrationOf(metadata) {
   return { temperature: calibration.temperature ?? 1, calibrated: calibration.fitted === true };
 }
 
-/** softmax(logits / temperature), the k most likely labels first. */
+/** softmax(logits / temperature), the k most likely labels first; a NaN or infinite logit (a broken model) throws. */
 export function topK(logits, labels, k, temperature = 1) {
+  if (!logits.every(Number.isFinite)) throw new Error("the model's output is not finite (NaN or inf): no probabilities");
   const scaled = logits.map((v) => v / temperature);
   const max = Math.max(...scaled);
   const exps = scaled.map((v) => Math.exp(v - max));

@@ -323,6 +323,7 @@ int main(int argc, char** argv) {
     const bool calibrated = metadata.at("calibration").value("fitted", false);
 
     int failures = 0;
+    int not_finite = 0;  // images whose model output had a NaN or an infinity: a broken model, exit 4
     const Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
     for (const std::string& path : images) {
       std::vector<float> input;
@@ -340,6 +341,11 @@ int main(int argc, char** argv) {
       auto outputs = session.Run(Ort::RunOptions{nullptr}, input_names, &tensor, 1, output_names, 1);
       const float* data = outputs[0].GetTensorData<float>();
       std::vector<float> logits(data, data + labels.size());
+      if (!std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); })) {
+        std::cerr << "error: " << path << ": the model's output is not finite (NaN or inf): no probabilities\n";
+        ++not_finite;
+        continue;
+      }
 
       const std::vector<double> probabilities = Probabilities(logits, temperature);
       std::vector<size_t> order(logits.size());
@@ -357,7 +363,7 @@ int main(int argc, char** argv) {
         std::cout << "\n";
       }
     }
-    return failures ? 3 : 0;
+    return not_finite ? 4 : failures ? 3 : 0;
   } catch (const std::exception& error) {
     std::cerr << "error: " << error.what() << "\n";
     return 1;

@@ -62,7 +62,11 @@ export function readModel(modelPath) {
 }
 
 export async function startServer({ modelPath, port = 0, host = '127.0.0.1', ...options }) {
-  const settings = { ...DEFAULTS, ...options };
+  const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
+  const settings = { ...DEFAULTS, ...given };
+  if (!Number.isInteger(settings.workers) || settings.workers < 1) {
+    throw new Error(`workers must be a whole number of at least 1, got ${settings.workers}`);
+  }
   const metadata = readModel(modelPath);
   const pool = new WorkerPool(modelPath, settings.workers);
   await pool.ready;
@@ -117,8 +121,19 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     console.error('usage: node src/server.js MODEL.onnx   (or MODEL_PATH=...)');
     process.exit(2);
   }
+  const whole = (name, fallback, low, high) => {
+    const text = process.env[name] ?? String(fallback);
+    const value = /^\d+$/.test(text) ? Number(text) : NaN;
+    if (!(value >= low && value <= high)) {
+      console.error(`error: ${name} must be a whole number from ${low} to ${high}, got '${text}'`);
+      process.exit(2);
+    }
+    return value;
+  };
+  const port = whole('PORT', 8080, 0, 65535);
+  const workers = process.env.WORKERS === undefined ? undefined : whole('WORKERS', 1, 1, 64);
   try {
-    const { url } = await startServer({ modelPath, port: Number(process.env.PORT ?? 8080), host: process.env.HOST ?? '127.0.0.1', workers: process.env.WORKERS ? Number(process.env.WORKERS) : undefined });
+    const { url } = await startServer({ modelPath, port, host: process.env.HOST ?? '127.0.0.1', workers });
     console.log(`vggdeploy service on ${url} (POST /predict, GET /healthz, GET /model)`);
   } catch (error) {
     console.error(`error: ${error.message}`);
