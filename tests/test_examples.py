@@ -245,3 +245,13 @@ def test_example_servers_refuse_a_bad_model_in_one_line_before_serving(example, 
         assert run.returncode == 1, (run.stdout, run.stderr)
         assert run.stderr.strip().splitlines() == [run.stderr.strip()] and run.stderr.startswith(f"error: {model}: ")
         assert message in run.stderr and "open http" not in run.stdout and "at " not in run.stderr
+    model = next(Path(__file__).parent.parent.glob("examples/js-common/*.js"))  # any file passes serve.js's check
+    run = subprocess.run(
+        ["node", script, str(model)],
+        cwd=folder,
+        env={**os.environ, "PORT": "80a"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and run.stderr == "error: PORT must be a whole number from 0 to 65535, got '80a'\n"

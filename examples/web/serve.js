@@ -4,6 +4,7 @@ import { createReadStream, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { basename, dirname, extname, join, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { wholeFromEnv } from '../js-common/settings.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const TYPES = {
@@ -72,6 +73,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     console.error(`error: ${modelPath}: ${error.code === 'ENOENT' ? 'no such model file' : error.message}`);
     process.exit(1);
   }
-  const { url } = await startStaticServer({ modelPath, port: Number(process.env.PORT ?? 8000), host: process.env.HOST ?? '127.0.0.1' });
+  const port = wholeFromEnv('PORT', 8000, 0, 65535);
+  const { url } = await startStaticServer({ modelPath, port, host: process.env.HOST ?? '127.0.0.1' });
   console.log(`open ${url}/ (model: ${modelPath})`);
 }

@@ -3,6 +3,7 @@
 import { createServer } from 'node:http';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { wholeFromEnv } from '../../js-common/settings.js';
 import { readMetadata } from './model.js';
 import { WorkerPool } from './pool.js';
 import { readFileSync } from 'node:fs';
@@ -121,17 +122,8 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     console.error('usage: node src/server.js MODEL.onnx   (or MODEL_PATH=...)');
     process.exit(2);
   }
-  const whole = (name, fallback, low, high) => {
-    const text = process.env[name] ?? String(fallback);
-    const value = /^\d+$/.test(text) ? Number(text) : NaN;
-    if (!(value >= low && value <= high)) {
-      console.error(`error: ${name} must be a whole number from ${low} to ${high}, got '${text}'`);
-      process.exit(2);
-    }
-    return value;
-  };
-  const port = whole('PORT', 8080, 0, 65535);
-  const workers = process.env.WORKERS === undefined ? undefined : whole('WORKERS', 1, 1, 64);
+  const port = wholeFromEnv('PORT', 8080, 0, 65535);
+  const workers = process.env.WORKERS === undefined ? undefined : wholeFromEnv('WORKERS', 1, 1, 64);
   try {
     const { url } = await startServer({ modelPath, port, host: process.env.HOST ?? '127.0.0.1', workers });
     console.log(`vggdeploy service on ${url} (POST /predict, GET /healthz, GET /model)`);
