@@ -12,7 +12,7 @@ trap 'rm -f "$result"' EXIT
 echo "== train"
 vggdeploy train "$@" --json > "$result"
 field() { python -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$result" "$1"; }
-echo "best test accuracy $(field best_accuracy), $(field epochs_run) epochs in $(field wall_seconds) s"
+field summary
 out=$(field out_dir)
 layout() { python -c "import sys; from vggdeploy.artifacts import RunFolder, golden_folder, model_file
 onnx = RunFolder(sys.argv[1]).onnx; print(model_file(onnx) if sys.argv[2] == 'model' else golden_folder(onnx))" "$out" "$1"; }

@@ -384,4 +384,5 @@ def test_train_json_keeps_stdout_for_the_json_alone(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["best_checkpoint"] == str(tmp_path / "checkpoints" / "best.pt") and summary["epochs_run"] == 1
+    assert summary["summary"].startswith("best test accuracy ") and " after 1 epoch in " in summary["summary"]
     assert "epoch 1: test accuracy" in result.stderr

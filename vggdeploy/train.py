@@ -109,6 +109,7 @@ class TrainResult:
             "last_checkpoint": str(folder.last_checkpoint),
             "metrics": str(folder.metrics),
             **figures,
+            "summary": self.format(),  # the line `train` prints without --json
         }
 
     def format(self) -> str:
