@@ -22,15 +22,14 @@ export async function decode(bytes, maxPixels) {
   try {
     if (bytes.subarray(0, 4).equals(PNG_SIGNATURE)) {
       const [depth, colorType] = [bytes[24], bytes[25]]; // from the IHDR chunk, which a PNG must start with
+      if (bytes.length >= 24) tooManyPixels(bytes.readUInt32BE(16), bytes.readUInt32BE(20), maxPixels); // before decoding
       const png = PNG.sync.read(bytes, { skipRescale: depth === 16 });
       image = upright({ width: png.width, height: png.height, rgba: png.data, depth, colorType }, pngOrientation(bytes));
     } else if (bytes.subarray(0, 3).equals(JPEG_SIGNATURE)) {
       // libvips decodes JPEG with mozjpeg (libjpeg-turbo's decoder, as Pillow uses), so the pixels are Pillow's
       const jpg = sharp(bytes, { failOn: 'truncated' });
       const header = await jpg.metadata();
-      if (header.width * header.height > maxPixels) {
-        throw new ImageError(`${header.width}x${header.height} pixels is over the limit of ${maxPixels}`);
-      }
+      tooManyPixels(header.width, header.height, maxPixels);
       if (header.space === 'cmyk') {
         // libvips converts CMYK through an ICC profile, Pillow with a plain formula: the answers would differ
         throw new ImageError('CMYK JPEGs are not supported here (their colours convert differently); convert to RGB');
@@ -45,10 +44,12 @@ export async function decode(bytes, maxPixels) {
     const kind = bytes.subarray(0, 4).equals(PNG_SIGNATURE) ? 'PNG' : 'JPEG';
     throw new ImageError(`cannot decode the image: truncated or corrupt ${kind}`);
   }
-  if (image.width * image.height > maxPixels) {
-    throw new ImageError(`${image.width}x${image.height} pixels is over the limit of ${maxPixels}`);
-  }
   return image;
+}
+
+/** A decompression bomb is refused from its header, before a pixel is decoded. */
+function tooManyPixels(width, height, maxPixels) {
+  if (width * height > maxPixels) throw new ImageError(`${width}x${height} pixels is over the limit of ${maxPixels}`);
 }
 
 /** Image bytes -> Float32Array input of one image. */

@@ -59,7 +59,11 @@ test('healthz and model metadata', async () => {
 
 test('bad requests get 4xx JSON errors and the service stays up', async () => {
   const png = readFileSync(join(goldenDir, golden.images[0].file));
+  const bomb = Buffer.from(png); // its IHDR claims 100000x100000: refused from the header, never decoded (2.4 GB once)
+  bomb.writeUInt32BE(100_000, 16);
+  bomb.writeUInt32BE(100_000, 20);
   const cases = [
+    [() => post(bomb), 415, /^100000x100000 pixels is over the limit of 25000000$/],
     [() => post(Buffer.alloc(0)), 400, /empty body/],
     [() => post(Buffer.from('hello, not an image')), 415, /not a PNG or JPEG/],
     [() => post(png.subarray(0, 40)), 415, /^cannot decode the image: truncated or corrupt PNG$/],
