@@ -486,6 +486,23 @@ def test_two_runs_and_a_bench_at_the_same_time(tiny_export, tiny_checkpoint, tmp
     assert (tmp_path / "bench.json").is_file()
 
 
+def test_sigterm_stops_a_command_in_one_line_and_leaves_no_lock_or_new_folder(tiny_export, tiny_checkpoint, tmp_path):
+    """SIGTERM (a container stop, `kill`) once ended bench with no message, its lock file and an empty new folder
+    left behind; now it is raised in the main thread, so every cleanup runs as for Ctrl-C."""
+    reports = tmp_path / "new" / "reports"
+    command = [*VGGDEPLOY, "bench", "--model", str(tiny_export[0].model_path), "--checkpoint", str(tiny_checkpoint)]
+    process = subprocess.Popen(
+        [*command, "--seconds", "5", "--report-dir", str(reports)], stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(6)
+    assert process.poll() is None, "bench ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM)", stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".*.lock"))
+
+
 def test_two_exports_to_one_path_one_runs_the_other_is_told(tiny_checkpoint, tmp_path):
     out = tmp_path / "shared"
     args = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import sys
 import traceback
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ import click
 
 from vggdeploy import __version__
 from vggdeploy.config import BenchConfig, CheckConfig, ExportConfig
-from vggdeploy.errors import INTERNAL_ERROR_EXIT, Interrupted, VggDeployError, write_error
+from vggdeploy.errors import INTERNAL_ERROR_EXIT, Interrupted, Terminated, VggDeployError, write_error
 
 if TYPE_CHECKING:
     from vggdeploy.archs import ModelArgs
@@ -30,6 +31,7 @@ class _Group(click.Group):
 
     def main(self, args=None, prog_name=None, **extra):
         """Click's own errors (a bad option or value) as one line too, naming the help to read; exit 2."""
+        signal.signal(signal.SIGTERM, _terminated)  # train replaces it with its own graceful stop while it trains
         try:
             return super().main(args, prog_name, standalone_mode=False, **extra)
         except NO_ARGS_IS_HELP as error:  # a bare `vggdeploy`: the help, as click 8.1 printed it
@@ -51,6 +53,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except Terminated:
+            click.echo("error: terminated (SIGTERM)", err=True)
+            sys.exit(Terminated.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(Interrupted.exit_code)
@@ -69,6 +74,10 @@ class _Group(click.Group):
                 f"error: internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True
             )
             sys.exit(INTERNAL_ERROR_EXIT)
+
+
+def _terminated(_number, _frame) -> None:
+    raise Terminated
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -67,6 +67,13 @@ class Interrupted(VggDeployError):
     exit_code = 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, a container stop, `kill`) raised in the main thread, so that every cleanup runs
+    (locks released, staging folders and empty new folders removed) as for Ctrl-C."""
+
+    exit_code = 143  # 128 + SIGTERM, as the shell reports a process it killed
+
+
 class ResourceExhausted(VggDeployError):
     """The disk filled up while writing; the message says what was being written and what is still intact."""
 
