@@ -371,13 +371,10 @@ def export(
     from vggdeploy.archs import parse_arch
     from vggdeploy.artifacts import RunFolder, find_checkpoint
     from vggdeploy.errors import UsageError
-    from vggdeploy.export import export_model
 
     if arch is None and checkpoint is None:
         raise UsageError("say which model: --arch A (latest trained under artifacts/) or --checkpoint PATH")
-    letter = parse_arch(arch)[0] if arch is not None else None
-    path = Path(checkpoint) if checkpoint else find_checkpoint(letter)
-    config = ExportConfig(
+    config = ExportConfig(  # settings are checked before torch is imported: a usage error answers at once
         opset=opset,
         simplify=not no_simplify,
         fp16=fp16,
@@ -391,6 +388,10 @@ def export(
         int8_max_drop_pp=int8_max_drop,
         calibrate=not no_calibration,
     )
+    from vggdeploy.export import export_model
+
+    letter = parse_arch(arch)[0] if arch is not None else None
+    path = Path(checkpoint) if checkpoint else find_checkpoint(letter)
     out_dir = Path(out) if out else RunFolder.of_checkpoint(path).onnx
     result = export_model(path, out_dir, config, expected_arch=letter, data_dir=data_dir, triton_repo=triton_repo)
     click.echo(result.format())
@@ -534,9 +535,8 @@ def check(
     """Parity of the ONNX Runtime deployment with the torch model on the real test set."""
     require_train_extra("check")
     from vggdeploy.artifacts import latest_model
-    from vggdeploy.check import run_check
 
-    config = CheckConfig(
+    config = CheckConfig(  # settings are checked before torch is imported: a usage error answers at once
         provider=provider,
         performance_hint=performance_hint,
         images=images,
@@ -549,6 +549,8 @@ def check(
         localize_rtol=layer_rtol,
         localize_images=localize_images,
     )
+    from vggdeploy.check import run_check
+
     report = run_check(model_path or latest_model(), checkpoint, config, data_dir, report_dir)
     click.echo(report.format())
     report.raise_if_failed()
@@ -588,8 +590,9 @@ def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, 
     """Latency and throughput of torch and ONNX Runtime, timed the same way (JSON, markdown, PNG)."""
     require_train_extra("bench")
     from vggdeploy.artifacts import latest_model
-    from vggdeploy.bench import run_bench
 
     config = BenchConfig(tuple(engines.split(",")) if engines else None, compile_torch, batch_sizes, seconds, min_runs)
+    from vggdeploy.bench import run_bench
+
     report = run_bench(model_path or latest_model(), checkpoint, config, report_dir=report_dir, data_dir=data_dir)
     click.echo(report.format())
