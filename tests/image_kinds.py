@@ -17,7 +17,7 @@ from PIL import Image
 
 PNG_KINDS = ("gray8", "gray_transparent_key", "gray16", "gray_alpha8", "gray_alpha16", "rgb8", "rgba8", "palette", "palette_transparent",
              "rgb16", "rgba16", "one_by_one", "large_4000x3000", *(f"exif_orientation_{o}_png" for o in range(2, 9)),
-             "exif_transposed_png_after_idat", "animated_png")  # fmt: skip
+             "exif_transposed_png_after_idat", "malformed_exif_png", "animated_png")  # fmt: skip
 JPEG_KINDS = ("rgb_jpeg", "gray_jpeg", "cmyk_jpeg", "exif_rotated_jpeg")
 
 
@@ -117,6 +117,8 @@ def write_image_kinds(gray: np.ndarray, folder: Path) -> dict[str, Path]:
     images["exif_transposed_png_after_idat"] = _exif_moved_after_idat(
         save(transposed, "PNG", exif=_orientation(5, ">"))
     )
+    plain = save(Image.fromarray(gray, "L"), "PNG")  # an eXIf chunk that is not EXIF: read as stored, not refused
+    images["malformed_exif_png"] = plain[:33] + _chunk(b"eXIf", b"not EXIF") + plain[33:]
     images["animated_png"] = save(Image.fromarray(gray, "L"), "PNG", save_all=True, append_images=[rgb.rotate(90)])
     paths = {}
     for name, data in images.items():

@@ -136,6 +136,7 @@ def test_exif_orientation_turns_images_upright_but_not_from_png_text_chunks(tmp_
     Image.fromarray(picture).save(tmp_path / "text-chunk.png", pnginfo=text)
     assert Image.open(tmp_path / "text-chunk.png").getexif().get(0x0112) == 6  # Pillow alone would turn it
     np.testing.assert_array_equal(decode_grayscale(tmp_path / "text-chunk.png"), upright)
+    np.testing.assert_array_equal(decode_grayscale(paths["malformed_exif_png"]), upright)  # once refused as corrupt
 
 
 def test_a_model_whose_output_is_not_finite_gives_no_probabilities(nan_model, tmp_path):

@@ -15,6 +15,7 @@ Training (on tensors), ``run``, ``check``, the ONNX metadata and the non-Python 
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,7 +67,10 @@ class PreprocessSpec:
         )
         return {
             "decode": {
-                "orientation": "EXIF orientation (tag 0x0112) applied first: JPEG, TIFF, WebP, and a PNG's eXIf chunk",
+                "orientation": (
+                    "EXIF orientation (tag 0x0112) applied first: JPEG, TIFF, WebP, and a PNG's eXIf chunk; "
+                    "malformed EXIF ignored"
+                ),
                 "frames": "the first frame of an animated or multi-page file",
                 "float_pixels": "refused (no agreed scale)",
             },
@@ -143,7 +147,10 @@ def _upright(image: Image.Image) -> Image.Image:
     also take EXIF from PNG text chunks, an old ImageMagick habit that the other consumers do not read)."""
     if image.format == "PNG" and ("exif" not in image.info or "exif" in image.text):
         return image
-    return ImageOps.exif_transpose(image)
+    try:
+        return ImageOps.exif_transpose(image)
+    except (SyntaxError, ValueError, struct.error, OSError):
+        return image  # malformed EXIF says nothing about the pixels: as stored, as libpng, libvips and browsers read it
 
 
 @contextmanager

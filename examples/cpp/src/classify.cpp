@@ -135,7 +135,9 @@ Image LoadPng(const std::string& path, const Preprocessing& spec, long long max_
     std::fclose(file);
     throw std::runtime_error("not a PNG file (this example decodes PNG only)");
   }
-  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  // libpng's warnings (a malformed ancillary chunk, say) are not errors: the image is read as Pillow reads it
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr,
+                                           [](png_structp, png_const_charp) {});
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info) {
     png_destroy_read_struct(&png, &info, nullptr);
