@@ -72,13 +72,9 @@ def tiny_export(tmp_path_factory, tiny_checkpoint, data_dir):
 def nan_model(tiny_export, tmp_path_factory):
     """The tiny fp32 model with a NaN in its classifier's bias: a broken model whose output is never finite."""
     import onnx
-    from onnx import numpy_helper
+    from broken_models import add_to_class_bias
 
-    proto = onnx.load(str(tiny_export[0].model_path))
-    bias = next(t for t in reversed(proto.graph.initializer) if list(t.dims) == [10])
-    values = numpy_helper.to_array(bias).copy()
-    values[3] = float("nan")
-    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    proto = add_to_class_bias(onnx.load(str(tiny_export[0].model_path)), 3, float("nan"))
     path = tmp_path_factory.mktemp("nan-model") / "model.onnx"
     onnx.save(proto, str(path))
     return path

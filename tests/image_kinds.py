@@ -27,10 +27,16 @@ def _raw_png(width: int, height: int, color_type: int, samples: np.ndarray) -> b
     rows = samples.astype(">u2").reshape(height, -1)
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(raw))
+        + png_chunk(b"IEND", b"")
+    )
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, kind, data, CRC."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
@@ -48,7 +54,7 @@ def _exif_moved_after_idat(png: bytes) -> bytes:
     chunks = _chunks(png)
     exif = [c for c in chunks if c[0] == b"eXIf"]
     rest = [c for c in chunks if c[0] not in (b"eXIf", b"IEND")]
-    return png[:8] + b"".join(_chunk(kind, data) for kind, data in (*rest, *exif, (b"IEND", b"")))
+    return png[:8] + b"".join(png_chunk(kind, data) for kind, data in (*rest, *exif, (b"IEND", b"")))
 
 
 UNDO_ORIENTATION = {  # the transposition that EXIF orientation N undoes
@@ -118,7 +124,7 @@ def write_image_kinds(gray: np.ndarray, folder: Path) -> dict[str, Path]:
         save(transposed, "PNG", exif=_orientation(5, ">"))
     )
     plain = save(Image.fromarray(gray, "L"), "PNG")  # an eXIf chunk that is not EXIF: read as stored, not refused
-    images["malformed_exif_png"] = plain[:33] + _chunk(b"eXIf", b"not EXIF") + plain[33:]
+    images["malformed_exif_png"] = plain[:33] + png_chunk(b"eXIf", b"not EXIF") + plain[33:]
     images["animated_png"] = save(Image.fromarray(gray, "L"), "PNG", save_all=True, append_images=[rgb.rotate(90)])
     paths = {}
     for name, data in images.items():

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from broken_models import add_to_class_bias
 from PIL import Image
 
 from vggdeploy.checkpoint import load_checkpoint
@@ -205,14 +206,7 @@ def test_bad_export_input_is_one_line_and_leaves_no_onnx(problem, tiny_checkpoin
 
 def _fp16_that_always_says_class_0(fp32: onnx.ModelProto) -> onnx.ModelProto:
     """A broken fp16 variant: the classifier's bias pushes every image to class 0."""
-    from onnx import numpy_helper
-
-    proto = to_fp16(fp32)  # the real one, bound when this module was imported
-    bias = next(t for t in reversed(proto.graph.initializer) if list(t.dims) == [10])
-    values = numpy_helper.to_array(bias).copy()
-    values[0] += 1000
-    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
-    return proto
+    return add_to_class_bias(to_fp16(fp32), 0, 1000)  # the real to_fp16, bound when this module was imported
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from image_kinds import png_chunk
 from PIL import Image
 
 from vggdeploy.checkpoint import load_checkpoint
@@ -57,12 +58,8 @@ def _corrupt_png_crc(data: bytes) -> bytes:
 def _bomb_png(side: int) -> bytes:
     """A valid PNG of side x side black pixels: a few hundred KB that would decode to side^2 bytes."""
     raw = zlib.compress(b"".join(b"\x00" + bytes(side) for _ in range(side)), 9)
-
-    def chunk(kind, data):
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
     header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", raw) + png_chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")

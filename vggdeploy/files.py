@@ -131,7 +131,7 @@ def _lock_holder(path: Path) -> dict | None:
         return None  # gone, or being written by its owner this instant
 
 
-def missing_folders(folder: Path) -> list[Path]:
+def _missing_folders(folder: Path) -> list[Path]:
     """``folder`` and those of its ancestors that do not exist yet, deepest first."""
     missing = []
     for path in (folder, *folder.parents):
@@ -141,7 +141,7 @@ def missing_folders(folder: Path) -> list[Path]:
     return missing
 
 
-def remove_unfilled(folders: list[Path]) -> None:
+def _remove_unfilled(folders: list[Path]) -> None:
     """Remove each folder (deepest first) that holds no file at any depth: what a failed run created for nothing."""
     for folder in folders:
         if folder.is_dir() and all(p.is_dir() and not p.is_symlink() for p in folder.rglob("*")):
@@ -157,7 +157,7 @@ def folder_lock(target: str | Path, command: str) -> Iterator[None]:
     into are removed again, so a refused command leaves nothing behind.
     """
     target = Path(target)
-    created = missing_folders(target.absolute())
+    created = _missing_folders(target.absolute())
     finished = False
     try:
         with _lock_file(target, command):
@@ -165,7 +165,7 @@ def folder_lock(target: str | Path, command: str) -> Iterator[None]:
         finished = True
     finally:
         if not finished:
-            remove_unfilled(created)
+            _remove_unfilled(created)
 
 
 @contextmanager
