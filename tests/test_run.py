@@ -210,6 +210,24 @@ def test_nodes_left_on_the_cpu_are_named(monkeypatch):
     assert "would leave nodes of this model to the CPU" in runtime._cpu_nodes_message([])
 
 
+def test_cuda_sessions_fold_the_int8_variants_constant_dequantisation_and_the_cpu_keeps_it(golden, tmp_path):
+    """The CUDA EP cannot run DequantizeLinear of an int32 bias: on a GPU that left 11 nodes on the CPU (H100)."""
+    model, _, _ = golden
+    import onnxruntime as ort
+
+    def constant_dequantisations(on_cuda: bool) -> int:
+        session_options = runtime.session_options_for(ProviderSettings(), on_cuda=on_cuda)
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # before placement
+        session_options.optimized_model_filepath = str(tmp_path / f"optimized-{on_cuda}.onnx")
+        ort.InferenceSession(str(model.with_name("model.int8.onnx")), session_options, ["CPUExecutionProvider"])
+        graph = onnx.load(session_options.optimized_model_filepath).graph
+        constants = {tensor.name for tensor in graph.initializer}
+        return sum(node.op_type == "DequantizeLinear" and node.input[0] in constants for node in graph.node)
+
+    assert constant_dequantisations(on_cuda=True) == 0
+    assert constant_dequantisations(on_cuda=False) > 0  # the CPU's int8 kernels fuse the QDQ pairs
+
+
 @pytest.mark.gpu
 def test_strict_cuda_accepts_every_exported_variant_and_refuses_a_cpu_only_node(golden, tmp_path):
     model, _, _ = golden

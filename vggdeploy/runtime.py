@@ -21,6 +21,7 @@ from vggdeploy.hardware import cpu_vendor
 from vggdeploy.onnx_file import read_metadata
 
 CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessionOptionsDisableCPUEPFallback
+QDQ_HANDLING_KEY = "session.disable_quant_qdq"  # ONNX Runtime's kOrtSessionOptionsDisableQuantQDQ
 PROVIDERS = ("auto", "cuda", "cpu", "openvino")
 OPENVINO_INSTALL = "pip install 'vggdeploy[openvino]'"  # onnxruntime-ep-openvino, with its own OpenVINO runtime
 PERFORMANCE_HINTS = ("auto", "latency", "throughput")  # OpenVINO's; auto = latency (see openvino_options)
@@ -179,6 +180,25 @@ def openvino_options(options: ProviderSettings) -> dict[str, str]:
     return {"load_config": json.dumps({"CPU": device}), **{k: str(v) for k, v in options.extra.items()}}
 
 
+def session_options_for(options: ProviderSettings, on_cuda: bool):
+    """ONNX Runtime session options; quiet, with the caller's thread count.
+
+    On CUDA the QDQ handling is switched off: the CUDA EP has no int8 Conv or Gemm, so keeping the int8 variant's
+    QDQ pairs only leaves the dequantisation of its int32 biases, which the CUDA EP cannot run, to the CPU. Without
+    it, ONNX Runtime folds every dequantisation of a constant into a float initializer before placing nodes, and the
+    int8 variant runs wholly on the GPU with its int8 weights' values and its activations' quantisation kept.
+    The CPU keeps the QDQ pairs: they are what its int8 kernels fuse.
+    """
+    import onnxruntime as ort
+
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = 3  # errors only; warnings about memcpy nodes etc. stay out of user output
+    session_options.intra_op_num_threads = options.intra_op_threads
+    if on_cuda:
+        session_options.add_session_config_entry(QDQ_HANDLING_KEY, "1")
+    return session_options
+
+
 def create_session(model: str | Path | bytes, options: ProviderSettings = ProviderSettings()):
     """An InferenceSession on the requested provider.
 
@@ -196,9 +216,7 @@ def create_session(model: str | Path | bytes, options: ProviderSettings = Provid
     if strict and not cuda_driver_present():
         raise ProviderUnavailable("CUDA was asked for, but no NVIDIA driver with a GPU was found (libcuda.so.1)")
     use_cuda = strict or (options.provider == "auto" and cuda_driver_present())
-    session_options = ort.SessionOptions()
-    session_options.log_severity_level = 3  # errors only; warnings about memcpy nodes etc. stay out of user output
-    session_options.intra_op_num_threads = options.intra_op_threads
+    session_options = session_options_for(options, on_cuda=use_cuda)
     providers: list = ["CPUExecutionProvider"]
     if use_cuda:
         cuda_options = {
@@ -233,7 +251,8 @@ def create_session(model: str | Path | bytes, options: ProviderSettings = Provid
     if use_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
         if strict:  # ONNX Runtime's own check above should make this unreachable; never hand back a CPU session
             raise ProviderUnavailable(f"CUDA was asked for, but ONNX Runtime fell back to CPU: {_fallback_reason(log)}")
-        session = ort.InferenceSession(source, sess_options=session_options, providers=["CPUExecutionProvider"])
+        cpu_options = session_options_for(options, on_cuda=False)
+        session = ort.InferenceSession(source, sess_options=cpu_options, providers=["CPUExecutionProvider"])
     return session
 
 
