@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
 import parts  # noqa: E402
+import validate  # noqa: E402
 
 
 def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
@@ -42,6 +43,7 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
         assert step["returncode"] == 0 and step["seconds"] > 0 and step["command"].startswith("python -m ")
     assert "--time-limit" in report["steps"][-2]["command"]
     assert report["environment"]["torch"] and report["environment"]["onnxruntime"].startswith("1.")
+    assert report["environment"]["source_sha256"] == validate.source_fingerprint()  # names the code that ran
 
     check = report["figures"]["seed_check"]
     assert check["provider"] == "cpu" and [r["name"] for r in check["results"]] == ["fp32", "fp16", "int8"]
@@ -155,3 +157,15 @@ def test_a_stage_before_every_part_arrived_says_what_to_carry(packed, tmp_path):
     stage = subprocess.run([script, "runtime"], capture_output=True, text=True, env=env, timeout=60)
     assert stage.returncode == 3 and "cannot run runtime before every part is installed" in stage.stderr
     assert ".device/gpu/p2" in stage.stdout and not (tmp_path / "gpu-report.json").exists()
+
+
+def test_the_source_fingerprint_changes_with_any_source_file(tmp_path):
+    for folder in validate.SOURCE_FOLDERS:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.py").write_text("x = 1\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    first = validate.source_fingerprint(tmp_path)
+    (tmp_path / "tests" / "notes.txt").write_text("not source")
+    assert validate.source_fingerprint(tmp_path) == first
+    (tmp_path / "tests" / "a.py").write_text("x = 2\n")
+    assert validate.source_fingerprint(tmp_path) != first

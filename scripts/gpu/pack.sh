@@ -12,4 +12,6 @@ fi
 python=python3
 [ -x .venv/bin/python ] && python=.venv/bin/python
 "$python" scripts/gpu/parts.py pack "$@"
+code=$("$python" -c 'import sys; sys.path.insert(0, "scripts/gpu"); import validate; print(validate.source_fingerprint())')
+echo "code: $(git describe --always --dirty), source_sha256 $code (a gpu-report.json from this tree says the same)"
 echo "next: the GPU runbook in BENCHMARKS.md (one call per part, each carrying its .device/gpu/pK folder)"

@@ -18,6 +18,7 @@ not the goals.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -224,6 +225,7 @@ def describe_environment() -> dict:
         "onnx": onnx.__version__,
         "numpy": numpy.__version__,
         "code": git_commit(),
+        "source_sha256": source_fingerprint(),
     }
     try:
         import onnxruntime
@@ -249,11 +251,32 @@ def describe_environment() -> dict:
 
 
 def git_commit() -> str | None:
+    """The checkout's commit, "-dirty" when its files differ from it (the device's copy of .git can lag the tree)."""
     try:
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        result = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10)
     except OSError:
         return None
     return result.stdout.strip() or None
+
+
+SOURCE_FOLDERS = ("vggdeploy", "scripts", "tests")
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def source_fingerprint(root: Path = REPOSITORY) -> str:
+    """SHA-256 (12 hex digits) of the code that ran: every .py/.sh file under vggdeploy/, scripts/ and tests/, and
+    pyproject.toml, by relative path and content. `scripts/gpu/pack.sh` prints the same figure for the tree it packs
+    beside, which names the code of a report when git cannot."""
+    digest = hashlib.sha256()
+    sources = sorted(
+        path for folder in SOURCE_FOLDERS for path in (root / folder).rglob("*") if path.suffix in (".py", ".sh")
+    )
+    files = [root / "pyproject.toml", *sources]
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def read_json(path: Path) -> dict | None:
@@ -301,7 +324,7 @@ def runtime_stage(validation: Validation) -> None:
     add_bench_goals(validation, benched, bench)
 
     # only the modules that hold gpu tests: another module's import (hypothesis, say) cannot stop the step
-    tests_folder = Path(__file__).resolve().parents[2] / "tests"
+    tests_folder = REPOSITORY / "tests"
     gpu_modules = sorted(str(p) for p in tests_folder.glob("test_*.py") if "pytest.mark.gpu" in p.read_text())
     tests = validation.run("pytest-gpu", ["-m", "gpu", "-q", "-p", "no:cacheprovider", *gpu_modules], module="pytest")
     counts = dict(
