@@ -260,9 +260,7 @@ def _openvino_session(model: str | Path | bytes, options: ProviderSettings):
     """Strict OpenVINO: its CPU device through the plugin API, no CPU EP fallback for any node."""
     import onnxruntime as ort
 
-    session_options = ort.SessionOptions()
-    session_options.log_severity_level = 3
-    session_options.intra_op_num_threads = options.intra_op_threads
+    session_options = session_options_for(options, on_cuda=False)
     session_options.add_provider_for_devices(openvino_devices()[:1], openvino_options(options))
     session_options.add_session_config_entry(CPU_FALLBACK_KEY, "1")
     source = str(model) if isinstance(model, Path) else model

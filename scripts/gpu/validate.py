@@ -259,10 +259,8 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
-SOURCE_FOLDERS = ("vggdeploy", "scripts", "tests")
-
-
 REPOSITORY = Path(__file__).resolve().parents[2]
+SOURCE_FOLDERS = ("vggdeploy", "scripts", "tests")
 
 
 def source_fingerprint(root: Path = REPOSITORY) -> str:
