@@ -8,8 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from vggdeploy.bench import CPU_ENGINES, GPU_ENGINES, BoundOrtRun, Engine, engine_session, run_bench
+from vggdeploy.bench import (
+    CPU_ENGINES,
+    GPU_ENGINES,
+    BenchReport,
+    BoundOrtRun,
+    Engine,
+    Measurement,
+    engine_session,
+    run_bench,
+)
 from vggdeploy.config import BenchConfig
+
+ROOT = Path(__file__).parent.parent
 
 
 def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint, tmp_path):
@@ -47,6 +58,9 @@ def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint
         f"best deployable CPU engine at batch 1: {best} ({single[best].p50_ms:.3g} ms p50, {speedup:.2f}x torch eager fp32)"
     )
     assert f"CPU engines ({report.cpu_threads} threads each)" in report.format()
+    batch_lines = report.fastest_by_batch()
+    assert [line.split(":")[0] for line in batch_lines] == ["CPU batch 1", "CPU batch 4"]
+    assert batch_lines[0].startswith(f"CPU batch 1: fastest ONNX Runtime engine {best}, {speedup:.2f}x the fastest")
 
 
 def _lone_model(result, tmp_path):
@@ -138,7 +152,7 @@ def test_gpu_engines_measure(tiny_export, tiny_checkpoint, tmp_path):
 
 
 def test_cpu_layer_times_script_prints_the_breakdown_and_the_floor(tiny_export, tiny_checkpoint):
-    script = Path(__file__).parent.parent / "scripts" / "cpu_layer_times.py"
+    script = ROOT / "scripts" / "cpu_layer_times.py"
     result = subprocess.run(
         [sys.executable, str(script), str(tiny_export[0].model_path), str(tiny_checkpoint), "--runs", "2"],
         capture_output=True,
@@ -190,7 +204,7 @@ def test_cuda_graph_engine_replays_the_right_graph_per_batch_size(tiny_export):
 
 def test_the_cpu_table_script_runs_every_step(tmp_path):
     """scripts/cpu_table.sh, which produces BENCHMARKS.md's CPU table, on a tiny model: CPU named, bench, floors."""
-    root = Path(__file__).parent.parent
+    root = ROOT
     result = subprocess.run(
         ["bash", str(root / "scripts" / "cpu_table.sh"), "--smoke", str(tmp_path)],
         capture_output=True,
@@ -208,7 +222,7 @@ def test_the_cpu_table_script_runs_every_step(tmp_path):
 
 
 def test_the_floor_takes_the_best_rate_seen_for_each_part():
-    sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
+    sys.path.insert(0, str(ROOT / "scripts"))
     from cpu_layer_times import floor_ms
 
     # 14.9 GFLOP at 250 GFLOP/s (an engine beat the 200 measured) + 478 MB at 35 GB/s (the read beat the engines)
@@ -216,3 +230,22 @@ def test_the_floor_takes_the_best_rate_seen_for_each_part():
         59.6 + 13.657, abs=1e-3
     )
     assert floor_ms(14.9, 119_500_000, 844.0, 35.0, [804.0], [28.7]) == pytest.approx(17.654 + 3.414, abs=1e-3)
+
+
+def test_the_fastest_engine_per_batch_on_the_h100_window_says_where_onnx_runtime_loses():
+    """The H100's own bench (2026-11-27): ORT wins at batch 1 and 256 and loses to torch fp16 at 8 and 64."""
+    figures = json.loads((ROOT / "docs/gpu/2026-11-27-h100/runtime/gpu-report.json").read_text())["figures"]["bench"]
+    measurements = [Measurement(**m) for m in figures["measurements"]]
+    cpu = [Measurement("torch-cpu-fp32", 1, 5, 80.0, 80.0, 80.0, 80.0, 12.5, None)]  # no ORT CPU engine: no CPU line
+    report = BenchReport("model.onnx", figures["device"], {}, 15.09, measurements + cpu, [], {})
+    assert report.fastest_by_batch() == [
+        "GPU batch 1: fastest ONNX Runtime engine ort-cuda-fp16-nhwc-graph, 2.68x the fastest torch engine "
+        "torch-cuda-fp16-cl (faster; 0.294 vs 0.787 ms p50)",
+        "GPU batch 8: fastest ONNX Runtime engine ort-cuda-fp16, 0.56x the fastest torch engine torch-cuda-fp16-cl "
+        "(slower; 4,180 vs 7,469 img/s)",
+        "GPU batch 64: fastest ONNX Runtime engine ort-cuda-fp16, 0.70x the fastest torch engine torch-cuda-fp16-cl "
+        "(slower; 7,390 vs 10,568 img/s)",
+        "GPU batch 256: fastest ONNX Runtime engine ort-cuda-fp16-nhwc-graph, 1.07x the fastest torch engine "
+        "torch-cuda-fp16-cl (faster; 11,717 vs 10,932 img/s)",
+    ]
+    assert report.fastest_by_batch()[1] in report.format()

@@ -117,6 +117,11 @@ class ColdStart:
     first_run_seconds: float  # first inference at the smallest batch (kernel selection, allocation)
 
 
+def _speed(measurement: Measurement) -> float:
+    """Higher is faster: batch 1 is judged by p50 latency (what one request waits), larger batches by img/s."""
+    return 1 / measurement.p50_ms if measurement.batch == 1 else measurement.images_per_second
+
+
 @dataclass
 class BenchReport:
     model: str
@@ -169,6 +174,30 @@ class BenchReport:
         )
         return f"best deployable CPU engine at batch 1: {best} ({deployable[best]:.3g} ms p50{speedup})"
 
+    def fastest_by_batch(self) -> list[str]:
+        """For each device (GPU, CPU) and batch size, the fastest ONNX Runtime engine against the fastest torch engine
+        measured beside it: batch 1 by p50 latency, larger batches by img/s. A ratio below 1 says "slower"."""
+        lines = []
+        for device, on_cpu in (("GPU", False), ("CPU", True)):
+            for batch in sorted({m.batch for m in self.measurements}):
+                here = [m for m in self.measurements if m.batch == batch and Engine.parse(m.engine).on_cpu == on_cpu]
+                ort = [m for m in here if m.engine.startswith("ort-")]
+                rivals = [m for m in here if m.engine.startswith("torch-")]
+                if not ort or not rivals:
+                    continue
+                best, rival = max(ort, key=_speed), max(rivals, key=_speed)
+                ratio = _speed(best) / _speed(rival)
+                figures = (
+                    f"{best.p50_ms:.3g} vs {rival.p50_ms:.3g} ms p50"
+                    if batch == 1
+                    else f"{best.images_per_second:,.0f} vs {rival.images_per_second:,.0f} img/s"
+                )
+                lines.append(
+                    f"{device} batch {batch}: fastest ONNX Runtime engine {best.engine}, {ratio:.2f}x the fastest "
+                    f"torch engine {rival.engine} ({'faster' if ratio >= 1 else 'slower'}; {figures})"
+                )
+        return lines
+
     def openvino_losses(self) -> list[str]:
         """Each batch size where an OpenVINO engine is slower than ONNX Runtime's own CPU provider (MLAS) at the same
         precision: batch 1 by p50 latency, larger batches by img/s."""
@@ -208,6 +237,7 @@ class BenchReport:
             text += f"\nCPU engines ({self.cpu_threads} threads each):\n" + markdown_table(table, list(table[0]))
             text += "".join(f"{engine}: {setting}\n" for engine, setting in self.engine_settings.items())
             text += f"{self.best_cpu_engine()}\n" + "".join(f"{line}\n" for line in self.openvino_losses())
+        text += "".join(f"{line}\n" for line in self.fastest_by_batch())
         text += "".join(f"\nskipped {engine}: {why}" for engine, why in self.skipped.items())
         return text
 
