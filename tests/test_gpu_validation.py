@@ -31,6 +31,7 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
         "seed-train",
         "seed-export",
         "seed-check",
+        "seed-run",
         "bench-model-train",
         "bench-model-export",
         "bench",
@@ -59,6 +60,8 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     assert report["figures"]["pytest_gpu"].get("skipped", 0) + report["figures"]["pytest_gpu"].get("passed", 0) == 3
 
     goals = {goal["goal"]: goal for goal in report["goals"]}
+    assert goals["run --provider cpu: the golden images answered as golden.json says"]["met"] is True
+    assert report["figures"]["seed_run"]["images"] == report["figures"]["seed_run"]["top1_as_golden"] > 0
     assert goals["fp32 (TF32 off): 100 % top-1 agreement, max |logit diff| <= 1e-3"]["met"] is True
     assert goals[">= 95.0 % test accuracy within the first 4 min"]["met"] is False  # a tiny model; the figure is honest
     assert all(goal["source"] in names for goal in report["goals"])
@@ -170,3 +173,29 @@ def test_the_source_fingerprint_changes_with_any_source_file(tmp_path):
     assert validate.source_fingerprint(tmp_path) == first
     (tmp_path / "tests" / "a.py").write_text("x = 2\n")
     assert validate.source_fingerprint(tmp_path) != first
+
+
+def test_the_run_goal_fails_on_a_wrong_logit_a_missing_image_or_an_error(tmp_path):
+    golden = {
+        "tolerance": {"logits_atol": 1e-3},
+        "images": [
+            {"file": f"test{i}.png", "predicted": i, "logits": [float(i == k) for k in range(3)]} for i in (0, 1)
+        ],
+    }
+
+    def answer(i: int, shift: float = 0.0) -> dict:
+        logits = [float(i == k) + (shift if k == 2 else 0.0) for k in range(3)]
+        return {"file": f"golden/test{i}.png", "top": [{"index": i}], "logits": logits}
+
+    def met(predictions: list[dict], errors: list | None = None) -> bool | None:
+        validation = validate.Validation(validate.REHEARSAL, tmp_path / "out", tmp_path / "work", 60, ["runtime"])
+        validate.add_run_goal(
+            validation, {"predictions": predictions, "errors": errors or []}, golden, validate.Step("seed-run", "run")
+        )
+        return validation.goals[-1].met
+
+    assert met([answer(0), answer(1, 5e-4)]) is True
+    assert met([answer(0), answer(1, 2e-3)]) is False  # a logit outside the golden tolerance
+    assert met([answer(0)]) is False  # an image left out
+    assert met([answer(0), answer(1)], errors=[{"file": "x.png", "error": "unreadable"}]) is False
+    assert met([]) is False

@@ -2,7 +2,8 @@
 
 Stages (each must fit one 600 s device command; the default budget is 9 minutes):
   runtime  train --preset seed; export --fp16 --int8 --with-preprocessing; check --provider cuda on the whole test
-           set; bench of the GPU engines on the full-width VGG-11-BN at 224 px; pytest -m gpu
+           set; run --provider cuda on the golden images, against golden.json; bench of the GPU engines on the
+           full-width VGG-11-BN at 224 px; pytest -m gpu
   train    train --preset full with a wall-clock limit; accuracy against wall time
   all      runtime, then train
 
@@ -18,6 +19,7 @@ not the goals.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -55,6 +57,10 @@ class Profile:
     @property
     def rehearsal(self) -> bool:
         return self.name == "cpu-rehearsal"
+
+    @property
+    def provider(self) -> str:
+        return "cpu" if self.rehearsal else "cuda"
 
 
 GPU = Profile(
@@ -160,8 +166,9 @@ class Validation:
     def start_stage(self) -> None:
         self.stage_deadline = time.monotonic() + self.budget_seconds
 
-    def run(self, name: str, arguments: list[str], module: str = "vggdeploy") -> Step:
-        """One command, within what is left of the stage budget; its output goes to the log and its tail to the report."""
+    def run(self, name: str, arguments: list[str], module: str = "vggdeploy", stdout: Path | None = None) -> Step:
+        """One command, within what is left of the stage budget; its output goes to the log and its tail to the report
+        (its standard output alone to ``stdout`` when given, for a command that prints JSON)."""
         command = [sys.executable, "-m", module, *arguments]
         step = Step(name, " ".join(["python", "-m", module, *arguments]))
         self.steps.append(step)
@@ -174,10 +181,10 @@ class Validation:
         log = self.log_path(name)
         log.parent.mkdir(parents=True, exist_ok=True)
         print(f"== {name}: {step.command}", flush=True)
-        with log.open("w") as sink:
+        with log.open("w") as sink, stdout.open("w") if stdout else contextlib.nullcontext(sink) as answers:
             try:
                 step.returncode = subprocess.run(
-                    command, stdout=sink, stderr=subprocess.STDOUT, timeout=left
+                    command, stdout=answers, stderr=subprocess.STDOUT if answers is sink else sink, timeout=left
                 ).returncode
             except subprocess.TimeoutExpired:
                 step.returncode = 124
@@ -306,6 +313,15 @@ def runtime_stage(validation: Validation) -> None:
     if checked:
         validation.figures["seed_check"] = checked
     add_check_goals(validation, checked, check)
+    golden_folder, answers = seed.onnx / "golden", validation.work / "seed-run.json"
+    ran = validation.run(
+        "seed-run",
+        ["run", "--model", str(model), str(golden_folder), "--json", "--top-k", "10", "--provider", profile.provider],
+        stdout=answers,
+    )
+    add_run_goal(
+        validation, read_json(answers) if ran.returncode == 0 else None, read_json(golden_folder / "golden.json"), ran
+    )
 
     bench_run = RunFolder(work / "bench-model")
     bench_model = model_file(bench_run.onnx)
@@ -452,12 +468,33 @@ def add_check_goals(validation: Validation, checked: dict | None, step: Step) ->
         Goal(
             "no node left on the CPU (strict provider session)",
             "no result" if not checked else f"check ran on {checked['provider']}, exit {step.returncode}",
-            None
-            if not checked
-            else step.returncode == 0 and checked["provider"] == ("cpu" if validation.profile.rehearsal else "cuda"),
+            None if not checked else step.returncode == 0 and checked["provider"] == validation.profile.provider,
             step.name,
         ),
     ]
+
+
+def add_run_goal(validation: Validation, answers: dict | None, golden: dict | None, step: Step) -> None:
+    """`vggdeploy run` as a user runs it, on the export's golden images: each answer against golden.json."""
+    measured, met = "no result", None
+    if answers and golden:
+        expected = {entry["file"]: entry for entry in golden["images"]}
+        pairs = [(answer, expected[Path(answer["file"]).name]) for answer in answers["predictions"]]
+        gaps = [abs(a - b) for answer, entry in pairs for a, b in zip(answer["logits"], entry["logits"], strict=True)]
+        gap = max(gaps, default=float("inf"))
+        top1 = sum(answer["top"][0]["index"] == entry["predicted"] for answer, entry in pairs)
+        atol = golden["tolerance"]["logits_atol"]
+        validation.figures["seed_run"] = {"images": len(pairs), "top1_as_golden": top1, "max_logit_diff": gap}
+        measured = f"{top1} of {len(pairs)} top-1 as golden, max |logit diff| {gap:.3g} (tolerance {atol:g})"
+        met = top1 == len(pairs) == len(golden["images"]) and gap <= atol and not answers["errors"]
+    validation.goals.append(
+        Goal(
+            f"run --provider {validation.profile.provider}: the golden images answered as golden.json says",
+            measured,
+            met,
+            step.name,
+        )
+    )
 
 
 def add_bench_goals(validation: Validation, benched: dict | None, step: Step) -> None:
