@@ -122,6 +122,13 @@ def _speed(measurement: Measurement) -> float:
     return 1 / measurement.p50_ms if measurement.batch == 1 else measurement.images_per_second
 
 
+def _versus(first: Measurement, second: Measurement) -> str:
+    """The two figures _speed compares, in their units."""
+    if first.batch == 1:
+        return f"{first.p50_ms:.3g} vs {second.p50_ms:.3g} ms p50"
+    return f"{first.images_per_second:,.0f} vs {second.images_per_second:,.0f} img/s"
+
+
 @dataclass
 class BenchReport:
     model: str
@@ -187,14 +194,9 @@ class BenchReport:
                     continue
                 best, rival = max(ort, key=_speed), max(rivals, key=_speed)
                 ratio = _speed(best) / _speed(rival)
-                figures = (
-                    f"{best.p50_ms:.3g} vs {rival.p50_ms:.3g} ms p50"
-                    if batch == 1
-                    else f"{best.images_per_second:,.0f} vs {rival.images_per_second:,.0f} img/s"
-                )
                 lines.append(
                     f"{device} batch {batch}: fastest ONNX Runtime engine {best.engine}, {ratio:.2f}x the fastest "
-                    f"torch engine {rival.engine} ({'faster' if ratio >= 1 else 'slower'}; {figures})"
+                    f"torch engine {rival.engine} ({'faster' if ratio >= 1 else 'slower'}; {_versus(best, rival)})"
                 )
         return lines
 
@@ -206,17 +208,8 @@ class BenchReport:
         for (name, batch), openvino in measured.items():
             engine = Engine.parse(name)
             mlas = measured.get((f"ort-cpu-{engine.precision}", batch))
-            if engine.device != "openvino" or mlas is None:
-                continue
-            if batch == 1 and openvino.p50_ms > mlas.p50_ms:
-                losses.append(
-                    f"{name} is slower than {mlas.engine} at batch 1 ({openvino.p50_ms:.3g} vs {mlas.p50_ms:.3g} ms p50)"
-                )
-            elif batch > 1 and openvino.images_per_second < mlas.images_per_second:
-                losses.append(
-                    f"{name} is slower than {mlas.engine} at batch {batch} "
-                    f"({openvino.images_per_second:,.0f} vs {mlas.images_per_second:,.0f} img/s)"
-                )
+            if engine.device == "openvino" and mlas is not None and _speed(openvino) < _speed(mlas):
+                losses.append(f"{name} is slower than {mlas.engine} at batch {batch} ({_versus(openvino, mlas)})")
         return losses
 
     def format(self) -> str:
