@@ -38,6 +38,7 @@ def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint
     assert all(c.create_seconds > 0 and c.first_run_seconds > 0 for c in report.cold_starts)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["gflops_per_image"] == pytest.approx(report.gflops_per_image) and len(saved["measurements"]) == 6
+    assert BenchReport.from_json(saved) == report  # what the GPU validation reads back
     assert (
         "| ort-cpu-fp32 | 1 |" in (tmp_path / "bench.md").read_text()
         and "matrix product measured here" in report.format()
@@ -71,21 +72,31 @@ def _lone_model(result, tmp_path):
     return lone
 
 
-def test_default_engines_that_cannot_run_are_skipped_with_a_reason(tiny_checkpoint, tiny_export, tmp_path, monkeypatch):
+def test_an_engine_set_skips_what_cannot_run_here_with_a_reason(tiny_checkpoint, tiny_export, tmp_path):
     from vggdeploy import bench
 
     lone = _lone_model(tiny_export[0], tmp_path)
-    monkeypatch.setattr(
-        bench, "default_engines", lambda compile_torch=False: ("ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32")
-    )
-    report = run_bench(
-        lone, tiny_checkpoint, BenchConfig(None, batch_sizes=(1,), seconds=0.01), report_dir=tmp_path / "reports"
-    )
-    assert report.skipped["ort-cpu-int8"] == "model.int8.onnx not found beside the model (export with --int8)"
-    if not torch.cuda.is_available():
-        assert report.skipped["ort-cuda-fp32"] == "no CUDA GPU"
-    assert [m.engine for m in report.measurements] == ["ort-cpu-fp32"]
-    assert json.loads((tmp_path / "reports" / "bench.json").read_text())["skipped"] == report.skipped
+    for name in ("cpu", "gpu"):
+        report = run_bench(
+            lone, tiny_checkpoint, BenchConfig((name,), batch_sizes=(1,), seconds=0.01), report_dir=tmp_path / name
+        )
+        assert set(report.skipped) | {m.engine for m in report.measurements} == set(bench.ENGINE_SETS[name])
+        assert "ort-cpu-fp32" in {m.engine for m in report.measurements}
+        assert json.loads((tmp_path / name / "bench.json").read_text())["skipped"] == report.skipped
+    assert report.skipped.get("ort-cuda-fp32") == (None if torch.cuda.is_available() else "no CUDA GPU")
+    cpu = json.loads((tmp_path / "cpu" / "bench.json").read_text())
+    assert cpu["skipped"]["ort-cpu-int8"] == "model.int8.onnx not found beside the model (export with --int8)"
+
+
+def test_names_one_by_one_must_run_and_a_set_or_the_default_skips():
+    from vggdeploy.bench import COMPILE_ENGINE, ENGINE_SETS, chosen_engines
+
+    here = "gpu" if torch.cuda.is_available() else "cpu"
+    assert chosen_engines(BenchConfig(None)) == (ENGINE_SETS[here], False)
+    assert chosen_engines(BenchConfig(("gpu",), compile_torch=True)) == ((*ENGINE_SETS["gpu"], COMPILE_ENGINE), False)
+    assert chosen_engines(BenchConfig(("cpu",), compile_torch=True)) == (ENGINE_SETS["cpu"], False)
+    assert chosen_engines(BenchConfig(("ort-cpu-fp32",))) == (("ort-cpu-fp32",), True)
+    assert chosen_engines(BenchConfig(("cpu", "ort-cpu-fp32"))) == (("cpu", "ort-cpu-fp32"), True)  # refused by name
 
 
 def test_an_engine_asked_for_that_cannot_run_exits_6_and_keeps_the_old_report(tiny_checkpoint, tiny_export, tmp_path):
@@ -126,7 +137,7 @@ def test_an_engine_asked_for_that_cannot_run_exits_6_and_keeps_the_old_report(ti
 def test_unknown_engine_is_refused(tiny_export, tiny_checkpoint):
     from vggdeploy.errors import UsageError
 
-    with pytest.raises(UsageError, match="unknown engine 'ort-tpu'"):
+    with pytest.raises(UsageError, match=r"unknown engine 'ort-tpu' .*; or one set alone: cpu, gpu"):
         run_bench(tiny_export[0].model_path, tiny_checkpoint, BenchConfig(("ort-tpu",), batch_sizes=(1,)))
 
 
@@ -200,25 +211,6 @@ def test_cuda_graph_engine_replays_the_right_graph_per_batch_size(tiny_export):
             reference()
             replayed()
         np.testing.assert_allclose(replayed.logits(), reference.logits(), atol=2e-2)
-
-
-def test_the_cpu_table_script_runs_every_step(tmp_path):
-    """scripts/cpu_table.sh, which produces BENCHMARKS.md's CPU table, on a tiny model: CPU named, bench, floors."""
-    root = ROOT
-    result = subprocess.run(
-        ["bash", str(root / "scripts" / "cpu_table.sh"), "--smoke", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
-    assert re.search(r"== CPU: .+ CPU \(.*\), \d+ cores, \d+ torch threads", out), out[:500]
-    assert "best deployable CPU engine at batch 1: ort-cpu-" in out
-    report = json.loads((tmp_path / "bench-vgg11" / "bench.json").read_text())
-    assert {m["engine"] for m in report["measurements"]} >= set(CPU_ENGINES)
-    assert re.search(r"int8 matrix product \d+ GOP/s", out) and re.search(r"int8 floor [\d.]+ ms per image", out)
-    assert re.search(r"ONNX Runtime CPU int8: [\d.]+ ms = [\d.]+x the fp32 floor, [\d.]+x the int8 floor", out)
 
 
 def test_the_floor_takes_the_best_rate_seen_for_each_part():

@@ -3,17 +3,23 @@ of every stage through the same driver (tiny models, the CPU provider)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from vggdeploy.bench import CPU_ENGINES, ENGINE_SETS
+
 ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
 import parts  # noqa: E402
 import validate  # noqa: E402
+
+GPU_BUNDLE = parts.BUNDLES["gpu"]
 
 
 def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
@@ -26,7 +32,7 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-report.json").read_text())
-    assert report["profile"] == "cpu-rehearsal" and report["stages"] == ["runtime", "train"]
+    assert report["profile"] == "cpu-rehearsal" and report["stages"] == ["runtime", "train", "cpu"]
     names = [
         "seed-train",
         "seed-export",
@@ -38,12 +44,18 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
         "pytest-gpu",
         "full-train",
         "full-export",
+        "cpu-table",
+        "pytest-openvino",
     ]
     assert [step["name"] for step in report["steps"]] == names
     for step in report["steps"]:
-        assert step["returncode"] == 0 and step["seconds"] > 0 and step["command"].startswith("python -m ")
-    assert "--time-limit" in report["steps"][-2]["command"]
+        assert step["returncode"] == 0 and step["seconds"] > 0
+        assert step["command"].startswith(
+            "bash scripts/cpu_table.sh --smoke " if step["name"] == "cpu-table" else "python -m "
+        )
+    assert "--time-limit" in report["steps"][-4]["command"]
     assert report["environment"]["torch"] and report["environment"]["onnxruntime"].startswith("1.")
+    assert re.fullmatch(r".+ CPU \(.*\), \d+ cores, \d+ torch threads", report["environment"]["cpu"])
     assert report["environment"]["source_sha256"] == validate.source_fingerprint()  # names the code that ran
 
     check = report["figures"]["seed_check"]
@@ -68,11 +80,26 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     ece = goals["full preset: test-set ECE <= 2.5 % (temperature fitted on held-out training images)"]
     assert ece["met"] is not None and " -> " in ece["measured"] and report["figures"]["full_calibration"]["fitted"]
     assert goals["every variant's ECE within +0.5 pp of torch fp32's (at the model's temperature)"]["met"] is not None
+    # the cpu stage: BENCHMARKS.md's CPU table made by scripts/cpu_table.sh (CPU named, bench, floors), then the
+    # OpenVINO tests, which skip on a CPU that is not Intel's: shown neither way
+    cpu_bench = report["figures"]["cpu_bench_vgg11"]
+    measured = {m["engine"] for m in cpu_bench["measurements"]}
+    assert measured | set(cpu_bench["skipped"]) == set(ENGINE_SETS["cpu"]) and measured >= set(CPU_ENGINES)
+    assert "cpu_bench_quick" not in report["figures"]  # --smoke leaves the quick model out
+    best = goals["VGG-11 224 px, batch 1: best deployable CPU engine >= 5x torch eager fp32"]
+    assert best["met"] is not None and re.match(r"ort-(cpu|openvino)-\w+ [\d.]+ ms, [\d.]+x torch", best["measured"])
+    assert goals["quick model: a batch-256 throughput for every CPU engine"]["met"] is None
+    openvino = goals["the OpenVINO tests pass, none skipped (parity of fp32 and int8 through OpenVINO)"]
+    assert report["figures"]["pytest_openvino"].get("passed", 0) >= 1 and openvino["met"] in (True, None)
     markdown = (tmp_path / "gpu-report.md").read_text()
+    assert "## CPU engines: vgg11" in markdown and "best deployable CPU engine at batch 1: ort-" in markdown
     assert "Rehearsal on the CPU" in markdown and "| seed-check | `python -m vggdeploy check" in markdown
     assert "max \\|logit diff\\|" in markdown  # pipes escaped: the goals table keeps four columns
     logs = (tmp_path / "gpu-logs.txt").read_text()
-    assert all(f"==== {name}: python -m" in logs for name in names) and "best test accuracy" in logs
+    assert all(f"==== {name}: " in logs for name in names) and "best test accuracy" in logs
+    assert re.search(r"== CPU: .+ CPU \(.*\), \d+ cores, \d+ torch threads", logs)
+    assert re.search(r"int8 matrix product \d+ GOP/s", logs) and re.search(r"int8 floor [\d.]+ ms per image", logs)
+    assert re.search(r"ONNX Runtime CPU int8: [\d.]+ ms = [\d.]+x the fp32 floor, [\d.]+x the int8 floor", logs)
     assert len([p for p in tmp_path.iterdir() if p.is_file()]) <= 8  # what the device tool brings back
     for png in ("seed-curves.png", "bench.png", "full-curves.png", "full-accuracy-time.png", "full-reliability.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG", png
@@ -81,11 +108,12 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
 @pytest.fixture
 def packed(tmp_path):
     """Two fake wheels (one holding the excluded TensorRT library) and a data folder, packed into 1 KiB parts."""
+    excluded = GPU_BUNDLE.excluded[0]
     wheels = []
     for name, files in {
         "fakeort-1.0-py3-none-any.whl": {
             "fakeort/__init__.py": "VALUE = 42\n",
-            parts.EXCLUDED[0]: "never carried",
+            excluded: "never carried",
             "fakeort/blob.bin": os.urandom(3000),
         },
         "fakesim-1.0-py3-none-any.whl": {"fakesim/__init__.py": "from fakeort import VALUE\n"},
@@ -100,14 +128,14 @@ def packed(tmp_path):
     for name in parts.DATA_FILES:
         (data / name).write_bytes(name.encode() * 20)
     payload = tmp_path / "payload.tar.xz"
-    contents = parts.build_payload(wheels, data, payload)
+    contents = parts.build_payload(wheels, data, payload, GPU_BUNDLE.excluded)
     carried = parts.split(payload, contents, tmp_path / "carried", max_part_bytes=1024)
     return carried, contents, tmp_path
 
 
 def test_parts_arrive_one_per_call_and_install_when_complete(packed, capsys):
     carried, contents, root = packed
-    assert contents["excluded"] == [parts.EXCLUDED[0]] and len(carried) >= 3
+    assert contents["excluded"] == [GPU_BUNDLE.excluded[0]] and len(carried) >= 3
     assert max(p.stat().st_size for p in carried) <= 1024
     assert len({p.stat().st_size for p in carried[:-1]}) == 1  # equal parts: the fewest that fit
     state = root / "state"
@@ -116,13 +144,13 @@ def test_parts_arrive_one_per_call_and_install_when_complete(packed, capsys):
         (call / part.parent.name).mkdir(parents=True)
         for file in part.parent.iterdir():
             (call / part.parent.name / file.name).write_bytes(file.read_bytes())
-        status = parts.receive(call, state)
+        status = parts.receive(GPU_BUNDLE, call, state)
         line = capsys.readouterr().out
         if number < len(carried):
-            assert status == 3 and f"{number} of {len(carried)} here" in line and f"p{number + 1}" in line
+            assert status == 3 and f"{number} of {len(carried)} parts here" in line and f"p{number + 1}" in line
         else:
-            assert status == 0 and f"all {len(carried)} joined and installed" in line
-    assert not (state / "site" / parts.EXCLUDED[0]).exists()
+            assert status == 0 and f"all {len(carried)} parts joined and installed" in line
+    assert not (state / "site" / GPU_BUNDLE.excluded[0]).exists()
     assert sorted(p.name for p in (state / "data").iterdir()) == sorted(parts.DATA_FILES)
     imported = subprocess.run(
         [sys.executable, "-c", "import fakesim; print(fakesim.VALUE)"],
@@ -132,7 +160,7 @@ def test_parts_arrive_one_per_call_and_install_when_complete(packed, capsys):
     )
     assert imported.stdout.strip() == "42", imported.stderr
     assert (
-        parts.receive(root / "empty", state) == 0 and "parts: installed in" in capsys.readouterr().out
+        parts.receive(GPU_BUNDLE, root / "empty", state) == 0 and "gpu: installed in" in capsys.readouterr().out
     )  # a later call
 
 
@@ -140,15 +168,15 @@ def test_a_corrupt_part_is_refused_by_name(packed):
     carried, _, root = packed
     carried[1].write_bytes(b"x" + carried[1].read_bytes()[1:])
     with pytest.raises(parts.PartsError, match=f"{carried[1].name}: not the part its manifest describes"):
-        parts.receive(carried[0].parent.parent, root / "state")
+        parts.receive(GPU_BUNDLE, carried[0].parent.parent, root / "state")
 
 
 def test_a_stage_before_every_part_arrived_says_what_to_carry(packed, tmp_path):
     carried, _, root = packed
     only_first = root / "first"
-    (only_first / "p1").mkdir(parents=True)
+    (only_first / "gpu" / "p1").mkdir(parents=True)
     for file in carried[0].parent.iterdir():
-        (only_first / "p1" / file.name).write_bytes(file.read_bytes())
+        (only_first / "gpu" / "p1" / file.name).write_bytes(file.read_bytes())
     env = {
         **os.environ,
         "VGGDEPLOY_GPU_PARTS": str(only_first),
@@ -157,7 +185,9 @@ def test_a_stage_before_every_part_arrived_says_what_to_carry(packed, tmp_path):
     }
     script = str(ROOT / "scripts" / "gpu" / "validate.sh")
     received = subprocess.run([script, "receive"], capture_output=True, text=True, env=env, timeout=60)
-    assert received.returncode == 0 and f"1 of {len(carried)} here" in received.stdout
+    assert received.returncode == 0 and f"gpu: 1 of {len(carried)} parts here" in received.stdout
+    assert "openvino: not carried (only the cpu stage uses it)" in received.stdout
+    assert re.search(r"host CPU: .+, \d+ cores", received.stdout)  # decides whether the cpu stage is worth a call
     stage = subprocess.run([script, "runtime"], capture_output=True, text=True, env=env, timeout=60)
     assert stage.returncode == 3 and "cannot run runtime before every part is installed" in stage.stderr
     assert ".device/gpu/p2" in stage.stdout and not (tmp_path / "gpu-report.json").exists()
@@ -199,3 +229,37 @@ def test_the_run_goal_fails_on_a_wrong_logit_a_missing_image_or_an_error(tmp_pat
     assert met([answer(0)]) is False  # an image left out
     assert met([answer(0), answer(1)], errors=[{"file": "x.png", "error": "unreadable"}]) is False
     assert met([]) is False
+
+
+def test_a_step_past_the_stage_budget_is_stopped_with_its_children_and_the_next_is_not_run(tmp_path, monkeypatch):
+    child = tmp_path / "child.pid"
+    (tmp_path / "slowstep.py").write_text(
+        "import pathlib, subprocess\n"
+        "sleeper = subprocess.Popen(['sleep', '120'])\n"
+        f"pathlib.Path({str(child)!r}).write_text(str(sleeper.pid))\n"
+        "sleeper.wait()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    validation = validate.Validation(validate.REHEARSAL, tmp_path / "out", tmp_path / "work", 6, ["cpu"])
+    validation.start_stage()
+    slow = validation.run("slow", [], module="slowstep")
+    assert slow.returncode == 124 and slow.seconds < 10
+    assert not _running(int(child.read_text()))  # the step's own child went with it
+    after = validation.run("after", [], module="slowstep")
+    assert after.returncode is None and after.output_tail == "not run: the stage budget was spent"
+    steps = json.loads((tmp_path / "out" / "gpu-report.json").read_text())["steps"]
+    assert [(s["name"], s["returncode"]) for s in steps] == [("slow", 124), ("after", None)]
+
+
+def _running(pid: int) -> bool:
+    """Whether a process runs (a killed one may stay a zombie until its new parent reaps it), within 2 s."""
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return False
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.05)
+    return True

@@ -6,7 +6,6 @@ timed run ends with a device synchronisation; cold start (model/session creation
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,8 +25,7 @@ from vggdeploy.files import folder_lock
 from vggdeploy.graph import deployment_versions
 from vggdeploy.hardware import (
     cpu_fp32_gflops,
-    cpu_instruction_sets,
-    cpu_vendor,
+    cpu_name,
     gpu_peak_tflops,
     peak_fraction,
     timed_runs,
@@ -57,6 +55,9 @@ GPU_ENGINES = (
 )
 COMPILE_ENGINE = "torch-cuda-fp16-compile"
 KNOWN_ENGINES = (*CPU_ENGINES, *OPENVINO_ENGINES, *OPENVINO_THROUGHPUT, *GPU_ENGINES, COMPILE_ENGINE)
+# A set named alone with --engines: its engines that cannot run here are skipped with their reason, as by default
+# (the CPU set on a machine with a GPU, say, which the default there leaves out).
+ENGINE_SETS = {"cpu": (*CPU_ENGINES, *OPENVINO_ENGINES), "gpu": (*GPU_ENGINES, "ort-cpu-fp32")}
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class Engine:
     @classmethod
     def parse(cls, name: str) -> Engine:
         if name not in KNOWN_ENGINES:
-            raise UsageError(f"unknown engine {name!r} (valid: {', '.join(KNOWN_ENGINES)})")
+            raise UsageError(
+                f"unknown engine {name!r} (valid: {', '.join(KNOWN_ENGINES)}; or one set alone: {', '.join(ENGINE_SETS)})"
+            )
         framework, device, precision, *options = name.split("-")
         return cls(
             name,
@@ -142,6 +145,17 @@ class BenchReport:
     cpu_threads: int = 0  # the same for torch, ONNX Runtime's CPU provider and OpenVINO in one run
     engine_settings: dict[str, str] = field(default_factory=dict)  # CPU engine -> its threads (and OpenVINO hint)
     engine_files: dict[str, dict] = field(default_factory=dict)  # engine -> {"mb", "accuracy_change_pp"}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> BenchReport:
+        """A report as bench.json saved it (the GPU validation reads the reports its steps wrote)."""
+        return cls(
+            **{
+                **saved,
+                "measurements": [Measurement(**m) for m in saved["measurements"]],
+                "cold_starts": [ColdStart(**c) for c in saved["cold_starts"]],
+            }
+        )
 
     def cpu_table(self) -> list[dict]:
         """One row per CPU engine: batch-1 latency, throughput at 8/32/256, peak fraction, cold start, size, accuracy."""
@@ -332,11 +346,10 @@ class BoundOrtRun:
         return self.output.numpy()
 
 
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    sets = ", ".join(cpu_instruction_sets()) or "no AVX2"
-    return f"{cpu_vendor()} CPU ({sets}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+def device_name(engines: list[Engine]) -> str:
+    """What the engines ran on: the GPU, the CPU or both (the GPU set has one CPU engine), each named."""
+    names = [torch.cuda.get_device_name(0)] if any(not engine.on_cpu for engine in engines) else []
+    return "; ".join([*names, cpu_name()] if any(engine.on_cpu for engine in engines) else names)
 
 
 def _peak_fraction(
@@ -348,10 +361,15 @@ def _peak_fraction(
     return peak_fraction(images_per_second, gflops, peak and peak * 1e3)
 
 
-def default_engines(compile_torch: bool = False) -> tuple[str, ...]:
-    if torch.cuda.is_available() and cuda_driver_present():
-        return (*GPU_ENGINES, *((COMPILE_ENGINE,) if compile_torch else ()), "ort-cpu-fp32")
-    return (*CPU_ENGINES, *OPENVINO_ENGINES)
+def chosen_engines(config: BenchConfig) -> tuple[tuple[str, ...], bool]:
+    """The engine names to run, and whether each must run: names given one by one must; a set (named, or this
+    machine's default: the GPU set with a GPU, else the CPU set) skips what cannot run here."""
+    names = config.engines
+    if names and not (len(names) == 1 and names[0] in ENGINE_SETS):
+        return names, True
+    name = names[0] if names else "gpu" if torch.cuda.is_available() and cuda_driver_present() else "cpu"
+    compiled = (COMPILE_ENGINE,) if config.compile_torch and name == "gpu" else ()
+    return (*ENGINE_SETS[name], *compiled), False
 
 
 def run_bench(
@@ -376,9 +394,10 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
     metadata = read_metadata(model_path)
     checkpoint = Path(checkpoint) if checkpoint else checkpoint_beside(model_path)
     batch_sizes = config.batch_sizes
-    chosen = [Engine.parse(name) for name in (config.engines or default_engines(config.compile_torch))]
+    names, strict = chosen_engines(config)
+    chosen = [Engine.parse(name) for name in names]
     unavailable = {engine.name: why for engine in chosen if (why := why_engine_cannot_run(engine, model_path))}
-    if config.engines and unavailable:
+    if strict and unavailable:
         raise ProviderUnavailable(
             "; ".join(f"engine {name} cannot run: {why}" for name, why in unavailable.items()) + " (no report written)"
         )
@@ -392,7 +411,7 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
     cpu_peak = cpu_fp32_gflops() if any(e.on_cpu and e.precision != "int8" for e in chosen) else None
     report = BenchReport(
         str(model_path),
-        device_name(),
+        device_name(chosen),
         deployment_versions(),
         summarize(args).gflops,
         [],

@@ -570,7 +570,8 @@ def check(
 @click.option(
     "--engines",
     default=None,
-    help="Comma-separated engines, each of which must run [default: the GPU set with a GPU, else the CPU set].",
+    help="Comma-separated engines, each of which must run; or one set, cpu or gpu, whose engines that cannot run "
+    "here are skipped with the reason [default: the gpu set with a GPU, else the cpu set].",
 )
 @click.option(
     "--compile", "compile_torch", is_flag=True, help="Add torch.compile max-autotune fp16 (minutes to compile)."

@@ -122,6 +122,16 @@ def cpu_instruction_sets() -> list[str]:
     return [name for name in NOTABLE_CPU_FLAGS if name in present]
 
 
+def cpu_name() -> str:
+    """The CPU as reports name it: vendor and model, the instruction sets that matter, cores and torch's threads."""
+    import os
+
+    import torch
+
+    sets = ", ".join(cpu_instruction_sets()) or "no AVX2"
+    return f"{cpu_vendor()} CPU ({sets}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
 def gpu_peak_tflops(device_name: str, precision: str) -> float | None:
     """The spec-sheet peak of a GPU named like torch names it ("NVIDIA H100 80GB HBM3"); None when unknown."""
     peaks = next((table for key, table in GPU_PEAK_TFLOPS.items() if key in device_name), None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def plot_bench(path: Path, measurements: Sequence, title: str) -> None:
         axis.grid(True, which="both", alpha=0.3)
     if measurements:
         throughput.legend(fontsize=8)
-    figure.suptitle(title)
+    figure.suptitle(textwrap.fill(title, 110), fontsize=10)  # a device name can be a GPU's and a CPU's together
     _save_figure(figure, path)
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packs what the GPU host lacks (onnxruntime-gpu 1.31.1 and onnxsim 0.8.1 for its python 3.12, and Fashion-MNIST)
-# into .device/gpu/p1 .. pN: the fewest parts that fit one device transfer each. The download and the xz -9e
+# into .device/gpu/p1 .. pN, and the OpenVINO plugin (onnxruntime-ep-openvino 1.8.1, for the cpu stage on an Intel
+# host) into .device/openvino/p1: the fewest parts that fit one device transfer each. The downloads and the xz -9e
 # compression (a few minutes) are cached in ~/.cache/vggdeploy-gpu; a second run only cuts the parts again.
 # Usage: scripts/gpu/pack.sh [--python-version 3.12] [--max-part-mib 62]   (then follow BENCHMARKS.md's GPU runbook)
 set -euo pipefail
@@ -14,4 +15,4 @@ python=python3
 "$python" scripts/gpu/parts.py pack "$@"
 code=$("$python" -c 'import sys; sys.path.insert(0, "scripts/gpu"); import validate; print(validate.source_fingerprint())')
 echo "code: $(git describe --always --dirty), source_sha256 $code (a gpu-report.json from this tree says the same)"
-echo "next: the GPU runbook in BENCHMARKS.md (one call per part, each carrying its .device/gpu/pK folder)"
+echo "next: the GPU runbook in BENCHMARKS.md (one call per part, each carrying its .device/BUNDLE/pK folder)"

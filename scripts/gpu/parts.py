@@ -1,13 +1,15 @@
 """What the GPU host lacks, carried in parts small enough for one device transfer each.
 
 The GPU host has python 3.12 with torch but no onnxruntime-gpu, no onnxsim, no Fashion-MNIST and no network, and
-one transfer carries at most 64 MiB. So:
+one transfer carries at most 64 MiB. So, for each bundle (``gpu``: what every GPU stage needs; ``openvino``: the
+OpenVINO plugin, which only the cpu stage uses, carried only when the host's CPU is Intel's):
 
-- ``pack`` (here) puts the two wheels (minus what vggdeploy never loads) and the data into one xz-compressed tar,
-  cut into the fewest equal parts under the size limit: ``.device/gpu/p1 .. pN``, each with the same manifest.
-- ``receive`` (there) copies whichever parts arrived into a state folder, checking each against the manifest's
-  SHA-256; once all N are there it joins and unpacks them into ``STATE/site`` (for PYTHONPATH) and ``STATE/data``.
-  It exits 0 when everything is installed, 3 with the list of missing parts when not.
+- ``pack`` (here) puts the bundle's wheels (minus what vggdeploy never loads) and data into one xz-compressed tar,
+  cut into the fewest equal parts under the size limit: ``.device/BUNDLE/p1 .. pN``, each with the same manifest.
+- ``receive`` (there) copies whichever parts arrived into ``STATE/BUNDLE``, checking each against the manifest's
+  SHA-256; once all N are there it joins and unpacks them into ``STATE/BUNDLE/site`` (for PYTHONPATH) and
+  ``STATE/BUNDLE/data``. It exits 0 when the gpu bundle is installed and no optional bundle is half carried, 3 with
+  the list of missing parts when not.
 
 Only the standard library is used, so it runs on any python3 on either machine.
 """
@@ -26,12 +28,33 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGES = ("onnxruntime-gpu==1.31.1", "onnxsim==0.8.1")
+
+@dataclass(frozen=True)
+class Bundle:
+    """What one kind of parts carries."""
+
+    name: str
+    packages: tuple[str, ...]  # pinned wheels for the host's Python
+    excluded: tuple[str, ...] = ()  # files of those wheels that vggdeploy never loads
+    data: bool = False  # Fashion-MNIST too
+    required: bool = True  # every stage needs it; an optional bundle is installed only when carried
+
+
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64")
-# Never loaded by vggdeploy: the TensorRT provider (it needs TensorRT, which the host lacks).
-EXCLUDED = ("onnxruntime/capi/libonnxruntime_providers_tensorrt.so",)
+BUNDLES = {
+    # The TensorRT provider needs TensorRT, which the host lacks.
+    "gpu": Bundle(
+        "gpu",
+        ("onnxruntime-gpu==1.31.1", "onnxsim==0.8.1"),
+        excluded=("onnxruntime/capi/libonnxruntime_providers_tensorrt.so",),
+        data=True,
+    ),
+    # Whole: it is one part either way, and a trimmed OpenVINO could only be tried on an Intel CPU.
+    "openvino": Bundle("openvino", ("onnxruntime-ep-openvino==1.8.1",), required=False),
+}
 DATA_FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -54,7 +77,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_wheels(python_version: str, folder: Path) -> list[Path]:
+def download_wheels(packages: tuple[str, ...], python_version: str, folder: Path) -> list[Path]:
     """The pinned wheels for the host's Python, fetched once into ``folder`` (pip's own download, no install)."""
     folder.mkdir(parents=True, exist_ok=True)
     platforms = [argument for platform in PLATFORMS for argument in ("--platform", platform)]
@@ -74,17 +97,17 @@ def download_wheels(python_version: str, folder: Path) -> list[Path]:
             *platforms,
             "--dest",
             str(folder),
-            *PACKAGES,
+            *packages,
         ],
         check=True,
     )
     wheels = sorted(folder.glob("*.whl"))
-    if len(wheels) != len(PACKAGES):
-        raise PartsError(f"{folder}: expected {len(PACKAGES)} wheels, found {[w.name for w in wheels]}")
+    if len(wheels) != len(packages):
+        raise PartsError(f"{folder}: expected {len(packages)} wheels, found {[w.name for w in wheels]}")
     return wheels
 
 
-def build_payload(wheels: list[Path], data_dir: Path | None, target: Path) -> dict:
+def build_payload(wheels: list[Path], data_dir: Path | None, target: Path, excluded: tuple[str, ...] = ()) -> dict:
     """One tar: every wheel's files under site/ (a wheel is a zip laid out as site-packages), data under data/.
 
     Compressed with ``xz -9e`` using every core where the xz tool exists (minutes for ~340 MB), else Python's lzma.
@@ -99,7 +122,7 @@ def build_payload(wheels: list[Path], data_dir: Path | None, target: Path) -> di
                     for member in archive.infolist():
                         if member.is_dir():
                             continue
-                        if member.filename in EXCLUDED:
+                        if member.filename in excluded:
                             contents["excluded"].append(member.filename)
                             continue
                         info = tarfile.TarInfo(f"site/{member.filename}")
@@ -224,61 +247,81 @@ class Receiver:
         shutil.rmtree(self.parts)
 
 
-def receive(carried: Path, state: Path) -> int:
-    """Take what arrived, install when complete; print one status line. 0: installed, 3: parts still missing."""
+def receive(bundle: Bundle, carried: Path, state: Path) -> int:
+    """Take what arrived of one bundle, install it when complete; print one status line.
+
+    0: installed (or an optional bundle neither carried nor installed), 3: parts still missing."""
     receiver = Receiver(state)
     manifest = receiver.take(carried)
     done = receiver.installed()
     if manifest is None:
+        if not bundle.required:
+            print(f"{bundle.name}: not carried (only the cpu stage uses it)")
+            return 0
         raise PartsError(
-            f"no parts found under {carried} and nothing installed in {state}; run scripts/gpu/pack.sh here first"
+            f"no {bundle.name} parts found under {carried} and nothing installed in {state}; "
+            "run scripts/gpu/pack.sh here first"
         )
     if done and done["payload_sha256"] == manifest["payload_sha256"]:
-        print(f"parts: installed in {state} ({', '.join(done['wheels'])}; data: {len(done['data'])} files)")
+        data = f"; data: {len(done['data'])} files" if done["data"] else ""
+        print(f"{bundle.name}: installed in {state} ({', '.join(done['wheels'])}{data})")
         return 0
     missing = receiver.missing(manifest)
     if missing:
         have = len(manifest["parts"]) - len(missing)
-        folders = ", ".join(f".device/gpu/{entry['folder']}" for entry in missing)
-        print(f"parts: {have} of {len(manifest['parts'])} here; still to carry, one per call: {folders}")
+        folders = ", ".join(f".device/{bundle.name}/{entry['folder']}" for entry in missing)
+        print(f"{bundle.name}: {have} of {len(manifest['parts'])} parts here; still to carry, one per call: {folders}")
         return 3
     receiver.install(manifest)
-    print(f"parts: all {len(manifest['parts'])} joined and installed in {state}")
+    print(f"{bundle.name}: all {len(manifest['parts'])} parts joined and installed in {state}")
     return 0
+
+
+def receive_all(carried: Path, state: Path) -> int:
+    """Every bundle: ``carried/NAME`` into ``state/NAME``. 0 when all that is needed is installed, else 3."""
+    statuses = [receive(bundle, carried / name, state / name) for name, bundle in BUNDLES.items()]
+    return max(statuses)
+
+
+def pack(bundle: Bundle, python_version: str, data_dir: Path, out: Path, cache_root: Path, max_part_bytes: int) -> None:
+    """Download, compress (both cached) and cut one bundle into parts under ``out``."""
+    if bundle.data:
+        missing = [name for name in DATA_FILES if not (data_dir / name).is_file()]
+        if missing:
+            raise PartsError(
+                f"{data_dir}: no Fashion-MNIST ({', '.join(missing)}); apt-get install dataset-fashion-mnist"
+            )
+    key = hashlib.sha256(" ".join((*bundle.packages, *bundle.excluded, str(bundle.data))).encode()).hexdigest()[:12]
+    cache = cache_root / f"{bundle.name}-py{python_version}-{key}"
+    payload = cache / "payload.tar.xz"
+    if not (cache / "contents.json").is_file():
+        wheels = download_wheels(bundle.packages, python_version, cache / "wheels")
+        contents = build_payload(wheels, data_dir if bundle.data else None, payload, bundle.excluded)
+        (cache / "contents.json").write_text(json.dumps(contents))
+    contents = json.loads((cache / "contents.json").read_text())
+    parts = split(payload, contents, out, max_part_bytes)
+    sizes = ", ".join(f"{p.parent.name} {p.stat().st_size / MIB:.1f} MiB" for p in parts)
+    print(f"{bundle.name}: packed {payload.stat().st_size / MIB:.1f} MiB into {len(parts)} parts under {out}: {sizes}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    pack = commands.add_parser("pack", help="download, compress and cut into parts (here)")
-    pack.add_argument("--python-version", default="3.12", help="the GPU host's Python [default: 3.12]")
-    pack.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
-    pack.add_argument("--out", type=Path, default=Path(".device/gpu"))
-    pack.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vggdeploy-gpu")
-    pack.add_argument("--max-part-mib", type=float, default=62.0, help="one transfer: 64 MiB with the working tree")
+    packing = commands.add_parser("pack", help="download, compress and cut every bundle into parts (here)")
+    packing.add_argument("--python-version", default="3.12", help="the GPU host's Python [default: 3.12]")
+    packing.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    packing.add_argument("--out", type=Path, default=Path(".device"), help="parts go to OUT/BUNDLE/pK")
+    packing.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vggdeploy-gpu")
+    packing.add_argument("--max-part-mib", type=float, default=62.0, help="one transfer: 64 MiB with the working tree")
     take = commands.add_parser("receive", help="take the carried parts, install when complete (on the GPU host)")
-    take.add_argument("--from", dest="carried", type=Path, default=Path(".device/gpu"))
+    take.add_argument("--from", dest="carried", type=Path, default=Path(".device"), help="FROM/BUNDLE/pK")
     take.add_argument("--state", type=Path, default=Path("/tmp/vggdeploy-gpu"))
     args = parser.parse_args(argv)
     try:
         if args.command == "receive":
-            return receive(args.carried, args.state)
-        missing = [name for name in DATA_FILES if not (args.data_dir / name).is_file()]
-        if missing:
-            raise PartsError(
-                f"{args.data_dir}: no Fashion-MNIST ({', '.join(missing)}); apt-get install dataset-fashion-mnist"
-            )
-        key = hashlib.sha256(" ".join((*PACKAGES, *EXCLUDED)).encode()).hexdigest()[:12]
-        cache = args.cache / f"py{args.python_version}-{key}"
-        payload = cache / "payload.tar.xz"
-        if not (cache / "contents.json").is_file():
-            wheels = download_wheels(args.python_version, cache / "wheels")
-            contents = build_payload(wheels, args.data_dir, payload)
-            (cache / "contents.json").write_text(json.dumps(contents))
-        contents = json.loads((cache / "contents.json").read_text())
-        parts = split(payload, contents, args.out, int(args.max_part_mib * MIB))
-        sizes = ", ".join(f"{p.parent.name} {p.stat().st_size / MIB:.1f} MiB" for p in parts)
-        print(f"packed {payload.stat().st_size / MIB:.1f} MiB into {len(parts)} parts under {args.out}: {sizes}")
+            return receive_all(args.carried, args.state)
+        for name, bundle in BUNDLES.items():
+            pack(bundle, args.python_version, args.data_dir, args.out / name, args.cache, int(args.max_part_mib * MIB))
         return 0
     except (PartsError, subprocess.CalledProcessError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

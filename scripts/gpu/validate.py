@@ -5,11 +5,14 @@ Stages (each must fit one 600 s device command; the default budget is 9 minutes)
            set; run --provider cuda on the golden images, against golden.json; bench of the GPU engines on the
            full-width VGG-11-BN at 224 px; pytest -m gpu
   train    train --preset full with a wall-clock limit; accuracy against wall time
-  all      runtime, then train
+  cpu      the CPU engine table on the host's CPU (scripts/cpu_table.sh: torch eager, ONNX Runtime's MLAS and, on an
+           Intel CPU with the carried OpenVINO plugin, OpenVINO, fp32 and int8) and the OpenVINO tests
+  all      runtime, train, then cpu
 
-Each step is the real `python -m vggdeploy ...` command line, run as a subprocess and recorded with its duration,
-exit code and the tail of its output. Figures are read from the reports the commands write. gpu-report.json and
-gpu-report.md (plus the PNGs) are rewritten after every step, so a command killed at its limit still leaves a report.
+Each step is the real `python -m vggdeploy ...` (or script) command line, run as a subprocess and recorded with its
+duration, exit code and the tail of its output. Figures are read from the reports the commands write.
+gpu-report.json and gpu-report.md (plus the PNGs) are rewritten after every step, so a command killed at its limit
+still leaves a report.
 
 ``--rehearse`` runs the same stages through the same code on the CPU: tiny widths, 32 px, a few hundred images and
 the CPU provider. The suite runs it, so the wiring cannot rot between GPU windows. Its figures check the plumbing,
@@ -26,6 +29,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -33,7 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vggdeploy.artifacts import RunFolder, model_file, reliability_diagram, reports_folder
-from vggdeploy.bench import GPU_ENGINES
+from vggdeploy.bench import ENGINE_SETS, GPU_ENGINES, BenchReport
+from vggdeploy.hardware import cpu_name
 from vggdeploy.report import markdown_table, plot_accuracy_against_time, write_json, write_text
 
 GRAPH_ENGINE = "ort-cuda-fp16-nhwc-graph"
@@ -52,6 +57,8 @@ class Profile:
     bench_model_export: tuple[str, ...]
     bench: tuple[str, ...]
     full_train: tuple[str, ...]  # --time-limit is added from the stage budget
+    cpu_table: tuple[str, ...] = ()  # scripts/cpu_table.sh's options
+    openvino_tests: tuple[str, ...] = ()  # pytest's selection within tests/test_openvino.py
     full_export: tuple[str, ...] = ("--no-simplify", "--parity-images", "64", "--audit-batches", "1,2")  # calibration
 
     @property
@@ -90,6 +97,7 @@ GPU = Profile(
     ),  # the export checks run on the CPU
     bench=("--engines", ",".join(GPU_ENGINES), "--batch-sizes", "1,8,64,256", "--seconds", "2"),
     full_train=("--preset", "full"),
+    cpu_table=("--seconds", "1"),  # a short table: what a window leaves after the train stage
 )
 TINY = ("--width-ratio", "16", "--hidden", "64", "--image-size", "32", "--device", "cpu")
 REHEARSAL = Profile(
@@ -123,6 +131,8 @@ REHEARSAL = Profile(
     bench_model_export=("--fp16", "--parity-images", "64", "--audit-batches", "1,2,7,16", "--variant-images", "128"),
     bench=("--engines", "torch-cpu-fp32,ort-cpu-fp32", "--batch-sizes", "1,8", "--seconds", "0.1", "--min-runs", "3"),
     full_train=("--preset", "quick", *TINY, "--epochs", "2", "--train-limit", "1024", "--test-limit", "256"),
+    cpu_table=("--smoke",),
+    openvino_tests=("-k", "registers_once"),  # the wiring: the suite runs the whole module anyway
 )
 
 
@@ -166,11 +176,22 @@ class Validation:
     def start_stage(self) -> None:
         self.stage_deadline = time.monotonic() + self.budget_seconds
 
-    def run(self, name: str, arguments: list[str], module: str = "vggdeploy", stdout: Path | None = None) -> Step:
+    def run(
+        self,
+        name: str,
+        arguments: list[str],
+        module: str = "vggdeploy",
+        stdout: Path | None = None,
+        script: str | None = None,
+    ) -> Step:
         """One command, within what is left of the stage budget; its output goes to the log and its tail to the report
-        (its standard output alone to ``stdout`` when given, for a command that prints JSON)."""
-        command = [sys.executable, "-m", module, *arguments]
-        step = Step(name, " ".join(["python", "-m", module, *arguments]))
+        (its standard output alone to ``stdout`` when given, for a command that prints JSON). ``script``: a bash
+        script of the checkout instead of ``python -m module``, run with this python as its PYTHON."""
+        if script:
+            shown, command = ["bash", script], ["bash", str(REPOSITORY / script), *arguments]
+        else:
+            shown, command = ["python", "-m", module], [sys.executable, "-m", module, *arguments]
+        step = Step(name, " ".join([*shown, *arguments]))
         self.steps.append(step)
         left = self.stage_deadline - time.monotonic()
         if left < 5:
@@ -182,11 +203,18 @@ class Validation:
         log.parent.mkdir(parents=True, exist_ok=True)
         print(f"== {name}: {step.command}", flush=True)
         with log.open("w") as sink, stdout.open("w") if stdout else contextlib.nullcontext(sink) as answers:
+            process = subprocess.Popen(
+                command,
+                stdout=answers,
+                stderr=subprocess.STDOUT if answers is sink else sink,
+                env={**os.environ, "PYTHON": sys.executable},
+                start_new_session=True,  # its own process group: a timeout stops its children too (data workers)
+            )
             try:
-                step.returncode = subprocess.run(
-                    command, stdout=answers, stderr=subprocess.STDOUT if answers is sink else sink, timeout=left
-                ).returncode
+                step.returncode = process.wait(timeout=left)
             except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
                 step.returncode = 124
         step.seconds = time.monotonic() - started
         text = log.read_text(errors="replace")
@@ -227,7 +255,7 @@ def describe_environment() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "onnx": onnx.__version__,
         "numpy": numpy.__version__,
@@ -341,9 +369,7 @@ def runtime_stage(validation: Validation) -> None:
     tests_folder = REPOSITORY / "tests"
     gpu_modules = sorted(str(p) for p in tests_folder.glob("test_*.py") if "pytest.mark.gpu" in p.read_text())
     tests = validation.run("pytest-gpu", ["-m", "gpu", "-q", "-p", "no:cacheprovider", *gpu_modules], module="pytest")
-    counts = dict(
-        (word, int(number)) for number, word in re.findall(r"(\d+) (passed|failed|skipped|error)", tests.output_tail)
-    )
+    counts = pytest_counts(tests)
     validation.figures["pytest_gpu"] = counts
     validation.goals.append(
         Goal(
@@ -388,6 +414,79 @@ def train_stage(validation: Validation, time_limit: float) -> None:
             exported.name,
         )
     )
+
+
+def cpu_stage(validation: Validation) -> None:
+    """BENCHMARKS.md's CPU engine table, measured on this host's CPU by the script that makes it here, then the
+    OpenVINO tests. OpenVINO runs only on an Intel CPU with the openvino bundle carried; elsewhere bench skips it with
+    the reason, which the report keeps."""
+    table = validation.work / "cpu-table"
+    validation.run("cpu-table", [*validation.profile.cpu_table, str(table)], script="scripts/cpu_table.sh")
+    for model in ("vgg11", "quick"):  # the tables go into gpu-report.md (a device call brings back 8 files at most)
+        saved = read_json(table / f"bench-{model}" / "bench.json")
+        if saved:
+            validation.figures[f"cpu_bench_{model}"] = saved
+    add_cpu_goals(validation, validation.figures.get("cpu_bench_vgg11"), validation.figures.get("cpu_bench_quick"))
+    tests = validation.run(
+        "pytest-openvino",
+        [
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(REPOSITORY / "tests" / "test_openvino.py"),
+            *validation.profile.openvino_tests,
+        ],
+        "pytest",
+    )
+    counts = pytest_counts(tests)
+    validation.figures["pytest_openvino"] = counts
+    # not run, or skipped here (not an Intel CPU, or no plugin carried): nothing shown either way
+    unknown = tests.returncode is None or (tests.returncode == 0 and counts.get("skipped"))
+    validation.goals.append(
+        Goal(
+            "the OpenVINO tests pass, none skipped (parity of fp32 and int8 through OpenVINO)",
+            (", ".join(f"{n} {w}" for w, n in counts.items()) or "no result")
+            + (f" (only {' '.join(validation.profile.openvino_tests)})" if validation.profile.openvino_tests else ""),
+            None if unknown else tests.returncode == 0,
+            tests.name,
+        )
+    )
+
+
+def add_cpu_goals(validation: Validation, vgg11: dict | None, quick: dict | None) -> None:
+    """Issue #14's goals, from the full-size VGG-11's bench and the quick model's."""
+    single = {m.engine: m.p50_ms for m in BenchReport.from_json(vgg11).measurements if m.batch == 1} if vgg11 else {}
+    torch_ms = single.get("torch-cpu-fp32")
+    best = min((e for e in single if e.startswith("ort-")), key=single.get, default=None)
+    skipped = ", ".join(sorted((vgg11 or {}).get("skipped", {})))
+    for goal, engine, limit in (
+        ("VGG-11 224 px, batch 1: best deployable CPU engine >= 5x torch eager fp32", best, 5.0),
+        ("VGG-11 224 px, batch 1: ORT fp32 >= 1.5x torch eager fp32", "ort-cpu-fp32", 1.5),
+    ):
+        ms = single.get(engine)
+        speedup = torch_ms / ms if ms and torch_ms else None
+        measured = (
+            "no result"
+            if speedup is None
+            else f"{engine} {ms:.3g} ms, {speedup:.2f}x torch {torch_ms:.3g} ms"
+            + (f" (skipped: {skipped})" if skipped else "")
+        )
+        validation.goals.append(Goal(goal, measured, None if speedup is None else speedup >= limit, "cpu-table"))
+    at_256 = {m["engine"] for m in (quick or {}).get("measurements", []) if m["batch"] == 256}
+    every = ENGINE_SETS["cpu"]
+    validation.goals.append(
+        Goal(
+            "quick model: a batch-256 throughput for every CPU engine",
+            "no result" if not quick else f"{len(at_256 & set(every))} of {len(every)} engines",
+            None if not quick or not at_256 else at_256 >= set(every),
+            "cpu-table",
+        )
+    )
+
+
+def pytest_counts(step: Step) -> dict[str, int]:
+    """passed/failed/skipped/error counts from pytest's summary line."""
+    return {word: int(number) for number, word in re.findall(r"(\d+) (passed|failed|skipped|error)", step.output_tail)}
 
 
 def _full_training_goals(validation: Validation, full: RunFolder, step: Step) -> None:
@@ -531,7 +630,7 @@ def pick(row: dict, *keys: str) -> dict:
 
 def format_markdown(report: dict) -> str:
     environment = report["environment"]
-    device = environment.get("cuda_device") or f"CPU ({environment['cpu']}, {environment['cpu_count']} cores)"
+    device = environment.get("cuda_device") or environment["cpu"]
     lines = [f"# GPU validation: {', '.join(report['stages'])} ({report['profile']})", ""]
     if report["profile"] == "cpu-rehearsal":
         lines += [
@@ -558,6 +657,10 @@ def format_markdown(report: dict) -> str:
             )
         )
         lines += [f"skipped {engine}: {why}" for engine, why in bench["skipped"].items()]
+    for model in ("vgg11", "quick"):
+        cpu_bench = report["figures"].get(f"cpu_bench_{model}")
+        if cpu_bench:
+            lines += ["", f"## CPU engines: {model}", "", "```", BenchReport.from_json(cpu_bench).format(), "```"]
     check = report["figures"].get("seed_check")
     if check:
         lines += ["", f"## check (provider {check['provider']})", ""]
@@ -581,9 +684,12 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+STAGES = ("runtime", "train", "cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("runtime", "train", "all"))
+    parser.add_argument("stage", choices=(*STAGES, "all"))
     parser.add_argument("--out", type=Path, required=True, help="where gpu-report.json/.md and the PNGs go ($OUT)")
     parser.add_argument("--work", type=Path, default=None, help="models and logs [default: OUT/work]")
     parser.add_argument("--rehearse", action="store_true", help="the same stages on the CPU with tiny models")
@@ -595,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         help="train stage: the --time-limit of the full run [default: the budget less 100 s, for its export]",
     )
     args = parser.parse_args(argv)
-    stages = ["runtime", "train"] if args.stage == "all" else [args.stage]
+    stages = list(STAGES) if args.stage == "all" else [args.stage]
     validation = Validation(
         REHEARSAL if args.rehearse else GPU, args.out, args.work or args.out / "work", args.budget_minutes * 60, stages
     )
@@ -604,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         validation.start_stage()
         if stage == "runtime":
             runtime_stage(validation)
+        elif stage == "cpu":
+            cpu_stage(validation)
         else:
             # what the budget leaves after the full run: its evaluation and the export that fits the temperature
             time_limit = args.train_minutes * 60 if args.train_minutes else max(30.0, validation.budget_seconds - 100)

@@ -2,31 +2,34 @@
 # The GPU validation, one stage per device command (BENCHMARKS.md has the runbook).
 #
 # On the GPU host (run from the checkout's root, $OUT set by the device tool):
-#   scripts/gpu/validate.sh receive                 take the carried .device/gpu/pK part (no stage run)
-#   scripts/gpu/validate.sh runtime|train|all [validate.py options, e.g. --train-minutes 4]
-#       takes the carried part, installs onnxruntime-gpu, onnxsim and the data into /tmp/vggdeploy-gpu once all
-#       parts are there, then runs the stage; the report and PNGs go to $OUT
+#   scripts/gpu/validate.sh receive                 take the carried .device/BUNDLE/pK parts (no stage run); prints
+#                                                   the host's CPU, which decides whether the cpu stage is worth it
+#   scripts/gpu/validate.sh runtime|train|cpu|all [validate.py options, e.g. --budget-minutes 4]
+#       takes the carried parts, installs onnxruntime-gpu, onnxsim and the data (and the OpenVINO plugin when
+#       carried) into /tmp/vggdeploy-gpu once all parts are there, then runs the stage; the report and PNGs go to $OUT
 # Here, on the CPU, with tiny models (the suite runs this):
-#   scripts/gpu/validate.sh --rehearse runtime|train|all OUTDIR
+#   scripts/gpu/validate.sh --rehearse runtime|train|cpu|all OUTDIR
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ "${1:-}" = --rehearse ]; then
-  [ $# -ge 3 ] || { echo "usage: $0 --rehearse runtime|train|all OUTDIR" >&2; exit 2; }
+  [ $# -ge 3 ] || { echo "usage: $0 --rehearse runtime|train|cpu|all OUTDIR" >&2; exit 2; }
   python=${PYTHON:-python3}
   [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && python=.venv/bin/python
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   exec "$python" scripts/gpu/validate.py "$2" --rehearse --out "$3" "${@:4}"
 fi
-stage=${1:?usage: $0 receive|runtime|train|all [options] (or --rehearse STAGE OUTDIR)}
+stage=${1:?usage: $0 receive|runtime|train|cpu|all [options] (or --rehearse STAGE OUTDIR)}
 shift
 state=${VGGDEPLOY_GPU_STATE:-/tmp/vggdeploy-gpu}
 status=0
-python3 scripts/gpu/parts.py receive --from "${VGGDEPLOY_GPU_PARTS:-.device/gpu}" --state "$state" || status=$?
+python3 scripts/gpu/parts.py receive --from "${VGGDEPLOY_GPU_PARTS:-.device}" --state "$state" || status=$?
 if [ "$stage" = receive ]; then
+  echo "host CPU: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores" \
+    "(the cpu stage measures OpenVINO only on an Intel CPU)"
   [ "$status" = 3 ] && exit 0  # parts still missing is the expected answer while they arrive
   exit "$status"
 fi
 [ "$status" = 0 ] || { echo "validate: cannot run $stage before every part is installed" >&2; exit "$status"; }
-export PYTHONPATH=$state/site:$PWD VGGDEPLOY_DATA_DIR=$state/data PYTHONUNBUFFERED=1
+export PYTHONPATH=$state/gpu/site:$state/openvino/site:$PWD VGGDEPLOY_DATA_DIR=$state/gpu/data PYTHONUNBUFFERED=1
 exec python3 scripts/gpu/validate.py "$stage" --out "${OUT:?validate: set OUT to the folder the report goes to}" \
   --work "$state/work" "$@"
