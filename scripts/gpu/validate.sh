@@ -24,8 +24,9 @@ state=${VGGDEPLOY_GPU_STATE:-/tmp/vggdeploy-gpu}
 status=0
 python3 scripts/gpu/parts.py receive --from "${VGGDEPLOY_GPU_PARTS:-.device}" --state "$state" || status=$?
 if [ "$stage" = receive ]; then
-  echo "host CPU: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores" \
-    "(the cpu stage measures OpenVINO only on an Intel CPU)"
+  cpu=$(grep -m1 -e '^vendor_id' /proc/cpuinfo; grep -m1 -e '^model name' /proc/cpuinfo) || true
+  echo "host CPU: $(echo "$cpu" | sed 's/^[^:]*: *//' | paste -sd ' '), $(nproc) cores" \
+    "(the cpu stage measures OpenVINO only on an Intel CPU: GenuineIntel)"
   [ "$status" = 3 ] && exit 0  # parts still missing is the expected answer while they arrive
   exit "$status"
 fi
