@@ -44,8 +44,8 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
         "pytest-gpu",
         "full-train",
         "full-export",
-        "cpu-table",
         "pytest-openvino",
+        "cpu-table",
     ]
     assert [step["name"] for step in report["steps"]] == names
     for step in report["steps"]:
@@ -53,7 +53,7 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
         assert step["command"].startswith(
             "bash scripts/cpu_table.sh --smoke " if step["name"] == "cpu-table" else "python -m "
         )
-    assert "--time-limit" in report["steps"][-4]["command"]
+    assert "--time-limit" in report["steps"][-4]["command"]  # full-train
     assert report["environment"]["torch"] and report["environment"]["onnxruntime"].startswith("1.")
     assert re.fullmatch(r".+ CPU \(.*\), \d+ cores, \d+ torch threads", report["environment"]["cpu"])
     assert report["environment"]["source_sha256"] == validate.source_fingerprint()  # names the code that ran
