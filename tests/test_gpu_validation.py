@@ -164,6 +164,33 @@ def test_parts_arrive_one_per_call_and_install_when_complete(packed, capsys):
     )  # a later call
 
 
+def test_an_optional_bundle_is_installed_when_carried_and_awaited_when_half_carried(packed, tmp_path, capsys):
+    carried, _, root = packed
+    wheel = tmp_path / "fakeplugin-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("fakeplugin/__init__.py", "NAME = 'plugin'\n")
+        archive.writestr("fakeplugin/blob.bin", os.urandom(2000))
+    payload = tmp_path / "plugin.tar.xz"
+    plugin = parts.split(payload, parts.build_payload([wheel], None, payload), tmp_path / "plugin", 512)
+    assert len(plugin) >= 2
+
+    def call(name: str, folders: dict[str, list[Path]]) -> int:
+        for bundle, paths in folders.items():
+            for part in paths:
+                target = root / name / bundle / part.parent.name
+                target.mkdir(parents=True)
+                for file in part.parent.iterdir():
+                    (target / file.name).write_bytes(file.read_bytes())
+        return parts.receive_all(root / name, root / "state")
+
+    assert call("gpu-and-half-plugin", {"gpu": carried, "openvino": plugin[:1]}) == 3  # the plugin is awaited
+    assert "openvino: 1 of" in capsys.readouterr().out
+    assert call("rest-of-plugin", {"openvino": plugin[1:]}) == 0
+    assert "openvino: all" in capsys.readouterr().out
+    assert (root / "state" / "openvino" / "site" / "fakeplugin" / "__init__.py").is_file()
+    assert (root / "state" / "gpu" / "site" / "fakeort" / "__init__.py").is_file()
+
+
 def test_a_corrupt_part_is_refused_by_name(packed):
     carried, _, root = packed
     carried[1].write_bytes(b"x" + carried[1].read_bytes()[1:])
