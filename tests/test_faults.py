@@ -143,6 +143,14 @@ def test_a_disk_that_fills_during_export_leaves_the_previous_export_untouched(ti
     assert _leftovers(out) == []
 
 
+@pytest.fixture(scope="module")
+def previous_export(tiny_checkpoint, tmp_path_factory) -> Path:
+    """One whole export, made once: each kill test starts from a copy of it."""
+    out = tmp_path_factory.mktemp("previous") / "onnx"
+    assert _export(tiny_checkpoint, out).returncode == 0
+    return out
+
+
 @pytest.mark.parametrize(
     ("signal_name", "kill_when"),
     [
@@ -153,14 +161,15 @@ def test_a_disk_that_fills_during_export_leaves_the_previous_export_untouched(ti
     ],
 )
 def test_an_export_killed_midway_leaves_a_whole_export_and_the_next_run_tidies_up(
-    tiny_checkpoint, tmp_path, signal_name, kill_when
+    tiny_checkpoint, previous_export, tmp_path, signal_name, kill_when
 ):
     """Wherever the kill lands, the folder holds a whole export: the previous one, or (when the kill came after the
     swap) the new one; never a mix. The next export removes what the killed run left."""
+    import shutil
     import signal
 
     out = tmp_path / "onnx"
-    assert _export(tiny_checkpoint, out).returncode == 0
+    shutil.copytree(previous_export, out)
     before = (out / "model.onnx").read_bytes()
     command = [
         sys.executable,
