@@ -99,6 +99,17 @@ def test_names_one_by_one_must_run_and_a_set_or_the_default_skips():
     assert chosen_engines(BenchConfig(("cpu", "ort-cpu-fp32"))) == (("cpu", "ort-cpu-fp32"), True)  # refused by name
 
 
+def test_the_report_names_what_the_engines_ran_on(monkeypatch):
+    from vggdeploy import bench
+    from vggdeploy.hardware import cpu_name
+
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda index=0: "NVIDIA H100 80GB HBM3")
+    on_cpu, on_gpu = [bench.Engine.parse("ort-cpu-fp32")], [bench.Engine.parse("ort-cuda-fp16")]
+    assert bench.device_name(on_cpu) == cpu_name()  # a CPU bench on a GPU machine names the CPU, not the GPU
+    assert bench.device_name(on_gpu) == "NVIDIA H100 80GB HBM3"
+    assert bench.device_name(on_gpu + on_cpu) == f"NVIDIA H100 80GB HBM3; {cpu_name()}"
+
+
 def test_an_engine_asked_for_that_cannot_run_exits_6_and_keeps_the_old_report(tiny_checkpoint, tiny_export, tmp_path):
     lone = _lone_model(tiny_export[0], tmp_path)
     reports = tmp_path / "reports"
