@@ -290,3 +290,56 @@ def _running(pid: int) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+MEASUREMENT_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_second", "runs", "peak_fraction")
+OTHER_REPORT_FIELDS = {"model": "m.onnx", "device": "CPU", "versions": {}, "gflops_per_image": 15.1}
+CPU_ENGINES_P50 = dict.fromkeys(CPU_ENGINES, 1.0)
+
+
+def _goals_of(tmp_path, add) -> dict:
+    validation = validate.Validation(validate.GPU, tmp_path / "out", tmp_path / "work", 60, ["cpu"])
+    add(validation)
+    return {goal.goal: goal.met for goal in validation.goals}
+
+
+def test_the_cpu_goals_hold_the_speedups_and_every_engine_at_batch_256(tmp_path):
+    def bench(p50: dict[str, float], batch: int = 1) -> dict:
+        rows = [
+            {**dict.fromkeys(MEASUREMENT_FIELDS, 1.0), "engine": e, "batch": batch, "p50_ms": ms}
+            for e, ms in p50.items()
+        ]
+        return {"measurements": rows, "cold_starts": [], "skipped": {}, **OTHER_REPORT_FIELDS}
+
+    every = dict.fromkeys(ENGINE_SETS["cpu"], 1.0)
+    goals = _goals_of(
+        tmp_path,
+        lambda v: validate.add_cpu_goals(
+            v, bench({"torch-cpu-fp32": 100.0, "ort-cpu-fp32": 70.0, "ort-cpu-int8": 19.0}), bench(every, 256)
+        ),
+    )
+    assert goals["VGG-11 224 px, batch 1: best deployable CPU engine >= 5x torch eager fp32"] is True  # 5.26x
+    assert goals["VGG-11 224 px, batch 1: ORT fp32 >= 1.5x torch eager fp32"] is False  # 1.43x
+    assert goals["quick model: a batch-256 throughput for every CPU engine"] is True
+    goals = _goals_of(
+        tmp_path,
+        lambda v: validate.add_cpu_goals(
+            v, bench({"torch-cpu-fp32": 100.0, "ort-cpu-fp32": 66.0, "ort-cpu-int8": 21.0}), bench(CPU_ENGINES_P50, 256)
+        ),
+    )
+    assert goals["VGG-11 224 px, batch 1: best deployable CPU engine >= 5x torch eager fp32"] is False  # 4.76x
+    assert goals["VGG-11 224 px, batch 1: ORT fp32 >= 1.5x torch eager fp32"] is True  # 1.52x
+    assert goals["quick model: a batch-256 throughput for every CPU engine"] is False  # OpenVINO's rows missing
+    goals = _goals_of(tmp_path, lambda v: validate.add_cpu_goals(v, None, None))
+    assert set(goals.values()) == {None}  # nothing measured: nothing claimed
+
+
+def test_the_openvino_tests_goal_is_met_only_when_none_was_skipped(tmp_path):
+    def met(tail: str, returncode: int | None) -> bool | None:
+        step = validate.Step("pytest-openvino", "pytest", returncode, 1.0, tail)
+        return _goals_of(tmp_path, lambda v: validate.add_openvino_tests_goal(v, step)).popitem()[1]
+
+    assert met("14 passed in 30.0s", 0) is True
+    assert met("10 passed, 4 skipped in 20.0s", 0) is None  # not an Intel CPU: shown neither way
+    assert met("1 failed, 9 passed, 4 skipped in 20.0s", 1) is False
+    assert met("not run: the stage budget was spent", None) is None

@@ -181,19 +181,24 @@ class BenchReport:
             )
         return rows
 
+    def cpu_batch_1_p50(self) -> dict[str, float]:
+        """Each CPU engine's batch-1 p50 latency (ms)."""
+        return {m.engine: m.p50_ms for m in self.measurements if m.batch == 1 and Engine.parse(m.engine).on_cpu}
+
+    def best_deployable_cpu_engine(self) -> str | None:
+        """The fastest deployable (ONNX Runtime) CPU engine at batch 1."""
+        single = self.cpu_batch_1_p50()
+        return min((engine for engine in single if engine.startswith("ort-")), key=single.get, default=None)
+
     def best_cpu_engine(self) -> str | None:
         """The fastest deployable (ONNX Runtime) CPU engine at batch 1, with its speed-up over torch eager fp32."""
-        single = {m.engine: m.p50_ms for m in self.measurements if m.batch == 1 and Engine.parse(m.engine).on_cpu}
-        deployable = {e: ms for e, ms in single.items() if e.startswith("ort-")}
-        if not deployable:
+        single, best = self.cpu_batch_1_p50(), self.best_deployable_cpu_engine()
+        if best is None:
             return None
-        best = min(deployable, key=deployable.get)
         speedup = (
-            f", {single['torch-cpu-fp32'] / deployable[best]:.2f}x torch eager fp32"
-            if "torch-cpu-fp32" in single
-            else ""
+            f", {single['torch-cpu-fp32'] / single[best]:.2f}x torch eager fp32" if "torch-cpu-fp32" in single else ""
         )
-        return f"best deployable CPU engine at batch 1: {best} ({deployable[best]:.3g} ms p50{speedup})"
+        return f"best deployable CPU engine at batch 1: {best} ({single[best]:.3g} ms p50{speedup})"
 
     def fastest_by_batch(self) -> list[str]:
         """For each device (GPU, CPU) and batch size, the fastest ONNX Runtime engine against the fastest torch engine

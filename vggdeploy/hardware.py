@@ -6,6 +6,7 @@ these, so a peak fraction means the same thing wherever it is printed. torch is 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -124,8 +125,6 @@ def cpu_instruction_sets() -> list[str]:
 
 def cpu_name() -> str:
     """The CPU as reports name it: vendor and model, the instruction sets that matter, cores and torch's threads."""
-    import os
-
     import torch
 
     sets = ", ".join(cpu_instruction_sets()) or "no AVX2"

@@ -431,9 +431,21 @@ def cpu_stage(validation: Validation) -> None:
         ],
         "pytest",
     )
+    add_openvino_tests_goal(validation, tests)
+    table = validation.work / "cpu-table"
+    validation.run("cpu-table", [*validation.profile.cpu_table, str(table)], script="scripts/cpu_table.sh")
+    for model in ("vgg11", "quick"):  # the tables go into gpu-report.md (a device call brings back 8 files at most)
+        saved = read_json(table / f"bench-{model}" / "bench.json")
+        if saved:
+            validation.figures[f"cpu_bench_{model}"] = saved
+    add_cpu_goals(validation, validation.figures.get("cpu_bench_vgg11"), validation.figures.get("cpu_bench_quick"))
+
+
+def add_openvino_tests_goal(validation: Validation, tests: Step) -> None:
+    """Met only when the OpenVINO tests ran and none was skipped; skipped tests (not an Intel CPU, or no plugin
+    carried) or a step that did not run show nothing either way."""
     counts = pytest_counts(tests)
     validation.figures["pytest_openvino"] = counts
-    # not run, or skipped here (not an Intel CPU, or no plugin carried): nothing shown either way
     unknown = tests.returncode is None or (tests.returncode == 0 and counts.get("skipped"))
     validation.goals.append(
         Goal(
@@ -444,20 +456,14 @@ def cpu_stage(validation: Validation) -> None:
             tests.name,
         )
     )
-    table = validation.work / "cpu-table"
-    validation.run("cpu-table", [*validation.profile.cpu_table, str(table)], script="scripts/cpu_table.sh")
-    for model in ("vgg11", "quick"):  # the tables go into gpu-report.md (a device call brings back 8 files at most)
-        saved = read_json(table / f"bench-{model}" / "bench.json")
-        if saved:
-            validation.figures[f"cpu_bench_{model}"] = saved
-    add_cpu_goals(validation, validation.figures.get("cpu_bench_vgg11"), validation.figures.get("cpu_bench_quick"))
 
 
 def add_cpu_goals(validation: Validation, vgg11: dict | None, quick: dict | None) -> None:
     """Issue #14's goals, from the full-size VGG-11's bench and the quick model's."""
-    single = {m.engine: m.p50_ms for m in BenchReport.from_json(vgg11).measurements if m.batch == 1} if vgg11 else {}
+    report = BenchReport.from_json(vgg11) if vgg11 else None
+    single = report.cpu_batch_1_p50() if report else {}
     torch_ms = single.get("torch-cpu-fp32")
-    best = min((e for e in single if e.startswith("ort-")), key=single.get, default=None)
+    best = report.best_deployable_cpu_engine() if report else None
     skipped = ", ".join(sorted((vgg11 or {}).get("skipped", {})))
     for goal, engine, limit in (
         ("VGG-11 224 px, batch 1: best deployable CPU engine >= 5x torch eager fp32", best, 5.0),
