@@ -30,8 +30,8 @@ from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_inpu
 VGGDEPLOY = [sys.executable, "-m", "vggdeploy"]
 
 
-def cli(*args, timeout=300):
-    return subprocess.run([*VGGDEPLOY, *args], capture_output=True, text=True, timeout=timeout)
+def cli(*args, timeout=300, cwd=None):
+    return subprocess.run([*VGGDEPLOY, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def assert_clean_failure(result, *needles, code=None):
@@ -148,8 +148,31 @@ def test_a_model_whose_output_is_not_finite_gives_no_probabilities(nan_model, tm
 
 def test_empty_folder_and_missing_glob(tmp_path, tiny_export):
     (tmp_path / "empty").mkdir()
-    result = cli("run", str(tmp_path / "empty"), str(tmp_path / "*.png"), "--model", str(tiny_export[0].model_path))
-    assert_clean_failure(result, "folder holds no image files", "no file matches", code=3)
+    (tmp_path / "photo.png").write_bytes(_png_bytes(Image.new("L", (8, 8))))
+    arguments = [str(tmp_path / "empty"), str(tmp_path / "*.jpg"), ""]
+    # run in tmp_path, so an empty argument read as "." would find photo.png
+    result = cli("run", *arguments, "--model", str(tiny_export[0].model_path), cwd=tmp_path)
+    assert_clean_failure(result, "folder holds no image files", "no file matches", "'': an empty argument", code=3)
+    assert "photo.png" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "problem"),
+    [
+        (["train", "--color", "rgb", "--test-fraction", "0.2"], "--test-fraction, --color: for your own images only"),
+        (["train", "--test-limit", "0"], "--test-limit must be at least 1, got 0"),
+        (["info", "MODEL", "--arch", "E"], "--arch describe an architecture, not MODEL"),
+        (["info", "/dev/null"], "/dev/null: not a regular file"),
+    ],
+)
+def test_an_option_that_would_be_ignored_or_mean_nothing_is_refused(command, problem, tiny_export, tmp_path):
+    """`train --color rgb` on Fashion-MNIST once trained grayscale without a word, `--test-limit 0` reported an
+    accuracy of nan%, and `info MODEL --arch E` described MODEL: each is now a usage or input error, before any work."""
+    command = [str(tiny_export[0].model_path) if part == "MODEL" else part for part in command]
+    out = ["--out", str(tmp_path / "new")] if command[0] == "train" else []
+    result = cli(*command, *out)
+    assert_clean_failure(result, problem, code=3 if "/dev/null" in command else 2)
+    assert not (tmp_path / "new").exists()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

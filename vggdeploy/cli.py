@@ -17,7 +17,7 @@ import click
 
 from vggdeploy import __version__
 from vggdeploy.config import BenchConfig, CheckConfig, ExportConfig
-from vggdeploy.errors import INTERNAL_ERROR_EXIT, Interrupted, Terminated, VggDeployError, write_error
+from vggdeploy.errors import INTERNAL_ERROR_EXIT, Interrupted, Terminated, UsageError, VggDeployError, write_error
 
 if TYPE_CHECKING:
     from vggdeploy.archs import ModelArgs
@@ -146,6 +146,9 @@ def model_args_from_options(base: dict | None = None, **options) -> ModelArgs:
 def info(model: str | None, **options) -> None:
     """Describe an architecture (shape walk, parameters, GFLOPs), or an exported MODEL.onnx."""
     if model is not None:
+        given = [f"--{name.replace('_', '-')}" for name, value in options.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} describe an architecture, not MODEL: give one or the other")
         from vggdeploy.onnx_file import describe_onnx
 
         click.echo(describe_onnx(model))
@@ -154,6 +157,9 @@ def info(model: str | None, **options) -> None:
     from vggdeploy.model import summarize
 
     click.echo(summarize(model_args_from_options(**options)).format())
+
+
+OWN_IMAGE_OPTIONS = ("test_fraction", "color", "strict")  # train options that mean nothing for Fashion-MNIST
 
 
 @main.command()
@@ -261,6 +267,11 @@ def train(
         base = saved_config(out_dir)
     model = model_args_from_options(base.model.to_dict(), **model_options)
     config = base.with_overrides(model=model, compile=compile_model, **overrides)
+    own_image_flags = [f"--{key.replace('_', '-')}" for key in OWN_IMAGE_OPTIONS if overrides[key] is not None]
+    if config.data is None and own_image_flags:
+        raise UsageError(
+            f"{', '.join(own_image_flags)}: for your own images only (--data DIR); Fashion-MNIST has its own test set"
+        )
     result = run_training(config, out_dir, data_dir=data_dir, resume=resume, progress=not quiet, time_limit=time_limit)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: only rank 0 reports
         click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.format())
@@ -370,7 +381,6 @@ def export(
 
     from vggdeploy.archs import parse_arch
     from vggdeploy.artifacts import RunFolder, find_checkpoint
-    from vggdeploy.errors import UsageError
 
     if arch is None and checkpoint is None:
         raise UsageError("say which model: --arch A (latest trained under artifacts/) or --checkpoint PATH")

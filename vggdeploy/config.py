@@ -49,6 +49,9 @@ class TrainConfig:
             raise UsageError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UsageError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        for name in ("train_limit", "test_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.calibration_holdout < 0:
             raise UsageError(f"calibration holdout must not be negative, got {self.calibration_holdout}")
         if not 0 <= self.erase <= 1 or not 0 <= self.label_smoothing < 1:

@@ -38,8 +38,10 @@ def check_external_data(proto, path: Path) -> None:
 def require_model_file(path: str | Path) -> Path:
     """``path`` as a Path, or a one-line DataError when no such file exists (before anything is written for it)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: no such model file")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file, so not a model file")
     return path
 
 

@@ -95,7 +95,9 @@ def expand_inputs(arguments: list[str]) -> tuple[list[Path], list[str]]:
     problems: list[str] = []
     for argument in arguments:
         path = Path(argument)
-        if path.is_dir():
+        if not argument:
+            problems.append("'': an empty argument names no file")
+        elif path.is_dir():
             found = _image_files(path)
             if not found:
                 problems.append(f"{argument}: folder holds no image files, at any depth")
