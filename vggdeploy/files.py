@@ -1,4 +1,5 @@
-"""Atomic file writes (no torch): a crash or a failed check never leaves a half-written file behind."""
+"""Atomic file writes (no torch): a crash or a failed check never leaves a half-written file behind; and which
+entries a walk through the user's image folders skips."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vggdeploy.errors import DataError, FolderInUse, write_error
+
+HIDDEN_FOLDERS = frozenset({"__MACOSX"})  # what macOS's zip leaves beside the files (AppleDouble "._*" copies)
+
+
+def is_hidden(relative: str | Path) -> bool:
+    """True when a part of ``relative`` starts with "." (.ipynb_checkpoints, .git, macOS's ._ files) or is __MACOSX:
+    such entries are never images of the user's, and shell globs skip the dotted ones too."""
+    return any(part.startswith(".") or part in HIDDEN_FOLDERS for part in Path(relative).parts)
+
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)

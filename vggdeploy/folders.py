@@ -1,6 +1,7 @@
 """Your own images: a folder of labelled images, decoded once into uint8 tensors at training size.
 
-Layouts (torchvision's ``ImageFolder``, scanned with its own ``find_classes`` / ``make_dataset``):
+Layouts (torchvision's ``ImageFolder``, scanned in its class order and with its ``make_dataset``, hidden entries
+skipped):
 ``DIR/train/<class>/*`` with ``DIR/test/<class>/*`` (or ``val/``), or a single ``DIR/<class>/*`` split stratified by
 class with a fixed seed. Every image goes through the one preprocessing of ``preprocess.py`` (EXIF orientation,
 alpha over black, float scale, bilinear half-pixel resize without antialiasing) and is stored rounded to uint8, so
@@ -20,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 from tqdm import tqdm
 
 from vggdeploy.data import stratified_holdout
 from vggdeploy.errors import DataError, UsageError, VggDeployError, write_error
-from vggdeploy.files import atomic_path
+from vggdeploy.files import atomic_path, is_hidden
 from vggdeploy.preprocess import LUMA_WEIGHTS, decode_image, has_color, resize_bilinear
 
 TEST_SPLITS = ("test", "val")
@@ -49,7 +50,13 @@ class FolderScan:
 def _samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
     """Image files per class (torchvision's scan); one entry per real file (device and inode), so the paths a
     symbolic-link loop adds count once."""
-    found = make_dataset(str(directory), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    found = make_dataset(
+        str(directory),
+        class_to_idx,
+        is_valid_file=lambda path: has_file_allowed_extension(path, IMG_EXTENSIONS)
+        and not is_hidden(Path(path).relative_to(directory)),
+        allow_empty=True,
+    )
     seen: set[tuple[int, int]] = set()
     unique = []
     for path, label in found:
@@ -61,13 +68,14 @@ def _samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, i
 
 
 def _classes(directory: Path) -> tuple[list[str], dict[str, int]]:
-    try:
-        return find_classes(str(directory))
-    except FileNotFoundError:
+    """The class folders, sorted (torchvision's ``find_classes`` order), hidden ones (``is_hidden``) left out."""
+    classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and not is_hidden(entry.name))
+    if not classes:
         raise DataError(
             f"{directory}: no class folders (expected {directory}/<class>/<image files>, "
             "or train/<class>/ and test/<class>/ folders)"
-        ) from None
+        )
+    return classes, {name: index for index, name in enumerate(classes)}
 
 
 def _require_images(directory: Path, classes: list[str], samples: list[tuple[str, int]], split: str) -> None:

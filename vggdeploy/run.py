@@ -14,6 +14,7 @@ import numpy as np
 
 from vggdeploy.contract import is_calibrated, probabilities, temperature
 from vggdeploy.errors import DataError, UsageError
+from vggdeploy.files import is_hidden
 from vggdeploy.graph import run_session
 from vggdeploy.preprocess import DEFAULT_MAX_PIXELS, PreprocessSpec, decode_image, to_model_input
 from vggdeploy.runtime import LoadedModel
@@ -78,12 +79,13 @@ class Classification:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` at any depth, sorted; symbolic links to folders are not followed."""
+    """Every image file under ``folder`` at any depth, sorted, hidden entries skipped (``is_hidden``); symbolic
+    links to folders are not followed."""
     found = [
         Path(root) / name
         for root, _folders, files in os.walk(folder)
         for name in files
-        if Path(name).suffix.lower() in IMAGE_SUFFIXES
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES and not is_hidden((Path(root) / name).relative_to(folder))
     ]
     return sorted(found)
 
