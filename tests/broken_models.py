@@ -1,6 +1,9 @@
-"""Deliberately broken models for tests: one value planted in the classifier's last bias."""
+"""Deliberately broken models for tests: one value planted in the classifier's last bias, or metadata that
+contradicts the graph."""
 
 from __future__ import annotations
+
+import json
 
 import onnx
 from onnx import numpy_helper
@@ -13,4 +16,12 @@ def add_to_class_bias(proto: onnx.ModelProto, index: int, amount: float) -> onnx
     values = numpy_helper.to_array(bias).copy()
     values[index] += amount
     bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    return proto
+
+
+def drop_last_label(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` (changed in place) with 9 labels in its metadata for its 10 outputs: a consumer that reads labels
+    by index without comparing the counts answers a shifted or missing label instead of refusing the model."""
+    entry = next(p for p in proto.metadata_props if p.key == "labels")
+    entry.value = json.dumps(json.loads(entry.value)[:-1])
     return proto

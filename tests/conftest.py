@@ -81,6 +81,17 @@ def nan_model(tiny_export, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mislabelled_model(tiny_export, tmp_path_factory):
+    """The tiny fp32 model whose metadata names 9 labels for its 10 outputs."""
+    import onnx
+    from broken_models import drop_last_label
+
+    path = tmp_path_factory.mktemp("mislabelled-model") / "model.onnx"
+    onnx.save(drop_last_label(onnx.load(str(tiny_export[0].model_path))), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def image_kinds(tiny_export, test_split, tmp_path_factory):
     """Every image kind `run` accepts, made from a test image, with the Python reference's logits (expected.json)."""
     import numpy as np

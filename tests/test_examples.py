@@ -52,16 +52,19 @@ def test_node_service_short_load_test_has_no_failures(tiny_export, node_ready):
     assert summary["requests"] == 400 and summary["non2xx"] == 0 and summary["errors"] == 0
 
 
-def test_web_page_classifies_the_golden_images_and_every_image_kind_in_chromium(tiny_export, image_kinds, tmp_path):
+def test_web_page_classifies_the_golden_images_and_every_image_kind_in_chromium(
+    tiny_export, image_kinds, mislabelled_model, tmp_path
+):
     folder = _installed("web", "onnxruntime-web")
     if not Path("/usr/bin/chromium").is_file():
         pytest.fail("Debian's chromium is missing: run ./scripts/setup.sh")
     env = {**_consumer_env(tiny_export), "SCREENSHOT": str(tmp_path / "page.png"), "IMAGE_KINDS": str(image_kinds)}
+    env["MISLABELLED_MODEL"] = str(mislabelled_model)
     result = subprocess.run(
         ["node", "--test", "test/page.test.js"], cwd=folder, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "# pass 4" in result.stdout and "# fail 0" in result.stdout
+    assert "# pass 5" in result.stdout and "# fail 0" in result.stdout
     assert (tmp_path / "page.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -88,7 +91,7 @@ def test_cpp_program_matches_the_golden_vectors_and_probabilities(tiny_export, c
         assert golden_problems(answer, entry, golden) == [], entry["file"]
 
 
-def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path, nan_model):
+def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path, nan_model, mislabelled_model):
     result, out = tiny_export
     good = next((out / "onnx" / "golden").glob("*.png"))
     (tmp_path / "text.png").write_text("not a png")
@@ -109,6 +112,13 @@ def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path, nan_
         [str(cpp_program), str(tmp_path / "bare.onnx"), str(good)], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 1 and "no 'vggdeploy.format' metadata" in run.stderr
+    run = subprocess.run([str(cpp_program), str(mislabelled_model), str(good)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stdout == ""  # it once printed the scores of 9 classes under shifted labels
+    assert run.stderr == f"error: {mislabelled_model}: the metadata names 9 labels, but the graph outputs 10 classes\n"
+    run = subprocess.run(
+        [str(cpp_program), str(result.model_path), str(good), "--topk", "2"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2 and run.stderr.startswith("error: unknown option --topk\n"), run.stderr
     for flag, value in (("--top-k", "abc"), ("--top-k", "0"), ("--max-pixels", "-5"), ("--max-pixels", "1e9")):
         run = subprocess.run(
             [str(cpp_program), str(result.model_path), str(good), flag, value],
@@ -235,9 +245,12 @@ def test_npm_test_alone_uses_the_newest_export_under_artifacts(tiny_export, node
 @pytest.mark.parametrize(
     ("example", "script"), [("node", "src/server.js"), ("web", "serve.js")], ids=["node service", "web page server"]
 )
-def test_example_servers_refuse_a_bad_model_in_one_line_before_serving(example, script, tmp_path):
+def test_example_servers_refuse_a_bad_model_in_one_line_before_serving(example, script, tmp_path, mislabelled_model):
     folder = _installed(example, "onnxruntime-node" if example == "node" else "onnxruntime-web")
-    for model, message in ((tmp_path / "nosuch.onnx", "no such model file"), (tmp_path, "")):
+    models = [(tmp_path / "nosuch.onnx", "no such model file"), (tmp_path, "")]
+    if example == "node":  # the page's own refusal of this model is tested in Chromium (page.test.js)
+        models.append((mislabelled_model, "the metadata names 9 labels, but the graph outputs 10 classes"))
+    for model, message in models:
         env = {**os.environ, "PORT": "0"}
         run = subprocess.run(
             ["node", script, str(model)], cwd=folder, env=env, capture_output=True, text=True, timeout=60

@@ -102,9 +102,35 @@ export function calibrationOf(metadata) {
   return { temperature: calibration.temperature ?? 1, calibrated: calibration.fitted === true };
 }
 
+/**
+ * Throws when the session's graph contradicts its metadata (vggdeploy's own loader refuses such a model): the input
+ * and output names, the output's class count against the labels, the input's channels x height x width against the
+ * preprocessing. Labels shifted onto other classes would be wrong answers, not errors. Axes the graph leaves
+ * symbolic ("batch") are not compared.
+ */
+export function checkGraphAgainstMetadata(session, metadata, spec) {
+  const { input, output } = metadata.io;
+  if (!session.inputNames.includes(input.name) || !session.outputNames.includes(output.name)) {
+    throw new Error(`the graph's inputs/outputs ${session.inputNames}/${session.outputNames} do not match its metadata`);
+  }
+  const shapeOf = (list, name) => list.find((value) => value.name === name)?.shape ?? [];
+  const classes = shapeOf(session.outputMetadata, output.name).at(-1);
+  if (Number.isInteger(classes) && classes !== metadata.labels.length) {
+    throw new Error(`the metadata names ${metadata.labels.length} labels, but the graph outputs ${classes} classes`);
+  }
+  const taken = shapeOf(session.inputMetadata, input.name).slice(1);
+  const made = [spec.channels, spec.height, spec.width];
+  if (taken.length === 3 && taken.every(Number.isInteger) && taken.some((size, axis) => size !== made[axis])) {
+    throw new Error(`the metadata's preprocessing makes ${made.join('x')} inputs, but the graph takes ${taken.join('x')}`);
+  }
+}
+
 /** softmax(logits / temperature), the k most likely labels first; a NaN or infinite logit (a broken model) throws. */
 export function topK(logits, labels, k, temperature = 1) {
   if (!logits.every(Number.isFinite)) throw new Error("the model's output is not finite (NaN or inf): no probabilities");
+  if (logits.length !== labels.length) {
+    throw new Error(`the metadata names ${labels.length} labels, but the model output ${logits.length} classes`);
+  }
   const scaled = logits.map((v) => v / temperature);
   const max = Math.max(...scaled);
   const exps = scaled.map((v) => Math.exp(v - max));

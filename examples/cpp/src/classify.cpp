@@ -262,6 +262,42 @@ json ReadMetadata(const Ort::Session& session) {
   return decoded;
 }
 
+// The shape ONNX Runtime reports for the graph input or output called `name` (-1 for a dynamic axis).
+std::vector<int64_t> GraphShape(const Ort::Session& session, const std::string& name, bool input) {
+  Ort::AllocatorWithDefaultOptions allocator;
+  const size_t count = input ? session.GetInputCount() : session.GetOutputCount();
+  for (size_t i = 0; i < count; ++i) {
+    const auto found = input ? session.GetInputNameAllocated(i, allocator) : session.GetOutputNameAllocated(i, allocator);
+    if (name == found.get()) {
+      const Ort::TypeInfo info = input ? session.GetInputTypeInfo(i) : session.GetOutputTypeInfo(i);
+      return info.GetTensorTypeAndShapeInfo().GetShape();
+    }
+  }
+  throw std::runtime_error("the graph has no " + std::string(input ? "input" : "output") + " '" + name +
+                           "', which its metadata names");
+}
+
+// A graph that contradicts its metadata would give wrong answers (labels shifted onto other classes, or logits read
+// past the output), so it is refused as vggdeploy's own loader refuses it.
+void CheckGraphAgainstMetadata(const Ort::Session& session, const json& metadata, const Preprocessing& spec) {
+  const std::vector<int64_t> output = GraphShape(session, metadata.at("io").at("output").at("name"), false);
+  const size_t labels = metadata.at("labels").size();
+  if (output.size() != 2 || output[1] != static_cast<int64_t>(labels)) {
+    throw std::runtime_error("the metadata names " + std::to_string(labels) + " labels, but the graph outputs " +
+                             (output.size() == 2 && output[1] > 0 ? std::to_string(output[1]) : "an unknown number of") +
+                             " classes");
+  }
+  const std::vector<int64_t> input = GraphShape(session, metadata.at("io").at("input").at("name"), true);
+  const std::vector<int64_t> expected{spec.channels, spec.height, spec.width};
+  if (input.size() != 4 || !std::equal(expected.begin(), expected.end(), input.begin() + 1)) {
+    std::string graph;
+    for (size_t i = 1; i < input.size(); ++i) graph += (i > 1 ? "x" : "") + std::to_string(input[i]);
+    throw std::runtime_error("the metadata's preprocessing makes " + std::to_string(spec.channels) + "x" +
+                             std::to_string(spec.height) + "x" + std::to_string(spec.width) +
+                             " inputs, but the graph takes " + graph);
+  }
+}
+
 // The metadata's contract for probabilities: softmax(logits / temperature), in double precision.
 std::vector<double> Probabilities(const std::vector<float>& logits, double temperature) {
   const double peak = *std::max_element(logits.begin(), logits.end()) / temperature;
@@ -300,6 +336,9 @@ int main(int argc, char** argv) {
       (arg == "--top-k" ? top_k : max_pixels) = value;
     } else if (arg == "--json") {
       as_json = true;
+    } else if (arg.rfind("--", 0) == 0) {
+      std::cerr << "error: unknown option " << arg << "\n" << usage;
+      return 2;
     } else if (model_path.empty()) {
       model_path = arg;
     } else {
@@ -320,7 +359,11 @@ int main(int argc, char** argv) {
     const auto labels = metadata.at("labels").get<std::vector<std::string>>();
     const std::string input_name = metadata.at("io").at("input").at("name");
     const std::string output_name = metadata.at("io").at("output").at("name");
-    if (metadata.at("io").at("input").at("dtype") != "float32") throw std::runtime_error("this program takes the float32 model");
+    if (metadata.at("io").at("input").at("dtype") != "float32") {
+      throw std::runtime_error("this program takes the float32 model (model.onnx), not one whose input is " +
+                               metadata.at("io").at("input").at("dtype").get<std::string>());
+    }
+    CheckGraphAgainstMetadata(session, metadata, spec);
     const double temperature = metadata.at("calibration").value("temperature", 1.0);
     const bool calibrated = metadata.at("calibration").value("fitted", false);
 
@@ -367,7 +410,7 @@ int main(int argc, char** argv) {
     }
     return not_finite ? 4 : failures ? 3 : 0;
   } catch (const std::exception& error) {
-    std::cerr << "error: " << error.what() << "\n";
+    std::cerr << "error: " << model_path << ": " << error.what() << "\n";
     return 1;
   }
 }

@@ -5,7 +5,7 @@ import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import { specFromMetadata } from './preprocess.js';
 
-import { calibrationOf } from '../../js-common/preprocess.js';
+import { calibrationOf, checkGraphAgainstMetadata } from '../../js-common/preprocess.js';
 
 export { topK } from '../../js-common/preprocess.js';
 
@@ -22,16 +22,15 @@ export function readMetadata(bytes) {
 export async function loadModel(path) {
   const bytes = readFileSync(path);
   const metadata = readMetadata(bytes);
-  const { input, output } = metadata.io;
+  const { input } = metadata.io;
   if (input.dtype !== 'float32') throw new Error(`this service takes the float32 model, not ${input.name} (${input.dtype})`);
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'] });
-  if (!session.inputNames.includes(input.name) || !session.outputNames.includes(output.name)) {
-    throw new Error(`the graph's inputs/outputs ${session.inputNames}/${session.outputNames} do not match its metadata`);
-  }
+  const spec = specFromMetadata(metadata.preprocessing);
+  checkGraphAgainstMetadata(session, metadata, spec);
   return {
     metadata,
     session,
-    spec: specFromMetadata(metadata.preprocessing),
+    spec,
     labels: metadata.labels,
     ...calibrationOf(metadata),
   };

@@ -70,7 +70,12 @@ export async function startServer({ modelPath, port = 0, host = '127.0.0.1', ...
   }
   const metadata = readModel(modelPath);
   const pool = new WorkerPool(modelPath, settings.workers);
-  await pool.ready;
+  try {
+    await pool.ready; // each worker loads the model, and refuses a graph that contradicts its metadata
+  } catch (error) {
+    await pool.close();
+    throw new Error(`${modelPath}: ${error.message}`);
+  }
 
   const routes = {
     'GET /healthz': async () => [200, { status: 'ok', model: metadata.model.name }],

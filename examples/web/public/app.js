@@ -2,7 +2,9 @@
 // Labels and preprocessing come from the model's metadata_props, read with protobufjs and a partial ONNX schema.
 import * as ort from '/ort/ort.wasm.min.mjs';
 import { pngOrientation, upright, withoutExifChunk } from '/common/orientation.js';
-import { calibrationOf, specFromMetadata, toChannels, toModelInput, topK } from '/common/preprocess.js';
+import {
+  calibrationOf, checkGraphAgainstMetadata, specFromMetadata, toChannels, toModelInput, topK,
+} from '/common/preprocess.js';
 
 const TOP_K = 5;
 const $ = (id) => document.getElementById(id);
@@ -31,7 +33,9 @@ async function loadModel() {
   ]);
   const metadata = readMetadata(bytes);
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'] });
-  return { metadata, info, session, spec: specFromMetadata(metadata.preprocessing) };
+  const spec = specFromMetadata(metadata.preprocessing);
+  checkGraphAgainstMetadata(session, metadata, spec);
+  return { metadata, info, session, spec };
 }
 
 // A canvas keeps premultiplied alpha, which rounds semi-transparent pixels; a WebGL texture uploaded without

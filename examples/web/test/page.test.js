@@ -61,6 +61,19 @@ test('a file that is not an image shows an error instead of crashing the page', 
   assert.match(await page.textContent('#status'), /Could not classify notes.png/);
 });
 
+test('a model whose graph contradicts its metadata is refused on load, in words', { skip: !process.env.MISLABELLED_MODEL && 'set MISLABELLED_MODEL' }, async () => {
+  const mislabelled = await startStaticServer({ modelPath: process.env.MISLABELLED_MODEL });
+  const other = await browser.newPage();
+  try {
+    await other.goto(`${mislabelled.url}/`);
+    await other.waitForFunction(() => window.modelReady || window.modelError, null, { timeout: 60_000 });
+    assert.match(await other.textContent('#status'), /Could not load the model: the metadata names 9 labels, but the graph outputs 10 classes/);
+  } finally {
+    await other.close();
+    await mislabelled.close();
+  }
+});
+
 test('every image kind gives the Python reference logits, or a refusal in words', { skip: !process.env.IMAGE_KINDS && 'set IMAGE_KINDS' }, async () => {
   const fixture = process.env.IMAGE_KINDS;
   const { tolerance, kinds } = JSON.parse(readFileSync(fixture, 'utf8'));
