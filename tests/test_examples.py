@@ -112,7 +112,9 @@ def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path, nan_
         [str(cpp_program), str(tmp_path / "bare.onnx"), str(good)], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 1 and "no 'vggdeploy.format' metadata" in run.stderr
-    run = subprocess.run([str(cpp_program), str(mislabelled_model), str(good)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [str(cpp_program), str(mislabelled_model), str(good)], capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 1 and run.stdout == ""  # it once printed the scores of 9 classes under shifted labels
     assert run.stderr == f"error: {mislabelled_model}: the metadata names 9 labels, but the graph outputs 10 classes\n"
     run = subprocess.run(

@@ -78,6 +78,9 @@ def image_corpus(tmp_path_factory, test_split):
         "tiny-1x1.png": _png_bytes(Image.new("L", (1, 1), 200)),
         "large-4000x3000.jpg": _png_bytes(rgb.resize((4000, 3000)), format="JPEG", quality=70),
         "animated.gif": _png_bytes(gray, format="GIF", save_all=True, append_images=[rgb.convert("L").rotate(90)]),
+        "int32-16bit-range.tif": _png_bytes(
+            Image.fromarray(test_split[0][0].numpy().astype(np.int32) * 257), format="TIFF"
+        ),
     }
     jpeg = good["photo.jpg"]
     bad = {
@@ -88,6 +91,10 @@ def image_corpus(tmp_path_factory, test_split):
         "cut.jpg": (jpeg[: len(jpeg) // 2], "truncated or corrupt"),
         "bomb.png": (_bomb_png(20_000), "20000x20000 pixels is over the limit of 50,000,000"),
         "float.tif": (_png_bytes(Image.new("F", (8, 8), 0.5), format="TIFF"), "32-bit float pixels"),
+        "int32-wide.tif": (  # once clipped to white without a word
+            _png_bytes(Image.new("I", (8, 8), 1_000_000), format="TIFF"),
+            "32-bit integer pixels outside 0-65535 have no agreed scale",
+        ),
     }
     for name, data in good.items():
         (folder / name).write_bytes(data)

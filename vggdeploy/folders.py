@@ -53,8 +53,9 @@ def _samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, i
     found = make_dataset(
         str(directory),
         class_to_idx,
-        is_valid_file=lambda path: has_file_allowed_extension(path, IMG_EXTENSIONS)
-        and not is_hidden(Path(path).relative_to(directory)),
+        is_valid_file=lambda path: (
+            has_file_allowed_extension(path, IMG_EXTENSIONS) and not is_hidden(Path(path).relative_to(directory))
+        ),
         allow_empty=True,
     )
     seen: set[tuple[int, int]] = set()

@@ -128,6 +128,10 @@ def decode_image(source: str | Path | bytes, color: str, max_pixels: int = DEFAU
                     f"{name}: 32-bit float pixels have no agreed scale (0-1 or 0-255); save it as 8- or 16-bit"
                 )
             image.load()
+            if image.mode == "I" and not 0 <= image.getextrema()[0] <= image.getextrema()[1] <= 65535:
+                raise DataError(
+                    f"{name}: 32-bit integer pixels outside 0-65535 have no agreed scale; save it as 8- or 16-bit"
+                )
             image = _upright(image)
             return _to_grayscale(image) if color == "grayscale" else _to_rgb(image)
     except DataError:
