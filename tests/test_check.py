@@ -105,15 +105,23 @@ def test_localize_names_the_perturbed_layer(perturbed, tiny_checkpoint, tmp_path
     assert result.returncode == 4 and "first layer over tolerance: features.2.2 (ReLU)" in result.stderr
 
 
-def test_check_refuses_a_model_of_another_checkpoint(tiny_export, tmp_path, data_dir):
+def test_check_refuses_a_model_of_another_checkpoint(tiny_export, tiny_checkpoint, tmp_path, data_dir):
     from vggdeploy.archs import ModelArgs
-    from vggdeploy.checkpoint import save_checkpoint
+    from vggdeploy.checkpoint import load_checkpoint, save_checkpoint
     from vggdeploy.model import build_model
 
     args = ModelArgs(arch="B", width_ratio=8, hidden=64, image_size=32)
     save_checkpoint(tmp_path / "b.pt", {"model_args": args.to_dict(), "model_state": build_model(args).state_dict()})
     result = cli("check", "--model", str(tiny_export[0].model_path), "--checkpoint", str(tmp_path / "b.pt"))
     assert result.returncode == 3 and "was exported from another model than the checkpoint" in result.stderr
+    # the same architecture trained on (a run trained again after its export): once a parity failure with no reason
+    state = load_checkpoint(tiny_checkpoint)
+    later = {**state, "model_args": state["model_args"].to_dict(), "epoch": state["epoch"] + 1, "test_accuracy": 0.5}
+    save_checkpoint(tmp_path / "later.pt", later)
+    result = cli("check", "--model", str(tiny_export[0].model_path), "--checkpoint", str(tmp_path / "later.pt"))
+    assert result.returncode == 3, result.stderr
+    assert f"was exported from another checkpoint than {tmp_path / 'later.pt'} (the model's: epoch " in result.stderr
+    assert f"this one's: epoch {state['epoch'] + 1}, test accuracy 50.00%); export it again" in result.stderr
 
 
 def test_swapped_classes_give_exactly_the_figures_they_must(tiny_export, tiny_checkpoint, test_split, tmp_path):

@@ -144,6 +144,22 @@ class CheckReport:
         }
 
 
+def require_same_training(metadata: dict, state: dict, model_path: str | Path, checkpoint: Path) -> None:
+    """Refuse a checkpoint other than the one the model was exported from (a run trained again after its export, or
+    another run's): its parity would fail for a reason no figure of the report names. The model's ``training``
+    record holds the epoch and test accuracy of its checkpoint; a model without it is not compared."""
+    record = metadata.get("training", {})
+    exported = (record.get("epoch"), record.get("test_accuracy"))
+    given = (state.get("epoch"), state.get("test_accuracy"))
+    if None in exported or None in given or exported == given:
+        return
+    raise DataError(
+        f"{model_path}: was exported from another checkpoint than {checkpoint} (the model's: epoch {exported[0]}, "
+        f"test accuracy {exported[1]:.2%}; this one's: epoch {given[0]}, test accuracy {given[1]:.2%}); export it "
+        "again, or pass --checkpoint with the one it came from"
+    )
+
+
 def run_check(
     model_path: str | Path,
     checkpoint: str | Path | None = None,
@@ -171,11 +187,13 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
         )
     if config.localize and variant != "fp32":
         raise UsageError(f"{model_path}: --localize follows the fp32 graph; pass {sibling(model_path, 'fp32')}")
-    torch_model, state = rebuild_model(checkpoint or checkpoint_beside(model_path))
+    checkpoint = Path(checkpoint or checkpoint_beside(model_path))
+    torch_model, state = rebuild_model(checkpoint)
     if model_args_from_metadata(loaded.metadata) != state["model_args"]:
         raise DataError(
             f"{model_path}: was exported from another model than the checkpoint ({state['model_args'].name})"
         )
+    require_same_training(loaded.metadata, state, model_path, checkpoint)
 
     spec = PreprocessSpec.from_metadata(loaded.metadata["preprocessing"])
     dataset = dataset_of(state, data_dir)
