@@ -300,7 +300,7 @@ def _resume_state(out_dir: Path, config: TrainConfig) -> dict | None:
     finished = len(state["metrics"])
     if config.epochs < finished or (config.epochs == finished and not state.get("in_progress")):
         raise UsageError(
-            f"--resume: {path} has finished {finished} epochs; pass --epochs N with N > {finished} to train on"
+            f"--resume: {path} has finished {finished} epoch{'s' * (finished != 1)}; pass --epochs N with N > {finished} to train on"
         )
     return state
 
