@@ -47,6 +47,15 @@ async function imageBytes(request, body) {
   return Buffer.from(await file.arrayBuffer());
 }
 
+/** `?k=`: how many labels to answer (3 when absent); anything but a whole number >= 1 is a 400, not a guess. */
+function topCount(text) {
+  if (text === null) return 3;
+  if (!/^[0-9]+$/.test(text) || Number(text) < 1) {
+    throw Object.assign(new Error(`k must be a whole number of at least 1, got '${text}'`), { status: 400 });
+  }
+  return Number(text);
+}
+
 /** The model's metadata, or an Error naming the file and the problem in one line. */
 export function readModel(modelPath) {
   let bytes;
@@ -81,8 +90,8 @@ export async function startServer({ modelPath, port = 0, host = '127.0.0.1', ...
     'GET /healthz': async () => [200, { status: 'ok', model: metadata.model.name }],
     'GET /model': async () => [200, metadata],
     'POST /predict': async (request, url) => {
-      const k = Math.min(Math.max(Number.parseInt(url.searchParams.get('k') ?? '3', 10) || 3, 1), metadata.labels.length);
       const body = await imageBytes(request, await readBody(request, settings.maxBodyBytes));
+      const k = Math.min(topCount(url.searchParams.get('k')), metadata.labels.length);
       if (body.length === 0) return [400, { error: 'empty body: send a PNG or JPEG image' }];
       try {
         const { top, logits, calibrated, temperature } = await pool.run(body, k, settings.maxPixels);

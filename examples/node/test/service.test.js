@@ -73,6 +73,9 @@ test('bad requests get 4xx JSON errors and the service stays up', async () => {
     [() => fetch(`${service.url}/predict`), 405, /GET not allowed/],
     [() => post(png, '/nowhere'), 404, /no route/],
     [() => post(png, '/healthz', 'DELETE'), 405, /DELETE not allowed/],
+    [() => post(png, '/predict?k=abc'), 400, /^k must be a whole number of at least 1, got 'abc'$/],
+    [() => post(png, '/predict?k=0'), 400, /got '0'/],
+    [() => post(png, '/predict?k=2.5'), 400, /got '2.5'/],
   ];
   for (const [request, status, message] of cases) {
     const response = await request();
@@ -82,6 +85,8 @@ test('bad requests get 4xx JSON errors and the service stays up', async () => {
   }
   assert.equal((await fetch(`${service.url}/healthz`)).status, 200);
   assert.equal((await post(png)).status, 200);
+  const everyLabel = await (await post(png, '/predict?k=99')).json(); // more than the model has: all of them
+  assert.equal(everyLabel.top.length, 10);
 });
 
 test('the event loop stays free while workers decode and classify', async () => {
