@@ -142,9 +142,12 @@ def _bad_sets(root: Path, rgb_set: Path) -> dict:
 
 
 def test_every_bad_dataset_gets_one_clear_line(rgb_set, tmp_path):
+    through_the_cli = ("missing", "class-missing-from-test", "one-image-class")  # one per layout; DataError -> exit 3
     for name, (folder, message) in _bad_sets(tmp_path, rgb_set).items():
         with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
             image_folder(folder, 32, progress=False)
+        if name not in through_the_cli:
+            continue
         result = cli("train", "--data", str(folder), *TINY, "--out", str(tmp_path / "out" / name), cache=tmp_path)
         assert result.returncode == 3, (name, result.stderr)
         assert result.stderr.strip().splitlines()[-1].startswith("error: ") and message in result.stderr, name
