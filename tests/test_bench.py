@@ -19,6 +19,7 @@ from vggdeploy.bench import (
     run_bench,
 )
 from vggdeploy.config import BenchConfig
+from vggdeploy.errors import UsageError
 
 ROOT = Path(__file__).parent.parent
 
@@ -94,7 +95,10 @@ def test_names_one_by_one_must_run_and_a_set_or_the_default_skips():
     here = "gpu" if torch.cuda.is_available() else "cpu"
     assert chosen_engines(BenchConfig(None)) == (ENGINE_SETS[here], False)
     assert chosen_engines(BenchConfig(("gpu",), compile_torch=True)) == ((*ENGINE_SETS["gpu"], COMPILE_ENGINE), False)
-    assert chosen_engines(BenchConfig(("cpu",), compile_torch=True)) == (ENGINE_SETS["cpu"], False)
+    # --compile on the CPU set once did nothing without a word; now its GPU engine is skipped with the reason
+    assert chosen_engines(BenchConfig(("cpu",), compile_torch=True)) == ((*ENGINE_SETS["cpu"], COMPILE_ENGINE), False)
+    with pytest.raises(UsageError, match="with engines named one by one, name it"):
+        chosen_engines(BenchConfig(("ort-cpu-fp32",), compile_torch=True))
     assert chosen_engines(BenchConfig(("ort-cpu-fp32",))) == (("ort-cpu-fp32",), True)
     assert chosen_engines(BenchConfig(("cpu", "ort-cpu-fp32"))) == (("cpu", "ort-cpu-fp32"), True)  # refused by name
 

@@ -371,9 +371,13 @@ def chosen_engines(config: BenchConfig) -> tuple[tuple[str, ...], bool]:
     machine's default: the GPU set with a GPU, else the CPU set) skips what cannot run here."""
     names = config.engines
     if names and not (len(names) == 1 and names[0] in ENGINE_SETS):
+        if config.compile_torch:
+            raise UsageError(
+                f"--compile adds {COMPILE_ENGINE} to an engine set; with engines named one by one, name it"
+            )
         return names, True
     name = names[0] if names else "gpu" if torch.cuda.is_available() and cuda_driver_present() else "cpu"
-    compiled = (COMPILE_ENGINE,) if config.compile_torch and name == "gpu" else ()
+    compiled = (COMPILE_ENGINE,) if config.compile_torch else ()  # a GPU engine: skipped with its reason without one
     return (*ENGINE_SETS[name], *compiled), False
 
 
