@@ -170,13 +170,22 @@ def test_empty_folder_and_missing_glob(tmp_path, tiny_export):
         (["train", "--test-limit", "0"], "--test-limit must be at least 1, got 0"),
         (["info", "MODEL", "--arch", "E"], "--arch describe an architecture, not MODEL"),
         (["info", "/dev/null"], "/dev/null: not a regular file"),
+        (["export", "--int8-max-drop", "2"], "--int8-max-drop: only used with --int8, which was not given"),
+        (["check", "--layer-rtol", "0.1"], "--layer-rtol: only used with --localize, which was not given"),
     ],
 )
-def test_an_option_that_would_be_ignored_or_mean_nothing_is_refused(command, problem, tiny_export, tmp_path):
+def test_an_option_that_would_be_ignored_or_mean_nothing_is_refused(
+    command, problem, tiny_export, tiny_checkpoint, tmp_path
+):
     """`train --color rgb` on Fashion-MNIST once trained grayscale without a word, `--test-limit 0` reported an
-    accuracy of nan%, and `info MODEL --arch E` described MODEL: each is now a usage or input error, before any work."""
+    accuracy of nan%, `info MODEL --arch E` described MODEL, and `export --int8-max-drop 2` wrote no int8 file: each
+    is now a usage or input error, before any work."""
     command = [str(tiny_export[0].model_path) if part == "MODEL" else part for part in command]
-    out = ["--out", str(tmp_path / "new")] if command[0] == "train" else []
+    out = {
+        "train": ["--out", str(tmp_path / "new")],
+        "export": ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "new")],
+        "check": ["--model", str(tiny_export[0].model_path), "--report-dir", str(tmp_path / "new")],
+    }.get(command[0], [])
     result = cli(*command, *out)
     assert_clean_failure(result, problem, code=3 if "/dev/null" in command else 2)
     assert not (tmp_path / "new").exists()
@@ -294,7 +303,7 @@ def test_checkpoint_corpus_through_export(tiny_checkpoint, tmp_path):
         (["check", "--fp16-max-drop", "nan"], "--fp16-max-drop must be a number >= 0, got nan"),
         (["check", "--max-ece-increase", "-1"], "--max-ece-increase must be a number >= 0, got -1.0"),
         (["check", "--localize", "--layer-rtol", "nan"], "--layer-rtol must be a number >= 0, got nan"),
-        (["export", "--int8-max-drop", "nan"], "--int8-max-drop must be a number >= 0, got nan"),
+        (["export", "--int8", "--int8-max-drop", "nan"], "--int8-max-drop must be a number >= 0, got nan"),
         (["bench", "--seconds", "nan"], "--seconds must be a number >= 0, got nan"),
         (["run", "--max-pixels", "0", "any.png"], "'--max-pixels': 0 is not in the range x>=1"),
     ],

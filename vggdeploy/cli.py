@@ -277,6 +277,21 @@ def train(
         click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.format())
 
 
+def refuse_options_without(flag: str, enabled: bool, *options: str) -> None:
+    """Options typed on the command line that only matter with ``flag`` are a usage error without it: `export
+    --int8-max-drop 2` without `--int8` would otherwise write no int8 file and say nothing."""
+    if enabled:
+        return
+    context = click.get_current_context()
+    given = [
+        f"--{option.replace('_', '-')}"
+        for option in options
+        if context.get_parameter_source(option) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise UsageError(f"{', '.join(given)}: only used with {flag}, which was not given")
+
+
 def _accuracy_drop_options(config_class):
     """--fp16-max-drop and --int8-max-drop, with their defaults (percentage points) from the stage's config."""
 
@@ -384,6 +399,8 @@ def export(
 
     if arch is None and checkpoint is None:
         raise UsageError("say which model: --arch A (latest trained under artifacts/) or --checkpoint PATH")
+    refuse_options_without("--fp16", fp16, "fp16_max_drop")
+    refuse_options_without("--int8", int8, "int8_max_drop")
     config = ExportConfig(  # settings are checked before torch is imported: a usage error answers at once
         opset=opset,
         simplify=not no_simplify,
@@ -545,6 +562,8 @@ def check(
     """Parity of the ONNX Runtime deployment with the torch model on the real test set."""
     require_train_extra("check")
     from vggdeploy.artifacts import latest_model
+
+    refuse_options_without("--localize", localize, "layer_rtol", "localize_images")
 
     config = CheckConfig(  # settings are checked before torch is imported: a usage error answers at once
         provider=provider,
