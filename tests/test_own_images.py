@@ -166,7 +166,7 @@ def test_unreadable_files_are_skipped_and_named_or_fatal_with_strict(rgb_set, tm
         image_folder(broken, 32, strict=True, progress=False)
 
 
-def test_hidden_folders_and_files_are_neither_classes_nor_images(rgb_set, tmp_path):
+def test_hidden_entries_are_neither_classes_nor_images_and_both_walks_take_the_same_files(rgb_set, tmp_path):
     """What Jupyter, git and macOS's zip leave in a folder (.ipynb_checkpoints, .git, __MACOSX, ._x.png) was once a
     class of its own ("class '.ipynb_checkpoints' has no images"), or a copy of an image in its class."""
     cluttered = _copy(rgb_set, tmp_path / "cluttered")
@@ -176,11 +176,12 @@ def test_hidden_folders_and_files_are_neither_classes_nor_images(rgb_set, tmp_pa
         clutter.mkdir(parents=True)
         shutil.copy(first, clutter / first.name)
     (bag / f"._{first.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    Image.open(first).save(bag / "animated.GIF")  # an image to `run`, so one to `train --data` too (torchvision: not)
     scan = folders.scan_folder(cluttered)
-    assert scan.classes == folders.scan_folder(rgb_set).classes and len(scan.train) == 240 and len(scan.test) == 60
+    assert scan.classes == folders.scan_folder(rgb_set).classes and len(scan.train) == 241 and len(scan.test) == 60
     from vggdeploy.run import expand_inputs
 
-    assert len(expand_inputs([str(cluttered)])[0]) == 300  # run's folder walk skips the same entries
+    assert len(expand_inputs([str(cluttered)])[0]) == 301  # run's folder walk takes and skips the same entries
 
 
 def test_symlink_loops_end_and_train_test_duplicates_are_reported(rgb_set, tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vggdeploy.errors import DataError, FolderInUse, write_error
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".pgm", ".ppm")  # Pillow reads all
 HIDDEN_FOLDERS = frozenset({"__MACOSX"})  # what macOS's zip leaves beside the files (AppleDouble "._*" copies)
 
 
@@ -23,6 +24,12 @@ def is_hidden(relative: str | Path) -> bool:
     """True when a part of ``relative`` starts with "." (.ipynb_checkpoints, .git, macOS's ._ files) or is __MACOSX:
     such entries are never images of the user's, and shell globs skip the dotted ones too."""
     return any(part.startswith(".") or part in HIDDEN_FOLDERS for part in Path(relative).parts)
+
+
+def is_image_file(path: str | Path, root: str | Path) -> bool:
+    """Whether a walk through the user's image folder ``root`` takes ``path``: an image by its extension (any case),
+    and not hidden below ``root``. `run`'s folders and `train --data` walk alike."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES and not is_hidden(Path(path).relative_to(root))
 
 
 _UMASK = os.umask(0o022)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+from torchvision.datasets.folder import make_dataset
 from tqdm import tqdm
 
 from vggdeploy.data import stratified_holdout
 from vggdeploy.errors import DataError, UsageError, VggDeployError, write_error
-from vggdeploy.files import atomic_path, is_hidden
+from vggdeploy.files import IMAGE_SUFFIXES, atomic_path, is_hidden, is_image_file
 from vggdeploy.preprocess import LUMA_WEIGHTS, decode_image, has_color, resize_bilinear
 
 TEST_SPLITS = ("test", "val")
@@ -51,12 +51,7 @@ def _samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, i
     """Image files per class (torchvision's scan); one entry per real file (device and inode), so the paths a
     symbolic-link loop adds count once."""
     found = make_dataset(
-        str(directory),
-        class_to_idx,
-        is_valid_file=lambda path: (
-            has_file_allowed_extension(path, IMG_EXTENSIONS) and not is_hidden(Path(path).relative_to(directory))
-        ),
-        allow_empty=True,
+        str(directory), class_to_idx, is_valid_file=lambda path: is_image_file(path, directory), allow_empty=True
     )
     seen: set[tuple[int, int]] = set()
     unique = []
@@ -81,7 +76,7 @@ def _classes(directory: Path) -> tuple[list[str], dict[str, int]]:
 
 def _require_images(directory: Path, classes: list[str], samples: list[tuple[str, int]], split: str) -> None:
     if not samples:
-        raise DataError(f"{directory}: no image files in its class folders (looked for {', '.join(IMG_EXTENSIONS)})")
+        raise DataError(f"{directory}: no image files in its class folders (looked for {', '.join(IMAGE_SUFFIXES)})")
     empty = sorted(set(classes) - {classes[label] for _, label in samples})
     if empty:
         raise DataError(f"{directory}: class {empty[0]!r} has no images in the {split} split")

@@ -14,12 +14,10 @@ import numpy as np
 
 from vggdeploy.contract import is_calibrated, probabilities, temperature
 from vggdeploy.errors import DataError, UsageError
-from vggdeploy.files import is_hidden
+from vggdeploy.files import is_image_file
 from vggdeploy.graph import run_session
 from vggdeploy.preprocess import DEFAULT_MAX_PIXELS, PreprocessSpec, decode_image, to_model_input
 from vggdeploy.runtime import LoadedModel
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".pgm", ".ppm"})
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def _image_files(folder: Path) -> list[Path]:
         Path(root) / name
         for root, _folders, files in os.walk(folder)
         for name in files
-        if Path(name).suffix.lower() in IMAGE_SUFFIXES and not is_hidden((Path(root) / name).relative_to(folder))
+        if is_image_file(Path(root) / name, folder)
     ]
     return sorted(found)
 
