@@ -128,7 +128,7 @@ def decode_image(source: str | Path | bytes, color: str, max_pixels: int = DEFAU
                     f"{name}: 32-bit float pixels have no agreed scale (0-1 or 0-255); save it as 8- or 16-bit"
                 )
             image.load()
-            if image.mode == "I" and not 0 <= image.getextrema()[0] <= image.getextrema()[1] <= 65535:
+            if image.mode == "I" and not _within_16_bits(image):
                 raise DataError(
                     f"{name}: 32-bit integer pixels outside 0-65535 have no agreed scale; save it as 8- or 16-bit"
                 )
@@ -144,6 +144,12 @@ def decode_image(source: str | Path | bytes, color: str, max_pixels: int = DEFAU
         raise DataError(f"{name}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise DataError(f"{name}: truncated or corrupt image ({error})") from None
+
+
+def _within_16_bits(image: Image.Image) -> bool:
+    """Whether a 32-bit integer image (mode I) holds 16-bit values only, as a 16-bit PNG read by older Pillow does."""
+    low, high = image.getextrema()
+    return low >= 0 and high <= 65535
 
 
 def _upright(image: Image.Image) -> Image.Image:
