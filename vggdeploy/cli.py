@@ -459,8 +459,16 @@ def _performance_hint_option(function):
     help="An exported .onnx [default: the latest under artifacts/].",
 )
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu", "openvino"]), default="auto", show_default=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Labels shown per image, most likely first (all of them when K is larger than the model's label count).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per ONNX Runtime call."
+)
 @click.option(
     "--max-pixels",
     type=click.IntRange(min=1),
