@@ -125,6 +125,25 @@ def _model_args_options(command):
     return command
 
 
+def _provider_option(function):
+    return click.option(
+        "--provider",
+        type=click.Choice(["auto", "cuda", "cpu", "openvino"]),
+        default=CheckConfig.provider,
+        show_default=True,
+        help="auto: CUDA where a GPU answers, else the CPU; cuda and openvino are strict (no node left to the CPU).",
+    )(function)
+
+
+def _data_dir_option(function):
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Folder of the Fashion-MNIST .gz files [default: $VGGDEPLOY_DATA_DIR, then /usr/share/datasets/fashion-mnist].",
+    )(function)
+
+
 def model_args_from_options(base: dict | None = None, **options) -> ModelArgs:
     """ModelArgs from CLI options: unset options (None) keep the base (preset or default) values."""
     from vggdeploy.archs import ModelArgs, parse_arch
@@ -165,17 +184,24 @@ OWN_IMAGE_OPTIONS = ("test_fraction", "color", "strict")  # train options that m
 @main.command()
 @click.option("--preset", default=None, help="seed | full | quick [default: full with a GPU, quick without].")
 @_model_args_options
-@click.option("--epochs", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
+@click.option("--epochs", type=int, default=None, help="Passes over the training images [default: the preset's].")
+@click.option("--batch-size", type=int, default=None, help="Training images per step [default: the preset's].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
-@click.option("--seed", type=int, default=None)
+@click.option(
+    "--seed", type=int, default=None, help="Seeds the weights, shuffling, augmentation and holdout [default: 0]."
+)
 @click.option(
     "--calibration-holdout",
     type=click.IntRange(min=0),
     default=None,
     help="Training images never trained on, for export's temperature fit (at most a tenth) [default: 5000].",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=None,
+    help="auto: CUDA where a GPU answers, else the CPU [default: auto].",
+)
 @click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the model.")
 @click.option(
     "--precision",
@@ -204,9 +230,7 @@ OWN_IMAGE_OPTIONS = ("test_fraction", "color", "strict")  # train options that m
 @click.option("--strict", is_flag=True, default=None, help="--data: an unreadable image file is fatal, not skipped.")
 @click.option("--train-limit", type=int, default=None, help="Train on the first N images only (smoke runs).")
 @click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test images only.")
-@click.option(
-    "--data-dir", type=click.Path(file_okay=False), default=None, help="Folder of the Fashion-MNIST .gz files."
-)
+@_data_dir_option
 @click.option(
     "--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: artifacts/<model>]."
 )
@@ -370,7 +394,7 @@ def _listed(numbers: tuple[int, ...]) -> str:
     is_flag=True,
     help="Skip the temperature fit: probabilities are the plain softmax (temperature 1).",
 )
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@_data_dir_option
 def export(
     arch,
     checkpoint,
@@ -458,7 +482,7 @@ def _performance_hint_option(function):
     default=None,
     help="An exported .onnx [default: the latest under artifacts/].",
 )
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu", "openvino"]), default="auto", show_default=True)
+@_provider_option
 @click.option(
     "--top-k",
     type=click.IntRange(min=1),
@@ -513,12 +537,7 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, pe
     default=None,
     help="The torch reference [default: <model folder>/../checkpoints/best.pt].",
 )
-@click.option(
-    "--provider",
-    type=click.Choice(["auto", "cuda", "cpu", "openvino"]),
-    default=CheckConfig.provider,
-    show_default=True,
-)
+@_provider_option
 @_performance_hint_option
 @click.option("--images", type=int, default=None, help="Use the first N test images [default: all 10,000].")
 @click.option(
@@ -549,7 +568,7 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, pe
     help="Test images run through every layer for --localize.",
 )
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="[default: <model folder>/reports]")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@_data_dir_option
 def check(
     model_path,
     checkpoint,
@@ -623,7 +642,7 @@ def check(
 )
 @click.option("--min-runs", type=int, default=BenchConfig.min_runs, show_default=True)
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="[default: <model folder>/reports]")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@_data_dir_option
 def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, min_runs, report_dir, data_dir):
     """Latency and throughput of torch and ONNX Runtime, timed the same way (JSON, markdown, PNG)."""
     require_train_extra("bench")
