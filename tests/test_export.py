@@ -163,11 +163,17 @@ def test_triton_config_parses_with_tritons_own_protobuf(tiny_export):
     assert (folders[0] / "labels.txt").read_text().splitlines() == list(CLASS_NAMES)
 
 
-def test_info_prints_the_model_description(tiny_export):
+def test_info_prints_the_model_description(tiny_export, mislabelled_model):
     result, _ = tiny_export
     printed = cli("info", str(result.model_path))
     assert printed.returncode == 0
     assert "input  images: float32 batchx1x32x32" in printed.stdout and "labels:" in printed.stdout
+    # a model whose metadata contradicts its graph is described, and the contradiction said (it once passed silently)
+    printed = cli("info", str(mislabelled_model))
+    assert printed.returncode == 3 and "output logits: float32 batchx10" in printed.stdout
+    assert (
+        printed.stderr == f"error: {mislabelled_model}: the metadata names 9 labels, but the graph outputs 10 classes\n"
+    )
 
 
 def test_export_by_arch_finds_the_trained_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):

@@ -169,8 +169,10 @@ def info(model: str | None, **options) -> None:
         if given:
             raise UsageError(f"{', '.join(given)} describe an architecture, not MODEL: give one or the other")
         from vggdeploy.onnx_file import describe_onnx
+        from vggdeploy.runtime import ProviderSettings, open_model
 
         click.echo(describe_onnx(model))
+        open_model(model, ProviderSettings(provider="cpu"))  # a graph that contradicts the metadata: one line, exit 3
         return
     require_train_extra("info --arch")
     from vggdeploy.model import summarize
