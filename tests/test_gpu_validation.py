@@ -311,22 +311,15 @@ def test_the_cpu_goals_hold_the_speedups_and_every_engine_at_batch_256(tmp_path)
         ]
         return {"measurements": rows, "cold_starts": [], "skipped": {}, **OTHER_REPORT_FIELDS}
 
-    every = dict.fromkeys(ENGINE_SETS["cpu"], 1.0)
-    goals = _goals_of(
-        tmp_path,
-        lambda v: validate.add_cpu_goals(
-            v, bench({"torch-cpu-fp32": 100.0, "ort-cpu-fp32": 70.0, "ort-cpu-int8": 19.0}), bench(every, 256)
-        ),
-    )
+    def cpu_goals(torch_fp32: float, ort_fp32: float, ort_int8: float, quick_p50: dict[str, float]) -> dict:
+        full = bench({"torch-cpu-fp32": torch_fp32, "ort-cpu-fp32": ort_fp32, "ort-cpu-int8": ort_int8})
+        return _goals_of(tmp_path, lambda v: validate.add_cpu_goals(v, full, bench(quick_p50, 256)))
+
+    goals = cpu_goals(100.0, 70.0, 19.0, dict.fromkeys(ENGINE_SETS["cpu"], 1.0))
     assert goals["VGG-11 224 px, batch 1: best deployable CPU engine >= 5x torch eager fp32"] is True  # 5.26x
     assert goals["VGG-11 224 px, batch 1: ORT fp32 >= 1.5x torch eager fp32"] is False  # 1.43x
     assert goals["quick model: a batch-256 throughput for every CPU engine"] is True
-    goals = _goals_of(
-        tmp_path,
-        lambda v: validate.add_cpu_goals(
-            v, bench({"torch-cpu-fp32": 100.0, "ort-cpu-fp32": 66.0, "ort-cpu-int8": 21.0}), bench(CPU_ENGINES_P50, 256)
-        ),
-    )
+    goals = cpu_goals(100.0, 66.0, 21.0, CPU_ENGINES_P50)
     assert goals["VGG-11 224 px, batch 1: best deployable CPU engine >= 5x torch eager fp32"] is False  # 4.76x
     assert goals["VGG-11 224 px, batch 1: ORT fp32 >= 1.5x torch eager fp32"] is True  # 1.52x
     assert goals["quick model: a batch-256 throughput for every CPU engine"] is False  # OpenVINO's rows missing
