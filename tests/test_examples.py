@@ -39,7 +39,7 @@ def test_node_service_matches_the_golden_vectors_and_handles_bad_requests(tiny_e
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "# pass 5" in result.stdout and "# fail 0" in result.stdout
+    assert "# pass 6" in result.stdout and "# fail 0" in result.stdout
 
 
 def test_node_service_short_load_test_has_no_failures(tiny_export, node_ready):

@@ -7,6 +7,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { after, before, test } from 'node:test';
 import { PNG } from 'pngjs';
 import { goldenProblems } from '../../js-common/golden.js';
+import { topK } from '../../js-common/preprocess.js';
 import { resolveGoldenDir, resolveModelPath } from '../../js-common/model-paths.js';
 import { startServer } from '../src/server.js';
 
@@ -31,6 +32,13 @@ test('golden images give the golden labels, logits and calibrated probabilities'
     assert.equal(body.top.length, 3);
     assert.ok(body.top[0].probability >= body.top[1].probability);
   }
+});
+
+test('topK refuses logits that do not match the labels (a graph whose class count the load check could not read)', () => {
+  assert.throws(() => topK([0.1, 0.2, 0.3], ['a', 'b'], 2), /^Error: the metadata names 2 labels, but the model output 3 classes$/);
+  const [best] = topK([0, Math.log(3)], ['a', 'b'], 1);
+  assert.equal(best.label, 'b');
+  assert.ok(Math.abs(best.probability - 0.75) < 1e-12);
 });
 
 /** A multipart/form-data body as `curl -F image=@file.png` sends it. */
