@@ -347,7 +347,7 @@ def test_the_node_service_and_the_web_page_answer_the_rgb_golden_images(rgb_expo
     """Their own golden tests (labels, logits, calibrated probabilities) on the RGB model, unchanged."""
     onnx_folder, _ = rgb_export
     node = _consumer("node", "test/service.test.js", onnx_folder)
-    assert node.returncode == 0 and "# pass 5" in node.stdout, node.stdout[-3000:]
+    assert node.returncode == 0 and "# pass 6" in node.stdout, node.stdout[-3000:]
     if not Path("/usr/bin/chromium").is_file():
         pytest.fail("Debian's chromium is missing: run ./scripts/setup.sh")
     web = _consumer("web", "test/page.test.js", onnx_folder)
