@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets.folder import make_dataset
 from tqdm import tqdm
 
 from vggdeploy.data import stratified_holdout
@@ -50,6 +49,8 @@ class FolderScan:
 def _samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
     """Image files per class (torchvision's scan); one entry per real file (device and inode), so the paths a
     symbolic-link loop adds count once."""
+    from torchvision.datasets.folder import make_dataset  # torchvision's import costs ~2 s: only for own images
+
     found = make_dataset(
         str(directory), class_to_idx, is_valid_file=lambda path: is_image_file(path, directory), allow_empty=True
     )
