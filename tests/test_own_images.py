@@ -168,7 +168,8 @@ def test_unreadable_files_are_skipped_and_named_or_fatal_with_strict(rgb_set, tm
 
 def test_hidden_entries_are_neither_classes_nor_images_and_both_walks_take_the_same_files(rgb_set, tmp_path):
     """What Jupyter, git and macOS's zip leave in a folder (.ipynb_checkpoints, .git, __MACOSX, ._x.png) was once a
-    class of its own ("class '.ipynb_checkpoints' has no images"), or a copy of an image in its class."""
+    class of its own ("class '.ipynb_checkpoints' has no images"), or a copy of an image in its class; a FIFO named
+    like an image hung both walks."""
     cluttered = _copy(rgb_set, tmp_path / "cluttered")
     bag = cluttered / "train" / "Bag"
     first = sorted(bag.iterdir())[0]
@@ -177,6 +178,7 @@ def test_hidden_entries_are_neither_classes_nor_images_and_both_walks_take_the_s
         shutil.copy(first, clutter / first.name)
     (bag / f"._{first.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     Image.open(first).save(bag / "animated.GIF")  # an image to `run`, so one to `train --data` too (torchvision: not)
+    os.mkfifo(bag / "pipe.png")  # not a regular file: reading it would wait for a writer forever
     scan = folders.scan_folder(cluttered)
     assert scan.classes == folders.scan_folder(rgb_set).classes and len(scan.train) == 241 and len(scan.test) == 60
     from vggdeploy.run import expand_inputs

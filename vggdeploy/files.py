@@ -28,8 +28,10 @@ def is_hidden(relative: str | Path) -> bool:
 
 def is_image_file(path: str | Path, root: str | Path) -> bool:
     """Whether a walk through the user's image folder ``root`` takes ``path``: an image by its extension (any case),
-    and not hidden below ``root``. `run`'s folders and `train --data` walk alike."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES and not is_hidden(Path(path).relative_to(root))
+    not hidden below ``root``, and a regular file (reading a FIFO waits for a writer forever). `run`'s folders and
+    `train --data` walk alike."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path.relative_to(root)) and path.is_file()
 
 
 _UMASK = os.umask(0o022)
