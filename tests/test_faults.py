@@ -86,6 +86,89 @@ def test_a_disk_that_fills_during_training_keeps_the_last_checkpoints_and_resume
     assert [json.loads(line)["epoch"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def _address_space_limit(gib: int):
+    """A child's memory ceiling that holds whatever the machine's overcommit policy: allocations beyond it fail."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (gib << 30, resource.RLIM_INFINITY))
+
+
+def test_memory_that_runs_out_is_exit_8_in_one_line_naming_what_to_lower(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "vggdeploy", *TRAIN, "--epochs", "1", "--image-size", "100000", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=_address_space_limit(16))
+    assert result.returncode == 8, result.stderr
+    found = re.fullmatch(
+        r"error: out of memory: an allocation of ([\d.]+) GB failed; lower --batch-size, or the model's size "
+        r"\(--image-size, --width-ratio\)\n",
+        result.stderr,
+    )
+    assert found and float(found.group(1)) >= 40  # images resized to 100000 px: 40 GB each
+    assert not out.exists()  # the run's new folder goes with it
+
+
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [
+        (MemoryError(), "out of memory: MemoryError"),
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                "to allocate 320000000000 bytes. Error code 12 (Cannot allocate memory)"
+            ),
+            "out of memory: an allocation of 320.00 GB failed",
+        ),
+        (
+            RuntimeError(
+                "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node. Name:'conv' "
+                "Status Message: bfc_arena.cc:360 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, "
+                "onnxruntime::Stream*) Failed to allocate memory for requested buffer of size 6576668672\n"
+            ),
+            "out of memory: an allocation of 6.58 GB failed",
+        ),
+        (
+            "torch.OutOfMemoryError",
+            "out of memory: an allocation of 2.00 GiB on the GPU failed",
+        ),
+        (RuntimeError("CUDA failure 2: out of memory ; GPU=0"), "out of memory: CUDA failure 2: out of memory ; GPU=0"),
+        (ValueError("could not broadcast input array"), None),
+        (RuntimeError("Error parsing message"), None),
+    ],
+)
+def test_every_library_s_words_for_a_failed_allocation_become_one_out_of_memory_error(raised, message):
+    """As torch (CPU, CUDA), ONNX Runtime (arena, CUDA) and Python word it; nothing else is taken for it."""
+    import torch
+
+    from vggdeploy.errors import OutOfMemory, memory_error
+
+    if raised == "torch.OutOfMemoryError":
+        raised = torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+            "1.50 GiB is free."
+        )
+    found = memory_error(raised, "lower --batch-size")
+    if message is None:
+        assert found is None
+    else:
+        assert isinstance(found, OutOfMemory) and found.exit_code == 8
+        assert str(found) == f"{message}; lower --batch-size"
+
+
+def test_a_model_too_large_for_the_memory_is_not_called_unreadable():
+    """A session that cannot be created for lack of memory says so (exit 8), not "cannot load it" (exit 3)."""
+    from vggdeploy.errors import DataError, OutOfMemory
+    from vggdeploy.runtime import _load_failure
+
+    too_large = _load_failure(
+        "big.onnx", RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed:std::bad_alloc")
+    )
+    assert isinstance(too_large, OutOfMemory) and "big.onnx needs more free memory than this machine has" in str(
+        too_large
+    )
+    broken = _load_failure("bad.onnx", RuntimeError("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model failed"))
+    assert isinstance(broken, DataError) and str(broken).startswith("bad.onnx: ONNX Runtime cannot load it")
+
+
 def test_a_read_only_output_folder_is_exit_3_in_one_line(tmpfs):
     read_only = tmpfs("size=1m,ro")
     result = cli(*TRAIN, "--epochs", "1", "--out", str(read_only / "run"))

@@ -17,13 +17,30 @@ import click
 
 from vggdeploy import __version__
 from vggdeploy.config import BenchConfig, CheckConfig, ExportConfig
-from vggdeploy.errors import INTERNAL_ERROR_EXIT, Interrupted, Terminated, UsageError, VggDeployError, write_error
+from vggdeploy.errors import (
+    INTERNAL_ERROR_EXIT,
+    Interrupted,
+    Terminated,
+    UsageError,
+    VggDeployError,
+    memory_error,
+    write_error,
+)
 
 if TYPE_CHECKING:
     from vggdeploy.archs import ModelArgs
 
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+MEMORY_ADVICE = {  # what each command's user can lower when an allocation fails
+    "train": "lower --batch-size, or the model's size (--image-size, --width-ratio)",
+    "export": "lower --parity-images, --variant-images or the largest of --audit-batches",
+    "run": "lower --batch-size or --max-pixels",
+    "check": "lower --images (the test images are held at the model's input size)",
+    "bench": "lower --batch-sizes",
+}
 
 
 class _Group(click.Group):
@@ -67,7 +84,8 @@ class _Group(click.Group):
                     click.echo(f"error: {line}", err=True)
                 sys.exit(error.exit_code)
             plain = write_error(error, error.filename) if isinstance(error, OSError) and error.filename else None
-            if plain is not None:  # a write outside the atomic helpers hit a full disk or a read-only path
+            plain = plain or memory_error(error, MEMORY_ADVICE.get(ctx.invoked_subcommand or "", ""))
+            if plain is not None:  # a write outside the atomic helpers hit a full disk or a read-only path; or memory
                 click.echo(f"error: {plain}", err=True)
                 sys.exit(plain.exit_code)
             click.echo(

@@ -1,14 +1,16 @@
 """Every failure the CLI reports, with its exit code: the one place both are defined.
 
 Exit codes: 2 bad usage, 3 a bad input file, path or permission, 4 a numerical check failed, 5 training diverged,
-6 the requested execution provider is unavailable, 7 the disk is full, 75 the output folder is in use by another
-run (sysexits' EX_TEMPFAIL: try again later), 130 interrupted; 70 is left for internal errors (a bug).
-``write_error`` is the one mapping from a failed write to these words.
+6 the requested execution provider is unavailable, 7 the disk is full, 8 the memory (host or GPU) ran out, 75 the
+output folder is in use by another run (sysexits' EX_TEMPFAIL: try again later), 130 interrupted; 70 is left for
+internal errors (a bug). ``write_error`` is the one mapping from a failed write to these words, ``memory_error`` the
+one from a failed allocation.
 """
 
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 from pathlib import Path
 
@@ -78,6 +80,39 @@ class ResourceExhausted(VggDeployError):
     """The disk filled up while writing; the message says what was being written and what is still intact."""
 
     exit_code = 7
+
+
+class OutOfMemory(VggDeployError):
+    """An allocation failed (host memory or GPU memory); the message quotes the library and says what to lower."""
+
+    exit_code = 8
+
+
+# How torch (CPU: "DefaultCPUAllocator: can't allocate memory"; CUDA: "CUDA out of memory"), ONNX Runtime (its arena:
+# "Failed to allocate memory for requested buffer", a load: "std::bad_alloc", CUDA: "CUDA failure 2: out of memory")
+# and cuBLAS ("CUBLAS_STATUS_ALLOC_FAILED") say it; none of them raises MemoryError.
+MEMORY_FAILURES = ("out of memory", "can't allocate memory", "Failed to allocate memory", "bad_alloc", "ALLOC_FAILED")
+ALLOCATION_SIZE = re.compile(r"(?:to allocate|buffer of size) (?:(?P<human>[\d.]+ [KMGT]iB)|(?P<bytes>\d+))")
+
+
+def memory_error(error: BaseException, advice: str = "") -> OutOfMemory | None:
+    """The plain-words error for an allocation that failed with ``error``, or None when it is not about memory."""
+    text = str(error)
+    if not (
+        isinstance(error, MemoryError)
+        or any(kind.__name__ == "OutOfMemoryError" for kind in type(error).__mro__)
+        or any(words in text for words in MEMORY_FAILURES)
+    ):
+        return None
+    where = " on the GPU" if "CUDA" in text else ""
+    size = ALLOCATION_SIZE.search(text)
+    if size and size.group("bytes"):
+        what = f"an allocation of {int(size.group('bytes')) / 1e9:.2f} GB{where} failed"
+    elif size:
+        what = f"an allocation of {size.group('human')}{where} failed"
+    else:
+        what = " ".join(text.split())[:200] or type(error).__name__
+    return OutOfMemory(f"out of memory: {what}" + (f"; {advice}" if advice else ""))
 
 
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vggdeploy.contract import INPUT_NAME, RAW_INPUT_NAME
-from vggdeploy.errors import DataError, ProviderUnavailable, UsageError
+from vggdeploy.errors import DataError, ProviderUnavailable, UsageError, VggDeployError, memory_error
 from vggdeploy.hardware import cpu_vendor
 from vggdeploy.onnx_file import read_metadata
 
@@ -246,8 +246,7 @@ def create_session(model: str | Path | bytes, options: ProviderSettings = Provid
             raise ProviderUnavailable(
                 _cpu_nodes_message(node_placements(source, [providers[0], "CPUExecutionProvider"]))
             ) from None
-        name = "model bytes" if isinstance(model, bytes) else str(model)
-        raise DataError(f"{name}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:200]})") from None
+        raise _load_failure(model, error) from None
     if use_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
         if strict:  # ONNX Runtime's own check above should make this unreachable; never hand back a CPU session
             raise ProviderUnavailable(f"CUDA was asked for, but ONNX Runtime fell back to CPU: {_fallback_reason(log)}")
@@ -273,8 +272,14 @@ def _openvino_session(model: str | Path | bytes, options: ProviderSettings):
                 "OpenVINO was asked for, but ONNX Runtime would leave nodes of this model to its CPU provider "
                 "(--provider cpu runs them all there)"
             ) from None
-        name = "model bytes" if isinstance(model, bytes) else str(model)
-        raise DataError(f"{name}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:200]})") from None
+        raise _load_failure(model, error) from None
+
+
+def _load_failure(model: str | Path | bytes, error: Exception) -> VggDeployError:
+    """Why ONNX Runtime could not create a session: too little memory for the model, or a file it cannot read."""
+    name = "model bytes" if isinstance(model, bytes) else str(model)
+    too_large = memory_error(error, f"{name} needs more free memory than this machine has")
+    return too_large or DataError(f"{name}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:200]})")
 
 
 def session_provider(session) -> str:
