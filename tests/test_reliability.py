@@ -172,19 +172,22 @@ def test_empty_folder_and_missing_glob(tmp_path, tiny_export):
         (["info", "/dev/null"], "/dev/null: not a regular file"),
         (["export", "--int8-max-drop", "2"], "--int8-max-drop: only used with --int8, which was not given"),
         (["check", "--layer-rtol", "0.1"], "--layer-rtol: only used with --localize, which was not given"),
+        (["check", "--images", "0"], "--images must be at least 1, got 0"),
+        (["bench", "--engines", ""], "unknown engine ''"),  # was the default set; and before the checkpoint's absence
     ],
 )
 def test_an_option_that_would_be_ignored_or_mean_nothing_is_refused(
     command, problem, tiny_export, tiny_checkpoint, tmp_path
 ):
     """`train --color rgb` on Fashion-MNIST once trained grayscale without a word, `--test-limit 0` reported an
-    accuracy of nan%, `info MODEL --arch E` described MODEL, and `export --int8-max-drop 2` wrote no int8 file: each
-    is now a usage or input error, before any work."""
+    accuracy of nan%, `info MODEL --arch E` described MODEL, `export --int8-max-drop 2` wrote no int8 file, and
+    `bench --engines ''` benched the default set: each is now a usage or input error, before any work."""
     command = [str(tiny_export[0].model_path) if part == "MODEL" else part for part in command]
     out = {
         "train": ["--out", str(tmp_path / "new")],
         "export": ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "new")],
         "check": ["--model", str(tiny_export[0].model_path), "--report-dir", str(tmp_path / "new")],
+        "bench": ["--model", str(tiny_export[0].model_path), "--report-dir", str(tmp_path / "new")],
     }.get(command[0], [])
     result = cli(*command, *out)
     assert_clean_failure(result, problem, code=3 if "/dev/null" in command else 2)

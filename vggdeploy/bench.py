@@ -400,11 +400,11 @@ def run_bench(
 
 def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, data_dir) -> BenchReport:
     model_path = Path(model_path)
+    names, strict = chosen_engines(config)
+    chosen = [Engine.parse(name) for name in names]  # a misspelt engine first: before any file is looked for
     metadata = read_metadata(model_path)
     checkpoint = Path(checkpoint) if checkpoint else checkpoint_beside(model_path)
     batch_sizes = config.batch_sizes
-    names, strict = chosen_engines(config)
-    chosen = [Engine.parse(name) for name in names]
     unavailable = {engine.name: why for engine in chosen if (why := why_engine_cannot_run(engine, model_path))}
     if strict and unavailable:
         raise ProviderUnavailable(

@@ -668,7 +668,8 @@ def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, 
     require_train_extra("bench")
     from vggdeploy.artifacts import latest_model
 
-    config = BenchConfig(tuple(engines.split(",")) if engines else None, compile_torch, batch_sizes, seconds, min_runs)
+    names = tuple(engines.split(",")) if engines is not None else None  # "" names an engine: '', refused
+    config = BenchConfig(names, compile_torch, batch_sizes, seconds, min_runs)
     from vggdeploy.bench import run_bench
 
     report = run_bench(model_path or latest_model(), checkpoint, config, report_dir=report_dir, data_dir=data_dir)

@@ -187,8 +187,10 @@ class CheckConfig:
     localize_images: int = 32  # test images run through every layer for --localize
 
     def __post_init__(self) -> None:
-        if (self.images is not None and self.images < 1) or self.localize_images < 1:
-            raise UsageError("--images and the localize image count must be at least 1")
+        if self.images is not None and self.images < 1:
+            raise UsageError(f"--images must be at least 1, got {self.images}")
+        if self.localize_images < 1:
+            raise UsageError(f"--localize-images must be at least 1, got {self.localize_images}")
         require_limits(
             self,
             {
