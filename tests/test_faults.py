@@ -107,6 +107,20 @@ def test_memory_that_runs_out_is_exit_8_in_one_line_naming_what_to_lower(tmp_pat
     assert not out.exists()  # the run's new folder goes with it
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_behind_stdout_is_exit_7_in_one_line(tiny_export):
+    """`run --json > answers.json` on a full disk was an internal error (exit 70)."""
+    model = tiny_export[0].model_path
+    with open("/dev/full", "w") as full:
+        command = [sys.executable, "-m", "vggdeploy", "run", "--model", str(model), str(model.parent / "golden")]
+        result = subprocess.run([*command, "--json"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 7
+    assert (
+        result.stderr.splitlines()[-1] == "error: standard output: no space left on the device while writing the result"
+    )
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("raised", "message"),
     [

@@ -19,7 +19,9 @@ from vggdeploy import __version__
 from vggdeploy.config import BenchConfig, CheckConfig, ExportConfig
 from vggdeploy.errors import (
     INTERNAL_ERROR_EXIT,
+    NO_SPACE,
     Interrupted,
+    ResourceExhausted,
     Terminated,
     UsageError,
     VggDeployError,
@@ -92,6 +94,17 @@ class _Group(click.Group):
                 f"error: internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True
             )
             sys.exit(INTERNAL_ERROR_EXIT)
+
+
+def _print_result(text: str) -> None:
+    """A command's result on stdout; a full disk behind it (`run --json > answers.json`) is one line and exit 7."""
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise ResourceExhausted("standard output: no space left on the device while writing the result") from None
+        raise
 
 
 def _terminated(_number, _frame) -> None:
@@ -189,13 +202,13 @@ def info(model: str | None, **options) -> None:
         from vggdeploy.onnx_file import describe_onnx
         from vggdeploy.runtime import ProviderSettings, open_model
 
-        click.echo(describe_onnx(model))
+        _print_result(describe_onnx(model))
         open_model(model, ProviderSettings(provider="cpu"))  # a graph that contradicts the metadata: one line, exit 3
         return
     require_train_extra("info --arch")
     from vggdeploy.model import summarize
 
-    click.echo(summarize(model_args_from_options(**options)).format())
+    _print_result(summarize(model_args_from_options(**options)).format())
 
 
 OWN_IMAGE_OPTIONS = ("test_fraction", "color", "strict")  # train options that mean nothing for Fashion-MNIST
@@ -318,7 +331,7 @@ def train(
         )
     result = run_training(config, out_dir, data_dir=data_dir, resume=resume, progress=not quiet, time_limit=time_limit)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: only rank 0 reports
-        click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.format())
+        _print_result(json.dumps(result.to_dict(), indent=2) if as_json else result.format())
 
 
 def refuse_options_without(flag: str, enabled: bool, *options: str) -> None:
@@ -465,7 +478,7 @@ def export(
     path = Path(checkpoint) if checkpoint else find_checkpoint(letter)
     out_dir = Path(out) if out else RunFolder.of_checkpoint(path).onnx
     result = export_model(path, out_dir, config, expected_arch=letter, data_dir=data_dir, triton_repo=triton_repo)
-    click.echo(result.format())
+    _print_result(result.format())
 
 
 def _say_provider(model, requested: str) -> None:
@@ -536,9 +549,9 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, pe
     _say_provider(model, provider)
     result = classify(model, list(images), top_k, batch_size, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        _print_result(json.dumps(result.to_dict(), indent=2))
     else:
-        click.echo(result.format_table(describe_model(model, session_provider(model.session))))
+        _print_result(result.format_table(describe_model(model, session_provider(model.session))))
     if result.failures:
         raise (CheckFailed if result.not_finite else DataError)("\n".join(result.failures))
 
@@ -628,7 +641,7 @@ def check(
     from vggdeploy.check import run_check
 
     report = run_check(model_path or latest_model(), checkpoint, config, data_dir, report_dir)
-    click.echo(report.format())
+    _print_result(report.format())
     report.raise_if_failed()
 
 
@@ -673,4 +686,4 @@ def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, 
     from vggdeploy.bench import run_bench
 
     report = run_bench(model_path or latest_model(), checkpoint, config, report_dir=report_dir, data_dir=data_dir)
-    click.echo(report.format())
+    _print_result(report.format())
