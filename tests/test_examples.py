@@ -95,14 +95,25 @@ def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path, nan_
     result, out = tiny_export
     good = next((out / "onnx" / "golden").glob("*.png"))
     (tmp_path / "text.png").write_text("not a png")
+    missing, folder = tmp_path / "missing.png", out / "onnx" / "golden"
     run = subprocess.run(
-        [str(cpp_program), str(result.model_path), str(good), str(tmp_path / "text.png")],
+        [str(cpp_program), str(result.model_path), str(good), str(tmp_path / "text.png"), str(missing), str(folder)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert run.returncode == 3 and len(run.stdout.splitlines()) == 1
-    assert "text.png" in run.stderr and run.stderr.startswith("error:")
+    assert run.stderr.splitlines() == [  # a folder and a missing file were once "not a PNG" / "cannot open the file"
+        f"error: {tmp_path / 'text.png'}: not a PNG file (this example decodes PNG only)",
+        f"error: {missing}: no such file",
+        f"error: {folder}: is a folder, not a PNG file (this program takes image files one by one)",
+    ]
+    if Path("/dev/full").exists():  # answers lost on a full disk were once exit 0
+        with open("/dev/full", "w") as full:
+            run = subprocess.run(
+                [str(cpp_program), str(result.model_path), str(good)], stdout=full, stderr=subprocess.PIPE, timeout=60
+            )
+        assert run.returncode == 7 and run.stderr.decode().startswith("error: standard output: the results could not")
     import onnx
 
     proto = onnx.load(str(result.model_path))

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -127,8 +129,14 @@ Image Upright(const Image& stored, int orientation) {
 // The image is then turned upright by the orientation of its eXIf chunk, before or after the pixels.
 // libpng's simplified API is not used: it treats 16-bit data as linear light and re-encodes it to sRGB.
 Image LoadPng(const std::string& path, const Preprocessing& spec, long long max_pixels) {
+  std::error_code unknown;
+  const std::filesystem::file_status status = std::filesystem::status(path, unknown);
+  if (!std::filesystem::exists(status)) throw std::runtime_error("no such file");
+  if (std::filesystem::is_directory(status)) {
+    throw std::runtime_error("is a folder, not a PNG file (this program takes image files one by one)");
+  }
   std::FILE* file = std::fopen(path.c_str(), "rb");
-  if (!file) throw std::runtime_error("cannot open the file");
+  if (!file) throw std::runtime_error(std::string("cannot open the file (") + std::strerror(errno) + ")");
   std::array<png_byte, 8> signature{};
   if (std::fread(signature.data(), 1, signature.size(), file) != signature.size() ||
       png_sig_cmp(signature.data(), 0, signature.size()) != 0) {
@@ -407,6 +415,11 @@ int main(int argc, char** argv) {
         for (size_t i : order) std::cout << "  " << labels[i] << " " << 100.0 * probabilities[i] << "%";
         std::cout << "\n";
       }
+    }
+    std::cout.flush();
+    if (!std::cout) {  // a full disk behind `> results.jsonl`: the answers are lost, so this is no success
+      std::cerr << "error: standard output: the results could not be written (" << std::strerror(errno) << ")\n";
+      return 7;
     }
     return not_finite ? 4 : failures ? 3 : 0;
   } catch (const std::exception& error) {
