@@ -76,6 +76,23 @@ def test_a_perturbed_model_fails_the_check_with_its_numbers(perturbed, tiny_chec
     assert not json.loads((tmp_path / "check.json").read_text())["passed"]
 
 
+def test_a_model_whose_output_is_not_finite_fails_the_check_and_its_report_stays_json(
+    nan_model, tiny_checkpoint, tmp_path
+):
+    """Its NaN logits once "agreed" with torch on 100 % of the images at a min cosine of 1.0, its ECE (NaN) passed,
+    and check.json held NaN, which strict JSON parsers refuse."""
+    result = cli("check", "--model", str(nan_model), "--checkpoint", str(tiny_checkpoint), "--images", "64")
+    assert result.returncode == 4 and "logits not finite (NaN or inf) for 64 of 64 images" in result.stdout
+    assert result.stderr.strip() == "error: parity check failed for fp32, fp32 calibration (ECE)"
+    saved = json.loads(
+        (nan_model.parent / "reports" / "check.json").read_text(),
+        parse_constant=lambda name: pytest.fail(f"{name} is not JSON"),
+    )
+    fp32 = saved["results"][0]
+    assert fp32["top1_agreement"] == 0 and fp32["not_finite"] == 64 and fp32["min_cosine"] is None
+    assert fp32["candidate_accuracy"] == 0 and saved["calibration"]["variants"]["fp32"]["ece"] is None
+
+
 def test_localize_names_the_perturbed_layer(perturbed, tiny_checkpoint, tmp_path):
     report = run_check(
         perturbed, tiny_checkpoint, CheckConfig(provider="cpu", images=64, localize=True), report_dir=tmp_path

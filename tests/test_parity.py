@@ -76,7 +76,26 @@ def test_a_nan_in_the_candidate_fails_the_tolerance():
     broken = CANDIDATE.copy()
     broken[2, 1] = np.nan
     result = compare_logits("nan", REFERENCE, broken, LABELS, atol=10.0)
-    assert not result and "max |logit difference| nan > atol 10" in result.failures[0]
+    assert not result and "max |logit difference| nan > atol 10" in result.failures[1]
+
+
+@pytest.mark.parametrize("side", ["reference", "candidate"])
+def test_a_row_that_is_not_finite_agrees_with_nothing_and_never_passes(side):
+    """numpy's argmax of a NaN row is the NaN's column on both sides, so such rows once "agreed" (100 % agreement on
+    an all-NaN output) and their NaN norms fell through to the cosine 1.0 of all-zero rows."""
+    reference, candidate = REFERENCE.copy(), CANDIDATE.copy()
+    (reference if side == "reference" else candidate)[0] = [np.nan, np.inf, 0.0]
+    both_nan = compare_logits("nan", reference, np.where(np.isnan(reference), np.nan, candidate), LABELS)
+    result = compare_logits("nan", reference, candidate, LABELS)  # no limit set: still a failure
+    for compared in (result, both_nan):
+        assert not compared and compared.not_finite == 1 and math.isnan(compared.min_cosine)
+        assert compared.failures[0] == f"logits not finite (NaN or inf) for 1 of {len(REFERENCE)} images"
+        assert compared.top1_agreement <= (len(REFERENCE) - 1) / len(REFERENCE)
+        assert 0 not in [flip.index for flip in compared.flips]  # not a flip: it has no answer to flip
+    accuracy = result.reference_accuracy if side == "reference" else result.candidate_accuracy
+    assert accuracy == (LABELS[1:] == (REFERENCE if side == "reference" else CANDIDATE)[1:].argmax(1)).sum() / len(
+        LABELS
+    )
 
 
 def test_zero_rows_count_as_cosine_one_and_do_not_divide_by_zero():

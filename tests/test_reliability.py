@@ -279,6 +279,11 @@ def test_checkpoint_corpus_through_export(tiny_checkpoint, tmp_path):
     (tmp_path / "text.pt").write_text("not a checkpoint")
     (tmp_path / "hello.pt").write_text("hello\n")  # once a KeyError from the unpickler: an internal error
     (tmp_path / "image.pt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    import torch
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["model_state"]["classifier.7.bias"][3] = float("nan")  # the export once failed its parity on "max |diff| nan"
+    torch.save(state, tmp_path / "nan.pt")
     cases = [
         (
             ["--checkpoint", str(evil)],
@@ -290,6 +295,10 @@ def test_checkpoint_corpus_through_export(tiny_checkpoint, tmp_path):
         (["--checkpoint", str(tmp_path / "image.pt")], "image.pt: truncated or not a checkpoint"),
         (["--checkpoint", str(tmp_path / "other.pt"), "--arch", "E"], "other.pt: holds architecture A, not E"),
         (["--checkpoint", str(tmp_path / "absent.pt")], "absent.pt: no such checkpoint"),
+        (
+            ["--checkpoint", str(tmp_path / "nan.pt")],
+            "nan.pt: its weights hold NaN or inf (classifier.7.bias: 1 of 10 values; 1 of ",
+        ),
     ]
     for args, problem in cases:
         assert_clean_failure(cli("export", *args, "--out", str(tmp_path / "new" / "out")), problem)

@@ -60,8 +60,8 @@ class CalibrationCheck:
     max_ece_increase: float  # a fraction: 0.005 = 0.5 pp
 
     def worse(self) -> list[str]:
-        """The variants whose ECE exceeds the reference's by more than the limit."""
-        return [n for n, f in self.variants.items() if f.ece - self.reference.ece > self.max_ece_increase]
+        """The variants whose ECE exceeds the reference's by more than the limit, or is not a number (NaN outputs)."""
+        return [n for n, f in self.variants.items() if not f.ece - self.reference.ece <= self.max_ece_increase]
 
     def format(self) -> str:
         how = "fitted" if self.calibrated else "not fitted, plain softmax"

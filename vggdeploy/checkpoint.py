@@ -81,4 +81,13 @@ def rebuild_model(path: str | Path, expected_arch: str | None = None):
         model.load_state_dict(state["model_state"])
     except (KeyError, RuntimeError) as error:
         raise DataError(f"{path}: weights do not fit {args.name} ({str(error).splitlines()[0][:160]})") from None
+    tensors = {name: tensor for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
+    broken = {name: int((~tensor.isfinite()).sum()) for name, tensor in tensors.items()}
+    broken = {name: count for name, count in broken.items() if count}
+    if broken:  # training stops a diverging run before it saves, so this is a damaged or edited file
+        first = next(iter(broken))
+        raise DataError(
+            f"{path}: its weights hold NaN or inf ({first}: {broken[first]:,} of {tensors[first].numel():,} values; "
+            f"{len(broken)} of {len(tensors)} tensors), so its answers would be NaN: a damaged checkpoint"
+        )
     return model.eval(), state

@@ -33,6 +33,7 @@ class ParityResult:
     min_agreement: float | None  # lowest top-1 agreement allowed; None = not checked
     max_accuracy_drop: float | None = None  # largest accuracy loss (fraction) allowed; None = not checked
     flips: list[LabelFlip] = field(default_factory=list)
+    not_finite: int = 0  # images whose logits hold a NaN or an infinity on either side: never a pass
 
     @property
     def accuracy_change(self) -> float | None:
@@ -43,6 +44,8 @@ class ParityResult:
     @property
     def failures(self) -> list[str]:
         problems = []
+        if self.not_finite:
+            problems.append(f"logits not finite (NaN or inf) for {self.not_finite} of {self.images} images")
         if self.atol is not None and not self.max_abs_diff <= self.atol:
             problems.append(f"max |logit difference| {self.max_abs_diff:.3g} > atol {self.atol:.3g}")
         if self.min_agreement is not None and self.top1_agreement < self.min_agreement:
@@ -92,9 +95,15 @@ def compare_logits(
     reference = np.asarray(reference, dtype=np.float64)  # float32 products of large logits would overflow
     candidate = np.asarray(candidate, dtype=np.float64)
     difference = np.abs(reference - candidate)
+    # a row with a NaN or an infinity has no answer: its argmax (numpy's first NaN) agrees with nothing, and its
+    # cosine is NaN (NaN norms once fell through to the cosine 1.0 of all-zero rows)
+    finite_reference, finite_candidate = np.isfinite(reference).all(1), np.isfinite(candidate).all(1)
+    finite = finite_reference & finite_candidate
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
     cosine = np.where(norms > 0, (reference * candidate).sum(1) / np.maximum(norms, 1e-30), 1.0)
+    cosine = np.where(finite, cosine, np.nan)
     reference_top, candidate_top = reference.argmax(1), candidate.argmax(1)
+    agree = (reference_top == candidate_top) & finite
     indices = np.arange(len(reference)) if indices is None else indices
     flips = [
         LabelFlip(
@@ -103,7 +112,7 @@ def compare_logits(
             int(candidate_top[i]),
             float(reference[i, reference_top[i]] - reference[i, candidate_top[i]]),
         )
-        for i in np.flatnonzero(reference_top != candidate_top)
+        for i in np.flatnonzero(~agree & finite)
     ]
     return ParityResult(
         name=name,
@@ -111,11 +120,12 @@ def compare_logits(
         max_abs_diff=float(difference.max()),
         mean_abs_diff=float(difference.mean()),
         min_cosine=float(cosine.min()),
-        top1_agreement=float((reference_top == candidate_top).mean()),
-        reference_accuracy=None if labels is None else float((reference_top == labels).mean()),
-        candidate_accuracy=None if labels is None else float((candidate_top == labels).mean()),
+        top1_agreement=float(agree.mean()),
+        reference_accuracy=None if labels is None else float(((reference_top == labels) & finite_reference).mean()),
+        candidate_accuracy=None if labels is None else float(((candidate_top == labels) & finite_candidate).mean()),
         atol=atol,
         min_agreement=min_agreement,
         max_accuracy_drop=max_accuracy_drop,
         flips=flips,
+        not_finite=int((~finite).sum()),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,9 +11,21 @@ from pathlib import Path
 from vggdeploy.files import atomic_path
 
 
+def json_safe(value):
+    """``value`` with every NaN and infinity as None: JSON has neither, and strict parsers (JavaScript's
+    ``JSON.parse``, ``jq``) refuse Python's ``NaN``. The report's text says which figure was not finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        temporary.write_text(json.dumps(json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -21,7 +34,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    write_text(path, "".join(json.dumps(json_safe(row), allow_nan=False) + "\n" for row in rows))
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
