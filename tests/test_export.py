@@ -182,19 +182,22 @@ def test_export_by_arch_finds_the_trained_checkpoint(tiny_checkpoint, tmp_path, 
     (tmp_path / "artifacts" / "m" / "checkpoints").mkdir(parents=True)
     (tmp_path / "artifacts" / "m" / "checkpoints" / "best.pt").write_bytes(tiny_checkpoint.read_bytes())
     assert find_checkpoint("A", tmp_path / "artifacts").parent.parent.name == "m"
+    assert find_checkpoint("vgg11_bn", tmp_path / "artifacts").parent.parent.name == "m"  # the tiny model has BN
     with pytest.raises(UsageError, match="no trained checkpoint for architecture D"):
         find_checkpoint("D", tmp_path / "artifacts")
+    with pytest.raises(UsageError, match="no trained checkpoint for architecture vgg11 "):  # once: the BN model
+        find_checkpoint("vgg11", tmp_path / "artifacts")
 
 
-@pytest.mark.parametrize("problem", ["missing", "truncated", "other-arch", "unwritable"])
+@pytest.mark.parametrize("problem", ["missing", "truncated", "other-arch", "no-batch-norm", "unwritable"])
 def test_bad_export_input_is_one_line_and_leaves_no_onnx(problem, tiny_checkpoint, tmp_path):
     checkpoint, out, args = tmp_path / "in.pt", tmp_path / "out", []
     data = tiny_checkpoint.read_bytes()
     if problem == "truncated":
         checkpoint.write_bytes(data[: len(data) // 3])
-    elif problem == "other-arch":
+    elif problem in ("other-arch", "no-batch-norm"):
         checkpoint.write_bytes(data)
-        args = ["--arch", "vgg16"]
+        args = ["--arch", "vgg16" if problem == "other-arch" else "vgg11"]
     elif problem == "unwritable":
         checkpoint.write_bytes(data)
         out = "/proc/not-writable"
@@ -203,6 +206,7 @@ def test_bad_export_input_is_one_line_and_leaves_no_onnx(problem, tiny_checkpoin
         "missing": "no such checkpoint",
         "truncated": "truncated or not a checkpoint",
         "other-arch": "holds architecture A, not D",
+        "no-batch-norm": "holds architecture A with batch norm, not vgg11",  # once exported without a word
         "unwritable": "cannot write to output directory",
     }
     assert result.returncode != 0

@@ -103,3 +103,14 @@ def parse_arch(name: str) -> tuple[str, bool | None]:
     if match and match.group(1) in FRIENDLY_NAMES:
         return FRIENDLY_NAMES[match.group(1)], bool(match.group(2))
     raise UsageError(f"unknown architecture {name!r}; valid: {valid_arch_names()}")
+
+
+def arch_mismatch(args: ModelArgs, requested: str) -> str | None:
+    """Why a model of ``args`` is not what the name ``requested`` asks for (its letter; batch norm too where a
+    friendly name such as ``vgg11`` or ``vgg11_bn`` sets it), or None when it is."""
+    letter, batch_norm = parse_arch(requested)
+    if args.arch != letter:
+        return f"holds architecture {args.arch}, not {letter}"
+    if batch_norm is not None and args.batch_norm != batch_norm:
+        return f"holds architecture {args.arch} {'with' if args.batch_norm else 'without'} batch norm, not {requested}"
+    return None

@@ -122,12 +122,14 @@ def checkpoint_beside(model_path: str | Path) -> Path:
 
 
 def find_checkpoint(arch: str, root: str | Path = ROOT) -> Path:
-    """The most recent ``best.pt`` under ``root`` whose model has this architecture letter."""
+    """The most recent ``best.pt`` under ``root`` whose model is the architecture ``arch`` names (``A``: VGG-11 with or
+    without batch norm; ``vgg11``: without; ``vgg11_bn``: with)."""
+    from vggdeploy.archs import arch_mismatch
     from vggdeploy.checkpoint import load_checkpoint
 
     for path in newest(root, str(RunFolder(Path("*")).best_checkpoint)):
         try:
-            if load_checkpoint(path, mmap=True)["model_args"].arch == arch:  # mmap: the weights are not read
+            if not arch_mismatch(load_checkpoint(path, mmap=True)["model_args"], arch):  # mmap: weights not read
                 return path
         except DataError:
             continue

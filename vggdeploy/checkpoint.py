@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from vggdeploy import __version__
-from vggdeploy.archs import ModelArgs
+from vggdeploy.archs import ModelArgs, arch_mismatch
 from vggdeploy.errors import DataError, UsageError, VggDeployError
 from vggdeploy.files import atomic_path
 
@@ -74,8 +74,9 @@ def rebuild_model(path: str | Path, expected_arch: str | None = None):
 
     state = load_checkpoint(path)
     args: ModelArgs = state["model_args"]
-    if expected_arch is not None and args.arch != expected_arch:
-        raise UsageError(f"{path}: holds architecture {args.arch}, not {expected_arch}")
+    mismatch = arch_mismatch(args, expected_arch) if expected_arch is not None else None
+    if mismatch:
+        raise UsageError(f"{path}: {mismatch}")
     model = build_model(args)
     try:
         model.load_state_dict(state["model_state"])

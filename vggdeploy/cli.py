@@ -474,10 +474,11 @@ def export(
     )
     from vggdeploy.export import export_model
 
-    letter = parse_arch(arch)[0] if arch is not None else None
-    path = Path(checkpoint) if checkpoint else find_checkpoint(letter)
+    if arch is not None:
+        parse_arch(arch)  # a misspelt name is a usage error before any checkpoint is looked at
+    path = Path(checkpoint) if checkpoint else find_checkpoint(arch)
     out_dir = Path(out) if out else RunFolder.of_checkpoint(path).onnx
-    result = export_model(path, out_dir, config, expected_arch=letter, data_dir=data_dir, triton_repo=triton_repo)
+    result = export_model(path, out_dir, config, expected_arch=arch, data_dir=data_dir, triton_repo=triton_repo)
     _print_result(result.format())
 
 
