@@ -27,6 +27,12 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
     return float(np.mean(log_normaliser - scaled[np.arange(len(labels)), labels]))
 
 
+def at_search_bound(temperature: float) -> bool:
+    """True when the fit ended at an end of ``TEMPERATURE_RANGE``, where no minimum lies inside it (a model near
+    chance on the held-out images ends at the top: flattening its logits always helps)."""
+    return any(math.isclose(temperature, bound, rel_tol=1e-4) for bound in TEMPERATURE_RANGE)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, tolerance: float = 1e-6) -> float:
     """The temperature that minimises the NLL, by golden-section search on log T within ``TEMPERATURE_RANGE``.
 

@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vggdeploy.calibration import CalibrationFigures, ReliabilityBins, fit_temperature
+from vggdeploy.calibration import (
+    TEMPERATURE_RANGE,
+    CalibrationFigures,
+    ReliabilityBins,
+    at_search_bound,
+    fit_temperature,
+)
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import probabilities
 from vggdeploy.data import to_input_tensor
@@ -64,10 +70,12 @@ class Calibration:
         if not self.fitted:
             test = f"test {self.test_before.format()}" if self.measured else "the test set was not measured"
             return f"calibration: temperature 1 ({self.method}); {test}"
+        low, high = TEMPERATURE_RANGE
+        bound = f" (an end of the search range {low:g}-{high:g}: no minimum inside it)"
         return (
             f"calibration: temperature {self.temperature:.4f} fitted on {self.slice_before.images:,} held-out "
-            f"training images; test ECE {self.test_before.ece:.2%} -> {self.test_after.ece:.2%}, NLL "
-            f"{self.test_before.nll:.3f} -> {self.test_after.nll:.3f}"
+            f"training images{bound if at_search_bound(self.temperature) else ''}; test ECE {self.test_before.ece:.2%} -> "
+            f"{self.test_after.ece:.2%}, NLL {self.test_before.nll:.3f} -> {self.test_after.nll:.3f}"
         )
 
     def plot(self, path: Path, title: str) -> None:
