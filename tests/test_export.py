@@ -158,6 +158,8 @@ def test_triton_config_parses_with_tritons_own_protobuf(tiny_export):
     assert config.input[0].data_type == model_config_pb2.TYPE_FP32
     assert [o.name for o in config.output] == [OUTPUT_NAME] and list(config.output[0].dims) == [10]
     assert list(config.dynamic_batching.preferred_batch_size)[-1] == 256
+    # the GPU where the server has one, else the CPU (KIND_GPU made a CPU-only Triton refuse to load the model)
+    assert [group.kind for group in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_AUTO]
     model = onnx.load(str(folders[0] / "1" / "model.onnx"))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS  # Triton batches on dim 0
     assert (folders[0] / "labels.txt").read_text().splitlines() == list(CLASS_NAMES)
