@@ -10,10 +10,10 @@ import { readFileSync } from 'node:fs';
 
 const DEFAULTS = { maxBodyBytes: 10 * 1024 * 1024, maxPixels: 25_000_000, workers: Math.max(1, Math.min(4, availableParallelism() - 1)) };
 
-function send(response, status, body) {
+function send(response, status, body, headers = {}) {
   const text = JSON.stringify(body);
-  response.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-  response.end(text);
+  response.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers });
+  response.end(text); // Node sends no body in answer to HEAD
 }
 
 function readBody(request, limit) {
@@ -102,15 +102,22 @@ export async function startServer({ modelPath, port = 0, host = '127.0.0.1', ...
       }
     },
   };
-  const knownPaths = new Set(Object.keys(routes).map((route) => route.split(' ')[1]));
+  const allowed = {}; // path -> its methods, HEAD wherever GET is (HTTP's rule for a general-purpose server)
+  for (const route of Object.keys(routes)) {
+    const [method, path] = route.split(' ');
+    allowed[path] = [...(allowed[path] ?? []), method, ...(method === 'GET' ? ['HEAD'] : [])];
+  }
 
   const server = createServer(async (request, response) => {
-    const url = new URL(request.url, 'http://localhost');
-    const handler = routes[`${request.method} ${url.pathname}`];
+    // the path as sent: new URL() alone reads '//predict' as a host named 'predict'
+    const url = new URL(`http://localhost${request.url.startsWith('/') ? request.url : `/${request.url}`}`);
+    const method = request.method === 'HEAD' ? 'GET' : request.method;
+    const handler = routes[`${method} ${url.pathname}`];
     try {
       if (!handler) {
-        const status = knownPaths.has(url.pathname) ? 405 : 404;
-        return send(response, status, { error: status === 405 ? `${request.method} not allowed on ${url.pathname}` : `no route ${url.pathname}` });
+        if (!allowed[url.pathname]) return send(response, 404, { error: `no route ${url.pathname}` });
+        const error = `${request.method} not allowed on ${url.pathname}`;
+        return send(response, 405, { error }, { allow: allowed[url.pathname].join(', ') });
       }
       const [status, body] = await handler(request, url);
       return send(response, status, body);

@@ -80,6 +80,8 @@ test('bad requests get 4xx JSON errors and the service stays up', async () => {
     [() => post(Buffer.alloc(3 * 1024 * 1024, 1)), 413, /larger than/],
     [() => fetch(`${service.url}/predict`), 405, /GET not allowed/],
     [() => post(png, '/nowhere'), 404, /no route/],
+    [() => post(png, '//predict'), 404, /^no route \/\/predict$/], // once "no route /": a host named 'predict'
+
     [() => post(png, '/healthz', 'DELETE'), 405, /DELETE not allowed/],
     [() => post(png, '/predict?k=abc'), 400, /^k must be a whole number of at least 1, got 'abc'$/],
     [() => post(png, '/predict?k=0'), 400, /got '0'/],
@@ -92,6 +94,11 @@ test('bad requests get 4xx JSON errors and the service stays up', async () => {
     assert.match((await response.json()).error, message);
   }
   assert.equal((await fetch(`${service.url}/healthz`)).status, 200);
+  const head = await fetch(`${service.url}/healthz`, { method: 'HEAD' }); // a load balancer's probe: once 405
+  assert.equal(head.status, 200);
+  assert.equal(await head.text(), '');
+  assert.equal((await fetch(`${service.url}/predict`)).headers.get('allow'), 'POST');
+  assert.equal((await fetch(`${service.url}/model`, { method: 'PUT' })).headers.get('allow'), 'GET, HEAD');
   assert.equal((await post(png)).status, 200);
   const everyLabel = await (await post(png, '/predict?k=99')).json(); // more than the model has: all of them
   assert.equal(everyLabel.top.length, 10);
