@@ -11,7 +11,7 @@ from PIL import Image
 from vggdeploy.checkpoint import load_checkpoint
 from vggdeploy.contract import BATCH_AXIS, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME
 from vggdeploy.data import CLASS_NAMES
-from vggdeploy.errors import UsageError
+from vggdeploy.errors import DataError, UsageError
 from vggdeploy.onnx_file import read_metadata
 from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
 from vggdeploy.runtime import ProviderSettings, create_session
@@ -163,6 +163,18 @@ def test_triton_config_parses_with_tritons_own_protobuf(tiny_export):
     model = onnx.load(str(folders[0] / "1" / "model.onnx"))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS  # Triton batches on dim 0
     assert (folders[0] / "labels.txt").read_text().splitlines() == list(CLASS_NAMES)
+    # the model's folder is replaced whole by the next export: only what export wrote may be in it
+    from vggdeploy.export import TRITON_MODEL_ENTRIES
+    from vggdeploy.files import require_replaceable
+
+    assert {entry.name for entry in folders[0].iterdir()} == TRITON_MODEL_ENTRIES
+    require_replaceable(folders[0], TRITON_MODEL_ENTRIES, "vggdeploy export")
+    (folders[0] / "2").mkdir()  # a version the user added: the next export would have deleted it
+    try:
+        with pytest.raises(DataError, match=r"holds what 'vggdeploy export' did not write \(2\)"):
+            require_replaceable(folders[0], TRITON_MODEL_ENTRIES, "vggdeploy export")
+    finally:
+        (folders[0] / "2").rmdir()
 
 
 def test_info_prints_the_model_description(tiny_export, mislabelled_model):

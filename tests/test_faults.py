@@ -215,12 +215,26 @@ def _intact(folder: Path) -> None:
 
 def test_a_re_export_replaces_the_folder_whole(tiny_checkpoint, tmp_path):
     out = tmp_path / "onnx"
-    out.mkdir()
-    (out / "stale-note.txt").write_text("from an older export")
+    (out / "reports").mkdir(parents=True)
+    (out / "model.int8.onnx").write_text("a variant of an older export")
+    (out / "reports" / "check.json").write_text("{}")
     result = _export(tiny_checkpoint, out)
     assert result.returncode == 0, result.stderr
     _intact(out)
-    assert not (out / "stale-note.txt").exists() and _leftovers(out) == []
+    assert not (out / "model.int8.onnx").exists() and not (out / "reports").exists() and _leftovers(out) == []
+
+
+def test_an_export_into_a_folder_of_other_files_is_refused_and_deletes_nothing(tiny_checkpoint, tmp_path):
+    """`export --out ~/Documents` once replaced the folder whole: every file in it was gone, without a word."""
+    out = tmp_path / "Documents"
+    (out / "photos").mkdir(parents=True)
+    (out / "thesis.txt").write_text("three years of work")
+    result = _export(tiny_checkpoint, out)
+    assert result.returncode == 3 and result.stderr == (
+        f"error: {out}: holds what 'vggdeploy export' did not write (photos, thesis.txt); it replaces its output "
+        "folder whole and would delete them: choose a new or empty folder, or move them out\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["photos", "thesis.txt"] and _leftovers(out) == []
 
 
 def test_a_disk_that_fills_during_export_leaves_the_previous_export_untouched(tiny_checkpoint, tiny_export, tmpfs):

@@ -105,6 +105,19 @@ def reports_folder(model_path: str | Path) -> Path:
     return Path(model_path).parent / "reports"
 
 
+def export_report(onnx_folder: str | Path, suffix: str) -> Path:
+    """``export_report.json`` or ``.md``: what export measured on the way."""
+    return Path(onnx_folder) / f"export_report.{suffix}"
+
+
+def export_folder_entries() -> frozenset[str]:
+    """The names export writes into its folder, and check and bench beside a model: all that a re-export replaces."""
+    here = Path(".")
+    models = [model_file(here, variant) for variant in ("fp32", *VARIANTS)]
+    others = [golden_folder(here), reliability_diagram(here), reports_folder(models[0])]
+    return frozenset(path.name for path in [*models, *others, export_report(here, "json"), export_report(here, "md")])
+
+
 def latest_model(root: str | Path = ROOT) -> Path:
     """The most recently exported ``model.onnx`` under ``root``."""
     candidates = newest(root, str(model_file(RunFolder(Path("*")).onnx)))

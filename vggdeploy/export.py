@@ -20,14 +20,21 @@ import torch
 from PIL import Image
 
 from vggdeploy.archs import ModelArgs
-from vggdeploy.artifacts import golden_folder, model_file, reliability_diagram, sibling
+from vggdeploy.artifacts import (
+    export_folder_entries,
+    export_report,
+    golden_folder,
+    model_file,
+    reliability_diagram,
+    sibling,
+)
 from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, cap_ir_version, probabilities
 from vggdeploy.data import to_input_tensor
 from vggdeploy.datasets import Dataset, dataset_of
 from vggdeploy.errors import CheckFailed
-from vggdeploy.files import atomic_path, ensure_writable, folder_lock, staged_folder
+from vggdeploy.files import atomic_path, ensure_writable, folder_lock, require_replaceable, staged_folder
 from vggdeploy.graph import (
     GraphStats,
     attach_metadata,
@@ -201,6 +208,9 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
     out_dir = Path(out_dir)
     model, state = rebuild_model(checkpoint, expected_arch)
     args: ModelArgs = state["model_args"]
+    require_replaceable(out_dir, export_folder_entries(), "vggdeploy export")
+    if triton_repo is not None:
+        require_replaceable(Path(triton_repo) / triton_model_name(args), TRITON_MODEL_ENTRIES, "vggdeploy export")
     dataset = dataset_of(state, data_dir)
     spec = dataset.spec(args.image_size)
     test_images, test_labels = dataset.test_images, dataset.test_labels
@@ -353,6 +363,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         temporary.write_bytes(data)
 
 
+TRITON_MODEL_ENTRIES = frozenset({"config.pbtxt", "labels.txt", "1"})  # what write_triton_model writes
+
+
 def triton_model_name(args: ModelArgs) -> str:
     return args.name.replace("-", "_")
 
@@ -413,7 +426,7 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         "variants": {name: variant.to_dict() for name, variant in result.variants.items()},
         "calibration": result.calibration.to_metadata(),
     }
-    write_json(out_dir / "export_report.json", data)
+    write_json(export_report(out_dir, "json"), data)
     rows = [
         {
             "file": result.model_path.name,
@@ -427,7 +440,7 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         for v in result.variants.values()
     ]
     write_text(
-        out_dir / "export_report.md",
+        export_report(out_dir, "md"),
         f"# Export of {args.name}\n\n{result.audit.format()}\n\n"
         f"Graph as exported: {result.before.nodes} nodes; "
         f"{'after onnxsim' if result.simplified else 'not simplified (--no-simplify)'}: {result.after.nodes} nodes "

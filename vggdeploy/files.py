@@ -121,6 +121,24 @@ def clean_stale_staging(target: Path) -> list[str]:
     return done
 
 
+def require_replaceable(folder: Path, own_names: frozenset[str], command: str) -> None:
+    """Refuse, before any work, an output folder holding entries that ``command`` never writes: it replaces its
+    folder whole (``staged_folder``), which would delete them (a stale temporary of a killed run may go)."""
+    if not folder.is_dir():
+        return
+    foreign = sorted(
+        entry.name
+        for entry in os.scandir(folder)
+        if entry.name not in own_names and not (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DataError(
+            f"{folder}: holds what '{command}' did not write ({shown}); it replaces its output folder whole and would "
+            "delete them: choose a new or empty folder, or move them out"
+        )
+
+
 @contextmanager
 def staged_folder(target: str | Path) -> Iterator[Path]:
     """Yield an empty folder beside ``target`` to build a whole output in; when the block ends well it replaces
