@@ -368,6 +368,27 @@ def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_config"]["epochs"] == 3
 
 
+def test_a_new_run_into_an_earlier_run_s_folder_says_what_it_replaces(trained, tmp_path):
+    """The earlier run's checkpoints were replaced without a word, and its export silently stopped matching them."""
+    import shutil
+
+    _, out = trained
+    shutil.copytree(out, tmp_path / "run")
+    (tmp_path / "run" / "onnx").mkdir()
+    (tmp_path / "run" / "onnx" / "model.onnx").write_bytes(b"an export of the earlier run")
+    earlier = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    result = run_cli("train", *TINY_CLI, "--train-limit", "300", "--test-limit", "50", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"vggdeploy: warning: {tmp_path / 'run'} holds an earlier run (epoch {earlier['epoch']}, test accuracy "
+        f"{earlier['test_accuracy']:.2%}); this run replaces its checkpoints and training reports (--resume continues "
+        f"it instead); {tmp_path / 'run' / 'onnx' / 'model.onnx'} was exported from the earlier run: export again "
+        "after this one\n"
+    ) in result.stderr
+    fresh = run_cli("train", *TINY_CLI, "--train-limit", "300", "--test-limit", "50", "--out", str(tmp_path / "new"))
+    assert fresh.returncode == 0 and "warning" not in fresh.stderr
+
+
 def test_train_json_keeps_stdout_for_the_json_alone(tmp_path):
     """Progress bars and per-epoch lines go to stderr, so `train --json` output parses as it is (scripts/demo.sh)."""
     result = run_cli(

@@ -25,12 +25,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vggdeploy.artifacts import RunFolder
+from vggdeploy.artifacts import RunFolder, model_file
 from vggdeploy.checkpoint import library_versions, load_checkpoint, save_checkpoint
 from vggdeploy.config import TrainConfig
 from vggdeploy.data import Augmentation, holdout_size, iterate_batches, stratified_holdout
 from vggdeploy.datasets import Dataset, fashion_mnist, image_folder, report_notes
-from vggdeploy.errors import Interrupted, ResourceExhausted, TrainingDiverged, UsageError
+from vggdeploy.errors import DataError, Interrupted, ResourceExhausted, TrainingDiverged, UsageError
 from vggdeploy.files import ensure_writable, folder_lock, remove_stale_temporaries
 from vggdeploy.hardware import gpu_peak_tflops, peak_fraction
 from vggdeploy.model import build_model, summarize
@@ -406,11 +406,32 @@ class _EpochOutcome:
     stopped_at: int | None  # the step where the time limit stopped the epoch
 
 
+def _say_what_a_new_run_replaces(folder: RunFolder) -> None:
+    """A run into the folder of an earlier one replaces its checkpoints as it goes (as running a script again
+    would); one line on stderr says whose, and that an export made from them no longer matches them."""
+    if not folder.last_checkpoint.is_file():
+        return
+    try:
+        earlier = load_checkpoint(folder.last_checkpoint, mmap=True)
+        record = f" (epoch {earlier['epoch']}, test accuracy {earlier['test_accuracy']:.2%})"
+    except (DataError, KeyError, TypeError):
+        record = ""
+    export = model_file(folder.onnx)
+    stale = f"; {export} was exported from the earlier run: export again after this one" if export.is_file() else ""
+    print(
+        f"vggdeploy: warning: {folder.path} holds an earlier run{record}; this run replaces its checkpoints and "
+        f"training reports (--resume continues it instead){stale}",
+        file=sys.stderr,
+    )
+
+
 def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, stop) -> tuple[_Run, dict | None]:
     """Data on the device, the model and optimizer (restored on --resume), the compiled/DDP runner."""
     if distributed.is_main:
         ensure_writable(RunFolder(out_dir).checkpoints)
         remove_stale_temporaries(RunFolder(out_dir).checkpoints)
+        if not resume:
+            _say_what_a_new_run_replaces(RunFolder(out_dir))
     state = _resume_state(out_dir, config) if resume else None
     dataset = load_dataset(config, data_dir, progress and distributed.is_main)
     config = fitted_to(config, dataset)
