@@ -430,8 +430,6 @@ def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, s
     if distributed.is_main:
         ensure_writable(RunFolder(out_dir).checkpoints)
         remove_stale_temporaries(RunFolder(out_dir).checkpoints)
-        if not resume:
-            _say_what_a_new_run_replaces(RunFolder(out_dir))
     state = _resume_state(out_dir, config) if resume else None
     dataset = load_dataset(config, data_dir, progress and distributed.is_main)
     config = fitted_to(config, dataset)
@@ -455,6 +453,8 @@ def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, s
         raise UsageError(
             f"batch size {config.batch_size} is larger than the {len(data.train_images)} training images per process"
         )
+    if distributed.is_main and not resume:  # every setting and the data are good: the run will start
+        _say_what_a_new_run_replaces(RunFolder(out_dir))
     history = list(state["metrics"]) if state else []
     run = _Run(
         config,
