@@ -338,7 +338,11 @@ def test_a_training_refused_after_its_folder_was_made_leaves_no_folder(tmp_path,
     out = tmp_path / "new" / "run"
     settings = ["--width-ratio", "64", "--image-size", "32", "--epochs", "1", "--quiet", "--data-dir", str(data_dir)]
     result = cli("train", *settings, "--train-limit", "64", "--out", str(out))  # 58 images after the holdout
-    assert_clean_failure(result, "batch size 256 is larger than the 58 training images", code=2)
+    assert_clean_failure(
+        result,
+        "batch size 256 is larger than the 58 training images per process: lower --batch-size (at most 58)",
+        code=2,
+    )
     assert not (tmp_path / "new").exists()
 
 

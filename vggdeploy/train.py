@@ -451,7 +451,8 @@ def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, s
     steps_per_epoch = len(data.train_images) // distributed.world // config.batch_size
     if steps_per_epoch == 0:
         raise UsageError(
-            f"batch size {config.batch_size} is larger than the {len(data.train_images)} training images per process"
+            f"batch size {config.batch_size} is larger than the {len(data.train_images)} training images per process: "
+            f"lower --batch-size (at most {len(data.train_images) // distributed.world})"
         )
     if distributed.is_main and not resume:  # every setting and the data are good: the run will start
         _say_what_a_new_run_replaces(RunFolder(out_dir))
