@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vggdeploy.artifacts import sibling
 from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.contract import INPUT_NAME
+from vggdeploy.errors import run_script
 from vggdeploy.hardware import best_seconds, cpu_fp32_gflops, cpu_int8_gops
 from vggdeploy.runtime import captured_native_stderr, create_session
 
@@ -149,4 +150,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -5,17 +5,21 @@ python scripts/decode_bench.py FOLDER [IMAGE_SIZE]      (set VGGDEPLOY_CACHE_DIR
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 from vggdeploy.datasets import image_folder
+from vggdeploy.errors import run_script
 
 
-def main(argv: list[str]) -> int:
-    folder, size = argv[0], int(argv[1]) if len(argv) > 1 else 64
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="a folder of labelled images, as train --data takes")
+    parser.add_argument("image_size", type=int, nargs="?", default=64)
+    options = parser.parse_args()
     for attempt in ("first", "second"):
         started = time.perf_counter()
-        dataset = image_folder(folder, size, progress=False)
+        dataset = image_folder(options.folder, options.image_size, progress=False)
         seconds = time.perf_counter() - started
         print(
             f"{attempt}: {seconds:.2f} s, {dataset.color}, train {tuple(dataset.train_images.shape)}; {dataset.notes[0]}"
@@ -24,4 +28,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_script(main)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from vggdeploy.data import CLASS_NAMES, load_split
+from vggdeploy.errors import run_script
 
 
 def folder_name(label: str) -> str:
@@ -80,4 +81,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

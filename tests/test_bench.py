@@ -192,6 +192,11 @@ def test_cpu_layer_times_script_prints_the_breakdown_and_the_floor(tiny_export, 
     assert result.stdout.count("GFLOP/s; fully connected") == 3
     for engine in engines:  # each engine's time against both floors
         assert re.search(rf"  {engine}: [\d.]+ ms = [\d.]+x the fp32 floor, [\d.]+x the int8 floor", result.stdout)
+    missing = tiny_checkpoint.parent / "absent.pt"  # once a traceback, as every script's bad input was
+    result = subprocess.run(
+        [sys.executable, str(script), str(tiny_export[0].model_path), str(missing)], capture_output=True, text=True
+    )
+    assert result.returncode == 3 and result.stderr == f"error: {missing}: no such checkpoint\n"
 
 
 def _test_inputs(count: int) -> np.ndarray:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import errno
 import re
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 INTERNAL_ERROR_EXIT = 70
 
@@ -113,6 +116,18 @@ def memory_error(error: BaseException, advice: str = "") -> OutOfMemory | None:
     else:
         what = " ".join(text.split())[:200] or type(error).__name__
     return OutOfMemory(f"out of memory: {what}" + (f"; {advice}" if advice else ""))
+
+
+def run_script(main: Callable[[], int | None]) -> NoReturn:
+    """A script's entry point (``scripts/*.py``): a failure the user can act on is one line on stderr and its exit
+    code, as in the CLI, not a traceback."""
+    try:
+        code = main()
+    except VggDeployError as error:
+        for line in str(error).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    sys.exit(code or 0)
 
 
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
