@@ -19,9 +19,14 @@ def add_to_class_bias(proto: onnx.ModelProto, index: int, amount: float) -> onnx
     return proto
 
 
+def edit_metadata(proto: onnx.ModelProto, key: str, edit) -> onnx.ModelProto:
+    """``proto`` (changed in place) with its ``key`` metadata replaced by ``edit(decoded value)``."""
+    entry = next(p for p in proto.metadata_props if p.key == key)
+    entry.value = json.dumps(edit(json.loads(entry.value)))
+    return proto
+
+
 def drop_last_label(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` (changed in place) with 9 labels in its metadata for its 10 outputs: a consumer that reads labels
     by index without comparing the counts answers a shifted or missing label instead of refusing the model."""
-    entry = next(p for p in proto.metadata_props if p.key == "labels")
-    entry.value = json.dumps(json.loads(entry.value)[:-1])
-    return proto
+    return edit_metadata(proto, "labels", lambda labels: labels[:-1])

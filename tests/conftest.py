@@ -91,6 +91,30 @@ def mislabelled_model(tiny_export, tmp_path_factory):
     return path
 
 
+# metadata a consumer would act on wrongly: another contract, T < 0 (classes ranked backwards), std 0 (every input
+# infinite, once reported as the model's NaN output); each with the words every consumer refuses it in
+BAD_METADATA = {
+    "format-2": ("vggdeploy.format", lambda _: "2", "but this "),
+    "negative-t": ("calibration", lambda c: {**c, "temperature": -1.0}, "calibration.temperature must be a positive"),
+    "std-0": ("preprocessing", lambda p: {**p, "std": [0.0]}, "must be finite numbers, every std above 0"),
+}
+
+
+@pytest.fixture(scope="session")
+def bad_metadata_models(tiny_export, tmp_path_factory) -> dict:
+    """The tiny fp32 model with each BAD_METADATA edit: {path: the words of its refusal}."""
+    import onnx
+    from broken_models import edit_metadata
+
+    folder = tmp_path_factory.mktemp("bad-metadata")
+    models = {}
+    for name, (key, edit, words) in BAD_METADATA.items():
+        path = folder / f"{name}.onnx"
+        onnx.save(edit_metadata(onnx.load(str(tiny_export[0].model_path)), key, edit), str(path))
+        models[path] = words
+    return models
+
+
 @pytest.fixture(scope="session")
 def image_kinds(tiny_export, test_split, tmp_path_factory):
     """Every image kind `run` accepts, made from a test image, with the Python reference's logits (expected.json)."""

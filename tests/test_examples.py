@@ -91,6 +91,14 @@ def test_cpp_program_matches_the_golden_vectors_and_probabilities(tiny_export, c
         assert golden_problems(answer, entry, golden) == [], entry["file"]
 
 
+def test_cpp_program_refuses_metadata_it_would_misread(cpp_program, bad_metadata_models, tiny_export):
+    good = next((tiny_export[1] / "onnx" / "golden").glob("*.png"))
+    for model, words in bad_metadata_models.items():  # a negative T once ranked the classes backwards, exit 0
+        run = subprocess.run([str(cpp_program), str(model), str(good)], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1 and run.stdout == "" and run.stderr.startswith(f"error: {model}: ")
+        assert words in run.stderr and len(run.stderr.splitlines()) == 1, run.stderr
+
+
 def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path, nan_model, mislabelled_model):
     result, out = tiny_export
     good = next((out / "onnx" / "golden").glob("*.png"))
@@ -258,11 +266,14 @@ def test_npm_test_alone_uses_the_newest_export_under_artifacts(tiny_export, node
 @pytest.mark.parametrize(
     ("example", "script"), [("node", "src/server.js"), ("web", "serve.js")], ids=["node service", "web page server"]
 )
-def test_example_servers_refuse_a_bad_model_in_one_line_before_serving(example, script, tmp_path, mislabelled_model):
+def test_example_servers_refuse_a_bad_model_in_one_line_before_serving(
+    example, script, tmp_path, mislabelled_model, bad_metadata_models
+):
     folder = _installed(example, "onnxruntime-node" if example == "node" else "onnxruntime-web")
     models = [(tmp_path / "nosuch.onnx", "no such model file"), (tmp_path, "")]
-    if example == "node":  # the page's own refusal of this model is tested in Chromium (page.test.js)
+    if example == "node":  # the page's own refusal of such models is tested in Chromium (page.test.js)
         models.append((mislabelled_model, "the metadata names 9 labels, but the graph outputs 10 classes"))
+        models += list(bad_metadata_models.items())  # one shared check with the page (js-common)
     for model, message in models:
         env = {**os.environ, "PORT": "0"}
         run = subprocess.run(
@@ -270,7 +281,7 @@ def test_example_servers_refuse_a_bad_model_in_one_line_before_serving(example, 
         )
         assert run.returncode == 1, (run.stdout, run.stderr)
         assert run.stderr.strip().splitlines() == [run.stderr.strip()] and run.stderr.startswith(f"error: {model}: ")
-        assert message in run.stderr and "open http" not in run.stdout and "at " not in run.stderr
+        assert message in run.stderr and "open http" not in run.stdout and "    at " not in run.stderr  # no stack
     model = next(Path(__file__).parent.parent.glob("examples/js-common/*.js"))  # any file passes serve.js's check
     run = subprocess.run(
         ["node", script, str(model)],

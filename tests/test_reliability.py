@@ -240,7 +240,7 @@ def _external_data_model(source: Path, folder: Path, location: str) -> Path:
     return folder / "model.onnx"
 
 
-def test_model_corpus_through_run_and_check(tiny_export, tmp_path, image_corpus):
+def test_model_corpus_through_run_and_check(tiny_export, tmp_path, image_corpus, bad_metadata_models):
     model = tiny_export[0].model_path
     folder = image_corpus[0]
     (tmp_path / "cut.onnx").write_bytes(model.read_bytes()[:5000])
@@ -255,6 +255,7 @@ def test_model_corpus_through_run_and_check(tiny_export, tmp_path, image_corpus)
     escaping = _external_data_model(model, tmp_path / "escape", "../secret.bin")
     absolute = _external_data_model(model, tmp_path / "absolute", str(tmp_path / "secret.bin"))
     cases = {
+        **bad_metadata_models,
         tmp_path / "cut.onnx": "not an ONNX model",
         tmp_path / "other-shape.onnx": "does not match its metadata",
         tmp_path / "bare.onnx": "no vggdeploy metadata",

@@ -7,6 +7,7 @@ Every ``metadata_props`` value is a JSON document.
 from __future__ import annotations
 
 import json
+import math
 
 from vggdeploy.archs import ModelArgs
 from vggdeploy.errors import DataError
@@ -56,6 +57,16 @@ def decode_metadata(props: dict[str, str], source: str) -> dict:
             decoded[key] = json.loads(props[key])
         except json.JSONDecodeError as error:
             raise DataError(f"{source}: metadata key {key!r} is not valid JSON ({error})") from None
+    if decoded["vggdeploy.format"] != FORMAT_VERSION:  # another contract: its keys may mean other things
+        raise DataError(
+            f"{source}: vggdeploy format {decoded['vggdeploy.format']!r}, but this vggdeploy reads format "
+            f"{FORMAT_VERSION!r} only"
+        )
+    scale = decoded.get("calibration", {}).get("temperature", 1.0)
+    if not (isinstance(scale, int | float) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0):
+        raise DataError(  # a negative T ranked the classes backwards
+            f"{source}: calibration.temperature must be a positive number, got {scale!r}"
+        )
     return decoded
 
 

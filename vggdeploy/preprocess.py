@@ -15,6 +15,7 @@ Training (on tensors), ``run``, ``check``, the ONNX metadata and the non-Python 
 from __future__ import annotations
 
 import io
+import math
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +52,12 @@ class PreprocessSpec:
             raise DataError(f"unknown preprocessing colour {self.color!r} (valid: {', '.join(COLORS)})")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise DataError(f"{self.color} preprocessing needs {self.channels} means and stds")
+        numbers = [*self.mean, *self.std]
+        if not all(isinstance(x, int | float) and math.isfinite(x) for x in numbers) or min(self.std) <= 0:
+            raise DataError(  # a std of 0 made every input infinite, reported as the model's NaN output
+                f"the preprocessing's mean {list(self.mean)} and std {list(self.std)} must be finite numbers, every "
+                "std above 0"
+            )
 
     @property
     def channels(self) -> int:

@@ -19,6 +19,7 @@ from vggdeploy.contract import INPUT_NAME, RAW_INPUT_NAME
 from vggdeploy.errors import DataError, ProviderUnavailable, UsageError, VggDeployError, memory_error
 from vggdeploy.hardware import cpu_vendor
 from vggdeploy.onnx_file import read_metadata
+from vggdeploy.preprocess import PreprocessSpec
 
 CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessionOptionsDisableCPUEPFallback
 QDQ_HANDLING_KEY = "session.disable_quant_qdq"  # ONNX Runtime's kOrtSessionOptionsDisableQuantQDQ
@@ -314,7 +315,12 @@ def open_model(path: str | Path, options: ProviderSettings = ProviderSettings())
 
 
 def check_metadata_against_graph(path: Path, metadata: dict, session) -> None:
-    """Refuse a model whose metadata contradicts its graph, before the first image meets it (one line, exit 3)."""
+    """Refuse a model whose metadata contradicts its graph, or whose preprocessing numbers are unusable, before the
+    first image meets it (one line, exit 3)."""
+    try:
+        PreprocessSpec.from_metadata(metadata["preprocessing"])
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from None
     expected = metadata["io"]["input"]["name"]
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or inputs[0].name != expected:

@@ -109,6 +109,20 @@ export function calibrationOf(metadata) {
  * symbolic ("batch") are not compared.
  */
 export function checkGraphAgainstMetadata(session, metadata, spec) {
+  if (metadata['vggdeploy.format'] !== '1') {
+    // another contract: its keys may mean other things
+    throw new Error(`vggdeploy format ${JSON.stringify(metadata['vggdeploy.format'])}, but this program reads format "1" only`);
+  }
+  const temperature = metadata.calibration?.temperature ?? 1;
+  if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature <= 0) {
+    throw new Error(`calibration.temperature must be a positive number, got ${JSON.stringify(temperature)}`); // T < 0 ranks backwards
+  }
+  const { mean, std } = metadata.preprocessing;
+  if (![...mean, ...std].every(Number.isFinite) || Math.min(...std) <= 0) {
+    throw new Error(
+      `the preprocessing's mean ${JSON.stringify(mean)} and std ${JSON.stringify(std)} must be finite numbers, every std above 0`,
+    );
+  }
   const { input, output } = metadata.io;
   if (!session.inputNames.includes(input.name) || !session.outputNames.includes(output.name)) {
     throw new Error(`the graph's inputs/outputs ${session.inputNames}/${session.outputNames} do not match its metadata`);

@@ -49,6 +49,12 @@ struct Preprocessing {
     if (static_cast<int>(spec.mean.size()) != spec.channels || static_cast<int>(spec.std.size()) != spec.channels) {
       throw std::runtime_error("the preprocessing metadata needs one mean and std per channel");
     }
+    const auto finite = [](float v) { return std::isfinite(v); };
+    if (!std::all_of(spec.mean.begin(), spec.mean.end(), finite) || !std::all_of(spec.std.begin(), spec.std.end(), finite) ||
+        *std::min_element(spec.std.begin(), spec.std.end()) <= 0) {
+      throw std::runtime_error("the preprocessing's mean " + p.at("mean").dump() + " and std " + p.at("std").dump() +
+                               " must be finite numbers, every std above 0");
+    }
     if (spec.channels == 1) {
       for (int i = 0; i < 3; ++i) spec.luma[i] = p.at("luma_weights").at(i);
     }
@@ -267,6 +273,14 @@ json ReadMetadata(const Ort::Session& session) {
   // Optional: a model exported before the key existed means temperature 1 (plain softmax), uncalibrated.
   Ort::AllocatedStringPtr calibration = metadata.LookupCustomMetadataMapAllocated("calibration", allocator);
   decoded["calibration"] = calibration ? json::parse(calibration.get()) : json::object();
+  if (decoded.at("vggdeploy.format") != "1") {  // another contract: its keys may mean other things
+    throw std::runtime_error("vggdeploy format " + decoded.at("vggdeploy.format").dump() +
+                             ", but this program reads format \"1\" only");
+  }
+  const json temperature = decoded.at("calibration").value("temperature", json(1.0));
+  if (!temperature.is_number() || !std::isfinite(temperature.get<double>()) || temperature.get<double>() <= 0) {
+    throw std::runtime_error("calibration.temperature must be a positive number, got " + temperature.dump());
+  }
   return decoded;
 }
 
