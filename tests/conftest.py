@@ -92,11 +92,13 @@ def mislabelled_model(tiny_export, tmp_path_factory):
 
 
 # metadata a consumer would act on wrongly: another contract, T < 0 (classes ranked backwards), std 0 (every input
-# infinite, once reported as the model's NaN output); each with the words every consumer refuses it in
+# infinite, once reported as the model's NaN output), a resize this code does not do; with the words of the refusal
 BAD_METADATA = {
     "format-2": ("vggdeploy.format", lambda _: "2", "but this "),
     "negative-t": ("calibration", lambda c: {**c, "temperature": -1.0}, "calibration.temperature must be a positive"),
     "std-0": ("preprocessing", lambda p: {**p, "std": [0.0]}, "must be finite numbers, every std above 0"),
+    # Python once resized bilinear whatever the metadata said (C++ and JS refused it)
+    "nearest": ("preprocessing", lambda p: {**p, "resize": {**p["resize"], "method": "nearest"}}, "unsupported prep"),
 }
 
 

@@ -102,6 +102,15 @@ class PreprocessSpec:
 
     @classmethod
     def from_metadata(cls, values: dict) -> PreprocessSpec:
+        """The spec a model's ``preprocessing`` metadata describes; what this code would do otherwise (another resize
+        method, alpha rule or layout) is refused, not ignored. A field an older export lacks means today's value."""
+        today = cls().to_metadata()
+        resize = values.get("resize") if isinstance(values.get("resize"), dict) else {}
+        fields = [(f"resize {key}", resize.get(key, value), value) for key, value in today["resize"].items()]
+        fields += [(key, values.get(key, today[key]), today[key]) for key in ("alpha", "layout", "dtype")]
+        for what, found, expected in fields:
+            if what not in ("resize height", "resize width") and found != expected:
+                raise DataError(f"unsupported preprocessing: {what} {found!r} (this code does {expected!r})")
         try:
             return cls(
                 values["resize"]["height"],
