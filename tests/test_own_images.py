@@ -381,3 +381,25 @@ def test_resume_finds_the_folder_again(rgb_export, tmp_path):
     resumed = cli("train", "--out", str(run), "--resume", "--epochs", "3", "--quiet", "--json", cache=cache)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["epochs_run"] == 1 and "decoded images from the cache" in resumed.stderr
+
+
+def test_a_moved_image_folder_is_named_with_data_dir(rgb_export, rgb_set, tmp_path):
+    """export, check and bench read the images again from where the checkpoint says they were; once the folder had
+    moved, `--data-dir` (Fashion-MNIST's option) was ignored and nothing could name the new place."""
+    onnx_folder, cache = rgb_export
+    state = torch.load(onnx_folder.parent / "checkpoints" / "best.pt", weights_only=True)
+    state["dataset"]["root"] = str(tmp_path / "gone")  # trained there; the images now live in rgb_set
+    torch.save(state, tmp_path / "moved.pt")
+    check = ["check", "--model", str(onnx_folder / "model.onnx"), "--checkpoint", str(tmp_path / "moved.pt")]
+    gone = cli(*check, "--report-dir", str(tmp_path / "reports"), cache=cache)
+    assert gone.returncode == 3 and gone.stderr == (
+        f"error: {tmp_path / 'gone'}: no such folder: the images this model was trained on are no longer there; put "
+        "them back, or name where they are with --data-dir\n"
+    )
+    found = cli(*check, "--report-dir", str(tmp_path / "reports"), "--data-dir", str(rgb_set), cache=cache)
+    assert found.returncode == 0, found.stderr
+    assert "fp32: 60 images" in found.stdout
+    both = cli("train", "--data", str(rgb_set), "--data-dir", str(rgb_set), "--out", str(tmp_path / "t"), cache=cache)
+    assert (
+        both.returncode == 2 and "--data-dir: the Fashion-MNIST folder, which a run on your own images" in both.stderr
+    )

@@ -171,7 +171,11 @@ def _data_dir_option(function):
         "--data-dir",
         type=click.Path(file_okay=False),
         default=None,
-        help="Folder of the Fashion-MNIST .gz files [default: $VGGDEPLOY_DATA_DIR, then /usr/share/datasets/fashion-mnist].",
+        help=(
+            "Folder of the Fashion-MNIST .gz files [default: $VGGDEPLOY_DATA_DIR, then "
+            "/usr/share/datasets/fashion-mnist]; for a model trained on your own images (export, check, bench), where "
+            "that folder is now."
+        ),
     )(function)
 
 
@@ -329,6 +333,8 @@ def train(
         raise UsageError(
             f"{', '.join(own_image_flags)}: for your own images only (--data DIR); Fashion-MNIST has its own test set"
         )
+    if config.data is not None and data_dir is not None:
+        raise UsageError("--data-dir: the Fashion-MNIST folder, which a run on your own images (--data) does not read")
     result = run_training(config, out_dir, data_dir=data_dir, resume=resume, progress=not quiet, time_limit=time_limit)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: only rank 0 reports
         _print_result(json.dumps(result.to_dict(), indent=2) if as_json else result.format())

@@ -157,8 +157,17 @@ def dataset_of(state: dict, data_dir=None, progress: bool = False) -> Dataset:
     described = state.get("dataset") or {"kind": FASHION_MNIST}
     if described["kind"] == FASHION_MNIST:
         return fashion_mnist(data_dir)
+    root = Path(data_dir) if data_dir is not None else Path(described["root"])  # --data-dir: where it is now
+    if not root.is_dir():
+        hint = (
+            ""
+            if data_dir is not None
+            else ": the images this model was trained on are no longer there; put them back, or name where they are "
+            "with --data-dir"
+        )
+        raise DataError(f"{root}: no such folder{hint}")
     dataset = image_folder(
-        described["root"],
+        root,
         state["model_args"].image_size,
         described["color"],
         described["test_fraction"],
@@ -171,8 +180,8 @@ def dataset_of(state: dict, data_dir=None, progress: bool = False) -> Dataset:
         or dataset.description["test_files"] != described["test_files"]
     ):
         raise DataError(
-            f"{described['root']}: the folder changed since the model was trained (its classes or test split differ); "
-            "train again on it"
+            f"{root}: the folder changed since the model was trained on {described['root']} (its classes or test "
+            "split differ); train again on it"
         )
     return dataset
 
