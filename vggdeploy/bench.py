@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vggdeploy.artifacts import RunFolder, checkpoint_beside, reports_folder, sibling
+from vggdeploy.artifacts import RunFolder, reports_folder, sibling
 from vggdeploy.checkpoint import load_checkpoint, rebuild_model
 from vggdeploy.config import BenchConfig
 from vggdeploy.contract import model_args_from_metadata
 from vggdeploy.data import to_input_tensor
-from vggdeploy.datasets import dataset_of
+from vggdeploy.datasets import FASHION_MNIST_NAME, dataset_of, fashion_mnist
 from vggdeploy.errors import ProviderUnavailable, UsageError
 from vggdeploy.files import folder_lock
 from vggdeploy.graph import deployment_versions
@@ -403,7 +403,7 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
     names, strict = chosen_engines(config)
     chosen = [Engine.parse(name) for name in names]  # a misspelt engine first: before any file is looked for
     metadata = read_metadata(model_path)
-    checkpoint = Path(checkpoint) if checkpoint else checkpoint_beside(model_path)
+    checkpoint, images = _test_images(model_path, metadata, checkpoint, chosen, data_dir)
     batch_sizes = config.batch_sizes
     unavailable = {engine.name: why for engine in chosen if (why := why_engine_cannot_run(engine, model_path))}
     if strict and unavailable:
@@ -412,7 +412,6 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
         )
     chosen = [engine for engine in chosen if engine.name not in unavailable]
     spec = PreprocessSpec.from_metadata(metadata["preprocessing"])
-    images = dataset_of(load_checkpoint(checkpoint, mmap=True), data_dir).test_images
     inputs = to_input_tensor(images[: max(batch_sizes)], spec).numpy()
     if len(inputs) < max(batch_sizes):
         inputs = np.resize(inputs, (max(batch_sizes), *inputs.shape[1:]))
@@ -462,6 +461,25 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
             )
     _write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
     return report
+
+
+def _test_images(model_path: Path, metadata: dict, checkpoint, engines: list[Engine], data_dir):
+    """(checkpoint or None, the real test images to time on). The checkpoint (given, or beside the export) names the
+    data set and the split of your own images; ONNX Runtime engines alone on a Fashion-MNIST model need none."""
+    onnx_runtime_alone = all(engine.framework != "torch" for engine in engines)
+    on_fashion_mnist = metadata["training"].get("dataset") == FASHION_MNIST_NAME
+    beside = RunFolder.of_model(model_path).best_checkpoint
+    if checkpoint is None and not beside.is_file():
+        if onnx_runtime_alone and on_fashion_mnist:
+            return None, fashion_mnist(data_dir).test_images
+        if onnx_runtime_alone:
+            raise UsageError(f"no checkpoint at {beside}: it names the test split of your images; pass --checkpoint")
+        raise UsageError(
+            f"no checkpoint at {beside}: the torch engines need it; pass --checkpoint, or name ONNX Runtime engines "
+            "alone with --engines"
+        )
+    checkpoint = Path(checkpoint) if checkpoint else beside
+    return checkpoint, dataset_of(load_checkpoint(checkpoint, mmap=True), data_dir).test_images
 
 
 def _engine_file(model_path: Path, checkpoint: Path, engine: Engine) -> dict:

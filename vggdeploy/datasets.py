@@ -19,6 +19,7 @@ from vggdeploy.errors import DataError, UsageError
 from vggdeploy.preprocess import COLORS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, PreprocessSpec
 
 FASHION_MNIST = "fashion-mnist"
+FASHION_MNIST_NAME = "Fashion-MNIST"  # the data set's name in reports and in a model's training metadata
 FOLDER = "folder"
 
 
@@ -50,7 +51,7 @@ def fashion_mnist(data_dir=None) -> Dataset:
     train_images, train_labels = load_split("train", data_dir)
     test_images, test_labels = load_split("test", data_dir)
     return Dataset(
-        "Fashion-MNIST",
+        FASHION_MNIST_NAME,
         CLASS_NAMES,
         "grayscale",
         (FASHION_MNIST_MEAN,),
