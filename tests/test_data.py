@@ -1,4 +1,5 @@
 import gzip
+import re
 import shutil
 
 import numpy as np
@@ -70,6 +71,27 @@ def test_torch_and_numpy_preprocessing_are_the_same_function(test_split, height,
     on_numpy = to_model_input([image.numpy().astype(np.float32) / 255 for image in images], spec)
     assert on_torch.shape == on_numpy.shape == (32, 1, height, width)
     np.testing.assert_allclose(on_torch, on_numpy, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("resize", {"method": "nearest"}, "resize method 'nearest' (this code does 'bilinear')"),
+        ("luma_weights", [1, 0, 0], "luma_weights [1, 0, 0]"),
+        ("scale", 1.0, "scale 1.0 (this code does 0.00392156862745098)"),
+        ("order", ["resize", "grayscale", "scale", "normalize"], "order ['resize', 'grayscale', 'scale', 'normalize']"),
+        ("layout", "NHWC", "layout 'NHWC' (this code does 'NCHW')"),
+    ],
+)
+def test_preprocessing_metadata_this_code_would_not_follow_is_refused(field, value, words):
+    """`run` once resized bilinear, in this order, with these weights, whatever a model's metadata said."""
+    written = PreprocessSpec(32, 32).to_metadata()
+    assert PreprocessSpec.from_metadata(written) == PreprocessSpec(32, 32)
+    older = {key: value for key, value in written.items() if key not in ("order", "luma_weights", "layout")}
+    assert PreprocessSpec.from_metadata(older) == PreprocessSpec(32, 32)  # a field an older export lacks: today's
+    edited = {**written, field: {**written["resize"], **value} if field == "resize" else value}
+    with pytest.raises(DataError, match=f"unsupported preprocessing: {re.escape(words)}"):
+        PreprocessSpec.from_metadata(edited)
 
 
 def test_batches_cover_the_data_once_and_augment_in_place(test_split):

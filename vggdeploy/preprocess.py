@@ -104,10 +104,14 @@ class PreprocessSpec:
     def from_metadata(cls, values: dict) -> PreprocessSpec:
         """The spec a model's ``preprocessing`` metadata describes; what this code would do otherwise (another resize
         method, alpha rule or layout) is refused, not ignored. A field an older export lacks means today's value."""
-        today = cls().to_metadata()
+        color = values.get("color", "grayscale")
+        channels = 3 if color == "rgb" else 1
+        today = cls(mean=(0.0,) * channels, std=(1.0,) * channels, color=color if color in COLORS else "grayscale")
+        today = today.to_metadata()
         resize = values.get("resize") if isinstance(values.get("resize"), dict) else {}
         fields = [(f"resize {key}", resize.get(key, value), value) for key, value in today["resize"].items()]
-        fields += [(key, values.get(key, today[key]), today[key]) for key in ("alpha", "layout", "dtype")]
+        rules = ("alpha", "layout", "dtype", "scale", "scale_16bit", "order", "luma_weights")
+        fields += [(key, values.get(key, today[key]), today[key]) for key in rules if key in today]
         for what, found, expected in fields:
             if what not in ("resize height", "resize width") and found != expected:
                 raise DataError(f"unsupported preprocessing: {what} {found!r} (this code does {expected!r})")
