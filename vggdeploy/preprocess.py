@@ -103,7 +103,10 @@ class PreprocessSpec:
     @classmethod
     def from_metadata(cls, values: dict) -> PreprocessSpec:
         """The spec a model's ``preprocessing`` metadata describes; what this code would do otherwise (another resize
-        method, alpha rule or layout) is refused, not ignored. A field an older export lacks means today's value."""
+        method, luma weighting, scale, order, alpha rule or layout) is refused, not ignored. A field an older export
+        lacks means today's value."""
+        if not isinstance(values, dict):
+            raise DataError(f"the model's preprocessing metadata is not a JSON object: {values!r:.80}")
         color = values.get("color", "grayscale")
         channels = 3 if color == "rgb" else 1
         today = cls(mean=(0.0,) * channels, std=(1.0,) * channels, color=color if color in COLORS else "grayscale")
