@@ -107,16 +107,19 @@ class PreprocessSpec:
         lacks means today's value."""
         if not isinstance(values, dict):
             raise DataError(f"the model's preprocessing metadata is not a JSON object: {values!r:.80}")
-        color = values.get("color", "grayscale")
+        color = values.get("color") if values.get("color") in COLORS else "grayscale"
         channels = 3 if color == "rgb" else 1
-        today = cls(mean=(0.0,) * channels, std=(1.0,) * channels, color=color if color in COLORS else "grayscale")
-        today = today.to_metadata()
+        today = cls(mean=(0.0,) * channels, std=(1.0,) * channels, color=color).to_metadata()
         resize = values.get("resize") if isinstance(values.get("resize"), dict) else {}
-        fields = [(f"resize {key}", resize.get(key, value), value) for key, value in today["resize"].items()]
+        fields = [
+            (f"resize {key}", resize.get(key, value), value)
+            for key, value in today["resize"].items()
+            if key not in ("height", "width")  # the model's own numbers
+        ]
         rules = ("alpha", "layout", "dtype", "scale", "scale_16bit", "order", "luma_weights")
         fields += [(key, values.get(key, today[key]), today[key]) for key in rules if key in today]
         for what, found, expected in fields:
-            if what not in ("resize height", "resize width") and found != expected:
+            if found != expected:
                 raise DataError(f"unsupported preprocessing: {what} {found!r} (this code does {expected!r})")
         try:
             return cls(

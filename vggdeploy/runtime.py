@@ -318,7 +318,7 @@ def check_metadata_against_graph(path: Path, metadata: dict, session) -> None:
     """Refuse a model whose metadata contradicts its graph, or whose preprocessing numbers are unusable, before the
     first image meets it (one line, exit 3)."""
     try:
-        PreprocessSpec.from_metadata(metadata["preprocessing"])
+        spec = PreprocessSpec.from_metadata(metadata["preprocessing"])
     except DataError as error:
         raise DataError(f"{path}: {error}") from None
     expected = metadata["io"]["input"]["name"]
@@ -334,12 +334,11 @@ def check_metadata_against_graph(path: Path, metadata: dict, session) -> None:
                 f"{path}: the graph's input shape {graph_input} does not match its metadata's io section "
                 f"{metadata['io']['input']['shape']}"
             )
-        resize = metadata["preprocessing"].get("resize", {})
-        channels = len(metadata["preprocessing"].get("mean", []))
-        if [channels, resize.get("height"), resize.get("width")] != graph_input[1:]:
+        made = [spec.channels, spec.height, spec.width]
+        if made != graph_input[1:]:
             raise DataError(
-                f"{path}: the metadata's preprocessing makes {channels}x{resize.get('height')}x{resize.get('width')} "
-                f"inputs, but the graph takes {'x'.join(map(str, graph_input[1:]))}"
+                f"{path}: the metadata's preprocessing makes {'x'.join(map(str, made))} inputs, but the graph takes "
+                f"{'x'.join(map(str, graph_input[1:]))}"
             )
     classes = outputs[0].shape[-1] if outputs else None
     if isinstance(classes, int) and len(metadata["labels"]) != classes:
