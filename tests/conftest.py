@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
+
+
+@pytest.fixture
+def obey_permissions() -> list[str]:
+    """The command prefix that makes a process obey file permissions: root ignores them, so it runs without its
+    DAC-override capabilities (util-linux's setpriv); nothing for another user."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("root ignores file permissions and setpriv is missing")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -158,6 +158,14 @@ def test_cpp_program_reports_bad_inputs(tiny_export, cpp_program, tmp_path, nan_
     run = subprocess.run([str(cpp_program), str(nan_model), str(good)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 4 and run.stdout == ""
     assert run.stderr == f"error: {good}: the model's output is not finite (NaN or inf): no probabilities\n"
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9.png")  # its --json once ended the run blaming the model (exit 1)
+    shutil.copy(good, latin1)
+    for output in ([], ["--json"]):
+        run = subprocess.run([str(cpp_program), str(result.model_path), str(latin1), *output], capture_output=True)
+        assert run.returncode == 0 and run.stderr == b"", run.stderr
+        answer = run.stdout.decode("utf-8")  # valid UTF-8, the bytes as \xNN as vggdeploy run writes them
+        shown = f"{tmp_path}/caf\\xe9.png"
+        assert json.loads(answer)["file"] == shown if output else answer.startswith(f"{shown}  ")
 
 
 def _worst_differences(answers: dict[str, list[float]], expected: dict) -> dict[str, float]:

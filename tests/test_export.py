@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -69,6 +70,24 @@ def test_metadata_is_complete_json_and_matches_the_checkpoint(tiny_export, tiny_
     assert set(metadata["export"]["versions"]) >= {"torch", "onnx", "onnxruntime", "onnxsim"}
     assert metadata["parity"]["max_abs_diff"] == result.parity.max_abs_diff
     assert metadata["io"]["input"]["shape"] == [BATCH_AXIS, 1, 32, 32]
+
+
+def test_metadata_and_reports_are_strict_json_whatever_the_file_names(tmp_path):
+    """A data folder whose name is not UTF-8 once put lone surrogates (``\\udce9``) into the metadata, which the C++
+    program's parser refused; a non-finite figure is null, as in every report."""
+    from vggdeploy.contract import encode_metadata
+    from vggdeploy.report import write_json, write_text
+
+    latin1 = os.fsdecode(b"caf\xe9")
+    values = {"training": {"dataset": latin1, latin1: float("nan")}}
+    encoded = encode_metadata(values)["training"]
+    assert json.loads(encoded.encode("utf-8")) == {"dataset": "caf\\xe9", "caf\\xe9": None}
+    write_json(tmp_path / "report.json", values)
+    write_text(tmp_path / "report.md", f"# {latin1}\n")
+    assert json.loads((tmp_path / "report.json").read_bytes().decode("utf-8")) == {
+        "training": {"dataset": "caf\\xe9", "caf\\xe9": None}
+    }
+    assert (tmp_path / "report.md").read_bytes().decode("utf-8") == "# caf\\xe9\n"
 
 
 def test_fp16_variant_agrees_with_fp32(tiny_export):

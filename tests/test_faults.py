@@ -5,6 +5,7 @@ with the reason.
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -317,21 +318,13 @@ def test_an_export_killed_midway_leaves_a_whole_export_and_the_next_run_tidies_u
     assert _leftovers(out) == []
 
 
-def test_a_folder_without_write_permission_is_exit_3_in_one_line(tmp_path):
+def test_a_folder_without_write_permission_is_exit_3_in_one_line(tmp_path, obey_permissions):
     """A real permission fault: root is made to obey file permissions by dropping its DAC-override capability."""
-    import os
-    import shutil
-
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
-    prefix = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("root ignores file permissions and setpriv is missing")
-        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
     result = subprocess.run(
-        [*prefix, sys.executable, "-m", "vggdeploy", *TRAIN, "--epochs", "1", "--out", str(locked / "run")],
+        [*obey_permissions, sys.executable, "-m", "vggdeploy", *TRAIN, "--epochs", "1", "--out", str(locked / "run")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -339,6 +332,27 @@ def test_a_folder_without_write_permission_is_exit_3_in_one_line(tmp_path):
     assert result.returncode == 3, result.stderr
     assert result.stderr.strip() == f"error: cannot write to output directory {locked / 'run'}: Permission denied"
     assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_the_swap_replaces_the_folder_whole_in_one_atomic_exchange_where_the_system_has_one(
+    tmp_path, monkeypatch, exchange
+):
+    """An export killed between the two renames of the old swap once left no folder at all (the kill test above
+    caught it); renameat2's RENAME_EXCHANGE swaps the two folders in one step. Without it: two renames."""
+    from vggdeploy import files
+
+    target = tmp_path / "onnx"
+    target.mkdir()
+    (target / "model.onnx").write_text("the previous export")
+    renames = []
+    monkeypatch.setattr(files.os, "replace", lambda a, b: renames.append(Path(b).name) or os.rename(a, b))
+    if not exchange:
+        monkeypatch.setattr(files, "_exchange", lambda first, second: False)
+    with files.staged_folder(target) as staging:
+        (staging / "model.onnx").write_text("the new export")
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"] and (target / "model.onnx").read_text() == "the new export"
+    assert renames == ([] if exchange else [f".onnx.replaced-{os.getpid()}", "onnx"])
 
 
 def test_a_run_killed_between_the_two_renames_gets_its_previous_export_back(tmp_path):

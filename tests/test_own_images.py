@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,13 +139,21 @@ def _bad_sets(root: Path, rgb_set: Path) -> dict:
         for i in range(count):
             Image.new("RGB", (8, 8), (i, 0, 0)).save(lonely / name / f"{i}.png")
     cases["one-image-class"] = (lonely, "class 'b' has 1 image; it needs 2 or more")
+    latin1 = _copy(rgb_set, root / "latin1")  # a Latin-1 "Bagé": the label no consumer could read (C++ refused it)
+    (latin1 / "train" / "Bag").rename(latin1 / "train" / os.fsdecode(b"Bag\xe9"))
+    cases["class-name-not-utf8"] = (latin1, f"{latin1}/train/Bag\\xe9: a class folder's name must be UTF-8 text")
     return cases
 
 
 def test_every_bad_dataset_gets_one_clear_line(rgb_set, tmp_path):
-    through_the_cli = ("missing", "class-missing-from-test", "one-image-class")  # one per layout; DataError -> exit 3
+    through_the_cli = (
+        "missing",
+        "class-missing-from-test",
+        "one-image-class",
+        "class-name-not-utf8",
+    )  # one per layout; DataError -> exit 3
     for name, (folder, message) in _bad_sets(tmp_path, rgb_set).items():
-        with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(DataError, match=re.escape(message)):
             image_folder(folder, 32, progress=False)
         if name not in through_the_cli:
             continue
@@ -164,6 +173,37 @@ def test_unreadable_files_are_skipped_and_named_or_fatal_with_strict(rgb_set, tm
     assert len(dataset.description["skipped"]) == 2
     with pytest.raises(DataError, match="--strict: 2 unreadable image files"):
         image_folder(broken, 32, strict=True, progress=False)
+
+
+def test_folders_and_files_it_may_not_read_are_named_and_strict_makes_them_fatal(rgb_set, tmp_path, obey_permissions):
+    """torchvision's scan skips a folder it cannot list without a word, so its images went missing from training;
+    a file without read permission was called "truncated or corrupt"."""
+    locked = _copy(rgb_set, tmp_path / "locked")
+    hidden_away = locked / "train" / "Bag" / "more"
+    hidden_away.mkdir()
+    shutil.copy(sorted((locked / "train" / "Bag").glob("*.*"))[0], hidden_away / "x.png")
+    secret = sorted((locked / "train" / "Coat").iterdir())[0]
+    for path in (hidden_away, secret):
+        path.chmod(0)
+    notes = "import sys; from vggdeploy.datasets import image_folder; print(image_folder(sys.argv[1], 32).notes[1])"
+    result = subprocess.run(
+        [*obey_permissions, sys.executable, "-c", notes, str(locked)], capture_output=True, text=True
+    )
+    assert result.stdout.strip() == (
+        f"skipped 2 unreadable image files or folders (--strict makes them fatal): {hidden_away}: cannot read the "
+        f"folder (Permission denied); its images were left out; {secret}: cannot read the file (Permission denied)"
+    ), result.stderr
+    train = [*obey_permissions, sys.executable, "-m", "vggdeploy", "train", "--data", str(locked), *TINY]
+    result = subprocess.run([*train, "--strict"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3 and result.stderr.endswith(
+        "its images were left out (--strict: 2 unreadable image files or folders)\n"
+    ), result.stderr
+    (locked / "test" / "Bag").chmod(0)
+    result = subprocess.run(train, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3 and result.stderr.endswith(
+        f"error: {locked / 'test'}: class 'Bag' has no images in the test split ({locked / 'test' / 'Bag'}: cannot "
+        "read the folder (Permission denied); its images were left out)\n"
+    ), result.stderr
 
 
 def test_hidden_entries_are_neither_classes_nor_images_and_both_walks_take_the_same_files(rgb_set, tmp_path):

@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -342,6 +344,48 @@ def test_json_answers_carry_index_label_probability_and_logits(golden):
         assert [t["index"] for t in prediction["top"]] == np.argsort(-chances)[:3].tolist()
         assert all(t["label"] == CLASS_NAMES[t["index"]] for t in prediction["top"])
         assert [t["probability"] for t in prediction["top"]] == pytest.approx(sorted(chances)[::-1][:3], abs=1e-6)
+
+
+def test_file_names_that_are_not_utf8_are_written_as_backslash_x_in_valid_utf8(golden, tmp_path):
+    """A Latin-1 file name once cost every answer of ``run`` on a UTF-8 terminal (an internal error, exit 70), and
+    its --json held lone surrogates (``\\udce9``) that strict parsers refuse; its stray bytes now print as ``\\xNN``."""
+    model, folder, _ = golden
+    named = tmp_path / os.fsdecode(b"caf\xe9")
+    named.mkdir()
+    shutil.copy(next(folder.glob("*.png")), named / os.fsdecode(b"na\xefve.png"))
+    shown = f"{tmp_path}/caf\\xe9/na\\xefve.png"
+    utf8_terminal = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    for output in ([], ["--json"]):
+        args = [sys.executable, "-m", "vggdeploy", "run", str(tmp_path), str(named / "gone.png"), "--model", str(model)]
+        result = subprocess.run([*args, *output], capture_output=True, env=utf8_terminal, timeout=300)
+        stdout, stderr = result.stdout.decode("utf-8"), result.stderr.decode("utf-8")  # strict: valid UTF-8
+        assert result.returncode == 3 and stderr.endswith(f"error: {tmp_path}/caf\\xe9/gone.png: no such file\n")
+        if output:
+            assert json.loads(stdout)["predictions"][0]["file"] == shown and "\\ud" not in stdout
+        else:
+            assert stdout.splitlines()[2].startswith(f"{shown}  ")
+
+
+def test_a_folder_or_file_it_may_not_read_is_named_not_skipped_or_called_corrupt(golden, tmp_path, obey_permissions):
+    """os.walk skips a folder it cannot list without a word, so its images went missing from the answers; a file
+    without read permission was called "truncated or corrupt"."""
+    model, folder, _ = golden
+    first, second, third = sorted(folder.glob("*.png"))[:3]
+    (tmp_path / "locked").mkdir()
+    shutil.copy(first, tmp_path / "a.png")
+    shutil.copy(second, tmp_path / "locked" / "b.png")
+    shutil.copy(third, tmp_path / "secret.png")
+    for path in (tmp_path / "locked", tmp_path / "secret.png"):
+        path.chmod(0)
+    run = [*obey_permissions, sys.executable, "-m", "vggdeploy", "run", str(tmp_path), "--model", str(model), "--json"]
+    result = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3 and [p["file"] for p in json.loads(result.stdout)["predictions"]] == [
+        str(tmp_path / "a.png")
+    ]
+    assert result.stderr.splitlines()[-2:] == [
+        f"error: {tmp_path / 'locked'}: cannot read the folder (Permission denied); its images were left out",
+        f"error: {tmp_path / 'secret.png'}: cannot read the file (Permission denied)",
+    ]
 
 
 def test_the_implicit_model_is_named_and_table_columns_line_up(golden, tmp_path):

@@ -6,7 +6,6 @@ Heavy modules (torch, onnxruntime) are imported inside the commands that need th
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
 import sys
@@ -28,6 +27,7 @@ from vggdeploy.errors import (
     memory_error,
     write_error,
 )
+from vggdeploy.report import readable, to_json
 
 if TYPE_CHECKING:
     from vggdeploy.archs import ModelArgs
@@ -58,13 +58,13 @@ class _Group(click.Group):
             sys.exit(0)
         except click.UsageError as error:
             command = error.ctx.command_path if error.ctx else "vggdeploy"
-            click.echo(f"error: {error.format_message()} (see '{command} --help')", err=True)
+            _say_error(f"{error.format_message()} (see '{command} --help')")
             sys.exit(error.exit_code)
         except click.ClickException as error:
-            click.echo(f"error: {error.format_message()}", err=True)
+            _say_error(error.format_message())
             sys.exit(error.exit_code)
         except click.exceptions.Abort:
-            click.echo("error: interrupted", err=True)
+            _say_error("interrupted")
             sys.exit(Interrupted.exit_code)
 
     def invoke(self, ctx: click.Context):
@@ -73,33 +73,37 @@ class _Group(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Terminated:
-            click.echo("error: terminated (SIGTERM)", err=True)
+            _say_error("terminated (SIGTERM)")
             sys.exit(Terminated.exit_code)
         except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
+            _say_error("interrupted")
             sys.exit(Interrupted.exit_code)
         except Exception as error:
             if ctx.meta.get("debug"):
                 traceback.print_exc()
             if isinstance(error, VggDeployError):
                 for line in str(error).splitlines():  # one line per problem (run: one per bad image)
-                    click.echo(f"error: {line}", err=True)
+                    _say_error(line)
                 sys.exit(error.exit_code)
             plain = write_error(error, error.filename) if isinstance(error, OSError) and error.filename else None
             plain = plain or memory_error(error, MEMORY_ADVICE.get(ctx.invoked_subcommand or "", ""))
             if plain is not None:  # a write outside the atomic helpers hit a full disk or a read-only path; or memory
-                click.echo(f"error: {plain}", err=True)
+                _say_error(str(plain))
                 sys.exit(plain.exit_code)
-            click.echo(
-                f"error: internal error: {type(error).__name__}: {error} (rerun with --debug for details)", err=True
-            )
+            _say_error(f"internal error: {type(error).__name__}: {error} (rerun with --debug for details)")
             sys.exit(INTERNAL_ERROR_EXIT)
 
 
+def _say_error(text: str) -> None:
+    """One line of a failure on stderr."""
+    click.echo(readable(f"error: {text}"), err=True)
+
+
 def _print_result(text: str) -> None:
-    """A command's result on stdout; a full disk behind it (`run --json > answers.json`) is one line and exit 7."""
+    """A command's result on stdout, ``readable`` (a file name's bytes that are not UTF-8 as ``\\xNN``); a full disk
+    behind it (`run --json > answers.json`) is one line and exit 7."""
     try:
-        click.echo(text)
+        click.echo(readable(text))
         sys.stdout.flush()
     except OSError as error:
         if error.errno in NO_SPACE:
@@ -337,7 +341,7 @@ def train(
         raise UsageError("--data-dir: the Fashion-MNIST folder, which a run on your own images (--data) does not read")
     result = run_training(config, out_dir, data_dir=data_dir, resume=resume, progress=not quiet, time_limit=time_limit)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: only rank 0 reports
-        _print_result(json.dumps(result.to_dict(), indent=2) if as_json else result.format())
+        _print_result(to_json(result.to_dict(), indent=2) if as_json else result.format())
 
 
 def refuse_options_without(flag: str, enabled: bool, *options: str) -> None:
@@ -556,7 +560,7 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, pe
     _say_provider(model, provider)
     result = classify(model, list(images), top_k, batch_size, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     if as_json:
-        _print_result(json.dumps(result.to_dict(), indent=2))
+        _print_result(to_json(result.to_dict(), indent=2))
     else:
         _print_result(result.format_table(describe_model(model, session_provider(model.session))))
     if result.failures:

@@ -11,6 +11,7 @@ import math
 
 from vggdeploy.archs import ModelArgs
 from vggdeploy.errors import DataError
+from vggdeploy.report import to_json
 
 INPUT_NAME = "images"  # float32 (batch, 1, H, W), normalised as the "preprocessing" metadata says
 OUTPUT_NAME = "logits"  # float32 (batch, classes)
@@ -36,11 +37,12 @@ OPTIONAL_METADATA_KEYS = frozenset({"calibration"})  # models exported before it
 
 
 def encode_metadata(values: dict) -> dict[str, str]:
-    """Serialise each metadata section as JSON; refuses unknown keys so the README table stays complete."""
+    """Serialise each metadata section as strict JSON (``to_json``: every consumer's parser reads it); refuses unknown
+    keys so the README table stays complete."""
     unknown = set(values) - set(METADATA_KEYS)
     if unknown:
         raise ValueError(f"undocumented metadata keys: {sorted(unknown)}")
-    return {key: json.dumps(value, sort_keys=True) for key, value in values.items()}
+    return {key: to_json(value, sort_keys=True) for key, value in values.items()}
 
 
 def decode_metadata(props: dict[str, str], source: str) -> dict:

@@ -83,9 +83,9 @@ def image_folder(
     folders.check_memory(len(scan.train) + len(scan.test), image_size)
     train, train_cache = folders.decode_split(root, scan.train, image_size, "train", progress)
     test, test_cache = folders.decode_split(root, scan.test, image_size, "test", progress)
-    failures = train.failures + test.failures
+    failures = scan.unreadable + train.failures + test.failures
     if failures and strict:
-        raise DataError(f"{failures[0]} (--strict: {len(failures)} unreadable image files)")
+        raise DataError(f"{failures[0]} (--strict: {len(failures)} unreadable image files or folders)")
     for split, decoded in (("train", train), ("test", test)):
         missing = sorted(set(range(len(scan.classes))) - set(decoded.labels.tolist()))
         if missing:
@@ -103,7 +103,7 @@ def image_folder(
     ]
     if failures:
         shown = "; ".join(failures[: folders.LISTED_FAILURES])
-        notes.append(f"skipped {len(failures)} unreadable image files (--strict makes them fatal): {shown}")
+        notes.append(f"skipped {len(failures)} unreadable image files or folders (--strict makes them fatal): {shown}")
     duplicates = folders.content_duplicates(train, test)
     if duplicates:
         notes.append(

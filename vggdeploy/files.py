@@ -3,7 +3,9 @@ entries a walk through the user's image folders skips."""
 
 from __future__ import annotations
 
+import ctypes
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -32,6 +34,21 @@ def is_image_file(path: str | Path, root: str | Path) -> bool:
     `train --data` walk alike."""
     path = Path(path)
     return path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path.relative_to(root)) and path.is_file()
+
+
+def walk_folder(root: str | Path, follow_links: bool = False) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """``os.walk`` through the user's image folder ``root``: (each folder with its file names, one line per folder
+    the walk could not list). os.walk, and so torchvision's scan, skips a folder it cannot list (no read permission,
+    an I/O error) without a word, and its images went missing from ``run``'s answers and from training. Hidden
+    folders and the end of a symbolic-link loop are not problems: the walks leave them out anyway."""
+    problems: list[str] = []
+
+    def note(error: OSError) -> None:
+        if error.errno != errno.ELOOP and not is_hidden(Path(error.filename).relative_to(root)):
+            problems.append(f"{error.filename}: cannot read the folder ({error.strerror}); its images were left out")
+
+    entries = [(folder, files) for folder, _, files in os.walk(root, onerror=note, followlinks=follow_links)]
+    return entries, problems
 
 
 _UMASK = os.umask(0o022)
@@ -139,10 +156,27 @@ def require_replaceable(folder: Path, own_names: frozenset[str], command: str) -
         )
 
 
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux's ``renameat2`` with ``RENAME_EXCHANGE``, which Python does not
+    wrap); False where the system or the file system has no such call, so the caller renames twice instead."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_cwd, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE
+    if renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(first))
+
+
 @contextmanager
 def staged_folder(target: str | Path) -> Iterator[Path]:
     """Yield an empty folder beside ``target`` to build a whole output in; when the block ends well it replaces
-    ``target`` (two renames, the old version removed last), else it is removed and ``target`` is untouched."""
+    ``target``, else it is removed and ``target`` is untouched. The replacement is one atomic exchange of the two
+    folders where the system has it, so ``target`` is never missing, not even to a process killed mid-swap; else two
+    renames, the old version removed last (``clean_stale_staging`` puts it back after a kill between them)."""
     target = Path(target)
     ensure_writable(target.parent)
     for line in clean_stale_staging(target):
@@ -152,11 +186,12 @@ def staged_folder(target: str | Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
-        replaced = target.parent / REPLACED.format(name=target.name, pid=os.getpid())
-        if target.exists():
-            os.replace(target, replaced)
-        os.replace(staging, target)
-        shutil.rmtree(replaced, ignore_errors=True)
+        if not (target.is_dir() and _exchange(staging, target)):  # staging holds the old version after an exchange
+            replaced = target.parent / REPLACED.format(name=target.name, pid=os.getpid())
+            if target.exists():
+                os.replace(target, replaced)
+            os.replace(staging, target)
+            shutil.rmtree(replaced, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from vggdeploy.data import stratified_holdout
 from vggdeploy.errors import DataError, UsageError, VggDeployError, write_error
-from vggdeploy.files import IMAGE_SUFFIXES, atomic_path, is_hidden, is_image_file
+from vggdeploy.files import IMAGE_SUFFIXES, atomic_path, is_hidden, is_image_file, walk_folder
 from vggdeploy.preprocess import LUMA_WEIGHTS, decode_image, has_color, resize_bilinear
+from vggdeploy.report import readable
 
 TEST_SPLITS = ("test", "val")
 CACHE_VERSION = 2  # bump when the decoded bytes of a file could change
@@ -44,11 +45,12 @@ class FolderScan:
     classes: list[str]
     train: list[tuple[str, int]]
     test: list[tuple[str, int]]
+    unreadable: list[str]  # one line per folder the scan could not list (``walk_folder``): its images are left out
 
 
-def _samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+def _samples(directory: Path, class_to_idx: dict[str, int]) -> tuple[list[tuple[str, int]], list[str]]:
     """Image files per class (torchvision's scan); one entry per real file (device and inode), so the paths a
-    symbolic-link loop adds count once."""
+    symbolic-link loop adds count once. Second: the folders that could not be listed, which that scan skips."""
     from torchvision.datasets.folder import make_dataset  # torchvision's import costs ~2 s: only for own images
 
     found = make_dataset(
@@ -61,7 +63,7 @@ def _samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[str, i
         if (stat.st_dev, stat.st_ino) not in seen:
             seen.add((stat.st_dev, stat.st_ino))
             unique.append((path, label))
-    return unique
+    return unique, walk_folder(directory, follow_links=True)[1]
 
 
 def _classes(directory: Path) -> tuple[list[str], dict[str, int]]:
@@ -72,15 +74,26 @@ def _classes(directory: Path) -> tuple[list[str], dict[str, int]]:
             f"{directory}: no class folders (expected {directory}/<class>/<image files>, "
             "or train/<class>/ and test/<class>/ folders)"
         )
+    for name in classes:
+        if readable(name) != name:  # its bytes are not UTF-8 (a Latin-1 "café"): a label no consumer could read
+            raise DataError(
+                f"{readable(str(directory / name))}: a class folder's name must be UTF-8 text, since it becomes the model's label "
+                "(the bytes shown as \\xNN are not); rename the folder"
+            )
     return classes, {name: index for index, name in enumerate(classes)}
 
 
-def _require_images(directory: Path, classes: list[str], samples: list[tuple[str, int]], split: str) -> None:
+def _require_images(
+    directory: Path, classes: list[str], samples: list[tuple[str, int]], split: str, unreadable: list[str]
+) -> None:
+    why = f" ({unreadable[0]})" if unreadable else ""  # a folder that could not be read may be where they are
     if not samples:
-        raise DataError(f"{directory}: no image files in its class folders (looked for {', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(
+            f"{directory}: no image files in its class folders (looked for {', '.join(IMAGE_SUFFIXES)}){why}"
+        )
     empty = sorted(set(classes) - {classes[label] for _, label in samples})
     if empty:
-        raise DataError(f"{directory}: class {empty[0]!r} has no images in the {split} split")
+        raise DataError(f"{directory}: class {empty[0]!r} has no images in the {split} split{why}")
 
 
 def scan_folder(root: str | Path, test_fraction: float = 0.1, seed: int = 0) -> FolderScan:
@@ -102,16 +115,19 @@ def scan_folder(root: str | Path, test_fraction: float = 0.1, seed: int = 0) -> 
                 f"{test_dir}: class {(missing or extra)[0]!r} is "
                 + ("missing from the test split" if missing else "not among the training classes")
             )
-        train, test = _samples(train_dir, class_to_idx), _samples(test_dir, class_to_idx)
-        _require_images(train_dir, classes, train, "train")
-        _require_images(test_dir, classes, test, test_dir.name)
-        return FolderScan(root, f"train/{test_dir.name}", classes, train, test)
+        (train, unreadable_train), (test, unreadable_test) = (
+            _samples(train_dir, class_to_idx),
+            _samples(test_dir, class_to_idx),
+        )
+        _require_images(train_dir, classes, train, "train", unreadable_train)
+        _require_images(test_dir, classes, test, test_dir.name, unreadable_test)
+        return FolderScan(root, f"train/{test_dir.name}", classes, train, test, unreadable_train + unreadable_test)
 
     classes, class_to_idx = _classes(root)
     if len(classes) < 2:
         raise DataError(f"{root}: {len(classes)} class folder; a classifier needs at least 2")
-    samples = _samples(root, class_to_idx)
-    _require_images(root, classes, samples, "whole")
+    samples, unreadable = _samples(root, class_to_idx)
+    _require_images(root, classes, samples, "whole", unreadable)
     if not 0 < test_fraction < 1:
         raise UsageError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
     labels = torch.tensor([label for _, label in samples])
@@ -123,7 +139,7 @@ def scan_folder(root: str | Path, test_fraction: float = 0.1, seed: int = 0) -> 
     test_indices = set(stratified_holdout(labels, count, seed).tolist())
     train = [s for i, s in enumerate(samples) if i not in test_indices]
     test = [s for i, s in enumerate(samples) if i in test_indices]
-    return FolderScan(root, "single", classes, train, test)
+    return FolderScan(root, "single", classes, train, test, unreadable)
 
 
 @dataclass
@@ -166,7 +182,12 @@ def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, bool, str | No
         digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
         rgb = decode_image(path, "rgb")
     except (DataError, OSError) as error:
-        return None, False, str(error) if isinstance(error, DataError) else f"{path}: {error.strerror}", ""
+        return (
+            None,
+            False,
+            str(error) if isinstance(error, DataError) else f"{path}: cannot read the file ({error.strerror})",
+            "",
+        )
     resized = resize_bilinear(rgb, size, size)
     return np.clip(np.rint(resized * 255), 0, 255).astype(np.uint8), has_color(rgb), None, digest
 

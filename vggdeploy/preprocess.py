@@ -169,6 +169,10 @@ def decode_image(source: str | Path | bytes, color: str, max_pixels: int = DEFAU
     except UnidentifiedImageError:
         raise DataError(f"{name}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
+        if (
+            isinstance(error, OSError) and error.errno is not None
+        ):  # the system's failure (permission, I/O), not Pillow's
+            raise DataError(f"{name}: cannot read the file ({error.strerror})") from None
         raise DataError(f"{name}: truncated or corrupt image ({error})") from None
 
 

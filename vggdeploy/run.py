@@ -6,7 +6,6 @@ Needs only numpy, Pillow, onnx and onnxruntime (no torch). Bad files are reporte
 from __future__ import annotations
 
 import glob
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,9 +13,10 @@ import numpy as np
 
 from vggdeploy.contract import is_calibrated, probabilities, temperature
 from vggdeploy.errors import DataError, UsageError
-from vggdeploy.files import is_image_file
+from vggdeploy.files import is_image_file, walk_folder
 from vggdeploy.graph import run_session
 from vggdeploy.preprocess import DEFAULT_MAX_PIXELS, PreprocessSpec, decode_image, to_model_input
+from vggdeploy.report import readable
 from vggdeploy.runtime import LoadedModel
 
 
@@ -31,7 +31,7 @@ class Ranked:
 
 @dataclass(frozen=True)
 class Prediction:
-    file: str
+    file: str  # the path as given or found, ``readable`` (a name's bytes that are not UTF-8 as \xNN)
     top: list[Ranked]  # most likely first; probability = softmax(logits / temperature)
     logits: list[float] | None  # the model's output row; None for model.preprocess.onnx (its graph ends in softmax)
     temperature: float  # the model's calibration temperature (1 for a model without one)
@@ -76,16 +76,12 @@ class Classification:
         }
 
 
-def _image_files(folder: Path) -> list[Path]:
+def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
     """Every image file under ``folder`` at any depth, sorted, hidden entries skipped (``is_hidden``); symbolic
-    links to folders are not followed."""
-    found = [
-        Path(root) / name
-        for root, _folders, files in os.walk(folder)
-        for name in files
-        if is_image_file(Path(root) / name, folder)
-    ]
-    return sorted(found)
+    links to folders are not followed. Second: the folders that could not be read (``walk_folder``)."""
+    entries, problems = walk_folder(folder)
+    found = [Path(root) / name for root, files in entries for name in files if is_image_file(Path(root) / name, folder)]
+    return sorted(found), problems
 
 
 def expand_inputs(arguments: list[str]) -> tuple[list[Path], list[str]]:
@@ -98,8 +94,9 @@ def expand_inputs(arguments: list[str]) -> tuple[list[Path], list[str]]:
         if not argument:
             problems.append("'': an empty argument names no file")
         elif path.is_dir():
-            found = _image_files(path)
-            if not found:
+            found, unreadable = _image_files(path)
+            problems += unreadable
+            if not found and not unreadable:
                 problems.append(f"{argument}: folder holds no image files, at any depth")
             paths += found
         elif path.exists():
@@ -155,7 +152,7 @@ def classify(
                 continue
             top = [Ranked(int(i), labels[i], float(probability[i])) for i in np.argsort(-probability)[:top_k]]
             row_logits = None if logits is None else logits[row].tolist()
-            result.predictions.append(Prediction(str(path), top, row_logits, scale, calibrated))
+            result.predictions.append(Prediction(readable(str(path)), top, row_logits, scale, calibrated))
     return result
 
 

@@ -338,6 +338,50 @@ long long PositiveInteger(const char* text) {
   return errno == 0 && end != text && *end == '\0' && value > 0 ? value : 0;
 }
 
+// The length of the well-formed UTF-8 sequence at text[i] (Unicode's table 3-7: no overlong forms, surrogates or
+// code points past U+10FFFF), or 0 where the byte there starts none.
+size_t Utf8SequenceLength(const std::string& text, size_t i) {
+  const auto byte = [&](size_t k) { return i + k < text.size() ? static_cast<unsigned char>(text[i + k]) : 0u; };
+  const unsigned lead = byte(0);
+  if (lead < 0x80) return 1;
+  size_t length = 0;
+  unsigned low = 0x80, high = 0xBF;  // the range of the second byte; every later one is 80..BF
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3;
+    low = lead == 0xE0 ? 0xA0 : 0x80;
+    high = lead == 0xED ? 0x9F : 0xBF;
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4;
+    low = lead == 0xF0 ? 0x90 : 0x80;
+    high = lead == 0xF4 ? 0x8F : 0xBF;
+  } else {
+    return 0;
+  }
+  for (size_t k = 1; k < length; ++k) {
+    if (byte(k) < (k == 1 ? low : 0x80) || byte(k) > (k == 1 ? high : 0xBF)) return 0;
+  }
+  return length;
+}
+
+// A file name as valid UTF-8, each byte that is not UTF-8 written as the text \xNN, as vggdeploy run writes it: a JSON
+// answer must be UTF-8 (nlohmann's dump throws on anything else, which once ended the run blaming the model).
+std::string Readable(const std::string& name) {
+  std::string text;
+  for (size_t i = 0; i < name.size();) {
+    if (const size_t length = Utf8SequenceLength(name, i)) {
+      text.append(name, i, length);
+      i += length;
+    } else {
+      char escaped[5];
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", static_cast<unsigned char>(name[i++]));
+      text += escaped;
+    }
+  }
+  return text;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -392,10 +436,11 @@ int main(int argc, char** argv) {
     int failures = 0;
     int not_finite = 0;  // images whose model output had a NaN or an infinity: a broken model, exit 4
     const Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-    for (const std::string& path : images) {
+    for (const std::string& file : images) {
+      const std::string path = Readable(file);  // the name as printed
       std::vector<float> input;
       try {
-        input = ToModelInput(LoadPng(path, spec, max_pixels), spec);
+        input = ToModelInput(LoadPng(file, spec, max_pixels), spec);
       } catch (const std::exception& error) {
         std::cerr << "error: " << path << ": " << error.what() << "\n";
         ++failures;
@@ -437,7 +482,7 @@ int main(int argc, char** argv) {
     }
     return not_finite ? 4 : failures ? 3 : 0;
   } catch (const std::exception& error) {
-    std::cerr << "error: " << model_path << ": " << error.what() << "\n";
+    std::cerr << "error: " << Readable(model_path) << ": " << error.what() << "\n";
     return 1;
   }
 }
