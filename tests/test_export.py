@@ -168,9 +168,10 @@ def test_triton_config_parses_with_tritons_own_protobuf(tiny_export):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    _result, out = tiny_export
+    result, out = tiny_export
     folders = list((out / "triton").iterdir())
-    assert len(folders) == 1
+    assert len(folders) == 1 and result.triton_model == folders[0]
+    assert f"  triton: {folders[0]} (config.pbtxt, 1/model.onnx, labels.txt; it serves logits)" in result.format()
     config = text_format.Parse((folders[0] / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.name == folders[0].name and config.backend == "onnxruntime" and config.max_batch_size == 256
     assert [i.name for i in config.input] == [INPUT_NAME] and list(config.input[0].dims) == [1, 32, 32]
@@ -194,6 +195,18 @@ def test_triton_config_parses_with_tritons_own_protobuf(tiny_export):
             require_replaceable(folders[0], TRITON_MODEL_ENTRIES, "vggdeploy export")
     finally:
         (folders[0] / "2").rmdir()
+
+
+def test_a_triton_repository_overlapping_the_output_folder_is_refused_before_any_work(tiny_checkpoint, tmp_path):
+    """``--triton-repo`` equal to or inside ``--out`` was written, then deleted by the swap of --out: exit 0 and no
+    repository. ``--out`` inside the repository would be one more "model" there to Triton."""
+    from vggdeploy.export import export_model
+
+    out = tmp_path / "onnx"
+    for repo, where in ((out, out), (out / "triton", out), (tmp_path, out), (out, out / "deeper" / "x")):
+        with pytest.raises(UsageError, match=f"--triton-repo {repo} and --out {where} overlap: export replaces"):
+            export_model(tiny_checkpoint, where, triton_repo=repo)
+    assert list(tmp_path.iterdir()) == []  # nothing made, not even a lock
 
 
 def test_info_prints_the_model_description(tiny_export, mislabelled_model):

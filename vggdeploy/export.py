@@ -33,7 +33,7 @@ from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, cap_ir_version, probabilities
 from vggdeploy.data import to_input_tensor
 from vggdeploy.datasets import Dataset, dataset_of
-from vggdeploy.errors import CheckFailed
+from vggdeploy.errors import CheckFailed, UsageError
 from vggdeploy.files import atomic_path, ensure_writable, folder_lock, require_replaceable, staged_folder
 from vggdeploy.graph import (
     GraphStats,
@@ -81,6 +81,7 @@ class ExportResult:
     simplified: bool
     calibration: Calibration
     variants: dict[str, Variant] = field(default_factory=dict)
+    triton_model: Path | None = None  # the Triton model's folder in --triton-repo
 
     def format(self) -> str:
         step = "simplified" if self.simplified else "not simplified (--no-simplify)"
@@ -94,6 +95,8 @@ class ExportResult:
         ]
         for name, variant in self.variants.items():
             lines.append(f"  {name}: {variant.path} ({variant.bytes / 1e6:.2f} MB) {variant.summary()}")
+        if self.triton_model is not None:
+            lines.append(f"  triton: {self.triton_model} (config.pbtxt, 1/model.onnx, labels.txt; it serves logits)")
         return "\n".join(lines)
 
 
@@ -200,8 +203,21 @@ def export_model(
     triton_repo: str | Path | None = None,
 ) -> ExportResult:
     """Export, check and describe a checkpoint's model; returns the figures measured on the way."""
+    if triton_repo is not None:
+        _require_apart(Path(out_dir), Path(triton_repo))
     with folder_lock(out_dir, "vggdeploy export"):  # one export into a folder at a time
         return _export(checkpoint, Path(out_dir), config, expected_arch, data_dir, triton_repo)
+
+
+def _require_apart(out_dir: Path, triton_repo: Path) -> None:
+    """--out and --triton-repo must not hold one another: export replaces --out whole after it writes the Triton
+    model, which went with it (exit 0, no repository), and Triton takes every folder of its repository for a model."""
+    out, repo = out_dir.resolve(), triton_repo.resolve()
+    if out == repo or out in repo.parents or repo in out.parents:
+        raise UsageError(
+            f"--triton-repo {triton_repo} and --out {out_dir} overlap: export replaces --out whole, and Triton reads "
+            "every folder of its repository as a model; give them separate folders"
+        )
 
 
 def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data_dir, triton_repo) -> ExportResult:
@@ -287,9 +303,9 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             result.variants[variant.name] = variants.write_variant(variant, staged_model, final)
             variant.path = sibling(result.model_path, variant.name)  # where it will be once the export is in place
         if triton_repo is not None:
-            model_folder = Path(triton_repo) / triton_model_name(args)  # other models in the repository stay
+            result.triton_model = Path(triton_repo) / triton_model_name(args)  # other models in the repository stay
             write_triton_model(
-                stack.enter_context(staged_folder(model_folder)), final, args, config, dataset.class_names
+                stack.enter_context(staged_folder(result.triton_model)), final, args, config, dataset.class_names
             )
         _write_report(staging, result, args)
     return result
@@ -425,6 +441,7 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         "parity": result.parity.to_dict(),
         "variants": {name: variant.to_dict() for name, variant in result.variants.items()},
         "calibration": result.calibration.to_metadata(),
+        "triton_model": None if result.triton_model is None else str(result.triton_model),
     }
     write_json(export_report(out_dir, "json"), data)
     rows = [
