@@ -142,6 +142,12 @@ def _bad_sets(root: Path, rgb_set: Path) -> dict:
     latin1 = _copy(rgb_set, root / "latin1")  # a Latin-1 "Bagé": the label no consumer could read (C++ refused it)
     (latin1 / "train" / "Bag").rename(latin1 / "train" / os.fsdecode(b"Bag\xe9"))
     cases["class-name-not-utf8"] = (latin1, f"{latin1}/train/Bag\\xe9: a class folder's name must be UTF-8 text")
+    two_lines = _copy(rgb_set, root / "two-lines")  # its label would have been two lines of Triton's labels.txt
+    (two_lines / "test" / "Bag").rename(two_lines / "test" / "Bag\nold")
+    cases["class-name-with-newline"] = (
+        two_lines,
+        f"{two_lines / 'test'}: the class folder 'Bag\\nold' holds a control",
+    )
     return cases
 
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,12 +76,22 @@ def _classes(directory: Path) -> tuple[list[str], dict[str, int]]:
             "or train/<class>/ and test/<class>/ folders)"
         )
     for name in classes:
-        if readable(name) != name:  # its bytes are not UTF-8 (a Latin-1 "café"): a label no consumer could read
-            raise DataError(
-                f"{readable(str(directory / name))}: a class folder's name must be UTF-8 text, since it becomes the model's label "
-                "(the bytes shown as \\xNN are not); rename the folder"
-            )
+        _require_label(directory, name)
     return classes, {name: index for index, name in enumerate(classes)}
+
+
+def _require_label(directory: Path, name: str) -> None:
+    """A class folder's name becomes the model's label: it must be text every consumer reads, on one line."""
+    if readable(name) != name:  # its bytes are not UTF-8 (a Latin-1 "café")
+        raise DataError(
+            f"{readable(str(directory / name))}: a class folder's name must be UTF-8 text, since it becomes the "
+            "model's label (the bytes shown as \\xNN are not); rename the folder"
+        )
+    if any(unicodedata.category(character) == "Cc" for character in name):  # a newline split Triton's labels.txt
+        raise DataError(
+            f"{directory}: the class folder {name!r} holds a control character (a newline, a tab); its name becomes "
+            "the model's label, one per line in Triton's labels.txt: rename the folder"
+        )
 
 
 def _require_images(
