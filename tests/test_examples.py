@@ -290,6 +290,15 @@ def test_example_servers_refuse_a_bad_model_in_one_line_before_serving(
         assert run.returncode == 1, (run.stdout, run.stderr)
         assert run.stderr.strip().splitlines() == [run.stderr.strip()] and run.stderr.startswith(f"error: {model}: ")
         assert message in run.stderr and "open http" not in run.stdout and "    at " not in run.stderr  # no stack
+    latin1 = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))  # "no such model file" for a file that exists
+    latin1.mkdir()
+    shutil.copy(mislabelled_model, latin1 / "model.onnx")
+    run = subprocess.run(["node", script, latin1 / "model.onnx"], cwd=folder, capture_output=True, timeout=60)
+    assert run.returncode == 1 and run.stderr.decode() == (
+        f"error: {tmp_path}/caf\ufffd/model.onnx: no such model file as Node reads the name: its bytes are not UTF-8 "
+        "(shown as \ufffd) and Node opens files by UTF-8 names only; rename the file or its folder, or link to it "
+        "(ln -s)\n"
+    )
     model = next(Path(__file__).parent.parent.glob("examples/js-common/*.js"))  # any file passes serve.js's check
     run = subprocess.run(
         ["node", script, str(model)],

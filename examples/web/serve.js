@@ -4,7 +4,7 @@ import { createReadStream, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { basename, dirname, extname, join, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { wholeFromEnv } from '../js-common/settings.js';
+import { modelFileProblem, wholeFromEnv } from '../js-common/settings.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const TYPES = {
@@ -70,7 +70,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     if (!file.isFile()) throw new Error('not a file');
     if (file.size === 0) throw new Error('the model file is empty');
   } catch (error) {
-    console.error(`error: ${modelPath}: ${error.code === 'ENOENT' ? 'no such model file' : error.message}`);
+    console.error(`error: ${modelPath}: ${modelFileProblem(modelPath, error)}`);
     process.exit(1);
   }
   const port = wholeFromEnv('PORT', 8000, 0, 65535);

@@ -3,7 +3,7 @@
 import { createServer } from 'node:http';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { wholeFromEnv } from '../../js-common/settings.js';
+import { modelFileProblem, wholeFromEnv } from '../../js-common/settings.js';
 import { readMetadata } from './model.js';
 import { WorkerPool } from './pool.js';
 import { readFileSync } from 'node:fs';
@@ -62,7 +62,7 @@ export function readModel(modelPath) {
   try {
     bytes = readFileSync(modelPath);
   } catch (error) {
-    throw new Error(`${modelPath}: ${error.code === 'ENOENT' ? 'no such model file' : error.message}`);
+    throw new Error(`${modelPath}: ${modelFileProblem(modelPath, error)}`);
   }
   try {
     return readMetadata(bytes);
