@@ -54,9 +54,14 @@ def test_wrong_magic_and_count_are_named(data_dir, tmp_path):
         read_idx(path, spec, verify=False)
 
 
-def test_missing_file_and_directory(tmp_path, data_dir):
-    with pytest.raises(DataError, match="does not exist"):
+def test_missing_file_and_directory(tmp_path, data_dir, monkeypatch):
+    with pytest.raises(DataError, match=r"nowhere \(--data-dir\) does not exist"):
         load_split("test", tmp_path / "nowhere")
+    monkeypatch.setenv(
+        "VGGDEPLOY_DATA_DIR", str(tmp_path / "gone")
+    )  # set long ago in a profile: say where it came from
+    with pytest.raises(DataError, match=r"gone \(\$VGGDEPLOY_DATA_DIR\) does not exist"):
+        load_split("test")
     _copy_split(data_dir, tmp_path)
     (tmp_path / SPLITS["test"][0].name).unlink()
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: missing"):

@@ -234,7 +234,7 @@ def test_a_loss_that_exploded_without_reaching_nan_is_divergence_too():
     [
         (["--arch", "vgg12"], "unknown architecture 'vgg12'; valid: A, A-LRN"),
         (["--image-size", "16"], "image size 16 is too small"),
-        (["--data-dir", "/nonexistent"], "data directory /nonexistent does not exist"),
+        (["--data-dir", "/nonexistent"], "data directory /nonexistent (--data-dir) does not exist"),
         (["--out", "/proc/forbidden"], "cannot write to output directory /proc/forbidden"),
         (["--preset", "fast"], "unknown preset 'fast'; valid: seed, full, quick"),
         (["--device", "cuda"], "--device cuda was asked for, but torch sees no CUDA GPU"),

@@ -82,13 +82,13 @@ SPLITS: dict[str, tuple[IdxFile, IdxFile]] = {
 
 def find_data_dir(data_dir: str | Path | None = None) -> Path:
     """The first of: the explicit directory, $VGGDEPLOY_DATA_DIR, Debian's package. Nothing is ever downloaded."""
+    named_by = "--data-dir" if data_dir is not None else f"${DATA_DIR_ENV}"  # an old export in a shell profile
+    data_dir = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
     if data_dir is not None:
         path = Path(data_dir)
         if not path.is_dir():
-            raise DataError(f"data directory {path} does not exist")
+            raise DataError(f"data directory {path} ({named_by}) does not exist or is not a folder")
         return path
-    if os.environ.get(DATA_DIR_ENV):
-        return find_data_dir(os.environ[DATA_DIR_ENV])
     if SYSTEM_DATA_DIR.is_dir():
         return SYSTEM_DATA_DIR
     raise DataError(
