@@ -257,6 +257,33 @@ def test_node_service_started_as_the_readme_says_answers_and_refuses_bad_setting
         assert run.returncode == 2 and run.stderr.startswith(f"error: {name} must be a whole number"), run.stderr
 
 
+def test_the_page_server_survives_malformed_requests(tiny_export):
+    """A path with broken percent-encoding threw inside the page server's request handler and ended the server;
+    '//[' made its URL parser throw."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    folder = _installed("web", "onnxruntime-web")
+    env = {**os.environ, "PORT": "0"}
+    command = ["node", "serve.js", str(tiny_export[0].model_path)]
+    server = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        address = urlsplit(server.stdout.readline().split()[1])  # "open http://127.0.0.1:PORT/ (model: ...)"
+        answers = []
+        for path in ("/%E0%A4%A", "//[", "/model-info.json", "/"):
+            connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+            connection.request("GET", path)
+            response = connection.getresponse()
+            answers.append((response.status, response.read()[:40]))
+            connection.close()
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert answers[:2] == [(400, b"malformed percent-encoding in the path"), (404, b"not found")]
+    assert [status for status, _ in answers[2:]] == [200, 200]
+
+
 def test_npm_test_alone_uses_the_newest_export_under_artifacts(tiny_export, node_ready):
     """`npm test` with no variables finds the newest model.onnx under the repository's artifacts/ (and its golden/)."""
     _, out = tiny_export

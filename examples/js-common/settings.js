@@ -1,5 +1,6 @@
-// The example servers' settings (Node only): numbers from the environment, checked so that a typo is one line and
-// exit code 2 rather than a stack trace or a silently different setting, and the words for a model file not found.
+// What the example servers share (Node only): numbers from the environment, checked so that a typo is one line and
+// exit code 2 rather than a stack trace or a silently different setting; the words for a model file not found; and a
+// request's URL.
 
 /** process.env[name] as a whole number from low to high (fallback when unset); otherwise one line on stderr, exit 2. */
 export function wholeFromEnv(name, fallback, low, high) {
@@ -23,4 +24,12 @@ export function modelFileProblem(modelPath, error) {
     ? 'no such model file as Node reads the name: its bytes are not UTF-8 (shown as \uFFFD) and Node opens files ' +
         'by UTF-8 names only; rename the file or its folder, or link to it (ln -s)'
     : 'no such model file';
+}
+
+/**
+ * A request's URL with its path as sent. `new URL(request.url, base)` reads '//predict' as a host named 'predict',
+ * and throws on '//[', which ended the page server.
+ */
+export function requestUrl(request) {
+  return new URL(`http://localhost${request.url.startsWith('/') ? request.url : `/${request.url}`}`);
 }

@@ -4,13 +4,28 @@ import { createReadStream, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { basename, dirname, extname, join, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { modelFileProblem, wholeFromEnv } from '../js-common/settings.js';
+import { modelFileProblem, requestUrl, wholeFromEnv } from '../js-common/settings.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const TYPES = {
   '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm',
   '.onnx': 'application/octet-stream', '.json': 'application/json', '.png': 'image/png', '.css': 'text/css',
 };
+
+/** A regular file's size in bytes, or null where there is none to serve (missing, a folder, unreadable). */
+function sizeOf(path) {
+  try {
+    const stat = statSync(path);
+    return stat.isFile() ? stat.size : null;
+  } catch {
+    return null;
+  }
+}
+
+function answer(response, status, text) {
+  response.writeHead(status, { 'content-type': 'text/plain' });
+  return response.end(text);
+}
 
 export async function startStaticServer({ modelPath, port = 0, host = '127.0.0.1' }) {
   const mounts = {
@@ -21,31 +36,29 @@ export async function startStaticServer({ modelPath, port = 0, host = '127.0.0.1
   };
   const model = resolve(modelPath);
   const server = createServer((request, response) => {
-    const url = new URL(request.url, 'http://localhost');
+    const url = requestUrl(request);
     let file;
     if (url.pathname === '/model.onnx') {
       file = model;
     } else if (url.pathname === '/model-info.json') {
-      const info = JSON.stringify({ file: basename(model), bytes: statSync(model).size });
+      const bytes = sizeOf(model);
+      if (bytes === null) return answer(response, 404, 'the model file is gone');
       response.writeHead(200, { 'content-type': TYPES['.json'] });
-      return response.end(info);
+      return response.end(JSON.stringify({ file: basename(model), bytes }));
     } else {
       const prefix = Object.keys(mounts).find((p) => url.pathname.startsWith(p));
       const root = mounts[prefix];
-      const relative = decodeURIComponent(url.pathname.slice(prefix.length)) || 'index.html';
+      let relative;
+      try {
+        relative = decodeURIComponent(url.pathname.slice(prefix.length)) || 'index.html';
+      } catch {
+        return answer(response, 400, 'malformed percent-encoding in the path'); // it once threw and ended the server
+      }
       file = resolve(root, relative);
       if (!file.startsWith(root + sep)) file = null; // no escaping the mounted folders
     }
-    let size;
-    try {
-      size = file && statSync(file).isFile() ? statSync(file).size : null;
-    } catch {
-      size = null;
-    }
-    if (size === null) {
-      response.writeHead(404, { 'content-type': 'text/plain' });
-      return response.end('not found');
-    }
+    const size = file === null ? null : sizeOf(file);
+    if (size === null) return answer(response, 404, 'not found');
     response.writeHead(200, {
       'content-type': TYPES[extname(file)] ?? 'application/octet-stream',
       'content-length': size,
@@ -53,7 +66,8 @@ export async function startStaticServer({ modelPath, port = 0, host = '127.0.0.1
       'cross-origin-embedder-policy': 'require-corp',
       'cache-control': 'no-cache',
     });
-    return createReadStream(file).pipe(response);
+    // a file removed between the stat and the read: end this response, not the server
+    return createReadStream(file).on('error', () => response.destroy()).pipe(response);
   });
   await new Promise((done) => server.listen(port, host, done));
   return { url: `http://${host}:${server.address().port}`, close: () => new Promise((done) => server.close(done)) };

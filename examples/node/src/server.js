@@ -3,7 +3,7 @@
 import { createServer } from 'node:http';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { modelFileProblem, wholeFromEnv } from '../../js-common/settings.js';
+import { modelFileProblem, requestUrl, wholeFromEnv } from '../../js-common/settings.js';
 import { readMetadata } from './model.js';
 import { WorkerPool } from './pool.js';
 import { readFileSync } from 'node:fs';
@@ -109,8 +109,7 @@ export async function startServer({ modelPath, port = 0, host = '127.0.0.1', ...
   }
 
   const server = createServer(async (request, response) => {
-    // the path as sent: new URL() alone reads '//predict' as a host named 'predict'
-    const url = new URL(`http://localhost${request.url.startsWith('/') ? request.url : `/${request.url}`}`);
+    const url = requestUrl(request);
     const method = request.method === 'HEAD' ? 'GET' : request.method;
     const handler = routes[`${method} ${url.pathname}`];
     try {
