@@ -209,6 +209,22 @@ def test_a_triton_repository_overlapping_the_output_folder_is_refused_before_any
     assert list(tmp_path.iterdir()) == []  # nothing made, not even a lock
 
 
+def test_a_model_over_one_onnx_file_is_refused_by_name(tiny_checkpoint, tmp_path, monkeypatch):
+    """VGG-11 at 512 px with the paper's widths (2.25 GB of fp32 weights) had its graph built and then ended in an
+    internal error (exit 70): protobuf's 2 GiB limit, which vggdeploy meets with no external-data files."""
+    from vggdeploy import model as model_module
+    from vggdeploy.archs import ModelArgs
+    from vggdeploy.export import export_model
+
+    paper_widths_at_512 = model_module.summarize(ModelArgs(arch="A", image_size=512)).format()  # `vggdeploy info`
+    assert "\n  export: refused: 562,916,618 parameters take 2.25 GB as fp32, over the 2 GiB" in paper_widths_at_512
+    assert "export: refused" not in model_module.summarize(ModelArgs(arch="E")).format()  # VGG-19 at 224 px: 0.56 GB
+    monkeypatch.setattr(model_module, "ONE_ONNX_FILE_BYTES", 1000)  # the tiny model stands in for a 2.25 GB one
+    with pytest.raises(DataError, match=f"{tiny_checkpoint}: .* parameters take .* so it cannot be exported"):
+        export_model(tiny_checkpoint, tmp_path / "onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_info_prints_the_model_description(tiny_export, mislabelled_model):
     result, _ = tiny_export
     printed = cli("info", str(result.model_path))

@@ -389,6 +389,19 @@ def test_a_new_run_into_an_earlier_run_s_folder_says_what_it_replaces(trained, t
     assert fresh.returncode == 0 and "warning" not in fresh.stderr
 
 
+def test_a_model_export_would_refuse_is_named_before_training(tmp_path, data_dir, monkeypatch, capsys):
+    """Hours of training for a model over one .onnx file's 2 GiB, which export refuses: the run says so first."""
+    import dataclasses
+
+    from vggdeploy import model as model_module
+
+    monkeypatch.setattr(model_module, "ONE_ONNX_FILE_BYTES", 1000)  # the tiny model stands in for a 2.25 GB one
+    config = dataclasses.replace(TINY, epochs=1, train_limit=300, test_limit=50, batch_size=32)
+    train_module.train(config, tmp_path / "run", data_dir=data_dir, progress=False)
+    warning = next(line for line in capsys.readouterr().err.splitlines() if "warning" in line)
+    assert warning.startswith("vggdeploy: warning: this model's ") and "so it cannot be exported" in warning
+
+
 def test_train_json_keeps_stdout_for_the_json_alone(tmp_path):
     """Progress bars and per-epoch lines go to stderr, so `train --json` output parses as it is (scripts/demo.sh)."""
     result = run_cli(

@@ -33,7 +33,7 @@ from vggdeploy.config import ExportConfig
 from vggdeploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, cap_ir_version, probabilities
 from vggdeploy.data import to_input_tensor
 from vggdeploy.datasets import Dataset, dataset_of
-from vggdeploy.errors import CheckFailed, UsageError
+from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.files import atomic_path, ensure_writable, folder_lock, require_replaceable, staged_folder
 from vggdeploy.graph import (
     GraphStats,
@@ -44,7 +44,7 @@ from vggdeploy.graph import (
     run_session,
     save_onnx,
 )
-from vggdeploy.model import predict_logits
+from vggdeploy.model import count_parameters, onnx_size_problem, predict_logits
 from vggdeploy.parity import ParityResult, compare_logits
 from vggdeploy.preprocess import PreprocessSpec, decode_image, to_model_input
 from vggdeploy.report import markdown_table, write_json, write_text
@@ -224,6 +224,9 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
     out_dir = Path(out_dir)
     model, state = rebuild_model(checkpoint, expected_arch)
     args: ModelArgs = state["model_args"]
+    too_large = onnx_size_problem(count_parameters(model))
+    if too_large is not None:
+        raise DataError(f"{checkpoint}: {too_large}")
     require_replaceable(out_dir, export_folder_entries(), "vggdeploy export")
     if triton_repo is not None:
         require_replaceable(Path(triton_repo) / triton_model_name(args), TRITON_MODEL_ENTRIES, "vggdeploy export")

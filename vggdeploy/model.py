@@ -122,6 +122,22 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+ONE_ONNX_FILE_BYTES = 2**31  # protobuf's 2 GiB: the most one .onnx file holds without external-data files
+
+
+def onnx_size_problem(parameters: int) -> str | None:
+    """Why a model of ``parameters`` cannot be exported to one .onnx file, or None. vggdeploy writes no external-data files, and
+    past 2 GiB of fp32 weights ONNX's checker, onnxsim and ONNX Runtime's sessions from bytes all fail (export once
+    ended in an internal error after building the graph); VGG-11 at 512 px with the paper's widths is 2.25 GB."""
+    if parameters * 4 < ONE_ONNX_FILE_BYTES:
+        return None
+    return (
+        f"{parameters:,} parameters take {parameters * 4 / 1e9:.2f} GB as fp32, over the 2 GiB one .onnx file holds "
+        "(protobuf's limit; vggdeploy writes no external-data files), so it cannot be exported: lower --image-size "
+        "or --hidden, or raise --width-ratio (the classifier's first layer grows with the image's area)"
+    )
+
+
 @dataclass(frozen=True)
 class LayerShape:
     name: str
@@ -144,6 +160,9 @@ class ModelSummary:
         )
         lines += [f"  {s.name:<24} {'x'.join(map(str, s.shape))}" for s in self.shapes]
         lines.append(f"  parameters: {self.parameters:,}")
+        too_large = onnx_size_problem(self.parameters)
+        if too_large is not None:
+            lines.append(f"  export: refused: {too_large}")
         lines.append(f"  forward GFLOPs per image: {self.gflops:.2f}")
         return "\n".join(lines)
 

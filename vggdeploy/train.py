@@ -33,7 +33,7 @@ from vggdeploy.datasets import Dataset, fashion_mnist, image_folder, report_note
 from vggdeploy.errors import DataError, Interrupted, ResourceExhausted, TrainingDiverged, UsageError
 from vggdeploy.files import ensure_writable, folder_lock, remove_stale_temporaries
 from vggdeploy.hardware import gpu_peak_tflops, peak_fraction
-from vggdeploy.model import build_model, summarize
+from vggdeploy.model import build_model, count_parameters, onnx_size_problem, summarize
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import plot_training_curves, write_json, write_jsonl
 
@@ -456,6 +456,9 @@ def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, s
         )
     if distributed.is_main and not resume:  # every setting and the data are good: the run will start
         _say_what_a_new_run_replaces(RunFolder(out_dir))
+        too_large = onnx_size_problem(count_parameters(model))
+        if too_large is not None:  # hours of training for a model the next stage refuses: say so first
+            print(f"vggdeploy: warning: this model's {too_large}", file=sys.stderr)
     history = list(state["metrics"]) if state else []
     run = _Run(
         config,
