@@ -60,6 +60,18 @@ def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint
         f"best deployable CPU engine at batch 1: {best} ({single[best].p50_ms:.3g} ms p50, {speedup:.2f}x torch eager fp32)"
     )
     assert f"CPU engines ({report.cpu_threads} threads each)" in report.format()
+    assert report.format().startswith(  # what each engine ran, where the files differ
+        f"bench of the export in {result.model_path.parent}/ (each engine runs the file of its precision: "
+        "ort-cpu-fp32 model.onnx, ort-cpu-int8 model.int8.onnx) on "
+    )
+    assert report.engine_files["torch-cpu-fp32"]["file"] == str(tiny_checkpoint)
+    fp16_named = run_bench(  # a report headed "bench of model.fp16.onnx" once held fp32 figures of model.onnx
+        result.variants["fp16"].path,
+        tiny_checkpoint,
+        BenchConfig(("ort-cpu-fp32",), batch_sizes=(1,), seconds=0.0, min_runs=1, warmup=1),
+        report_dir=tmp_path / "fp16",
+    )
+    assert fp16_named.format().startswith(f"bench of the export in {result.model_path.parent}/ (each engine runs")
     batch_lines = report.fastest_by_batch()
     assert [line.split(":")[0] for line in batch_lines] == ["CPU batch 1", "CPU batch 4"]
     assert batch_lines[0].startswith(f"CPU batch 1: fastest ONNX Runtime engine {best}, {speedup:.2f}x the fastest")

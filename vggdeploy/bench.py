@@ -144,7 +144,7 @@ class BenchReport:
     cpu_peak_gflops: float | None = None  # measured fp32 matrix-product rate: the CPU engines' "peak"
     cpu_threads: int = 0  # the same for torch, ONNX Runtime's CPU provider and OpenVINO in one run
     engine_settings: dict[str, str] = field(default_factory=dict)  # CPU engine -> its threads (and OpenVINO hint)
-    engine_files: dict[str, dict] = field(default_factory=dict)  # engine -> {"mb", "accuracy_change_pp"}
+    engine_files: dict[str, dict] = field(default_factory=dict)  # engine -> {"file", "mb", "accuracy_change_pp"}
 
     @classmethod
     def from_json(cls, saved: dict) -> BenchReport:
@@ -231,6 +231,15 @@ class BenchReport:
                 losses.append(f"{name} is slower than {mlas.engine} at batch {batch} ({_versus(openvino, mlas)})")
         return losses
 
+    def _subject(self) -> str:
+        """What was benched. Each ONNX Runtime engine runs the export's file of its own precision, so a ``--model``
+        naming a variant (model.fp16.onnx) once headed a report whose fp32 engines had run model.onnx."""
+        files = {engine: entry["file"] for engine, entry in self.engine_files.items() if engine.startswith("ort-")}
+        if set(files.values()) <= {Path(self.model).name}:
+            return self.model
+        ran = ", ".join(f"{engine} {name}" for engine, name in files.items())
+        return f"the export in {Path(self.model).parent}/ (each engine runs the file of its precision: {ran})"
+
     def format(self) -> str:
         columns = ["engine", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_second", "peak_fraction"]
         cpu_peak = (
@@ -238,7 +247,7 @@ class BenchReport:
             if self.cpu_peak_gflops
             else ""
         )
-        text = f"bench of {self.model} on {self.device}{cpu_peak}\n" + markdown_table(
+        text = f"bench of {self._subject()} on {self.device}{cpu_peak}\n" + markdown_table(
             [asdict(m) for m in self.measurements], columns
         )
         text += "\ncold start:\n" + markdown_table(
@@ -483,12 +492,14 @@ def _test_images(model_path: Path, metadata: dict, checkpoint, engines: list[Eng
 
 
 def _engine_file(model_path: Path, checkpoint: Path, engine: Engine) -> dict:
-    """The size of what an engine loads, and the accuracy change its file showed at export (torch is the reference)."""
+    """What an engine loads (the checkpoint, or the export's file of its precision), its size, and the accuracy
+    change that file showed at export (torch is the reference)."""
     if engine.framework == "torch":
-        return {"mb": checkpoint.stat().st_size / 1e6, "accuracy_change_pp": None}
+        return {"file": str(checkpoint), "mb": checkpoint.stat().st_size / 1e6, "accuracy_change_pp": None}
     path = engine_model(model_path, engine)
     change = read_metadata(path)["parity"].get("accuracy_change")
-    return {"mb": path.stat().st_size / 1e6, "accuracy_change_pp": None if change is None else change * 100}
+    change_pp = None if change is None else change * 100
+    return {"file": path.name, "mb": path.stat().st_size / 1e6, "accuracy_change_pp": change_pp}
 
 
 def _write_reports(folder: Path, report: BenchReport) -> None:
