@@ -220,6 +220,22 @@ def test_a_stage_before_every_part_arrived_says_what_to_carry(packed, tmp_path):
     assert ".device/gpu/p2" in stage.stdout and not (tmp_path / "gpu-report.json").exists()
 
 
+def test_a_mistyped_stage_or_a_missing_out_is_refused_before_any_part_is_taken(tmp_path):
+    """A typo on the GPU host once installed every part (seconds of a 15-minute window) and then said only that OUT
+    was unset, never naming the stage."""
+    script = str(ROOT / "scripts" / "gpu" / "validate.sh")
+    env = {k: v for k, v in os.environ.items() if k != "OUT"} | {"VGGDEPLOY_GPU_STATE": str(tmp_path / "state")}
+    usage = f"usage: {script} receive|runtime|train|cpu|all [options] (or --rehearse STAGE OUTDIR)"
+    for args, words in (
+        (["runtme"], f"validate: unknown stage 'runtme'; {usage}"),
+        ([], f"validate: {usage}"),
+        (["runtime"], "validate: set OUT to the folder the report goes to"),
+    ):
+        result = subprocess.run([script, *args], capture_output=True, text=True, env=env, timeout=60)
+        assert (result.returncode, result.stderr, result.stdout) == (2, words + "\n", "")
+    assert not (tmp_path / "state").exists()
+
+
 def test_the_source_fingerprint_changes_with_any_source_file(tmp_path):
     for folder in validate.SOURCE_FOLDERS:
         (tmp_path / folder).mkdir()

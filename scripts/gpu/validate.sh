@@ -18,7 +18,13 @@ if [ "${1:-}" = --rehearse ]; then
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   exec "$python" scripts/gpu/validate.py "$2" --rehearse --out "$3" "${@:4}"
 fi
-stage=${1:?usage: $0 receive|runtime|train|cpu|all [options] (or --rehearse STAGE OUTDIR)}
+usage="usage: $0 receive|runtime|train|cpu|all [options] (or --rehearse STAGE OUTDIR)"
+stage=${1:-}
+case "$stage" in  # checked before the parts are taken: a typo on the GPU host must not cost an install first
+  receive) ;;
+  runtime|train|cpu|all) [ -n "${OUT:-}" ] || { echo "validate: set OUT to the folder the report goes to" >&2; exit 2; } ;;
+  *) echo "validate: ${stage:+unknown stage '$stage'; }$usage" >&2; exit 2 ;;
+esac
 shift
 state=${VGGDEPLOY_GPU_STATE:-/tmp/vggdeploy-gpu}
 status=0
@@ -32,5 +38,4 @@ if [ "$stage" = receive ]; then
 fi
 [ "$status" = 0 ] || { echo "validate: cannot run $stage before every part is installed" >&2; exit "$status"; }
 export PYTHONPATH=$state/gpu/site:$state/openvino/site:$PWD VGGDEPLOY_DATA_DIR=$state/gpu/data PYTHONUNBUFFERED=1
-exec python3 scripts/gpu/validate.py "$stage" --out "${OUT:?validate: set OUT to the folder the report goes to}" \
-  --work "$state/work" "$@"
+exec python3 scripts/gpu/validate.py "$stage" --out "$OUT" --work "$state/work" "$@"
