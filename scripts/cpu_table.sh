@@ -26,7 +26,11 @@ while [ $# -gt 0 ]; do
       model_args=(--width-ratio 16 --hidden 64 --dropout 0.5 --image-size 32)
       batch_sizes=1,2 seconds=0.05 profile_runs=2
       ;;
-    --seconds) seconds=${2:?--seconds needs a value} quick_seconds=${2} && shift ;;
+    --seconds)  # checked here: bench would refuse it only after the full-size model was built
+      [[ "${2:-}" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "cpu_table: --seconds needs a number of seconds, got '${2:-}'" >&2; exit 2; }
+      seconds=$2 quick_seconds=$2 && shift
+      ;;
+    -*) echo "cpu_table: unknown option $1; usage: $0 [--smoke] [--seconds S] [OUTDIR]" >&2; exit 2 ;;
     *) break ;;
   esac
   shift

@@ -236,6 +236,19 @@ def test_a_mistyped_stage_or_a_missing_out_is_refused_before_any_part_is_taken(t
     assert not (tmp_path / "state").exists()
 
 
+def test_cpu_table_refuses_a_bad_option_before_it_builds_the_model(tmp_path):
+    """`--seconds abc` was refused by bench only after the full-size VGG-11 was built, and `--bogus` became a folder."""
+    script = str(ROOT / "scripts" / "cpu_table.sh")
+    usage = f"usage: {script} [--smoke] [--seconds S] [OUTDIR]"
+    for args, words in (
+        (["--bogus"], f"cpu_table: unknown option --bogus; {usage}"),
+        (["--seconds", "abc"], "cpu_table: --seconds needs a number of seconds, got 'abc'"),
+    ):
+        result = subprocess.run([script, *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        assert (result.returncode, result.stderr, result.stdout) == (2, words + "\n", "")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_source_fingerprint_changes_with_any_source_file(tmp_path):
     for folder in validate.SOURCE_FOLDERS:
         (tmp_path / folder).mkdir()
