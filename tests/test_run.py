@@ -276,6 +276,12 @@ def test_model_problems_are_one_line_errors(golden, tmp_path):
         result = cli("run", str(folder), "--model", str(tmp_path / name))
         assert result.returncode == 3, name
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, (name, result.stderr)
+    from vggdeploy.errors import DataError
+    from vggdeploy.onnx_file import read_metadata
+
+    (tmp_path / "empty.onnx").write_bytes(b"")  # parsed as an empty model, it was "no vggdeploy metadata"
+    with pytest.raises(DataError, match=r"empty.onnx: empty file \(0 bytes\), not a model"):
+        read_metadata(tmp_path / "empty.onnx")
 
 
 def _with_metadata(source, target, **edits) -> None:

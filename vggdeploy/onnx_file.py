@@ -42,6 +42,8 @@ def require_model_file(path: str | Path) -> Path:
         raise DataError(f"{path}: no such model file")
     if not path.is_file():
         raise DataError(f"{path}: not a regular file, so not a model file")
+    if path.stat().st_size == 0:  # an empty protobuf parses as a model with nothing in it: "no vggdeploy metadata"
+        raise DataError(f"{path}: empty file (0 bytes), not a model (an interrupted copy or download?)")
     return path
 
 
