@@ -227,6 +227,15 @@ def test_a_loss_that_exploded_without_reaching_nan_is_divergence_too():
         train_module.check_loss(float("nan"), TINY, "in epoch 1 by step 20")
     for healthy in (2.31, 4.5, 20.0):  # chance, a rough start, a bad spike: not divergence
         train_module.check_loss(healthy, TINY, "in epoch 1 by step 20")
+    quick_at_batch_2 = replace(PRESETS["quick"], batch_size=2)  # --preset quick --batch-size 2: it diverged
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"lower --lr \(lr 0.2 is the quick preset's for batch 256; at batch 2 the same rate per image is --lr "
+        r"0.00156\)\. Nothing",
+    ):
+        train_module.check_loss(float("nan"), quick_at_batch_2, "in epoch 1 by step 20")
+    with pytest.raises(TrainingDiverged, match=r"lower --lr\. Nothing"):  # a rate of one's own: no preset to scale
+        train_module.check_loss(float("nan"), replace(quick_at_batch_2, lr=0.3), "in epoch 1 by step 20")
 
 
 @pytest.mark.parametrize(
