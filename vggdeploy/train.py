@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from vggdeploy.artifacts import RunFolder, model_file
 from vggdeploy.checkpoint import library_versions, load_checkpoint, save_checkpoint
-from vggdeploy.config import PRESETS, TrainConfig
+from vggdeploy.config import TrainConfig, rate_per_image_hint
 from vggdeploy.data import Augmentation, holdout_size, iterate_batches, stratified_holdout
 from vggdeploy.datasets import Dataset, fashion_mnist, image_folder, report_notes
 from vggdeploy.errors import DataError, Interrupted, ResourceExhausted, TrainingDiverged, UsageError
@@ -600,25 +600,14 @@ def check_loss(mean_loss: float, config: TrainConfig, where: str) -> None:
     chance = math.log(config.model.num_classes)
     if math.isfinite(mean_loss) and mean_loss <= EXPLODED_LOSS_FACTOR * max(chance, 1.0):
         return
-    advice = "lower --lr" + _rate_per_image_hint(config) + ("" if config.model.batch_norm else ", or add --batch-norm")
+    scaled = rate_per_image_hint(config)
+    advice = (
+        "lower --lr" + (f" ({scaled})" if scaled else "") + ("" if config.model.batch_norm else ", or add --batch-norm")
+    )
     raise TrainingDiverged(
         f"training diverged: the mean loss reached {mean_loss:.4g} {where} (chance is {chance:.3g}, lr "
         f"{config.lr:g}); {advice}. Nothing was saved from this epoch"
     )
-
-
-def _rate_per_image_hint(config: TrainConfig) -> str:
-    """Where --batch-size changed a preset's batch and its lr stayed: the rate that keeps the preset's rate per image
-    (the linear scaling rule). The quick preset's lr 0.2 at batch 2 diverged on 100 images and gave 13.0 % on 2,000 in
-    one epoch, where 0.0016 gave 60.8 % (BENCHMARKS.md, "A smaller batch with the preset's learning rate")."""
-    for name, chosen in PRESETS.items():
-        if chosen.lr == config.lr and chosen.batch_size != config.batch_size:
-            scaled = config.lr * config.batch_size / chosen.batch_size
-            return (
-                f" (lr {config.lr:g} is the {name} preset's for batch {chosen.batch_size}; at batch {config.batch_size} "
-                f"the same rate per image is --lr {scaled:.3g})"
-            )
-    return ""
 
 
 def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before: float) -> None:
