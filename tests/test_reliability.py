@@ -341,7 +341,8 @@ def test_a_training_refused_after_its_folder_was_made_leaves_no_folder(tmp_path,
     result = cli("train", *settings, "--train-limit", "64", "--out", str(out))  # 58 images after the holdout
     assert_clean_failure(
         result,
-        "batch size 256 is larger than the 58 training images per process: lower --batch-size (at most 58)",
+        "batch size 256 is larger than the 58 training images per process: lower --batch-size (at most 58); lr 0.2 is "
+        "the quick preset's for batch 256; at batch 58 the same rate per image is --lr 0.0453",
         code=2,
     )
     assert not (tmp_path / "new").exists()

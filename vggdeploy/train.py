@@ -450,9 +450,11 @@ def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, s
     runner = torch.compile(trained) if config.compile else trained
     steps_per_epoch = len(data.train_images) // distributed.world // config.batch_size
     if steps_per_epoch == 0:
+        largest = len(data.train_images) // distributed.world
+        scaled = rate_per_image_hint(replace(config, batch_size=largest))
         raise UsageError(
             f"batch size {config.batch_size} is larger than the {len(data.train_images)} training images per process: "
-            f"lower --batch-size (at most {len(data.train_images) // distributed.world})"
+            f"lower --batch-size (at most {largest})" + (f"; {scaled}" if scaled else "")
         )
     if distributed.is_main and not resume:  # every setting and the data are good: the run will start
         _say_what_a_new_run_replaces(RunFolder(out_dir))
