@@ -342,7 +342,7 @@ def train(
         raise UsageError("--data-dir: the Fashion-MNIST folder, which a run on your own images (--data) does not read")
     rank_0 = int(os.environ.get("RANK", "0")) == 0  # torchrun: only rank 0 speaks
     if overrides["batch_size"] is not None and overrides["lr"] is None and not resume and rank_0:
-        scaled = rate_per_image_hint(config)
+        scaled = rate_per_image_hint(config.lr, config.batch_size * int(os.environ.get("WORLD_SIZE", "1")))
         if scaled:  # a smaller batch at the preset's rate trained far worse (BENCHMARKS.md)
             click.echo(f"vggdeploy: warning: --batch-size without --lr: {scaled}", err=True)
     result = run_training(config, out_dir, data_dir=data_dir, resume=resume, progress=not quiet, time_limit=time_limit)

@@ -109,16 +109,15 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def rate_per_image_hint(config: TrainConfig) -> str:
-    """Where a preset's batch size was changed and its lr kept: the rate that keeps the preset's rate per image (the
-    linear scaling rule), or "". The quick preset's lr 0.2 at batch 2 diverged on 100 images and gave 13.0 % on 2,000
-    in one epoch, where 0.0016 gave 60.8 % (BENCHMARKS.md, "A smaller batch with the preset's learning rate")."""
+def rate_per_image_hint(lr: float, batch: int) -> str:
+    """Where a preset's lr is used at another (global) batch size: the rate that keeps the preset's rate per image
+    (the linear scaling rule), or "". The quick preset's lr 0.2 at batch 2 diverged on 100 images and gave 13.0 % on
+    2,000 in one epoch, where 0.0016 gave 60.8 % (BENCHMARKS.md, "A smaller batch with the preset's learning rate")."""
     for name, chosen in PRESETS.items():
-        if chosen.lr == config.lr and chosen.batch_size != config.batch_size:
-            scaled = config.lr * config.batch_size / chosen.batch_size
+        if chosen.lr == lr and chosen.batch_size != batch:
             return (
-                f"lr {config.lr:g} is the {name} preset's for batch {chosen.batch_size}; at batch {config.batch_size} "
-                f"the same rate per image is --lr {scaled:.3g}"
+                f"lr {lr:g} is the {name} preset's for batch {chosen.batch_size}; at batch {batch} the same rate per "
+                f"image is --lr {lr * batch / chosen.batch_size:.3g}"
             )
     return ""
 

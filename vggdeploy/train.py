@@ -451,7 +451,7 @@ def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, s
     steps_per_epoch = len(data.train_images) // distributed.world // config.batch_size
     if steps_per_epoch == 0:
         largest = len(data.train_images) // distributed.world
-        scaled = rate_per_image_hint(replace(config, batch_size=largest))
+        scaled = rate_per_image_hint(config.lr, largest * distributed.world)
         raise UsageError(
             f"batch size {config.batch_size} is larger than the {len(data.train_images)} training images per process: "
             f"lower --batch-size (at most {largest})" + (f"; {scaled}" if scaled else "")
@@ -586,7 +586,7 @@ def _train_epoch(run: _Run, epoch: int, resumed: dict | None) -> _EpochOutcome:
         run.optimizer.step()
         sums.add(loss, logits, target, batch_images)
         if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == run.steps_per_epoch:
-            check_loss(sums.mean_loss, config, f"in epoch {epoch + 1} by step {step + 1}")
+            check_loss(sums.mean_loss, config, f"in epoch {epoch + 1} by step {step + 1}", distributed.world)
             rate = (sums.images - resumed_images) * distributed.world / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{sums.mean_loss:.3f}", acc=f"{sums.accuracy:.3f}", img_s=f"{rate:,.0f}")
     if device.type == "cuda":
@@ -596,13 +596,14 @@ def _train_epoch(run: _Run, epoch: int, resumed: dict | None) -> _EpochOutcome:
     return _EpochOutcome(sums, time.perf_counter() - started, images, stopped_at)
 
 
-def check_loss(mean_loss: float, config: TrainConfig, where: str) -> None:
+def check_loss(mean_loss: float, config: TrainConfig, where: str, processes: int = 1) -> None:
     """Stop a run whose loss is NaN or infinite, or finite but far above chance: weights that blew up give logits of
-    1e20 and a loss in the thousands without ever reaching NaN, and would be saved as a "trained" model."""
+    1e20 and a loss in the thousands without ever reaching NaN, and would be saved as a "trained" model. ``processes``:
+    torchrun's world, which multiplies the batch a step learns from."""
     chance = math.log(config.model.num_classes)
     if math.isfinite(mean_loss) and mean_loss <= EXPLODED_LOSS_FACTOR * max(chance, 1.0):
         return
-    scaled = rate_per_image_hint(config)
+    scaled = rate_per_image_hint(config.lr, config.batch_size * processes)
     advice = (
         "lower --lr" + (f" ({scaled})" if scaled else "") + ("" if config.model.batch_norm else ", or add --batch-norm")
     )
