@@ -299,6 +299,10 @@ def test_truncated_checkpoint_is_refused(trained, tmp_path):
     with pytest.raises(DataError, match="truncated or not a checkpoint") as refused:
         load_checkpoint(tmp_path / "cut.pt")
     assert str(refused.value).endswith(")") and "there is a high" not in str(refused.value)  # whole sentences only
+    with pytest.raises(DataError, match=r"^/dev/null: not a regular file, so not a checkpoint$"):  # was "no such"
+        load_checkpoint("/dev/null")
+    with pytest.raises(DataError, match=r"absent\.pt: no such checkpoint$"):
+        load_checkpoint(tmp_path / "absent.pt")
 
 
 @pytest.mark.slow

@@ -34,7 +34,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such checkpoint")
+        raise DataError(
+            f"{path}: " + ("not a regular file, so not a checkpoint" if path.exists() else "no such checkpoint")
+        )
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: truncated or not a checkpoint (not a torch.save archive)")
     try:
