@@ -50,6 +50,16 @@ def test_node_service_short_load_test_has_no_failures(tiny_export, node_ready):
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)
     assert summary["requests"] == 400 and summary["non2xx"] == 0 and summary["errors"] == 0
+    for name, value in (("CONNECTIONS", "abc"), ("REQUESTS", "-5")):  # once: waited forever / autocannon's stack
+        bad = subprocess.run(
+            ["node", "loadtest.js"],
+            cwd=node_ready,
+            env={**env, name: value},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert bad.returncode == 2 and bad.stderr.startswith(f"error: {name} must be a whole number from 1 to ")
 
 
 def test_web_page_classifies_the_golden_images_and_every_image_kind_in_chromium(

@@ -1,4 +1,4 @@
-// What the example servers share (Node only): numbers from the environment, checked so that a typo is one line and
+// What the example servers and the load test share (Node only): numbers from the environment, checked so that a typo is one line and
 // exit code 2 rather than a stack trace or a silently different setting; the words for a model file not found; and a
 // request's URL.
 

@@ -4,13 +4,18 @@ import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { startServer } from './src/server.js';
 import { resolveGoldenDir, resolveModelPath } from '../js-common/model-paths.js';
+import { wholeFromEnv } from '../js-common/settings.js';
+
+// checked first: CONNECTIONS=abc once made autocannon wait forever, REQUESTS=-5 ended in its stack trace
+const connections = wholeFromEnv('CONNECTIONS', 8, 1, 1000);
+const amount = wholeFromEnv('REQUESTS', 3000, 1, 10_000_000);
 
 const golden = JSON.parse(readFileSync(join(resolveGoldenDir(), 'golden.json'), 'utf8'));
 const body = readFileSync(join(resolveGoldenDir(), golden.images[0].file));
 const service = await startServer({ modelPath: resolveModelPath() });
 const result = await autocannon({
   url: `${service.url}/predict`, method: 'POST', body, headers: { 'content-type': 'image/png' },
-  connections: Number(process.env.CONNECTIONS ?? 8), amount: Number(process.env.REQUESTS ?? 3000), timeout: 10,
+  connections, amount, timeout: 10,
 });
 await service.close();
 const summary = {
