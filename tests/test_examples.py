@@ -60,6 +60,16 @@ def test_node_service_short_load_test_has_no_failures(tiny_export, node_ready):
             timeout=60,
         )
         assert bad.returncode == 2 and bad.stderr.startswith(f"error: {name} must be a whole number from 1 to ")
+    missing = subprocess.run(  # once a stack trace from readFileSync
+        ["node", "loadtest.js"],
+        cwd=node_ready,
+        env={**env, "GOLDEN_DIR": "/nonexistent"},
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and missing.stderr == (
+        "error: /nonexistent/golden.json: no such file (GOLDEN_DIR, or golden/ beside the model)\n"
+    )
 
 
 def test_web_page_classifies_the_golden_images_and_every_image_kind_in_chromium(

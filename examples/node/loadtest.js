@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
-import { startServer } from './src/server.js';
+import { readModel, startServer } from './src/server.js';
 import { resolveGoldenDir, resolveModelPath } from '../js-common/model-paths.js';
 import { wholeFromEnv } from '../js-common/settings.js';
 
@@ -10,9 +10,19 @@ import { wholeFromEnv } from '../js-common/settings.js';
 const connections = wholeFromEnv('CONNECTIONS', 8, 1, 1000);
 const amount = wholeFromEnv('REQUESTS', 3000, 1, 10_000_000);
 
-const golden = JSON.parse(readFileSync(join(resolveGoldenDir(), 'golden.json'), 'utf8'));
-const body = readFileSync(join(resolveGoldenDir(), golden.images[0].file));
-const service = await startServer({ modelPath: resolveModelPath() });
+let body;
+let service;
+try {  // a missing model or golden folder is one line, not a stack trace
+  const modelPath = resolveModelPath();
+  readModel(modelPath); // the model first: a wrong MODEL_PATH also leaves its golden/ folder unfound
+  const golden = JSON.parse(readFileSync(join(resolveGoldenDir(), 'golden.json'), 'utf8'));
+  body = readFileSync(join(resolveGoldenDir(), golden.images[0].file));
+  service = await startServer({ modelPath });
+} catch (error) {
+  const missing = error.code === 'ENOENT' ? `${error.path}: no such file (GOLDEN_DIR, or golden/ beside the model)` : null;
+  console.error(`error: ${missing ?? error.message}`);
+  process.exit(1);
+}
 const result = await autocannon({
   url: `${service.url}/predict`, method: 'POST', body, headers: { 'content-type': 'image/png' },
   connections, amount, timeout: 10,
