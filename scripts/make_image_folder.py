@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from vggdeploy.data import CLASS_NAMES, load_split
-from vggdeploy.errors import run_script
+from vggdeploy.errors import DataError, UsageError, run_script
 
 
 def folder_name(label: str) -> str:
@@ -57,11 +57,25 @@ def make_image_folder(
     sizes: tuple[int, int] = (28, 56),
     data_dir=None,
 ) -> int:
-    """Write the folder; returns the number of image files."""
+    """Write the folder; returns the number of image files. Refuses, before writing anything, a folder that already
+    holds files (a second run with fewer images per class once left the first run's images in it) and counts the
+    data cannot give (a negative count once took all but the last images; a count past a class's images was cut
+    silently)."""
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: already holds files, which would mix with this set: choose a new or empty folder")
     rng = np.random.default_rng(seed)
     train_images, train_labels = (t.numpy() for t in load_split("train", data_dir))
     test_images, test_labels = (t.numpy() for t in load_split("test", data_dir))
-    if layout == "single":
+    single = layout == "single"
+    each_train, each_test = int(np.bincount(train_labels).min()), int(np.bincount(test_labels).min())
+    least_test, most_test = (0, each_train - 1) if single else (1, each_test)
+    if not least_test <= test_per_class <= most_test:
+        raise UsageError(f"--test-per-class must be from {least_test} to {most_test:,}, got {test_per_class}")
+    most_train = each_train - test_per_class if single else each_train
+    if not 1 <= train_per_class <= most_train:
+        why = "Fashion-MNIST's training images of each class" + (", less --test-per-class" if single else "")
+        raise UsageError(f"--train-per-class must be from 1 to {most_train:,} ({why}), got {train_per_class}")
+    if single:
         return write_split(out, train_images, train_labels, train_per_class + test_per_class, rng, sizes)
     written = write_split(out / "train", train_images, train_labels, train_per_class, rng, sizes)
     return written + write_split(out / "test", test_images, test_labels, test_per_class, rng, sizes)

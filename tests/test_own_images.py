@@ -55,6 +55,23 @@ def _copy(source: Path, target: Path) -> Path:
     return target
 
 
+def test_the_example_set_maker_refuses_counts_it_cannot_give_and_a_folder_with_files(rgb_set, tmp_path, data_dir):
+    """A negative count took all but the last images (60,010 files for -1), a count past a class's 6,000 was cut
+    without a word, and a second run into the same folder mixed its images with the first run's."""
+    make = make_image_folder.make_image_folder
+    for train, test, layout, words in (
+        (-1, 2, "split", "--train-per-class must be from 1 to 6,000 (Fashion-MNIST's training images of each class)"),
+        (100_000, 2, "split", "--train-per-class must be from 1 to 6,000"),
+        (5, 0, "split", "--test-per-class must be from 1 to 1,000, got 0"),
+        (5_995, 10, "single", "--train-per-class must be from 1 to 5,990 (Fashion-MNIST's training images of each "),
+    ):
+        with pytest.raises(UsageError, match=re.escape(words)):
+            make(tmp_path / "new", train, test, layout, data_dir=data_dir)
+        assert not (tmp_path / "new").exists()
+    with pytest.raises(DataError, match="already holds files, which would mix with this set"):
+        make(rgb_set, 1, 1, data_dir=data_dir)
+
+
 def test_split_layout_colour_inference_and_statistics(rgb_set):
     dataset = image_folder(rgb_set, 32, progress=False)
     assert dataset.color == "rgb" and dataset.channels == 3 and len(dataset.class_names) == 10
