@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vggdeploy.artifacts import sibling
 from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.contract import INPUT_NAME
-from vggdeploy.errors import run_script
+from vggdeploy.errors import UsageError, run_script
 from vggdeploy.hardware import best_seconds, cpu_fp32_gflops, cpu_int8_gops
 from vggdeploy.runtime import captured_native_stderr, create_session
 
@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("checkpoint", help="the checkpoint it came from")
     parser.add_argument("--runs", type=int, default=10)
     options = parser.parse_args()
+    if options.runs < 1:  # zero runs once ended in a ZeroDivisionError traceback
+        raise UsageError(f"--runs must be at least 1, got {options.runs}")
 
     model, state = rebuild_model(options.checkpoint)
     args = state["model_args"]

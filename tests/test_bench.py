@@ -227,6 +227,12 @@ def test_cpu_layer_times_script_prints_the_breakdown_and_the_floor(tiny_export, 
         [sys.executable, str(script), str(tiny_export[0].model_path), str(missing)], capture_output=True, text=True
     )
     assert result.returncode == 3 and result.stderr == f"error: {missing}: no such checkpoint\n"
+    result = subprocess.run(  # once a ZeroDivisionError traceback
+        [sys.executable, str(script), str(tiny_export[0].model_path), str(tiny_checkpoint), "--runs", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr == "error: --runs must be at least 1, got 0\n"
 
 
 def _test_inputs(count: int) -> np.ndarray:
