@@ -16,10 +16,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-import openvino as ov
+
+try:
+    import openvino as ov
+except ImportError:  # not a vggdeploy dependency: one line, as the CLI says a missing extra (exit 2)
+    print("error: this probe needs OpenVINO's own runtime: pip install openvino", file=sys.stderr)
+    sys.exit(2)
 
 
 def p50_ms(call, runs: int) -> float:
@@ -53,6 +60,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     options = parser.parse_args()
+    if not Path(options.model).is_file():
+        parser.exit(3, f"error: {options.model}: no such model file\n")
+    if options.runs < 1 or options.threads < 1:
+        parser.exit(2, "error: --runs and --threads must be at least 1\n")
 
     core = ov.Core()
     print(f"OpenVINO {ov.__version__} on {core.get_property('CPU', 'FULL_DEVICE_NAME')}, {options.threads} threads")

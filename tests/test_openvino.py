@@ -1,6 +1,7 @@
 """--provider openvino: the OpenVINO plugin for ONNX Runtime, registered by the session factory, strict like CUDA."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -216,3 +217,23 @@ def test_the_openvino_session_is_built_strict_with_its_options(tiny_export, monk
     assert json.loads(recorded["options"]["load_config"]) == {
         "CPU": {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "2"}
     }
+
+
+def test_the_hint_probe_answers_bad_input_in_one_line(tmp_path):
+    """scripts/openvino_hint_probe.py needs OpenVINO's own runtime, which vggdeploy does not install: without it, or
+    with a model that is not there, it ended in a traceback."""
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "scripts" / "openvino_hint_probe.py"
+    for name, body in (("absent", "raise ImportError('not installed')"), ("present", "")):
+        (tmp_path / name / "openvino").mkdir(parents=True)
+        (tmp_path / name / "openvino" / "__init__.py").write_text(body)
+    for site, code, words in (
+        ("absent", 2, "error: this probe needs OpenVINO's own runtime: pip install openvino\n"),
+        ("present", 3, f"error: {tmp_path / 'nothing.onnx'}: no such model file\n"),
+    ):
+        env = {**os.environ, "PYTHONPATH": str(tmp_path / site)}
+        result = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "nothing.onnx")], capture_output=True, text=True, env=env
+        )
+        assert (result.returncode, result.stderr) == (code, words)
