@@ -250,6 +250,9 @@ def test_symlink_loops_end_and_train_test_duplicates_are_reported(rgb_set, tmp_p
     shutil.copy(looped / "train" / "Coat" / sorted(os.listdir(looped / "train" / "Coat"))[0], looped / "test" / "Coat")
     dataset = image_folder(looped, 32, progress=False)
     assert len(dataset.train_images) == 240  # every file once, however many ways the loop reaches it
+    assert not [
+        note for note in dataset.notes if "cannot read the folder" in note
+    ]  # a loop's end is no unreadable folder
     assert any("1 test images are byte-identical to training images" in note for note in dataset.notes)
 
 

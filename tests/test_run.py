@@ -381,7 +381,8 @@ def test_a_folder_or_file_it_may_not_read_is_named_not_skipped_or_called_corrupt
     shutil.copy(first, tmp_path / "a.png")
     shutil.copy(second, tmp_path / "locked" / "b.png")
     shutil.copy(third, tmp_path / "secret.png")
-    for path in (tmp_path / "locked", tmp_path / "secret.png"):
+    (tmp_path / ".git").mkdir()  # hidden: never walked for images, so not reported when unreadable
+    for path in (tmp_path / "locked", tmp_path / "secret.png", tmp_path / ".git"):
         path.chmod(0)
     run = [*obey_permissions, sys.executable, "-m", "vggdeploy", "run", str(tmp_path), "--model", str(model), "--json"]
     result = subprocess.run(run, capture_output=True, text=True, timeout=300)
@@ -392,6 +393,7 @@ def test_a_folder_or_file_it_may_not_read_is_named_not_skipped_or_called_corrupt
         f"error: {tmp_path / 'locked'}: cannot read the folder (Permission denied); its images were left out",
         f"error: {tmp_path / 'secret.png'}: cannot read the file (Permission denied)",
     ]
+    assert ".git" not in result.stderr
 
 
 def test_the_implicit_model_is_named_and_table_columns_line_up(golden, tmp_path):

@@ -40,11 +40,12 @@ def walk_folder(root: str | Path, follow_links: bool = False) -> tuple[list[tupl
     """``os.walk`` through the user's image folder ``root``: (each folder with its file names, one line per folder
     the walk could not list). os.walk, and so torchvision's scan, skips a folder it cannot list (no read permission,
     an I/O error) without a word, and its images went missing from ``run``'s answers and from training. Hidden
-    folders and the end of a symbolic-link loop are not problems: the walks leave them out anyway."""
+    folders are not problems: the walks leave them out anyway. (A symbolic-link loop ends without an error: at its
+    depth limit os.walk reads the link as a file.)"""
     problems: list[str] = []
 
     def note(error: OSError) -> None:
-        if error.errno != errno.ELOOP and not is_hidden(Path(error.filename).relative_to(root)):
+        if not is_hidden(Path(error.filename).relative_to(root)):
             problems.append(f"{error.filename}: cannot read the folder ({error.strerror}); its images were left out")
 
     entries = [(folder, files) for folder, _, files in os.walk(root, onerror=note, followlinks=follow_links)]
