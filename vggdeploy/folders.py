@@ -190,15 +190,10 @@ def check_memory(images: int, size: int, budget: int | None = None) -> None:
 def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, bool, str | None, str]:
     """(uint8 3xSxS image or None, has colour, problem or None, SHA-1 of the file)."""
     try:
+        rgb = decode_image(path, "rgb")  # its errors name the file and say why (an unreadable one included)
         digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
-        rgb = decode_image(path, "rgb")
-    except (DataError, OSError) as error:
-        return (
-            None,
-            False,
-            str(error) if isinstance(error, DataError) else f"{path}: cannot read the file ({error.strerror})",
-            "",
-        )
+    except (DataError, OSError) as error:  # OSError: the file changed between the two reads
+        return None, False, str(error), ""
     resized = resize_bilinear(rgb, size, size)
     return np.clip(np.rint(resized * 255), 0, 255).astype(np.uint8), has_color(rgb), None, digest
 
