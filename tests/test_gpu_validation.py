@@ -4,6 +4,7 @@ of every stage through the same driver (tiny models, the CPU provider)."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -239,14 +240,67 @@ def test_a_mistyped_stage_or_a_missing_out_is_refused_before_any_part_is_taken(t
 def test_cpu_table_refuses_a_bad_option_before_it_builds_the_model(tmp_path):
     """`--seconds abc` was refused by bench only after the full-size VGG-11 was built, and `--bogus` became a folder."""
     script = str(ROOT / "scripts" / "cpu_table.sh")
-    usage = f"usage: {script} [--smoke] [--seconds S] [OUTDIR]"
+    usage = f"usage: {script} [--smoke] [--seconds S] [--only vgg11|quick] [OUTDIR]"
+    missing = tmp_path / "no-quick.onnx"
     for args, words in (
         (["--bogus"], f"cpu_table: unknown option --bogus; {usage}"),
         (["--seconds", "abc"], "cpu_table: --seconds needs a number of seconds, got 'abc'"),
+        (["--only", "resnet"], "cpu_table: --only takes vgg11 or quick, got 'resnet'"),
+        (["--only"], "cpu_table: --only takes vgg11 or quick, got ''"),
+        # the quick model is looked for before the full-size table's ten minutes, not after them
+        ([str(tmp_path / "out")], f"cpu_table: {missing} not found: run ./scripts/demo.sh first"),
+        (
+            ["--smoke", "--only", "quick", str(tmp_path / "out")],
+            f"cpu_table: {missing} not found: run ./scripts/demo.sh first",
+        ),
     ):
-        result = subprocess.run([script, *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        result = subprocess.run(
+            [script, *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+            env={**os.environ, "QUICK_MODEL": str(missing)},
+        )
         assert (result.returncode, result.stderr, result.stdout) == (2, words + "\n", "")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cpu_stage_can_run_the_quick_models_table_alone(tmp_path, tiny_export, tiny_checkpoint):
+    """What a short GPU window leaves for the cpu stage: the OpenVINO tests and the quick model's table, without the
+    full-size VGG-11's (264 s on the H200 host's Xeon)."""
+    exported = tmp_path / "quick"  # a run folder as train and export leave it: bench's torch engines read best.pt
+    shutil.copytree(tiny_export[1] / "onnx", exported / "onnx")
+    (exported / "checkpoints").mkdir()
+    shutil.copy(tiny_checkpoint, exported / "checkpoints" / "best.pt")
+    result = subprocess.run(
+        [
+            str(ROOT / "scripts" / "gpu" / "validate.sh"),
+            "--rehearse",
+            "cpu",
+            str(tmp_path / "out"),
+            "--cpu-table-only",
+            "quick",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable, "QUICK_MODEL": str(exported / "onnx" / "model.onnx")},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "gpu-report.json").read_text())
+    assert [step["name"] for step in report["steps"]] == ["pytest-openvino", "cpu-table"]
+    assert report["steps"][1]["command"].startswith("bash scripts/cpu_table.sh --smoke --only quick ")
+    assert (
+        "cpu_bench_vgg11" not in report["figures"] and not (tmp_path / "out" / "work" / "cpu-table" / "vgg11").exists()
+    )
+    quick = report["figures"]["cpu_bench_quick"]
+    measured = {(m["engine"], m["batch"]) for m in quick["measurements"]}
+    assert measured >= {(engine, batch) for engine in CPU_ENGINES for batch in (1, 2)}
+    assert quick["model"] == str(exported / "onnx" / "model.onnx")
+    goals = {goal["goal"]: goal["met"] for goal in report["goals"]}
+    assert goals["VGG-11 224 px, batch 1: best deployable CPU engine >= 5x torch eager fp32"] is None  # not run
+    assert "## CPU engines: quick" in (tmp_path / "out" / "gpu-report.md").read_text()
 
 
 def test_the_source_fingerprint_changes_with_any_source_file(tmp_path):

@@ -416,10 +416,11 @@ def train_stage(validation: Validation, time_limit: float) -> None:
     )
 
 
-def cpu_stage(validation: Validation) -> None:
+def cpu_stage(validation: Validation, only_table: str | None = None) -> None:
     """The OpenVINO tests (short, and the parity through OpenVINO that issue #14 asks for), then BENCHMARKS.md's CPU
-    engine table, measured on this host's CPU by the script that makes it here. OpenVINO runs only on an Intel CPU
-    with the openvino bundle carried; elsewhere the tests skip and bench skips it, each with the reason."""
+    engine tables (``only_table``: vgg11 or quick alone), measured on this host's CPU by the script that makes them
+    here. OpenVINO runs only on an Intel CPU with the openvino bundle carried; elsewhere the tests skip and bench
+    skips it, each with the reason."""
     tests = validation.run(
         "pytest-openvino",
         [
@@ -433,7 +434,8 @@ def cpu_stage(validation: Validation) -> None:
     )
     add_openvino_tests_goal(validation, tests)
     table = validation.work / "cpu-table"
-    validation.run("cpu-table", [*validation.profile.cpu_table, str(table)], script="scripts/cpu_table.sh")
+    only = ("--only", only_table) if only_table else ()
+    validation.run("cpu-table", [*validation.profile.cpu_table, *only, str(table)], script="scripts/cpu_table.sh")
     for model in ("vgg11", "quick"):  # the tables go into gpu-report.md (a device call brings back 8 files at most)
         saved = read_json(table / f"bench-{model}" / "bench.json")
         if saved:
@@ -706,6 +708,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="train stage: the --time-limit of the full run [default: the budget less 100 s, for its export]",
     )
+    parser.add_argument(
+        "--cpu-table-only",
+        choices=("vgg11", "quick"),
+        default=None,
+        help="cpu stage: one of its two tables, the full-size VGG-11's or the quick model's [default: both]",
+    )
     args = parser.parse_args(argv)
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     validation = Validation(
@@ -717,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         if stage == "runtime":
             runtime_stage(validation)
         elif stage == "cpu":
-            cpu_stage(validation)
+            cpu_stage(validation, args.cpu_table_only)
         else:
             # what the budget leaves after the full run: its evaluation and the export that fits the temperature
             time_limit = args.train_minutes * 60 if args.train_minutes else max(30.0, validation.budget_seconds - 100)
