@@ -266,6 +266,26 @@ def test_cpu_table_refuses_a_bad_option_before_it_builds_the_model(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_train_stage_can_fit_its_epochs_to_the_time_limit(tmp_path):
+    """--full-fit-epochs N: the full run plans as many of N epochs as fit its time limit (train --fit-to-time)."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "gpu" / "validate.sh"), "--rehearse", "train", str(tmp_path), "--full-fit-epochs", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-report.json").read_text())
+    train = report["steps"][0]
+    assert train["name"] == "full-train" and train["command"].endswith(
+        " --epochs 3 --fit-to-time --time-limit 440 --out " + str(tmp_path / "work" / "full") + " --quiet"
+    )
+    assert [row["epoch"] for row in report["figures"]["full_train"]["accuracy_against_time"]] == [1, 2, 3]
+    limit = float(train["command"].split("--time-limit ")[1].split()[0])
+    assert report["figures"]["full_train"]["summary"]["epochs_fitted_to_time_limit"] == limit
+
+
 def test_the_cpu_stage_can_run_the_quick_models_table_alone(tmp_path, tiny_export, tiny_checkpoint):
     """What a short GPU window leaves for the cpu stage: the OpenVINO tests and the quick model's table, without the
     full-size VGG-11's (264 s on the H200 host's Xeon)."""

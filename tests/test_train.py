@@ -159,6 +159,53 @@ def test_time_limit_before_the_first_epoch_ends_says_how_to_continue(tmp_path):
     assert run_cli("train", "--time-limit", "0").returncode == 2
 
 
+def test_fit_to_time_plans_the_epochs_so_the_schedule_ends_within_the_limit(tmp_path, data_dir, monkeypatch):
+    """A clock that takes 100 s to load and 10 s per step (420 s per epoch) and a limit of 1,990 s: 4 epochs fit,
+    so of the 10 allowed the run trains 4, with the one-cycle schedule planned for 4 (its last rate near zero, where
+    a cut-off schedule would still be high); last.pt says 4, so --resume has nothing left to do."""
+    steps = {"taken": 0}
+    schedule = train_module.learning_rate
+
+    def counting_schedule(config, step, total):
+        steps["taken"] = max(steps["taken"], step + 1)
+        return schedule(config, step, total)
+
+    monkeypatch.setattr(train_module, "learning_rate", counting_schedule)
+    monkeypatch.setattr(train_module._StopRequests, "elapsed", lambda self: 100.0 + 10.0 * steps["taken"])
+    config = TINY.with_overrides(epochs=10)
+    result = train_module.train(config, tmp_path, data_dir=data_dir, progress=False, time_limit=1990, fit_to_time=True)
+    assert result.stopped_early is None and result.epochs_run == 4 and len(result.history) == 4
+    assert [row["elapsed_seconds"] for row in result.history] == [100.0 + 420 * k for k in (1, 2, 3, 4)]
+    assert result.history[-1]["lr_end"] < 1e-3 * config.lr  # annealed: planned for 4 epochs, not 10
+    assert result.format().startswith(f"best test accuracy {result.best_accuracy:.2%}, final ")
+    assert "after 4 epochs (as many as fit the 1990 s time limit) in 1780 s" in result.format()
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["train_config"]["epochs"] == 4
+    summary = json.loads((tmp_path / "train" / "summary.json").read_text())
+    assert summary["epochs_fitted_to_time_limit"] == 1990 and summary["config"]["epochs"] == 4
+    monkeypatch.undo()
+    finished = run_cli("train", "--out", str(tmp_path), "--resume", "--quiet")
+    assert finished.returncode == 2 and "has finished 4 epochs; pass --epochs N with N > 4" in finished.stderr
+
+
+def test_epochs_that_fit_time_the_epochs_after_this_calls_first():
+    rows = [{"elapsed_seconds": t} for t in (50.0, 62.0, 74.0, 200.0, 212.0, 226.0)]  # a resume at row 3 (compile)
+    fit = train_module.epochs_that_fit
+    assert fit(rows[:1], 0, 1000, 60) is None  # only the first epoch, which paid for loading and compiling
+    assert fit(rows[:3], 0, 100, 60) == 3 + 7  # 12 s per epoch, half of one kept: floor(94 / 12)
+    assert fit(rows[:3], 0, 100, 5) == 5  # at most --epochs
+    assert fit(rows[:3], 0, 5, 60) == 3  # nothing more fits: never fewer than the epochs done
+    assert fit(rows[:4], 3, 100, 60) is None  # resumed at row 3: its first epoch is not a measure
+    assert fit(rows, 3, 100, 60) == 6 + 6  # the longer of the last two: 14 s, floor(93 / 14)
+    assert fit(rows[:3], 0, 100, 60) == fit(rows[:3], 0, 100.0, 60)
+
+
+def test_fit_to_time_needs_a_time_limit(tmp_path):
+    result = run_cli("train", *TINY_CLI, "--fit-to-time", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr == "error: --fit-to-time plans the epochs for --time-limit SECONDS: give both\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_gpu_recipe_path_bf16_channels_last_compiled_runs_on_cpu(trained, tmp_path, data_dir, test_split):
     """The code path `full` takes on a GPU (bf16 autocast, channels_last, torch.compile), exercised on the CPU."""
     fp32, _ = trained
@@ -307,6 +354,7 @@ def test_truncated_checkpoint_is_refused(trained, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_gloo_run_under_torchrun(tmp_path, data_dir):
+    """DDP on the CPU, with --fit-to-time: the ranks agree on the epochs that fit (their clocks differ)."""
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -325,7 +373,10 @@ def test_two_process_gloo_run_under_torchrun(tmp_path, data_dir):
             "--hidden",
             "64",
             "--epochs",
-            "1",
+            "3",
+            "--time-limit",
+            "600",
+            "--fit-to-time",
             "--train-limit",
             "2000",
             "--test-limit",
@@ -345,7 +396,11 @@ def test_two_process_gloo_run_under_torchrun(tmp_path, data_dir):
     assert result.stdout.count("best test accuracy") == 1  # only rank 0 reports
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert state["epoch"] == 1 and not any(k.startswith("module.") for k in state["model_state"])
+    assert (
+        state["epoch"] == 3
+        and state["train_config"]["epochs"] == 3
+        and not any(k.startswith("module.") for k in state["model_state"])
+    )
 
 
 def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_dir):

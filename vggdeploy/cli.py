@@ -287,6 +287,12 @@ OWN_IMAGE_OPTIONS = ("test_fraction", "color", "strict")  # train options that m
     metavar="SECONDS",
     help="Stop cleanly after this much wall time; keeps best.pt, and --resume continues.",
 )
+@click.option(
+    "--fit-to-time",
+    is_flag=True,
+    help="With --time-limit: as many epochs as fit it (at most --epochs), re-planned after each epoch from the "
+    "measured epoch times, so the learning-rate schedule ends with the time instead of being cut off.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON (paths, accuracy, timing) instead of a line."
@@ -304,6 +310,7 @@ def train(
     out,
     resume,
     time_limit,
+    fit_to_time,
     quiet,
     as_json,
     **overrides,
@@ -345,7 +352,15 @@ def train(
         scaled = rate_per_image_hint(config.lr, config.batch_size * int(os.environ.get("WORLD_SIZE", "1")))
         if scaled:  # a smaller batch at the preset's rate trained far worse (BENCHMARKS.md)
             click.echo(f"vggdeploy: warning: --batch-size without --lr: {scaled}", err=True)
-    result = run_training(config, out_dir, data_dir=data_dir, resume=resume, progress=not quiet, time_limit=time_limit)
+    result = run_training(
+        config,
+        out_dir,
+        data_dir=data_dir,
+        resume=resume,
+        progress=not quiet,
+        time_limit=time_limit,
+        fit_to_time=fit_to_time,
+    )
     if rank_0:
         _print_result(to_json(result.to_dict(), indent=2) if as_json else result.format())
 

@@ -98,6 +98,7 @@ class TrainResult:
     history: list[dict]
     stopped_early: str | None = None  # why the run ended before its last epoch (the time limit), else None
     held_out: int = 0  # training images kept out of the gradient steps, for export's temperature fit
+    fitted_to: float | None = None  # --fit-to-time: the time limit the number of epochs was planned for
 
     def to_dict(self) -> dict:
         """What ``train --json`` prints: the run folder's paths and the figures (scripts read these, not the text)."""
@@ -116,6 +117,8 @@ class TrainResult:
         peak = f", {self.peak_fraction:.1%} of bf16 peak" if self.peak_fraction is not None else ""
         stopped = f"; {self.stopped_early}, continue with --resume" if self.stopped_early else ""
         epochs = f"{self.epochs_run} epoch{'s' if self.epochs_run != 1 else ''}"
+        if self.fitted_to is not None:
+            epochs += f" (as many as fit the {self.fitted_to:g} s time limit)"
         held_out = f"{self.held_out:,} training image{'s' if self.held_out != 1 else ''}"
         return (
             f"best test accuracy {self.best_accuracy:.2%}, final {self.final_accuracy:.2%} after {epochs} "
@@ -312,22 +315,27 @@ def train(
     resume: bool = False,
     progress: bool = True,
     time_limit: float | None = None,
+    fit_to_time: bool = False,
 ) -> TrainResult:
     """Train ``config`` into ``out_dir`` (checkpoints/, train/); resumable from ``checkpoints/last.pt``.
 
     ``time_limit`` (seconds of wall time from this call) ends the run cleanly at the first step boundary past it:
     ``last.pt`` is saved at that step, so ``--resume`` continues exactly there, and ``best.pt`` keeps the best
-    finished epoch.
+    finished epoch. ``fit_to_time`` plans the run to end within the limit instead: ``config.epochs`` becomes the
+    most epochs, and after each epoch the number that fits (see ``epochs_that_fit``) sets the learning-rate
+    schedule's length, so the schedule anneals in the time given rather than being cut off at a high rate.
     """
     if time_limit is not None and not time_limit > 0:
         raise UsageError(f"the time limit must be positive, got {time_limit:g} s")
+    if fit_to_time and time_limit is None:
+        raise UsageError("--fit-to-time plans the epochs for --time-limit SECONDS: give both")
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     distributed = _start_distributed(device)
     lock = folder_lock(out_dir, "vggdeploy train") if distributed.is_main else contextlib.nullcontext()
     try:
         with lock, _StopRequests(enabled=distributed.world == 1, time_limit=time_limit) as stop:
-            return _train(config, out_dir, data_dir, resume, progress, device, distributed, stop)
+            return _train(config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time)
     finally:
         if distributed.world > 1:
             dist.destroy_process_group()
@@ -385,6 +393,7 @@ class _Run:
     bf16: bool
     steps_per_epoch: int
     history: list[dict]
+    fit_to_time: bool = False  # config.epochs is then the plan, lowered after each epoch to what fits the time
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -425,7 +434,9 @@ def _say_what_a_new_run_replaces(folder: RunFolder) -> None:
     )
 
 
-def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, stop) -> tuple[_Run, dict | None]:
+def _prepare(
+    config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time
+) -> tuple[_Run, dict | None]:
     """Data on the device, the model and optimizer (restored on --resume), the compiled/DDP runner."""
     if distributed.is_main:
         ensure_writable(RunFolder(out_dir).checkpoints)
@@ -476,16 +487,20 @@ def _prepare(config, out_dir, data_dir, resume, progress, device, distributed, s
         bf16,
         steps_per_epoch,
         history,
+        fit_to_time,
     )
     return run, (state or {}).get("in_progress")
 
 
-def _train(config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests) -> TrainResult:
-    run, in_progress = _prepare(config, out_dir, data_dir, resume, progress, device, distributed, stop)
+def _train(
+    config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests, fit_to_time: bool
+) -> TrainResult:
+    run, in_progress = _prepare(config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time)
     start_epoch = len(run.history)
     elapsed_before = run.history[-1].get("elapsed_seconds", 0.0) if run.history else 0.0  # the runs resumed from
     trained_images, train_seconds, stopped = 0, 0.0, None
-    for epoch in range(start_epoch, config.epochs):
+    epoch = start_epoch
+    while epoch < run.config.epochs:  # --fit-to-time lowers run.config.epochs as the run goes
         resumed = in_progress if epoch == start_epoch else None
         outcome = _train_epoch(run, epoch, resumed)
         train_seconds += outcome.seconds
@@ -501,12 +516,13 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
                     "continue with --resume and the same settings"
                 )
             break
-        _finish_epoch(run, epoch, outcome, elapsed_before)
-        if stop.received and epoch + 1 < config.epochs:
+        _finish_epoch(run, epoch, outcome, elapsed_before, start_epoch)
+        if stop.received and epoch + 1 < run.config.epochs:
             raise Interrupted(
                 f"interrupted ({stop.received}) after epoch {epoch + 1}; saved {RunFolder(out_dir).last_checkpoint}; "
                 "continue with --resume and the same settings"
             )
+        epoch += 1
 
     rate = trained_images / train_seconds if train_seconds else 0.0
     result = TrainResult(
@@ -520,6 +536,7 @@ def _train(config, out_dir, data_dir, resume, progress, device, distributed, sto
         run.history,
         stopped,
         len(run.data.provenance["calibration_split"]["indices"]),
+        stop.time_limit if fit_to_time else None,
     )
     if distributed.is_main:
         with keeping_what_was_saved(out_dir):
@@ -596,6 +613,34 @@ def _train_epoch(run: _Run, epoch: int, resumed: dict | None) -> _EpochOutcome:
     return _EpochOutcome(sums, time.perf_counter() - started, images, stopped_at)
 
 
+def epochs_that_fit(history: list[dict], first_epoch: int, seconds_left: float, most: int) -> int | None:
+    """The number of epochs in all whose last one ends within ``seconds_left`` from now, at most ``most``; None
+    until this call has timed an epoch after its first (which pays for loading the data and torch.compile).
+
+    An epoch's time is the gap between two rows' ``elapsed_seconds`` (training, evaluation and saving), the longer of
+    the last two, and half an epoch is kept for the final reports."""
+    elapsed = [row["elapsed_seconds"] for row in history[first_epoch:]]
+    epoch_seconds = [later - earlier for earlier, later in itertools.pairwise(elapsed)]
+    if not epoch_seconds:
+        return None
+    per_epoch = max(epoch_seconds[-2:])
+    more = math.floor((seconds_left - per_epoch / 2) / per_epoch) if per_epoch > 0 else most
+    return max(len(history), min(most, len(history) + more))
+
+
+def _fit_epochs_to_time(run: _Run, first_epoch: int) -> None:
+    """--fit-to-time: lower config.epochs (the learning-rate schedule's length) to what fits the time left. It never
+    rises again: a longer schedule would lift the learning rate back up late in the run."""
+    fitting = epochs_that_fit(run.history, first_epoch, run.stop.time_limit - run.stop.elapsed(), run.config.epochs)
+    if fitting is None:
+        return
+    if run.distributed.world > 1:  # every rank must train the same epochs
+        agreed = torch.tensor(float(fitting), device=run.device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        fitting = int(agreed.item())
+    run.config = replace(run.config, epochs=fitting)
+
+
 def check_loss(mean_loss: float, config: TrainConfig, where: str, processes: int = 1) -> None:
     """Stop a run whose loss is NaN or infinite, or finite but far above chance: weights that blew up give logits of
     1e20 and a loss in the thousands without ever reaching NaN, and would be saved as a "trained" model. ``processes``:
@@ -613,8 +658,9 @@ def check_loss(mean_loss: float, config: TrainConfig, where: str, processes: int
     )
 
 
-def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before: float) -> None:
-    """Evaluate, append the epoch's metrics, save last.pt (and best.pt when it is the best so far)."""
+def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before: float, first_epoch: int) -> None:
+    """Evaluate, append the epoch's metrics, re-plan the epochs under --fit-to-time, save last.pt (and best.pt when
+    it is the best so far). ``first_epoch``: the index of this call's first epoch."""
     evaluation_started = time.perf_counter()
     if run.distributed.world > 1:
         dist.all_reduce(outcome.sums.values)
@@ -641,6 +687,8 @@ def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before:
             + run.stop.elapsed(),  # wall time since the run began, evaluation included
         }
     )
+    if run.fit_to_time:
+        _fit_epochs_to_time(run, first_epoch)
     if run.distributed.is_main:
         with keeping_what_was_saved(run.out_dir):
             _save_epoch(run.out_dir, run.model, run.optimizer, run.config, run.history, run.data.provenance)
@@ -705,6 +753,7 @@ def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, devi
             "final_test_accuracy": result.final_accuracy,
             "epochs_this_run": result.epochs_run,
             "stopped_early": result.stopped_early,
+            "epochs_fitted_to_time_limit": result.fitted_to,  # seconds, with --fit-to-time; else null
             "held_out_for_calibration": result.held_out,
             "wall_seconds": result.wall_seconds,
             "train_images_per_second": result.images_per_second,

@@ -4,7 +4,8 @@ Stages (each must fit one 600 s device command; the default budget is 9 minutes)
   runtime  train --preset seed; export --fp16 --int8 --with-preprocessing; check --provider cuda on the whole test
            set; run --provider cuda on the golden images, against golden.json; bench of the GPU engines on the
            full-width VGG-11-BN at 224 px; pytest -m gpu
-  train    train --preset full with a wall-clock limit; accuracy against wall time
+  train    train --preset full with a wall-clock limit (--full-fit-epochs N: as many of N epochs as fit it, the
+           learning-rate schedule planned to end with them); accuracy against wall time
   cpu      the OpenVINO tests, then the CPU engine table on the host's CPU (scripts/cpu_table.sh: torch eager, ONNX
            Runtime's MLAS and, on an Intel CPU with the carried OpenVINO plugin, OpenVINO, fp32 and int8)
   all      runtime, train, then cpu
@@ -381,13 +382,17 @@ def runtime_stage(validation: Validation) -> None:
     )
 
 
-def train_stage(validation: Validation, time_limit: float) -> None:
+def train_stage(validation: Validation, time_limit: float, fit_epochs: int | None = None) -> None:
+    """The full preset under the time limit, then its export; ``fit_epochs``: as many of that many epochs as fit the
+    limit (train --fit-to-time), the one-cycle schedule planned to end with them, instead of the preset's epochs."""
     full = RunFolder(validation.work / "full")
+    fitted = ("--epochs", str(fit_epochs), "--fit-to-time") if fit_epochs else ()
     step = validation.run(
         "full-train",
         [
             "train",
             *validation.profile.full_train,
+            *fitted,
             "--time-limit",
             f"{time_limit:g}",
             "--out",
@@ -714,6 +719,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="cpu stage: one of its two tables, the full-size VGG-11's or the quick model's [default: both]",
     )
+    parser.add_argument(
+        "--full-fit-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train stage: as many of N epochs as fit the time limit (train --epochs N --fit-to-time), the schedule "
+        "planned to end with them [default: the preset's epochs, stopped at the limit]",
+    )
     args = parser.parse_args(argv)
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     validation = Validation(
@@ -729,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             # what the budget leaves after the full run: its evaluation and the export that fits the temperature
             time_limit = args.train_minutes * 60 if args.train_minutes else max(30.0, validation.budget_seconds - 100)
-            train_stage(validation, time_limit)
+            train_stage(validation, time_limit, args.full_fit_epochs)
     validation.write()
     failed = [s.name for s in validation.steps if s.returncode != 0]
     print(
