@@ -23,16 +23,21 @@ import validate  # noqa: E402
 GPU_BUNDLE = parts.BUNDLES["gpu"]
 
 
-def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
+def rehearse(stage: str, out: Path, *options: str, **env: str) -> dict:
+    """`validate.sh --rehearse STAGE OUT OPTIONS` with ``env`` added; every step must pass. Returns the report."""
     result = subprocess.run(
-        [str(ROOT / "scripts" / "gpu" / "validate.sh"), "--rehearse", "all", str(tmp_path)],
+        [str(ROOT / "scripts" / "gpu" / "validate.sh"), "--rehearse", stage, str(out), *options],
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PYTHON": sys.executable},
+        env={**os.environ, "PYTHON": sys.executable, **env},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads((tmp_path / "gpu-report.json").read_text())
+    return json.loads((out / "gpu-report.json").read_text())
+
+
+def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
+    report = rehearse("all", tmp_path)
     assert report["profile"] == "cpu-rehearsal" and report["stages"] == ["runtime", "train", "cpu"]
     names = [
         "seed-train",
@@ -268,15 +273,7 @@ def test_cpu_table_refuses_a_bad_option_before_it_builds_the_model(tmp_path):
 
 def test_the_train_stage_can_fit_its_epochs_to_the_time_limit(tmp_path):
     """--full-fit-epochs N: the full run plans as many of N epochs as fit its time limit (train --fit-to-time)."""
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "gpu" / "validate.sh"), "--rehearse", "train", str(tmp_path), "--full-fit-epochs", "3"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads((tmp_path / "gpu-report.json").read_text())
+    report = rehearse("train", tmp_path, "--full-fit-epochs", "3")
     train = report["steps"][0]
     assert train["name"] == "full-train" and train["command"].endswith(
         " --epochs 3 --fit-to-time --time-limit 440 --out " + str(tmp_path / "work" / "full") + " --quiet"
@@ -293,22 +290,9 @@ def test_the_cpu_stage_can_run_the_quick_models_table_alone(tmp_path, tiny_expor
     shutil.copytree(tiny_export[1] / "onnx", exported / "onnx")
     (exported / "checkpoints").mkdir()
     shutil.copy(tiny_checkpoint, exported / "checkpoints" / "best.pt")
-    result = subprocess.run(
-        [
-            str(ROOT / "scripts" / "gpu" / "validate.sh"),
-            "--rehearse",
-            "cpu",
-            str(tmp_path / "out"),
-            "--cpu-table-only",
-            "quick",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHON": sys.executable, "QUICK_MODEL": str(exported / "onnx" / "model.onnx")},
+    report = rehearse(
+        "cpu", tmp_path / "out", "--cpu-table-only", "quick", QUICK_MODEL=str(exported / "onnx" / "model.onnx")
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "gpu-report.json").read_text())
     assert [step["name"] for step in report["steps"]] == ["pytest-openvino", "cpu-table"]
     assert report["steps"][1]["command"].startswith("bash scripts/cpu_table.sh --smoke --only quick ")
     assert (
