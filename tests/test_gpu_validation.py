@@ -74,7 +74,7 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     }
     timeline = report["figures"]["full_train"]["accuracy_against_time"]
     assert [row["epoch"] for row in timeline] == [1, 2, 3]
-    assert report["figures"]["full_train"]["summary"]["epochs_fitted_to_time_limit"] == 440
+    assert report["figures"]["full_train"]["summary"]["fitted_to_time_limit_seconds"] == 440
     assert 0 < timeline[0]["elapsed_seconds"] < timeline[1]["elapsed_seconds"]
     assert all(0 < row["epoch_seconds"] < row["elapsed_seconds"] for row in timeline)  # the rest: loading, saving
     assert report["figures"]["pytest_gpu"].get("skipped", 0) + report["figures"]["pytest_gpu"].get("passed", 0) == 3

@@ -181,7 +181,7 @@ def test_fit_to_time_plans_the_epochs_so_the_schedule_ends_within_the_limit(tmp_
     assert "after 4 epochs (as many as fit the 1990 s time limit) in 1780 s" in result.format()
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["train_config"]["epochs"] == 4
     summary = json.loads((tmp_path / "train" / "summary.json").read_text())
-    assert summary["epochs_fitted_to_time_limit"] == 1990 and summary["config"]["epochs"] == 4
+    assert summary["fitted_to_time_limit_seconds"] == 1990 and summary["config"]["epochs"] == 4
     monkeypatch.undo()
     finished = run_cli("train", "--out", str(tmp_path), "--resume", "--quiet")
     assert finished.returncode == 2 and "has finished 4 epochs; pass --epochs N with N > 4" in finished.stderr

@@ -753,7 +753,7 @@ def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, devi
             "final_test_accuracy": result.final_accuracy,
             "epochs_this_run": result.epochs_run,
             "stopped_early": result.stopped_early,
-            "epochs_fitted_to_time_limit": result.fitted_to,  # seconds, with --fit-to-time; else null
+            "fitted_to_time_limit_seconds": result.fitted_to,  # --fit-to-time: the limit its epochs were planned for
             "held_out_for_calibration": result.held_out,
             "wall_seconds": result.wall_seconds,
             "train_images_per_second": result.images_per_second,
