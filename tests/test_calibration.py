@@ -198,6 +198,28 @@ def old_model(tiny_export, tmp_path_factory):
     return path
 
 
+def test_holdout_size_script_fits_subsets_of_the_slice_and_refuses_what_it_cannot_do(tiny_checkpoint, data_dir):
+    """scripts/holdout_size.py: the spread of T over subsets of the held-out slice (300 images in the tiny run)."""
+    script = [sys.executable, str(Path(__file__).parent.parent / "scripts" / "holdout_size.py"), str(tiny_checkpoint)]
+    common = ["--data-dir", str(data_dir)]
+    result = subprocess.run([*script, "--sizes", "50,300", "--draws", "3", *common], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("test ECE at T = 1: ") and lines[1].startswith("whole slice, 300 images: T = ")
+    rows = [line.split(" | ") for line in lines[4:]]
+    assert [row[0] for row in rows] == ["| 50", "| 300"] and len(lines) == 6
+    whole = float(lines[1].split("T = ")[1].split(",")[0])
+    assert float(rows[1][2]) == 0.0 and abs(float(rows[1][1]) - whole) < 1e-4  # every draw of 300 is the whole slice
+    for args, words in (
+        (["--sizes", "301", *common], "error: --sizes [301] exceed the 300 images of the checkpoint's slice\n"),
+        (["--draws", "0", *common], "error: --draws must be at least 1, got 0\n"),
+    ):
+        refused = subprocess.run([*script, *args], capture_output=True, text=True)
+        assert (refused.returncode, refused.stderr, refused.stdout) == (2, words, "")
+    bad = subprocess.run([*script, "--sizes", "a,b"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "sizes are whole numbers separated by commas, got 'a,b'" in bad.stderr
+
+
 def test_a_model_without_the_key_runs_with_temperature_1(old_model, tiny_export):
     assert temperature(read_metadata(old_model)) == 1.0
     golden_dir = tiny_export[1] / "onnx" / "golden"

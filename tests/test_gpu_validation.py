@@ -37,7 +37,8 @@ def rehearse(stage: str, out: Path, *options: str, **env: str) -> dict:
 
 
 def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
-    report = rehearse("all", tmp_path, "--full-fit-epochs", "3")  # as the next window runs the train stage
+    # the train stage as the next window runs it: fitted, with a recipe's option added
+    report = rehearse("all", tmp_path, "--full-fit-epochs", "3", "--full-train-options", "--calibration-holdout 50")
     assert report["profile"] == "cpu-rehearsal" and report["stages"] == ["runtime", "train", "cpu"]
     names = [
         "seed-train",
@@ -60,7 +61,9 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
             "bash scripts/cpu_table.sh --smoke " if step["name"] == "cpu-table" else "python -m "
         )
     full_train = report["steps"][-4]["command"]  # as many of 3 epochs as fit the 440 s: all 3
-    assert full_train.endswith(f" --epochs 3 --fit-to-time --time-limit 440 --out {tmp_path / 'work' / 'full'} --quiet")
+    assert full_train.endswith(
+        f" --epochs 3 --fit-to-time --calibration-holdout 50 --time-limit 440 --out {tmp_path / 'work' / 'full'} --quiet"
+    )
     assert report["environment"]["torch"] and report["environment"]["onnxruntime"].startswith("1.")
     assert re.fullmatch(r".+ CPU \(.*\), \d+ cores, \d+ torch threads", report["environment"]["cpu"])
     assert report["environment"]["source_sha256"] == validate.source_fingerprint()  # names the code that ran
@@ -75,6 +78,7 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     timeline = report["figures"]["full_train"]["accuracy_against_time"]
     assert [row["epoch"] for row in timeline] == [1, 2, 3]
     assert report["figures"]["full_train"]["summary"]["fitted_to_time_limit_seconds"] == 440
+    assert report["figures"]["full_train"]["summary"]["held_out_for_calibration"] == 50
     assert 0 < timeline[0]["elapsed_seconds"] < timeline[1]["elapsed_seconds"]
     assert all(0 < row["epoch_seconds"] < row["elapsed_seconds"] for row in timeline)  # the rest: loading, saving
     assert report["figures"]["pytest_gpu"].get("skipped", 0) + report["figures"]["pytest_gpu"].get("passed", 0) == 3

@@ -95,7 +95,7 @@ class Calibration:
         )
 
 
-def _logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec) -> np.ndarray:
+def torch_logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec) -> np.ndarray:
     """The torch fp32 logits of uint8 images, on the GPU when there is one."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return np.concatenate(
@@ -126,7 +126,7 @@ def calibrate(
     bins = config.calibration_bins
     if not config.calibrate:
         return Calibration(1.0, False, "none: --no-calibration", bins, None, None, None, None, None, None)
-    test_logits, labels = _logits(model, dataset.test_images, spec), dataset.test_labels.numpy()
+    test_logits, labels = torch_logits(model, dataset.test_images, spec), dataset.test_labels.numpy()
     held_out = held_out_slice(state, dataset)
     if held_out is None:
         why = (
@@ -136,7 +136,7 @@ def calibrate(
         print(f"vggdeploy: warning: probabilities stay uncalibrated (temperature 1): {why}", file=sys.stderr)
         test = CalibrationFigures.measure(test_logits, labels, 1.0, bins)
         return Calibration(1.0, False, f"none: {why}", bins, None, None, test, test, test_logits, labels)
-    slice_logits, slice_labels = _logits(model, held_out[0], spec), held_out[1].numpy()
+    slice_logits, slice_labels = torch_logits(model, held_out[0], spec), held_out[1].numpy()
     temperature = fit_temperature(slice_logits, slice_labels)
     return Calibration(
         temperature,

@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -382,9 +383,12 @@ def runtime_stage(validation: Validation) -> None:
     )
 
 
-def train_stage(validation: Validation, time_limit: float, fit_epochs: int | None = None) -> None:
+def train_stage(
+    validation: Validation, time_limit: float, fit_epochs: int | None = None, options: tuple[str, ...] = ()
+) -> None:
     """The full preset under the time limit, then its export; ``fit_epochs``: as many of that many epochs as fit the
-    limit (train --fit-to-time), the one-cycle schedule planned to end with them, instead of the preset's epochs."""
+    limit (train --fit-to-time), the one-cycle schedule planned to end with them, instead of the preset's epochs;
+    ``options``: more train options, the recipe a window tries (they override the preset's)."""
     full = RunFolder(validation.work / "full")
     fitted = ("--epochs", str(fit_epochs), "--fit-to-time") if fit_epochs else ()
     step = validation.run(
@@ -393,6 +397,7 @@ def train_stage(validation: Validation, time_limit: float, fit_epochs: int | Non
             "train",
             *validation.profile.full_train,
             *fitted,
+            *options,
             "--time-limit",
             f"{time_limit:g}",
             "--out",
@@ -727,6 +732,13 @@ def main(argv: list[str] | None = None) -> int:
         help="train stage: as many of N epochs as fit the time limit (train --epochs N --fit-to-time), the schedule "
         "planned to end with them [default: the preset's epochs, stopped at the limit]",
     )
+    parser.add_argument(
+        "--full-train-options",
+        type=shlex.split,
+        default=[],
+        metavar="'OPTIONS'",
+        help="train stage: more options for the full run, one quoted string (e.g. '--calibration-holdout 2000')",
+    )
     args = parser.parse_args(argv)
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     validation = Validation(
@@ -742,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             # what the budget leaves after the full run: its evaluation and the export that fits the temperature
             time_limit = args.train_minutes * 60 if args.train_minutes else max(30.0, validation.budget_seconds - 100)
-            train_stage(validation, time_limit, args.full_fit_epochs)
+            train_stage(validation, time_limit, args.full_fit_epochs, tuple(args.full_train_options))
     validation.write()
     failed = [s.name for s in validation.steps if s.returncode != 0]
     print(
