@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -196,7 +197,7 @@ def test_epochs_that_fit_time_the_epochs_after_this_calls_first():
     assert fit(rows[:3], 0, 5, 60) == 3  # nothing more fits: never fewer than the epochs done
     assert fit(rows[:4], 3, 100, 60) is None  # resumed at row 3: its first epoch is not a measure
     assert fit(rows, 3, 100, 60) == 6 + 6  # the longer of the last two: 14 s, floor(93 / 14)
-    assert fit(rows[:3], 0, 100, 60) == fit(rows[:3], 0, 100.0, 60)
+    assert fit(rows[:3], 0, math.inf, 60) == 60  # --time-limit inf: no limit, every epoch allowed
 
 
 def test_fit_to_time_needs_a_time_limit(tmp_path):

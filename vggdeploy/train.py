@@ -624,8 +624,8 @@ def epochs_that_fit(history: list[dict], first_epoch: int, seconds_left: float, 
     if not epoch_seconds:
         return None
     per_epoch = max(epoch_seconds[-2:])
-    more = math.floor((seconds_left - per_epoch / 2) / per_epoch) if per_epoch > 0 else most
-    return max(len(history), min(most, len(history) + more))
+    more = (seconds_left - per_epoch / 2) / per_epoch if per_epoch > 0 else math.inf  # --time-limit inf: no limit
+    return max(len(history), len(history) + math.floor(min(more, most - len(history))))
 
 
 def _fit_epochs_to_time(run: _Run, first_epoch: int) -> None:
