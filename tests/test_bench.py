@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from vggdeploy import hardware
 from vggdeploy.bench import (
     CPU_ENGINES,
     GPU_ENGINES,
@@ -40,8 +41,10 @@ def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["gflops_per_image"] == pytest.approx(report.gflops_per_image) and len(saved["measurements"]) == 6
     assert BenchReport.from_json(saved) == report  # what the GPU validation reads back
+    first = next(m for m in report.measurements if m.engine == "ort-cpu-fp32")
     assert (
-        "| ort-cpu-fp32 | 1 |" in (tmp_path / "bench.md").read_text()
+        f"| ort-cpu-fp32 | 1 | {first.runs:,} |"
+        in (tmp_path / "bench.md").read_text()  # how many runs each figure is of
         and "matrix product measured here" in report.format()
     )
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
@@ -83,6 +86,13 @@ def _lone_model(result, tmp_path):
     lone.parent.mkdir()
     lone.write_bytes(result.model_path.read_bytes())
     return lone
+
+
+def test_the_timing_loop_stops_at_its_run_cap_before_long_seconds_end(monkeypatch):
+    """`bench --seconds inf` ended after 10,000 runs of a fast engine: the cap is the contract (and the help's)."""
+    monkeypatch.setattr(hardware, "MAX_TIMED_RUNS", 25)
+    assert len(hardware.timed_runs(lambda: None, seconds=float("inf"), min_runs=3, warmup=1)) == 25
+    assert len(hardware.timed_runs(lambda: None, seconds=0.0, min_runs=40, warmup=1)) == 40  # min_runs wins
 
 
 def test_an_engine_set_skips_what_cannot_run_here_with_a_reason(tiny_checkpoint, tiny_export, tmp_path):

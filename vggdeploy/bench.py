@@ -241,7 +241,7 @@ class BenchReport:
         return f"the export in {Path(self.model).parent}/ (each engine runs the file of its precision: {ran})"
 
     def format(self) -> str:
-        columns = ["engine", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_second", "peak_fraction"]
+        columns = ["engine", "batch", "runs", "p50_ms", "p90_ms", "p99_ms", "images_per_second", "peak_fraction"]
         cpu_peak = (
             f" (CPU fp32 peak fraction: of a {self.cpu_peak_gflops:.0f} GFLOP/s matrix product measured here)"
             if self.cpu_peak_gflops

@@ -27,6 +27,7 @@ from vggdeploy.errors import (
     memory_error,
     write_error,
 )
+from vggdeploy.hardware import MAX_TIMED_RUNS
 from vggdeploy.report import readable, to_json
 
 if TYPE_CHECKING:
@@ -703,9 +704,15 @@ def check(
     type=float,
     default=BenchConfig.seconds,
     show_default=True,
-    help="Timed seconds per engine and batch size.",
+    help=f"Timed seconds per engine and batch size (at least --min-runs runs, at most {MAX_TIMED_RUNS:,}).",
 )
-@click.option("--min-runs", type=int, default=BenchConfig.min_runs, show_default=True)
+@click.option(
+    "--min-runs",
+    type=int,
+    default=BenchConfig.min_runs,
+    show_default=True,
+    help="Timed runs per engine and batch size at least, however long they take.",
+)
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="[default: <model folder>/reports]")
 @_data_dir_option
 def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, min_runs, report_dir, data_dir):

@@ -24,14 +24,18 @@ GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
 NOTABLE_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
+MAX_TIMED_RUNS = 10_000  # beyond ``min_runs``: a sub-millisecond engine ends here before its seconds do
+
+
 def timed_runs(run: Callable[[], object], seconds: float, min_runs: int, warmup: int) -> list[float]:
     """Seconds per call: ``warmup`` untimed calls, then at least ``min_runs`` timed ones and as many more as fit in
-    ``seconds`` (``run`` must wait for its device itself, so each time covers the whole call)."""
+    ``seconds``, at most MAX_TIMED_RUNS (``run`` must wait for its device itself, so each time covers the whole
+    call)."""
     for _ in range(warmup):
         run()
     times: list[float] = []
     deadline = time.perf_counter() + seconds
-    while len(times) < min_runs or (time.perf_counter() < deadline and len(times) < 10_000):
+    while len(times) < min_runs or (time.perf_counter() < deadline and len(times) < MAX_TIMED_RUNS):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
