@@ -83,18 +83,18 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir, mo
     config = TINY.with_overrides(epochs=3, train_limit=1500)
     whole = train_module.train(config, tmp_path / "whole", data_dir=data_dir, progress=False)
 
-    save_epoch = train_module._save_epoch
+    save_checkpoints = train_module._Run.save_checkpoints
 
-    def save_then_stop(out_dir, model, optimizer, cfg, history, checksums):
-        save_epoch(out_dir, model, optimizer, cfg, history, checksums)
-        if len(history) == 2:
+    def save_then_stop(run, in_progress=None):
+        save_checkpoints(run, in_progress)
+        if len(run.history) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "_save_epoch", save_then_stop)
+    monkeypatch.setattr(train_module._Run, "save_checkpoints", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train_module.train(config, tmp_path / "split", data_dir=data_dir, progress=False)
     assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(train_module, "_save_epoch", save_epoch)
+    monkeypatch.undo()
     resumed = train_module.train(config, tmp_path / "split", data_dir=data_dir, resume=True, progress=False)
 
     assert resumed.epochs_run == 1
@@ -189,14 +189,15 @@ def test_fit_to_time_plans_the_epochs_so_the_schedule_ends_within_the_limit(tmp_
 
 
 def test_epochs_that_fit_time_the_epochs_after_this_calls_first():
-    rows = [{"elapsed_seconds": t} for t in (50.0, 62.0, 74.0, 200.0, 212.0, 226.0)]  # a resume at row 3 (compile)
+    # 10 s epochs, and a 3 s checkpoint write every third (--save-every 3); row 0 paid for loading and compiling
+    rows = [{"elapsed_seconds": t} for t in (50.0, 60.0, 70.0, 83.0, 93.0, 103.0, 116.0)]
     fit = train_module.epochs_that_fit
-    assert fit(rows[:1], 0, 1000, 60) is None  # only the first epoch, which paid for loading and compiling
-    assert fit(rows[:3], 0, 100, 60) == 3 + 7  # 12 s per epoch, half of one kept: floor(94 / 12)
+    assert fit(rows[:1], 0, 1000, 60) is None  # only the first epoch, which is no measure
+    assert fit(rows[:3], 0, 100, 60) == 3 + 9  # 10 s per epoch, half of one kept: floor(95 / 10)
     assert fit(rows[:3], 0, 100, 5) == 5  # at most --epochs
     assert fit(rows[:3], 0, 5, 60) == 3  # nothing more fits: never fewer than the epochs done
     assert fit(rows[:4], 3, 100, 60) is None  # resumed at row 3: its first epoch is not a measure
-    assert fit(rows, 3, 100, 60) == 6 + 6  # the longer of the last two: 14 s, floor(93 / 14)
+    assert fit(rows, 0, 100, 60) == 7 + 8  # the writes spread over the epochs: 11 s each, floor(94.5 / 11)
     assert fit(rows[:3], 0, math.inf, 60) == 60  # --time-limit inf: no limit, every epoch allowed
 
 
@@ -205,6 +206,61 @@ def test_fit_to_time_needs_a_time_limit(tmp_path):
     assert result.returncode == 2
     assert result.stderr == "error: --fit-to-time plans the epochs for --time-limit SECONDS: give both\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_every_writes_the_checkpoints_every_n_epochs_at_the_last_and_at_a_stop(tmp_path, data_dir, monkeypatch):
+    """--save-every 2 over 5 epochs: last.pt after epochs 2, 4 and 5; best.pt with them, holding the best epoch so
+    far even when that epoch was not a write; a stop asked for after epoch 3 writes at once."""
+    writes = []
+    save = train_module.save_checkpoint
+
+    def recording_save(path, state):
+        writes.append((path.name, state["epoch"]))
+        save(path, state)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", recording_save)
+    config = TINY.with_overrides(epochs=5, train_limit=1500, test_limit=300)
+    result = train_module.train(config, tmp_path / "run", data_dir=data_dir, progress=False, save_every=2)
+    accuracies = [row["test_accuracy"] for row in result.history]
+
+    def best_by(epoch: int) -> int:  # the latest epoch with the best accuracy up to ``epoch`` (ties: the later)
+        return max(range(1, epoch + 1), key=lambda e: (accuracies[e - 1], e))
+
+    assert [w for w in writes if w[0] == "last.pt"] == [("last.pt", 2), ("last.pt", 4), ("last.pt", 5)]
+    assert [w for w in writes if w[0] == "best.pt"] == sorted(
+        {("best.pt", best_by(e)) for e in (2, 4, 5)}, key=lambda w: w[1]
+    )
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["epoch"] == best_by(5)
+    assert len((tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()) == 5
+
+    writes.clear()
+    keep_epoch = train_module._Run.keep_epoch
+
+    def stop_after_epoch_3(run):
+        if len(run.history) == 3:
+            run.stop.received = "SIGINT"
+        keep_epoch(run)
+
+    monkeypatch.setattr(train_module._Run, "keep_epoch", stop_after_epoch_3)
+    with pytest.raises(train_module.Interrupted, match="interrupted \\(SIGINT\\) after epoch 3"):
+        train_module.train(config, tmp_path / "stopped", data_dir=data_dir, progress=False, save_every=2)
+    assert ("last.pt", 3) in writes and load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")["epoch"] == 3
+    assert run_cli("train", *TINY_CLI, "--save-every", "0").stderr == "error: --save-every must be at least 1, got 0\n"
+
+
+def test_a_state_kept_for_a_later_write_does_not_change_with_training():
+    """best.pt's state is taken at the best epoch and written epochs later under --save-every: on the CPU,
+    ``tensor.cpu()`` is the live parameter itself, so the state must hold copies (of the history too)."""
+    model = build_model(TINY.model)
+    history = [{"test_accuracy": 0.5}]
+    state = train_module._state(model, None, TINY, history, {})
+    before = {k: v.clone() for k, v in state["model_state"].items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    history.append({"test_accuracy": 0.6})
+    assert all(torch.equal(state["model_state"][k], v) for k, v in before.items())
+    assert state["metrics"] == [{"test_accuracy": 0.5}] and state["epoch"] == 1
 
 
 def test_the_gpu_recipe_path_bf16_channels_last_compiled_runs_on_cpu(trained, tmp_path, data_dir, test_split):

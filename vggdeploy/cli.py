@@ -294,6 +294,15 @@ OWN_IMAGE_OPTIONS = ("test_fraction", "color", "strict")  # train options that m
     help="With --time-limit: as many epochs as fit it (at most --epochs), re-planned after each epoch from the "
     "measured epoch times, so the learning-rate schedule ends with the time instead of being cut off.",
 )
+@click.option(
+    "--save-every",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Write the checkpoints every N epochs (and at the last, and when stopped): a kill or crash loses at most N "
+    "epochs, and the time the writes take (a quarter of each epoch for the full preset on a GPU) goes to training.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON (paths, accuracy, timing) instead of a line."
@@ -312,6 +321,7 @@ def train(
     resume,
     time_limit,
     fit_to_time,
+    save_every,
     quiet,
     as_json,
     **overrides,
@@ -361,6 +371,7 @@ def train(
         progress=not quiet,
         time_limit=time_limit,
         fit_to_time=fit_to_time,
+        save_every=save_every,
     )
     if rank_0:
         _print_result(to_json(result.to_dict(), indent=2) if as_json else result.format())

@@ -316,6 +316,7 @@ def train(
     progress: bool = True,
     time_limit: float | None = None,
     fit_to_time: bool = False,
+    save_every: int = 1,
 ) -> TrainResult:
     """Train ``config`` into ``out_dir`` (checkpoints/, train/); resumable from ``checkpoints/last.pt``.
 
@@ -324,18 +325,24 @@ def train(
     finished epoch. ``fit_to_time`` plans the run to end within the limit instead: ``config.epochs`` becomes the
     most epochs, and after each epoch the number that fits (see ``epochs_that_fit``) sets the learning-rate
     schedule's length, so the schedule anneals in the time given rather than being cut off at a high rate.
+    ``save_every`` writes the checkpoints every that many epochs (and at the last, and at a stop) instead of after
+    each: a kill or crash loses at most that many epochs, and the time the writes take goes to training.
     """
     if time_limit is not None and not time_limit > 0:
         raise UsageError(f"the time limit must be positive, got {time_limit:g} s")
     if fit_to_time and time_limit is None:
         raise UsageError("--fit-to-time plans the epochs for --time-limit SECONDS: give both")
+    if save_every < 1:
+        raise UsageError(f"--save-every must be at least 1, got {save_every}")
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     distributed = _start_distributed(device)
     lock = folder_lock(out_dir, "vggdeploy train") if distributed.is_main else contextlib.nullcontext()
     try:
         with lock, _StopRequests(enabled=distributed.world == 1, time_limit=time_limit) as stop:
-            return _train(config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time)
+            return _train(
+                config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time, save_every
+            )
     finally:
         if distributed.world > 1:
             dist.destroy_process_group()
@@ -394,6 +401,8 @@ class _Run:
     steps_per_epoch: int
     history: list[dict]
     fit_to_time: bool = False  # config.epochs is then the plan, lowered after each epoch to what fits the time
+    save_every: int = 1  # epochs between checkpoint writes (and at the last epoch, and at a stop)
+    unsaved_best: dict | None = None  # best.pt's state from an epoch since the last write
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -401,10 +410,33 @@ class _Run:
 
     def save_position(self, step: int, sums: RunningSums) -> None:
         """last.pt at a step boundary inside an epoch: enough to resume exactly where training stopped."""
+        self.save_checkpoints({"step": step, "running": sums.to_list()})
+
+    def keep_epoch(self) -> None:
+        """After an epoch's evaluation: remember its state for best.pt when it is the best so far, and write the
+        checkpoints every ``save_every`` epochs, at the planned last epoch and when a stop was asked for."""
+        if self.history[-1]["test_accuracy"] >= max(row["test_accuracy"] for row in self.history):
+            state = _state(self.model, None, self.config, self.history, self.data.provenance)
+            self.unsaved_best = {k: v for k, v in state.items() if k != "optimizer_state"}
+        epochs = len(self.history)
+        if epochs % self.save_every == 0 or epochs >= self.config.epochs or self.stop.received:
+            self.save_checkpoints()
+        else:
+            write_jsonl(RunFolder(self.out_dir).metrics, self.history)
+
+    def save_checkpoints(self, in_progress: dict | None = None) -> None:
+        """last.pt (with the position inside an epoch, when given), best.pt if a better epoch is not on disk yet,
+        and metrics.jsonl."""
         state = _state(self.model, self.optimizer, self.config, self.history, self.data.provenance)
-        state["in_progress"] = {"step": step, "running": sums.to_list()}
+        if in_progress is not None:
+            state["in_progress"] = in_progress
+        folder = RunFolder(self.out_dir)
         with keeping_what_was_saved(self.out_dir):
-            save_checkpoint(RunFolder(self.out_dir).last_checkpoint, state)
+            save_checkpoint(folder.last_checkpoint, state)
+            if self.unsaved_best is not None:
+                save_checkpoint(folder.best_checkpoint, self.unsaved_best)
+                self.unsaved_best = None
+        write_jsonl(folder.metrics, self.history)
 
 
 @dataclass(frozen=True)
@@ -435,7 +467,7 @@ def _say_what_a_new_run_replaces(folder: RunFolder) -> None:
 
 
 def _prepare(
-    config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time
+    config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time, save_every
 ) -> tuple[_Run, dict | None]:
     """Data on the device, the model and optimizer (restored on --resume), the compiled/DDP runner."""
     if distributed.is_main:
@@ -488,14 +520,17 @@ def _prepare(
         steps_per_epoch,
         history,
         fit_to_time,
+        save_every,
     )
     return run, (state or {}).get("in_progress")
 
 
 def _train(
-    config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests, fit_to_time: bool
+    config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests, fit_to_time, save_every
 ) -> TrainResult:
-    run, in_progress = _prepare(config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time)
+    run, in_progress = _prepare(
+        config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time, save_every
+    )
     start_epoch = len(run.history)
     elapsed_before = run.history[-1].get("elapsed_seconds", 0.0) if run.history else 0.0  # the runs resumed from
     trained_images, train_seconds, stopped = 0, 0.0, None
@@ -617,13 +652,13 @@ def epochs_that_fit(history: list[dict], first_epoch: int, seconds_left: float, 
     """The number of epochs in all whose last one ends within ``seconds_left`` from now, at most ``most``; None
     until this call has timed an epoch after its first (which pays for loading the data and torch.compile).
 
-    An epoch's time is the gap between two rows' ``elapsed_seconds`` (training, evaluation and saving), the longer of
-    the last two, and half an epoch is kept for the final reports."""
+    An epoch's time is the mean gap between this call's rows' ``elapsed_seconds`` after its first (training,
+    evaluation and the checkpoint writes, which --save-every spreads over several epochs), and half an epoch is kept
+    for the last write and the reports."""
     elapsed = [row["elapsed_seconds"] for row in history[first_epoch:]]
-    epoch_seconds = [later - earlier for earlier, later in itertools.pairwise(elapsed)]
-    if not epoch_seconds:
+    if len(elapsed) < 2:
         return None
-    per_epoch = max(epoch_seconds[-2:])
+    per_epoch = (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1)
     more = (seconds_left - per_epoch / 2) / per_epoch if per_epoch > 0 else math.inf  # --time-limit inf: no limit
     return max(len(history), len(history) + math.floor(min(more, most - len(history))))
 
@@ -690,8 +725,7 @@ def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before:
     if run.fit_to_time:
         _fit_epochs_to_time(run, first_epoch)
     if run.distributed.is_main:
-        with keeping_what_was_saved(run.out_dir):
-            _save_epoch(run.out_dir, run.model, run.optimizer, run.config, run.history, run.data.provenance)
+        run.keep_epoch()
         if run.progress:
             tqdm.write(
                 f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}", file=sys.stderr
@@ -699,13 +733,14 @@ def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before:
 
 
 def _state(model, optimizer, config: TrainConfig, history: list[dict], provenance: dict) -> dict:
+    """A checkpoint's content as of now: copies, so a state kept for a later write does not change with training."""
     return {
         "model_args": config.model.to_dict(),
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer_state": optimizer.state_dict(),
+        "model_state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
         "train_config": config.to_dict(),
         "epoch": len(history),
-        "metrics": history,
+        "metrics": list(history),
         "test_accuracy": history[-1]["test_accuracy"] if history else None,
         **provenance,
     }
@@ -731,15 +766,6 @@ def intact_checkpoints(out_dir: Path) -> str:
     if not kept:
         return "no checkpoint had been written yet: free some space and train again"
     return f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} intact: free some space and continue with --resume"
-
-
-def _save_epoch(out_dir: Path, model, optimizer, config: TrainConfig, history: list[dict], provenance: dict) -> None:
-    state = _state(model, optimizer, config, history, provenance)
-    folder = RunFolder(out_dir)
-    save_checkpoint(folder.last_checkpoint, state)
-    if history[-1]["test_accuracy"] >= max(row["test_accuracy"] for row in history):
-        save_checkpoint(folder.best_checkpoint, {k: v for k, v in state.items() if k != "optimizer_state"})
-    write_jsonl(folder.metrics, history)
 
 
 def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, device: torch.device, data: str) -> None:
