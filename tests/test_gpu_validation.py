@@ -38,7 +38,9 @@ def rehearse(stage: str, out: Path, *options: str, **env: str) -> dict:
 
 def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     # the train stage as the next window runs it: fitted, with a recipe's option added
-    report = rehearse("all", tmp_path, "--full-fit-epochs", "3", "--full-train-options", "--calibration-holdout 50")
+    report = rehearse(
+        "all", tmp_path, "--full-fit-epochs", "3", "--full-train-options", "--calibration-holdout 50 --save-every 2"
+    )
     assert report["profile"] == "cpu-rehearsal" and report["stages"] == ["runtime", "train", "cpu"]
     names = [
         "seed-train",
@@ -62,7 +64,8 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
         )
     full_train = report["steps"][-4]["command"]  # as many of 3 epochs as fit the 440 s: all 3
     assert full_train.endswith(
-        f" --epochs 3 --fit-to-time --calibration-holdout 50 --time-limit 440 --out {tmp_path / 'work' / 'full'} --quiet"
+        f" --epochs 3 --fit-to-time --calibration-holdout 50 --save-every 2 --time-limit 440 --out "
+        f"{tmp_path / 'work' / 'full'} --quiet"
     )
     assert report["environment"]["torch"] and report["environment"]["onnxruntime"].startswith("1.")
     assert re.fullmatch(r".+ CPU \(.*\), \d+ cores, \d+ torch threads", report["environment"]["cpu"])
