@@ -85,8 +85,8 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir, mo
 
     save_checkpoints = train_module._Run.save_checkpoints
 
-    def save_then_stop(run, in_progress=None):
-        save_checkpoints(run, in_progress)
+    def save_then_stop(run, *args, **kwargs):
+        save_checkpoints(run, *args, **kwargs)
         if len(run.history) == 2:
             raise KeyboardInterrupt
 

@@ -415,21 +415,25 @@ class _Run:
     def keep_epoch(self) -> None:
         """After an epoch's evaluation: remember its state for best.pt when it is the best so far, and write the
         checkpoints every ``save_every`` epochs, at the planned last epoch and when a stop was asked for."""
-        if self.history[-1]["test_accuracy"] >= max(row["test_accuracy"] for row in self.history):
-            state = _state(self.model, None, self.config, self.history, self.data.provenance)
-            self.unsaved_best = {k: v for k, v in state.items() if k != "optimizer_state"}
+        best = self.history[-1]["test_accuracy"] >= max(row["test_accuracy"] for row in self.history)
         epochs = len(self.history)
         if epochs % self.save_every == 0 or epochs >= self.config.epochs or self.stop.received:
-            self.save_checkpoints()
-        else:
-            write_jsonl(RunFolder(self.out_dir).metrics, self.history)
+            self.save_checkpoints(best_now=best)
+            return
+        if best:
+            self.unsaved_best = _without_optimizer(
+                _state(self.model, None, self.config, self.history, self.data.provenance)
+            )
+        write_jsonl(RunFolder(self.out_dir).metrics, self.history)
 
-    def save_checkpoints(self, in_progress: dict | None = None) -> None:
-        """last.pt (with the position inside an epoch, when given), best.pt if a better epoch is not on disk yet,
-        and metrics.jsonl."""
+    def save_checkpoints(self, in_progress: dict | None = None, best_now: bool = False) -> None:
+        """last.pt (with the position inside an epoch, when given), best.pt if a better epoch is not on disk yet
+        (``best_now``: this state is it), and metrics.jsonl."""
         state = _state(self.model, self.optimizer, self.config, self.history, self.data.provenance)
         if in_progress is not None:
             state["in_progress"] = in_progress
+        if best_now:
+            self.unsaved_best = _without_optimizer(state)
         folder = RunFolder(self.out_dir)
         with keeping_what_was_saved(self.out_dir):
             save_checkpoint(folder.last_checkpoint, state)
@@ -730,6 +734,11 @@ def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before:
             tqdm.write(
                 f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}", file=sys.stderr
             )
+
+
+def _without_optimizer(state: dict) -> dict:
+    """best.pt's content: a checkpoint state less the optimizer's (it is for export, not for --resume)."""
+    return {k: v for k, v in state.items() if k != "optimizer_state"}
 
 
 def _state(model, optimizer, config: TrainConfig, history: list[dict], provenance: dict) -> dict:
