@@ -219,8 +219,8 @@ def test_save_every_writes_the_checkpoints_every_n_epochs_at_the_last_and_at_a_s
         save(path, state)
 
     monkeypatch.setattr(train_module, "save_checkpoint", recording_save)
-    config = TINY.with_overrides(epochs=5, train_limit=1500, test_limit=300)
-    result = train_module.train(config, tmp_path / "run", data_dir=data_dir, progress=False, save_every=2)
+    config = TINY.with_overrides(epochs=5, train_limit=1500, test_limit=300, save_every=2)
+    result = train_module.train(config, tmp_path / "run", data_dir=data_dir, progress=False)
     accuracies = [row["test_accuracy"] for row in result.history]
 
     def best_by(epoch: int) -> int:  # the latest epoch with the best accuracy up to ``epoch`` (ties: the later)
@@ -243,9 +243,9 @@ def test_save_every_writes_the_checkpoints_every_n_epochs_at_the_last_and_at_a_s
 
     monkeypatch.setattr(train_module._Run, "keep_epoch", stop_after_epoch_3)
     with pytest.raises(train_module.Interrupted, match="interrupted \\(SIGINT\\) after epoch 3"):
-        train_module.train(config, tmp_path / "stopped", data_dir=data_dir, progress=False, save_every=2)
+        train_module.train(config, tmp_path / "stopped", data_dir=data_dir, progress=False)
     assert ("last.pt", 3) in writes and load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")["epoch"] == 3
-    assert run_cli("train", *TINY_CLI, "--save-every", "0").stderr == "error: --save-every must be at least 1, got 0\n"
+    assert run_cli("train", *TINY_CLI, "--save-every", "0").stderr == "error: save-every must be at least 1, got 0\n"
 
 
 def test_a_state_kept_for_a_later_write_does_not_change_with_training():
@@ -380,6 +380,9 @@ def test_unset_flags_keep_the_preset():
     assert quick.with_overrides(model=args, epochs=None, lr=None) == quick
     assert quick.with_overrides(epochs=3).epochs == 3 and quick.with_overrides(epochs=3).lr == quick.lr
     assert model_args_from_options(quick.model.to_dict(), arch="vgg16").batch_norm is False
+    full = PRESETS["full"]  # the checkpoint writes are part of the preset's measured time: unset, they stay its own
+    assert full.with_overrides(save_every=None, calibration_holdout=None) == full and full.save_every == 10
+    assert full.with_overrides(save_every=1).save_every == 1
 
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
@@ -477,6 +480,8 @@ def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_
         "--resume",
         "--epochs",
         "3",
+        "--save-every",
+        "2",  # how often it writes is not a setting of the model: a resume may change it
         "--quiet",
         "--json",
         "--data-dir",
@@ -490,7 +495,8 @@ def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_
     extension = TINY.with_overrides(epochs=3)
     steps = TINY_STEPS
     assert history[2]["lr_end"] == pytest.approx(train_module.learning_rate(extension, 3 * steps - 1, 3 * steps))
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_config"]["epochs"] == 3
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_config"]
+    assert saved["epochs"] == 3 and saved["save_every"] == 2
 
 
 def test_a_new_run_into_an_earlier_run_s_folder_says_what_it_replaces(trained, tmp_path):

@@ -236,7 +236,7 @@ OWN_IMAGE_OPTIONS = ("test_fraction", "color", "strict")  # train options that m
     "--calibration-holdout",
     type=click.IntRange(min=0),
     default=None,
-    help="Training images never trained on, for export's temperature fit (at most a tenth) [default: 5000].",
+    help="Training images never trained on, for export's temperature fit (at most a tenth) [default: the preset's].",
 )
 @click.option(
     "--device",
@@ -297,11 +297,11 @@ OWN_IMAGE_OPTIONS = ("test_fraction", "color", "strict")  # train options that m
 @click.option(
     "--save-every",
     type=int,
-    default=1,
-    show_default=True,
+    default=None,
     metavar="N",
     help="Write the checkpoints every N epochs (and at the last, and when stopped): a kill or crash loses at most N "
-    "epochs, and the time the writes take (a quarter of each epoch for the full preset on a GPU) goes to training.",
+    "epochs, and the time the writes take (a quarter of each epoch for the full model on a GPU) goes to training "
+    "[default: the preset's].",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option(
@@ -321,7 +321,6 @@ def train(
     resume,
     time_limit,
     fit_to_time,
-    save_every,
     quiet,
     as_json,
     **overrides,
@@ -371,7 +370,6 @@ def train(
         progress=not quiet,
         time_limit=time_limit,
         fit_to_time=fit_to_time,
-        save_every=save_every,
     )
     if rank_0:
         _print_result(to_json(result.to_dict(), indent=2) if as_json else result.format())

@@ -290,12 +290,16 @@ def saved_config(out_dir: str | Path) -> TrainConfig:
 
 
 def _resume_state(out_dir: Path, config: TrainConfig) -> dict | None:
-    """The state to continue from. Only ``epochs`` (and the device) may differ from the saved settings: a larger
-    ``epochs`` extends the run, with the learning-rate schedule re-planned for the new total."""
+    """The state to continue from. Only ``epochs``, the device and ``save_every`` may differ from the saved settings:
+    a larger ``epochs`` extends the run, with the learning-rate schedule re-planned for the new total."""
     path = RunFolder(out_dir).last_checkpoint
     saved = saved_config(out_dir)
     state = load_checkpoint(path)
-    differing = [k for k, v in config.to_dict().items() if k not in ("device", "epochs") and saved.to_dict()[k] != v]
+    differing = [
+        k
+        for k, v in config.to_dict().items()
+        if k not in ("device", "epochs", "save_every") and saved.to_dict()[k] != v
+    ]
     if differing:
         raise UsageError(
             f"--resume: {path} was trained with other settings ({', '.join(differing)}); use the same ones"
@@ -316,7 +320,6 @@ def train(
     progress: bool = True,
     time_limit: float | None = None,
     fit_to_time: bool = False,
-    save_every: int = 1,
 ) -> TrainResult:
     """Train ``config`` into ``out_dir`` (checkpoints/, train/); resumable from ``checkpoints/last.pt``.
 
@@ -325,24 +328,20 @@ def train(
     finished epoch. ``fit_to_time`` plans the run to end within the limit instead: ``config.epochs`` becomes the
     most epochs, and after each epoch the number that fits (see ``epochs_that_fit``) sets the learning-rate
     schedule's length, so the schedule anneals in the time given rather than being cut off at a high rate.
-    ``save_every`` writes the checkpoints every that many epochs (and at the last, and at a stop) instead of after
-    each: a kill or crash loses at most that many epochs, and the time the writes take goes to training.
+    ``config.save_every`` writes the checkpoints every that many epochs (and at the last, and at a stop) instead of
+    after each: a kill or crash loses at most that many epochs, and the time the writes take goes to training.
     """
     if time_limit is not None and not time_limit > 0:
         raise UsageError(f"the time limit must be positive, got {time_limit:g} s")
     if fit_to_time and time_limit is None:
         raise UsageError("--fit-to-time plans the epochs for --time-limit SECONDS: give both")
-    if save_every < 1:
-        raise UsageError(f"--save-every must be at least 1, got {save_every}")
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     distributed = _start_distributed(device)
     lock = folder_lock(out_dir, "vggdeploy train") if distributed.is_main else contextlib.nullcontext()
     try:
         with lock, _StopRequests(enabled=distributed.world == 1, time_limit=time_limit) as stop:
-            return _train(
-                config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time, save_every
-            )
+            return _train(config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time)
     finally:
         if distributed.world > 1:
             dist.destroy_process_group()
@@ -401,7 +400,6 @@ class _Run:
     steps_per_epoch: int
     history: list[dict]
     fit_to_time: bool = False  # config.epochs is then the plan, lowered after each epoch to what fits the time
-    save_every: int = 1  # epochs between checkpoint writes (and at the last epoch, and at a stop)
     unsaved_best: dict | None = None  # best.pt's state from an epoch since the last write
 
     @property
@@ -414,10 +412,10 @@ class _Run:
 
     def keep_epoch(self) -> None:
         """After an epoch's evaluation: remember its state for best.pt when it is the best so far, and write the
-        checkpoints every ``save_every`` epochs, at the planned last epoch and when a stop was asked for."""
+        checkpoints every ``config.save_every`` epochs, at the planned last epoch and when a stop was asked for."""
         best = self.history[-1]["test_accuracy"] >= max(row["test_accuracy"] for row in self.history)
         epochs = len(self.history)
-        if epochs % self.save_every == 0 or epochs >= self.config.epochs or self.stop.received:
+        if epochs % self.config.save_every == 0 or epochs >= self.config.epochs or self.stop.received:
             self.save_checkpoints(best_now=best)
             return
         if best:
@@ -471,7 +469,7 @@ def _say_what_a_new_run_replaces(folder: RunFolder) -> None:
 
 
 def _prepare(
-    config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time, save_every
+    config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time
 ) -> tuple[_Run, dict | None]:
     """Data on the device, the model and optimizer (restored on --resume), the compiled/DDP runner."""
     if distributed.is_main:
@@ -524,17 +522,14 @@ def _prepare(
         steps_per_epoch,
         history,
         fit_to_time,
-        save_every,
     )
     return run, (state or {}).get("in_progress")
 
 
 def _train(
-    config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests, fit_to_time, save_every
+    config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests, fit_to_time
 ) -> TrainResult:
-    run, in_progress = _prepare(
-        config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time, save_every
-    )
+    run, in_progress = _prepare(config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time)
     start_epoch = len(run.history)
     elapsed_before = run.history[-1].get("elapsed_seconds", 0.0) if run.history else 0.0  # the runs resumed from
     trained_images, train_seconds, stopped = 0, 0.0, None
