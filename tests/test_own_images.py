@@ -452,6 +452,7 @@ def test_a_moved_image_folder_is_named_with_data_dir(rgb_export, rgb_set, tmp_pa
     state["dataset"]["root"] = str(tmp_path / "gone")  # trained there; the images now live in rgb_set
     torch.save(state, tmp_path / "moved.pt")
     check = ["check", "--model", str(onnx_folder / "model.onnx"), "--checkpoint", str(tmp_path / "moved.pt")]
+    check += ["--int8-max-drop", "100", "--fp16-max-drop", "100", "--max-ece-increase", "100"]  # a 60-image tiny model
     gone = cli(*check, "--report-dir", str(tmp_path / "reports"), cache=cache)
     assert gone.returncode == 3 and gone.stderr == (
         f"error: {tmp_path / 'gone'}: no such folder: the images this model was trained on are no longer there; put "
