@@ -49,20 +49,22 @@ def test_the_fit_recovers_a_known_temperature(true_temperature):
     assert CalibrationFigures.measure(logits, labels, fitted).ece < 0.02
 
 
-def test_logits_without_signal_end_at_the_search_bound_and_the_export_line_says_so():
+def test_logits_without_signal_end_at_the_search_bound_and_are_not_called_calibrated():
     """A model at chance on its held-out images is best flattened without limit: the fit ends at the top of the range
-    (it once printed "temperature 20.0000 fitted" as if that were a calibration like any other)."""
+    (it once printed "temperature 20.0000 fitted" as if that were a calibration like any other; then a calibration
+    with a remark; now none: T = 1, and the reason)."""
     from vggdeploy.calibration import TEMPERATURE_RANGE, at_search_bound
-    from vggdeploy.temperature import Calibration
+    from vggdeploy.temperature import unfit_slice
 
     rng = np.random.default_rng(1)
     logits, labels = rng.normal(0, 3, (2000, 10)), rng.integers(0, 10, 2000)
     fitted = fit_temperature(logits, labels)
     assert at_search_bound(fitted) and fitted == pytest.approx(TEMPERATURE_RANGE[1], rel=1e-4)
     assert not at_search_bound(fit_temperature(*_synthetic(2.5)))
-    figures = CalibrationFigures.measure(logits, labels, 1.0)
-    line = Calibration(fitted, True, "fit", 15, figures, figures, figures, figures, None, None).format()
-    assert "held-out training images (an end of the search range 0.05-20: no minimum inside it);" in line
+    assert unfit_slice(logits, labels, fitted) == (
+        "the fit ended at T = 20, an end of the search range 0.05-20 (no minimum inside it)"
+    )
+    assert unfit_slice(*_synthetic(2.5), fit_temperature(*_synthetic(2.5))) is None
 
 
 def test_nll_and_ece_against_hand_worked_values():

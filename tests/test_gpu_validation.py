@@ -93,7 +93,9 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     assert goals[">= 95.0 % test accuracy within the first 4 min"]["met"] is False  # a tiny model; the figure is honest
     assert all(goal["source"] in names for goal in report["goals"])
     ece = goals["full preset: test-set ECE <= 2.5 % (temperature fitted on held-out training images)"]
-    assert ece["met"] is not None and " -> " in ece["measured"] and report["figures"]["full_calibration"]["fitted"]
+    calibration = report["figures"]["full_calibration"]  # a tiny model near chance: a fit at the bound, so refused
+    assert " -> " in ece["measured"] and isinstance(calibration["fitted"], bool)
+    assert ece["met"] is (calibration["fitted"] and calibration["test_set"]["after"]["ece"] <= 0.025)
     assert goals["every variant's ECE within +0.5 pp of torch fp32's (at the model's temperature)"]["met"] is not None
     # the cpu stage: BENCHMARKS.md's CPU table made by scripts/cpu_table.sh (CPU named, bench, floors), then the
     # OpenVINO tests, which skip on a CPU that is not Intel's: shown neither way
@@ -111,7 +113,7 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     assert "Rehearsal on the CPU" in markdown and "| seed-check | `python -m vggdeploy check" in markdown
     assert "max \\|logit diff\\|" in markdown  # pipes escaped: the goals table keeps four columns
     logs = (tmp_path / "gpu-logs.txt").read_text()
-    assert all(f"==== {name}: " in logs for name in names) and "best test accuracy" in logs
+    assert all(f"==== {name}: " in logs for name in names) and "of best.pt (epoch" in logs
     assert re.search(r"== CPU: .+ CPU \(.*\), \d+ cores, \d+ torch threads", logs)
     assert re.search(r"int8 matrix product \d+ GOP/s", logs) and re.search(r"int8 floor [\d.]+ ms per image", logs)
     assert re.search(r"ONNX Runtime CPU int8: [\d.]+ ms = [\d.]+x the fp32 floor, [\d.]+x the int8 floor", logs)

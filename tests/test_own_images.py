@@ -328,6 +328,10 @@ def test_the_rgb_model_carries_its_classes_colour_and_normalisation(rgb_export, 
     assert raw["shape"] == ["batch", "height", "width", 3] and raw["dtype"] == "uint8"
     golden = json.loads((onnx_folder / "golden" / "golden.json").read_text())
     assert sorted(entry["label"] for entry in golden["images"]) == list(range(10))  # one test image per class
+    # 24 held-out images cannot hold the errors a temperature fit needs: plain softmax, and the reason
+    calibration = metadata["calibration"]
+    assert calibration["fitted"] is False and calibration["temperature"] == 1.0
+    assert calibration["method"].startswith("none: the 24 held-out training images hold ")
     assert Image.open(onnx_folder / "golden" / golden["images"][0]["file"]).mode == "RGB"
 
 
@@ -373,7 +377,9 @@ def test_run_and_the_preprocessing_variant_give_the_golden_answers_on_rgb(rgb_ex
             cache=cache,
         )
         assert answer.returncode == 0, answer.stderr
-        by_file = {Path(p["file"]).name: p for p in json.loads(answer.stdout)["predictions"]}
+        predictions = json.loads(answer.stdout)["predictions"]
+        assert {p["calibrated"] for p in predictions} == {False}  # every answer says what the contract carries
+        by_file = {Path(p["file"]).name: p for p in predictions}
         for entry in golden["images"]:
             assert golden_problems(by_file[entry["file"]], entry, golden) == [], (model, entry["file"])
 
@@ -396,6 +402,15 @@ def test_check_runs_on_the_users_test_split(rgb_export):
     report = json.loads((onnx_folder / "reports" / "check.json").read_text())
     fp32 = report["results"][0]
     assert fp32["images"] == 60 and fp32["top1_agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
+    per_class = json.loads((onnx_folder / "reports" / "per_class.json").read_text())
+    assert [row["class"] for row in per_class["classes"]] == report["per_class"]["confusion"]["labels"]
+    assert per_class["images"] == 60 and [row["images"] for row in per_class["classes"]] == [6] * 10
+    assert per_class["accuracy"] == pytest.approx(fp32["candidate_accuracy"])
+    assert (onnx_folder / "reports" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "per class (fp32): macro F1 " in result.stdout
+    train_reports = onnx_folder.parent / "train"
+    assert json.loads((train_reports / "per_class.json").read_text())["images"] == 60
+    assert (train_reports / "confusion.png").is_file()
 
 
 def _consumer(example: str, script: str, onnx_folder: Path) -> subprocess.CompletedProcess:
@@ -465,3 +480,76 @@ def test_a_moved_image_folder_is_named_with_data_dir(rgb_export, rgb_set, tmp_pa
     assert (
         both.returncode == 2 and "--data-dir: the Fashion-MNIST folder, which a run on your own images" in both.stderr
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("per_class", "above"), [(9, 0.18), (30, 0.28)])
+def test_a_small_folder_trains_well_above_chance_with_the_defaults(per_class, above, tmp_path, data_dir):
+    """With the quick preset's recipe, 90 images were refused (batch 256 > 81 images) and 300 trained to 12 %
+    (chance 10 %): one optimizer step an epoch. Sized to the data, the plan is printed first and both learn."""
+    folder = tmp_path / "set"
+    make_image_folder.make_image_folder(folder, per_class, 20, "split", seed=0, data_dir=data_dir)
+    result = cli(
+        "train",
+        "--data",
+        str(folder),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--json",
+        "--out",
+        str(tmp_path / "run"),
+        cache=tmp_path / "cache",
+    )
+    assert result.returncode == 0, result.stderr
+    images = per_class * 10 - per_class  # a tenth held out as the validation slice
+    plan = next(line for line in result.stderr.splitlines() if "training images:" in line)
+    assert plan == json.loads(result.stdout)["recipe"].join(("vggdeploy: ", ""))
+    assert plan.startswith(f"vggdeploy: {images} training images: batch 8, ") and plan.endswith(
+        ", lr 0.00625 (batch, epochs, lr sized to the data)"
+    )
+    assert "warning" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["selected_test_accuracy"] > above, summary["summary"]  # chance is 0.10
+
+
+def test_own_image_options_are_checked_against_the_folder(rgb_set, tmp_path):
+    """`--test-fraction` was accepted without a word for a folder with its own test split."""
+    result = cli(
+        "train",
+        "--data",
+        str(rgb_set),
+        "--test-fraction",
+        "0.3",
+        "--out",
+        str(tmp_path / "run"),
+        cache=tmp_path / "cache",
+    )
+    assert result.returncode == 2 and result.stderr == (
+        f"error: --test-fraction: {rgb_set} has its own train/test split; the option splits a folder of class folders\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_help_shows_the_defaults_a_plain_run_takes_here():
+    """The help listed --arch A, --hidden 4096, --dropout 0.5 and --image-size 224 while a plain CPU run built VGG-11-BN
+    at width ratio 8, hidden 256, dropout 0.2 and 32 px, and it said "Train a VGG on Fashion-MNIST"."""
+    from vggdeploy.config import PRESETS
+
+    text = " ".join(cli("train", "--help", cache=Path("/nonexistent")).stdout.split())
+    name = "full" if torch.cuda.is_available() else "quick"
+    preset = PRESETS[name]
+    assert "Train a VGG on Fashion-MNIST, or on a folder of your own labelled images (--data)." in text
+    assert f"[default: {name}, as " in text
+    for option, value in [
+        ("--width-ratio INTEGER Divide every conv width by this.", preset.model.width_ratio),
+        ("--hidden INTEGER Hidden FC width.", preset.model.hidden),
+        ("--dropout FLOAT RANGE Dropout before each hidden FC layer.", f"{preset.model.dropout:g}"),
+        ("--image-size INTEGER Input side in pixels, >= 32.", preset.model.image_size),
+        ("--batch-size INTEGER Training images per step.", f"{preset.batch_size}, halved on a small set"),
+        ("--epochs INTEGER Passes over the training images.", f"{preset.epochs}, more on a small set"),
+        ("--lr FLOAT Peak learning rate.", f"{preset.lr:g} at batch {preset.batch_size}, in proportion"),
+    ]:
+        assert f"{option} [default: {value}" in text, option
+    info = " ".join(cli("info", "--help", cache=Path("/nonexistent")).stdout.split())
+    assert "--hidden INTEGER Hidden FC width. [default: 4096]" in info  # an architecture's own default

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_output import failure_lines
 
 from vggdeploy import train as train_module
 from vggdeploy.archs import ModelArgs
@@ -32,9 +33,9 @@ TINY = TrainConfig(
 TINY_STEPS = (TINY.train_limit - holdout_size(TINY.calibration_holdout, TINY.train_limit)) // TINY.batch_size
 
 
-def run_cli(*args, env=None, timeout=300):
+def run_cli(*args, env=None, timeout=300, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
     )
 
 
@@ -46,7 +47,7 @@ def trained(tmp_path_factory, data_dir):
 
 def test_a_short_run_learns(trained):
     result, out = trained
-    assert result.best_accuracy > 0.6  # chance is 0.1
+    assert result.selected_test_accuracy > 0.6  # chance is 0.1
     assert len(result.history) == 2 and result.images_per_second > 0
     lines = (out / "train" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and '"test_accuracy"' in lines[0]
@@ -58,7 +59,7 @@ def test_checkpoint_rebuilds_the_model_alone(trained, test_split):
     result, out = trained
     model, state = rebuild_model(out / "checkpoints" / "best.pt")
     assert state["model_args"] == TINY.model
-    assert state["test_accuracy"] == result.best_accuracy
+    assert state["test_accuracy"] == result.selected_test_accuracy
     assert set(state["data_checksums"]) >= {"train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}
     assert state["versions"]["torch"] == torch.__version__
     from vggdeploy.data import to_input_tensor
@@ -67,7 +68,7 @@ def test_checkpoint_rebuilds_the_model_alone(trained, test_split):
     images, labels = test_split[0][:500], test_split[1][:500]
     with torch.no_grad():
         logits = model(to_input_tensor(images, PreprocessSpec(32, 32)))
-    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(result.best_accuracy, abs=1e-6)
+    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(result.selected_test_accuracy, abs=1e-6)
 
 
 def test_saved_and_loaded_model_gives_identical_logits(tmp_path):
@@ -154,8 +155,9 @@ def test_time_limit_before_the_first_epoch_ends_says_how_to_continue(tmp_path):
         "1e-9",
     )
     assert result.returncode == 130
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert "stopped by the 1e-09 s time limit in epoch 1 at step 0/3, before any epoch ended" in result.stderr
+    failure = failure_lines(result.stderr)  # not the plan
+    assert len(failure) == 1 and failure[0].startswith("error: ")
+    assert "stopped by the 1e-09 s time limit in epoch 1 at step 0/56, before any epoch ended" in result.stderr
     assert "--resume" in result.stderr and (tmp_path / "checkpoints" / "last.pt").is_file()
     assert run_cli("train", "--time-limit", "0").returncode == 2
 
@@ -178,8 +180,8 @@ def test_fit_to_time_plans_the_epochs_so_the_schedule_ends_within_the_limit(tmp_
     assert result.stopped_early is None and result.epochs_run == 4 and len(result.history) == 4
     assert [row["elapsed_seconds"] for row in result.history] == [100.0 + 420 * k for k in (1, 2, 3, 4)]
     assert result.history[-1]["lr_end"] < 1e-3 * config.lr  # annealed: planned for 4 epochs, not 10
-    assert result.format().startswith(f"best test accuracy {result.best_accuracy:.2%}, final ")
-    assert "after 4 epochs (as many as fit the 1990 s time limit) in 1780 s" in result.format()
+    assert result.format().startswith(f"test accuracy {result.selected_test_accuracy:.2%} of best.pt (epoch ")
+    assert "; 4 epochs (as many as fit the 1990 s time limit) in 1780 s" in result.format()
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["train_config"]["epochs"] == 4
     summary = json.loads((tmp_path / "train" / "summary.json").read_text())
     assert summary["fitted_to_time_limit_seconds"] == 1990 and summary["config"]["epochs"] == 4
@@ -269,7 +271,7 @@ def test_the_gpu_recipe_path_bf16_channels_last_compiled_runs_on_cpu(trained, tm
     result = train_module.train(
         TINY.with_overrides(precision="bf16", compile=True), tmp_path, data_dir=data_dir, progress=False
     )
-    assert result.best_accuracy > 0.6
+    assert result.selected_test_accuracy > 0.6
     assert [h["train_loss"] for h in result.history] != [h["train_loss"] for h in fp32.history]  # bf16 did run
     model, state = rebuild_model(tmp_path / "checkpoints" / "best.pt")  # plain fp32 keys, no torch.compile wrapper
     assert all(value.dtype == torch.float32 for value in state["model_state"].values() if value.is_floating_point())
@@ -279,7 +281,7 @@ def test_the_gpu_recipe_path_bf16_channels_last_compiled_runs_on_cpu(trained, tm
     with torch.no_grad():
         logits = model(to_input_tensor(test_split[0][:500], PreprocessSpec(32, 32)))
     fp32_accuracy = (logits.argmax(1) == test_split[1][:500]).float().mean().item()
-    assert fp32_accuracy == pytest.approx(result.best_accuracy, abs=0.02)  # evaluated in bf16 during training
+    assert fp32_accuracy == pytest.approx(result.selected_test_accuracy, abs=0.02)  # evaluated in bf16 during training
 
 
 def test_resume_refuses_other_settings(trained, data_dir):
@@ -310,10 +312,9 @@ def test_nan_loss_stops_with_one_line_error(tmp_path):
         "--quiet",
     )
     assert result.returncode == 5
-    assert (
-        result.stderr.strip().startswith("error: training diverged: the mean loss reached")
-        and "lower --lr" in result.stderr
-    )
+    failure = failure_lines(result.stderr)  # not the plan
+    assert len(failure) == 1 and failure[0].startswith("error: training diverged: the mean loss reached")
+    assert "lower --lr" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
@@ -453,7 +454,7 @@ def test_two_process_gloo_run_under_torchrun(tmp_path, data_dir):
         env=env,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("best test accuracy") == 1  # only rank 0 reports
+    assert result.stdout.count("of best.pt (epoch") == 1  # only rank 0 reports
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert (
@@ -499,8 +500,10 @@ def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_
     assert saved["epochs"] == 3 and saved["save_every"] == 2
 
 
-def test_a_new_run_into_an_earlier_run_s_folder_says_what_it_replaces(trained, tmp_path):
-    """The earlier run's checkpoints were replaced without a word, and its export silently stopped matching them."""
+def test_a_new_run_never_replaces_an_earlier_one_unasked(trained, tmp_path):
+    """A second `train` into the default folder replaced a 100 % best.pt with a 66.67 % one, with only a warning:
+    without --out a new run takes the next numbered folder; an --out that holds a run is refused, naming --resume
+    and --overwrite; --overwrite replaces it and says what an export made from it no longer matches."""
     import shutil
 
     _, out = trained
@@ -508,16 +511,39 @@ def test_a_new_run_into_an_earlier_run_s_folder_says_what_it_replaces(trained, t
     (tmp_path / "run" / "onnx").mkdir()
     (tmp_path / "run" / "onnx" / "model.onnx").write_bytes(b"an export of the earlier run")
     earlier = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    result = run_cli("train", *TINY_CLI, "--train-limit", "300", "--test-limit", "50", "--out", str(tmp_path / "run"))
+    before = (tmp_path / "run" / "checkpoints" / "best.pt").read_bytes()
+    small = (*TINY_CLI, "--train-limit", "300", "--test-limit", "50")
+    refused = run_cli("train", *small, "--out", str(tmp_path / "run"))
+    assert refused.returncode == 2 and refused.stderr == (
+        f"error: --out {tmp_path / 'run'} holds an earlier run: --resume continues it, --overwrite replaces it, or "
+        "choose another --out\n"
+    )
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").read_bytes() == before
+    result = run_cli("train", *small, "--out", str(tmp_path / "run"), "--overwrite")
     assert result.returncode == 0, result.stderr
     assert (
         f"vggdeploy: warning: {tmp_path / 'run'} holds an earlier run (epoch {earlier['epoch']}, test accuracy "
-        f"{earlier['test_accuracy']:.2%}); this run replaces its checkpoints and training reports (--resume continues "
-        f"it instead); {tmp_path / 'run' / 'onnx' / 'model.onnx'} was exported from the earlier run: export again "
-        "after this one\n"
+        f"{earlier['test_accuracy']:.2%}); this run replaces its checkpoints and training reports (--overwrite); "
+        f"{tmp_path / 'run' / 'onnx' / 'model.onnx'} was exported from the earlier run: export again after this one\n"
     ) in result.stderr
-    fresh = run_cli("train", *TINY_CLI, "--train-limit", "300", "--test-limit", "50", "--out", str(tmp_path / "new"))
-    assert fresh.returncode == 0 and "warning" not in fresh.stderr
+    both = run_cli("train", *small, "--out", str(tmp_path / "run"), "--overwrite", "--resume")
+    assert (
+        both.returncode == 2 and "--resume continues the run in the folder and --overwrite replaces it" in both.stderr
+    )
+    fresh = run_cli("train", *small, "--out", str(tmp_path / "new"))
+    assert fresh.returncode == 0 and "holds an earlier run" not in fresh.stderr
+
+    # without --out: artifacts/<model>, then <model>-2 (in a working directory of its own)
+    work = tmp_path / "work"
+    work.mkdir()
+    first, second = (run_cli("train", *small, "--quiet", "--json", cwd=work) for _ in range(2))
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    paths = [json.loads(r.stdout)["out_dir"] for r in (first, second)]
+    assert paths[1] == paths[0] + "-2" and f"holds an earlier run; this one goes to {paths[1]}" in second.stderr
+    assert (work / paths[0] / "checkpoints" / "best.pt").is_file()
+    resumed = run_cli("train", *small, "--resume", "--epochs", "2", "--quiet", "--json", cwd=work)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["out_dir"] == paths[1]  # the newest run
 
 
 def test_a_model_export_would_refuse_is_named_before_training(tmp_path, data_dir, monkeypatch, capsys):
@@ -549,12 +575,14 @@ def test_train_json_keeps_stdout_for_the_json_alone(tmp_path):
         str(tmp_path),
     )
     assert result.returncode == 0, result.stderr
-    # --batch-size alone keeps the preset's lr, tuned for batch 256: at batch 16 it gave 38.0 % where 0.0125 gave 65.6 %
-    assert result.stderr.startswith(
-        "vggdeploy: warning: --batch-size without --lr: lr 0.2 is the quick preset's for batch 256; at batch 64 the "
-        "same rate per image is --lr 0.05\n"
-    )
+    # the plan comes first: --batch-size alone scales the preset's lr (0.2 at batch 256) to the batch (and the one
+    # epoch given leaves too few steps, which a warning says)
+    lines = result.stderr.splitlines()
+    assert lines[0] == "vggdeploy: 461 training images: batch 64, 1 epoch, 7 steps, lr 0.05 (lr sized to the data)"
+    assert lines[1].startswith("vggdeploy: warning: 7 optimizer steps on 461 training images are few (the default ")
+    assert lines[1].endswith("e.g. --batch-size 8 --epochs 27 --lr 0.00625, or leave them out")
     summary = json.loads(result.stdout)
     assert summary["best_checkpoint"] == str(tmp_path / "checkpoints" / "best.pt") and summary["epochs_run"] == 1
-    assert summary["summary"].startswith("best test accuracy ") and " after 1 epoch in " in summary["summary"]
-    assert "epoch 1: test accuracy" in result.stderr
+    assert summary["summary"].startswith("test accuracy ") and "; 1 epoch in " in summary["summary"]
+    assert summary["recipe"] == lines[0].removeprefix("vggdeploy: ")
+    assert "epoch 1: validation accuracy " in result.stderr

@@ -2,10 +2,10 @@
 
     artifacts/<model-name>/          a run folder (``train --out`` picks another)
       checkpoints/last.pt, best.pt   written by train
-      train/metrics.jsonl, curves.png, summary.json
+      train/metrics.jsonl, curves.png, summary.json, per_class.json, confusion.png
       onnx/model.onnx                written by export (``export --out`` picks another folder)
       onnx/model.{fp16,int8,preprocess}.onnx, onnx/golden/, onnx/export_report.{json,md}, onnx/reliability.png
-      onnx/reports/                  check.* and bench.*
+      onnx/reports/                  check.*, per_class.json, confusion.png, and bench.*
 
 Every stage asks this module for a path instead of joining path fragments itself.
 """
@@ -21,6 +21,7 @@ from vggdeploy.files import newest
 ROOT = Path("artifacts")
 MODEL_FILE = "model.onnx"
 VARIANTS = ("fp16", "int8", "preprocess")
+PER_CLASS_JSON, CONFUSION_PNG = "per_class.json", "confusion.png"  # in train/ and in an export's reports/
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,49 @@ class RunFolder:
     @classmethod
     def for_model(cls, model_name: str, root: str | Path = ROOT) -> RunFolder:
         return cls(Path(root) / model_name)
+
+    @classmethod
+    def numbered(cls, model_name: str, root: str | Path = ROOT) -> list[RunFolder]:
+        """``<root>/<name>``, ``<name>-2``, ``<name>-3``, ...: the folders of the runs of one model so far, in order,
+        each holding a checkpoint; gaps end the list."""
+        folders = []
+        for number in range(1, 10_000):
+            folder = cls.for_model(model_name if number == 1 else f"{model_name}-{number}", root)
+            if not folder.holds_a_run():
+                return folders
+            folders.append(folder)
+        return folders
+
+    @classmethod
+    def for_training(
+        cls,
+        model_name: str,
+        out: str | Path | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        root: str | Path = ROOT,
+    ) -> RunFolder:
+        """Where ``train`` writes. A new run never replaces an earlier one unasked: without ``--out`` it takes the
+        next free ``<name>-N`` (the Ultralytics habit), with an ``--out`` that holds a run it is refused, naming
+        ``--resume`` and ``--overwrite``. ``--resume`` without ``--out`` continues the newest run of the model."""
+        if out is not None:
+            folder = cls(out)
+            if folder.holds_a_run() and not (resume or overwrite):
+                raise UsageError(
+                    f"--out {folder.path} holds an earlier run: --resume continues it, --overwrite replaces it, or "
+                    "choose another --out"
+                )
+            return folder
+        earlier = cls.numbered(model_name, root)
+        if resume and earlier:
+            return earlier[-1]
+        if overwrite or not earlier:
+            return cls.for_model(model_name, root)
+        return cls.for_model(f"{model_name}-{len(earlier) + 1}", root)
+
+    def holds_a_run(self) -> bool:
+        """Whether train wrote a checkpoint here."""
+        return self.last_checkpoint.is_file() or self.best_checkpoint.is_file()
 
     @classmethod
     def of_checkpoint(cls, checkpoint: str | Path) -> RunFolder:
@@ -73,6 +117,15 @@ class RunFolder:
     @property
     def summary(self) -> Path:
         return self.train_reports / "summary.json"
+
+    @property
+    def per_class(self) -> Path:
+        """best.pt's precision, recall and F1 per class and confusion matrix on the test split (JSON)."""
+        return self.train_reports / PER_CLASS_JSON
+
+    @property
+    def confusion(self) -> Path:
+        return self.train_reports / CONFUSION_PNG
 
     @property
     def onnx(self) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import torch
 
-from vggdeploy.artifacts import checkpoint_beside, reports_folder, sibling
+from vggdeploy.artifacts import CONFUSION_PNG, PER_CLASS_JSON, checkpoint_beside, reports_folder, sibling
 from vggdeploy.calibration import DEFAULT_BINS, CalibrationFigures
 from vggdeploy.checkpoint import rebuild_model
 from vggdeploy.config import CheckConfig
@@ -26,6 +26,7 @@ from vggdeploy.graph import run_session
 from vggdeploy.model import predict_logits
 from vggdeploy.onnx_file import require_model_file
 from vggdeploy.parity import ParityResult, compare_logits
+from vggdeploy.per_class import PerClassReport
 from vggdeploy.preprocess import PreprocessSpec
 from vggdeploy.report import markdown_table, write_json, write_text
 from vggdeploy.runtime import ProviderSettings, create_session, open_model, session_provider
@@ -93,6 +94,7 @@ class CheckReport:
     results: list[ParityResult]
     labels: list[str]  # class names, for the flips
     calibration: CalibrationCheck
+    per_class: PerClassReport | None = None  # the checked model's (the first result's) answers on the test set
     layers: list[LayerDifference] = field(default_factory=list)
     first_bad_layer: LayerDifference | None = None
 
@@ -123,6 +125,12 @@ class CheckReport:
                     f"{self.labels[flip.candidate_label]} (torch margin {flip.reference_margin:.3g})"
                 )
         lines.append(self.calibration.format())
+        if self.per_class is not None:
+            confused = ", ".join(f"{t} -> {p} ({n})" for t, p, n in self.per_class.most_confused())
+            lines.append(
+                f"  per class ({self.results[0].name}): macro F1 {self.per_class.macro_f1:.4f}; most confused: "
+                f"{confused or 'none'} (per_class.json, confusion.png)"
+            )
         if self.layers:
             lines.append(
                 f"  first layer over tolerance: {self.first_bad_layer.layer} (relative diff "
@@ -139,6 +147,7 @@ class CheckReport:
             "passed": bool(self),
             "results": [r.to_dict() for r in self.results],
             "calibration": self.calibration.to_dict(),
+            "per_class": None if self.per_class is None else self.per_class.to_dict(),
             "layers": [layer.__dict__ for layer in self.layers],
             "first_bad_layer": None if self.first_bad_layer is None else self.first_bad_layer.__dict__,
         }
@@ -222,7 +231,8 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
         {name: CalibrationFigures.measure(logits, labels, scale, bins) for name, logits in outputs.items()},
         config.max_ece_increase_pp / 100,
     )
-    report = CheckReport(model_path, session_provider(loaded.session), results, loaded.labels, calibration)
+    per_class = PerClassReport.of(loaded.labels, labels, outputs[variant].argmax(axis=1))
+    report = CheckReport(model_path, session_provider(loaded.session), results, loaded.labels, calibration, per_class)
     if config.localize:
         report.layers = localize_difference(model_path, torch_model, inputs[: config.localize_images], settings)
         report.first_bad_layer = next((d for d in report.layers if d.relative > config.localize_rtol), None)
@@ -301,4 +311,12 @@ def _write_reports(folder: Path, report: CheckReport) -> None:
         ],
         ["model", "images", "temperature", "ece", "nll", "mean_confidence", "accuracy"],
     )
+    if report.per_class is not None:
+        text += f"\n## Per class ({report.results[0].name}, ONNX Runtime)\n\n" + report.per_class.markdown()
+        text += f"\n![confusion matrix]({CONFUSION_PNG})\n"
+        report.per_class.write(
+            folder / PER_CLASS_JSON,
+            folder / CONFUSION_PNG,
+            f"{report.model.name} on ONNX Runtime: {report.per_class.confusion.sum():,} test images",
+        )
     write_text(folder / "check.md", text)

@@ -121,7 +121,7 @@ def _terminated(_number, _frame) -> None:
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Train VGG on Fashion-MNIST, export it to ONNX, and prove the ONNX Runtime deployment right."""
+    """Train VGG on Fashion-MNIST or your own images, export it to ONNX, and prove the ONNX Runtime deployment right."""
     ctx.meta["debug"] = debug
 
 
@@ -144,21 +144,68 @@ def _model_args_options(command):
     """The options that describe a VGG model, shared by every command that builds one."""
     for option in reversed(
         [
-            click.option("--arch", default=None, help="A, A-LRN, B, C, D, E or vgg11, vgg16_bn, ... [default: A]"),
+            click.option("--arch", default=None, help="A, A-LRN, B, C, D, E or vgg11, vgg16_bn, ..."),
             click.option("--batch-norm/--no-batch-norm", default=None, help="BatchNorm after each conv."),
             click.option("--width-ratio", type=int, default=None, help="Divide every conv width by this."),
-            click.option("--hidden", type=int, default=None, help="Hidden FC width [default: 4096]."),
+            click.option("--hidden", type=int, default=None, help="Hidden FC width."),
             click.option(
                 "--dropout",
                 type=click.FloatRange(0, 1, max_open=True),
                 default=None,
-                help="Dropout before each hidden FC layer [default: 0.5].",
+                help="Dropout before each hidden FC layer.",
             ),
-            click.option("--image-size", type=int, default=None, help="Input side in pixels, >= 32 [default: 224]."),
+            click.option("--image-size", type=int, default=None, help="Input side in pixels, >= 32."),
         ]
     ):
         command = option(command)
     return command
+
+
+class _ShownDefaults(click.Command):
+    """A command whose help shows, for options left None (so that presets and checkpoints decide), the defaults a
+    plain run takes, from ``shown_defaults()`` at the time the help is asked for."""
+
+    def __init__(self, *args, shown_defaults, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.shown_defaults = shown_defaults
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        shown = self.shown_defaults()
+        for param in self.params:
+            if isinstance(param, click.Option) and param.name in shown:
+                param.help = f"{param.help.split(' [default:')[0]} [default: {shown[param.name]}]"
+        super().format_help(ctx, formatter)
+
+
+def _info_defaults() -> dict[str, str]:
+    from vggdeploy.archs import ModelArgs
+
+    model = ModelArgs()
+    return {
+        "arch": model.arch,
+        "batch_norm": "off",
+        "width_ratio": "1",
+        "hidden": str(model.hidden),
+        "dropout": f"{model.dropout:g}",
+        "image_size": str(model.image_size),
+    }
+
+
+def _train_defaults() -> dict[str, str]:
+    """The defaults of a plain `train` here: the preset a GPU or its absence picks."""
+    from vggdeploy.config import shown_defaults
+
+    name = "full" if _cuda_answers() else "quick"
+    why = "a CUDA GPU answers here" if name == "full" else "no CUDA GPU here"
+    return {**shown_defaults(name), "preset": f"{name}, as {why}"}
+
+
+def _cuda_answers() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _provider_option(function):
@@ -199,7 +246,7 @@ def model_args_from_options(base: dict | None = None, **options) -> ModelArgs:
     return ModelArgs(**values)
 
 
-@main.command()
+@main.command(cls=_ShownDefaults, shown_defaults=_info_defaults)
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @_model_args_options
 def info(model: str | None, **options) -> None:
@@ -220,29 +267,31 @@ def info(model: str | None, **options) -> None:
     _print_result(summarize(model_args_from_options(**options)).format())
 
 
-OWN_IMAGE_OPTIONS = ("test_fraction", "color", "strict")  # train options that mean nothing for Fashion-MNIST
+OWN_IMAGE_OPTIONS = {  # train options that mean nothing for Fashion-MNIST, and why
+    "test_fraction": "Fashion-MNIST comes with its own test split",
+    "color": "Fashion-MNIST is grayscale",
+    "strict": "Fashion-MNIST is read from its IDX files, not image files",
+}
 
 
-@main.command()
-@click.option("--preset", default=None, help="seed | full | quick [default: full with a GPU, quick without].")
+@main.command(cls=_ShownDefaults, shown_defaults=_train_defaults)
+@click.option("--preset", default=None, help="seed | full | quick: the model and recipe to start from.")
 @_model_args_options
-@click.option("--epochs", type=int, default=None, help="Passes over the training images [default: the preset's].")
-@click.option("--batch-size", type=int, default=None, help="Training images per step [default: the preset's].")
+@click.option("--epochs", type=int, default=None, help="Passes over the training images.")
+@click.option("--batch-size", type=int, default=None, help="Training images per step.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
-@click.option(
-    "--seed", type=int, default=None, help="Seeds the weights, shuffling, augmentation and holdout [default: 0]."
-)
+@click.option("--seed", type=int, default=None, help="Seeds the weights, shuffling, augmentation and holdout.")
 @click.option(
     "--calibration-holdout",
     type=click.IntRange(min=0),
     default=None,
-    help="Training images never trained on, for export's temperature fit (at most a tenth) [default: the preset's].",
+    help="Training images never trained on: the validation slice that chooses best.pt, and export's temperature fit.",
 )
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
     default=None,
-    help="auto: CUDA where a GPU answers, else the CPU [default: auto].",
+    help="auto: CUDA where a GPU answers, else the CPU.",
 )
 @click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the model.")
 @click.option(
@@ -259,28 +308,34 @@ OWN_IMAGE_OPTIONS = ("test_fraction", "color", "strict")  # train options that m
 )
 @click.option(
     "--test-fraction",
-    type=float,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=None,
-    help="--data with one folder per class: the share split off as the test set [default: 0.1].",
+    help="--data with one folder per class: the share split off as the test set.",
 )
 @click.option(
     "--color",
     type=click.Choice(["auto", "grayscale", "rgb"]),
     default=None,
-    help="--data: auto = RGB once a training image has colour [default: auto].",
+    help="--data: auto = RGB once a training image has colour.",
 )
 @click.option("--strict", is_flag=True, default=None, help="--data: an unreadable image file is fatal, not skipped.")
 @click.option("--train-limit", type=int, default=None, help="Train on the first N images only (smoke runs).")
 @click.option("--test-limit", type=int, default=None, help="Evaluate on the first N test images only.")
 @_data_dir_option
 @click.option(
-    "--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: artifacts/<model>]."
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output folder [default: artifacts/<model>, or <model>-2, -3, ... when it holds an earlier run]; one that "
+    "holds a run is refused unless --resume or --overwrite.",
 )
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue from <out>/checkpoints/last.pt with its settings; a larger --epochs extends a finished run.",
+    help="Continue from <out>/checkpoints/last.pt with its settings (without --out: the model's newest run); a "
+    "larger --epochs extends a finished run.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out (or artifacts/<model>) with a new one.")
 @click.option(
     "--time-limit",
     type=click.FloatRange(min=0, min_open=True),
@@ -300,8 +355,7 @@ OWN_IMAGE_OPTIONS = ("test_fraction", "color", "strict")  # train options that m
     default=None,
     metavar="N",
     help="Write the checkpoints every N epochs (and at the last, and when stopped): a kill or crash loses at most N "
-    "epochs, and the time the writes take (a quarter of each epoch for the full model on a GPU) goes to training "
-    "[default: the preset's].",
+    "epochs, and the time the writes take (a quarter of each epoch for the full model on a GPU) goes to training.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option(
@@ -319,13 +373,19 @@ def train(
     data_dir,
     out,
     resume,
+    overwrite,
     time_limit,
     fit_to_time,
     quiet,
     as_json,
     **overrides,
 ):
-    """Train a VGG on Fashion-MNIST; writes checkpoints, metrics.jsonl and curves.png."""
+    """Train a VGG on Fashion-MNIST, or on a folder of your own labelled images (--data).
+
+    The batch size, epochs and learning rate left out are sized to the number of training images; best.pt is the
+    epoch chosen on held-out training images, and the test split only reports. Writes checkpoints/, and train/
+    (metrics.jsonl, curves.png, summary.json, per_class.json, confusion.png).
+    """
     require_train_extra("train")
     from pathlib import Path
 
@@ -333,10 +393,18 @@ def train(
 
     from vggdeploy.artifacts import RunFolder
     from vggdeploy.config import preset as get_preset
-    from vggdeploy.config import rate_per_image_hint
     from vggdeploy.train import saved_config
     from vggdeploy.train import train as run_training
 
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in the folder and --overwrite replaces it: give one")
+    wrong = [
+        f"--{key.replace('_', '-')} ({why})" for key, why in OWN_IMAGE_OPTIONS.items() if overrides[key] is not None
+    ]
+    if overrides["data"] is None and wrong:
+        raise UsageError(f"{'; '.join(wrong)}: for a folder of your own images only (--data DIR)")
+    if overrides["data"] is not None and data_dir is not None:
+        raise UsageError("--data-dir: the Fashion-MNIST folder, which a run on your own images (--data) does not read")
     model_options = dict(
         arch=arch, batch_norm=batch_norm, width_ratio=width_ratio, hidden=hidden, dropout=dropout, image_size=image_size
     )
@@ -345,31 +413,27 @@ def train(
     if overrides.get("data"):  # own images: the folder's name keeps their runs apart from Fashion-MNIST's
         overrides["data"] = str(Path(overrides["data"]).resolve())  # --resume works from any directory
         name = f"{Path(overrides['data']).name}-{name}"
-    out_dir = out or RunFolder.for_model(name).path
+    folder = RunFolder.for_training(name, out, resume, overwrite)
+    rank_0 = int(os.environ.get("RANK", "0")) == 0  # torchrun: only rank 0 speaks
+    if out is None and not resume and folder.path != RunFolder.for_model(name).path and rank_0:
+        click.echo(
+            f"vggdeploy: {RunFolder.for_model(name).path} holds an earlier run; this one goes to {folder.path}",
+            err=True,
+        )
     if resume:  # the saved run's settings, not the preset's; flags given still override (a larger --epochs extends)
-        base = saved_config(out_dir)
+        base = saved_config(folder.path)
     model = model_args_from_options(base.model.to_dict(), **model_options)
     config = base.with_overrides(model=model, compile=compile_model, **overrides)
-    own_image_flags = [f"--{key.replace('_', '-')}" for key in OWN_IMAGE_OPTIONS if overrides[key] is not None]
-    if config.data is None and own_image_flags:
-        raise UsageError(
-            f"{', '.join(own_image_flags)}: for your own images only (--data DIR); Fashion-MNIST has its own test set"
-        )
-    if config.data is not None and data_dir is not None:
-        raise UsageError("--data-dir: the Fashion-MNIST folder, which a run on your own images (--data) does not read")
-    rank_0 = int(os.environ.get("RANK", "0")) == 0  # torchrun: only rank 0 speaks
-    if overrides["batch_size"] is not None and overrides["lr"] is None and not resume and rank_0:
-        scaled = rate_per_image_hint(config.lr, config.batch_size * int(os.environ.get("WORLD_SIZE", "1")))
-        if scaled:  # a smaller batch at the preset's rate trained far worse (BENCHMARKS.md)
-            click.echo(f"vggdeploy: warning: --batch-size without --lr: {scaled}", err=True)
     result = run_training(
         config,
-        out_dir,
+        folder.path,
         data_dir=data_dir,
         resume=resume,
         progress=not quiet,
         time_limit=time_limit,
         fit_to_time=fit_to_time,
+        recipe_of=base,
+        given=[key for key, value in overrides.items() if value is not None],
     )
     if rank_0:
         _print_result(to_json(result.to_dict(), indent=2) if as_json else result.format())

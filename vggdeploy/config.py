@@ -57,6 +57,10 @@ class TrainConfig:
             raise UsageError(f"calibration holdout must not be negative, got {self.calibration_holdout}")
         if not 0 <= self.erase <= 1 or not 0 <= self.label_smoothing < 1:
             raise UsageError("erase must be in [0, 1] and label smoothing in [0, 1)")
+        if not 0 < self.test_fraction < 1:
+            raise UsageError(
+                f"--test-fraction must be between 0 and 1 (a share of the images), got {self.test_fraction}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,6 +138,35 @@ def require_limits(config: object, flags: dict[str, str]) -> None:
         value = getattr(config, name)
         if not value >= 0:
             raise UsageError(f"{flag} must be a number >= 0, got {value}")
+
+
+def shown_defaults(name: str) -> dict[str, str]:
+    """``train --help``'s defaults: the values a plain run with preset ``name`` takes, by option name; the batch size,
+    epochs and rate as the recipe sizes them (``recipe``)."""
+    from vggdeploy.recipe import MIN_STEPS, MIN_STEPS_PER_EPOCH, SMALLEST_BATCH
+
+    config = PRESETS[name]
+    model = config.model
+    return {
+        "arch": model.arch,
+        "batch_norm": "on" if model.batch_norm else "off",
+        "width_ratio": str(model.width_ratio),
+        "hidden": str(model.hidden),
+        "dropout": f"{model.dropout:g}",
+        "image_size": str(model.image_size),
+        "epochs": f"{config.epochs}, more on a small set: at least {MIN_STEPS:,} steps in all",
+        "batch_size": f"{config.batch_size}, halved on a small set until an epoch has {MIN_STEPS_PER_EPOCH} steps "
+        f"(not below {SMALLEST_BATCH})",
+        "lr": f"{config.lr:g} at batch {config.batch_size}, in proportion to the batch size",
+        "seed": str(config.seed),
+        "calibration_holdout": f"{config.calibration_holdout:,}, at most a tenth of the training images",
+        "compile_model": "on" if config.compile else "off",
+        "precision": config.precision,
+        "save_every": str(config.save_every),
+        "test_fraction": f"{config.test_fraction:g}",
+        "color": config.color,
+        "device": config.device,
+    }
 
 
 def preset(name: str | None, cuda_available: bool) -> TrainConfig:

@@ -73,13 +73,19 @@ def image_folder(
     strict: bool = False,
     progress: bool = True,
     normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    test_fraction_given: bool = False,
 ) -> Dataset:
     """A folder of labelled images (see ``folders``) at ``image_size``. ``color`` auto: RGB as soon as one training
-    image has colour. ``normalisation`` (mean, std) is computed from the training images unless given."""
+    image has colour. ``normalisation`` (mean, std) is computed from the training images unless given.
+    ``test_fraction_given``: the user set ``--test-fraction``, which a folder with its own test split refuses."""
     if color not in ("auto", *COLORS):
         raise UsageError(f"--color must be auto, grayscale or rgb, got {color!r}")
     root = Path(root)
     scan = folders.scan_folder(root, test_fraction, seed)
+    if test_fraction_given and scan.layout != "single":
+        raise UsageError(
+            f"--test-fraction: {root} has its own {scan.layout} split; the option splits a folder of class folders"
+        )
     folders.check_memory(len(scan.train) + len(scan.test), image_size)
     train, train_cache = folders.decode_split(root, scan.train, image_size, "train", progress)
     test, test_cache = folders.decode_split(root, scan.test, image_size, "test", progress)

@@ -84,10 +84,17 @@ def plot_training_curves(path: Path, history: Sequence[dict], title: str) -> Non
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
     loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss")
     loss_axis.plot(epochs, [row["test_loss"] for row in history], marker="o", label="test loss")
-    loss_axis.set_xlabel("epoch")
-    loss_axis.legend()
     accuracy_axis.plot(epochs, [row["train_accuracy"] for row in history], marker="o", label="train accuracy")
     accuracy_axis.plot(epochs, [row["test_accuracy"] for row in history], marker="o", label="test accuracy")
+    validated = [row for row in history if row.get("validation_accuracy") is not None]
+    if validated:  # the held-out slice that chooses best.pt
+        at = [row["epoch"] for row in validated]
+        loss_axis.plot(at, [row["validation_loss"] for row in validated], marker="o", label="validation loss")
+        accuracy_axis.plot(
+            at, [row["validation_accuracy"] for row in validated], marker="o", label="validation accuracy"
+        )
+    loss_axis.set_xlabel("epoch")
+    loss_axis.legend()
     accuracy_axis.set_xlabel("epoch")
     accuracy_axis.legend()
     figure.suptitle(title)
@@ -168,4 +175,28 @@ def plot_reliability(path: Path, panels: Sequence[tuple[str, object]], title: st
         axis.set_title(label)
         axis.legend(loc="upper left", fontsize=8)
     figure.suptitle(title)
+    _save_figure(figure, path)
+
+
+def plot_confusion(path: Path, counts, labels: Sequence[str], title: str) -> None:
+    """The confusion matrix as a heat map: true class down, predicted class across, each cell's count written in
+    (beyond 30 classes only the colours)."""
+    plt = _pyplot()
+    classes = len(labels)
+    side = min(max(5.0, 0.45 * classes + 2.5), 30.0)
+    figure, axis = plt.subplots(figsize=(side, side * 0.9))
+    image = axis.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="images")
+    axis.set_xticks(range(classes), labels, rotation=60, ha="right", fontsize=8)
+    axis.set_yticks(range(classes), labels, fontsize=8)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    if classes <= 30:
+        threshold = counts.max() / 2 if counts.size else 0
+        for true in range(classes):
+            for predicted in range(classes):
+                value = int(counts[true][predicted])
+                colour = "white" if value > threshold else "black"
+                axis.text(predicted, true, str(value), ha="center", va="center", fontsize=7, color=colour)
+    axis.set_title(textwrap.fill(title, 80), fontsize=10)
     _save_figure(figure, path)

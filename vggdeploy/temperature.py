@@ -70,11 +70,9 @@ class Calibration:
         if not self.fitted:
             test = f"test {self.test_before.format()}" if self.measured else "the test set was not measured"
             return f"calibration: temperature 1 ({self.method}); {test}"
-        low, high = TEMPERATURE_RANGE
-        bound = f" (an end of the search range {low:g}-{high:g}: no minimum inside it)"
         return (
             f"calibration: temperature {self.temperature:.4f} fitted on {self.slice_before.images:,} held-out "
-            f"training images{bound if at_search_bound(self.temperature) else ''}; test ECE {self.test_before.ece:.2%} -> "
+            f"training images; test ECE {self.test_before.ece:.2%} -> "
             f"{self.test_after.ece:.2%}, NLL {self.test_before.nll:.3f} -> {self.test_after.nll:.3f}"
         )
 
@@ -104,6 +102,26 @@ def torch_logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessS
             for i in range(0, len(images), LOGITS_CHUNK)
         ]
     )
+
+
+MIN_SLICE_ERRORS = 30  # misclassified held-out images a temperature fit needs (BENCHMARKS.md, own images)
+
+
+def unfit_slice(logits: np.ndarray, labels: np.ndarray, temperature: float) -> str | None:
+    """Why the temperature fitted on this held-out slice must not be used, or None. The NLL fit learns how sure to be
+    from the images the model gets wrong: on a slice with few of them (a small or easy set) it sharpens the
+    probabilities without bound (T = 0.05 on a slice classified all right, a gray image then 99.99999 %), and a fit
+    at an end of the search range found no minimum inside it."""
+    errors = int((logits.argmax(axis=1) != labels).sum())
+    if errors < MIN_SLICE_ERRORS:
+        return (
+            f"the {len(labels):,} held-out training images hold {errors} the model gets wrong, fewer than the "
+            f"{MIN_SLICE_ERRORS} a temperature fit needs (a larger --calibration-holdout or more images would give them)"
+        )
+    if at_search_bound(temperature):
+        low, high = TEMPERATURE_RANGE
+        return f"the fit ended at T = {temperature:.3g}, an end of the search range {low:g}-{high:g} (no minimum inside it)"
+    return None
 
 
 def held_out_slice(state: dict, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -138,6 +156,12 @@ def calibrate(
         return Calibration(1.0, False, f"none: {why}", bins, None, None, test, test, test_logits, labels)
     slice_logits, slice_labels = torch_logits(model, held_out[0], spec), held_out[1].numpy()
     temperature = fit_temperature(slice_logits, slice_labels)
+    refused = unfit_slice(slice_logits, slice_labels, temperature)
+    if refused is not None:
+        print(f"vggdeploy: warning: probabilities stay uncalibrated (temperature 1): {refused}", file=sys.stderr)
+        test = CalibrationFigures.measure(test_logits, labels, 1.0, bins)
+        held = CalibrationFigures.measure(slice_logits, slice_labels, 1.0, bins)
+        return Calibration(1.0, False, f"none: {refused}", bins, held, held, test, test, test_logits, labels)
     return Calibration(
         temperature,
         True,

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,7 +34,9 @@ from vggdeploy.errors import DataError, Interrupted, ResourceExhausted, Training
 from vggdeploy.files import ensure_writable, folder_lock, remove_stale_temporaries
 from vggdeploy.hardware import gpu_peak_tflops, peak_fraction
 from vggdeploy.model import build_model, count_parameters, onnx_size_problem, summarize
+from vggdeploy.per_class import PerClassReport
 from vggdeploy.preprocess import PreprocessSpec
+from vggdeploy.recipe import SIZED_FIELDS, Recipe, size_to_data, too_few_steps
 from vggdeploy.report import plot_training_curves, write_json, write_jsonl
 
 PROGRESS_EVERY = 20  # steps between progress updates (each one synchronises with the device)
@@ -89,15 +91,18 @@ class _StopRequests:
 @dataclass(frozen=True)
 class TrainResult:
     out_dir: Path
-    best_accuracy: float
-    final_accuracy: float
+    selected_epoch: int  # the epoch in best.pt, chosen on the validation slice (see ``selected_epoch``)
+    selected_validation_accuracy: float | None  # None without a validation slice (then the last epoch is chosen)
+    selected_test_accuracy: float  # best.pt's accuracy on the test split, which took no part in choosing it
+    final_test_accuracy: float  # the last epoch's
     epochs_run: int
     wall_seconds: float
     images_per_second: float  # training throughput over the epochs this run trained (all ranks together)
     peak_fraction: float | None  # of the GPU's bf16 tensor peak; None on the CPU
     history: list[dict]
     stopped_early: str | None = None  # why the run ended before its last epoch (the time limit), else None
-    held_out: int = 0  # training images kept out of the gradient steps, for export's temperature fit
+    held_out: int = 0  # training images kept out of the gradient steps: validation, and export's temperature fit
+    recipe: str | None = None  # the plan of batch size, epochs and rate, when it was sized to the data
     fitted_to: float | None = None  # --fit-to-time: the time limit the number of epochs was planned for
 
     def to_dict(self) -> dict:
@@ -119,11 +124,16 @@ class TrainResult:
         epochs = f"{self.epochs_run} epoch{'s' if self.epochs_run != 1 else ''}"
         if self.fitted_to is not None:
             epochs += f" (as many as fit the {self.fitted_to:g} s time limit)"
-        held_out = f"{self.held_out:,} training image{'s' if self.held_out != 1 else ''}"
+        held_out = f"{self.held_out:,} held-out training image{'s' if self.held_out != 1 else ''}"
+        chosen = (
+            f"by validation accuracy {self.selected_validation_accuracy:.2%} on {held_out}"
+            if self.selected_validation_accuracy is not None
+            else "the last (no validation slice: --calibration-holdout 0)"
+        )
         return (
-            f"best test accuracy {self.best_accuracy:.2%}, final {self.final_accuracy:.2%} after {epochs} "
-            f"in {self.wall_seconds:.0f} s ({self.images_per_second:,.0f} train img/s{peak}){stopped}; "
-            f"{held_out} held out for calibration; "
+            f"test accuracy {self.selected_test_accuracy:.2%} of best.pt (epoch {self.selected_epoch}, chosen {chosen}), "
+            f"final epoch's {self.final_test_accuracy:.2%}; {epochs} in {self.wall_seconds:.0f} s "
+            f"({self.images_per_second:,.0f} train img/s{peak}){stopped}; "
             f"checkpoints in {RunFolder(self.out_dir).checkpoints}"
         )
 
@@ -190,26 +200,43 @@ def _peak_fraction(device: torch.device, images_per_second: float, forward_gflop
     return peak_fraction(images_per_second, 3 * forward_gflops, peak and peak * 1e3)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's figures on one split."""
+
+    loss: float  # mean cross-entropy
+    accuracy: float
+    confusion: list[list[int]]  # [true class][predicted class] image counts
+
+
 @torch.no_grad()
 def evaluate(
-    model, images, labels, spec: PreprocessSpec, batch_size: int, distributed=_Distributed(), bf16: bool = False
-) -> tuple[float, float]:
-    """(mean loss, accuracy) on the given split; with DDP each rank takes its shard and the sums are reduced."""
+    model,
+    images,
+    labels,
+    spec: PreprocessSpec,
+    batch_size: int,
+    classes: int,
+    distributed=_Distributed(),
+    bf16: bool = False,
+) -> Evaluation:
+    """Loss, accuracy and confusion matrix on the given split; with DDP each rank takes its shard and the sums are
+    reduced."""
     model.eval()
-    sums = torch.zeros(2, device=images.device, dtype=torch.float64)
-    count = 0
+    loss = torch.zeros(1, device=images.device, dtype=torch.float64)
+    confusion = torch.zeros(classes * classes, device=images.device, dtype=torch.float64)
     autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16)
     for batch, target in iterate_batches(images, labels, batch_size, spec, shard=(distributed.rank, distributed.world)):
         with autocast:
             logits = model(batch).float()
-        sums += torch.stack([F.cross_entropy(logits, target, reduction="sum"), (logits.argmax(1) == target).sum()]).to(
-            sums
-        )
-        count += len(target)
-    totals = torch.cat([sums, sums.new_tensor([count])])
+        loss += F.cross_entropy(logits, target, reduction="sum").to(loss)
+        confusion += torch.bincount(target * classes + logits.argmax(1), minlength=classes * classes).to(confusion)
+    totals = torch.cat([loss, confusion])
     if distributed.world > 1:
         dist.all_reduce(totals)
-    return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+    matrix = totals[1:].reshape(classes, classes)
+    count = matrix.sum().item()
+    return Evaluation((totals[0] / count).item(), (matrix.trace() / count).item(), matrix.long().cpu().tolist())
 
 
 @dataclass(frozen=True)
@@ -218,10 +245,13 @@ class TrainingData:
 
     train_images: torch.Tensor  # only these take gradient steps
     train_labels: torch.Tensor
-    test_images: torch.Tensor
+    validation_images: torch.Tensor  # the held-out slice: chooses best.pt, and export fits the temperature on it
+    validation_labels: torch.Tensor
+    test_images: torch.Tensor  # only ever reported, never used to choose
     test_labels: torch.Tensor
     spec: PreprocessSpec  # the dataset's colour and normalisation at the model's size
     name: str  # of the dataset, for reports
+    class_names: tuple[str, ...]
     # "data_checksums", "dataset" (how to find the images again) and "calibration_split" (the held-out indices),
     # saved in every checkpoint
     provenance: dict
@@ -239,8 +269,9 @@ def calibration_split(config: TrainConfig, labels: torch.Tensor, source: str) ->
     }
 
 
-def load_dataset(config: TrainConfig, data_dir, progress: bool = True) -> Dataset:
-    """Fashion-MNIST, or the folder of ``config.data`` decoded at the model's size (its notes go to stderr)."""
+def load_dataset(config: TrainConfig, data_dir, progress: bool = True, given: Collection[str] = ()) -> Dataset:
+    """Fashion-MNIST, or the folder of ``config.data`` decoded at the model's size (its notes go to stderr).
+    ``given``: the settings the user gave (a ``test_fraction`` given for a folder with its own test split is refused)."""
     if config.data is None:
         return fashion_mnist(data_dir)
     dataset = image_folder(
@@ -251,6 +282,7 @@ def load_dataset(config: TrainConfig, data_dir, progress: bool = True) -> Datase
         config.seed,
         config.strict,
         progress,
+        test_fraction_given="test_fraction" in given,
     )
     report_notes(dataset)
     return dataset
@@ -267,10 +299,12 @@ def _load_data(config: TrainConfig, dataset: Dataset, device: torch.device) -> T
         "dataset": dataset.description,
         "calibration_split": split,
     }
+    held_out = (train_images[~kept], train_labels[~kept])
     return TrainingData(
-        *(t.to(device) for t in (train_images[kept], train_labels[kept], test_images, test_labels)),
+        *(t.to(device) for t in (train_images[kept], train_labels[kept], *held_out, test_images, test_labels)),
         dataset.spec(config.model.image_size),
         dataset.name,
+        dataset.class_names,
         provenance,
     )
 
@@ -320,8 +354,14 @@ def train(
     progress: bool = True,
     time_limit: float | None = None,
     fit_to_time: bool = False,
+    recipe_of: TrainConfig | None = None,
+    given: Collection[str] = (),
 ) -> TrainResult:
     """Train ``config`` into ``out_dir`` (checkpoints/, train/); resumable from ``checkpoints/last.pt``.
+
+    ``recipe_of`` (a preset) has its batch size, epochs and learning rate sized to the number of training images
+    (``recipe``), all but those named in ``given`` (the config fields the user set, whose values ``config`` holds);
+    the plan is printed before the first epoch. Without it, ``config``'s values are taken as they are.
 
     ``time_limit`` (seconds of wall time from this call) ends the run cleanly at the first step boundary past it:
     ``last.pt`` is saved at that step, so ``--resume`` continues exactly there, and ``best.pt`` keeps the best
@@ -341,7 +381,9 @@ def train(
     lock = folder_lock(out_dir, "vggdeploy train") if distributed.is_main else contextlib.nullcontext()
     try:
         with lock, _StopRequests(enabled=distributed.world == 1, time_limit=time_limit) as stop:
-            return _train(config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time)
+            preset = None if recipe_of is None or resume else Recipe(0, *(getattr(recipe_of, f) for f in SIZED_FIELDS))
+            sizing = _Sizing(preset, tuple(given))
+            return _train(config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time, sizing)
     finally:
         if distributed.world > 1:
             dist.destroy_process_group()
@@ -401,10 +443,23 @@ class _Run:
     history: list[dict]
     fit_to_time: bool = False  # config.epochs is then the plan, lowered after each epoch to what fits the time
     unsaved_best: dict | None = None  # best.pt's state from an epoch since the last write
+    recipe: str | None = None  # the plan sized to the data, when it was
+    epoch_confusion: list[list[int]] | None = None  # the last finished epoch's test confusion matrix
+    selected_confusion: list[list[int]] | None = None  # best.pt's
 
     @property
     def spec(self) -> PreprocessSpec:
         return self.data.spec
+
+    @property
+    def validates(self) -> bool:
+        """Whether a validation slice was held out to choose best.pt."""
+        return len(self.data.validation_labels) > 0
+
+    def state(self, with_optimizer: bool = True) -> dict:
+        """A checkpoint's content as of now, with the last finished epoch's test confusion matrix."""
+        optimizer = self.optimizer if with_optimizer else None
+        return _state(self.model, optimizer, self.config, self.history, self.data.provenance, self.epoch_confusion)
 
     def save_position(self, step: int, sums: RunningSums) -> None:
         """last.pt at a step boundary inside an epoch: enough to resume exactly where training stopped."""
@@ -413,21 +468,21 @@ class _Run:
     def keep_epoch(self) -> None:
         """After an epoch's evaluation: remember its state for best.pt when it is the best so far, and write the
         checkpoints every ``config.save_every`` epochs, at the planned last epoch and when a stop was asked for."""
-        best = self.history[-1]["test_accuracy"] >= max(row["test_accuracy"] for row in self.history)
+        best = selected_epoch(self.history) is self.history[-1]
+        if best:
+            self.selected_confusion = self.epoch_confusion
         epochs = len(self.history)
         if epochs % self.config.save_every == 0 or epochs >= self.config.epochs or self.stop.received:
             self.save_checkpoints(best_now=best)
             return
         if best:
-            self.unsaved_best = _without_optimizer(
-                _state(self.model, None, self.config, self.history, self.data.provenance)
-            )
+            self.unsaved_best = _without_optimizer(self.state(with_optimizer=False))
         write_jsonl(RunFolder(self.out_dir).metrics, self.history)
 
     def save_checkpoints(self, in_progress: dict | None = None, best_now: bool = False) -> None:
         """last.pt (with the position inside an epoch, when given), best.pt if a better epoch is not on disk yet
         (``best_now``: this state is it), and metrics.jsonl."""
-        state = _state(self.model, self.optimizer, self.config, self.history, self.data.provenance)
+        state = self.state()
         if in_progress is not None:
             state["in_progress"] = in_progress
         if best_now:
@@ -450,8 +505,8 @@ class _EpochOutcome:
 
 
 def _say_what_a_new_run_replaces(folder: RunFolder) -> None:
-    """A run into the folder of an earlier one replaces its checkpoints as it goes (as running a script again
-    would); one line on stderr says whose, and that an export made from them no longer matches them."""
+    """A run told to --overwrite an earlier one replaces its checkpoints as it goes; one line on stderr says whose,
+    and that an export made from them no longer matches them."""
     if not folder.last_checkpoint.is_file():
         return
     try:
@@ -463,22 +518,25 @@ def _say_what_a_new_run_replaces(folder: RunFolder) -> None:
     stale = f"; {export} was exported from the earlier run: export again after this one" if export.is_file() else ""
     print(
         f"vggdeploy: warning: {folder.path} holds an earlier run{record}; this run replaces its checkpoints and "
-        f"training reports (--resume continues it instead){stale}",
+        f"training reports (--overwrite){stale}",
         file=sys.stderr,
     )
 
 
 def _prepare(
-    config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time
+    config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time, sizing
 ) -> tuple[_Run, dict | None]:
     """Data on the device, the model and optimizer (restored on --resume), the compiled/DDP runner."""
     if distributed.is_main:
         ensure_writable(RunFolder(out_dir).checkpoints)
         remove_stale_temporaries(RunFolder(out_dir).checkpoints)
     state = _resume_state(out_dir, config) if resume else None
-    dataset = load_dataset(config, data_dir, progress and distributed.is_main)
+    dataset = load_dataset(config, data_dir, progress and distributed.is_main, sizing.given)
     config = fitted_to(config, dataset)
     data = _load_data(config, dataset, device)
+    recipe = None if sizing.preset is None else _sized(config, len(data.train_images) // distributed.world, sizing)
+    if recipe is not None:
+        config = replace(config, batch_size=recipe.batch_size, epochs=recipe.epochs, lr=recipe.lr)
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(device)
     optimizer = _optimizer(model, config)
@@ -502,6 +560,11 @@ def _prepare(
             f"lower --batch-size (at most {largest})" + (f"; {scaled}" if scaled else "")
         )
     if distributed.is_main and not resume:  # every setting and the data are good: the run will start
+        if recipe is not None:
+            print(f"vggdeploy: {recipe.format()}", file=sys.stderr)
+            warning = too_few_steps(recipe, sizing.preset)
+            if warning:
+                print(f"vggdeploy: warning: {warning}", file=sys.stderr)
         _say_what_a_new_run_replaces(RunFolder(out_dir))
         too_large = onnx_size_problem(count_parameters(model))
         if too_large is not None:  # hours of training for a model the next stage refuses: say so first
@@ -522,14 +585,35 @@ def _prepare(
         steps_per_epoch,
         history,
         fit_to_time,
+        recipe=recipe and recipe.format(),
     )
+    if state is not None and RunFolder(out_dir).best_checkpoint.is_file():
+        run.selected_confusion = load_checkpoint(RunFolder(out_dir).best_checkpoint, mmap=True).get("test_confusion")
     return run, (state or {}).get("in_progress")
 
 
+@dataclass(frozen=True)
+class _Sizing:
+    """What the recipe sizes to the data: a preset's batch size, epochs and rate (None: the config's as they are),
+    and the names of the settings the user gave, which stay as given."""
+
+    preset: Recipe | None
+    given: tuple[str, ...] = ()
+
+
+def _sized(config: TrainConfig, images: int, sizing: _Sizing) -> Recipe:
+    """The batch size, epochs and rate the recipe plans for ``images`` (per process) from the preset's, keeping the
+    settings the user gave (their values are ``config``'s)."""
+    given = {name: getattr(config, name) for name in SIZED_FIELDS if name in sizing.given}
+    return size_to_data(images, sizing.preset, given)
+
+
 def _train(
-    config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests, fit_to_time
+    config, out_dir, data_dir, resume, progress, device, distributed, stop: _StopRequests, fit_to_time, sizing
 ) -> TrainResult:
-    run, in_progress = _prepare(config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time)
+    run, in_progress = _prepare(
+        config, out_dir, data_dir, resume, progress, device, distributed, stop, fit_to_time, sizing
+    )
     start_epoch = len(run.history)
     elapsed_before = run.history[-1].get("elapsed_seconds", 0.0) if run.history else 0.0  # the runs resumed from
     trained_images, train_seconds, stopped = 0, 0.0, None
@@ -559,9 +643,12 @@ def _train(
         epoch += 1
 
     rate = trained_images / train_seconds if train_seconds else 0.0
+    selected = selected_epoch(run.history)
     result = TrainResult(
         out_dir,
-        max(row["test_accuracy"] for row in run.history),
+        selected["epoch"],
+        selected.get("validation_accuracy"),
+        selected["test_accuracy"],
         run.history[-1]["test_accuracy"],
         len(run.history) - start_epoch,
         stop.elapsed(),
@@ -570,11 +657,19 @@ def _train(
         run.history,
         stopped,
         len(run.data.provenance["calibration_split"]["indices"]),
+        run.recipe,
         stop.time_limit if fit_to_time else None,
     )
     if distributed.is_main:
         with keeping_what_was_saved(out_dir):
             _write_reports(out_dir, run.config, result, device, run.data.name)
+            if run.selected_confusion is not None:
+                PerClassReport.from_counts(run.data.class_names, run.selected_confusion).write(
+                    RunFolder(out_dir).per_class,
+                    RunFolder(out_dir).confusion,
+                    f"{run.config.model.name} on {run.data.name}: best.pt (epoch {result.selected_epoch}) on the "
+                    f"{len(run.data.test_labels):,} test images",
+                )
     return result
 
 
@@ -698,22 +793,23 @@ def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before:
     evaluation_started = time.perf_counter()
     if run.distributed.world > 1:
         dist.all_reduce(outcome.sums.values)
-    test_loss, test_accuracy = evaluate(
-        run.runner,
-        run.data.test_images,
-        run.data.test_labels,
-        run.spec,
-        run.config.eval_batch_size,
-        run.distributed,
-        run.bf16,
+    classes = run.config.model.num_classes
+    measure = lambda images, labels: evaluate(
+        run.runner, images, labels, run.spec, run.config.eval_batch_size, classes, run.distributed, run.bf16
     )
+    validation = measure(run.data.validation_images, run.data.validation_labels) if run.validates else None
+    test = measure(run.data.test_images, run.data.test_labels)
+    run.epoch_confusion = test.confusion
     run.history.append(
         {
             "epoch": epoch + 1,
             "train_loss": outcome.sums.mean_loss,
             "train_accuracy": outcome.sums.accuracy,
-            "test_loss": test_loss,
-            "test_accuracy": test_accuracy,
+            "validation_loss": validation and validation.loss,
+            "validation_accuracy": validation and validation.accuracy,
+            "validation_images": len(run.data.validation_labels),
+            "test_loss": test.loss,
+            "test_accuracy": test.accuracy,
             "lr_end": run.optimizer.param_groups[0]["lr"],
             "epoch_seconds": outcome.seconds + time.perf_counter() - evaluation_started,  # training and evaluation
             "train_images_per_second": outcome.images / outcome.seconds,
@@ -726,17 +822,14 @@ def _finish_epoch(run: _Run, epoch: int, outcome: _EpochOutcome, elapsed_before:
     if run.distributed.is_main:
         run.keep_epoch()
         if run.progress:
+            validated = f"validation accuracy {validation.accuracy:.2%}, " if validation else ""
             tqdm.write(
-                f"epoch {epoch + 1}: test accuracy {test_accuracy:.2%}, test loss {test_loss:.4f}", file=sys.stderr
+                f"epoch {epoch + 1}: {validated}test accuracy {test.accuracy:.2%}, test loss {test.loss:.4f}",
+                file=sys.stderr,
             )
 
 
-def _without_optimizer(state: dict) -> dict:
-    """best.pt's content: a checkpoint state less the optimizer's (it is for export, not for --resume)."""
-    return {k: v for k, v in state.items() if k != "optimizer_state"}
-
-
-def _state(model, optimizer, config: TrainConfig, history: list[dict], provenance: dict) -> dict:
+def _state(model, optimizer, config: TrainConfig, history: list[dict], provenance: dict, confusion=None) -> dict:
     """A checkpoint's content as of now: copies, so a state kept for a later write does not change with training."""
     return {
         "model_args": config.model.to_dict(),
@@ -746,8 +839,30 @@ def _state(model, optimizer, config: TrainConfig, history: list[dict], provenanc
         "epoch": len(history),
         "metrics": list(history),
         "test_accuracy": history[-1]["test_accuracy"] if history else None,
+        "validation_accuracy": history[-1].get("validation_accuracy") if history else None,
+        "test_confusion": confusion,  # [true][predicted] counts of the epoch's test images
         **provenance,
     }
+
+
+def selected_epoch(history: list[dict]) -> dict:
+    """The epoch best.pt holds, chosen on the validation slice (held-out training images), never on the test split:
+    the latest epoch whose validation accuracy is within one standard error of the best one (the one-standard-error
+    rule). On a slice of a few dozen images the best accuracy is mostly noise (a 10-image slice chose an epoch 7.6 pp
+    worse on the test split than the last, annealed one); on 5,000 images the error is about 0.4 pp. Without a
+    validation slice (``--calibration-holdout 0``), the last epoch."""
+    validated = [row for row in history if row.get("validation_accuracy") is not None]
+    if not validated:
+        return history[-1]
+    best = max(validated, key=lambda row: row["validation_accuracy"])
+    accuracy, images = best["validation_accuracy"], best.get("validation_images") or 1
+    standard_error = math.sqrt(accuracy * (1 - accuracy) / images)
+    return next(row for row in reversed(validated) if row["validation_accuracy"] >= accuracy - standard_error)
+
+
+def _without_optimizer(state: dict) -> dict:
+    """best.pt's content: a checkpoint state less the optimizer's (it is for export, not for --resume)."""
+    return {k: v for k, v in state.items() if k != "optimizer_state"}
 
 
 @contextmanager
@@ -779,8 +894,13 @@ def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, devi
         folder.summary,
         {
             "model": config.model.name,
-            "best_test_accuracy": result.best_accuracy,
-            "final_test_accuracy": result.final_accuracy,
+            "selected_epoch": result.selected_epoch,
+            "selected_validation_accuracy": result.selected_validation_accuracy,
+            "selected_test_accuracy": result.selected_test_accuracy,
+            "final_test_accuracy": result.final_test_accuracy,
+            "selection": "best.pt is the epoch of highest validation accuracy (held-out training images); the test "
+            "split only reports",
+            "recipe": result.recipe,
             "epochs_this_run": result.epochs_run,
             "stopped_early": result.stopped_early,
             "fitted_to_time_limit_seconds": result.fitted_to,  # --fit-to-time: the limit its epochs were planned for

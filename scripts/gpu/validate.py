@@ -331,7 +331,7 @@ def runtime_stage(validation: Validation) -> None:
     summary = read_json(seed.summary)
     if summary:
         validation.figures["seed_train"] = pick(
-            summary, "best_test_accuracy", "wall_seconds", "train_images_per_second"
+            summary, "selected_test_accuracy", "final_test_accuracy", "wall_seconds", "train_images_per_second"
         )
     copy_png(seed.curves, validation.out / "seed-curves.png")
     validation.run("seed-export", ["export", "--checkpoint", str(seed.best_checkpoint), *profile.export])
