@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -30,3 +31,28 @@ def drop_last_label(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` (changed in place) with 9 labels in its metadata for its 10 outputs: a consumer that reads labels
     by index without comparing the counts answers a shifted or missing label instead of refusing the model."""
     return edit_metadata(proto, "labels", lambda labels: labels[:-1])
+
+
+def scale_logits(proto: onnx.ModelProto, factor: float) -> onnx.ModelProto:
+    """``proto`` (changed in place) with its last Gemm's weights and bias times ``factor``: every argmax stays, only
+    how sure the model is changes (its calibration)."""
+    gemm = [node for node in proto.graph.node if node.op_type == "Gemm"][-1]
+    for tensor in proto.graph.initializer:
+        if tensor.name in gemm.input[1:]:
+            values = numpy_helper.to_array(tensor)
+            tensor.CopyFrom(numpy_helper.from_array((values * factor).astype(values.dtype), tensor.name))
+    return proto
+
+
+def shift_output(proto: onnx.ModelProto, index: int, amount: float) -> onnx.ModelProto:
+    """``proto`` (changed in place) with ``amount`` added to output ``index`` by a node after the graph's last one:
+    the same plant in any variant (an int8 file's own bias is quantized, an fp16 file's is half precision)."""
+    output = proto.graph.output[0]
+    producer = next(node for node in proto.graph.node if output.name in node.output)
+    raw = f"{output.name}_before_shift"
+    producer.output[list(producer.output).index(output.name)] = raw
+    shift = np.zeros(10, np.float32)
+    shift[index] = amount
+    proto.graph.initializer.append(numpy_helper.from_array(shift, f"{output.name}_shift"))
+    proto.graph.node.append(onnx.helper.make_node("Add", [raw, f"{output.name}_shift"], [output.name]))
+    return proto

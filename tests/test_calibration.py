@@ -265,3 +265,30 @@ def test_a_variant_that_spoils_the_calibration_fails_the_check():
     assert (
         CalibrationCheck(0.8, True, reference, {"int8": Figures(100, 0.8, 0.034, 0.3, 0.9, 0.9)}, 0.005).worse() == []
     )
+
+
+def test_the_temperature_is_fitted_on_the_held_out_slice_and_nothing_else(tiny_checkpoint, data_dir, monkeypatch):
+    """Fitting on the test set would pass every other test (its NLL and ECE go down further there): the fit's
+    input must be the torch logits of exactly the images the checkpoint held out, with their labels."""
+    from vggdeploy import temperature as temperature_module
+    from vggdeploy.checkpoint import rebuild_model
+    from vggdeploy.datasets import dataset_of
+    from vggdeploy.preprocess import PreprocessSpec
+
+    seen = []
+
+    def spy(logits, labels, *args, **kwargs):
+        seen.append((logits.copy(), labels.copy()))
+        return fit_temperature(logits, labels, *args, **kwargs)
+
+    monkeypatch.setattr(temperature_module, "fit_temperature", spy)
+    model, state = rebuild_model(tiny_checkpoint)
+    dataset = dataset_of(state, data_dir)
+    spec = PreprocessSpec(32, 32)
+    calibration = temperature_module.calibrate(model, state, dataset, spec, ExportConfig())
+    images, labels = temperature_module.held_out_slice(state, dataset)
+    assert len(seen) == 1 and calibration.fitted
+    fitted_logits, fitted_labels = seen[0]
+    assert np.array_equal(fitted_labels, labels.numpy()) and len(labels) == 300
+    np.testing.assert_allclose(fitted_logits, temperature_module.torch_logits(model, images, spec), atol=1e-5)
+    assert calibration.temperature == pytest.approx(fit_temperature(fitted_logits, fitted_labels))

@@ -1,14 +1,18 @@
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from broken_models import scale_logits, shift_output
 from onnx import numpy_helper
 
 from vggdeploy.check import run_check
 from vggdeploy.config import CheckConfig
+from vggdeploy.errors import CheckFailed
 from vggdeploy.onnx_file import read_metadata
 
 
@@ -198,3 +202,71 @@ def test_a_variant_file_is_checked_against_its_own_limits(tiny_export, tiny_chec
     assert raw.stderr.strip().endswith(f"check {result.model_path} instead")
     localize = cli("check", "--model", str(int8), "--checkpoint", str(tiny_checkpoint), "--localize")
     assert localize.returncode == 2 and "--localize follows the fp32 graph" in localize.stderr
+
+
+def _deployment(tiny_export, folder, planted: dict) -> Path:
+    """A copy of the tiny export's fp32, fp16 and int8 files in ``folder``, each in ``planted`` ({variant: edit of
+    its proto}) changed: one failure planted at a time."""
+    result, _ = tiny_export
+    files = {"fp32": result.model_path, "fp16": result.variants["fp16"].path, "int8": result.variants["int8"].path}
+    folder.mkdir()
+    for variant, source in files.items():
+        target = folder / source.name
+        if variant in planted:
+            onnx.save(planted[variant](onnx.load(str(source))), str(target))
+        else:
+            shutil.copyfile(source, target)
+    return folder / result.model_path.name
+
+
+GENEROUS = dict(provider="cpu", images=500, int8_max_drop_pp=5.0)
+
+
+@pytest.mark.parametrize(
+    ("planted", "limits", "failed"),
+    [
+        # an fp16 file over its accuracy limit alone (its calibration limit lifted)
+        ({"fp16": lambda p: shift_output(p, 0, 1000)}, {"max_ece_increase_pp": 100}, "fp16"),
+        # an int8 file that is broken while fp16 is fine: int8 must be the file in the int8 slot
+        ({"int8": lambda p: shift_output(p, 0, 1000)}, {"max_ece_increase_pp": 100}, "int8"),
+        # a variant whose only failure is its ECE: the same argmax everywhere, three times as sure
+        ({"fp16": lambda p: scale_logits(p, 3.0)}, {}, "fp16 calibration (ECE)"),
+    ],
+    ids=["fp16-accuracy", "int8-alone", "ece-alone"],
+)
+def test_each_planted_failure_alone_fails_the_check_and_is_named(
+    planted, limits, failed, tiny_export, tiny_checkpoint, tmp_path
+):
+    model = _deployment(tiny_export, tmp_path / "onnx", planted)
+    report = run_check(model, tiny_checkpoint, CheckConfig(**{**GENEROUS, **limits}), report_dir=tmp_path / "r")
+    assert not report
+    with pytest.raises(CheckFailed) as raised:
+        report.raise_if_failed()
+    assert raised.value.exit_code == 4 and str(raised.value) == f"parity check failed for {failed}"
+    failed_parity = [r.name for r in report.results if not r]
+    if failed.endswith("(ECE)"):  # every parity verdict passes: the calibration alone failed the check
+        assert failed_parity == [] and report.calibration.worse() == ["fp16"]
+        assert next(r for r in report.results if r.name == "fp16").top1_agreement == 1.0
+    else:
+        assert failed_parity == [failed] and report.calibration.worse() == []
+
+
+def test_a_planted_failure_is_exit_4_on_the_command_line(tiny_export, tiny_checkpoint, tmp_path):
+    model = _deployment(tiny_export, tmp_path / "onnx", {"int8": lambda p: shift_output(p, 0, 1000)})
+    result = cli(
+        "check",
+        "--model",
+        str(model),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--images",
+        "300",
+        "--int8-max-drop",
+        "5",
+        "--max-ece-increase",
+        "100",
+        "--report-dir",
+        str(tmp_path / "r"),
+    )
+    assert result.returncode == 4 and result.stderr.strip().splitlines()[-1] == "error: parity check failed for int8"
+    assert "int8: 300 images" in result.stdout and "-> FAILED" in result.stdout
