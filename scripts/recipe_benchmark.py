@@ -270,7 +270,8 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         best = row.get("sweep_best")
         sweep = (
-            f"{best['test_accuracy']:.2%} ({best['batch']}, {best['lr']:.3g}, {best['epochs']})"
+            f"{best['test_accuracy']:.2%} ({best['batch']}, {best['lr']:.3g}, {best['epochs']}), "
+            f"{row.get('sweep_kind', 'grid')}: {len(row['sweep'])} runs"
             if best
             else "not swept"
         )
