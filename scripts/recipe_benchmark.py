@@ -6,7 +6,8 @@ synthetic shapes, an imbalanced set and a set with many classes. On each it trai
 small sweep of batch size, learning rate and epochs, each run with all three given. Prints a markdown table and
 writes OUT/recipe_benchmark.json.
 
-    python scripts/recipe_benchmark.py OUT [--sets fmnist-100,shapes-1200] [--no-sweep] [--sweep-on SET,...] [--light]
+    python scripts/recipe_benchmark.py OUT [--sets fmnist-100,shapes-1200] [--no-sweep] [--sweep-on SET,...]
+        [--light] [--keep-sweep]
 """
 
 from __future__ import annotations
@@ -206,9 +207,10 @@ def _plan(line: str) -> tuple[int, float, int]:
     return int(fields[0].split()[1]), float(fields[3].split()[1]), int(fields[1].split()[0])
 
 
-def run_set(root: Path, name: str, sweep: str) -> dict:
-    """``sweep``: "grid" (sweep_points, then the best one's epochs / 3 and x 3), "light" (light_sweep_points) or
-    "none"."""
+def run_set(root: Path, name: str, sweep: str, earlier: dict | None = None) -> dict:
+    """``sweep``: "grid" (sweep_points, then the best one's epochs / 3 and x 3), "light" (light_sweep_points),
+    "none", or "keep": the ``earlier`` row's sweep with a new default run (the sweep's runs give all three settings,
+    so a change of the rule leaves them as they were)."""
     folder = make_set(root, name)
     runs = root / "runs" / name
     default = train(folder, runs / "default", [])
@@ -222,7 +224,12 @@ def run_set(root: Path, name: str, sweep: str) -> dict:
         "default_seconds": default["command_seconds"],
         **calibration(Path(default["best_checkpoint"]), runs / "default" / "onnx"),
         "sweep": [],
+        "sweep_kind": sweep,
     }
+    if sweep == "keep":
+        if not earlier or not earlier.get("sweep"):
+            raise UsageError(f"--keep-sweep: no earlier sweep of {name} in {root / 'recipe_benchmark.json'}")
+        return {**row, **{key: earlier.get(key, "grid") for key in ("sweep", "sweep_kind", "sweep_best")}}
     if sweep == "light":
         for batch, lr, epochs in light_sweep_points(*_plan(default["plan"])):
             result = train(folder, runs / f"b{batch}-lr{lr:g}-e{epochs}", _options(batch, lr, epochs))
@@ -293,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sweep", action="store_true", help="the default command only")
     parser.add_argument("--sweep-on", default=None, help="sweep these sets only [default: all but fmnist-50000]")
     parser.add_argument("--light", action="store_true", help="the light sweep (4 runs around the default's plan)")
+    parser.add_argument(
+        "--keep-sweep", action="store_true", help="run the default command again, keep the earlier sweep's runs"
+    )
     args = parser.parse_args(argv)
     names = [name for name in args.sets.split(",") if name]
     unknown = sorted(set(names) - set(SETS))
@@ -304,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for row in earlier if row["set"] not in names]  # a later call adds its sets to the table
     for name in names:
         sweep = "none" if args.no_sweep or name not in swept else "light" if args.light else "grid"
-        rows.append(run_set(args.out, name, sweep))
+        sweep = "keep" if args.keep_sweep else sweep
+        rows.append(run_set(args.out, name, sweep, next((row for row in earlier if row["set"] == name), None)))
         results.write_text(json.dumps(rows, indent=2) + "\n")
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     rows.sort(key=lambda row: list(SETS).index(row["set"]))
