@@ -17,6 +17,7 @@ from vggdeploy.bench import (
     Engine,
     Measurement,
     engine_session,
+    ratio_noise,
     run_bench,
 )
 from vggdeploy.config import BenchConfig
@@ -59,8 +60,10 @@ def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint
     )
     best = min(("ort-cpu-fp32", "ort-cpu-int8"), key=lambda e: single[e].p50_ms)
     speedup = single["torch-cpu-fp32"].p50_ms / single[best].p50_ms
+    noise = ratio_noise(single[best], single["torch-cpu-fp32"])  # a busy machine: no ratio (a test of its own below)
     assert report.best_cpu_engine() == (
-        f"best deployable CPU engine at batch 1: {best} ({single[best].p50_ms:.3g} ms p50, {speedup:.2f}x torch eager fp32)"
+        f"best deployable CPU engine at batch 1: {best} ({single[best].p50_ms:.3g} ms p50, "
+        f"{noise or f'{speedup:.2f}x torch eager fp32'})"
     )
     assert f"CPU engines ({report.cpu_threads} threads each)" in report.format()
     assert report.format().startswith(  # what each engine ran, where the files differ
@@ -77,7 +80,8 @@ def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint
     assert fp16_named.format().startswith(f"bench of the export in {result.model_path.parent}/ (each engine runs")
     batch_lines = report.fastest_by_batch()
     assert [line.split(":")[0] for line in batch_lines] == ["CPU batch 1", "CPU batch 4"]
-    assert batch_lines[0].startswith(f"CPU batch 1: fastest ONNX Runtime engine {best}, {speedup:.2f}x the fastest")
+    if not noise:
+        assert batch_lines[0].startswith(f"CPU batch 1: fastest ONNX Runtime engine {best}, {speedup:.2f}x the fastest")
 
 
 def _lone_model(result, tmp_path):
@@ -307,3 +311,39 @@ def test_the_fastest_engine_per_batch_on_the_h100_window_says_where_onnx_runtime
         "torch-cuda-fp16-cl (faster; 11,717 vs 10,932 img/s)",
     ]
     assert report.fastest_by_batch()[1] in report.format()
+
+
+def test_noisy_cells_are_marked_and_carry_no_ratio(tiny_export, tiny_checkpoint, tmp_path, monkeypatch):
+    """On a loaded machine torch at batch 1 took 320-350 ms against 0.47 ms, and bench printed "5035.26x torch eager"
+    without a word. A fake timer makes torch's runs spread (a tenth of them 3x the median) and ONNX Runtime's steady."""
+    from vggdeploy import bench as bench_module
+
+    def fake_timed_runs(run, seconds, min_runs, warmup):
+        run()  # the engine still runs once: its output and state are real
+        if isinstance(run, bench_module.BoundOrtRun):
+            return [0.010] * 20
+        return [0.010] * 16 + [0.030] * 4
+
+    monkeypatch.setattr(bench_module, "timed_runs", fake_timed_runs)
+    result, _ = tiny_export
+    config = BenchConfig(("torch-cpu-fp32", "ort-cpu-fp32"), batch_sizes=(1, 1, 4), seconds=0.0, min_runs=1)
+    assert config.batch_sizes == (1, 4)  # a repeated size is benched once
+    report = run_bench(result.model_path, tiny_checkpoint, config, report_dir=tmp_path)
+    cells = {(m.engine, m.batch): m for m in report.measurements}
+    assert len(report.measurements) == 4 and cells[("torch-cpu-fp32", 1)].noisy
+    assert cells[("torch-cpu-fp32", 1)].spread == pytest.approx(3.0) and not cells[("ort-cpu-fp32", 1)].noisy
+    assert report.best_cpu_engine() == (
+        "best deployable CPU engine at batch 1: ort-cpu-fp32 (10 ms p50, no ratio: noisy (torch-cpu-fp32 p90 3.0x p50))"
+    )
+    assert all("x the fastest" not in line and "no ratio: noisy" in line for line in report.fastest_by_batch())
+    text = report.format()
+    assert (
+        text.count(
+            "warning: 2 of 4 cells are noisy (p90 above 1.5x p50: torch-cpu-fp32 batch 1, torch-cpu-fp32 "
+            "batch 4); no ratio is built on them."
+        )
+        == 1
+    )
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert [m["noisy"] for m in saved["measurements"]] == [m.noisy for m in report.measurements]
+    assert saved["noise_warning"] == report.noise_warning() and BenchReport.from_json(saved) == report

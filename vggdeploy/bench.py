@@ -100,6 +100,9 @@ class Engine:
         return "fp16" if self.compiled else self.precision
 
 
+NOISY_SPREAD = 1.5  # p90 / p50 above this: a tenth of the runs took half as long again as the median
+
+
 @dataclass(frozen=True)
 class Measurement:
     engine: str
@@ -111,6 +114,16 @@ class Measurement:
     mean_ms: float
     images_per_second: float
     peak_fraction: float | None
+
+    @property
+    def spread(self) -> float:
+        """p90 / p50: how far the slow tenth of the runs is from the median."""
+        return self.p90_ms / self.p50_ms if self.p50_ms > 0 else float("inf")
+
+    @property
+    def noisy(self) -> bool:
+        """Too spread to support a ratio: the machine was busy (or the engine unsteady) while it was timed."""
+        return not self.spread <= NOISY_SPREAD
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,12 @@ def _versus(first: Measurement, second: Measurement) -> str:
     return f"{first.images_per_second:,.0f} vs {second.images_per_second:,.0f} img/s"
 
 
+def ratio_noise(*measurements: Measurement) -> str:
+    """ "" when every figure is steady, else which ones are too spread for their ratio to mean anything."""
+    noisy = [f"{m.engine} p90 {m.spread:.1f}x p50" for m in measurements if m.noisy]
+    return f"no ratio: noisy ({', '.join(noisy)})" if noisy else ""
+
+
 @dataclass
 class BenchReport:
     model: str
@@ -149,10 +168,13 @@ class BenchReport:
     @classmethod
     def from_json(cls, saved: dict) -> BenchReport:
         """A report as bench.json saved it (the GPU validation reads the reports its steps wrote)."""
+        derived = ("spread", "noisy")
         return cls(
             **{
-                **saved,
-                "measurements": [Measurement(**m) for m in saved["measurements"]],
+                **{key: value for key, value in saved.items() if key != "noise_warning"},
+                "measurements": [
+                    Measurement(**{k: v for k, v in m.items() if k not in derived}) for m in saved["measurements"]
+                ],
                 "cold_starts": [ColdStart(**c) for c in saved["cold_starts"]],
             }
         )
@@ -195,9 +217,15 @@ class BenchReport:
         single, best = self.cpu_batch_1_p50(), self.best_deployable_cpu_engine()
         if best is None:
             return None
-        speedup = (
-            f", {single['torch-cpu-fp32'] / single[best]:.2f}x torch eager fp32" if "torch-cpu-fp32" in single else ""
-        )
+        measured = {m.engine: m for m in self.measurements if m.batch == 1}
+        torch_eager = measured.get("torch-cpu-fp32")
+        noise = ratio_noise(measured[best], *([torch_eager] if torch_eager else []))
+        if noise:
+            speedup = f", {noise}"
+        elif torch_eager:
+            speedup = f", {torch_eager.p50_ms / single[best]:.2f}x torch eager fp32"
+        else:
+            speedup = ""
         return f"best deployable CPU engine at batch 1: {best} ({single[best]:.3g} ms p50{speedup})"
 
     def fastest_by_batch(self) -> list[str]:
@@ -212,7 +240,13 @@ class BenchReport:
                 if not ort or not rivals:
                     continue
                 best, rival = max(ort, key=_speed), max(rivals, key=_speed)
-                ratio = _speed(best) / _speed(rival)
+                ratio, noise = _speed(best) / _speed(rival), ratio_noise(best, rival)
+                if noise:
+                    lines.append(
+                        f"{device} batch {batch}: fastest ONNX Runtime engine {best.engine} against the fastest torch "
+                        f"engine {rival.engine}: {noise}; {_versus(best, rival)}"
+                    )
+                    continue
                 lines.append(
                     f"{device} batch {batch}: fastest ONNX Runtime engine {best.engine}, {ratio:.2f}x the fastest "
                     f"torch engine {rival.engine} ({'faster' if ratio >= 1 else 'slower'}; {_versus(best, rival)})"
@@ -227,7 +261,8 @@ class BenchReport:
         for (name, batch), openvino in measured.items():
             engine = Engine.parse(name)
             mlas = measured.get((f"ort-cpu-{engine.precision}", batch))
-            if engine.device == "openvino" and mlas is not None and _speed(openvino) < _speed(mlas):
+            steady = not ratio_noise(openvino, mlas) if mlas is not None else False
+            if engine.device == "openvino" and steady and _speed(openvino) < _speed(mlas):
                 losses.append(f"{name} is slower than {mlas.engine} at batch {batch} ({_versus(openvino, mlas)})")
         return losses
 
@@ -259,8 +294,21 @@ class BenchReport:
             text += "".join(f"{engine}: {setting}\n" for engine, setting in self.engine_settings.items())
             text += f"{self.best_cpu_engine()}\n" + "".join(f"{line}\n" for line in self.openvino_losses())
         text += "".join(f"{line}\n" for line in self.fastest_by_batch())
+        noise = self.noise_warning()
+        text += f"{noise}\n" if noise else ""
         text += "".join(f"\nskipped {engine}: {why}" for engine, why in self.skipped.items())
         return text
+
+    def noise_warning(self) -> str | None:
+        """One line when some cells were too spread to compare: which, and what to do."""
+        noisy = [m for m in self.measurements if m.noisy]
+        if not noisy:
+            return None
+        cells = ", ".join(f"{m.engine} batch {m.batch}" for m in noisy)
+        return (
+            f"warning: {len(noisy)} of {len(self.measurements)} cells are noisy (p90 above {NOISY_SPREAD:g}x p50: "
+            f"{cells}); no ratio is built on them. Bench again on a quieter machine, or with more --seconds"
+        )
 
 
 def _torch_runner(model: torch.nn.Module, engine: Engine, inputs: np.ndarray, batch: int) -> Callable[[], None]:
@@ -503,7 +551,10 @@ def _engine_file(model_path: Path, checkpoint: Path, engine: Engine) -> dict:
 
 
 def _write_reports(folder: Path, report: BenchReport) -> None:
-    write_json(folder / "bench.json", asdict(report))
+    saved = asdict(report)
+    for row, measurement in zip(saved["measurements"], report.measurements, strict=True):
+        row.update(spread=measurement.spread, noisy=measurement.noisy)  # read by people; from_json recomputes them
+    write_json(folder / "bench.json", {**saved, "noise_warning": report.noise_warning()})
     write_text(
         folder / "bench.md",
         f"# Benchmark\n\nModel `{report.model}` on {report.device}; versions "

@@ -274,6 +274,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise UsageError("batch sizes must be positive")
+        object.__setattr__(self, "batch_sizes", tuple(dict.fromkeys(self.batch_sizes)))  # `1,1` benches batch 1 once
         if self.min_runs < 1:
             raise UsageError(f"--min-runs must be at least 1, got {self.min_runs}")
         if self.warmup < 0:
