@@ -344,21 +344,22 @@ def test_a_loss_that_exploded_without_reaching_nan_is_divergence_too():
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["--arch", "vgg12"], "unknown architecture 'vgg12'; valid: A, A-LRN"),
-        (["--image-size", "16"], "image size 16 is too small"),
-        (["--data-dir", "/nonexistent"], "data directory /nonexistent (--data-dir) does not exist"),
-        (["--out", "/proc/forbidden"], "cannot write to output directory /proc/forbidden"),
-        (["--preset", "fast"], "unknown preset 'fast'; valid: seed, full, quick"),
-        (["--device", "cuda"], "--device cuda was asked for, but torch sees no CUDA GPU"),
+        (["--arch", "vgg12"], "unknown architecture 'vgg12'; valid: A, A-LRN", 2),
+        (["--image-size", "16"], "image size 16 is too small", 2),
+        (["--data-dir", "/nonexistent"], "data directory /nonexistent (--data-dir) does not exist", 3),
+        (["--out", "/proc/forbidden"], "cannot write to output directory /proc/forbidden", 3),
+        (["--preset", "fast"], "unknown preset 'fast'; valid: seed, full, quick", 2),
+        # an unavailable device is exit 6, as `run --provider cuda` answers (it was a usage error, exit 2)
+        (["--device", "cuda"], "--device cuda was asked for, but torch sees no CUDA GPU", 6),
     ],
 )
-def test_bad_training_input_is_one_line(args, message):
+def test_bad_training_input_is_one_line(args, message, code):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     result = run_cli("train", "--epochs", "1", "--train-limit", "500", *args)
-    assert result.returncode != 0
+    assert result.returncode == code, result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
     assert message in result.stderr
 

@@ -30,7 +30,14 @@ from vggdeploy.checkpoint import library_versions, load_checkpoint, save_checkpo
 from vggdeploy.config import TrainConfig, rate_per_image_hint
 from vggdeploy.data import Augmentation, holdout_size, iterate_batches, stratified_holdout
 from vggdeploy.datasets import Dataset, fashion_mnist, image_folder, report_notes
-from vggdeploy.errors import DataError, Interrupted, ResourceExhausted, TrainingDiverged, UsageError
+from vggdeploy.errors import (
+    DataError,
+    Interrupted,
+    ProviderUnavailable,
+    ResourceExhausted,
+    TrainingDiverged,
+    UsageError,
+)
 from vggdeploy.files import ensure_writable, folder_lock, remove_stale_temporaries
 from vggdeploy.hardware import gpu_peak_tflops, peak_fraction
 from vggdeploy.model import build_model, count_parameters, onnx_size_problem, summarize
@@ -150,7 +157,7 @@ class _Distributed:
 
 def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU")
+        raise ProviderUnavailable("--device cuda was asked for, but torch sees no CUDA GPU")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
