@@ -418,3 +418,21 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_and_resume_works(tmp_path):
         in resumed.stderr
     )
     assert not lock.exists() and load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 3
+
+
+def test_a_full_disk_message_never_says_it_needs_what_is_free(tmp_path, monkeypatch):
+    """ "0.61 MB free for it; it needs more than 0.61 MB": a write that filled the disk says it took all of it."""
+    import errno
+
+    from vggdeploy import errors
+
+    monkeypatch.setattr(errors, "_free_bytes", lambda path: 0)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    message = str(errors.write_error(full, tmp_path / "model.onnx", written=610_000))
+    assert message == (
+        f"{tmp_path / 'model.onnx'}: no space left on the device while writing it (0.61 MB free for it; the write took "
+        "all of it before the file was whole)"
+    )
+    (tmp_path / "last.pt").write_bytes(b"x" * 1_270_000)  # the file it replaces: more than the room there is
+    larger = str(errors.write_error(full, tmp_path / "last.pt", written=650_000))
+    assert larger.endswith("(0.65 MB free for it; it needs more than 1.27 MB)")

@@ -153,9 +153,12 @@ def write_error(error: BaseException, path: str | Path, written: int = 0) -> Vgg
     if code in NO_SPACE or (isinstance(error, RuntimeError) and any(t in str(error) for t in TORCH_WRITE_FAILURES)):
         free = _free_bytes(path)  # the partial write's bytes count as free: they are released with it
         before = path.stat().st_size if path.is_file() else 0
-        needed = max(written, before)
-        need = f"; it needs more than {needed / 1e6:.2f} MB" if needed else ""
-        have = f"{(free + written) / 1e6:.2f} MB free for it" if free is not None else "free space unknown"
+        needed, room = max(written, before), (free or 0) + written
+        if needed > room:  # the file it replaces was larger than all the room there is
+            need = f"; it needs more than {needed / 1e6:.2f} MB"
+        else:  # "needs more than 0.61 MB" with 0.61 MB free said nothing: the write took it all
+            need = "; the write took all of it before the file was whole" if written else ""
+        have = f"{room / 1e6:.2f} MB free for it" if free is not None else "free space unknown"
         return ResourceExhausted(f"{path}: no space left on the device while writing it ({have}{need})")
     if code in (errno.EACCES, errno.EPERM):
         return DataError(f"{path}: permission denied, cannot write it")
