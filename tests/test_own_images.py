@@ -553,3 +553,36 @@ def test_train_help_shows_the_defaults_a_plain_run_takes_here():
         assert f"{option} [default: {value}" in text, option
     info = " ".join(cli("info", "--help", cache=Path("/nonexistent")).stdout.split())
     assert "--hidden INTEGER Hidden FC width. [default: 4096]" in info  # an architecture's own default
+
+
+def test_channel_order_and_gray_weights_are_exact_in_python_alone(rgb_export, tmp_path):
+    """BGR fed to a colour model, or the gray weights applied to B, G, R, passed every Python test; only the Node and
+    C++ tests noticed, and they skip where Node or the C++ build is missing. Pure red, green and blue PNGs: the numpy
+    preprocessing gives each colour in its own channel, the gray weights 0.299/0.587/0.114 exactly, and the in-graph
+    preprocessing (model.preprocess.onnx) the same probabilities as the fp32 model on the numpy tensor."""
+    import onnxruntime as ort
+
+    from vggdeploy.contract import probabilities
+    from vggdeploy.preprocess import PreprocessSpec, decode_image, to_model_input
+
+    onnx_folder, _ = rgb_export
+    metadata = read_metadata(onnx_folder / "model.onnx")
+    spec = PreprocessSpec.from_metadata(metadata["preprocessing"])
+    mean, std = np.asarray(spec.mean), np.asarray(spec.std)
+    fp32 = ort.InferenceSession(str(onnx_folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    in_graph = ort.InferenceSession(str(onnx_folder / "model.preprocess.onnx"), providers=["CPUExecutionProvider"])
+    for channel, (colour, luma) in enumerate((((255, 0, 0), 0.299), ((0, 255, 0), 0.587), ((0, 0, 255), 0.114))):
+        path = tmp_path / f"{channel}.png"
+        Image.new("RGB", (20, 12), colour).save(path)
+        rgb = decode_image(path, "rgb")
+        assert rgb.shape == (3, 12, 20) and [float(rgb[c].mean()) for c in range(3)] == [
+            float(c == channel) for c in range(3)
+        ]
+        assert np.array_equal(decode_image(path, "grayscale"), np.full((12, 20), luma, np.float32))
+        tensor = to_model_input([rgb], spec)
+        expected = (np.eye(3)[channel] - mean) / std
+        np.testing.assert_allclose(tensor[0].mean(axis=(1, 2)), expected, rtol=1e-6)
+        logits = fp32.run(None, {fp32.get_inputs()[0].name: tensor})[0]
+        raw = np.asarray(Image.open(path).convert("RGB"))[None]  # uint8 batch x height x width x 3, as documented
+        answered = in_graph.run(None, {in_graph.get_inputs()[0].name: raw})[0]
+        np.testing.assert_allclose(answered, probabilities(logits, metadata["calibration"]["temperature"]), atol=1e-5)
