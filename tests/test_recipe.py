@@ -14,7 +14,7 @@ from vggdeploy.checkpoint import load_checkpoint
 from vggdeploy.config import PRESETS
 from vggdeploy.errors import UsageError
 from vggdeploy.per_class import PerClassReport
-from vggdeploy.recipe import MIN_STEPS, MOST_EPOCHS, Recipe, size_to_data, too_few_steps
+from vggdeploy.recipe import MIN_STEPS, MIN_STEPS_PER_EPOCH, MOST_EPOCHS, Recipe, size_to_data, too_few_steps
 from vggdeploy.temperature import MIN_SLICE_ERRORS, unfit_slice
 
 QUICK = Recipe(0, PRESETS["quick"].batch_size, PRESETS["quick"].epochs, PRESETS["quick"].lr)
@@ -24,11 +24,12 @@ def test_the_recipe_keeps_the_preset_on_fashion_mnist_and_sizes_small_sets():
     assert size_to_data(55_000, QUICK) == Recipe(55_000, 256, 10, 0.2)  # the quick preset as it was measured
     full = PRESETS["full"]
     assert size_to_data(58_000, Recipe(0, full.batch_size, full.epochs, full.lr)) == Recipe(58_000, 256, 40, 0.1)
-    small = size_to_data(1_080, QUICK)
-    assert (small.batch_size, small.epochs, small.lr) == (32, 46, 0.025) and small.steps == 33 * 46
+    small = size_to_data(270, QUICK)  # 300 images less the tenth held out: 12 % with the preset's recipe
+    assert (small.batch_size, small.epochs, small.steps) == (32, 188, 8 * 188)
+    assert small.lr == pytest.approx(0.2 * (32 / 256) ** 0.5)
     assert (
         small.format()
-        == "1,080 training images: batch 32, 46 epochs, 1,518 steps, lr 0.025 (batch, epochs, lr sized to the data)"
+        == "270 training images: batch 32, 188 epochs, 1,504 steps, lr 0.0707 (batch, epochs, lr sized to the data)"
     )
     tiny = size_to_data(81, QUICK)  # 90 images less the tenth held out: the preset's batch was refused here
     assert (tiny.batch_size, tiny.epochs, tiny.steps) == (8, 150, 1_500)
@@ -36,7 +37,8 @@ def test_the_recipe_keeps_the_preset_on_fashion_mnist_and_sizes_small_sets():
     assert size_to_data(20, QUICK).epochs == MOST_EPOCHS  # 2 steps an epoch: the epochs are bounded
     for images in (81, 300, 1_080, 5_000, 20_000, 55_000):
         recipe = size_to_data(images, QUICK)
-        assert recipe.steps >= MIN_STEPS and recipe.lr / recipe.batch_size == pytest.approx(0.2 / 256)
+        assert recipe.steps >= MIN_STEPS and images // recipe.batch_size >= MIN_STEPS_PER_EPOCH
+        assert recipe.lr == pytest.approx(0.2 * (recipe.batch_size / 256) ** 0.5)
 
 
 def test_given_settings_win_and_too_few_steps_are_named():
@@ -45,11 +47,11 @@ def test_given_settings_win_and_too_few_steps_are_named():
     assert given.format().endswith("(lr sized to the data)")
     warning = too_few_steps(given, QUICK)
     assert warning.startswith("40 optimizer steps on 1,080 training images are few")
-    assert warning.endswith("e.g. --batch-size 32 --epochs 46 --lr 0.025, or leave them out")
+    assert warning.endswith("e.g. --batch-size 128 --epochs 188 --lr 0.141, or leave them out")
     assert too_few_steps(size_to_data(1_080, QUICK), QUICK) is None  # the rule's own plan: no warning
     assert too_few_steps(size_to_data(1_080, QUICK, {"lr": 0.5}), QUICK) is None  # only lr given
     only_batch = size_to_data(1_080, QUICK, {"batch_size": 64})
-    assert (only_batch.lr, only_batch.epochs) == (0.05, 94)  # the rate per image kept; epochs fill the steps
+    assert (only_batch.lr, only_batch.epochs) == (0.1, 94)  # the rate follows the batch; epochs fill the steps
 
 
 def test_the_selected_epoch_is_the_latest_within_one_standard_error_of_the_best_validation_accuracy():

@@ -157,7 +157,7 @@ def test_time_limit_before_the_first_epoch_ends_says_how_to_continue(tmp_path):
     assert result.returncode == 130
     failure = failure_lines(result.stderr)  # not the plan
     assert len(failure) == 1 and failure[0].startswith("error: ")
-    assert "stopped by the 1e-09 s time limit in epoch 1 at step 0/56, before any epoch ended" in result.stderr
+    assert "stopped by the 1e-09 s time limit in epoch 1 at step 0/14, before any epoch ended" in result.stderr
     assert "--resume" in result.stderr and (tmp_path / "checkpoints" / "last.pt").is_file()
     assert run_cli("train", "--time-limit", "0").returncode == 2
 
@@ -576,12 +576,12 @@ def test_train_json_keeps_stdout_for_the_json_alone(tmp_path):
         str(tmp_path),
     )
     assert result.returncode == 0, result.stderr
-    # the plan comes first: --batch-size alone scales the preset's lr (0.2 at batch 256) to the batch (and the one
+    # the plan comes first: --batch-size alone scales the preset's lr (0.2 at batch 256) by sqrt(64 / 256) (the one
     # epoch given leaves too few steps, which a warning says)
     lines = result.stderr.splitlines()
-    assert lines[0] == "vggdeploy: 461 training images: batch 64, 1 epoch, 7 steps, lr 0.05 (lr sized to the data)"
+    assert lines[0] == "vggdeploy: 461 training images: batch 64, 1 epoch, 7 steps, lr 0.1 (lr sized to the data)"
     assert lines[1].startswith("vggdeploy: warning: 7 optimizer steps on 461 training images are few (the default ")
-    assert lines[1].endswith("e.g. --batch-size 8 --epochs 27 --lr 0.00625, or leave them out")
+    assert lines[1].endswith("e.g. --batch-size 32 --epochs 108 --lr 0.0707, or leave them out")
     summary = json.loads(result.stdout)
     assert summary["best_checkpoint"] == str(tmp_path / "checkpoints" / "best.pt") and summary["epochs_run"] == 1
     assert summary["summary"].startswith("test accuracy ") and "; 1 epoch in " in summary["summary"]

@@ -157,7 +157,7 @@ def shown_defaults(name: str) -> dict[str, str]:
         "epochs": f"{config.epochs}, more on a small set: at least {MIN_STEPS:,} steps in all",
         "batch_size": f"{config.batch_size}, halved on a small set until an epoch has {MIN_STEPS_PER_EPOCH} steps "
         f"(not below {SMALLEST_BATCH})",
-        "lr": f"{config.lr:g} at batch {config.batch_size}, in proportion to the batch size",
+        "lr": f"{config.lr:g} at batch {config.batch_size}, times the square root of batch / {config.batch_size}",
         "seed": str(config.seed),
         "calibration_holdout": f"{config.calibration_holdout:,}, at most a tenth of the training images",
         "compile_model": "on" if config.compile else "off",
