@@ -905,8 +905,8 @@ def _write_reports(out_dir: Path, config: TrainConfig, result: TrainResult, devi
             "selected_validation_accuracy": result.selected_validation_accuracy,
             "selected_test_accuracy": result.selected_test_accuracy,
             "final_test_accuracy": result.final_test_accuracy,
-            "selection": "best.pt is the epoch of highest validation accuracy (held-out training images); the test "
-            "split only reports",
+            "selection": "best.pt is the latest epoch within one standard error of the best validation accuracy "
+            "(held-out training images); the test split only reports",
             "recipe": result.recipe,
             "epochs_this_run": result.epochs_run,
             "stopped_early": result.stopped_early,
