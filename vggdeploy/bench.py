@@ -30,6 +30,7 @@ from vggdeploy.hardware import (
     peak_fraction,
     timed_runs,
 )
+from vggdeploy.kernel_profile import EngineProfile, KernelTime, format_profiles, ort_profiled, ort_source, traced
 from vggdeploy.model import summarize
 from vggdeploy.onnx_file import read_metadata, require_model_file
 from vggdeploy.preprocess import PreprocessSpec
@@ -164,6 +165,7 @@ class BenchReport:
     cpu_threads: int = 0  # the same for torch, ONNX Runtime's CPU provider and OpenVINO in one run
     engine_settings: dict[str, str] = field(default_factory=dict)  # CPU engine -> its threads (and OpenVINO hint)
     engine_files: dict[str, dict] = field(default_factory=dict)  # engine -> {"file", "mb", "accuracy_change_pp"}
+    profiles: list[EngineProfile] = field(default_factory=list)  # bench --profile: each engine's kernels
 
     @classmethod
     def from_json(cls, saved: dict) -> BenchReport:
@@ -176,6 +178,10 @@ class BenchReport:
                     Measurement(**{k: v for k, v in m.items() if k not in derived}) for m in saved["measurements"]
                 ],
                 "cold_starts": [ColdStart(**c) for c in saved["cold_starts"]],
+                "profiles": [
+                    EngineProfile(**{**p, "kernels": [KernelTime(**k) for k in p["kernels"]]})
+                    for p in saved.get("profiles", [])
+                ],
             }
         )
 
@@ -296,6 +302,8 @@ class BenchReport:
         text += "".join(f"{line}\n" for line in self.fastest_by_batch())
         noise = self.noise_warning()
         text += f"{noise}\n" if noise else ""
+        if self.profiles:
+            text += f"\nprofile at batch {self.profiles[0].batch}:\n{format_profiles(self.profiles)}"
         text += "".join(f"\nskipped {engine}: {why}" for engine, why in self.skipped.items())
         return text
 
@@ -356,13 +364,14 @@ def why_engine_cannot_run(engine: Engine, model_path: Path) -> str | None:
     return None
 
 
-def engine_session(model_path: Path, engine: Engine):
+def engine_session(model_path: Path, engine: Engine, profile_prefix: str = ""):
     options = ProviderSettings(
         provider=engine.device,
         prefer_nhwc=engine.channels_last,
         enable_cuda_graph=engine.cuda_graph,
         intra_op_threads=torch.get_num_threads() if engine.on_cpu else 0,  # as many threads as torch uses
         performance_hint=engine.performance_hint,
+        profile_prefix=profile_prefix,
     )
     return create_session(engine_model(model_path, engine), options)
 
@@ -406,6 +415,25 @@ class BoundOrtRun:
 
     def logits(self) -> np.ndarray:
         return self.output.numpy()
+
+
+PROFILE_RUNS = 10
+
+
+def profile_engine(model_path: Path, engine: Engine, backend, inputs: np.ndarray, batch: int) -> EngineProfile:
+    """Where one run's time goes for this engine at this batch size: CUDA kernels on a GPU (both frameworks, one
+    tracer), torch's operators or ONNX Runtime's node profile on the CPU."""
+    if engine.framework == "torch" or not engine.on_cpu:
+        run = (_torch_runner if engine.framework == "torch" else BoundOrtRun)(backend, engine, inputs, batch)
+        kernels, wall, source = traced(run, PROFILE_RUNS, on_gpu=not engine.on_cpu)
+        if kernels or engine.framework == "torch":
+            return EngineProfile(engine.name, batch, PROFILE_RUNS, source, wall, kernels)
+    kernels, wall = ort_profiled(
+        lambda prefix: engine_session(model_path, engine, profile_prefix=prefix),
+        lambda session: BoundOrtRun(session, engine, inputs, batch),
+        PROFILE_RUNS,
+    )
+    return EngineProfile(engine.name, batch, PROFILE_RUNS, ort_source(engine.on_cpu), wall, kernels)
 
 
 def device_name(engines: list[Engine]) -> str:
@@ -469,9 +497,10 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
         )
     chosen = [engine for engine in chosen if engine.name not in unavailable]
     spec = PreprocessSpec.from_metadata(metadata["preprocessing"])
-    inputs = to_input_tensor(images[: max(batch_sizes)], spec).numpy()
-    if len(inputs) < max(batch_sizes):
-        inputs = np.resize(inputs, (max(batch_sizes), *inputs.shape[1:]))
+    largest = max(*batch_sizes, config.profile_batch or 1)
+    inputs = to_input_tensor(images[:largest], spec).numpy()
+    if len(inputs) < largest:
+        inputs = np.resize(inputs, (largest, *inputs.shape[1:]))
     args = model_args_from_metadata(metadata)
     cpu_peak = cpu_fp32_gflops() if any(e.on_cpu and e.precision != "int8" for e in chosen) else None
     report = BenchReport(
@@ -516,6 +545,8 @@ def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, 
                     _peak_fraction(engine, rate, report.gflops_per_image, report.cpu_peak_gflops),
                 )
             )
+        if config.profile_batch:
+            report.profiles.append(profile_engine(model_path, engine, backend, inputs, config.profile_batch))
     _write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
     return report
 

@@ -786,15 +786,26 @@ def check(
     show_default=True,
     help="Timed runs per engine and batch size at least, however long they take.",
 )
+@click.option(
+    "--profile",
+    "profile_batch",
+    type=int,
+    default=None,
+    metavar="BATCH",
+    help="Also trace each engine at this batch size: CUDA kernels on a GPU (both frameworks), operators on the CPU; "
+    "microseconds per run by kind (convolution, matrix product, bias/activation, pooling, layout) in the report.",
+)
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="[default: <model folder>/reports]")
 @_data_dir_option
-def bench(model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, min_runs, report_dir, data_dir):
+def bench(
+    model_path, checkpoint, engines, compile_torch, batch_sizes, seconds, min_runs, profile_batch, report_dir, data_dir
+):
     """Latency and throughput of torch and ONNX Runtime, timed the same way (JSON, markdown, PNG)."""
     require_train_extra("bench")
     from vggdeploy.artifacts import latest_model
 
     names = tuple(engines.split(",")) if engines is not None else None  # "" names an engine: '', refused
-    config = BenchConfig(names, compile_torch, batch_sizes, seconds, min_runs)
+    config = BenchConfig(names, compile_torch, batch_sizes, seconds, min_runs, profile_batch=profile_batch)
     from vggdeploy.bench import run_bench
 
     report = run_bench(model_path or latest_model(), checkpoint, config, report_dir=report_dir, data_dir=data_dir)

@@ -270,10 +270,13 @@ class BenchConfig:
     seconds: float = 2.0  # timed seconds per engine and batch size
     min_runs: int = 5  # timed runs at least, however long they take
     warmup: int = 3  # untimed runs first
+    profile_batch: int | None = None  # also trace each engine's kernels (or operators) at this batch size
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise UsageError("batch sizes must be positive")
+        if self.profile_batch is not None and self.profile_batch < 1:
+            raise UsageError(f"--profile takes a batch size of at least 1, got {self.profile_batch}")
         object.__setattr__(self, "batch_sizes", tuple(dict.fromkeys(self.batch_sizes)))  # `1,1` benches batch 1 once
         if self.min_runs < 1:
             raise UsageError(f"--min-runs must be at least 1, got {self.min_runs}")

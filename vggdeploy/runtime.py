@@ -39,6 +39,7 @@ class ProviderSettings:
     cudnn_conv_algo_search: str = "EXHAUSTIVE"  # EXHAUSTIVE | HEURISTIC | DEFAULT
     intra_op_threads: int = 0  # CPU EP and OpenVINO threads; 0 = the provider's default
     performance_hint: str = "auto"  # OpenVINO: auto | latency | throughput
+    profile_prefix: str = ""  # ONNX Runtime's own profiler on, its JSON written to <prefix>_<date>.json
     extra: dict = field(default_factory=dict)  # more provider options, passed through
 
     def __post_init__(self) -> None:
@@ -195,6 +196,9 @@ def session_options_for(options: ProviderSettings, on_cuda: bool):
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 3  # errors only; warnings about memcpy nodes etc. stay out of user output
     session_options.intra_op_num_threads = options.intra_op_threads
+    if options.profile_prefix:
+        session_options.enable_profiling = True
+        session_options.profile_file_prefix = options.profile_prefix
     if on_cuda:
         session_options.add_session_config_entry(QDQ_HANDLING_KEY, "1")
     return session_options

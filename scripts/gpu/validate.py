@@ -8,6 +8,8 @@ Stages (each must fit one 600 s device command; the default budget is 9 minutes)
            learning-rate schedule planned to end with them); accuracy against wall time
   cpu      the OpenVINO tests, then the CPU engine table on the host's CPU (scripts/cpu_table.sh: torch eager, ONNX
            Runtime's MLAS and, on an Intel CPU with the carried OpenVINO plugin, OpenVINO, fp32 and int8)
+  perf     the speed ablations (scripts/gpu/perf.py): bench --profile, the ONNX Runtime variants against torch eager,
+           torch.compile max-autotune and AOTInductor, then the training-step variants (--perf-parts: one or both)
   all      runtime, train, then cpu
 
 Each step is the real `python -m vggdeploy ...` (or script) command line, run as a subprocess and recorded with its
@@ -62,6 +64,9 @@ class Profile:
     cpu_table: tuple[str, ...] = ()  # scripts/cpu_table.sh's options
     openvino_tests: tuple[str, ...] = ()  # pytest's selection within tests/test_openvino.py
     full_export: tuple[str, ...] = ("--no-simplify", "--parity-images", "64", "--audit-batches", "1,2")  # calibration
+    bench_profile: tuple[str, ...] = ()  # bench --profile on the bench model: the product's own profile
+    perf_inference: tuple[str, ...] = ()  # scripts/gpu/perf.py inference's options
+    perf_training: tuple[str, ...] = ()  # scripts/gpu/perf.py training's options
 
     @property
     def rehearsal(self) -> bool:
@@ -100,6 +105,18 @@ GPU = Profile(
     bench=("--engines", ",".join(GPU_ENGINES), "--batch-sizes", "1,8,64,256", "--seconds", "2"),
     full_train=("--preset", "full"),
     cpu_table=("--seconds", "1"),  # a short table: what a window leaves after the train stage
+    bench_profile=(
+        "--engines",
+        "torch-cuda-fp16-cl,ort-cuda-fp16,ort-cuda-fp16-nhwc-graph",
+        "--batch-sizes",
+        "64",
+        "--seconds",
+        "0.5",
+        "--profile",
+        "64",
+    ),
+    perf_inference=("--batch-sizes", "1,8,64,256", "--seconds", "0.5", "--profile-batch", "64"),
+    perf_training=("--batch", "256", "--steps", "30"),
 )
 TINY = ("--width-ratio", "16", "--hidden", "64", "--image-size", "32", "--device", "cpu")
 REHEARSAL = Profile(
@@ -150,6 +167,24 @@ REHEARSAL = Profile(
     full_train=("--preset", "quick", *TINY, "--epochs", "2", "--train-limit", "1024", "--test-limit", "256"),
     cpu_table=("--smoke",),
     openvino_tests=("-k", "registers_once"),  # the wiring: the suite runs the whole module anyway
+    bench_profile=(
+        "--engines",
+        "torch-cpu-fp32,ort-cpu-fp32",
+        "--batch-sizes",
+        "8",
+        "--seconds",
+        "0.1",
+        "--min-runs",
+        "3",
+        "--profile",
+        "8",
+    ),
+    # torch eager alone: the compilers take minutes on 2 cores (they run on the GPU host)
+    perf_inference=("--batch-sizes", "1,8", "--seconds", "0.1", "--profile-batch", "8", "--engines", "torch-eager"),
+    perf_training=(
+        *("--width-ratio", "16", "--hidden", "64", "--image-size", "32"),
+        *("--batch", "32", "--steps", "3", "--variants", "eager"),
+    ),
 )
 
 
@@ -205,7 +240,9 @@ class Validation:
         (its standard output alone to ``stdout`` when given, for a command that prints JSON). ``script``: a bash
         script of the checkout instead of ``python -m module``, run with this python as its PYTHON."""
         if script:
-            shown, command = ["bash", script], ["bash", str(REPOSITORY / script), *arguments]
+            runner = sys.executable if script.endswith(".py") else "bash"
+            shown = ["python" if script.endswith(".py") else "bash", script]
+            command = [runner, str(REPOSITORY / script), *arguments]
         else:
             shown, command = ["python", "-m", module], [sys.executable, "-m", module, *arguments]
         step = Step(name, " ".join([*shown, *arguments]))
@@ -368,13 +405,7 @@ def runtime_stage(validation: Validation) -> None:
         validation, read_json(answers) if ran.returncode == 0 else None, read_json(golden_folder / "golden.json"), ran
     )
 
-    bench_run = RunFolder(work / "bench-model")
-    bench_model = model_file(bench_run.onnx)
-    validation.run("bench-model-train", ["train", *profile.bench_model_train, "--out", str(bench_run.path), "--quiet"])
-    validation.run(
-        "bench-model-export",
-        ["export", "--checkpoint", str(bench_run.best_checkpoint), *profile.bench_model_export],
-    )
+    bench_model = make_bench_model(validation)
     bench = validation.run("bench", ["bench", "--model", str(bench_model), *profile.bench])
     benched = read_json(reports_folder(bench_model) / "bench.json")
     if benched:
@@ -394,6 +425,135 @@ def runtime_stage(validation: Validation) -> None:
             ", ".join(f"{n} {w}" for w, n in counts.items()) or "no result",
             counts.get("passed") == 3 and tests.returncode == 0 if tests.returncode is not None else None,
             tests.name,
+        )
+    )
+
+
+def make_bench_model(validation: Validation) -> Path:
+    """The full-width VGG-11-BN at 224 px (tiny on the CPU) that bench and the ablations time: a few training steps
+    (latency does not depend on the weights), then the export with its fp16 file. Made once per host."""
+    bench_run = RunFolder(validation.work / "bench-model")
+    bench_model = model_file(bench_run.onnx)
+    if bench_model.with_suffix(".fp16.onnx").is_file() and bench_run.best_checkpoint.is_file():
+        return bench_model  # the runtime stage made it on this host
+    profile = validation.profile
+    validation.run("bench-model-train", ["train", *profile.bench_model_train, "--out", str(bench_run.path), "--quiet"])
+    validation.run(
+        "bench-model-export",
+        ["export", "--checkpoint", str(bench_run.best_checkpoint), *profile.bench_model_export],
+    )
+    return bench_model
+
+
+PERF_PARTS = ("inference", "training")
+PERF_RESERVE_SECONDS = 20  # what a part leaves for its report and the stage's end
+
+
+def perf_stage(validation: Validation, parts: tuple[str, ...]) -> None:
+    """The speed ablations (scripts/gpu/perf.py): bench --profile on the bench model, then every ONNX Runtime
+    variant against torch eager, torch.compile max-autotune and AOTInductor, then the training-step variants. Each
+    part gets the stage's time left (inference half of it when training follows) and skips what does not fit."""
+    profile, perf = validation.profile, validation.work / "perf"
+    if "inference" in parts:
+        bench_model = make_bench_model(validation)
+        checkpoint = RunFolder.of_model(bench_model).best_checkpoint
+        profiled = validation.work / "bench-profile"
+        validation.run(
+            "bench-profile",
+            ["bench", "--model", str(bench_model), *profile.bench_profile, "--report-dir", str(profiled)],
+        )
+        benched = read_json(profiled / "bench.json")
+        if benched:
+            validation.figures["bench_profile"] = BenchReport.from_json(benched).format()
+        left = validation.stage_deadline - time.monotonic() - PERF_RESERVE_SECONDS
+        share = left / 2 if "training" in parts else left
+        fp16 = bench_model.with_suffix(".fp16.onnx")
+        step = validation.run(
+            "perf-inference",
+            [
+                "inference",
+                "--model",
+                str(fp16),
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(perf),
+                *profile.perf_inference,
+                "--seconds-allowed",
+                f"{max(share, 1):.0f}",
+            ],
+            script="scripts/gpu/perf.py",
+        )
+        add_inference_goals(validation, read_json(perf / "inference.json"), step)
+    if "training" in parts:
+        left = validation.stage_deadline - time.monotonic() - PERF_RESERVE_SECONDS
+        step = validation.run(
+            "perf-training",
+            ["training", "--out", str(perf), *profile.perf_training, "--seconds-allowed", f"{max(left, 1):.0f}"],
+            script="scripts/gpu/perf.py",
+        )
+        add_training_goals(validation, read_json(perf / "training.json"), step)
+    for part in PERF_PARTS:
+        text = (perf / f"{part}.md").read_text() if (perf / f"{part}.md").is_file() else None
+        if text:
+            validation.figures[f"perf_{part}_text"] = text
+
+
+def _speed(cell: dict) -> float:
+    return 1 / cell["p50_ms"] if cell["batch"] == 1 else cell["images_per_second"]
+
+
+def add_inference_goals(validation: Validation, ablation: dict | None, step: Step) -> None:
+    """Issue #32's inference goals from the ablation: the fastest ONNX Runtime variant within 1.3x of
+    torch.compile max-autotune at each batch size, batch-1 p50 <= 0.20 ms, batch 256 >= 25,000 img/s."""
+    cells = (ablation or {}).get("cells", [])
+    validation.figures["perf_inference"] = ablation
+
+    def best(batch: int, prefix: str) -> dict | None:
+        here = [c for c in cells if c["batch"] == batch and c["engine"].startswith(prefix)]
+        return max(here, key=_speed, default=None)
+
+    for batch in (1, 8, 64, 256):
+        ort, compiled = best(batch, "ort-"), best(batch, "torch-compile")
+        ratio = _speed(compiled) / _speed(ort) if ort and compiled else None
+        validation.goals.append(
+            Goal(
+                f"batch {batch}: fastest ONNX Runtime within 1.3x of torch.compile max-autotune",
+                "not measured" if ratio is None else f"{ort['engine']} {ratio:.2f}x slower ({compiled['engine']})",
+                None if ratio is None else ratio <= 1.3,
+                step.name,
+            )
+        )
+    single, large = best(1, "ort-"), best(256, "ort-")
+    validation.goals.append(
+        Goal(
+            "ONNX Runtime fp16 batch-1 p50 <= 0.20 ms",
+            "not measured" if not single else f"{single['p50_ms']:.3f} ms ({single['engine']})",
+            None if not single else single["p50_ms"] <= 0.20,
+            step.name,
+        )
+    )
+    validation.goals.append(
+        Goal(
+            "ONNX Runtime fp16 batch 256 >= 25,000 img/s",
+            "not measured" if not large else f"{large['images_per_second']:,.0f} img/s ({large['engine']})",
+            None if not large else large["images_per_second"] >= 25_000,
+            step.name,
+        )
+    )
+
+
+def add_training_goals(validation: Validation, ablation: dict | None, step: Step) -> None:
+    """Issue #32's training goal from the ablation: the fastest step variant at >= 10,000 img/s."""
+    validation.figures["perf_training"] = ablation
+    rates = [r for r in (ablation or {}).get("rates", []) if r["images_per_second"]]
+    fastest = max(rates, key=lambda r: r["images_per_second"], default=None)
+    validation.goals.append(
+        Goal(
+            "training step >= 10,000 img/s (VGG-11-BN, 224 px, bf16)",
+            "not measured" if not fastest else f"{fastest['images_per_second']:,.0f} img/s ({fastest['variant']})",
+            None if not fastest else fastest["images_per_second"] >= 10_000,
+            step.name,
         )
     )
 
@@ -711,6 +871,12 @@ def format_markdown(report: dict) -> str:
                 ["epoch", "elapsed_seconds", "epoch_seconds", "test_accuracy", "train_images_per_second"],
             )
         )
+    if report["figures"].get("bench_profile"):
+        lines += ["", "## bench --profile", "", "```", report["figures"]["bench_profile"], "```"]
+    for part in ("inference", "training"):
+        text = report["figures"].get(f"perf_{part}_text")
+        if text:
+            lines += ["", f"## perf: {part} ablation", "", text]
     failed = [s for s in report["steps"] if s["returncode"] not in (0, None)]
     for step in failed:
         lines += ["", f"## {step['name']} exited {step['returncode']}", "", "```", step["output_tail"], "```"]
@@ -722,7 +888,7 @@ STAGES = ("runtime", "train", "cpu")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=(*STAGES, "all"))
+    parser.add_argument("stage", choices=(*STAGES, "perf", "all"))
     parser.add_argument("--out", type=Path, required=True, help="where gpu-report.json/.md and the PNGs go ($OUT)")
     parser.add_argument("--work", type=Path, default=None, help="models and logs [default: OUT/work]")
     parser.add_argument("--rehearse", action="store_true", help="the same stages on the CPU with tiny models")
@@ -754,7 +920,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="'OPTIONS'",
         help="train stage: more options for the full run, one quoted string (e.g. '--calibration-holdout 2000')",
     )
+    parser.add_argument(
+        "--perf-parts",
+        type=lambda text: tuple(text.split(",")),
+        default=PERF_PARTS,
+        help="perf stage: inference, training or both (one device call each when time is short) [default: both]",
+    )
     args = parser.parse_args(argv)
+    if set(args.perf_parts) - set(PERF_PARTS):
+        parser.error(f"--perf-parts takes {' and/or '.join(PERF_PARTS)}, comma-separated")
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     validation = Validation(
         REHEARSAL if args.rehearse else GPU, args.out, args.work or args.out / "work", args.budget_minutes * 60, stages
@@ -766,6 +940,8 @@ def main(argv: list[str] | None = None) -> int:
             runtime_stage(validation)
         elif stage == "cpu":
             cpu_stage(validation, args.cpu_table_only)
+        elif stage == "perf":
+            perf_stage(validation, args.perf_parts)
         else:
             # what the budget leaves after the full run: its evaluation and the export that fits the temperature
             time_limit = args.train_minutes * 60 if args.train_minutes else max(30.0, validation.budget_seconds - 100)
