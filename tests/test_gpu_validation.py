@@ -422,3 +422,46 @@ def test_the_openvino_tests_goal_is_met_only_when_none_was_skipped(tmp_path):
     assert met("10 passed, 4 skipped in 20.0s", 0) is None  # not an Intel CPU: shown neither way
     assert met("1 failed, 9 passed, 4 skipped in 20.0s", 1) is False
     assert met("not run: the stage budget was spent", None) is None
+
+
+def test_the_perf_stage_rehearses_the_profile_and_both_ablations(tmp_path):
+    report = rehearse("perf", tmp_path)
+    assert [step["name"] for step in report["steps"]] == [
+        "bench-model-train",
+        "bench-model-export",
+        "bench-profile",
+        "perf-inference",
+        "perf-training",
+    ]
+    assert all(step["returncode"] == 0 for step in report["steps"])
+    inference, training = report["figures"]["perf_inference"], report["figures"]["perf_training"]
+    assert {(c["engine"], c["batch"]) for c in inference["cells"]} >= {("ort-base", 1), ("torch-eager", 8)}
+    assert inference["skipped"]["ort-nhwc-graph"] == "a CUDA execution provider option"
+    assert [p["engine"] for p in inference["profiles"]][:2] == ["torch-eager", "ort-base"]
+    assert training["rates"][0]["variant"] == "eager" and training["rates"][0]["images_per_second"] > 0
+    assert training["pipeline_images_per_second"] > 0 and training["profile"]["kernels"]
+    goals = [goal["goal"] for goal in report["goals"]]
+    assert "ONNX Runtime fp16 batch-1 p50 <= 0.20 ms" in goals and goals[-1].startswith("training step >= 10,000")
+    markdown = (tmp_path / "gpu-report.md").read_text()
+    assert "## bench --profile" in markdown and "## perf: inference ablation" in markdown
+    assert "## perf: training ablation" in markdown
+
+
+def test_the_perf_stage_refuses_an_unknown_part(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "gpu" / "validate.py"),
+            "perf",
+            "--out",
+            str(tmp_path),
+            "--rehearse",
+            "--perf-parts",
+            "inference,speed",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 2 and "--perf-parts takes inference and/or training" in result.stderr
+    assert not (tmp_path / "gpu-report.json").exists()

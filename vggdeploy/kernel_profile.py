@@ -22,10 +22,11 @@ KINDS = ("conv", "gemm", "elementwise", "pool", "layout", "other")
 # its batch-norm and add-tensor kernels "cudnn"; Inductor's matrix-product templates are "triton_tem" like its
 # convolution templates; "convert" is not a convolution.
 _KIND_PATTERNS = (
+    ("gemm", r"triton_tem\w*mm"),
+    ("conv", r"triton_tem"),  # a convolution template, whatever its epilogue fuses (batch norm, ReLU, pooling)
     ("pool", r"pool"),
     ("elementwise", r"\bbn_|batch_?norm|add_?tensor"),
-    ("gemm", r"triton_tem\w*mm"),
-    ("conv", r"conv(?!ert)|fprop|dgrad|wgrad|implicit|winograd|triton_tem|cudnn"),
+    ("conv", r"conv(?!ert)|fprop|dgrad|wgrad|implicit|winograd|cudnn"),
     (
         "layout",
         r"nchw|nhwc|transpose|permute|convert|copy|contiguous|cast|reshape|flatten|view|reorder|^pad$|memcpy|memset",
