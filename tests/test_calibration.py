@@ -292,3 +292,25 @@ def test_the_temperature_is_fitted_on_the_held_out_slice_and_nothing_else(tiny_c
     assert np.array_equal(fitted_labels, labels.numpy()) and len(labels) == 300
     np.testing.assert_allclose(fitted_logits, temperature_module.torch_logits(model, images, spec), atol=1e-5)
     assert calibration.temperature == pytest.approx(fit_temperature(fitted_logits, fitted_labels))
+
+
+def test_a_fit_within_its_own_uncertainty_of_1_keeps_temperature_1():
+    """fmnist-5000's 500-image slice fitted T = 1.028 and the test ECE rose from 3.99 % to 5.83 %: a fit that the
+    slice's own noise could have given is not a calibration."""
+    from vggdeploy.calibration import temperature_interval
+    from vggdeploy.temperature import unfit_slice
+
+    calibrated = _synthetic(1.0, images=500, seed=3)  # labels drawn at T = 1: nothing to correct
+    fitted = fit_temperature(*calibrated)
+    low, high = temperature_interval(*calibrated)
+    assert low < 1 < high and fitted != 1 and high - low < 0.3
+    assert unfit_slice(*calibrated, fitted) == (
+        f"the fitted T = {fitted:.3f} is within its 95% bootstrap interval ({low:.3f}-{high:.3f}) of 1: the 500 "
+        "held-out training images give no evidence that the probabilities need changing"
+    )
+    for true_temperature in (0.7, 1.25):  # a real miscalibration on as few images is still corrected
+        slice_ = _synthetic(true_temperature, images=2000, seed=3)
+        low, high = temperature_interval(*slice_)
+        assert not low <= 1 <= high and low < true_temperature < high
+        assert unfit_slice(*slice_, fit_temperature(*slice_)) is None
+    assert temperature_interval(*calibrated) == temperature_interval(*calibrated)  # seeded: one export, one answer

@@ -58,6 +58,26 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, tolerance: float = 1
     return math.exp((low + high) / 2)
 
 
+BOOTSTRAP_RESAMPLES = 200
+BOOTSTRAP_LEVEL = 0.95
+
+
+def temperature_interval(
+    logits: np.ndarray, labels: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """The central BOOTSTRAP_LEVEL interval of the temperatures fitted on ``resamples`` resamplings (with
+    replacement) of the slice: how far the fit could move by the luck of which images were held out."""
+    rng = np.random.default_rng(seed)
+    count = len(labels)
+    fitted = [
+        fit_temperature(logits[picked], labels[picked], tolerance=1e-4)
+        for picked in (rng.integers(0, count, count) for _ in range(resamples))
+    ]
+    tail = (1 - BOOTSTRAP_LEVEL) / 2
+    low, high = np.quantile(fitted, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 @dataclass(frozen=True)
 class ReliabilityBins:
     """Per equal-width confidence bin: images, mean confidence and accuracy (NaN where a bin is empty)."""

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 
 from vggdeploy.calibration import (
+    BOOTSTRAP_LEVEL,
     TEMPERATURE_RANGE,
     CalibrationFigures,
     ReliabilityBins,
     at_search_bound,
     fit_temperature,
+    temperature_interval,
 )
 from vggdeploy.config import ExportConfig
 from vggdeploy.contract import probabilities
@@ -110,8 +112,10 @@ MIN_SLICE_ERRORS = 30  # misclassified held-out images a temperature fit needs (
 def unfit_slice(logits: np.ndarray, labels: np.ndarray, temperature: float) -> str | None:
     """Why the temperature fitted on this held-out slice must not be used, or None. The NLL fit learns how sure to be
     from the images the model gets wrong: on a slice with few of them (a small or easy set) it sharpens the
-    probabilities without bound (T = 0.05 on a slice classified all right, a gray image then 99.99999 %), and a fit
-    at an end of the search range found no minimum inside it."""
+    probabilities without bound (T = 0.05 on a slice classified all right, a gray image then 99.99999 %); a fit
+    at an end of the search range found no minimum inside it; and a fit whose bootstrap interval holds 1 found no
+    evidence that the probabilities need changing (T = 1.028 on a 500-image slice moved a 1,000-image test set's ECE
+    from 3.99 % to 5.83 %: the slice's noise, fitted)."""
     errors = int((logits.argmax(axis=1) != labels).sum())
     if errors < MIN_SLICE_ERRORS:
         return (
@@ -121,6 +125,13 @@ def unfit_slice(logits: np.ndarray, labels: np.ndarray, temperature: float) -> s
     if at_search_bound(temperature):
         low, high = TEMPERATURE_RANGE
         return f"the fit ended at T = {temperature:.3g}, an end of the search range {low:g}-{high:g} (no minimum inside it)"
+    low, high = temperature_interval(logits, labels)
+    if low <= 1 <= high:
+        return (
+            f"the fitted T = {temperature:.3f} is within its {BOOTSTRAP_LEVEL:.0%} bootstrap interval "
+            f"({low:.3f}-{high:.3f}) of 1: the {len(labels):,} held-out training images give no evidence that the "
+            "probabilities need changing"
+        )
     return None
 
 
