@@ -47,12 +47,22 @@ def scale_logits(proto: onnx.ModelProto, factor: float) -> onnx.ModelProto:
 def shift_output(proto: onnx.ModelProto, index: int, amount: float) -> onnx.ModelProto:
     """``proto`` (changed in place) with ``amount`` added to output ``index`` by a node after the graph's last one:
     the same plant in any variant (an int8 file's own bias is quantized, an fp16 file's is half precision)."""
-    output = proto.graph.output[0]
-    producer = next(node for node in proto.graph.node if output.name in node.output)
-    raw = f"{output.name}_before_shift"
-    producer.output[list(producer.output).index(output.name)] = raw
     shift = np.zeros(10, np.float32)
     shift[index] = amount
-    proto.graph.initializer.append(numpy_helper.from_array(shift, f"{output.name}_shift"))
-    proto.graph.node.append(onnx.helper.make_node("Add", [raw, f"{output.name}_shift"], [output.name]))
+    return _after_output(proto, "Add", shift)
+
+
+def multiply_output(proto: onnx.ModelProto, factor: float) -> onnx.ModelProto:
+    """``proto`` (changed in place) with every output times ``factor`` by a node after the graph's last one: every
+    argmax stays, in any variant (scale_logits cannot reach an int8 file's quantized weights)."""
+    return _after_output(proto, "Mul", np.full(10, factor, np.float32))
+
+
+def _after_output(proto: onnx.ModelProto, op_type: str, operand: np.ndarray) -> onnx.ModelProto:
+    output = proto.graph.output[0]
+    producer = next(node for node in proto.graph.node if output.name in node.output)
+    raw = f"{output.name}_before_{op_type.lower()}"
+    producer.output[list(producer.output).index(output.name)] = raw
+    proto.graph.initializer.append(numpy_helper.from_array(operand, f"{output.name}_{op_type.lower()}"))
+    proto.graph.node.append(onnx.helper.make_node(op_type, [raw, f"{output.name}_{op_type.lower()}"], [output.name]))
     return proto

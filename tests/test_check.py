@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from broken_models import scale_logits, shift_output
+from broken_models import multiply_output, scale_logits, shift_output
 from onnx import numpy_helper
 
 from vggdeploy.check import run_check
@@ -229,8 +229,9 @@ GENEROUS = dict(provider="cpu", images=500, int8_max_drop_pp=5.0)
         ({"fp16": lambda p: shift_output(p, 0, 1000)}, {"max_ece_increase_pp": 100}, "fp16"),
         # an int8 file that is broken while fp16 is fine: int8 must be the file in the int8 slot
         ({"int8": lambda p: shift_output(p, 0, 1000)}, {"max_ece_increase_pp": 100}, "int8"),
-        # a variant whose only failure is its ECE: the same argmax everywhere, three times as sure
-        ({"fp16": lambda p: scale_logits(p, 3.0)}, {}, "fp16 calibration (ECE)"),
+        # a variant whose only failure is its ECE: the same argmax everywhere, three times as sure (so its logits
+        # are also far from torch's: that limit is lifted)
+        ({"fp16": lambda p: scale_logits(p, 3.0)}, {"fp16_max_mean_diff": 100}, "fp16 calibration (ECE)"),
     ],
     ids=["fp16-accuracy", "int8-alone", "ece-alone"],
 )
@@ -270,3 +271,36 @@ def test_a_planted_failure_is_exit_4_on_the_command_line(tiny_export, tiny_check
     )
     assert result.returncode == 4 and result.stderr.strip().splitlines()[-1] == "error: parity check failed for int8"
     assert "int8: 300 images" in result.stdout and "-> FAILED" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("planted", "named"),
+    [
+        # a few answers moved to class 0: accuracy barely changes, agreement falls under the int8 floor (99 %)
+        (lambda p: shift_output(p, 0, 2.0), "< floor 99.0000%"),
+        # every logit 1.5 times as large: the same argmax everywhere, the distance from torch over its limit
+        (lambda p: multiply_output(p, 1.5), "mean |logit difference|"),
+    ],
+    ids=["agreement-floor", "logit-distance"],
+)
+def test_an_int8_file_under_its_agreement_floor_or_over_its_distance_limit_fails_and_names_the_limit(
+    planted, named, tiny_export, tiny_checkpoint, tmp_path
+):
+    model = _deployment(tiny_export, tmp_path / "onnx", {"int8": planted})
+    open_limits = {"int8_max_drop_pp": 100, "max_ece_increase_pp": 100}  # the planted limit alone can fail
+    if "mean" not in named:
+        open_limits["int8_max_mean_diff"] = 100
+    report = run_check(model, tiny_checkpoint, CheckConfig(**{**GENEROUS, **open_limits}), report_dir=tmp_path / "r")
+    int8 = next(r for r in report.results if r.name == "int8")
+    assert [r.name for r in report.results if not r] == ["int8"] and len(int8.failures) == 1
+    assert named in int8.failures[0] and named in int8.format()
+    if "mean" in named:
+        assert int8.top1_agreement == 1.0 or int8.top1_agreement >= 0.99
+        assert int8.failures[0] == f"mean |logit difference| {int8.mean_abs_diff:.3g} > 0.1"
+    else:
+        assert int8.top1_agreement < 0.99 and abs(int8.accuracy_change) < 0.05
+    saved = json.loads((tmp_path / "r" / "check.json").read_text())["results"]
+    limits = next(r for r in saved if r["name"] == "int8")
+    assert (limits["min_agreement"], limits["max_mean_diff"]) == (0.99, open_limits.get("int8_max_mean_diff", 0.1))
+    with pytest.raises(CheckFailed, match=r"^parity check failed for int8$"):
+        report.raise_if_failed()

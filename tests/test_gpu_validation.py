@@ -242,7 +242,7 @@ def test_a_mistyped_stage_or_a_missing_out_is_refused_before_any_part_is_taken(t
     was unset, never naming the stage."""
     script = str(ROOT / "scripts" / "gpu" / "validate.sh")
     env = {k: v for k, v in os.environ.items() if k != "OUT"} | {"VGGDEPLOY_GPU_STATE": str(tmp_path / "state")}
-    usage = f"usage: {script} receive|runtime|train|cpu|all [options] (or --rehearse STAGE OUTDIR)"
+    usage = f"usage: {script} receive|runtime|train|cpu|perf|all [options] (or --rehearse STAGE OUTDIR)"
     for args, words in (
         (["runtme"], f"validate: unknown stage 'runtme'; {usage}"),
         ([], f"validate: {usage}"),

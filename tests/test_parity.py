@@ -42,15 +42,17 @@ def test_flips_carry_the_caller_s_indices_and_the_reference_margin():
 @pytest.mark.parametrize(
     ("limits", "failures"),
     [
-        ({"atol": 1.5, "min_agreement": 0.75, "max_accuracy_drop": 0.25}, []),
+        ({"atol": 1.5, "min_agreement": 0.75, "max_accuracy_drop": 0.25, "max_mean_diff": 0.1875}, []),
+        ({"max_mean_diff": 0.1874}, ["mean |logit difference| 0.188 > 0.187"]),
         ({"atol": 1.4999}, ["max |logit difference| 1.5 > atol 1.5"]),
-        ({"min_agreement": 0.76}, ["top-1 agreement 75.0000% < 76.0000%"]),
+        ({"min_agreement": 0.76}, ["top-1 agreement 75.0000% < floor 76.0000%"]),
         ({"max_accuracy_drop": 0.2499}, ["accuracy fell 25.00 pp > 24.99 pp"]),
         (
-            {"atol": 1.0, "min_agreement": 1.0, "max_accuracy_drop": 0.0},
+            {"atol": 1.0, "min_agreement": 1.0, "max_accuracy_drop": 0.0, "max_mean_diff": 0.0},
             [
                 "max |logit difference| 1.5 > atol 1",
-                "top-1 agreement 75.0000% < 100.0000%",
+                "mean |logit difference| 0.188 > 0",
+                "top-1 agreement 75.0000% < floor 100.0000%",
                 "accuracy fell 25.00 pp > 0.00 pp",
             ],
         ),
@@ -125,7 +127,7 @@ def test_format_without_labels_prints_no_accuracy_and_to_dict_carries_the_change
     )
     assert compare_logits("hand-made", REFERENCE, CANDIDATE, LABELS).to_dict()["accuracy_change"] == -0.25
     failed = compare_logits("hand-made", REFERENCE, CANDIDATE, LABELS, atol=1.0, min_agreement=1.0).format()
-    assert failed.endswith("-> FAILED: max |logit difference| 1.5 > atol 1; top-1 agreement 75.0000% < 100.0000%")
+    assert failed.endswith("-> FAILED: max |logit difference| 1.5 > atol 1; top-1 agreement 75.0000% < floor 100.0000%")
 
 
 def test_small_logits_keep_their_true_cosine():

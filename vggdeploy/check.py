@@ -16,7 +16,7 @@ import torch
 from vggdeploy.artifacts import CONFUSION_PNG, PER_CLASS_JSON, checkpoint_beside, reports_folder, sibling
 from vggdeploy.calibration import DEFAULT_BINS, CalibrationFigures
 from vggdeploy.checkpoint import rebuild_model
-from vggdeploy.config import CheckConfig
+from vggdeploy.config import CheckConfig, variant_limits
 from vggdeploy.contract import is_calibrated, model_args_from_metadata, temperature
 from vggdeploy.data import to_input_tensor
 from vggdeploy.datasets import dataset_of
@@ -213,8 +213,8 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
 
     limits = {
         "fp32": {"atol": config.fp32_atol, "min_agreement": config.fp32_min_agreement},
-        "fp16": {"max_accuracy_drop": config.fp16_max_drop_pp / 100},
-        "int8": {"max_accuracy_drop": config.int8_max_drop_pp / 100},
+        "fp16": variant_limits(config, "fp16"),
+        "int8": variant_limits(config, "int8"),
     }
     sessions = {variant: loaded.session}
     if variant == "fp32":  # the whole export: the variants found beside it too

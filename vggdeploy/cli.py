@@ -454,21 +454,42 @@ def refuse_options_without(flag: str, enabled: bool, *options: str) -> None:
         raise UsageError(f"{', '.join(given)}: only used with {flag}, which was not given")
 
 
-def _accuracy_drop_options(config_class):
-    """--fp16-max-drop and --int8-max-drop, with their defaults (percentage points) from the stage's config."""
+VARIANT_LIMIT_OPTIONS = tuple(
+    f"{variant}_{limit}" for variant in ("fp16", "int8") for limit in ("max_drop", "min_agreement", "max_mean_diff")
+)
+
+
+def _variant_limit_options(config_class):
+    """Each variant's limits, with their defaults from the stage's config: --fp16-max-drop / --int8-max-drop
+    (accuracy, percentage points), --fp16-min-agreement / --int8-min-agreement (top-1 agreement, a fraction) and
+    --fp16-max-mean-diff / --int8-max-mean-diff (mean |logit difference|)."""
 
     def add(command):
         for variant in ("int8", "fp16"):
-            command = click.option(
-                f"--{variant}-max-drop",
-                type=float,
-                default=getattr(config_class, f"{variant}_max_drop_pp"),
-                show_default=True,
-                help=f"{variant}: largest accuracy drop the variant may show, pp.",
-            )(command)
+            for name, field, help_text in (
+                ("max-mean-diff", "max_mean_diff", "largest mean |logit difference| the variant may show."),
+                ("min-agreement", "min_agreement", "lowest top-1 agreement (a fraction: 0.99 is 99 %)."),
+                ("max-drop", "max_drop_pp", "largest accuracy drop the variant may show, pp."),
+            ):
+                command = click.option(
+                    f"--{variant}-{name}",
+                    type=float,
+                    default=getattr(config_class, f"{variant}_{field}"),
+                    show_default=True,
+                    help=f"{variant}: {help_text}",
+                )(command)
         return command
 
     return add
+
+
+def _variant_limits(options: dict) -> dict:
+    """The config's fields from the variant-limit options (the drops are named *_pp there)."""
+    return {
+        (f"{name}_pp" if name.endswith("max_drop") else name): value
+        for name, value in options.items()
+        if name in VARIANT_LIMIT_OPTIONS
+    }
 
 
 class IntList(click.ParamType):
@@ -523,7 +544,7 @@ def _listed(numbers: tuple[int, ...]) -> str:
     show_default=True,
     help="Test images for the variants' accuracy.",
 )
-@_accuracy_drop_options(ExportConfig)
+@_variant_limit_options(ExportConfig)
 @click.option(
     "--triton-repo", type=click.Path(file_okay=False), default=None, help="Also write a Triton model repository here."
 )
@@ -546,11 +567,10 @@ def export(
     parity_images,
     audit_batches,
     variant_images,
-    fp16_max_drop,
-    int8_max_drop,
     triton_repo,
     no_calibration,
     data_dir,
+    **limits,
 ):
     """Export a trained checkpoint to a checked, simplified, self-describing ONNX model."""
     require_train_extra("export")
@@ -561,8 +581,8 @@ def export(
 
     if arch is None and checkpoint is None:
         raise UsageError("say which model: --arch A (latest trained under artifacts/) or --checkpoint PATH")
-    refuse_options_without("--fp16", fp16, "fp16_max_drop")
-    refuse_options_without("--int8", int8, "int8_max_drop")
+    refuse_options_without("--fp16", fp16, *(name for name in VARIANT_LIMIT_OPTIONS if name.startswith("fp16")))
+    refuse_options_without("--int8", int8, *(name for name in VARIANT_LIMIT_OPTIONS if name.startswith("int8")))
     config = ExportConfig(  # settings are checked before torch is imported: a usage error answers at once
         opset=opset,
         simplify=not no_simplify,
@@ -573,9 +593,8 @@ def export(
         parity_images=parity_images,
         audit_batches=audit_batches,
         variant_images=variant_images,
-        fp16_max_drop_pp=fp16_max_drop,
-        int8_max_drop_pp=int8_max_drop,
         calibrate=not no_calibration,
+        **_variant_limits(limits),
     )
     from vggdeploy.export import export_model
 
@@ -689,7 +708,7 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, pe
     show_default=True,
     help="fp32: lowest top-1 agreement.",
 )
-@_accuracy_drop_options(CheckConfig)
+@_variant_limit_options(CheckConfig)
 @click.option(
     "--max-ece-increase",
     type=float,
@@ -716,14 +735,13 @@ def check(
     images,
     atol,
     min_agreement,
-    fp16_max_drop,
-    int8_max_drop,
     max_ece_increase,
     localize,
     layer_rtol,
     localize_images,
     report_dir,
     data_dir,
+    **limits,
 ):
     """Parity of the ONNX Runtime deployment with the torch model on the real test set."""
     require_train_extra("check")
@@ -737,9 +755,8 @@ def check(
         images=images,
         fp32_atol=atol,
         fp32_min_agreement=min_agreement,
-        fp16_max_drop_pp=fp16_max_drop,
-        int8_max_drop_pp=int8_max_drop,
         max_ece_increase_pp=max_ece_increase,
+        **_variant_limits(limits),
         localize=localize,
         localize_rtol=layer_rtol,
         localize_images=localize_images,

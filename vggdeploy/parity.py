@@ -32,6 +32,7 @@ class ParityResult:
     atol: float | None  # max |logit difference| allowed; None = not checked
     min_agreement: float | None  # lowest top-1 agreement allowed; None = not checked
     max_accuracy_drop: float | None = None  # largest accuracy loss (fraction) allowed; None = not checked
+    max_mean_diff: float | None = None  # largest mean |logit difference| allowed; None = not checked
     flips: list[LabelFlip] = field(default_factory=list)
     not_finite: int = 0  # images whose logits hold a NaN or an infinity on either side: never a pass
 
@@ -48,8 +49,10 @@ class ParityResult:
             problems.append(f"logits not finite (NaN or inf) for {self.not_finite} of {self.images} images")
         if self.atol is not None and not self.max_abs_diff <= self.atol:
             problems.append(f"max |logit difference| {self.max_abs_diff:.3g} > atol {self.atol:.3g}")
+        if self.max_mean_diff is not None and not self.mean_abs_diff <= self.max_mean_diff:
+            problems.append(f"mean |logit difference| {self.mean_abs_diff:.3g} > {self.max_mean_diff:.3g}")
         if self.min_agreement is not None and self.top1_agreement < self.min_agreement:
-            problems.append(f"top-1 agreement {self.top1_agreement:.4%} < {self.min_agreement:.4%}")
+            problems.append(f"top-1 agreement {self.top1_agreement:.4%} < floor {self.min_agreement:.4%}")
         change, limit = self.accuracy_change, self.max_accuracy_drop
         if limit is not None and change is not None and -change > limit + 1e-9:  # a drop equal to it passes
             problems.append(f"accuracy fell {-change * 100:.2f} pp > {limit * 100:.2f} pp")
@@ -90,6 +93,7 @@ def compare_logits(
     min_agreement: float | None = None,
     max_accuracy_drop: float | None = None,
     indices: np.ndarray | None = None,
+    max_mean_diff: float | None = None,
 ) -> ParityResult:
     """Compare two (N, classes) logit arrays row by row."""
     reference = np.asarray(reference, dtype=np.float64)  # float32 products of large logits would overflow
@@ -126,6 +130,7 @@ def compare_logits(
         atol=atol,
         min_agreement=min_agreement,
         max_accuracy_drop=max_accuracy_drop,
+        max_mean_diff=max_mean_diff,
         flips=flips,
         not_finite=int((~finite).sum()),
     )

@@ -16,7 +16,7 @@ import torch
 from onnx import TensorProto, helper
 
 from vggdeploy.artifacts import sibling
-from vggdeploy.config import ExportConfig
+from vggdeploy.config import ExportConfig, variant_limits
 from vggdeploy.contract import (
     BATCH_AXIS,
     INPUT_NAME,
@@ -103,14 +103,6 @@ def _fp32_metadata(given: VariantInputs) -> dict:
     return proto_metadata(given.fp32, "the exported fp32 model")
 
 
-def _resolvable_drop(limit_pp: float, images: int) -> float:
-    """The accuracy drop export allows a variant on ``images`` test images: a positive limit finer than one image is
-    raised to one image (on 1,000 images one flip is 0.1 pp, coarser than a 0.05 pp limit; ``check`` applies the
-    limit itself on the whole test set). A zero limit stays zero."""
-    limit = limit_pp / 100
-    return max(limit, 1 / images) if limit > 0 else limit
-
-
 def _fp32_temperature(given: VariantInputs) -> float:
     return temperature(_fp32_metadata(given))
 
@@ -127,7 +119,7 @@ VARIANT_KINDS = (
         lambda given: to_fp16(given.fp32),
         lambda given: given.inputs,
         lambda given, logits: logits,
-        lambda config, images: {"max_accuracy_drop": _resolvable_drop(config.fp16_max_drop_pp, images)},
+        lambda config, images: variant_limits(config, "fp16", images),
     ),
     VariantKind(
         "int8",
@@ -136,7 +128,7 @@ VARIANT_KINDS = (
         lambda given: to_int8(given.fp32, _calibration_inputs(given)),
         lambda given: given.inputs,
         lambda given, logits: logits,
-        lambda config, images: {"max_accuracy_drop": _resolvable_drop(config.int8_max_drop_pp, images)},
+        lambda config, images: variant_limits(config, "int8", images),
     ),
     VariantKind(
         "preprocess",
