@@ -587,3 +587,20 @@ def test_train_json_keeps_stdout_for_the_json_alone(tmp_path):
     assert summary["summary"].startswith("test accuracy ") and "; 1 epoch in " in summary["summary"]
     assert summary["recipe"] == lines[0].removeprefix("vggdeploy: ")
     assert "epoch 1: validation accuracy " in result.stderr
+
+
+def test_a_model_trained_channels_last_is_saved_in_the_standard_layout(tmp_path, data_dir, test_split):
+    """bf16 training (the GPU's, here on the CPU) runs the model channels_last; its checkpoint holds the weights in
+    the standard layout, like a contiguous run's, and they give the same logits in either layout."""
+    config = TINY.with_overrides(epochs=1, train_limit=640, test_limit=100, precision="bf16")
+    assert train_module.uses_bf16(config, torch.device("cpu"))
+    train_module.train(config, tmp_path / "run", data_dir=data_dir, progress=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model_state"]
+    fresh = build_model(config.model).state_dict()
+    assert {k: (v.shape, v.stride()) for k, v in state.items()} == {k: (v.shape, v.stride()) for k, v in fresh.items()}
+    model, _ = rebuild_model(tmp_path / "run" / "checkpoints" / "last.pt")
+    images = torch.nn.functional.interpolate(test_split[0][:32].float().unsqueeze(1) / 255, size=32)
+    with torch.no_grad():
+        standard = model(images)
+        model = model.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(model(images.contiguous(memory_format=torch.channels_last)), standard)

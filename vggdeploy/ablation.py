@@ -383,10 +383,13 @@ class StepVariant:
     compile_mode: str | None = "default"  # torch.compile's mode; None: eager
     fused_sgd: bool = False
     pad_channels: int = 0  # the first convolution reads this many channels, the image zero-padded to them
+    channels_last: bool | None = None  # None: as train does (channels_last with bf16 autocast, i.e. on a GPU)
 
 
 TRAIN_VARIANTS = (
     StepVariant("eager", compile_mode=None),
+    StepVariant("eager-contiguous", compile_mode=None, channels_last=False),  # the CPU's layouts, side by side
+    StepVariant("eager-channels-last", compile_mode=None, channels_last=True),
     StepVariant("as-trained"),  # train's step today: the model compiled, foreach SGD
     StepVariant("fused-sgd", fused_sgd=True),
     StepVariant("pad8", pad_channels=8),
@@ -442,10 +445,14 @@ class TrainingAblation:
         return text + "\n"
 
 
+def _channels_last(variant: StepVariant, bf16: bool) -> bool:
+    return bf16 if variant.channels_last is None else variant.channels_last
+
+
 def _step_model(args: ModelArgs, variant: StepVariant, device: torch.device, bf16: bool):
     torch.manual_seed(0)
     model = build_model(replace(args, in_channels=variant.pad_channels or args.in_channels)).to(device)
-    if bf16:
+    if _channels_last(variant, bf16):
         model = model.to(memory_format=torch.channels_last)
     runner = model if variant.compile_mode is None else torch.compile(model, mode=variant.compile_mode)
     optimizer = torch.optim.SGD(
@@ -454,10 +461,10 @@ def _step_model(args: ModelArgs, variant: StepVariant, device: torch.device, bf1
     return model, runner, optimizer
 
 
-def _make_step(runner, optimizer, batch: torch.Tensor, target: torch.Tensor, pad: int, bf16: bool, on_gpu: bool):
-    if pad:
-        batch = F.pad(batch, (0, 0, 0, 0, 0, pad - batch.shape[1]))
-    if bf16:
+def _make_step(runner, optimizer, batch, target, variant: StepVariant, bf16: bool, on_gpu: bool):
+    if variant.pad_channels:
+        batch = F.pad(batch, (0, 0, 0, 0, 0, variant.pad_channels - batch.shape[1]))
+    if _channels_last(variant, bf16):
         batch = batch.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=bf16)
 
@@ -509,7 +516,7 @@ def training_ablation(
             continue
         try:
             model, runner, optimizer = _step_model(args, variant, device, bf16)
-            step = _make_step(runner, optimizer, images, target, variant.pad_channels, bf16, on_gpu)
+            step = _make_step(runner, optimizer, images, target, variant, bf16, on_gpu)
             start = time.perf_counter()
             for _ in range(warmup):
                 step()

@@ -840,7 +840,10 @@ def _state(model, optimizer, config: TrainConfig, history: list[dict], provenanc
     """A checkpoint's content as of now: copies, so a state kept for a later write does not change with training."""
     return {
         "model_args": config.model.to_dict(),
-        "model_state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "model_state": {  # in the standard layout, whatever the layout trained in
+            k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+            for k, v in model.state_dict().items()
+        },
         "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
         "train_config": config.to_dict(),
         "epoch": len(history),
