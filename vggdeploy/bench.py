@@ -30,7 +30,7 @@ from vggdeploy.hardware import (
     peak_fraction,
     timed_runs,
 )
-from vggdeploy.kernel_profile import EngineProfile, KernelTime, format_profiles, ort_profiled, ort_source, traced
+from vggdeploy.kernel_profile import EngineProfile, KernelTime, engine_profile, format_profiles
 from vggdeploy.model import summarize
 from vggdeploy.onnx_file import read_metadata, require_model_file
 from vggdeploy.preprocess import PreprocessSpec
@@ -417,23 +417,19 @@ class BoundOrtRun:
         return self.output.numpy()
 
 
-PROFILE_RUNS = 10
-
-
 def profile_engine(model_path: Path, engine: Engine, backend, inputs: np.ndarray, batch: int) -> EngineProfile:
-    """Where one run's time goes for this engine at this batch size: CUDA kernels on a GPU (both frameworks, one
-    tracer), torch's operators or ONNX Runtime's node profile on the CPU."""
-    if engine.framework == "torch" or not engine.on_cpu:
-        run = (_torch_runner if engine.framework == "torch" else BoundOrtRun)(backend, engine, inputs, batch)
-        kernels, wall, source = traced(run, PROFILE_RUNS, on_gpu=not engine.on_cpu)
-        if kernels or engine.framework == "torch":
-            return EngineProfile(engine.name, batch, PROFILE_RUNS, source, wall, kernels)
-    kernels, wall = ort_profiled(
+    """Where one run's time goes for this engine at this batch size (kernel_profile.engine_profile)."""
+    run = (_torch_runner if engine.framework == "torch" else BoundOrtRun)(backend, engine, inputs, batch)
+    if engine.framework == "torch":
+        return engine_profile(engine.name, batch, run, on_gpu=not engine.on_cpu)
+    return engine_profile(
+        engine.name,
+        batch,
+        run,
+        not engine.on_cpu,
         lambda prefix: engine_session(model_path, engine, profile_prefix=prefix),
         lambda session: BoundOrtRun(session, engine, inputs, batch),
-        PROFILE_RUNS,
     )
-    return EngineProfile(engine.name, batch, PROFILE_RUNS, ort_source(engine.on_cpu), wall, kernels)
 
 
 def device_name(engines: list[Engine]) -> str:

@@ -177,6 +177,29 @@ def ort_source(on_cpu: bool) -> str:
     return f"ONNX Runtime's node profiler, per operator type ({where})"
 
 
+PROFILE_RUNS = 10
+
+
+def engine_profile(
+    name: str,
+    batch: int,
+    run: Callable[[], None],
+    on_gpu: bool,
+    onnx_runtime_profile: Callable[[str], object] | None = None,
+    make_run: Callable[[object], Callable[[], None]] | None = None,
+) -> EngineProfile:
+    """One engine's profile: its CUDA kernels on a GPU (torch and ONNX Runtime alike), torch's operators on the CPU.
+    An ONNX Runtime engine passes ``onnx_runtime_profile`` (a session opened with that profile prefix) and
+    ``make_run`` (its timed call on such a session): its own node profiler then serves on the CPU, and on a GPU
+    where CUPTI saw no kernel."""
+    if on_gpu or onnx_runtime_profile is None:
+        kernels, wall, source = traced(run, PROFILE_RUNS, on_gpu=on_gpu)
+        if kernels or onnx_runtime_profile is None:
+            return EngineProfile(name, batch, PROFILE_RUNS, source, wall, kernels)
+    kernels, wall = ort_profiled(onnx_runtime_profile, make_run, PROFILE_RUNS)
+    return EngineProfile(name, batch, PROFILE_RUNS, ort_source(not on_gpu), wall, kernels)
+
+
 def format_profiles(profiles: list[EngineProfile]) -> str:
     """Microseconds per run by kind, one column per engine, then each engine's heaviest kernels."""
     from vggdeploy.report import markdown_table
