@@ -24,11 +24,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vggdeploy.artifacts import sibling
-from vggdeploy.checkpoint import rebuild_model
-from vggdeploy.contract import INPUT_NAME
+from vggdeploy.deploy.contract import INPUT_NAME
+from vggdeploy.deploy.session import captured_native_stderr, create_session
 from vggdeploy.errors import UsageError, run_script
 from vggdeploy.hardware import best_seconds, cpu_fp32_gflops, cpu_int8_gops
-from vggdeploy.runtime import captured_native_stderr, create_session
+from vggdeploy.model.checkpoint import rebuild_model
 
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::_convolution", "Conv", "QLinearConv")
 FC_OPS = ("aten::addmm", "aten::mm", "aten::linear", "FusedGemm", "Gemm", "MatMul", "QGemm", "MatMulInteger")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from vggdeploy.datasets import image_folder
+from vggdeploy.data.dataset import image_folder
 from vggdeploy.errors import run_script
 
 

@@ -14,11 +14,11 @@ import argparse
 
 import numpy as np
 
-from vggdeploy.calibration import CalibrationFigures, fit_temperature
-from vggdeploy.checkpoint import rebuild_model
-from vggdeploy.datasets import dataset_of
+from vggdeploy.data.dataset import dataset_of
 from vggdeploy.errors import UsageError, run_script
-from vggdeploy.temperature import held_out_slice, torch_logits
+from vggdeploy.export.calibrate import held_out_slice, torch_logits
+from vggdeploy.metrics.calibration import CalibrationFigures, fit_temperature
+from vggdeploy.model.checkpoint import rebuild_model
 
 
 def sizes(text: str) -> list[int]:

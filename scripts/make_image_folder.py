@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vggdeploy.data import CLASS_NAMES, load_split
+from vggdeploy.data.fashion_mnist import CLASS_NAMES, load_split
 from vggdeploy.errors import DataError, UsageError, run_script
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vggdeploy.data import load_split
+from vggdeploy.data.fashion_mnist import load_split
 from vggdeploy.errors import UsageError, run_script
-from vggdeploy.recipe import MIN_STEPS, MOST_EPOCHS
+from vggdeploy.train.recipe import MIN_STEPS, MOST_EPOCHS
 
 _spec = importlib.util.spec_from_file_location("make_image_folder", Path(__file__).with_name("make_image_folder.py"))
 make_image_folder = importlib.util.module_from_spec(_spec)

@@ -31,14 +31,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def data_dir():
-    from vggdeploy.data import find_data_dir
+    from vggdeploy.data.fashion_mnist import find_data_dir
 
     return find_data_dir()
 
 
 @pytest.fixture(scope="session")
 def test_split(data_dir):
-    from vggdeploy.data import load_split
+    from vggdeploy.data.fashion_mnist import load_split
 
     return load_split("test", data_dir)
 
@@ -49,9 +49,9 @@ TINY_ARGS = dict(arch="A", batch_norm=True, width_ratio=8, hidden=64, dropout=0.
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, data_dir):
     """A briefly trained tiny VGG-11-BN checkpoint (about 75 % test accuracy; seconds on 2 cores)."""
-    from vggdeploy.archs import ModelArgs
     from vggdeploy.config import TrainConfig
-    from vggdeploy.train import train
+    from vggdeploy.model.archs import ModelArgs
+    from vggdeploy.train.loop import train
 
     out = tmp_path_factory.mktemp("tiny-model")
     config = TrainConfig(
@@ -65,7 +65,7 @@ def tiny_checkpoint(tmp_path_factory, data_dir):
 def tiny_export(tmp_path_factory, tiny_checkpoint, data_dir):
     """The tiny checkpoint exported with every variant and a Triton repository."""
     from vggdeploy.config import ExportConfig
-    from vggdeploy.export import export_model
+    from vggdeploy.export.pipeline import export_model
 
     out = tmp_path_factory.mktemp("tiny-export")
     config = ExportConfig(

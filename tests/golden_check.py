@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vggdeploy.contract import probabilities
+from vggdeploy.deploy.contract import probabilities
 
 
 def golden_problems(answer: dict, entry: dict, golden: dict) -> list[str]:

@@ -136,9 +136,8 @@ def write_image_kinds(gray: np.ndarray, folder: Path) -> dict[str, Path]:
 
 def reference_logits(model_path: Path, paths: dict[str, Path]) -> dict[str, list[float]]:
     """What `vggdeploy run` (the Python reference) computes for each file."""
-    from vggdeploy.graph import run_session
-    from vggdeploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
-    from vggdeploy.runtime import ProviderSettings, open_model
+    from vggdeploy.deploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
+    from vggdeploy.deploy.session import ProviderSettings, open_model, run_session
 
     model = open_model(model_path, ProviderSettings(provider="cpu"))
     spec = PreprocessSpec.from_metadata(model.metadata["preprocessing"])

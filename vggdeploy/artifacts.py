@@ -19,8 +19,14 @@ from vggdeploy.errors import DataError, UsageError
 from vggdeploy.files import newest
 
 ROOT = Path("artifacts")
+
+
 MODEL_FILE = "model.onnx"
+
+
 VARIANTS = ("fp16", "int8", "preprocess")
+
+
 PER_CLASS_JSON, CONFUSION_PNG = "per_class.json", "confusion.png"  # in train/ and in an export's reports/
 
 
@@ -190,8 +196,8 @@ def checkpoint_beside(model_path: str | Path) -> Path:
 def find_checkpoint(arch: str, root: str | Path = ROOT) -> Path:
     """The most recent ``best.pt`` under ``root`` whose model is the architecture ``arch`` names (``A``: VGG-11 with or
     without batch norm; ``vgg11``: without; ``vgg11_bn``: with)."""
-    from vggdeploy.archs import arch_mismatch
-    from vggdeploy.checkpoint import load_checkpoint
+    from vggdeploy.model.archs import arch_mismatch
+    from vggdeploy.model.checkpoint import load_checkpoint
 
     for path in newest(root, str(RunFolder(Path("*")).best_checkpoint)):
         try:

@@ -6,11 +6,9 @@ Heavy modules (torch, onnxruntime) are imported inside the commands that need th
 from __future__ import annotations
 
 import importlib.util
-import os
 import signal
 import sys
 import traceback
-from typing import TYPE_CHECKING
 
 import click
 
@@ -29,10 +27,6 @@ from vggdeploy.errors import (
 )
 from vggdeploy.hardware import MAX_TIMED_RUNS
 from vggdeploy.report import readable, to_json
-
-if TYPE_CHECKING:
-    from vggdeploy.archs import ModelArgs
-
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
@@ -178,7 +172,7 @@ class _ShownDefaults(click.Command):
 
 
 def _info_defaults() -> dict[str, str]:
-    from vggdeploy.archs import ModelArgs
+    from vggdeploy.model.archs import ModelArgs
 
     model = ModelArgs()
     return {
@@ -193,7 +187,7 @@ def _info_defaults() -> dict[str, str]:
 
 def _train_defaults() -> dict[str, str]:
     """The defaults of a plain `train` here: the preset a GPU or its absence picks."""
-    from vggdeploy.config import shown_defaults
+    from vggdeploy.train.recipe import shown_defaults
 
     name = "full" if _cuda_answers() else "quick"
     why = "a CUDA GPU answers here" if name == "full" else "no CUDA GPU here"
@@ -231,21 +225,6 @@ def _data_dir_option(function):
     )(function)
 
 
-def model_args_from_options(base: dict | None = None, **options) -> ModelArgs:
-    """ModelArgs from CLI options: unset options (None) keep the base (preset or default) values."""
-    from vggdeploy.archs import ModelArgs, parse_arch
-
-    values = dict(base or {})
-    if options.get("arch") is not None:
-        values["arch"], batch_norm = parse_arch(options["arch"])
-        if batch_norm is not None:
-            values["batch_norm"] = batch_norm
-    for key in ("batch_norm", "width_ratio", "hidden", "dropout", "image_size"):
-        if options.get(key) is not None:
-            values[key] = options[key]
-    return ModelArgs(**values)
-
-
 @main.command(cls=_ShownDefaults, shown_defaults=_info_defaults)
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @_model_args_options
@@ -255,23 +234,17 @@ def info(model: str | None, **options) -> None:
         given = [f"--{name.replace('_', '-')}" for name, value in options.items() if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)} describe an architecture, not MODEL: give one or the other")
-        from vggdeploy.onnx_file import describe_onnx
-        from vggdeploy.runtime import ProviderSettings, open_model
+        from vggdeploy.deploy.onnx_file import describe_onnx
+        from vggdeploy.deploy.session import ProviderSettings, open_model
 
         _print_result(describe_onnx(model))
         open_model(model, ProviderSettings(provider="cpu"))  # a graph that contradicts the metadata: one line, exit 3
         return
     require_train_extra("info --arch")
-    from vggdeploy.model import summarize
+    from vggdeploy.model.archs import model_args_from_options
+    from vggdeploy.model.vgg import summarize
 
     _print_result(summarize(model_args_from_options(**options)).format())
-
-
-OWN_IMAGE_OPTIONS = {  # train options that mean nothing for Fashion-MNIST, and why
-    "test_fraction": "Fashion-MNIST comes with its own test split",
-    "color": "Fashion-MNIST is grayscale",
-    "strict": "Fashion-MNIST is read from its IDX files, not image files",
-}
 
 
 @main.command(cls=_ShownDefaults, shown_defaults=_train_defaults)
@@ -387,55 +360,39 @@ def train(
     (metrics.jsonl, curves.png, summary.json, per_class.json, confusion.png).
     """
     require_train_extra("train")
-    from pathlib import Path
-
     import torch
 
-    from vggdeploy.artifacts import RunFolder
-    from vggdeploy.config import preset as get_preset
-    from vggdeploy.train import saved_config
-    from vggdeploy.train import train as run_training
+    from vggdeploy.train.loop import train as run_training
+    from vggdeploy.train.request import is_main_process, plan_training
 
-    if resume and overwrite:
-        raise UsageError("--resume continues the run in the folder and --overwrite replaces it: give one")
-    wrong = [
-        f"--{key.replace('_', '-')} ({why})" for key, why in OWN_IMAGE_OPTIONS.items() if overrides[key] is not None
-    ]
-    if overrides["data"] is None and wrong:
-        raise UsageError(f"{'; '.join(wrong)}: for a folder of your own images only (--data DIR)")
-    if overrides["data"] is not None and data_dir is not None:
-        raise UsageError("--data-dir: the Fashion-MNIST folder, which a run on your own images (--data) does not read")
     model_options = dict(
         arch=arch, batch_norm=batch_norm, width_ratio=width_ratio, hidden=hidden, dropout=dropout, image_size=image_size
     )
-    base = get_preset(preset, torch.cuda.is_available())
-    name = model_args_from_options(base.model.to_dict(), **model_options).name
-    if overrides.get("data"):  # own images: the folder's name keeps their runs apart from Fashion-MNIST's
-        overrides["data"] = str(Path(overrides["data"]).resolve())  # --resume works from any directory
-        name = f"{Path(overrides['data']).name}-{name}"
-    folder = RunFolder.for_training(name, out, resume, overwrite)
-    rank_0 = int(os.environ.get("RANK", "0")) == 0  # torchrun: only rank 0 speaks
-    if out is None and not resume and folder.path != RunFolder.for_model(name).path and rank_0:
-        click.echo(
-            f"vggdeploy: {RunFolder.for_model(name).path} holds an earlier run; this one goes to {folder.path}",
-            err=True,
-        )
-    if resume:  # the saved run's settings, not the preset's; flags given still override (a larger --epochs extends)
-        base = saved_config(folder.path)
-    model = model_args_from_options(base.model.to_dict(), **model_options)
-    config = base.with_overrides(model=model, compile=compile_model, **overrides)
+    request = plan_training(
+        preset,
+        model_options,
+        {**overrides, "compile": compile_model},
+        out,
+        resume,
+        overwrite,
+        data_dir,
+        torch.cuda.is_available(),
+    )
+    speaks = is_main_process()
+    if request.note and speaks:
+        click.echo(request.note, err=True)
     result = run_training(
-        config,
-        folder.path,
+        request.config,
+        request.folder.path,
         data_dir=data_dir,
         resume=resume,
         progress=not quiet,
         time_limit=time_limit,
         fit_to_time=fit_to_time,
-        recipe_of=base,
-        given=[key for key, value in overrides.items() if value is not None],
+        recipe_of=request.recipe_of,
+        given=request.given,
     )
-    if rank_0:
+    if speaks:
         _print_result(to_json(result.to_dict(), indent=2) if as_json else result.format())
 
 
@@ -576,8 +533,8 @@ def export(
     require_train_extra("export")
     from pathlib import Path
 
-    from vggdeploy.archs import parse_arch
     from vggdeploy.artifacts import RunFolder, find_checkpoint
+    from vggdeploy.model.archs import parse_arch
 
     if arch is None and checkpoint is None:
         raise UsageError("say which model: --arch A (latest trained under artifacts/) or --checkpoint PATH")
@@ -596,7 +553,7 @@ def export(
         calibrate=not no_calibration,
         **_variant_limits(limits),
     )
-    from vggdeploy.export import export_model
+    from vggdeploy.export.pipeline import export_model
 
     if arch is not None:
         parse_arch(arch)  # a misspelt name is a usage error before any checkpoint is looked at
@@ -608,7 +565,7 @@ def export(
 
 def _say_provider(model, requested: str) -> None:
     if requested == "auto":
-        from vggdeploy.runtime import cuda_driver_present, session_provider
+        from vggdeploy.deploy.session import cuda_driver_present, session_provider
 
         chosen = session_provider(model.session)
         reason = (
@@ -662,10 +619,10 @@ def _performance_hint_option(function):
 def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, performance_hint):
     """Classify IMAGES (files, folders or globs; PNG, JPEG, BMP, WebP, ...) with ONNX Runtime."""
     from vggdeploy.artifacts import latest_model
+    from vggdeploy.deploy.classify import classify, describe_model
+    from vggdeploy.deploy.preprocess import DEFAULT_MAX_PIXELS
+    from vggdeploy.deploy.session import ProviderSettings, open_model, session_provider
     from vggdeploy.errors import CheckFailed, DataError
-    from vggdeploy.preprocess import DEFAULT_MAX_PIXELS
-    from vggdeploy.run import classify, describe_model
-    from vggdeploy.runtime import ProviderSettings, open_model, session_provider
 
     if model_path is None:
         model_path = latest_model()
@@ -761,7 +718,7 @@ def check(
         localize_rtol=layer_rtol,
         localize_images=localize_images,
     )
-    from vggdeploy.check import run_check
+    from vggdeploy.verify.check import run_check
 
     report = run_check(model_path or latest_model(), checkpoint, config, data_dir, report_dir)
     _print_result(report.format())
@@ -823,7 +780,7 @@ def bench(
 
     names = tuple(engines.split(",")) if engines is not None else None  # "" names an engine: '', refused
     config = BenchConfig(names, compile_torch, batch_sizes, seconds, min_runs, profile_batch=profile_batch)
-    from vggdeploy.bench import run_bench
+    from vggdeploy.verify.bench import run_bench
 
     report = run_bench(model_path or latest_model(), checkpoint, config, report_dir=report_dir, data_dir=data_dir)
     _print_result(report.format())

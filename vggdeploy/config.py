@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from vggdeploy.archs import ModelArgs
 from vggdeploy.errors import UsageError
+from vggdeploy.model.archs import ModelArgs
 
 
 @dataclass(frozen=True)
@@ -137,9 +137,17 @@ def rate_per_image_hint(lr: float, batch: int) -> str:
 # 1.0e-2; the seed model's on the H200 99.99 % / 1.1e-3 and 99.66 % / 4.5e-2. The limits sit below those with room
 # for another model: one flip in a thousand for fp16, one in a hundred for int8, the distances 9x and 2x the largest.
 FP16_MIN_AGREEMENT = 0.999
+
+
 INT8_MIN_AGREEMENT = 0.99
+
+
 FP16_MAX_MEAN_DIFF = 0.01
+
+
 INT8_MAX_MEAN_DIFF = 0.1
+
+
 VARIANT_DISTANCE_FLAGS = {f"{variant}_max_mean_diff": f"--{variant}-max-mean-diff" for variant in ("fp16", "int8")}
 
 
@@ -174,35 +182,6 @@ def require_limits(config: object, flags: dict[str, str]) -> None:
         value = getattr(config, name)
         if not value >= 0:
             raise UsageError(f"{flag} must be a number >= 0, got {value}")
-
-
-def shown_defaults(name: str) -> dict[str, str]:
-    """``train --help``'s defaults: the values a plain run with preset ``name`` takes, by option name; the batch size,
-    epochs and rate as the recipe sizes them (``recipe``)."""
-    from vggdeploy.recipe import MIN_STEPS, MIN_STEPS_PER_EPOCH, SMALLEST_BATCH
-
-    config = PRESETS[name]
-    model = config.model
-    return {
-        "arch": model.arch,
-        "batch_norm": "on" if model.batch_norm else "off",
-        "width_ratio": str(model.width_ratio),
-        "hidden": str(model.hidden),
-        "dropout": f"{model.dropout:g}",
-        "image_size": str(model.image_size),
-        "epochs": f"{config.epochs}, more on a small set: at least {MIN_STEPS:,} steps in all",
-        "batch_size": f"{config.batch_size}, halved on a small set until an epoch has {MIN_STEPS_PER_EPOCH} steps "
-        f"(not below {SMALLEST_BATCH})",
-        "lr": f"{config.lr:g} at batch {config.batch_size}, times the square root of batch / {config.batch_size}",
-        "seed": str(config.seed),
-        "calibration_holdout": f"{config.calibration_holdout:,}, at most a tenth of the training images",
-        "compile_model": "on" if config.compile else "off",
-        "precision": config.precision,
-        "save_every": str(config.save_every),
-        "test_fraction": f"{config.test_fraction:g}",
-        "color": config.color,
-        "device": config.device,
-    }
 
 
 def preset(name: str | None, cuda_available: bool) -> TrainConfig:
@@ -303,7 +282,7 @@ class CheckConfig:
         if not 0 <= self.fp32_min_agreement <= 1:
             raise UsageError(f"--min-agreement must be between 0 and 1, got {self.fp32_min_agreement}")
         require_agreements(self)
-        from vggdeploy.runtime import ProviderSettings
+        from vggdeploy.deploy.session import ProviderSettings
 
         ProviderSettings(self.provider, performance_hint=self.performance_hint)  # refuses a hint without OpenVINO
 

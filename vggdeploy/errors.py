@@ -95,6 +95,8 @@ class OutOfMemory(VggDeployError):
 # "Failed to allocate memory for requested buffer", a load: "std::bad_alloc", CUDA: "CUDA failure 2: out of memory")
 # and cuBLAS ("CUBLAS_STATUS_ALLOC_FAILED") say it; none of them raises MemoryError.
 MEMORY_FAILURES = ("out of memory", "can't allocate memory", "Failed to allocate memory", "bad_alloc", "ALLOC_FAILED")
+
+
 ALLOCATION_SIZE = re.compile(r"(?:to allocate|buffer of size) (?:(?P<human>[\d.]+ [KMGT]iB)|(?P<bytes>\d+))")
 
 
@@ -131,6 +133,8 @@ def run_script(main: Callable[[], int | None]) -> NoReturn:
 
 
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
 # torch.save reports a full disk from its C++ zip writer as a RuntimeError, without an errno
 TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "No space left on device")
 

@@ -7,10 +7,10 @@ these, so a peak fraction means the same thing wherever it is printed. torch is 
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+from vggdeploy.deploy.cpu import cpu_instruction_sets, cpu_vendor
 
 # Dense (no sparsity) peak TFLOP/s per precision, SXM parts, from the vendors' data sheets.
 GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
@@ -19,9 +19,6 @@ GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0},
     "L40S": {"fp32": 91.6, "tf32": 183.0, "fp16": 362.0, "bf16": 362.0},
 }
-
-# fp32 vector width, int8 dot products (VNNI) and matrix tiles (AMX): what sets the CPU engines' ceilings
-NOTABLE_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 MAX_TIMED_RUNS = 10_000  # beyond ``min_runs``: a sub-millisecond engine ends here before its seconds do
@@ -104,27 +101,6 @@ def _ort_matmul_seconds(op_type: str, activations, weights, repeats: int) -> flo
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return best_seconds(lambda: session.run(None, {"a": activations}), repeats)
-
-
-def _cpuinfo(field: str) -> str | None:
-    """The first value of ``field`` in /proc/cpuinfo, or None (not Linux, or no such field)."""
-    try:
-        found = re.search(rf"^{field}\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
-    except OSError:
-        return None
-    return found.group(1).strip() if found else None
-
-
-def cpu_vendor() -> str:
-    """The CPU's vendor and model as /proc/cpuinfo names them (the OpenVINO plugin offers Intel CPUs only)."""
-    named = [value for value in (_cpuinfo("vendor_id"), _cpuinfo("model name")) if value]
-    return " ".join(named) if named else "unknown CPU"
-
-
-def cpu_instruction_sets() -> list[str]:
-    """The instruction sets that decide CPU inference speed which this CPU has, as /proc/cpuinfo names them."""
-    present = set((_cpuinfo("flags") or "").split())
-    return [name for name in NOTABLE_CPU_FLAGS if name in present]
 
 
 def cpu_name() -> str:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vggdeploy.ablation import ORT_VARIANTS, TORCH_ENGINES, TRAIN_VARIANTS, inference_ablation, training_ablation
-from vggdeploy.archs import ModelArgs
 from vggdeploy.config import PRESETS
-from vggdeploy.data import Augmentation, to_input_tensor
-from vggdeploy.onnx_file import read_metadata
-from vggdeploy.preprocess import PreprocessSpec
+from vggdeploy.data.batches import Augmentation, to_input_tensor
+from vggdeploy.deploy.onnx_file import read_metadata
+from vggdeploy.deploy.preprocess import PreprocessSpec
+from vggdeploy.model.archs import ModelArgs
 from vggdeploy.report import write_json, write_text
+from vggdeploy.verify.ablation import ORT_VARIANTS, TORCH_ENGINES, TRAIN_VARIANTS, inference_ablation, training_ablation
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -42,9 +42,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vggdeploy.artifacts import RunFolder, model_file, reliability_diagram, reports_folder
-from vggdeploy.bench import ENGINE_SETS, GPU_ENGINES, BenchReport
 from vggdeploy.hardware import cpu_name
-from vggdeploy.report import markdown_table, plot_accuracy_against_time, write_json, write_text
+from vggdeploy.plots import plot_accuracy_against_time
+from vggdeploy.report import markdown_table, write_json, write_text
+from vggdeploy.verify.bench import ENGINE_SETS, GPU_ENGINES, BenchReport
 
 GRAPH_ENGINE = "ort-cuda-fp16-nhwc-graph"
 # A model whose variants' answers do not matter (a few steps trained, for latency; or a tiny rehearsal model near

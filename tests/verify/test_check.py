@@ -1,0 +1,306 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from broken_models import multiply_output, scale_logits, shift_output
+from onnx import numpy_helper
+
+from vggdeploy.config import CheckConfig
+from vggdeploy.deploy.onnx_file import read_metadata
+from vggdeploy.errors import CheckFailed
+from vggdeploy.verify.check import run_check
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def perturbed(tiny_export, tmp_path_factory):
+    """The tiny model with the third convolution's weights scaled by 1.3 (metadata kept)."""
+    result, _ = tiny_export
+    proto = onnx.load(str(result.model_path))
+    conv = [node for node in proto.graph.node if node.op_type == "Conv"][2]
+    weights = next(init for init in proto.graph.initializer if init.name == conv.input[1])
+    weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * np.float32(1.3), weights.name))
+    path = tmp_path_factory.mktemp("perturbed") / "model.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_torch_and_onnxruntime_agree_on_the_real_test_set(tiny_export, tiny_checkpoint, tmp_path):
+    result, _ = tiny_export
+    report = run_check(
+        result.model_path, tiny_checkpoint, CheckConfig(provider="cpu", images=2000), report_dir=tmp_path
+    )
+    assert report, report.format()
+    names = [r.name for r in report.results]
+    assert names == ["fp32", "fp16", "int8"]
+    fp32 = report.results[0]
+    assert fp32.images == 2000 and fp32.top1_agreement == 1.0 and fp32.max_abs_diff < 1e-4 and fp32.min_cosine > 0.99999
+    assert fp32.reference_accuracy == fp32.candidate_accuracy > 0.5
+    saved = json.loads((tmp_path / "check.json").read_text())
+    assert saved["passed"] and saved["results"][0]["top1_agreement"] == 1.0
+    assert "| fp32 | 2000 |" in (tmp_path / "check.md").read_text()
+    calibration = report.calibration  # at the model's own temperature, per variant, against torch fp32
+    assert (
+        calibration.calibrated
+        and calibration.temperature == read_metadata(result.model_path)["calibration"]["temperature"]
+    )
+    assert list(calibration.variants) == ["fp32", "fp16", "int8"] and calibration.worse() == []
+    assert calibration.variants["fp32"].ece == pytest.approx(calibration.reference.ece, abs=1e-4)
+    assert calibration.reference.accuracy == fp32.reference_accuracy and calibration.reference.images == 2000
+    assert saved["calibration"]["variants"]["int8"]["ece"] == calibration.variants["int8"].ece
+    assert "## Calibration on the test set" in (tmp_path / "check.md").read_text()
+    assert "calibration, T = " in report.format()
+
+
+def test_a_perturbed_model_fails_the_check_with_its_numbers(perturbed, tiny_checkpoint, tmp_path):
+    result = cli(
+        "check",
+        "--model",
+        str(perturbed),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--images",
+        "500",
+        "--report-dir",
+        str(tmp_path),
+    )
+    assert result.returncode == 4
+    assert "fp32: 500 images, max |diff|" in result.stdout and "FAILED: max |logit difference|" in result.stdout
+    # the last layer's weights x 1.3 sharpen every softmax too: its calibration is spoiled, and the check says so
+    assert result.stderr.strip() == "error: parity check failed for fp32, fp32 calibration (ECE)"
+    assert "    fp32: ECE" in result.stdout and "(limit +0.50) -> FAILED" in result.stdout
+    assert not json.loads((tmp_path / "check.json").read_text())["passed"]
+
+
+def test_a_model_whose_output_is_not_finite_fails_the_check_and_its_report_stays_json(
+    nan_model, tiny_checkpoint, tmp_path
+):
+    """Its NaN logits once "agreed" with torch on 100 % of the images at a min cosine of 1.0, its ECE (NaN) passed,
+    and check.json held NaN, which strict JSON parsers refuse."""
+    result = cli("check", "--model", str(nan_model), "--checkpoint", str(tiny_checkpoint), "--images", "64")
+    assert result.returncode == 4 and "logits not finite (NaN or inf) for 64 of 64 images" in result.stdout
+    assert result.stderr.strip() == "error: parity check failed for fp32, fp32 calibration (ECE)"
+    saved = json.loads(
+        (nan_model.parent / "reports" / "check.json").read_text(),
+        parse_constant=lambda name: pytest.fail(f"{name} is not JSON"),
+    )
+    fp32 = saved["results"][0]
+    assert fp32["top1_agreement"] == 0 and fp32["not_finite"] == 64 and fp32["min_cosine"] is None
+    assert fp32["candidate_accuracy"] == 0 and saved["calibration"]["variants"]["fp32"]["ece"] is None
+
+
+def test_localize_names_the_perturbed_layer(perturbed, tiny_checkpoint, tmp_path):
+    report = run_check(
+        perturbed, tiny_checkpoint, CheckConfig(provider="cpu", images=64, localize=True), report_dir=tmp_path
+    )
+    assert report.first_bad_layer is not None
+    assert report.first_bad_layer.layer == "features.2.2 (ReLU)"  # the ReLU right after the third convolution
+    before = report.layers[: report.layers.index(report.first_bad_layer)]
+    assert [d.layer for d in before] == [
+        "features.0.2 (ReLU)",
+        "features.0.3 (MaxPool2d)",
+        "features.1.2 (ReLU)",
+        "features.1.3 (MaxPool2d)",
+    ]
+    assert all(d.relative < 1e-5 for d in before) and report.first_bad_layer.relative > 0.01
+    result = cli(
+        "check",
+        "--model",
+        str(perturbed),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--images",
+        "64",
+        "--localize",
+        "--report-dir",
+        str(tmp_path),
+    )
+    assert result.returncode == 4 and "first layer over tolerance: features.2.2 (ReLU)" in result.stderr
+
+
+def test_check_refuses_a_model_of_another_checkpoint(tiny_export, tiny_checkpoint, tmp_path, data_dir):
+    from vggdeploy.model.archs import ModelArgs
+    from vggdeploy.model.checkpoint import load_checkpoint, save_checkpoint
+    from vggdeploy.model.vgg import build_model
+
+    args = ModelArgs(arch="B", width_ratio=8, hidden=64, image_size=32)
+    save_checkpoint(tmp_path / "b.pt", {"model_args": args.to_dict(), "model_state": build_model(args).state_dict()})
+    result = cli("check", "--model", str(tiny_export[0].model_path), "--checkpoint", str(tmp_path / "b.pt"))
+    assert result.returncode == 3 and "was exported from another model than the checkpoint" in result.stderr
+    # the same architecture trained on (a run trained again after its export): once a parity failure with no reason
+    state = load_checkpoint(tiny_checkpoint)
+    later = {**state, "model_args": state["model_args"].to_dict(), "epoch": state["epoch"] + 1, "test_accuracy": 0.5}
+    save_checkpoint(tmp_path / "later.pt", later)
+    result = cli("check", "--model", str(tiny_export[0].model_path), "--checkpoint", str(tmp_path / "later.pt"))
+    assert result.returncode == 3, result.stderr
+    assert f"was exported from another checkpoint than {tmp_path / 'later.pt'} (the model's: epoch " in result.stderr
+    assert f"this one's: epoch {state['epoch'] + 1}, test accuracy 50.00%); export it again" in result.stderr
+
+
+def test_swapped_classes_give_exactly_the_figures_they_must(tiny_export, tiny_checkpoint, test_split, tmp_path):
+    """The last Gemm's rows for classes 0 and 1 exchanged: ONNX Runtime's logits are torch's with two columns swapped,
+    so every figure of the check is known from torch's logits alone."""
+    from vggdeploy.data.batches import to_input_tensor
+    from vggdeploy.deploy.preprocess import PreprocessSpec
+    from vggdeploy.model.checkpoint import rebuild_model
+    from vggdeploy.model.vgg import predict_logits
+
+    result, _ = tiny_export
+    proto = onnx.load(str(result.model_path))
+    gemm = [node for node in proto.graph.node if node.op_type == "Gemm"][-1]
+    for name in gemm.input[1:3]:  # weight (classes x features, transB) and bias
+        tensor = next(init for init in proto.graph.initializer if init.name == name)
+        values = numpy_helper.to_array(tensor).copy()
+        values[[0, 1]] = values[[1, 0]]
+        tensor.CopyFrom(numpy_helper.from_array(values, name))
+    swapped = tmp_path / "onnx" / "model.onnx"
+    swapped.parent.mkdir()
+    onnx.save(proto, str(swapped))
+
+    images = 500
+    model, _ = rebuild_model(tiny_checkpoint)
+    torch_logits = predict_logits(model, to_input_tensor(test_split[0][:images], PreprocessSpec(32, 32)).numpy())
+    top = torch_logits.argmax(1)
+    moved = np.isin(top, [0, 1])
+    report = run_check(swapped, tiny_checkpoint, CheckConfig(provider="cpu", images=images), report_dir=tmp_path)
+    fp32 = report.results[0]
+    assert fp32.top1_agreement == pytest.approx(1 - moved.mean(), abs=1e-12)
+    assert len(fp32.flips) == moved.sum() > 0
+    assert [flip.index for flip in fp32.flips] == np.flatnonzero(moved).tolist()
+    assert all({flip.reference_label, flip.candidate_label} == {0, 1} for flip in fp32.flips)
+    gap = np.abs(torch_logits[:, 0] - torch_logits[:, 1])
+    assert fp32.max_abs_diff == pytest.approx(gap.max(), abs=1e-4)
+    assert fp32.mean_abs_diff == pytest.approx(2 * gap.sum() / torch_logits.size, abs=1e-5)
+    labels = test_split[1][:images].numpy()
+    assert fp32.candidate_accuracy == pytest.approx((np.where(moved, 1 - top, top) == labels).mean(), abs=1e-12)
+    assert not report and fp32.failures[0].startswith("max |logit difference|")
+    text = report.format()
+    assert f"fp32: the first 10 of {moved.sum()} flips (all in check.json):" in text
+    first = fp32.flips[0]
+    names = ["T-shirt/top", "Trouser"]
+    assert f"test image {first.index}: {names[first.reference_label]} -> {names[first.candidate_label]}" in text
+
+
+def test_a_variant_file_is_checked_against_its_own_limits(tiny_export, tiny_checkpoint, tmp_path):
+    result, _ = tiny_export
+    int8 = result.variants["int8"].path
+    report = run_check(
+        int8, tiny_checkpoint, CheckConfig(provider="cpu", images=300, int8_max_drop_pp=5.0), report_dir=tmp_path
+    )
+    assert [r.name for r in report.results] == ["int8"] and report.results[0].max_accuracy_drop == 0.05
+    assert report.results[0].atol is None and report, report.format()
+    raw = cli("check", "--model", str(result.variants["preprocess"].path), "--checkpoint", str(tiny_checkpoint))
+    assert raw.returncode == 2
+    assert raw.stderr.strip().endswith(f"check {result.model_path} instead")
+    localize = cli("check", "--model", str(int8), "--checkpoint", str(tiny_checkpoint), "--localize")
+    assert localize.returncode == 2 and "--localize follows the fp32 graph" in localize.stderr
+
+
+def _deployment(tiny_export, folder, planted: dict) -> Path:
+    """A copy of the tiny export's fp32, fp16 and int8 files in ``folder``, each in ``planted`` ({variant: edit of
+    its proto}) changed: one failure planted at a time."""
+    result, _ = tiny_export
+    files = {"fp32": result.model_path, "fp16": result.variants["fp16"].path, "int8": result.variants["int8"].path}
+    folder.mkdir()
+    for variant, source in files.items():
+        target = folder / source.name
+        if variant in planted:
+            onnx.save(planted[variant](onnx.load(str(source))), str(target))
+        else:
+            shutil.copyfile(source, target)
+    return folder / result.model_path.name
+
+
+GENEROUS = dict(provider="cpu", images=500, int8_max_drop_pp=5.0)
+
+
+@pytest.mark.parametrize(
+    ("planted", "limits", "failed"),
+    [
+        # an fp16 file over its accuracy limit alone (its calibration limit lifted)
+        ({"fp16": lambda p: shift_output(p, 0, 1000)}, {"max_ece_increase_pp": 100}, "fp16"),
+        # an int8 file that is broken while fp16 is fine: int8 must be the file in the int8 slot
+        ({"int8": lambda p: shift_output(p, 0, 1000)}, {"max_ece_increase_pp": 100}, "int8"),
+        # a variant whose only failure is its ECE: the same argmax everywhere, three times as sure (so its logits
+        # are also far from torch's: that limit is lifted)
+        ({"fp16": lambda p: scale_logits(p, 3.0)}, {"fp16_max_mean_diff": 100}, "fp16 calibration (ECE)"),
+    ],
+    ids=["fp16-accuracy", "int8-alone", "ece-alone"],
+)
+def test_each_planted_failure_alone_fails_the_check_and_is_named(
+    planted, limits, failed, tiny_export, tiny_checkpoint, tmp_path
+):
+    model = _deployment(tiny_export, tmp_path / "onnx", planted)
+    report = run_check(model, tiny_checkpoint, CheckConfig(**{**GENEROUS, **limits}), report_dir=tmp_path / "r")
+    assert not report
+    with pytest.raises(CheckFailed) as raised:
+        report.raise_if_failed()
+    assert raised.value.exit_code == 4 and str(raised.value) == f"parity check failed for {failed}"
+    failed_parity = [r.name for r in report.results if not r]
+    if failed.endswith("(ECE)"):  # every parity verdict passes: the calibration alone failed the check
+        assert failed_parity == [] and report.calibration.worse() == ["fp16"]
+        assert next(r for r in report.results if r.name == "fp16").top1_agreement == 1.0
+    else:
+        assert failed_parity == [failed] and report.calibration.worse() == []
+
+
+def test_a_planted_failure_is_exit_4_on_the_command_line(tiny_export, tiny_checkpoint, tmp_path):
+    model = _deployment(tiny_export, tmp_path / "onnx", {"int8": lambda p: shift_output(p, 0, 1000)})
+    result = cli(
+        "check",
+        "--model",
+        str(model),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--images",
+        "300",
+        "--int8-max-drop",
+        "5",
+        "--max-ece-increase",
+        "100",
+        "--report-dir",
+        str(tmp_path / "r"),
+    )
+    assert result.returncode == 4 and result.stderr.strip().splitlines()[-1] == "error: parity check failed for int8"
+    assert "int8: 300 images" in result.stdout and "-> FAILED" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("planted", "named"),
+    [
+        # a few answers moved to class 0: accuracy barely changes, agreement falls under the int8 floor (99 %)
+        (lambda p: shift_output(p, 0, 2.0), "< floor 99.0000%"),
+        # every logit 1.5 times as large: the same argmax everywhere, the distance from torch over its limit
+        (lambda p: multiply_output(p, 1.5), "mean |logit difference|"),
+    ],
+    ids=["agreement-floor", "logit-distance"],
+)
+def test_an_int8_file_under_its_agreement_floor_or_over_its_distance_limit_fails_and_names_the_limit(
+    planted, named, tiny_export, tiny_checkpoint, tmp_path
+):
+    model = _deployment(tiny_export, tmp_path / "onnx", {"int8": planted})
+    open_limits = {"int8_max_drop_pp": 100, "max_ece_increase_pp": 100}  # the planted limit alone can fail
+    if "mean" not in named:
+        open_limits["int8_max_mean_diff"] = 100
+    report = run_check(model, tiny_checkpoint, CheckConfig(**{**GENEROUS, **open_limits}), report_dir=tmp_path / "r")
+    int8 = next(r for r in report.results if r.name == "int8")
+    assert [r.name for r in report.results if not r] == ["int8"] and len(int8.failures) == 1
+    assert named in int8.failures[0] and named in int8.format()
+    if "mean" in named:
+        assert int8.top1_agreement == 1.0 or int8.top1_agreement >= 0.99
+        assert int8.failures[0] == f"mean |logit difference| {int8.mean_abs_diff:.3g} > 0.1"
+    else:
+        assert int8.top1_agreement < 0.99 and abs(int8.accuracy_change) < 0.05
+    saved = json.loads((tmp_path / "r" / "check.json").read_text())["results"]
+    limits = next(r for r in saved if r["name"] == "int8")
+    assert (limits["min_agreement"], limits["max_mean_diff"]) == (0.99, open_limits.get("int8_max_mean_diff", 0.1))
+    with pytest.raises(CheckFailed, match=r"^parity check failed for int8$"):
+        report.raise_if_failed()

@@ -1,0 +1,91 @@
+"""ONNX graph helpers shared by the export stage and its variants: stats, metadata, saving, running."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import onnx
+
+from vggdeploy import __version__
+from vggdeploy.deploy.contract import (
+    BATCH_AXIS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PROBABILITIES_NAME,
+    RAW_INPUT_NAME,
+    encode_metadata,
+)
+from vggdeploy.errors import CheckFailed
+from vggdeploy.files import atomic_path
+from vggdeploy.model.archs import ModelArgs
+
+
+@dataclass(frozen=True)
+class GraphStats:
+    nodes: int
+    ops: dict[str, int]
+    bytes: int
+
+    @classmethod
+    def of(cls, proto: onnx.ModelProto) -> GraphStats:
+        ops = collections.Counter(node.op_type for node in proto.graph.node)
+        return cls(len(proto.graph.node), dict(sorted(ops.items())), proto.ByteSize())
+
+
+def check_proto(proto: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise CheckFailed(f"onnx.checker rejected the graph: {str(error).splitlines()[0]}") from None
+
+
+def io_section(args: ModelArgs, raw_input: bool) -> dict:
+    """The "io" metadata: what goes in and what comes out, with the dynamic axis names."""
+    if raw_input:
+        return {
+            "input": {
+                "name": RAW_INPUT_NAME,
+                "dtype": "uint8",
+                "shape": [BATCH_AXIS, "height", "width"] + ([args.in_channels] if args.in_channels > 1 else []),
+                "meaning": (
+                    "8-bit grayscale images of any size"
+                    if args.in_channels == 1
+                    else f"8-bit images of any size, {args.in_channels} channels last (RGB)"
+                )
+                + "; resize and normalisation happen inside",
+            },
+            "output": {
+                "name": PROBABILITIES_NAME,
+                "dtype": "float32",
+                "shape": [BATCH_AXIS, args.num_classes],
+                "meaning": "probabilities softmax(logits / calibration.temperature), column i = labels[i]",
+            },
+        }
+    return {
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "shape": [BATCH_AXIS, args.in_channels, args.image_size, args.image_size],
+            "meaning": "images preprocessed as the 'preprocessing' section says",
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "dtype": "float32",
+            "shape": [BATCH_AXIS, args.num_classes],
+            "meaning": "logits, column i = labels[i]; probabilities = softmax(logits / calibration.temperature), "
+            "temperature 1 where the model has no calibration key",
+        },
+    }
+
+
+def attach_metadata(proto: onnx.ModelProto, metadata: dict) -> None:
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, encode_metadata(metadata))
+    proto.producer_name, proto.producer_version = "vggdeploy", __version__
+    proto.doc_string = f"VGG ({metadata['model']['name']}) Fashion-MNIST classifier; see metadata_props."
+
+
+def save_onnx(proto: onnx.ModelProto, path) -> None:
+    with atomic_path(path) as temporary:
+        onnx.save(proto, str(temporary))

@@ -1,0 +1,350 @@
+"""Checkpoint -> ONNX (dynamic batch) -> checker -> onnxsim -> batch audit -> parity -> metadata -> variants.
+
+Every file is checked before it is written, and written atomically: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+import torch
+
+from vggdeploy.artifacts import (
+    export_folder_entries,
+    export_report,
+    golden_folder,
+    model_file,
+    reliability_diagram,
+    sibling,
+)
+from vggdeploy.config import ExportConfig
+from vggdeploy.data.batches import to_input_tensor
+from vggdeploy.data.dataset import Dataset, dataset_of
+from vggdeploy.deploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, cap_ir_version
+from vggdeploy.deploy.session import ProviderSettings, create_session, run_session
+from vggdeploy.errors import CheckFailed, DataError, UsageError
+from vggdeploy.export.calibrate import Calibration, calibrate
+from vggdeploy.export.golden import channels_last, write_golden_vectors
+from vggdeploy.export.graph import GraphStats, attach_metadata, check_proto, io_section, save_onnx
+from vggdeploy.export.triton import TRITON_MODEL_ENTRIES, triton_model_name, write_triton_model
+from vggdeploy.files import ensure_writable, folder_lock, require_replaceable, staged_folder
+from vggdeploy.metrics.parity import ParityResult, compare_logits
+from vggdeploy.model.archs import ModelArgs
+from vggdeploy.model.checkpoint import rebuild_model
+from vggdeploy.model.vgg import count_parameters, onnx_size_problem, predict_logits
+from vggdeploy.report import markdown_table, write_json, write_text
+from vggdeploy.versions import deployment_versions
+
+if TYPE_CHECKING:
+    from vggdeploy.export.variants import Variant
+
+
+@dataclass(frozen=True)
+class BatchAudit:
+    batch_sizes: tuple[int, ...]
+    max_abs_diff: float  # worst row vs the batch-1 answer for the same image
+    labels_equal: bool
+    atol: float  # the largest row difference allowed
+
+    def __bool__(self) -> bool:
+        return self.labels_equal and self.max_abs_diff <= self.atol
+
+    def format(self) -> str:
+        verdict = "ok" if self else "FAILED"
+        return f"batch audit {list(self.batch_sizes)}: max |row - batch-1 row| {self.max_abs_diff:.3g} -> {verdict}"
+
+
+@dataclass
+class ExportResult:
+    model_path: Path
+    file_bytes: int
+    before: GraphStats
+    after: GraphStats
+    audit: BatchAudit
+    parity: ParityResult
+    simplified: bool
+    calibration: Calibration
+    variants: dict[str, Variant] = field(default_factory=dict)
+    triton_model: Path | None = None  # the Triton model's folder in --triton-repo
+
+    def format(self) -> str:
+        step = "simplified" if self.simplified else "not simplified (--no-simplify)"
+        lines = [
+            f"wrote {self.model_path} ({self.file_bytes / 1e6:.2f} MB)",
+            f"  graph: {self.before.nodes} nodes ({self.before.bytes / 1e6:.2f} MB) -> {step} "
+            f"{self.after.nodes} nodes ({self.after.bytes / 1e6:.2f} MB): {self.after.ops}",
+            f"  {self.audit.format()}",
+            f"  parity {self.parity.format()}",
+            f"  {self.calibration.format()}",
+        ]
+        for name, variant in self.variants.items():
+            lines.append(f"  {name}: {variant.path} ({variant.bytes / 1e6:.2f} MB) {variant.summary()}")
+        if self.triton_model is not None:
+            lines.append(f"  triton: {self.triton_model} (config.pbtxt, 1/model.onnx, labels.txt; it serves logits)")
+        return "\n".join(lines)
+
+
+def to_onnx(model: torch.nn.Module, args: ModelArgs, opset: int) -> onnx.ModelProto:
+    """torch.export-based exporter with a dynamic batch axis (cleaner graph than the TorchScript tracer)."""
+    example = torch.zeros(2, args.in_channels, args.image_size, args.image_size)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # exporter progress lines
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim(BATCH_AXIS)}},
+            opset_version=opset,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    cap_ir_version(proto)
+    _name_batch_axis(proto)
+    return proto
+
+
+def _name_batch_axis(proto: onnx.ModelProto) -> None:
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS
+
+
+def batch_is_dynamic(proto: onnx.ModelProto) -> bool:
+    return all(
+        v.type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS for v in (*proto.graph.input, *proto.graph.output)
+    )
+
+
+def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
+
+    simplified, ok = onnxsim.simplify(proto)
+    if not ok:
+        raise CheckFailed("onnxsim could not validate the simplified model against the original")
+    if not batch_is_dynamic(simplified):
+        raise CheckFailed("onnxsim froze the batch axis; export again with --no-simplify")
+    cap_ir_version(simplified)
+    return simplified
+
+
+def audit_batches(session, inputs: np.ndarray, batch_sizes: tuple[int, ...], atol: float) -> BatchAudit:
+    """Every row of every batch size must equal the batch-1 answer for that image."""
+    largest = min(max(batch_sizes), len(inputs))
+    sizes = tuple(sorted({min(s, largest) for s in batch_sizes}))
+    singles = run_session(session, inputs[:largest], chunk=1)
+    worst, labels_equal = 0.0, True
+    for size in sizes:
+        batched = run_session(session, inputs[:size], chunk=size)
+        worst = max(worst, float(np.abs(batched - singles[:size]).max()))
+        labels_equal &= bool((batched.argmax(1) == singles[:size].argmax(1)).all())
+    return BatchAudit(sizes, worst, labels_equal, atol)
+
+
+def build_metadata(
+    args: ModelArgs,
+    state: dict,
+    dataset: Dataset,
+    config: ExportConfig,
+    variant: str,
+    parity: dict,
+    calibration: dict,
+    raw_input: bool,
+) -> dict:
+    spec = dataset.spec(args.image_size)
+    return {
+        "vggdeploy.format": FORMAT_VERSION,
+        "labels": list(dataset.class_names),
+        "preprocessing": spec.to_metadata(),
+        "io": io_section(args, raw_input),
+        "model": {"name": args.name, **args.to_dict()},
+        "training": {
+            "test_accuracy": state.get("test_accuracy"),
+            "epoch": state.get("epoch"),
+            "data_checksums": state.get("data_checksums"),
+            "dataset": dataset.name,
+        },
+        "export": {
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "opset": config.opset,
+            "variant": variant,
+            "simplified": config.simplify,
+            "versions": deployment_versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "parity": parity,
+        "calibration": calibration,
+    }
+
+
+def export_model(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    config: ExportConfig = ExportConfig(),
+    expected_arch: str | None = None,
+    data_dir=None,
+    triton_repo: str | Path | None = None,
+) -> ExportResult:
+    """Export, check and describe a checkpoint's model; returns the figures measured on the way."""
+    if triton_repo is not None:
+        _require_apart(Path(out_dir), Path(triton_repo))
+    with folder_lock(out_dir, "vggdeploy export"):  # one export into a folder at a time
+        return _export(checkpoint, Path(out_dir), config, expected_arch, data_dir, triton_repo)
+
+
+def _require_apart(out_dir: Path, triton_repo: Path) -> None:
+    """--out and --triton-repo must not hold one another: export replaces --out whole after it writes the Triton
+    model, which went with it (exit 0, no repository), and Triton takes every folder of its repository for a model."""
+    out, repo = out_dir.resolve(), triton_repo.resolve()
+    if out == repo or out in repo.parents or repo in out.parents:
+        raise UsageError(
+            f"--triton-repo {triton_repo} and --out {out_dir} overlap: export replaces --out whole, and Triton reads "
+            "every folder of its repository as a model; give them separate folders"
+        )
+
+
+def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data_dir, triton_repo) -> ExportResult:
+    out_dir = Path(out_dir)
+    model, state = rebuild_model(checkpoint, expected_arch)
+    args: ModelArgs = state["model_args"]
+    too_large = onnx_size_problem(count_parameters(model))
+    if too_large is not None:
+        raise DataError(f"{checkpoint}: {too_large}")
+    require_replaceable(out_dir, export_folder_entries(), "vggdeploy export")
+    if triton_repo is not None:
+        require_replaceable(Path(triton_repo) / triton_model_name(args), TRITON_MODEL_ENTRIES, "vggdeploy export")
+    dataset = dataset_of(state, data_dir)
+    spec = dataset.spec(args.image_size)
+    test_images, test_labels = dataset.test_images, dataset.test_labels
+    count = max(config.parity_images, max(config.audit_batches), config.golden_images)
+    inputs = to_input_tensor(test_images[:count], spec).numpy()
+    labels = test_labels.numpy()
+    ensure_writable(out_dir.parent)
+
+    exported = to_onnx(model, args, config.opset)
+    check_proto(exported)
+    before = GraphStats.of(exported)
+    final = simplify(exported) if config.simplify else exported
+    check_proto(final)
+    session = create_session(final.SerializeToString(), ProviderSettings(provider="cpu"))
+
+    audit = audit_batches(session, inputs, config.audit_batches, config.audit_atol)
+    if not audit:
+        raise CheckFailed(audit.format())
+    parity_inputs = inputs[: config.parity_images]
+    reference = predict_logits(model, parity_inputs)
+    parity = compare_logits(
+        "onnxruntime-cpu fp32 vs torch fp32",
+        reference,
+        run_session(session, parity_inputs),
+        labels[: len(parity_inputs)],
+        atol=config.atol,
+    )
+    if not parity:
+        raise CheckFailed(f"parity at export: {parity.format()}")
+
+    calibration = calibrate(model, state, dataset, spec, config)
+    attach_metadata(
+        final,
+        build_metadata(
+            args, state, dataset, config, "fp32", _parity_summary(parity), calibration.to_metadata(), raw_input=False
+        ),
+    )
+    built = []
+    if config.fp16 or config.int8 or config.with_preprocessing:
+        from vggdeploy.export import variants
+
+        count = config.variant_images
+        built = variants.build_variants(
+            variants.VariantInputs(
+                final,
+                session,
+                to_input_tensor(test_images[:count], spec).numpy(),
+                channels_last(test_images[:count]).numpy(),
+                labels[:count],
+                config,
+                dataset.train_images,
+            )
+        )
+
+    # Every check has passed: build the whole output beside its place, then swap it in (nothing half-written is left)
+    with contextlib.ExitStack() as stack:
+        staging = stack.enter_context(staged_folder(out_dir))
+        staged_model = model_file(staging)
+        save_onnx(final, staged_model)
+        result = ExportResult(
+            model_file(out_dir),
+            staged_model.stat().st_size,
+            before,
+            GraphStats.of(final),
+            audit,
+            parity,
+            config.simplify,
+            calibration,
+        )
+        write_golden_vectors(golden_folder(staging), session, dataset, spec, config, calibration)
+        if calibration.measured:
+            calibration.plot(reliability_diagram(staging), f"{args.name}: test set, {len(labels):,} images")
+        for variant in built:
+            result.variants[variant.name] = variants.write_variant(variant, staged_model, final)
+            variant.path = sibling(result.model_path, variant.name)  # where it will be once the export is in place
+        if triton_repo is not None:
+            result.triton_model = Path(triton_repo) / triton_model_name(args)  # other models in the repository stay
+            write_triton_model(
+                stack.enter_context(staged_folder(result.triton_model)), final, args, config, dataset.class_names
+            )
+        _write_report(staging, result, args)
+    return result
+
+
+def _parity_summary(parity: ParityResult) -> dict:
+    keys = ("name", "images", "max_abs_diff", "mean_abs_diff", "min_cosine", "top1_agreement", "atol")
+    return {key: getattr(parity, key) for key in keys}
+
+
+def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
+    data = {
+        "model": str(result.model_path),
+        "arch": args.to_dict(),
+        "graph_before": result.before.__dict__,
+        "graph_after": result.after.__dict__,
+        "file_bytes": result.file_bytes,
+        "batch_audit": {**result.audit.__dict__, "passed": bool(result.audit)},
+        "parity": result.parity.to_dict(),
+        "variants": {name: variant.to_dict() for name, variant in result.variants.items()},
+        "calibration": result.calibration.to_metadata(),
+        "triton_model": None if result.triton_model is None else str(result.triton_model),
+    }
+    write_json(export_report(out_dir, "json"), data)
+    rows = [
+        {
+            "file": result.model_path.name,
+            "MB": result.file_bytes / 1e6,
+            "nodes": result.after.nodes,
+            "summary": result.parity.format(),
+        }
+    ]
+    rows += [
+        {"file": v.path.name, "MB": v.bytes / 1e6, "nodes": v.nodes, "summary": v.summary()}
+        for v in result.variants.values()
+    ]
+    write_text(
+        export_report(out_dir, "md"),
+        f"# Export of {args.name}\n\n{result.audit.format()}\n\n"
+        f"Graph as exported: {result.before.nodes} nodes; "
+        f"{'after onnxsim' if result.simplified else 'not simplified (--no-simplify)'}: {result.after.nodes} nodes "
+        f"`{json.dumps(result.after.ops)}`\n\n"
+        + markdown_table(rows, ["file", "MB", "nodes", "summary"])
+        + f"\n{result.calibration.format()}\n"
+        + (f"\n![reliability diagram]({reliability_diagram(Path('.'))})\n" if result.calibration.measured else ""),
+    )

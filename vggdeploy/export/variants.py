@@ -1,0 +1,310 @@
+"""Derived models of an exported fp32 model: fp16 weights, int8 (static QDQ) and in-graph preprocessing.
+
+Each variant is checked against the fp32 model on real test images before it is written.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from vggdeploy.artifacts import sibling
+from vggdeploy.config import ExportConfig, variant_limits
+from vggdeploy.data.batches import to_input_tensor
+from vggdeploy.deploy.contract import (
+    BATCH_AXIS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PROBABILITIES_NAME,
+    RAW_INPUT_NAME,
+    cap_ir_version,
+    probabilities,
+    proto_metadata,
+    temperature,
+)
+from vggdeploy.deploy.preprocess import PreprocessSpec
+from vggdeploy.deploy.session import ProviderSettings, create_session, run_session
+from vggdeploy.errors import CheckFailed
+from vggdeploy.export.graph import GraphStats, attach_metadata, check_proto, io_section, save_onnx
+from vggdeploy.hardware import median_ms
+from vggdeploy.metrics.parity import ParityResult, compare_logits
+from vggdeploy.model.archs import model_args_from_metadata
+
+
+@dataclass(frozen=True)
+class VariantInputs:
+    """What the variants are built and checked with: real test images, and training images for int8 calibration."""
+
+    fp32: onnx.ModelProto
+    fp32_session: object
+    inputs: np.ndarray  # preprocessed test images (float32, N x C x H x W)
+    raw_images: np.ndarray  # the same test images as uint8 (N x H x W, or N x H x W x 3), for in-graph preprocessing
+    labels: np.ndarray
+    config: ExportConfig
+    training_images: torch.Tensor  # uint8, the dataset's training split: int8 calibration draws from it
+
+
+@dataclass(frozen=True)
+class VariantKind:
+    """One row of the variant table: when it is built, how, what it must match, and within which limits."""
+
+    name: str  # the file is model.<name>.onnx
+    description: str  # the comparison, as reports print it
+    wanted: Callable[[ExportConfig], bool]
+    build: Callable[[VariantInputs], onnx.ModelProto]
+    feed: Callable[[VariantInputs], np.ndarray]  # what the variant's session is given
+    expected: Callable[[VariantInputs, np.ndarray], np.ndarray]  # the fp32 logits -> what the variant must output
+    limits: Callable[[ExportConfig, int], dict]  # compare_logits tolerances, given the number of test images
+
+
+@dataclass
+class Variant:
+    """A derived model that passed its check, not yet written (``path`` and ``bytes`` are set once it is)."""
+
+    name: str
+    proto: onnx.ModelProto
+    parity: ParityResult
+    cpu_batch1_ms: dict[str, float] | None = None  # int8: fp32 and int8 batch-1 latency on the CPU and the speed-up
+    path: Path | None = None
+    bytes: int = 0
+
+    @property
+    def nodes(self) -> int:
+        return GraphStats.of(self.proto).nodes
+
+    def summary(self) -> str:
+        speed = ""
+        if self.cpu_batch1_ms:
+            speed = (
+                f"; CPU batch 1: {self.cpu_batch1_ms['fp32']:.2f} ms fp32 -> {self.cpu_batch1_ms['int8']:.2f} ms int8 "
+                f"({self.cpu_batch1_ms['speedup']:.2f}x)"
+            )
+        return self.parity.format() + speed
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "bytes": self.bytes,
+            "nodes": self.nodes,
+            "parity": self.parity.to_dict(),
+            "cpu_batch1_ms": self.cpu_batch1_ms,
+            "summary": self.summary(),
+        }
+
+
+def _fp32_metadata(given: VariantInputs) -> dict:
+    return proto_metadata(given.fp32, "the exported fp32 model")
+
+
+def _fp32_temperature(given: VariantInputs) -> float:
+    return temperature(_fp32_metadata(given))
+
+
+def _logits_to_probabilities(given: VariantInputs, logits: np.ndarray) -> np.ndarray:
+    return probabilities(logits.astype(np.float64), _fp32_temperature(given)).astype(np.float32)
+
+
+VARIANT_KINDS = (
+    VariantKind(
+        "fp16",
+        "fp16 vs fp32 (onnxruntime)",
+        lambda config: config.fp16,
+        lambda given: to_fp16(given.fp32),
+        lambda given: given.inputs,
+        lambda given, logits: logits,
+        lambda config, images: variant_limits(config, "fp16", images),
+    ),
+    VariantKind(
+        "int8",
+        "int8 vs fp32 (onnxruntime)",
+        lambda config: config.int8,
+        lambda given: to_int8(given.fp32, _calibration_inputs(given)),
+        lambda given: given.inputs,
+        lambda given, logits: logits,
+        lambda config, images: variant_limits(config, "int8", images),
+    ),
+    VariantKind(
+        "preprocess",
+        "uint8 in-graph preprocessing vs numpy preprocessing + fp32",
+        lambda config: config.with_preprocessing,
+        lambda given: with_preprocessing(
+            given.fp32,
+            PreprocessSpec.from_metadata(_fp32_metadata(given)["preprocessing"]),
+            _fp32_temperature(given),
+        ),
+        lambda given: given.raw_images,
+        _logits_to_probabilities,
+        lambda config, images: {"atol": config.preprocessing_atol},
+    ),
+)
+
+
+def build_variants(given: VariantInputs) -> list[Variant]:
+    """Build and check every variant the config asks for; raises CheckFailed before anything is written."""
+    reference = run_session(given.fp32_session, given.inputs)
+    built: list[Variant] = []
+    for kind in VARIANT_KINDS:
+        if not kind.wanted(given.config):
+            continue
+        proto = kind.build(given)
+        session = create_session(proto.SerializeToString(), ProviderSettings(provider="cpu"))
+        parity = compare_logits(
+            kind.description,
+            kind.expected(given, reference),
+            run_session(session, kind.feed(given)),
+            given.labels,
+            **kind.limits(given.config, len(given.labels)),
+        )
+        if not parity:
+            raise CheckFailed(f"variant check: {parity.format()}")
+        variant = Variant(kind.name, proto, parity)
+        if kind.name == "int8":  # what int8 buys on this CPU, next to the fp32 model it replaces
+            fp32_ms, int8_ms = _batch1_ms(given.fp32_session, given.inputs), _batch1_ms(session, given.inputs)
+            variant.cpu_batch1_ms = {"fp32": fp32_ms, "int8": int8_ms, "speedup": fp32_ms / int8_ms}
+        built.append(variant)
+    return built
+
+
+def write_variant(variant: Variant, model_path: Path, fp32: onnx.ModelProto) -> Variant:
+    """Write ``model.<name>.onnx`` beside the fp32 model with its own metadata."""
+    metadata = proto_metadata(fp32, str(model_path))
+    metadata["export"] = {**metadata["export"], "variant": variant.name}
+    metadata["parity"] = {**variant.parity.to_dict(), "flips": []}
+    if variant.name == "preprocess":
+        metadata["io"] = io_section(model_args_from_metadata(metadata), raw_input=True)
+    attach_metadata(variant.proto, metadata)
+    variant.path = sibling(model_path, variant.name)
+    save_onnx(variant.proto, variant.path)
+    variant.bytes = variant.path.stat().st_size
+    return variant
+
+
+def _batch1_ms(session, inputs: np.ndarray, repeats: int = 20) -> float:
+    name, single = session.get_inputs()[0].name, inputs[:1]
+    return median_ms(lambda: session.run(None, {name: single}), repeats)
+
+
+def to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and activations, fp32 inputs and outputs (a Cast at each end)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=False)
+    cap_ir_version(proto)
+    return proto
+
+
+def _calibration_inputs(given: VariantInputs) -> np.ndarray:
+    """Training images (never test images) preprocessed as at test time: the int8 calibration set."""
+    count = given.config.int8_calibration_images
+    images = given.training_images
+    step = max(1, len(images) // count)
+    spec = PreprocessSpec.from_metadata(_fp32_metadata(given)["preprocessing"])
+    return to_input_tensor(images[::step][:count], spec).numpy()
+
+
+def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
+    """Static QDQ quantisation: s8 per-channel weights, u8 activations, MinMax calibration."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(calibration[i : i + 32] for i in range(0, len(calibration), 32))
+
+        def get_next(self):
+            batch = next(self._batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, prepared, target = (Path(folder) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
+        onnx.save(fp32, str(source))
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # shape inference + graph fusions
+        quantize_static(
+            str(prepared),
+            str(target),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
+        proto = onnx.load(str(target))
+    cap_ir_version(proto)
+    return proto
+
+
+def with_preprocessing(fp32: onnx.ModelProto, spec: PreprocessSpec, temperature: float = 1.0) -> onnx.ModelProto:
+    """Prepend uint8 (batch, height, width) gray or (batch, height, width, 3) RGB -> resize -> normalise, append
+    softmax(logits / temperature): a service only decodes, and reads calibrated probabilities."""
+    opset = next(o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx"))
+    per_channel = [] if spec.channels == 1 else [1, spec.channels, 1, 1]
+    constants = [
+        helper.make_tensor("pre_scale", TensorProto.FLOAT, [], [255.0]),
+        helper.make_tensor("pre_mean", TensorProto.FLOAT, per_channel, list(spec.mean)),
+        helper.make_tensor("pre_std", TensorProto.FLOAT, per_channel, list(spec.std)),
+        helper.make_tensor("pre_axes", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("pre_hw", TensorProto.INT64, [2], [spec.height, spec.width]),
+        helper.make_tensor("post_temperature", TensorProto.FLOAT, [], [temperature]),
+    ]
+    resize_mode = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+    if (
+        opset >= 18
+    ):  # Resize's axes: fixed (height, width) sizes, no shape arithmetic that a GPU provider leaves to the CPU
+        resize = [
+            helper.make_node(
+                "Resize", ["pre_nchw", "", "", "pre_hw"], ["pre_resized"], axes=[2, 3], antialias=0, **resize_mode
+            )
+        ]
+    else:
+        constants += [
+            helper.make_tensor("pre_start", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("pre_end", TensorProto.INT64, [1], [2]),
+        ]
+        resize = [
+            helper.make_node("Shape", ["pre_nchw"], ["pre_shape"]),
+            helper.make_node("Slice", ["pre_shape", "pre_start", "pre_end"], ["pre_nc"]),
+            helper.make_node("Concat", ["pre_nc", "pre_hw"], ["pre_sizes"], axis=0),
+            helper.make_node("Resize", ["pre_nchw", "", "", "pre_sizes"], ["pre_resized"], **resize_mode),
+        ]
+    nodes = [
+        helper.make_node("Cast", [RAW_INPUT_NAME], ["pre_float"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["pre_float", "pre_scale"], ["pre_unit"]),
+        helper.make_node("Unsqueeze", ["pre_unit", "pre_axes"], ["pre_nchw"])
+        if spec.channels == 1
+        else helper.make_node("Transpose", ["pre_unit"], ["pre_nchw"], perm=[0, 3, 1, 2]),
+        *resize,
+        helper.make_node("Sub", ["pre_resized", "pre_mean"], ["pre_centred"]),
+        helper.make_node("Div", ["pre_centred", "pre_std"], [INPUT_NAME]),
+    ]
+    graph = onnx.GraphProto()
+    graph.CopyFrom(fp32.graph)
+    del graph.input[:]
+    raw_shape = [BATCH_AXIS, "height", "width"] + ([] if spec.channels == 1 else [spec.channels])
+    graph.input.append(helper.make_tensor_value_info(RAW_INPUT_NAME, TensorProto.UINT8, raw_shape))
+    graph.initializer.extend(constants)
+    original_nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(
+        [
+            *nodes,
+            *original_nodes,
+            helper.make_node("Div", [OUTPUT_NAME, "post_temperature"], ["post_scaled"]),
+            helper.make_node("Softmax", ["post_scaled"], [PROBABILITIES_NAME], axis=1),
+        ]
+    )
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(PROBABILITIES_NAME, TensorProto.FLOAT, [BATCH_AXIS, None]))
+    graph.output[0].type.tensor_type.shape.dim[1].dim_value = (
+        fp32.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    )
+    proto = helper.make_model(graph, opset_imports=list(fp32.opset_import), ir_version=fp32.ir_version)
+    check_proto(proto)
+    return proto
