@@ -76,7 +76,7 @@ class Profile:
     bench: tuple[str, ...]
     full_train: tuple[str, ...]  # --time-limit is added from the stage budget
     cpu_table: tuple[str, ...] = ()  # scripts/cpu_table.sh's options
-    openvino_tests: tuple[str, ...] = ()  # pytest's selection within tests/test_openvino.py
+    openvino_tests: tuple[str, ...] = ()  # pytest's selection within tests/deploy/test_openvino.py
     full_export: tuple[str, ...] = ("--no-simplify", "--parity-images", "64", "--audit-batches", "1,2")  # calibration
     bench_profile: tuple[str, ...] = ()  # bench --profile on the bench model: the product's own profile
     perf_inference: tuple[str, ...] = ()  # scripts/gpu/perf.py inference's options
@@ -427,7 +427,7 @@ def runtime_stage(validation: Validation) -> None:
 
     # only the modules that hold gpu tests: another module's import (hypothesis, say) cannot stop the step
     tests_folder = REPOSITORY / "tests"
-    gpu_modules = sorted(str(p) for p in tests_folder.glob("test_*.py") if "pytest.mark.gpu" in p.read_text())
+    gpu_modules = sorted(str(p) for p in tests_folder.rglob("test_*.py") if "pytest.mark.gpu" in p.read_text())
     tests = validation.run("pytest-gpu", ["-m", "gpu", "-q", "-p", "no:cacheprovider", *gpu_modules], module="pytest")
     counts = pytest_counts(tests)
     validation.figures["pytest_gpu"] = counts
@@ -638,7 +638,7 @@ def cpu_stage(validation: Validation, only_table: str | None = None) -> None:
             "-q",
             "-p",
             "no:cacheprovider",
-            str(REPOSITORY / "tests" / "test_openvino.py"),
+            str(REPOSITORY / "tests" / "deploy" / "test_openvino.py"),
             *validation.profile.openvino_tests,
         ],
         "pytest",

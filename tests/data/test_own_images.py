@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_output import OPEN_VARIANT_LIMITS
 from golden_check import golden_problems
 from PIL import Image
 
@@ -31,10 +32,6 @@ TINY = ("--preset", "quick", "--width-ratio", "16", "--hidden", "32", "--image-s
 TINY += ("--batch-size", "32")
 
 # Every variant limit of export and check lifted: a tiny model near chance, whose variants' answers are noise.
-OPEN_VARIANT_LIMITS = [
-    *("--int8-max-drop", "100", "--fp16-max-drop", "100", "--int8-min-agreement", "0", "--fp16-min-agreement", "0"),
-    *("--int8-max-mean-diff", "100", "--fp16-max-mean-diff", "100"),
-]
 
 
 @pytest.fixture(autouse=True)

@@ -296,7 +296,7 @@ def test_the_floor_takes_the_best_rate_seen_for_each_part():
 
 def test_the_fastest_engine_per_batch_on_the_h100_window_says_where_onnx_runtime_loses():
     """The H100's own bench (2026-11-27): ORT wins at batch 1 and 256 and loses to torch fp16 at 8 and 64."""
-    figures = json.loads((ROOT / "docs/gpu/2026-11-27-h100/runtime/gpu-report.json").read_text())["figures"]["bench"]
+    figures = json.loads((Path(__file__).parent / "h100-bench-2026-11-27.json").read_text())  # its bench.json
     measurements = [Measurement(**m) for m in figures["measurements"]]
     cpu = [Measurement("torch-cpu-fp32", 1, 5, 80.0, 80.0, 80.0, 80.0, 12.5, None)]  # no ORT CPU engine: no CPU line
     report = BenchReport("model.onnx", figures["device"], {}, 15.09, measurements + cpu, [], {})
