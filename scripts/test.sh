@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Sets up the environment if needed, checks lint and formatting (ruff), builds the docs site strictly (a broken
-# link fails), then runs the whole test suite (extra arguments go to pytest).
+# Sets up the environment if needed, checks lint and formatting (ruff) and the import rules (import-linter), builds
+# the docs site strictly (a broken link fails), then runs the test suite. `--fast` runs the fast tier only (the tests
+# not marked slow: every module touched, for the edit-test loop); CI runs the whole suite. Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+selection=()
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  selection=(-m "not slow")
+fi
 ./scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/lint-imports --no-cache > .venv/lint-imports.log || { cat .venv/lint-imports.log; exit 1; }
 site=$(mktemp -d)
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site"
 rm -rf "$site"
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest "${selection[@]}" "$@"

@@ -58,6 +58,7 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(folder)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_training_keeps_the_last_checkpoints_and_resume_finishes(tmp_path, tmpfs):
     sized = cli(*TRAIN, "--epochs", "1", "--out", str(tmp_path / "sizes"))
     assert sized.returncode == 0, sized.stderr
@@ -95,6 +96,7 @@ def _address_space_limit(gib: int):
     return lambda: resource.setrlimit(resource.RLIMIT_AS, (gib << 30, resource.RLIM_INFINITY))
 
 
+@pytest.mark.slow
 def test_memory_that_runs_out_is_exit_8_in_one_line_naming_what_to_lower(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "vggdeploy", *TRAIN, "--epochs", "1", "--image-size", "100000", "--out", str(out)]
@@ -109,6 +111,7 @@ def test_memory_that_runs_out_is_exit_8_in_one_line_naming_what_to_lower(tmp_pat
     assert not out.exists()  # the run's new folder goes with it
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 def test_a_full_disk_behind_stdout_is_exit_7_in_one_line(tiny_export):
     """`run --json > answers.json` on a full disk was an internal error (exit 70)."""
@@ -185,6 +188,7 @@ def test_a_model_too_large_for_the_memory_is_not_called_unreadable():
     assert isinstance(broken, DataError) and str(broken).startswith("bad.onnx: ONNX Runtime cannot load it")
 
 
+@pytest.mark.slow
 def test_a_read_only_output_folder_is_exit_3_in_one_line(tmpfs):
     read_only = tmpfs("size=1m,ro")
     result = cli(*TRAIN, "--epochs", "1", "--out", str(read_only / "run"))
@@ -215,6 +219,7 @@ def _intact(folder: Path) -> None:
     assert (folder / "export_report.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_re_export_replaces_the_folder_whole(tiny_checkpoint, tmp_path):
     out = tmp_path / "onnx"
     (out / "reports").mkdir(parents=True)
@@ -226,6 +231,7 @@ def test_a_re_export_replaces_the_folder_whole(tiny_checkpoint, tmp_path):
     assert not (out / "model.int8.onnx").exists() and not (out / "reports").exists() and _leftovers(out) == []
 
 
+@pytest.mark.slow
 def test_an_export_into_a_folder_of_other_files_is_refused_and_deletes_nothing(tiny_checkpoint, tmp_path):
     """`export --out ~/Documents` once replaced the folder whole: every file in it was gone, without a word."""
     out = tmp_path / "Documents"
@@ -239,6 +245,7 @@ def test_an_export_into_a_folder_of_other_files_is_refused_and_deletes_nothing(t
     assert sorted(p.name for p in out.iterdir()) == ["photos", "thesis.txt"] and _leftovers(out) == []
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_export_leaves_the_previous_export_untouched(tiny_checkpoint, tiny_export, tmpfs):
     previous = tiny_export[1] / "onnx"
     size = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file() and "int8" not in p.name)
@@ -273,6 +280,7 @@ def previous_export(tiny_checkpoint, tmp_path_factory) -> Path:
         ("SIGKILL", "export_report.json"),  # the last file: just before (or after) the swap
     ],
 )
+@pytest.mark.slow
 def test_an_export_killed_midway_leaves_a_whole_export_and_the_next_run_tidies_up(
     tiny_checkpoint, previous_export, tmp_path, signal_name, kill_when
 ):
@@ -319,6 +327,7 @@ def test_an_export_killed_midway_leaves_a_whole_export_and_the_next_run_tidies_u
     assert _leftovers(out) == []
 
 
+@pytest.mark.slow
 def test_a_folder_without_write_permission_is_exit_3_in_one_line(tmp_path, obey_permissions):
     """A real permission fault: root is made to obey file permissions by dropping its DAC-override capability."""
     locked = tmp_path / "locked"
@@ -374,6 +383,7 @@ def test_a_run_killed_between_the_two_renames_gets_its_previous_export_back(tmp_
     assert any("restored" in line for line in done) and any("removed" in line for line in done)
 
 
+@pytest.mark.slow
 def test_two_trainings_into_one_folder_the_second_stops_at_once_naming_the_first(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(  # 20,000 images: long enough that the second starts (imports torch) while it runs
@@ -398,6 +408,7 @@ def test_two_trainings_into_one_folder_the_second_stops_at_once_naming_the_first
     assert len((out / "train" / "metrics.jsonl").read_text().splitlines()) == 2  # one run's lines, not a mix
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_dead_process_is_taken_over_and_resume_works(tmp_path):
     import socket
 

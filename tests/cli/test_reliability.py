@@ -104,6 +104,7 @@ def image_corpus(tmp_path_factory, test_split):
     return folder, good, bad
 
 
+@pytest.mark.slow
 def test_image_corpus_through_run(image_corpus, tiny_export):
     folder, good, bad = image_corpus
     result = cli("run", str(folder), "--model", str(tiny_export[0].model_path), "--json")
@@ -184,6 +185,7 @@ def test_empty_folder_and_missing_glob(tmp_path, tiny_export):
         (["bench", "--engines", ""], "unknown engine ''"),  # was the default set; and before the checkpoint's absence
     ],
 )
+@pytest.mark.slow
 def test_an_option_that_would_be_ignored_or_mean_nothing_is_refused(
     command, problem, tiny_export, tiny_checkpoint, tmp_path
 ):
@@ -248,6 +250,7 @@ def _external_data_model(source: Path, folder: Path, location: str) -> Path:
     return folder / "model.onnx"
 
 
+@pytest.mark.slow
 def test_model_corpus_through_run_and_check(tiny_export, tmp_path, image_corpus, bad_metadata_models):
     model = tiny_export[0].model_path
     folder = image_corpus[0]
@@ -278,6 +281,7 @@ def test_model_corpus_through_run_and_check(tiny_export, tmp_path, image_corpus,
             assert_clean_failure(cli(*command), (f"{path}: ", problem))
 
 
+@pytest.mark.slow
 def test_checkpoint_corpus_through_export(tiny_checkpoint, tmp_path):
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.pt"
@@ -343,6 +347,7 @@ def test_a_limit_that_every_comparison_passes_is_refused(command, problem, tiny_
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_a_training_refused_after_its_folder_was_made_leaves_no_folder(tmp_path, data_dir):
     out = tmp_path / "new" / "run"
     settings = ["--width-ratio", "64", "--image-size", "32", "--epochs", "1", "--quiet", "--data-dir", str(data_dir)]
@@ -367,6 +372,7 @@ def _pickled_code_checkpoint(marker: Path) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_data_corpus_through_train(tmp_path, data_dir):
     from vggdeploy.data.fashion_mnist import SPLITS
 
@@ -441,6 +447,7 @@ def _same_weights(a: dict, b: dict) -> bool:
     return all(torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_exactly(tmp_path, uninterrupted):
     process = _train(tmp_path, "--epochs", "3", "--quiet")
     _wait_for((tmp_path / "checkpoints" / "last.pt").exists)  # epoch 1 is done
@@ -463,6 +470,7 @@ def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_exactly(tmp_path, unin
     assert [m["test_accuracy"] for m in final["metrics"]] == [m["test_accuracy"] for m in uninterrupted["metrics"]]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_loses_at_most_that_epoch(tmp_path, uninterrupted):
     process = _train(tmp_path, "--epochs", "3", "--quiet")
     last = tmp_path / "checkpoints" / "last.pt"
@@ -492,6 +500,7 @@ for version in range(1, 10_000):
 """
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_never_leaves_a_broken_one(tmp_path):
     path = tmp_path / "checkpoints" / "last.pt"
     for attempt in range(6):
@@ -511,6 +520,7 @@ def test_sigkill_while_writing_a_checkpoint_never_leaves_a_broken_one(tmp_path):
 # --- concurrency and confinement -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_runs_and_a_bench_at_the_same_time(tiny_export, tiny_checkpoint, tmp_path):
     model = tiny_export[0].model_path
     golden = model.parent / "golden"
@@ -550,6 +560,7 @@ def test_two_runs_and_a_bench_at_the_same_time(tiny_export, tiny_checkpoint, tmp
     assert (tmp_path / "bench.json").is_file()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_command_in_one_line_and_leaves_no_lock_or_new_folder(tiny_export, tiny_checkpoint, tmp_path):
     """SIGTERM (a container stop, `kill`) once ended bench with no message, its lock file and an empty new folder
     left behind; now it is raised in the main thread, so every cleanup runs as for Ctrl-C."""
@@ -567,6 +578,7 @@ def test_sigterm_stops_a_command_in_one_line_and_leaves_no_lock_or_new_folder(ti
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".*.lock"))
 
 
+@pytest.mark.slow
 def test_two_exports_to_one_path_one_runs_the_other_is_told(tiny_checkpoint, tmp_path):
     out = tmp_path / "shared"
     args = [
@@ -593,6 +605,7 @@ def test_two_exports_to_one_path_one_runs_the_other_is_told(tiny_checkpoint, tmp
     json.loads((out / "export_report.json").read_text())
 
 
+@pytest.mark.slow
 def test_export_writes_only_inside_its_output_folder(tiny_checkpoint, tmp_path):
     (tmp_path / "work").mkdir()
     before = set(tmp_path.rglob("*"))

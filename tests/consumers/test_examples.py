@@ -42,6 +42,7 @@ def test_node_service_matches_the_golden_vectors_and_handles_bad_requests(tiny_e
     assert "# pass 6" in result.stdout and "# fail 0" in result.stdout
 
 
+@pytest.mark.slow
 def test_node_service_short_load_test_has_no_failures(tiny_export, node_ready):
     env = {**_consumer_env(tiny_export), "REQUESTS": "400", "CONNECTIONS": "4"}
     result = subprocess.run(
@@ -72,6 +73,7 @@ def test_node_service_short_load_test_has_no_failures(tiny_export, node_ready):
     )
 
 
+@pytest.mark.slow
 def test_web_page_classifies_the_golden_images_and_every_image_kind_in_chromium(
     tiny_export, image_kinds, mislabelled_model, tmp_path
 ):
@@ -304,6 +306,7 @@ def test_the_page_server_survives_malformed_requests(tiny_export):
     assert [status for status, _ in answers[2:]] == [200, 200]
 
 
+@pytest.mark.slow
 def test_npm_test_alone_uses_the_newest_export_under_artifacts(tiny_export, node_ready):
     """`npm test` with no variables finds the newest model.onnx under the repository's artifacts/ (and its golden/)."""
     _, out = tiny_export
@@ -321,6 +324,7 @@ def test_npm_test_alone_uses_the_newest_export_under_artifacts(tiny_export, node
 @pytest.mark.parametrize(
     ("example", "script"), [("node", "src/server.js"), ("web", "serve.js")], ids=["node service", "web page server"]
 )
+@pytest.mark.slow
 def test_example_servers_refuse_a_bad_model_in_one_line_before_serving(
     example, script, tmp_path, mislabelled_model, bad_metadata_models
 ):

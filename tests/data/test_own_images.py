@@ -172,6 +172,7 @@ def _bad_sets(root: Path, rgb_set: Path) -> dict:
     return cases
 
 
+@pytest.mark.slow
 def test_every_bad_dataset_gets_one_clear_line(rgb_set, tmp_path):
     through_the_cli = ("missing", "class-missing-from-test", "one-image-class")  # one per layout; DataError -> exit 3
     for name, (folder, message) in _bad_sets(tmp_path, rgb_set).items():
@@ -197,6 +198,7 @@ def test_unreadable_files_are_skipped_and_named_or_fatal_with_strict(rgb_set, tm
         image_folder(broken, 32, strict=True, progress=False)
 
 
+@pytest.mark.slow
 def test_folders_and_files_it_may_not_read_are_named_and_strict_makes_them_fatal(rgb_set, tmp_path, obey_permissions):
     """torchvision's scan skips a folder it cannot list without a word, so its images went missing from training;
     a file without read permission was called "truncated or corrupt"."""
@@ -319,6 +321,7 @@ def rgb_export(rgb_set, tmp_path_factory):
     return out / "run" / "onnx", cache
 
 
+@pytest.mark.slow
 def test_the_rgb_model_carries_its_classes_colour_and_normalisation(rgb_export, rgb_set):
     onnx_folder, _ = rgb_export
     metadata = read_metadata(onnx_folder / "model.onnx")
@@ -385,6 +388,7 @@ def test_run_and_the_preprocessing_variant_give_the_golden_answers_on_rgb(rgb_ex
             assert golden_problems(by_file[entry["file"]], entry, golden) == [], (model, entry["file"])
 
 
+@pytest.mark.slow
 def test_check_runs_on_the_users_test_split(rgb_export):
     onnx_folder, cache = rgb_export
     result = cli(
@@ -419,6 +423,7 @@ def _consumer(example: str, script: str, onnx_folder: Path) -> subprocess.Comple
     return subprocess.run(["node", "--test", script], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_the_node_service_and_the_web_page_answer_the_rgb_golden_images(rgb_export):
     """Their own golden tests (labels, logits, calibrated probabilities) on the RGB model, unchanged."""
     onnx_folder, _ = rgb_export
@@ -448,6 +453,7 @@ def test_the_cpp_program_answers_the_rgb_golden_images(rgb_export):
         assert golden_problems(json.loads(line), entry, golden) == [], entry["file"]
 
 
+@pytest.mark.slow
 def test_resume_finds_the_folder_again(rgb_export, tmp_path):
     """--resume takes --data and its split from the checkpoint; a larger --epochs trains on."""
     onnx_folder, cache = rgb_export
@@ -457,6 +463,7 @@ def test_resume_finds_the_folder_again(rgb_export, tmp_path):
     assert json.loads(resumed.stdout)["epochs_run"] == 1 and "decoded images from the cache" in resumed.stderr
 
 
+@pytest.mark.slow
 def test_a_moved_image_folder_is_named_with_data_dir(rgb_export, rgb_set, tmp_path):
     """export, check and bench read the images again from where the checkpoint says they were; once the folder had
     moved, `--data-dir` (Fashion-MNIST's option) was ignored and nothing could name the new place."""
@@ -511,6 +518,7 @@ def test_a_small_folder_trains_well_above_chance_with_the_defaults(per_class, ab
     assert summary["selected_test_accuracy"] > above, summary["summary"]  # chance is 0.10
 
 
+@pytest.mark.slow
 def test_own_image_options_are_checked_against_the_folder(rgb_set, tmp_path):
     """`--test-fraction` was accepted without a word for a folder with its own test split."""
     result = cli(
@@ -529,6 +537,7 @@ def test_own_image_options_are_checked_against_the_folder(rgb_set, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_train_help_shows_the_defaults_a_plain_run_takes_here():
     """The help listed --arch A, --hidden 4096, --dropout 0.5 and --image-size 224 while a plain CPU run built VGG-11-BN
     at width ratio 8, hidden 256, dropout 0.2 and 32 px, and it said "Train a VGG on Fashion-MNIST"."""

@@ -94,6 +94,7 @@ def test_a_missing_plugin_is_one_line_with_the_pip_command(plugin, tiny_export, 
         create_session(tiny_export[0].model_path, ProviderSettings(provider="openvino"))
 
 
+@pytest.mark.slow
 def test_run_and_check_with_openvino_answer_or_refuse_in_one_line(plugin, tiny_export, tiny_checkpoint):
     devices, reason = _devices_or_reason()
     model = str(tiny_export[0].model_path)
@@ -136,6 +137,7 @@ def test_fp32_and_int8_parity_through_openvino(openvino_ready, tiny_export, tiny
     assert {r.name for r in report.results} >= {"fp32", "int8"}
 
 
+@pytest.mark.slow
 def test_bench_runs_the_openvino_engines_or_skips_them_with_the_reason(plugin, tiny_export, tiny_checkpoint, tmp_path):
     from vggdeploy.config import BenchConfig
     from vggdeploy.verify.bench import OPENVINO_ENGINES, run_bench

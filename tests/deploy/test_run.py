@@ -257,6 +257,7 @@ def test_strict_cuda_accepts_every_exported_variant_and_refuses_a_cpu_only_node(
         create_session(path, ProviderSettings(provider="cuda"))
 
 
+@pytest.mark.slow
 def test_model_problems_are_one_line_errors(golden, tmp_path):
     model, folder, _ = golden
     (tmp_path / "cut.onnx").write_bytes(model.read_bytes()[:1000])

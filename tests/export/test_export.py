@@ -251,6 +251,7 @@ def test_export_by_arch_finds_the_trained_checkpoint(tiny_checkpoint, tmp_path, 
         find_checkpoint("vgg11", tmp_path / "artifacts")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["missing", "truncated", "other-arch", "no-batch-norm", "unwritable"])
 def test_bad_export_input_is_one_line_and_leaves_no_onnx(problem, tiny_checkpoint, tmp_path):
     checkpoint, out, args = tmp_path / "in.pt", tmp_path / "out", []
@@ -285,6 +286,7 @@ def _fp16_that_always_says_class_0(fp32: onnx.ModelProto) -> onnx.ModelProto:
     ("settings", "message"),
     [({"atol": 0.0}, "parity at export.*atol"), ({"fp16": True}, "variant check: fp16")],
 )
+@pytest.mark.slow
 def test_a_failed_check_leaves_nothing_behind(tiny_checkpoint, tmp_path, data_dir, settings, message, monkeypatch):
     from vggdeploy.config import ExportConfig
     from vggdeploy.errors import CheckFailed
@@ -306,6 +308,7 @@ def test_readme_documents_every_metadata_key():
         assert f"| `{key}` |" in readme, key
 
 
+@pytest.mark.slow
 def test_export_report_tables_keep_their_columns_and_no_simplify_says_so(tiny_checkpoint, tmp_path):
     result = cli(
         "export",

@@ -36,6 +36,7 @@ def rehearse(stage: str, out: Path, *options: str, **env: str) -> dict:
     return json.loads((out / "gpu-report.json").read_text())
 
 
+@pytest.mark.slow
 def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     # the train stage as the next window runs it: fitted, with a recipe's option added
     report = rehearse(
@@ -286,6 +287,7 @@ def test_cpu_table_refuses_a_bad_option_before_it_builds_the_model(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_cpu_stage_can_run_the_quick_models_table_alone(tmp_path, tiny_export, tiny_checkpoint):
     """What a short GPU window leaves for the cpu stage: the OpenVINO tests and the quick model's table, without the
     full-size VGG-11's (264 s on the H200 host's Xeon)."""
@@ -348,6 +350,7 @@ def test_the_run_goal_fails_on_a_wrong_logit_a_missing_image_or_an_error(tmp_pat
     assert met([]) is False
 
 
+@pytest.mark.slow
 def test_a_step_past_the_stage_budget_is_stopped_with_its_children_and_the_next_is_not_run(tmp_path, monkeypatch):
     child = tmp_path / "child.pid"
     (tmp_path / "slowstep.py").write_text(
@@ -428,6 +431,7 @@ def test_the_openvino_tests_goal_is_met_only_when_none_was_skipped(tmp_path):
     assert met("not run: the stage budget was spent", None) is None
 
 
+@pytest.mark.slow
 def test_the_perf_stage_rehearses_the_profile_and_both_ablations(tmp_path):
     report = rehearse("perf", tmp_path)
     assert [step["name"] for step in report["steps"]] == [
@@ -451,6 +455,7 @@ def test_the_perf_stage_rehearses_the_profile_and_both_ablations(tmp_path):
     assert "## perf: training ablation" in markdown
 
 
+@pytest.mark.slow
 def test_the_perf_stage_refuses_an_unknown_part(tmp_path):
     result = subprocess.run(
         [

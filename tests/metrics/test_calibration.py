@@ -50,6 +50,7 @@ def test_the_fit_recovers_a_known_temperature(true_temperature):
     assert CalibrationFigures.measure(logits, labels, fitted).ece < 0.02
 
 
+@pytest.mark.slow
 def test_logits_without_signal_end_at_the_search_bound_and_are_not_called_calibrated():
     """A model at chance on its held-out images is best flattened without limit: the fit ends at the top of the range
     (it once printed "temperature 20.0000 fitted" as if that were a calibration like any other; then a calibration
@@ -159,6 +160,7 @@ def test_export_records_the_fit_and_draws_the_reliability_diagram(tiny_export, t
     assert "reliability.png" in (out / "onnx" / "export_report.md").read_text()
 
 
+@pytest.mark.slow
 def test_no_calibration_and_a_checkpoint_without_a_slice_export_temperature_1(tiny_checkpoint, tmp_path, data_dir):
     small = dict(audit_batches=(1, 2), parity_images=32, golden_images=3)
     skipped = export_model(
@@ -201,6 +203,7 @@ def old_model(tiny_export, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_holdout_size_script_fits_subsets_of_the_slice_and_refuses_what_it_cannot_do(tiny_checkpoint, data_dir):
     """scripts/holdout_size.py: the spread of T over subsets of the held-out slice (300 images in the tiny run)."""
     script = [sys.executable, str(Path(__file__).parents[2] / "scripts" / "holdout_size.py"), str(tiny_checkpoint)]
@@ -295,6 +298,7 @@ def test_the_temperature_is_fitted_on_the_held_out_slice_and_nothing_else(tiny_c
     assert calibration.temperature == pytest.approx(fit_temperature(fitted_logits, fitted_labels))
 
 
+@pytest.mark.slow
 def test_a_fit_within_its_own_uncertainty_of_1_keeps_temperature_1():
     """fmnist-5000's 500-image slice fitted T = 1.028 and the test ECE rose from 3.99 % to 5.83 %: a fit that the
     slice's own noise could have given is not a calibration."""

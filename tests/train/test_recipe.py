@@ -69,6 +69,7 @@ def test_the_selected_epoch_is_the_latest_within_one_standard_error_of_the_best_
     assert train_module.selected_epoch(unvalidated)["epoch"] == 2  # no validation slice: the last epoch
 
 
+@pytest.mark.slow
 def test_best_pt_does_not_change_when_the_test_labels_are_shuffled(tmp_path, data_dir, monkeypatch):
     """The test split only reports: with its labels shuffled, the same epoch and the same weights are chosen."""
     from test_train import TINY

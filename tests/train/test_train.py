@@ -45,6 +45,7 @@ def trained(tmp_path_factory, data_dir):
     return train_module.train(TINY, out, data_dir=data_dir, progress=False), out
 
 
+@pytest.mark.slow
 def test_a_short_run_learns(trained):
     result, out = trained
     assert result.selected_test_accuracy > 0.6  # chance is 0.1
@@ -80,6 +81,7 @@ def test_saved_and_loaded_model_gives_identical_logits(tmp_path):
         assert torch.equal(model(images), rebuilt(images))
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir, monkeypatch):
     config = TINY.with_overrides(epochs=3, train_limit=1500)
     whole = train_module.train(config, tmp_path / "whole", data_dir=data_dir, progress=False)
@@ -106,6 +108,7 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir, mo
         assert torch.equal(value, resumed_state[key]), key
 
 
+@pytest.mark.slow
 def test_time_limit_stops_cleanly_mid_epoch_and_resume_finishes_the_run(trained, tmp_path, data_dir, monkeypatch):
     """The wall clock runs out at step 6 of epoch 2: the run ends normally with epoch 1's best.pt, last.pt holds the
     position, and --resume ends exactly where the uninterrupted run (the ``trained`` fixture) ended."""
@@ -140,6 +143,7 @@ def test_time_limit_stops_cleanly_mid_epoch_and_resume_finishes_the_run(trained,
         assert torch.equal(value, expected[key]), key
 
 
+@pytest.mark.slow
 def test_time_limit_before_the_first_epoch_ends_says_how_to_continue(tmp_path):
     result = run_cli(
         "train",
@@ -162,6 +166,7 @@ def test_time_limit_before_the_first_epoch_ends_says_how_to_continue(tmp_path):
     assert run_cli("train", "--time-limit", "0").returncode == 2
 
 
+@pytest.mark.slow
 def test_fit_to_time_plans_the_epochs_so_the_schedule_ends_within_the_limit(tmp_path, data_dir, monkeypatch):
     """A clock that takes 100 s to load and 10 s per step (420 s per epoch) and a limit of 1,990 s: 4 epochs fit,
     so of the 10 allowed the run trains 4, with the one-cycle schedule planned for 4 (its last rate near zero, where
@@ -203,6 +208,7 @@ def test_epochs_that_fit_time_the_epochs_after_this_calls_first():
     assert fit(rows[:3], 0, math.inf, 60) == 60  # --time-limit inf: no limit, every epoch allowed
 
 
+@pytest.mark.slow
 def test_fit_to_time_needs_a_time_limit(tmp_path):
     result = run_cli("train", *TINY_CLI, "--fit-to-time", "--out", str(tmp_path))
     assert result.returncode == 2
@@ -210,6 +216,7 @@ def test_fit_to_time_needs_a_time_limit(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_save_every_writes_the_checkpoints_every_n_epochs_at_the_last_and_at_a_stop(tmp_path, data_dir, monkeypatch):
     """--save-every 2 over 5 epochs: last.pt after epochs 2, 4 and 5; best.pt with them, holding the best epoch so
     far even when that epoch was not a write; a stop asked for after epoch 3 writes at once."""
@@ -265,6 +272,7 @@ def test_a_state_kept_for_a_later_write_does_not_change_with_training():
     assert state["metrics"] == [{"test_accuracy": 0.5}] and state["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_the_gpu_recipe_path_bf16_channels_last_compiled_runs_on_cpu(trained, tmp_path, data_dir, test_split):
     """The code path `full` takes on a GPU (bf16 autocast, channels_last, torch.compile), exercised on the CPU."""
     fp32, _ = trained
@@ -290,6 +298,7 @@ def test_resume_refuses_other_settings(trained, data_dir):
         train_module.train(TINY.with_overrides(lr=0.3), out, data_dir=data_dir, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_one_line_error(tmp_path):
     result = run_cli(
         "train",
@@ -355,6 +364,7 @@ def test_a_loss_that_exploded_without_reaching_nan_is_divergence_too():
         (["--device", "cuda"], "--device cuda was asked for, but torch sees no CUDA GPU", 6),
     ],
 )
+@pytest.mark.slow
 def test_bad_training_input_is_one_line(args, message, code):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -364,6 +374,7 @@ def test_bad_training_input_is_one_line(args, message, code):
     assert message in result.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_data_is_a_one_line_error(tmp_path, data_dir):
     from vggdeploy.data.fashion_mnist import SPLITS
 
@@ -465,6 +476,7 @@ def test_two_process_gloo_run_under_torchrun(tmp_path, data_dir):
     )
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_dir):
     """A finished 2-epoch run resumed with --epochs 3 trains one more epoch; the schedule is re-planned for 3 epochs,
     so the extension ends at the 3-epoch schedule's final rate. Without a larger --epochs there is nothing to do."""
@@ -501,6 +513,7 @@ def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_
     assert saved["epochs"] == 3 and saved["save_every"] == 2
 
 
+@pytest.mark.slow
 def test_a_new_run_never_replaces_an_earlier_one_unasked(trained, tmp_path):
     """A second `train` into the default folder replaced a 100 % best.pt with a 66.67 % one, with only a warning:
     without --out a new run takes the next numbered folder; an --out that holds a run is refused, naming --resume
@@ -560,6 +573,7 @@ def test_a_model_export_would_refuse_is_named_before_training(tmp_path, data_dir
     assert warning.startswith("vggdeploy: warning: this model's ") and "so it cannot be exported" in warning
 
 
+@pytest.mark.slow
 def test_train_json_keeps_stdout_for_the_json_alone(tmp_path):
     """Progress bars and per-epoch lines go to stderr, so `train --json` output parses as it is (scripts/demo.sh)."""
     result = run_cli(

@@ -26,6 +26,7 @@ from vggdeploy.verify.bench import (
 ROOT = Path(__file__).parents[2]
 
 
+@pytest.mark.slow
 def test_bench_produces_a_well_formed_report_on_cpu(tiny_export, tiny_checkpoint, tmp_path):
     result, _ = tiny_export
     config = BenchConfig(CPU_ENGINES, batch_sizes=(1, 4), seconds=0.05, min_runs=3, warmup=1)
@@ -99,6 +100,7 @@ def test_the_timing_loop_stops_at_its_run_cap_before_long_seconds_end(monkeypatc
     assert len(hardware.timed_runs(lambda: None, seconds=0.0, min_runs=40, warmup=1)) == 40  # min_runs wins
 
 
+@pytest.mark.slow
 def test_an_engine_set_skips_what_cannot_run_here_with_a_reason(tiny_checkpoint, tiny_export, tmp_path):
     from vggdeploy.verify import bench
 
@@ -140,6 +142,7 @@ def test_the_report_names_what_the_engines_ran_on(monkeypatch):
     assert bench.device_name(on_gpu + on_cpu) == f"NVIDIA H100 80GB HBM3; {cpu_name()}"
 
 
+@pytest.mark.slow
 def test_onnx_runtime_engines_alone_need_no_checkpoint_on_fashion_mnist(tiny_export, tmp_path):
     """A deployed model.onnx without its 500 MB checkpoint could not be benched at all, even with no torch engine."""
     lone = _lone_model(tiny_export[0], tmp_path)  # no checkpoints/ beside it
@@ -158,6 +161,7 @@ def test_onnx_runtime_engines_alone_need_no_checkpoint_on_fashion_mnist(tiny_exp
     )
 
 
+@pytest.mark.slow
 def test_an_engine_asked_for_that_cannot_run_exits_6_and_keeps_the_old_report(tiny_checkpoint, tiny_export, tmp_path):
     lone = _lone_model(tiny_export[0], tmp_path)
     reports = tmp_path / "reports"
@@ -221,6 +225,7 @@ def test_gpu_engines_measure(tiny_export, tiny_checkpoint, tmp_path):
     assert all(m.peak_fraction is None or 0 < m.peak_fraction < 1 for m in report.measurements)
 
 
+@pytest.mark.slow
 def test_cpu_layer_times_script_prints_the_breakdown_and_the_floor(tiny_export, tiny_checkpoint):
     script = ROOT / "scripts" / "cpu_layer_times.py"
     result = subprocess.run(

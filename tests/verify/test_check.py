@@ -60,6 +60,7 @@ def test_torch_and_onnxruntime_agree_on_the_real_test_set(tiny_export, tiny_chec
     assert "calibration, T = " in report.format()
 
 
+@pytest.mark.slow
 def test_a_perturbed_model_fails_the_check_with_its_numbers(perturbed, tiny_checkpoint, tmp_path):
     result = cli(
         "check",
@@ -80,6 +81,7 @@ def test_a_perturbed_model_fails_the_check_with_its_numbers(perturbed, tiny_chec
     assert not json.loads((tmp_path / "check.json").read_text())["passed"]
 
 
+@pytest.mark.slow
 def test_a_model_whose_output_is_not_finite_fails_the_check_and_its_report_stays_json(
     nan_model, tiny_checkpoint, tmp_path
 ):
@@ -97,6 +99,7 @@ def test_a_model_whose_output_is_not_finite_fails_the_check_and_its_report_stays
     assert fp32["candidate_accuracy"] == 0 and saved["calibration"]["variants"]["fp32"]["ece"] is None
 
 
+@pytest.mark.slow
 def test_localize_names_the_perturbed_layer(perturbed, tiny_checkpoint, tmp_path):
     report = run_check(
         perturbed, tiny_checkpoint, CheckConfig(provider="cpu", images=64, localize=True), report_dir=tmp_path
@@ -126,6 +129,7 @@ def test_localize_names_the_perturbed_layer(perturbed, tiny_checkpoint, tmp_path
     assert result.returncode == 4 and "first layer over tolerance: features.2.2 (ReLU)" in result.stderr
 
 
+@pytest.mark.slow
 def test_check_refuses_a_model_of_another_checkpoint(tiny_export, tiny_checkpoint, tmp_path, data_dir):
     from vggdeploy.model.archs import ModelArgs
     from vggdeploy.model.checkpoint import load_checkpoint, save_checkpoint
@@ -189,6 +193,7 @@ def test_swapped_classes_give_exactly_the_figures_they_must(tiny_export, tiny_ch
     assert f"test image {first.index}: {names[first.reference_label]} -> {names[first.candidate_label]}" in text
 
 
+@pytest.mark.slow
 def test_a_variant_file_is_checked_against_its_own_limits(tiny_export, tiny_checkpoint, tmp_path):
     result, _ = tiny_export
     int8 = result.variants["int8"].path
@@ -235,6 +240,7 @@ GENEROUS = dict(provider="cpu", images=500, int8_max_drop_pp=5.0)
     ],
     ids=["fp16-accuracy", "int8-alone", "ece-alone"],
 )
+@pytest.mark.slow
 def test_each_planted_failure_alone_fails_the_check_and_is_named(
     planted, limits, failed, tiny_export, tiny_checkpoint, tmp_path
 ):
@@ -252,6 +258,7 @@ def test_each_planted_failure_alone_fails_the_check_and_is_named(
         assert failed_parity == [failed] and report.calibration.worse() == []
 
 
+@pytest.mark.slow
 def test_a_planted_failure_is_exit_4_on_the_command_line(tiny_export, tiny_checkpoint, tmp_path):
     model = _deployment(tiny_export, tmp_path / "onnx", {"int8": lambda p: shift_output(p, 0, 1000)})
     result = cli(

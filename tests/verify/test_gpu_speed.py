@@ -134,6 +134,7 @@ def test_onnx_runtime_node_times_are_read_from_the_last_runs_alone(tmp_path):
     assert ort_node_times(profile, runs=2) == [KernelTime("Conv", "conv", 1.0, 20.0)]
 
 
+@pytest.mark.slow
 def test_bench_profile_traces_every_engine_and_survives_the_json(tiny_export, tiny_checkpoint, tmp_path):
     result, _ = tiny_export
     engines = ("torch-cpu-fp32", "ort-cpu-fp32")
