@@ -1,6 +1,5 @@
-"""What tests hand a command and read back: the open variant limits of a model trained for seconds, and its
-stderr: its notes (the plan, warnings) start with "vggdeploy: ", a failure with
-"error: "."""
+"""What the command-line tests hand a command (the tiny model's options, the opened variant limits) and read back
+(its stderr: notes such as the plan start with "vggdeploy: ", a failure with "error: ")."""
 
 
 def failure_lines(stderr: str) -> list[str]:
@@ -13,3 +12,6 @@ OPEN_VARIANT_LIMITS = [
     *("--int8-max-drop", "100", "--fp16-max-drop", "100", "--int8-min-agreement", "0", "--fp16-min-agreement", "0"),
     *("--int8-max-mean-diff", "100", "--fp16-max-mean-diff", "100"),
 ]
+
+# the model of the command-line training tests: the quick preset, narrow (seconds an epoch on a few thousand images)
+TINY_MODEL = ("--preset", "quick", "--width-ratio", "8", "--hidden", "64")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU validation, one stage per device command (BENCHMARKS.md has the runbook).
+# The GPU validation, one stage per device command (docs/gpu-runbook.md has the runbook).
 #
 # On the GPU host (run from the checkout's root, $OUT set by the device tool):
 #   scripts/gpu/validate.sh receive                 take the carried .device/BUNDLE/pK parts (no stage run); prints

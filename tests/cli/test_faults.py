@@ -13,18 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_output import failure_lines
+from cli_output import TINY_MODEL, failure_lines
 
 from vggdeploy.model.checkpoint import load_checkpoint
 
 TRAIN = [
     "train",
-    "--preset",
-    "quick",
-    "--width-ratio",
-    "8",
-    "--hidden",
-    "64",
+    *TINY_MODEL,
     "--train-limit",
     "1000",
     "--test-limit",

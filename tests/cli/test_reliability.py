@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from cli_output import failure_lines
+from cli_output import TINY_MODEL, failure_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from image_kinds import png_chunk
@@ -400,12 +400,7 @@ def test_data_corpus_through_train(tmp_path, data_dir):
 # --- interrupted training -------------------------------------------------------------------------------------
 
 TINY_TRAIN = [
-    "--preset",
-    "quick",
-    "--width-ratio",
-    "8",
-    "--hidden",
-    "64",
+    *TINY_MODEL,
     "--batch-size",
     "64",
     "--lr",

@@ -1,6 +1,7 @@
 """The console examples of README.md and docs/ run, and print what the documents say they print (doc_examples.py)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,24 @@ def test_the_comparison_catches_a_changed_word_and_frees_only_what_the_mode_free
     unmarked.write_text("text\n```console\n$ vggdeploy --version\n```\n")
     with pytest.raises(ValueError, match=r"page\.md:2: a console block without"):
         examples_in(unmarked, tmp_path)
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_into_benchmarks_and_the_changelog_names_a_heading_there():
+    anchors = {
+        name: {
+            _github_anchor(line.lstrip("#")) for line in (ROOT / name).read_text().splitlines() if line.startswith("#")
+        }
+        for name in ("BENCHMARKS.md", "CHANGELOG.md")
+    }
+    links = [
+        (document.name, name, anchor)
+        for document in [*DOCUMENTS, ROOT / "CHANGELOG.md", ROOT / "BENCHMARKS.md"]
+        for name, anchor in re.findall(r"(BENCHMARKS\.md|CHANGELOG\.md)#([\w\-]+)", document.read_text())
+    ]
+    assert links, "no links into BENCHMARKS.md found"
+    assert [link for link in links if link[2] not in anchors[link[1]]] == []

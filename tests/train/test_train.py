@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_output import failure_lines
+from cli_output import TINY_MODEL, failure_lines
 
 from vggdeploy.config import PRESETS, TrainConfig
 from vggdeploy.data.holdout import holdout_size
@@ -302,12 +302,7 @@ def test_resume_refuses_other_settings(trained, data_dir):
 def test_nan_loss_stops_with_one_line_error(tmp_path):
     result = run_cli(
         "train",
-        "--preset",
-        "quick",
-        "--width-ratio",
-        "8",
-        "--hidden",
-        "64",
+        *TINY_MODEL,
         "--lr",
         "1e6",
         "--epochs",
@@ -439,12 +434,7 @@ def test_two_process_gloo_run_under_torchrun(tmp_path, data_dir):
             "-m",
             "vggdeploy",
             "train",
-            "--preset",
-            "quick",
-            "--width-ratio",
-            "8",
-            "--hidden",
-            "64",
+            *TINY_MODEL,
             "--epochs",
             "3",
             "--time-limit",
