@@ -164,13 +164,13 @@ def variant_limits(config: object, variant: str, images: int | None = None) -> d
     difference|. With ``images`` (export's few test images) a limit finer than one image is widened to one image
     (on 1,000 images one flip is 0.1 pp, coarser than a 0.05 pp limit); ``check`` applies them on the whole test
     set as given. A zero limit stays zero."""
-    drop = getattr(config, f"{variant}_max_drop_pp") / 100
+    drop = getattr(config, f"{variant}_max_drop_pp")
     agreement = getattr(config, f"{variant}_min_agreement")
     if images:
-        drop = max(drop, 1 / images) if drop > 0 else drop
+        drop = max(drop, 100 / images) if drop > 0 else drop
         agreement = min(agreement, 1 - 1 / images) if agreement < 1 else agreement
     return {
-        "max_accuracy_drop": drop,
+        "max_accuracy_drop_pp": drop,
         "min_agreement": agreement,
         "max_mean_diff": getattr(config, f"{variant}_max_mean_diff"),
     }

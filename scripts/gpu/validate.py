@@ -779,8 +779,8 @@ def add_check_goals(validation: Validation, checked: dict | None, step: Step) ->
         ),
         Goal(
             "fp16: accuracy drop <= 0.05 pp",
-            "no result" if not fp16 else f"{fp16['accuracy_change'] * 100:+.2f} pp",
-            None if not fp16 else -fp16["accuracy_change"] <= 0.0005,
+            "no result" if not fp16 else f"{fp16['accuracy_change_pp']:+.2f} pp",
+            None if not fp16 else -fp16["accuracy_change_pp"] <= 0.05,
             step.name,
         ),
         Goal(
@@ -885,7 +885,7 @@ def format_markdown(report: dict) -> str:
         lines += ["", f"## check (provider {check['provider']})", ""]
         lines.append(
             markdown_table(
-                check["results"], ["name", "images", "max_abs_diff", "top1_agreement", "accuracy_change", "passed"]
+                check["results"], ["name", "images", "max_abs_diff", "top1_agreement", "accuracy_change_pp", "passed"]
             )
         )
     train = report["figures"].get("full_train")

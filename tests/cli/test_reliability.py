@@ -485,8 +485,8 @@ def test_sigkill_mid_epoch_loses_at_most_that_epoch(tmp_path, uninterrupted):
 WRITER = """
 import sys, torch
 from pathlib import Path
-from vggdeploy.archs import ModelArgs
-from vggdeploy.checkpoint import save_checkpoint
+from vggdeploy.model.archs import ModelArgs
+from vggdeploy.model.checkpoint import save_checkpoint
 path = Path(sys.argv[1])
 args = ModelArgs(width_ratio=8, hidden=64, image_size=32).to_dict()
 for version in range(1, 10_000):

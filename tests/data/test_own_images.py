@@ -209,7 +209,7 @@ def test_folders_and_files_it_may_not_read_are_named_and_strict_makes_them_fatal
     secret = sorted((locked / "train" / "Coat").iterdir())[0]
     for path in (hidden_away, secret):
         path.chmod(0)
-    notes = "import sys; from vggdeploy.datasets import image_folder; print(image_folder(sys.argv[1], 32).notes[1])"
+    notes = "import sys; from vggdeploy.data.dataset import image_folder; print(image_folder(sys.argv[1], 32).notes[1])"
     result = subprocess.run(
         [*obey_permissions, sys.executable, "-c", notes, str(locked)], capture_output=True, text=True
     )

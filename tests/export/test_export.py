@@ -9,6 +9,7 @@ import pytest
 from broken_models import add_to_class_bias
 from PIL import Image
 
+from vggdeploy.config import ExportConfig
 from vggdeploy.data.fashion_mnist import CLASS_NAMES
 from vggdeploy.deploy.contract import BATCH_AXIS, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME
 from vggdeploy.deploy.onnx_file import read_metadata
@@ -95,7 +96,11 @@ def test_fp16_variant_agrees_with_fp32(tiny_export):
     fp16 = result.variants["fp16"]
     assert fp16.parity.top1_agreement >= 0.99 and fp16.parity.max_abs_diff < 0.05
     assert fp16.bytes < 0.6 * result.model_path.stat().st_size
-    assert read_metadata(fp16.path)["export"]["variant"] == "fp16"
+    fp16_metadata = read_metadata(fp16.path)
+    assert fp16_metadata["export"]["variant"] == "fp16"
+    # changes and their limits in percentage points, as the options and the text give them
+    assert fp16_metadata["parity"]["accuracy_change_pp"] == fp16.parity.accuracy_change_pp
+    assert fp16_metadata["parity"]["max_accuracy_drop_pp"] == max(ExportConfig.fp16_max_drop_pp, 100 / 300)
     proto = onnx.load(fp16.path)
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O kept
 
@@ -288,7 +293,6 @@ def _fp16_that_always_says_class_0(fp32: onnx.ModelProto) -> onnx.ModelProto:
 )
 @pytest.mark.slow
 def test_a_failed_check_leaves_nothing_behind(tiny_checkpoint, tmp_path, data_dir, settings, message, monkeypatch):
-    from vggdeploy.config import ExportConfig
     from vggdeploy.errors import CheckFailed
     from vggdeploy.export import variants
     from vggdeploy.export.pipeline import export_model

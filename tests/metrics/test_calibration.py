@@ -259,16 +259,14 @@ def test_a_variant_that_spoils_the_calibration_fails_the_check():
 
     reference = Figures(100, 0.8, 0.030, 0.3, 0.9, 0.9)
     check = CalibrationCheck(
-        0.8, True, reference, {"fp32": reference, "int8": Figures(100, 0.8, 0.036, 0.3, 0.9, 0.9)}, 0.005
+        0.8, True, reference, {"fp32": reference, "int8": Figures(100, 0.8, 0.036, 0.3, 0.9, 0.9)}, 0.5
     )
     assert (
         check.worse() == ["int8"]
         and "int8: ECE" in check.format()
         and "+0.60 pp (limit +0.50) -> FAILED" in check.format()
     )
-    assert (
-        CalibrationCheck(0.8, True, reference, {"int8": Figures(100, 0.8, 0.034, 0.3, 0.9, 0.9)}, 0.005).worse() == []
-    )
+    assert CalibrationCheck(0.8, True, reference, {"int8": Figures(100, 0.8, 0.034, 0.3, 0.9, 0.9)}, 0.5).worse() == []
 
 
 def test_the_temperature_is_fitted_on_the_held_out_slice_and_nothing_else(tiny_checkpoint, data_dir, monkeypatch):

@@ -42,13 +42,13 @@ def test_flips_carry_the_caller_s_indices_and_the_reference_margin():
 @pytest.mark.parametrize(
     ("limits", "failures"),
     [
-        ({"atol": 1.5, "min_agreement": 0.75, "max_accuracy_drop": 0.25, "max_mean_diff": 0.1875}, []),
+        ({"atol": 1.5, "min_agreement": 0.75, "max_accuracy_drop_pp": 25.0, "max_mean_diff": 0.1875}, []),
         ({"max_mean_diff": 0.1874}, ["mean |logit difference| 0.188 > 0.187"]),
         ({"atol": 1.4999}, ["max |logit difference| 1.5 > atol 1.5"]),
         ({"min_agreement": 0.76}, ["top-1 agreement 75.0000% < floor 76.0000%"]),
-        ({"max_accuracy_drop": 0.2499}, ["accuracy fell 25.00 pp > 24.99 pp"]),
+        ({"max_accuracy_drop_pp": 24.99}, ["accuracy fell 25.00 pp > 24.99 pp"]),
         (
-            {"atol": 1.0, "min_agreement": 1.0, "max_accuracy_drop": 0.0, "max_mean_diff": 0.0},
+            {"atol": 1.0, "min_agreement": 1.0, "max_accuracy_drop_pp": 0.0, "max_mean_diff": 0.0},
             [
                 "max |logit difference| 1.5 > atol 1",
                 "mean |logit difference| 0.188 > 0",
@@ -69,7 +69,7 @@ def test_the_verdict_follows_each_limit_exactly(limits, failures):
 def test_unchecked_limits_never_fail_and_identical_logits_are_perfect():
     assert compare_logits("no limits", REFERENCE, CANDIDATE, LABELS).failures == []
     same = compare_logits(
-        "same", REFERENCE, REFERENCE.copy(), LABELS, atol=0.0, min_agreement=1.0, max_accuracy_drop=0.0
+        "same", REFERENCE, REFERENCE.copy(), LABELS, atol=0.0, min_agreement=1.0, max_accuracy_drop_pp=0.0
     )
     assert same and same.max_abs_diff == 0.0 and same.min_cosine == pytest.approx(1.0) and same.flips == []
 
@@ -112,7 +112,7 @@ def test_the_report_lists_at_most_max_listed_flips_but_counts_them_all():
     result = compare_logits("many flips", reference, reference[:, ::-1])
     data = result.to_dict()
     assert data["flip_count"] == count and len(data["flips"]) == MAX_LISTED_FLIPS and len(result.flips) == count
-    assert data["accuracy_change"] is None and data["top1_agreement"] == 0.0
+    assert data["accuracy_change_pp"] is None and data["top1_agreement"] == 0.0
 
 
 def test_format_prints_the_figures_reached():
@@ -125,7 +125,9 @@ def test_format_without_labels_prints_no_accuracy_and_to_dict_carries_the_change
     assert compare_logits("same", REFERENCE, REFERENCE).format() == (
         "same: 4 images, max |diff| 0, mean |diff| 0, min cosine 1.000000, top-1 agreement 100.00% (0 flips) -> ok"
     )
-    assert compare_logits("hand-made", REFERENCE, CANDIDATE, LABELS).to_dict()["accuracy_change"] == -0.25
+    saved = compare_logits("hand-made", REFERENCE, CANDIDATE, LABELS, max_accuracy_drop_pp=10.0).to_dict()
+    assert saved["accuracy_change_pp"] == -25.0 and saved["max_accuracy_drop_pp"] == 10.0  # the unit of the text
+    assert saved["failures"] == ["accuracy fell 25.00 pp > 10.00 pp"] and saved["passed"] is False
     failed = compare_logits("hand-made", REFERENCE, CANDIDATE, LABELS, atol=1.0, min_agreement=1.0).format()
     assert failed.endswith("-> FAILED: max |logit difference| 1.5 > atol 1; top-1 agreement 75.0000% < floor 100.0000%")
 

@@ -46,7 +46,15 @@ def test_torch_and_onnxruntime_agree_on_the_real_test_set(tiny_export, tiny_chec
     assert fp32.reference_accuracy == fp32.candidate_accuracy > 0.5
     saved = json.loads((tmp_path / "check.json").read_text())
     assert saved["passed"] and saved["results"][0]["top1_agreement"] == 1.0
-    assert "| fp32 | 2000 |" in (tmp_path / "check.md").read_text()
+    markdown = (tmp_path / "check.md").read_text()
+    int8 = report.results[2]
+    assert f"| fp32 | 2000 | {fp32.reference_accuracy:.2%} | {fp32.candidate_accuracy:.2%} |" in markdown
+    assert f"| {int8.top1_agreement:.2%} |" in markdown and "| ok |" in markdown  # rates as the text prints them
+    # one unit per quantity: a change and its limit in percentage points, in check.json as in the options and stdout
+    assert saved["results"][2]["max_accuracy_drop_pp"] == CheckConfig.int8_max_drop_pp
+    assert saved["results"][2]["accuracy_change_pp"] == int8.accuracy_change_pp
+    assert f"({int8.accuracy_change_pp:+.2f} pp)" in report.format()
+    assert saved["calibration"]["max_ece_increase_pp"] == CheckConfig.max_ece_increase_pp
     calibration = report.calibration  # at the model's own temperature, per variant, against torch fp32
     assert (
         calibration.calibrated
@@ -56,6 +64,8 @@ def test_torch_and_onnxruntime_agree_on_the_real_test_set(tiny_export, tiny_chec
     assert calibration.variants["fp32"].ece == pytest.approx(calibration.reference.ece, abs=1e-4)
     assert calibration.reference.accuracy == fp32.reference_accuracy and calibration.reference.images == 2000
     assert saved["calibration"]["variants"]["int8"]["ece"] == calibration.variants["int8"].ece
+    int8_ece_change = round((calibration.variants["int8"].ece - calibration.reference.ece) * 100, 10)
+    assert saved["calibration"]["variants"]["int8"]["ece_change_pp"] == int8_ece_change
     assert "## Calibration on the test set" in (tmp_path / "check.md").read_text()
     assert "calibration, T = " in report.format()
 
@@ -200,7 +210,7 @@ def test_a_variant_file_is_checked_against_its_own_limits(tiny_export, tiny_chec
     report = run_check(
         int8, tiny_checkpoint, CheckConfig(provider="cpu", images=300, int8_max_drop_pp=5.0), report_dir=tmp_path
     )
-    assert [r.name for r in report.results] == ["int8"] and report.results[0].max_accuracy_drop == 0.05
+    assert [r.name for r in report.results] == ["int8"] and report.results[0].max_accuracy_drop_pp == 5.0
     assert report.results[0].atol is None and report, report.format()
     raw = cli("check", "--model", str(result.variants["preprocess"].path), "--checkpoint", str(tiny_checkpoint))
     assert raw.returncode == 2

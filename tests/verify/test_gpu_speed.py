@@ -146,7 +146,9 @@ def test_bench_profile_traces_every_engine_and_survives_the_json(tiny_export, ti
     for profile in report.profiles:
         kinds = profile.by_kind()
         assert kinds["conv"] > 0 and kinds["pool"] > 0 and kinds["gemm"] > 0
-        assert kinds["conv"] == max(kinds.values())  # a VGG's time is in its convolutions
+        compute = {kind: kinds[kind] for kind in ("conv", "gemm", "elementwise", "pool")}
+        # a VGG's compute is in its convolutions (layout copies can spike on a loaded machine: not compared)
+        assert kinds["conv"] == max(compute.values())
         assert profile.busy_microseconds > 0 and profile.wall_microseconds > 0
     assert {k.calls for k in torch_profile.kernels if k.name == "aten::conv2d"} == {8}  # VGG-11: 8 convolutions
     assert BenchReport.from_json(json.loads((tmp_path / "bench.json").read_text())) == report

@@ -31,7 +31,7 @@ class ParityResult:
     candidate_accuracy: float | None
     atol: float | None  # max |logit difference| allowed; None = not checked
     min_agreement: float | None  # lowest top-1 agreement allowed; None = not checked
-    max_accuracy_drop: float | None = None  # largest accuracy loss (fraction) allowed; None = not checked
+    max_accuracy_drop_pp: float | None = None  # largest accuracy loss allowed, percentage points; None = not checked
     max_mean_diff: float | None = None  # largest mean |logit difference| allowed; None = not checked
     flips: list[LabelFlip] = field(default_factory=list)
     not_finite: int = 0  # images whose logits hold a NaN or an infinity on either side: never a pass
@@ -41,6 +41,12 @@ class ParityResult:
         if self.reference_accuracy is None or self.candidate_accuracy is None:
             return None
         return self.candidate_accuracy - self.reference_accuracy
+
+    @property
+    def accuracy_change_pp(self) -> float | None:
+        """The accuracy change in percentage points, the unit of every change and limit in text and JSON alike."""
+        change = self.accuracy_change
+        return None if change is None else round(change * 100, 10)
 
     @property
     def failures(self) -> list[str]:
@@ -53,9 +59,9 @@ class ParityResult:
             problems.append(f"mean |logit difference| {self.mean_abs_diff:.3g} > {self.max_mean_diff:.3g}")
         if self.min_agreement is not None and self.top1_agreement < self.min_agreement:
             problems.append(f"top-1 agreement {self.top1_agreement:.4%} < floor {self.min_agreement:.4%}")
-        change, limit = self.accuracy_change, self.max_accuracy_drop
-        if limit is not None and change is not None and -change > limit + 1e-9:  # a drop equal to it passes
-            problems.append(f"accuracy fell {-change * 100:.2f} pp > {limit * 100:.2f} pp")
+        change, limit = self.accuracy_change_pp, self.max_accuracy_drop_pp
+        if limit is not None and change is not None and -change > limit + 1e-7:  # a drop equal to it passes
+            problems.append(f"accuracy fell {-change:.2f} pp > {limit:.2f} pp")
         return problems
 
     def __bool__(self) -> bool:
@@ -66,7 +72,7 @@ class ParityResult:
         if self.accuracy_change is not None:
             accuracy = (
                 f", accuracy {self.reference_accuracy:.2%} -> {self.candidate_accuracy:.2%} "
-                f"({self.accuracy_change * 100:+.2f} pp)"
+                f"({self.accuracy_change_pp:+.2f} pp)"
             )
         verdict = "ok" if self else "FAILED: " + "; ".join(self.failures)
         return (
@@ -79,7 +85,8 @@ class ParityResult:
         data = asdict(self)
         data["flips"] = data["flips"][:MAX_LISTED_FLIPS]
         data["flip_count"] = len(self.flips)
-        data["accuracy_change"] = self.accuracy_change
+        data["accuracy_change_pp"] = self.accuracy_change_pp
+        data["failures"] = self.failures
         data["passed"] = bool(self)
         return data
 
@@ -91,7 +98,7 @@ def compare_logits(
     labels: np.ndarray | None = None,
     atol: float | None = None,
     min_agreement: float | None = None,
-    max_accuracy_drop: float | None = None,
+    max_accuracy_drop_pp: float | None = None,
     indices: np.ndarray | None = None,
     max_mean_diff: float | None = None,
 ) -> ParityResult:
@@ -129,7 +136,7 @@ def compare_logits(
         candidate_accuracy=None if labels is None else float(((candidate_top == labels) & finite_candidate).mean()),
         atol=atol,
         min_agreement=min_agreement,
-        max_accuracy_drop=max_accuracy_drop,
+        max_accuracy_drop_pp=max_accuracy_drop_pp,
         max_mean_diff=max_mean_diff,
         flips=flips,
         not_finite=int((~finite).sum()),

@@ -2,7 +2,7 @@
 fastest, each timed by the loop ``bench`` uses, so that a winner becomes a default with its evidence beside it.
 
 Inference: the CUDA execution provider's options (cuDNN algorithm search, ``fuse_conv_bias``, NHWC, CUDA graphs, IO
-binding) and the exact rewrites of ``vggdeploy.graph_rewrites`` on the export's fp16 file, against torch eager,
+binding) and the exact rewrites of ``vggdeploy.verify.graph_rewrites`` on the export's fp16 file, against torch eager,
 ``torch.compile`` max-autotune and an AOTInductor package, with each one's compile time as its cold start.
 Training: the step as ``train`` runs it against fused SGD, a padded first convolution, CUDA graphs and max-autotune,
 on a fixed number of device-resident batches, and the data pipeline's own rate.

@@ -579,8 +579,10 @@ def _engine_file(model_path: Path, checkpoint: Path, engine: Engine) -> dict:
     if engine.framework == "torch":
         return {"file": str(checkpoint), "mb": checkpoint.stat().st_size / 1e6, "accuracy_change_pp": None}
     path = engine_model(model_path, engine)
-    change = read_metadata(path)["parity"].get("accuracy_change")
-    change_pp = None if change is None else change * 100
+    parity = read_metadata(path)["parity"]
+    change_pp = parity.get("accuracy_change_pp")
+    if change_pp is None and parity.get("accuracy_change") is not None:  # exported before the unit was pp
+        change_pp = parity["accuracy_change"] * 100
     return {"file": path.name, "mb": path.stat().st_size / 1e6, "accuracy_change_pp": change_pp}
 
 

@@ -59,20 +59,25 @@ class CalibrationCheck:
     calibrated: bool  # the temperature was fitted at export (False: plain softmax)
     reference: CalibrationFigures  # torch fp32 at the same temperature
     variants: dict[str, CalibrationFigures]
-    max_ece_increase: float  # a fraction: 0.005 = 0.5 pp
+    max_ece_increase_pp: float  # percentage points, like every change and limit
 
     def worse(self) -> list[str]:
         """The variants whose ECE exceeds the reference's by more than the limit, or is not a number (NaN outputs)."""
-        return [n for n, f in self.variants.items() if not f.ece - self.reference.ece <= self.max_ece_increase]
+        return [n for n, change in self.ece_changes_pp().items() if not change <= self.max_ece_increase_pp + 1e-7]
+
+    def ece_changes_pp(self) -> dict[str, float]:
+        """Each variant's ECE minus torch fp32's, in percentage points (NaN where a variant's output is not finite)."""
+        return {name: round((f.ece - self.reference.ece) * 100, 10) for name, f in self.variants.items()}
 
     def format(self) -> str:
         how = "fitted" if self.calibrated else "not fitted, plain softmax"
         lines = [f"  calibration, T = {self.temperature:.4g} ({how}); torch fp32: {self.reference.format()}"]
+        changes = self.ece_changes_pp()
         for name, figures in self.variants.items():
-            change = (figures.ece - self.reference.ece) * 100
+            change = changes[name]
             verdict = "ok" if name not in self.worse() else "FAILED"
             lines.append(
-                f"    {name}: {figures.format()}; ECE {change:+.2f} pp (limit +{self.max_ece_increase * 100:.2f}) "
+                f"    {name}: {figures.format()}; ECE {change:+.2f} pp (limit +{self.max_ece_increase_pp:.2f}) "
                 f"-> {verdict}"
             )
         return "\n".join(lines)
@@ -81,9 +86,12 @@ class CalibrationCheck:
         return {
             "temperature": self.temperature,
             "calibrated": self.calibrated,
-            "max_ece_increase": self.max_ece_increase,
+            "max_ece_increase_pp": self.max_ece_increase_pp,
             "reference": self.reference.to_dict(),
-            "variants": {name: figures.to_dict() for name, figures in self.variants.items()},
+            "variants": {
+                name: {**figures.to_dict(), "ece_change_pp": self.ece_changes_pp()[name]}
+                for name, figures in self.variants.items()
+            },
             "worse_than_limit": self.worse(),
         }
 
@@ -230,7 +238,7 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
         is_calibrated(loaded.metadata),
         CalibrationFigures.measure(reference, labels, scale, bins),
         {name: CalibrationFigures.measure(logits, labels, scale, bins) for name, logits in outputs.items()},
-        config.max_ece_increase_pp / 100,
+        config.max_ece_increase_pp,
     )
     per_class = PerClassReport.of(loaded.labels, labels, outputs[variant].argmax(axis=1))
     report = CheckReport(model_path, session_provider(loaded.session), results, loaded.labels, calibration, per_class)
@@ -281,21 +289,26 @@ def localize_difference(
     return differences
 
 
+def _percent(fraction: float | None) -> str | None:
+    """A rate as the text reports show it (JSON keeps the fraction): 0.9167 -> "91.67%"."""
+    return None if fraction is None else f"{fraction:.2%}"
+
+
 def _write_reports(folder: Path, report: CheckReport) -> None:
     write_json(folder / "check.json", report.to_dict())
     rows = [
         {
             "variant": r.name,
             "images": r.images,
-            "torch accuracy": r.reference_accuracy,
-            "ORT accuracy": r.candidate_accuracy,
-            "change (pp)": None if r.accuracy_change is None else r.accuracy_change * 100,
-            "top-1 agreement": r.top1_agreement,
+            "torch accuracy": _percent(r.reference_accuracy),
+            "ORT accuracy": _percent(r.candidate_accuracy),
+            "change (pp)": r.accuracy_change_pp,
+            "top-1 agreement": _percent(r.top1_agreement),
             "max abs diff": r.max_abs_diff,
             "mean abs diff": r.mean_abs_diff,
             "min cosine": r.min_cosine,
             "flips": len(r.flips),
-            "passed": bool(r),
+            "verdict": "ok" if r else "FAILED: " + "; ".join(r.failures),
         }
         for r in report.results
     ]
@@ -305,13 +318,24 @@ def _write_reports(folder: Path, report: CheckReport) -> None:
         text += "\n## Layers\n\n" + markdown_table(
             [d.__dict__ for d in report.layers], ["layer", "onnx_output", "max_abs_diff", "relative"]
         )
+    changes = report.calibration.ece_changes_pp()
     text += "\n## Calibration on the test set\n\n" + markdown_table(
         [
-            {"model": name, **figures.to_dict()}
+            {
+                "model": name,
+                "images": figures.images,
+                "temperature": figures.temperature,
+                "ECE": _percent(figures.ece),
+                "ECE change (pp)": changes.get(name),
+                "NLL": figures.nll,
+                "mean confidence": _percent(figures.mean_confidence),
+                "accuracy": _percent(figures.accuracy),
+            }
             for name, figures in {"torch fp32": report.calibration.reference, **report.calibration.variants}.items()
         ],
-        ["model", "images", "temperature", "ece", "nll", "mean_confidence", "accuracy"],
+        ["model", "images", "temperature", "ECE", "ECE change (pp)", "NLL", "mean confidence", "accuracy"],
     )
+    text += f"\nLimit: a variant's ECE at most +{report.calibration.max_ece_increase_pp:g} pp over torch fp32's.\n"
     if report.per_class is not None:
         text += f"\n## Per class ({report.results[0].name}, ONNX Runtime)\n\n" + report.per_class.markdown()
         text += f"\n![confusion matrix]({CONFUSION_PNG})\n"

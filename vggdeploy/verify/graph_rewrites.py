@@ -1,7 +1,7 @@
 """Exact rewrites of an exported graph that may run faster on ONNX Runtime's CUDA execution provider.
 
 Each returns a new model that computes the same logits (up to the kernels' rounding) from the same input, so the
-contract (input name, shape and layout) does not change. ``vggdeploy.ablation`` times them against the export as
+contract (input name, shape and layout) does not change. ``vggdeploy.verify.ablation`` times them against the export as
 written; a rewrite becomes part of the export only when it wins there.
 """
 

@@ -1,0 +1,160 @@
+"""Which familiarity score tells a Fashion-MNIST model's own kind of image from others (issue #35's measurement).
+
+For a checkpoint trained on Fashion-MNIST: logits and penultimate features of the training images (minus the held-out
+calibration slice), the slice, the test set, and sets the model never saw, made here (nothing downloaded):
+
+- digits: the digits 0-9 drawn in Pillow's own font, white on black like Fashion-MNIST, at random sizes, positions,
+  rotations and stroke widths;
+- letters: A-Z drawn the same way;
+- noise: uniform random pixels;
+- blanks: images of one grey level, black to white;
+- inverted: Fashion-MNIST test images with their levels inverted (255 - x);
+- upside down: Fashion-MNIST test images flipped top to bottom.
+
+Each score (maximum softmax and energy at the temperature fitted on the slice, Mahalanobis distance and k-th nearest
+neighbour distance on the penultimate features) is fitted on the training images where it needs a fit, its
+threshold set on the slice to accept 95 % of it, and then reported per set: AUROC against the test set, the share
+of the set accepted, and the share of the test set rejected.
+
+    python scripts/familiarity_benchmark.py artifacts/vgg11_bn-w8-32px/checkpoints/best.pt [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from vggdeploy.data.batches import to_input_tensor
+from vggdeploy.data.dataset import dataset_of
+from vggdeploy.errors import UsageError, run_script
+from vggdeploy.metrics.calibration import fit_temperature
+from vggdeploy.metrics.familiarity import (
+    GaussianFit,
+    NeighbourFit,
+    accepted,
+    auroc,
+    energy,
+    max_softmax,
+    threshold_accepting,
+)
+from vggdeploy.model.checkpoint import rebuild_model
+from vggdeploy.report import markdown_table
+
+SIDE = 28  # Fashion-MNIST's size: every made set is drawn at it and preprocessed like the test images
+
+
+def drawn_characters(characters: str, count: int, seed: int) -> np.ndarray:
+    """``count`` images of random characters from ``characters``, white on black, varied in size and pose."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, SIDE, SIDE), dtype=np.uint8)
+    for index in range(count):
+        canvas = Image.new("L", (2 * SIDE, 2 * SIDE), 0)
+        font = ImageFont.load_default(size=int(rng.integers(18, 34)))
+        character = characters[index % len(characters)]
+        ImageDraw.Draw(canvas).text(
+            (SIDE + rng.integers(-4, 5), SIDE + rng.integers(-4, 5)),
+            character,
+            fill=255,
+            font=font,
+            anchor="mm",
+            stroke_width=int(rng.integers(0, 3)),
+            stroke_fill=255,
+        )
+        turned = canvas.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BILINEAR)
+        images[index] = np.asarray(turned.resize((SIDE, SIDE), Image.Resampling.BILINEAR))
+    return images
+
+
+def unfamiliar_sets(test_images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "digits": drawn_characters("0123456789", 2000, seed),
+        "letters": drawn_characters("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 2000, seed + 1),
+        "noise": rng.integers(0, 256, (1000, SIDE, SIDE), dtype=np.uint8),
+        "blanks": np.repeat(np.linspace(0, 255, 16).round().astype(np.uint8), SIDE * SIDE).reshape(16, SIDE, SIDE),
+        "inverted": 255 - test_images[:1000],
+        "upside down": test_images[:1000, ::-1].copy(),
+    }
+
+
+@torch.no_grad()
+def logits_and_features(model, images: np.ndarray, spec, chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """The logits and the penultimate features (the last Linear layer's input) of uint8 (N, H, W) images."""
+    head, last = model.classifier[:-1], model.classifier[-1]
+    logits, features = [], []
+    for start in range(0, len(images), chunk):
+        batch = to_input_tensor(torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])), spec)
+        penultimate = head(model.features(batch))
+        features.append(penultimate.double().numpy())
+        logits.append(last(penultimate).double().numpy())
+    return np.concatenate(logits), np.concatenate(features)
+
+
+def measure(checkpoint: Path, data_dir: str | None, k: int) -> dict:
+    model, state = rebuild_model(checkpoint)
+    dataset = dataset_of(state, data_dir)
+    if dataset.channels != 1 or len(dataset.class_names) != 10:
+        raise UsageError(f"{checkpoint}: the made sets are 28x28 grayscale; this benchmark needs a Fashion-MNIST model")
+    spec = dataset.spec(state["model_args"]["image_size"])
+    held_out = np.zeros(len(dataset.train_labels), dtype=bool)
+    held_out[np.asarray(state["calibration_split"]["indices"])] = True
+    train_images, train_labels = dataset.train_images.numpy(), dataset.train_labels.numpy()
+    test_images, test_labels = dataset.test_images.numpy(), dataset.test_labels.numpy()
+
+    _, train_features = logits_and_features(model, train_images[~held_out], spec)
+    slice_logits, slice_features = logits_and_features(model, train_images[held_out], spec)
+    test_logits, test_features = logits_and_features(model, test_images, spec)
+    temperature = fit_temperature(slice_logits, train_labels[held_out])
+    gaussian = GaussianFit.of(train_features, train_labels[~held_out])
+    neighbours = NeighbourFit.of(train_features, k)
+    scores = {
+        "max softmax": lambda logits, features: max_softmax(logits, temperature),
+        "energy": lambda logits, features: energy(logits, temperature),
+        "Mahalanobis": lambda logits, features: gaussian.score(features),
+        f"{k}-NN distance": lambda logits, features: neighbours.score(features),
+    }
+    sets = {name: logits_and_features(model, images, spec) for name, images in unfamiliar_sets(test_images).items()}
+    rows = []
+    for score_name, score in scores.items():
+        threshold = threshold_accepting(score(slice_logits, slice_features))
+        familiar = score(test_logits, test_features)
+        for set_name, (logits, features) in sets.items():
+            unfamiliar = score(logits, features)
+            rows.append(
+                {
+                    "score": score_name,
+                    "set": set_name,
+                    "images": len(unfamiliar),
+                    "auroc": round(auroc(familiar, unfamiliar), 4),
+                    "accepted": round(accepted(unfamiliar, threshold), 4),
+                    "test rejected": round(1 - accepted(familiar, threshold), 4),
+                }
+            )
+    accuracy = float((test_logits.argmax(1) == test_labels).mean())
+    return {"checkpoint": str(checkpoint), "temperature": temperature, "test_accuracy": accuracy, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data-dir", default=None, help="the Fashion-MNIST folder, where not the system's")
+    parser.add_argument("-k", type=int, default=50, help="the neighbour whose distance is the k-NN score")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if args.k < 1:
+        raise UsageError(f"-k must be at least 1, got {args.k}")
+    figures = measure(args.checkpoint, args.data_dir, args.k)
+    print(f"{args.checkpoint}: test accuracy {figures['test_accuracy']:.2%}, T = {figures['temperature']:.4g}")
+    print(markdown_table(figures["rows"], list(figures["rows"][0])), end="")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    run_script(main)

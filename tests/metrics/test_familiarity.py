@@ -1,0 +1,60 @@
+"""The familiarity scores and the figures that judge them, on inputs whose answers are known in advance."""
+
+import numpy as np
+import pytest
+
+from vggdeploy.metrics.familiarity import (
+    GaussianFit,
+    NeighbourFit,
+    accepted,
+    auroc,
+    energy,
+    max_softmax,
+    threshold_accepting,
+)
+
+
+def test_auroc_is_the_share_of_familiar_unfamiliar_pairs_ordered_right_with_ties_half():
+    assert auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert auroc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    assert auroc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5
+    # pairs (2,1) (2,2) (3,1) (3,2): right, tie, right, right -> 3.5 of 4
+    assert auroc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == 0.875
+
+
+def test_the_threshold_accepts_the_stated_share_of_the_familiar_scores():
+    familiar = np.arange(100, dtype=float)
+    threshold = threshold_accepting(familiar, 0.95)
+    assert threshold == 5.0 and accepted(familiar, threshold) == 0.95
+    assert accepted(np.array([4.9, 5.0, 6.0, -1.0]), threshold) == 0.5
+
+
+def test_logit_scores_match_their_formulas():
+    logits = np.array([[2.0, 0.0], [0.0, 0.0]])
+    assert max_softmax(logits) == pytest.approx([np.exp(2) / (np.exp(2) + 1), 0.5])
+    assert energy(logits) == pytest.approx([np.log(np.exp(2) + 1), np.log(2)])
+    assert energy(logits, temperature=2.0) == pytest.approx(
+        2 * np.log(np.exp(1) + 1) * np.array([1, 0]) + [0, 2 * np.log(2)]
+    )
+    assert energy(np.array([[1000.0, 999.0]])) == pytest.approx([1000 + np.log(1 + np.exp(-1))])  # no overflow
+
+
+def test_mahalanobis_is_minus_the_squared_distance_to_the_nearest_class_mean():
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 1, (2000, 2)), rng.normal(10, 1, (2000, 2))])
+    labels = np.repeat([0, 1], 2000)
+    fit = GaussianFit.of(features, labels)
+    assert fit.means == pytest.approx(np.array([[0, 0], [10, 10]]), abs=0.1)
+    assert np.linalg.inv(fit.precision) == pytest.approx(np.eye(2), abs=0.1)
+    near, between, far = fit.score(np.array([[0.0, 0.0], [5.0, 5.0], [30.0, -30.0]]))
+    assert near > between > far
+    point = np.array([5.0, 5.0])
+    assert between == pytest.approx(-min((point - mean) @ fit.precision @ (point - mean) for mean in fit.means))
+
+
+def test_the_neighbour_score_is_minus_the_kth_distance_between_unit_rows():
+    bank = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    fit = NeighbourFit.of(bank * 7, k=2)  # lengths do not count
+    # (1, 1)/sqrt2 is 0.765 from both (1, 0) and (0, 1): the second nearest is that far
+    assert fit.score(np.array([[3.0, 3.0]])) == pytest.approx([-np.sqrt(2 - np.sqrt(2))])
+    assert fit.score(np.array([[2.0, 0.0]]), chunk=1) == pytest.approx([-np.sqrt(2)])

@@ -1,0 +1,108 @@
+"""How familiar an image looks to a model: scores from its logits or its penultimate features, higher = more like
+the training images, and the figures that say how well a score tells familiar images from others (numpy only).
+
+The candidates are the literature's: the maximum softmax probability (Hendrycks & Gimpel, 2017), the energy score
+(Liu et al., 2020), the Mahalanobis distance to the nearest class mean with a shared covariance (Lee et al., 2018),
+and the distance to the k-th nearest training image in normalised feature space (Sun et al., 2022).
+``scripts/familiarity_benchmark.py`` measures them (BENCHMARKS.md, "Familiarity").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from vggdeploy.deploy.contract import probabilities
+
+ACCEPTED_SHARE = 0.95  # the familiar held-out images a threshold accepts (its true-positive rate)
+
+
+def max_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The largest class probability, softmax(logits / T)."""
+    return probabilities(np.asarray(logits, dtype=np.float64), temperature).max(axis=1)
+
+
+def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The negative free energy, T * logsumexp(logits / T): large where some class's logit is large."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    top = scaled.max(axis=1, keepdims=True)
+    return temperature * (top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1)))
+
+
+@dataclass(frozen=True)
+class GaussianFit:
+    """Class means and one shared covariance of training features: the score is minus the smallest squared
+    Mahalanobis distance to a class mean."""
+
+    means: np.ndarray  # (classes, D)
+    precision: np.ndarray  # (D, D), the inverse of the shared covariance
+
+    @classmethod
+    def of(cls, features: np.ndarray, labels: np.ndarray, ridge: float = 1e-6) -> GaussianFit:
+        features = np.asarray(features, dtype=np.float64)
+        classes = np.unique(labels)
+        means = np.stack([features[labels == c].mean(axis=0) for c in classes])
+        centred = features - means[np.searchsorted(classes, labels)]
+        covariance = centred.T @ centred / len(features)
+        covariance += ridge * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+        return cls(means, np.linalg.inv(covariance))
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        features = np.asarray(features, dtype=np.float64)
+        # (x - m)^T P (x - m) = x^T P x - 2 m^T P x + m^T P m, for every class mean at once
+        projected = features @ self.precision
+        own = (projected * features).sum(axis=1, keepdims=True)
+        cross = projected @ self.means.T
+        means = ((self.means @ self.precision) * self.means).sum(axis=1)
+        return -(own - 2 * cross + means).min(axis=1)
+
+
+@dataclass(frozen=True)
+class NeighbourFit:
+    """Training features scaled to unit length: the score is minus the distance to the k-th nearest one."""
+
+    bank: np.ndarray  # (N, D), unit rows
+    k: int
+
+    @classmethod
+    def of(cls, features: np.ndarray, k: int = 50) -> NeighbourFit:
+        return cls(_unit_rows(features), k)
+
+    def score(self, features: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        unit = _unit_rows(features)
+        scores = []
+        for start in range(0, len(unit), chunk):
+            similarity = unit[start : start + chunk] @ self.bank.T  # |a - b|^2 = 2 - 2 a.b for unit rows
+            kth = -np.partition(-similarity, self.k - 1, axis=1)[:, self.k - 1]
+            scores.append(-np.sqrt(np.maximum(2 - 2 * kth, 0)))
+        return np.concatenate(scores)
+
+
+def _unit_rows(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float64)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def auroc(familiar: np.ndarray, unfamiliar: np.ndarray) -> float:
+    """The probability that a random familiar image scores above a random unfamiliar one (ties count half): the
+    Mann-Whitney statistic from the ranks of all scores, tied scores sharing their mean rank."""
+    scores = np.concatenate([familiar, unfamiliar]).astype(np.float64)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mean_ranks = np.cumsum(counts) - (counts - 1) / 2
+    familiar_ranks = mean_ranks[inverse][: len(familiar)].sum()
+    pairs = len(familiar) * len(unfamiliar)
+    return float((familiar_ranks - len(familiar) * (len(familiar) + 1) / 2) / pairs)
+
+
+def threshold_accepting(familiar: np.ndarray, share: float = ACCEPTED_SHARE) -> float:
+    """The highest score that at least ``share`` of the familiar images reach (the threshold for that true-positive
+    rate: of 100 images, 95 reach it)."""
+    ordered = np.sort(np.asarray(familiar, dtype=np.float64))
+    return float(ordered[len(ordered) - math.ceil(share * len(ordered) - 1e-9)])
+
+
+def accepted(scores: np.ndarray, threshold: float) -> float:
+    """The share of images whose score reaches the threshold."""
+    return float((np.asarray(scores) >= threshold).mean())
