@@ -11,10 +11,12 @@ calibration slice), the slice, the test set, and sets the model never saw, made 
 - inverted: Fashion-MNIST test images with their levels inverted (255 - x);
 - upside down: Fashion-MNIST test images flipped top to bottom.
 
-Each score (maximum softmax and energy at the temperature fitted on the slice, Mahalanobis distance and k-th nearest
-neighbour distance on the penultimate features) is fitted on the training images where it needs a fit, its
-threshold set on the slice to accept 95 % of it, and then reported per set: AUROC against the test set, the share
-of the set accepted, and the share of the test set rejected.
+Each score (maximum softmax and energy at the temperature fitted on the slice; Mahalanobis distance and k-th nearest
+neighbour distance on the penultimate features; Mahalanobis distance on the first stage's channel statistics, each
+channel's mean and standard deviation over the image; and the sum of the two Mahalanobis scores, each standardised on
+the slice) is fitted on the training images where it needs a fit, its threshold set on the slice to accept 95 % of
+it, and then reported per set: AUROC against the test set, the share of the set accepted, and the share of the test
+set rejected.
 
     python scripts/familiarity_benchmark.py artifacts/vgg11_bn-w8-32px/checkpoints/best.pt [--json out.json]
 """
@@ -83,16 +85,27 @@ def unfamiliar_sets(test_images: np.ndarray, seed: int = 0) -> dict[str, np.ndar
 
 
 @torch.no_grad()
-def logits_and_features(model, images: np.ndarray, spec, chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """The logits and the penultimate features (the last Linear layer's input) of uint8 (N, H, W) images."""
-    head, last = model.classifier[:-1], model.classifier[-1]
-    logits, features = [], []
+def representations(model, images: np.ndarray, spec, chunk: int = 1000) -> dict[str, np.ndarray]:
+    """What the scores read of uint8 (N, H, W) images: the logits, the penultimate features (the last Linear layer's
+    input), and the first stage's statistics (each channel's mean and standard deviation over the image)."""
+    head, last, first = model.classifier[:-1], model.classifier[-1], model.features[0]
+    parts: dict[str, list[np.ndarray]] = {"logits": [], "penultimate": [], "first stage": []}
     for start in range(0, len(images), chunk):
         batch = to_input_tensor(torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])), spec)
-        penultimate = head(model.features(batch))
-        features.append(penultimate.double().numpy())
-        logits.append(last(penultimate).double().numpy())
-    return np.concatenate(logits), np.concatenate(features)
+        early = first(batch)
+        penultimate = head(model.features[1:](early))
+        parts["first stage"].append(torch.cat([early.mean((2, 3)), early.std((2, 3))], 1).double().numpy())
+        parts["penultimate"].append(penultimate.double().numpy())
+        parts["logits"].append(last(penultimate).double().numpy())
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def standardised(score, reference: dict[str, np.ndarray]):
+    """``score`` rescaled to mean 0 and standard deviation 1 on ``reference`` (the slice), so that scores of
+    different layers can be added."""
+    values = score(reference)
+    mean, deviation = values.mean(), values.std()
+    return lambda seen: (score(seen) - mean) / deviation
 
 
 def measure(checkpoint: Path, data_dir: str | None, k: int) -> dict:
@@ -100,31 +113,37 @@ def measure(checkpoint: Path, data_dir: str | None, k: int) -> dict:
     dataset = dataset_of(state, data_dir)
     if dataset.channels != 1 or len(dataset.class_names) != 10:
         raise UsageError(f"{checkpoint}: the made sets are 28x28 grayscale; this benchmark needs a Fashion-MNIST model")
-    spec = dataset.spec(state["model_args"]["image_size"])
+    spec = dataset.spec(state["model_args"].image_size)
     held_out = np.zeros(len(dataset.train_labels), dtype=bool)
     held_out[np.asarray(state["calibration_split"]["indices"])] = True
     train_images, train_labels = dataset.train_images.numpy(), dataset.train_labels.numpy()
     test_images, test_labels = dataset.test_images.numpy(), dataset.test_labels.numpy()
 
-    _, train_features = logits_and_features(model, train_images[~held_out], spec)
-    slice_logits, slice_features = logits_and_features(model, train_images[held_out], spec)
-    test_logits, test_features = logits_and_features(model, test_images, spec)
-    temperature = fit_temperature(slice_logits, train_labels[held_out])
-    gaussian = GaussianFit.of(train_features, train_labels[~held_out])
-    neighbours = NeighbourFit.of(train_features, k)
+    train = representations(model, train_images[~held_out], spec)
+    held = representations(model, train_images[held_out], spec)
+    test = representations(model, test_images, spec)
+    labels = train_labels[~held_out]
+    temperature = fit_temperature(held["logits"], train_labels[held_out])
+    penultimate = GaussianFit.of(train["penultimate"], labels)
+    first_stage = GaussianFit.of(train["first stage"], labels)
+    neighbours = NeighbourFit.of(train["penultimate"], k)
     scores = {
-        "max softmax": lambda logits, features: max_softmax(logits, temperature),
-        "energy": lambda logits, features: energy(logits, temperature),
-        "Mahalanobis": lambda logits, features: gaussian.score(features),
-        f"{k}-NN distance": lambda logits, features: neighbours.score(features),
+        "max softmax": lambda seen: max_softmax(seen["logits"], temperature),
+        "energy": lambda seen: energy(seen["logits"], temperature),
+        "Mahalanobis, penultimate": lambda seen: penultimate.score(seen["penultimate"]),
+        f"{k}-NN distance, penultimate": lambda seen: neighbours.score(seen["penultimate"]),
+        "Mahalanobis, first-stage statistics": lambda seen: first_stage.score(seen["first stage"]),
     }
-    sets = {name: logits_and_features(model, images, spec) for name, images in unfamiliar_sets(test_images).items()}
+    late = standardised(scores["Mahalanobis, penultimate"], held)
+    early = standardised(scores["Mahalanobis, first-stage statistics"], held)
+    scores["Mahalanobis, first stage + penultimate"] = lambda seen: early(seen) + late(seen)
+    sets = {name: representations(model, images, spec) for name, images in unfamiliar_sets(test_images).items()}
     rows = []
     for score_name, score in scores.items():
-        threshold = threshold_accepting(score(slice_logits, slice_features))
-        familiar = score(test_logits, test_features)
-        for set_name, (logits, features) in sets.items():
-            unfamiliar = score(logits, features)
+        threshold = threshold_accepting(score(held))
+        familiar = score(test)
+        for set_name, seen in sets.items():
+            unfamiliar = score(seen)
             rows.append(
                 {
                     "score": score_name,
@@ -135,7 +154,7 @@ def measure(checkpoint: Path, data_dir: str | None, k: int) -> dict:
                     "test rejected": round(1 - accepted(familiar, threshold), 4),
                 }
             )
-    accuracy = float((test_logits.argmax(1) == test_labels).mean())
+    accuracy = float((test["logits"].argmax(1) == test_labels).mean())
     return {"checkpoint": str(checkpoint), "temperature": temperature, "test_accuracy": accuracy, "rows": rows}
 
 

@@ -1,5 +1,10 @@
 """The familiarity scores and the figures that judge them, on inputs whose answers are known in advance."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -58,3 +63,32 @@ def test_the_neighbour_score_is_minus_the_kth_distance_between_unit_rows():
     # (1, 1)/sqrt2 is 0.765 from both (1, 0) and (0, 1): the second nearest is that far
     assert fit.score(np.array([[3.0, 3.0]])) == pytest.approx([-np.sqrt(2 - np.sqrt(2))])
     assert fit.score(np.array([[2.0, 0.0]]), chunk=1) == pytest.approx([-np.sqrt(2)])
+
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "familiarity_benchmark.py"
+
+
+@pytest.mark.slow
+def test_the_benchmark_scores_every_set_with_every_score(tiny_checkpoint, tmp_path):
+    out = tmp_path / "familiarity.json"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tiny_checkpoint), "--json", str(out), "-k", "10"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    sets = ["digits", "letters", "noise", "blanks", "inverted", "upside down"]
+    assert [row["set"] for row in rows] == sets * 6 and len({row["score"] for row in rows}) == 6
+    assert all(0 <= row["auroc"] <= 1 and 0 <= row["accepted"] <= 1 for row in rows)
+    # each threshold accepts 95 % of the held-out slice: about 5 % of the test set falls below it
+    assert all(0.02 < row["test rejected"] < 0.08 for row in rows)
+    assert result.stdout.splitlines()[1] == "| score | set | images | auroc | accepted | test rejected |"
+
+
+def test_the_benchmark_refuses_a_k_below_1_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "best.pt"), "-k", "0"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr == "error: -k must be at least 1, got 0\n"
