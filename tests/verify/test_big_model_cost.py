@@ -15,7 +15,8 @@ def test_each_command_is_measured_against_the_exported_file(tmp_path):
     out = tmp_path / "cost.json"
     result = subprocess.run(
         [
-            *(sys.executable, str(SCRIPT), "--image-size", "32", "--width-ratio", "16", "--out", str(tmp_path / "big")),
+            *(sys.executable, str(SCRIPT), "--image-size", "32", "--width-ratio", "16", "--hidden", "64"),
+            *("--out", str(tmp_path / "big")),
             *("--check-images", "100", "--export-options=--no-calibration", "--json", str(out)),
         ],
         capture_output=True,
@@ -27,6 +28,8 @@ def test_each_command_is_measured_against_the_exported_file(tmp_path):
     size = (tmp_path / "big" / "run" / "onnx" / "model.onnx").stat().st_size
     assert figures["model_file_mb"] == round(size / 1e6, 2)
     assert [step["command"].split()[1] for step in figures["steps"]] == ["train", "export", "check"]
+    assert "--preset full --no-compile" in figures["steps"][0]["command"]
+    assert "--hidden 64" in figures["steps"][0]["command"]
     assert "--no-calibration" in figures["steps"][1]["command"] and "--images 100" in figures["steps"][2]["command"]
     for step in figures["steps"]:
         assert step["exit"] == 0 and step["wall_s"] > 0 and 0.1 < step["peak_rss_gb"] < 20
