@@ -339,6 +339,7 @@ def test_the_rgb_model_carries_its_classes_colour_and_normalisation(rgb_export, 
     assert Image.open(onnx_folder / "golden" / golden["images"][0]["file"]).mode == "RGB"
 
 
+@pytest.mark.slow  # trains and exports the RGB model (seconds more than the fast tier allows)
 def test_the_holdout_triton_and_info_follow_the_folder(rgb_export):
     from vggdeploy.model.checkpoint import load_checkpoint
 
@@ -366,6 +367,7 @@ def test_mixed_modes_and_sizes_decode_into_one_rgb_set(rgb_set, tmp_path):
     assert len(dataset.train_images) == 245 and dataset.color == "rgb" and not dataset.description["skipped"]
 
 
+@pytest.mark.slow  # trains and exports the RGB model (seconds more than the fast tier allows)
 def test_run_and_the_preprocessing_variant_give_the_golden_answers_on_rgb(rgb_export):
     onnx_folder, cache = rgb_export
     golden = json.loads((onnx_folder / "golden" / "golden.json").read_text())
@@ -435,6 +437,7 @@ def test_the_node_service_and_the_web_page_answer_the_rgb_golden_images(rgb_expo
     assert web.returncode == 0 and "# pass 3" in web.stdout and "# fail 0" in web.stdout, web.stdout[-3000:]
 
 
+@pytest.mark.slow  # trains and exports the RGB model (seconds more than the fast tier allows)
 def test_the_cpp_program_answers_the_rgb_golden_images(rgb_export):
     onnx_folder, _ = rgb_export
     program = ROOT / "examples" / "cpp" / "build" / "classify"
@@ -562,6 +565,7 @@ def test_train_help_shows_the_defaults_a_plain_run_takes_here():
     assert "--hidden INTEGER Hidden FC width. [default: 4096]" in info  # an architecture's own default
 
 
+@pytest.mark.slow  # trains and exports the RGB model (seconds more than the fast tier allows)
 def test_channel_order_and_gray_weights_are_exact_in_python_alone(rgb_export, tmp_path):
     """BGR fed to a colour model, or the gray weights applied to B, G, R, passed every Python test; only the Node and
     C++ tests noticed, and they skip where Node or the C++ build is missing. Pure red, green and blue PNGs: the numpy
