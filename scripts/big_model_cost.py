@@ -4,7 +4,8 @@ against the size of the exported fp32 file (issue #33's measurement).
 The checkpoint is made by the CLI itself: the `full` preset's model (VGG-11-BN at 224 px by default, 4096-wide
 hidden layers: a 515 MB fp32 file) trained for one epoch on a few Fashion-MNIST images (its weights do not matter
 for the cost), then `vggdeploy export` and `vggdeploy check` run as they would for a user, each in its own
-process, whose peak RSS the kernel reports when it ends (``wait4``'s ``ru_maxrss``).
+process, whose peak RSS the kernel reports when it ends (``wait4``'s ``ru_maxrss``); export's own report adds the
+seconds of each of its phases and its peak RSS when each ended.
 
     python scripts/big_model_cost.py --arch A --image-size 224 --out /tmp/big [--check-images 500] [--json cost.json]
 """
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from vggdeploy.artifacts import RunFolder, model_file
+from vggdeploy.artifacts import RunFolder, export_report, model_file
 from vggdeploy.errors import UsageError, run_script
 from vggdeploy.report import markdown_table
 
@@ -54,6 +55,8 @@ def measure(model: list[str], out: Path, export_options: list[str], check: list[
     onnx = out / "run" / "onnx"
     steps.append(measured([*cli, "export", "--checkpoint", str(checkpoint), "--out", str(onnx), *export_options]))
     size = model_file(onnx).stat().st_size if model_file(onnx).is_file() else None
+    report = export_report(onnx, "json")
+    phases = json.loads(report.read_text())["phases"] if report.is_file() else []
     if check is not None:
         steps.append(
             measured([*cli, "check", "--model", str(model_file(onnx)), "--checkpoint", str(checkpoint), *check])
@@ -64,6 +67,7 @@ def measure(model: list[str], out: Path, export_options: list[str], check: list[
         "model_file_mb": None if size is None else round(size / 1e6, 2),
         "cpu_count": os.cpu_count(),
         "steps": steps,
+        "export_phases": phases,  # export's own record: seconds, and its peak memory when each phase ended
     }
 
 
@@ -93,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     figures = measure(model, args.out, shlex.split(args.export_options), check)
     print(f"fp32 model file: {figures['model_file_mb']} MB; {figures['cpu_count']} CPU cores")
     print(markdown_table(figures["steps"], list(figures["steps"][0])), end="")
+    if figures["export_phases"]:
+        print("\nexport's phases (peak RSS so far when each ended):")
+        print(markdown_table(figures["export_phases"], ["phase", "seconds", "peak_rss_gb"]), end="")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0 if all(step["exit"] == 0 for step in figures["steps"]) else 1

@@ -466,6 +466,23 @@ class IntList(click.ParamType):
         return numbers
 
 
+class CountOrAll(click.ParamType):
+    """A positive count, or ``all``."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx) -> int | str:
+        if value == "all" or isinstance(value, int):
+            return value
+        try:
+            count = int(value)
+        except ValueError:
+            self.fail(f"must be a count or 'all', got {value!r}", param, ctx)
+        if count < 1:
+            self.fail(f"must be at least 1, got {value!r}", param, ctx)
+        return count
+
+
 def _listed(numbers: tuple[int, ...]) -> str:
     return ",".join(map(str, numbers))
 
@@ -490,9 +507,16 @@ def _listed(numbers: tuple[int, ...]) -> str:
 @click.option(
     "--audit-batches",
     type=IntList(),
-    default=_listed(ExportConfig.audit_batches),
-    show_default=True,
-    help="Batch sizes that must agree row by row.",
+    default=None,
+    help="Batch sizes that must agree row by row [default: 1,2,7 and the largest batch that fits the memory budget, "
+    "at most 256].",
+)
+@click.option(
+    "--test-images",
+    type=CountOrAll(),
+    default=None,
+    help="Test images the figures rest on (evenly spread), or 'all' [default: all; on a CPU, 1,000 when a torch pass "
+    "over the whole test set would exceed 20 TFLOP].",
 )
 @click.option(
     "--variant-images",
@@ -523,6 +547,7 @@ def export(
     atol,
     parity_images,
     audit_batches,
+    test_images,
     variant_images,
     triton_repo,
     no_calibration,
@@ -549,6 +574,7 @@ def export(
         atol=atol,
         parity_images=parity_images,
         audit_batches=audit_batches,
+        test_images=test_images,
         variant_images=variant_images,
         calibrate=not no_calibration,
         **_variant_limits(limits),

@@ -203,7 +203,11 @@ class ExportConfig:
     with_preprocessing: bool = False  # also write model.preprocess.onnx (uint8 images of any size in)
     atol: float = 1e-3  # max |logit difference| allowed between ONNX Runtime fp32 and torch
     parity_images: int = 256  # real test images for the parity check at export
-    audit_batches: tuple[int, ...] = (1, 2, 7, 256)  # batch sizes that must all give the batch-1 answers
+    # batch sizes that must all give the batch-1 answers; None: 1, 2, 7 and the working batch (256 where memory allows)
+    audit_batches: tuple[int, ...] | None = None
+    # test images the figures rest on (one torch pass shared by parity, calibration and the variants): a count,
+    # "all", or None: all of them, except on a CPU for a model whose whole pass is costly (passes.evaluation_sample)
+    test_images: int | str | None = None
     golden_images: int = 10  # one test image per class, with expected logits, next to the model
     int8_calibration_images: int = 256  # training images that set the int8 variant's activation ranges
     calibrate: bool = True  # fit the temperature on the checkpoint's held-out slice (--no-calibration: T = 1)
@@ -223,8 +227,10 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if not 13 <= self.opset <= 23:
             raise UsageError(f"opset {self.opset} is outside the supported range 13..23")
-        if not self.audit_batches or min(self.audit_batches) < 1:
+        if self.audit_batches is not None and (not self.audit_batches or min(self.audit_batches) < 1):
             raise UsageError("audit batches must be positive sizes")
+        if self.test_images != "all" and self.test_images is not None and not self.test_images >= 1:
+            raise UsageError(f"--test-images must be a count of at least 1 or 'all', got {self.test_images}")
         for name in ("parity_images", "golden_images", "int8_calibration_images", "variant_images", "calibration_bins"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1")

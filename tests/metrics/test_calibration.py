@@ -287,7 +287,11 @@ def test_the_temperature_is_fitted_on_the_held_out_slice_and_nothing_else(tiny_c
     model, state = rebuild_model(tiny_checkpoint)
     dataset = dataset_of(state, data_dir)
     spec = PreprocessSpec(32, 32)
-    calibration = temperature_module.calibrate(model, state, dataset, spec, ExportConfig())
+    test = (
+        temperature_module.torch_logits(model, dataset.test_images[:500], spec),
+        dataset.test_labels[:500].numpy(),
+    )
+    calibration = temperature_module.calibrate(model, state, dataset, spec, ExportConfig(), test)
     images, labels = temperature_module.held_out_slice(state, dataset)
     assert len(seen) == 1 and calibration.fitted
     fitted_logits, fitted_labels = seen[0]

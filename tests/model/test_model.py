@@ -61,6 +61,7 @@ def test_shape_walk_of_A_at_224_matches_the_seeds():
     ]
     assert summary.parameters == 128_806_154
     assert summary.gflops == pytest.approx(15.09, abs=0.01)
+    assert summary.largest_activation == 64 * 224 * 224  # the first convolution's output, before its pool
     text = summary.format()
     assert "512x7x7" in text and "128,806,154" in text
 

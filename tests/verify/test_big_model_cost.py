@@ -34,6 +34,10 @@ def test_each_command_is_measured_against_the_exported_file(tmp_path):
     for step in figures["steps"]:
         assert step["exit"] == 0 and step["wall_s"] > 0 and 0.1 < step["peak_rss_gb"] < 20
         assert step["rss_over_file"] == round(step["peak_rss_gb"] * 1e9 / size, 2)
+    phases = [phase["phase"] for phase in figures["export_phases"]]
+    assert phases[0] == "load the checkpoint and the data" and phases[-1] == "write"
+    assert max(phase["peak_rss_gb"] for phase in figures["export_phases"]) <= figures["steps"][1]["peak_rss_gb"]
+    assert "export's phases" in result.stdout
     assert result.stdout.splitlines()[0].startswith(f"fp32 model file: {figures['model_file_mb']} MB")
 
 

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from vggdeploy.config import ExportConfig
-from vggdeploy.data.batches import to_input_tensor
 from vggdeploy.data.dataset import Dataset
 from vggdeploy.deploy.contract import probabilities
 from vggdeploy.deploy.preprocess import PreprocessSpec
@@ -28,10 +27,8 @@ from vggdeploy.metrics.calibration import (
     fit_temperature,
     temperature_interval,
 )
-from vggdeploy.model.vgg import predict_logits
+from vggdeploy.passes import stream_logits, torch_device, torch_engine, working_batch
 from vggdeploy.plots import plot_reliability
-
-LOGITS_CHUNK = 1000  # images preprocessed at a time (a whole split at 224 px would take gigabytes)
 
 
 @dataclass(frozen=True)
@@ -74,8 +71,8 @@ class Calibration:
             return f"calibration: temperature 1 ({self.method}); {test}"
         return (
             f"calibration: temperature {self.temperature:.4f} fitted on {self.slice_before.images:,} held-out "
-            f"training images; test ECE {self.test_before.ece:.2%} -> "
-            f"{self.test_after.ece:.2%}, NLL {self.test_before.nll:.3f} -> {self.test_after.nll:.3f}"
+            f"training images; test ECE {self.test_before.ece:.2%} -> {self.test_after.ece:.2%}, NLL "
+            f"{self.test_before.nll:.3f} -> {self.test_after.nll:.3f} ({self.test_before.images:,} test images)"
         )
 
     def plot(self, path: Path, title: str) -> None:
@@ -95,15 +92,11 @@ class Calibration:
         )
 
 
-def torch_logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec) -> np.ndarray:
-    """The torch fp32 logits of uint8 images, on the GPU when there is one."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return np.concatenate(
-        [
-            predict_logits(model, to_input_tensor(images[i : i + LOGITS_CHUNK], spec).numpy(), device)
-            for i in range(0, len(images), LOGITS_CHUNK)
-        ]
-    )
+def torch_logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec, what: str = "torch") -> np.ndarray:
+    """The torch fp32 logits of uint8 images, on the GPU when there is one, in batches that fit in memory."""
+    device = torch_device()
+    batch = working_batch(model.args, device)
+    return stream_logits(images, spec, {"torch": torch_engine(model, device, batch)}, batch, what)["torch"]
 
 
 MIN_SLICE_ERRORS = 30  # misclassified held-out images a temperature fit needs (BENCHMARKS.md, own images)
@@ -148,14 +141,19 @@ def held_out_slice(state: dict, dataset: Dataset) -> tuple[torch.Tensor, torch.T
 
 
 def calibrate(
-    model: torch.nn.Module, state: dict, dataset: Dataset, spec: PreprocessSpec, config: ExportConfig
+    model: torch.nn.Module,
+    state: dict,
+    dataset: Dataset,
+    spec: PreprocessSpec,
+    config: ExportConfig,
+    test: tuple[np.ndarray, np.ndarray] | None,
 ) -> Calibration:
-    """Fit T on the held-out slice and measure the test set before and after. With ``config.calibrate`` off, neither:
-    T = 1, and no pass of torch over the whole test set (minutes on a CPU at 224 px)."""
+    """Fit T on the held-out slice and measure the test set (``test``: torch's logits of the export's test sample
+    and their labels) before and after. With ``config.calibrate`` off, neither: T = 1."""
     bins = config.calibration_bins
     if not config.calibrate:
         return Calibration(1.0, False, "none: --no-calibration", bins, None, None, None, None, None, None)
-    test_logits, labels = torch_logits(model, dataset.test_images, spec), dataset.test_labels.numpy()
+    test_logits, labels = test
     held_out = held_out_slice(state, dataset)
     if held_out is None:
         why = (
@@ -165,7 +163,8 @@ def calibrate(
         print(f"vggdeploy: warning: probabilities stay uncalibrated (temperature 1): {why}", file=sys.stderr)
         test = CalibrationFigures.measure(test_logits, labels, 1.0, bins)
         return Calibration(1.0, False, f"none: {why}", bins, None, None, test, test, test_logits, labels)
-    slice_logits, slice_labels = torch_logits(model, held_out[0], spec), held_out[1].numpy()
+    slice_logits = torch_logits(model, held_out[0], spec, "torch on the held-out slice")
+    slice_labels = held_out[1].numpy()
     temperature = fit_temperature(slice_logits, slice_labels)
     refused = unfit_slice(slice_logits, slice_labels, temperature)
     if refused is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from pathlib import Path
 
 import onnx
 
@@ -33,9 +34,10 @@ class GraphStats:
         return cls(len(proto.graph.node), dict(sorted(ops.items())), proto.ByteSize())
 
 
-def check_proto(proto: onnx.ModelProto) -> None:
+def check_proto(proto: onnx.ModelProto | Path) -> None:
+    """onnx's full check (with strict shape inference) of a graph, or of a file read by its C++ loader."""
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(proto if isinstance(proto, onnx.ModelProto) else str(proto), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise CheckFailed(f"onnx.checker rejected the graph: {str(error).splitlines()[0]}") from None
 

@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import io
 import json
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +41,21 @@ from vggdeploy.files import ensure_writable, folder_lock, require_replaceable, s
 from vggdeploy.metrics.parity import ParityResult, compare_logits
 from vggdeploy.model.archs import ModelArgs
 from vggdeploy.model.checkpoint import rebuild_model
-from vggdeploy.model.vgg import count_parameters, onnx_size_problem, predict_logits
+from vggdeploy.model.vgg import count_parameters, onnx_size_problem, release_weights, summarize
+from vggdeploy.passes import (
+    EvaluationSample,
+    evaluation_sample,
+    session_engine,
+    stream_logits,
+    torch_device,
+    torch_engine,
+    working_batch,
+)
+from vggdeploy.phases import PhaseLog
 from vggdeploy.report import markdown_table, write_json, write_text
 from vggdeploy.versions import deployment_versions
+
+SCRATCH = ".scratch"  # a folder inside the staging folder, removed before the export is swapped in
 
 if TYPE_CHECKING:
     from vggdeploy.export.variants import Variant
@@ -73,8 +86,10 @@ class ExportResult:
     parity: ParityResult
     simplified: bool
     calibration: Calibration
+    sample: EvaluationSample
     variants: dict[str, Variant] = field(default_factory=dict)
     triton_model: Path | None = None  # the Triton model's folder in --triton-repo
+    phases: list[dict] = field(default_factory=list)  # wall seconds and peak memory so far, per phase
 
     def format(self) -> str:
         step = "simplified" if self.simplified else "not simplified (--no-simplify)"
@@ -83,6 +98,7 @@ class ExportResult:
             f"  graph: {self.before.nodes} nodes ({self.before.bytes / 1e6:.2f} MB) -> {step} "
             f"{self.after.nodes} nodes ({self.after.bytes / 1e6:.2f} MB): {self.after.ops}",
             f"  {self.audit.format()}",
+            f"  {self.sample.format()}",
             f"  parity {self.parity.format()}",
             f"  {self.calibration.format()}",
         ]
@@ -126,15 +142,15 @@ def batch_is_dynamic(proto: onnx.ModelProto) -> bool:
     )
 
 
-def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+def simplify_file(source: Path, target: Path) -> onnx.ModelProto:
+    """onnxsim from file to file, in its C++ core (no Python copy of the weights on the way in); the result."""
     import onnxsim
 
-    simplified, ok = onnxsim.simplify(proto)
+    simplified, ok = onnxsim.simplify(str(source), output_path=str(target), external_data_threshold="2GB")
     if not ok:
         raise CheckFailed("onnxsim could not validate the simplified model against the original")
     if not batch_is_dynamic(simplified):
         raise CheckFailed("onnxsim froze the batch axis; export again with --no-simplify")
-    cap_ir_version(simplified)
     return simplified
 
 
@@ -215,94 +231,141 @@ def _require_apart(out_dir: Path, triton_repo: Path) -> None:
 
 def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data_dir, triton_repo) -> ExportResult:
     out_dir = Path(out_dir)
-    model, state = rebuild_model(checkpoint, expected_arch)
-    args: ModelArgs = state["model_args"]
-    too_large = onnx_size_problem(count_parameters(model))
-    if too_large is not None:
-        raise DataError(f"{checkpoint}: {too_large}")
-    require_replaceable(out_dir, export_folder_entries(), "vggdeploy export")
-    if triton_repo is not None:
-        require_replaceable(Path(triton_repo) / triton_model_name(args), TRITON_MODEL_ENTRIES, "vggdeploy export")
-    dataset = dataset_of(state, data_dir)
+    phases = PhaseLog()
+    with phases.phase("load the checkpoint and the data"):
+        model, state = rebuild_model(checkpoint, expected_arch)
+        args: ModelArgs = state["model_args"]
+        too_large = onnx_size_problem(count_parameters(model))
+        if too_large is not None:
+            raise DataError(f"{checkpoint}: {too_large}")
+        require_replaceable(out_dir, export_folder_entries(), "vggdeploy export")
+        if triton_repo is not None:
+            require_replaceable(Path(triton_repo) / triton_model_name(args), TRITON_MODEL_ENTRIES, "vggdeploy export")
+        dataset = dataset_of(state, data_dir)
+        ensure_writable(out_dir.parent)
     spec = dataset.spec(args.image_size)
-    test_images, test_labels = dataset.test_images, dataset.test_labels
-    count = max(config.parity_images, max(config.audit_batches), config.golden_images)
-    inputs = to_input_tensor(test_images[:count], spec).numpy()
-    labels = test_labels.numpy()
-    ensure_writable(out_dir.parent)
+    device = torch_device()
+    batch = working_batch(args, device)
+    sample = evaluation_sample(len(dataset.test_labels), config.test_images, summarize(args).gflops, device)
+    sample_images, sample_labels = sample.take(dataset.test_images), sample.take(dataset.test_labels).numpy()
+    parity_count = min(config.parity_images, len(sample))
+    with phases.phase("torch over the test sample"):  # the one pass parity, calibration and the variants share
+        measured = len(sample) if config.calibrate else parity_count
+        torch_test = stream_logits(
+            sample_images[:measured], spec, {"torch": torch_engine(model, device, batch)}, batch, "torch on test images"
+        )["torch"]
+    with phases.phase("calibration"):
+        calibration = calibrate(model, state, dataset, spec, config, (torch_test, sample_labels))
 
-    exported = to_onnx(model, args, config.opset)
-    check_proto(exported)
-    before = GraphStats.of(exported)
-    final = simplify(exported) if config.simplify else exported
-    check_proto(final)
-    session = create_session(final.SerializeToString(), ProviderSettings(provider="cpu"))
-
-    audit = audit_batches(session, inputs, config.audit_batches, config.audit_atol)
-    if not audit:
-        raise CheckFailed(audit.format())
-    parity_inputs = inputs[: config.parity_images]
-    reference = predict_logits(model, parity_inputs)
-    parity = compare_logits(
-        "onnxruntime-cpu fp32 vs torch fp32",
-        reference,
-        run_session(session, parity_inputs),
-        labels[: len(parity_inputs)],
-        atol=config.atol,
-    )
-    if not parity:
-        raise CheckFailed(f"parity at export: {parity.format()}")
-
-    calibration = calibrate(model, state, dataset, spec, config)
-    attach_metadata(
-        final,
-        build_metadata(
-            args, state, dataset, config, "fp32", _parity_summary(parity), calibration.to_metadata(), raw_input=False
-        ),
-    )
-    built = []
-    if config.fp16 or config.int8 or config.with_preprocessing:
-        from vggdeploy.export import variants
-
-        count = config.variant_images
-        built = variants.build_variants(
-            variants.VariantInputs(
-                final,
-                session,
-                to_input_tensor(test_images[:count], spec).numpy(),
-                channels_last(test_images[:count]).numpy(),
-                labels[:count],
-                config,
-                dataset.train_images,
-            )
-        )
-
-    # Every check has passed: build the whole output beside its place, then swap it in (nothing half-written is left)
+    # Everything is built beside --out and swapped in once every check has passed: nothing half-written is left
     with contextlib.ExitStack() as stack:
         staging = stack.enter_context(staged_folder(out_dir))
-        staged_model = model_file(staging)
-        save_onnx(final, staged_model)
-        result = ExportResult(
-            model_file(out_dir),
-            staged_model.stat().st_size,
-            before,
-            GraphStats.of(final),
-            audit,
-            parity,
-            config.simplify,
-            calibration,
-        )
-        write_golden_vectors(golden_folder(staging), session, dataset, spec, config, calibration)
-        if calibration.measured:
-            calibration.plot(reliability_diagram(staging), f"{args.name}: test set, {len(labels):,} images")
-        for variant in built:
-            result.variants[variant.name] = variants.write_variant(variant, staged_model, final)
-            variant.path = sibling(result.model_path, variant.name)  # where it will be once the export is in place
-        if triton_repo is not None:
-            result.triton_model = Path(triton_repo) / triton_model_name(args)  # other models in the repository stay
-            write_triton_model(
-                stack.enter_context(staged_folder(result.triton_model)), final, args, config, dataset.class_names
+        scratch = staging / SCRATCH  # the graph on its way: ONNX Runtime and onnxsim read it from disk
+        scratch.mkdir()
+        with phases.phase("convert to ONNX"):
+            exported = to_onnx(model, args, config.opset)
+            release_weights(model)  # every torch figure is measured
+            before = GraphStats.of(exported)
+            save_onnx(exported, scratch / "exported.onnx")
+            del exported
+        with phases.phase("simplify and check"):
+            checked = scratch / "exported.onnx"
+            if config.simplify:
+                checked = scratch / "simplified.onnx"
+                final = simplify_file(scratch / "exported.onnx", checked)
+            check_proto(checked)
+            if not config.simplify:
+                final = onnx.load(str(checked))
+            cap_ir_version(final)
+            session = create_session(checked, ProviderSettings(provider="cpu"))
+
+        with phases.phase("batch audit"):
+            audited = config.audit_batches or (1, 2, 7, batch)
+            audit_inputs = to_input_tensor(sample_images[: max(audited)], spec).numpy()
+            audit = audit_batches(session, audit_inputs, audited, config.audit_atol)
+            del audit_inputs
+            if not audit:
+                raise CheckFailed(audit.format())
+        with phases.phase("parity"):
+            onnx_test = stream_logits(
+                sample_images[:parity_count],
+                spec,
+                {"onnx": session_engine(session, batch)},
+                batch,
+                "onnxruntime parity",
+            )["onnx"]
+            parity = compare_logits(
+                "onnxruntime-cpu fp32 vs torch fp32",
+                torch_test[:parity_count],
+                onnx_test,
+                sample_labels[:parity_count],
+                atol=config.atol,
             )
+            if not parity:
+                raise CheckFailed(f"parity at export: {parity.format()}")
+
+        attach_metadata(
+            final,
+            build_metadata(
+                args,
+                state,
+                dataset,
+                config,
+                "fp32",
+                _parity_summary(parity),
+                calibration.to_metadata(),
+                raw_input=False,
+            ),
+        )
+        built = []
+        if config.fp16 or config.int8 or config.with_preprocessing:
+            from vggdeploy.export import variants
+
+            count = min(config.variant_images, len(sample))
+            with phases.phase("variants"):
+                built = variants.build_variants(
+                    variants.VariantInputs(
+                        final,
+                        session,
+                        to_input_tensor(sample_images[:count], spec).numpy(),
+                        channels_last(sample_images[:count]).numpy(),
+                        sample_labels[:count],
+                        config,
+                        dataset.train_images,
+                        batch,
+                    )
+                )
+
+        with phases.phase("write"):
+            write_golden_vectors(golden_folder(staging), session, dataset, spec, config, calibration)
+            del session
+            shutil.rmtree(scratch)
+            staged_model = model_file(staging)
+            save_onnx(final, staged_model)
+            result = ExportResult(
+                model_file(out_dir),
+                staged_model.stat().st_size,
+                before,
+                GraphStats.of(final),
+                audit,
+                parity,
+                config.simplify,
+                calibration,
+                sample,
+            )
+            if calibration.measured:
+                calibration.plot(
+                    reliability_diagram(staging), f"{args.name}: test set, {calibration.test_before.images:,} images"
+                )
+            for variant in built:
+                result.variants[variant.name] = variants.write_variant(variant, staged_model, final)
+                variant.path = sibling(result.model_path, variant.name)  # where it will be once the export is in place
+            if triton_repo is not None:
+                result.triton_model = Path(triton_repo) / triton_model_name(args)  # other models in the repository stay
+                write_triton_model(
+                    stack.enter_context(staged_folder(result.triton_model)), final, args, config, dataset.class_names
+                )
+        result.phases = phases.phases
         _write_report(staging, result, args)
     return result
 
@@ -323,6 +386,8 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         "parity": result.parity.to_dict(),
         "variants": {name: variant.to_dict() for name, variant in result.variants.items()},
         "calibration": result.calibration.to_metadata(),
+        "test_sample": result.sample.to_dict(),
+        "phases": result.phases,
         "triton_model": None if result.triton_model is None else str(result.triton_model),
     }
     write_json(export_report(out_dir, "json"), data)
@@ -341,6 +406,7 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
     write_text(
         export_report(out_dir, "md"),
         f"# Export of {args.name}\n\n{result.audit.format()}\n\n"
+        f"{result.sample.format()}\n\n"
         f"Graph as exported: {result.before.nodes} nodes; "
         f"{'after onnxsim' if result.simplified else 'not simplified (--no-simplify)'}: {result.after.nodes} nodes "
         f"`{json.dumps(result.after.ops)}`\n\n"

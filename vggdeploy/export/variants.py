@@ -49,6 +49,7 @@ class VariantInputs:
     labels: np.ndarray
     config: ExportConfig
     training_images: torch.Tensor  # uint8, the dataset's training split: int8 calibration draws from it
+    batch: int  # images per ONNX Runtime call (passes.working_batch: what fits in memory)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ VARIANT_KINDS = (
 
 def build_variants(given: VariantInputs) -> list[Variant]:
     """Build and check every variant the config asks for; raises CheckFailed before anything is written."""
-    reference = run_session(given.fp32_session, given.inputs)
+    reference = run_session(given.fp32_session, given.inputs, given.batch)
     built: list[Variant] = []
     for kind in VARIANT_KINDS:
         if not kind.wanted(given.config):
@@ -158,7 +159,7 @@ def build_variants(given: VariantInputs) -> list[Variant]:
         parity = compare_logits(
             kind.description,
             kind.expected(given, reference),
-            run_session(session, kind.feed(given)),
+            run_session(session, kind.feed(given), given.batch),
             given.labels,
             **kind.limits(given.config, len(given.labels)),
         )

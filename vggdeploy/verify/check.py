@@ -20,7 +20,7 @@ from vggdeploy.data.dataset import dataset_of
 from vggdeploy.deploy.contract import is_calibrated, temperature
 from vggdeploy.deploy.onnx_file import require_model_file
 from vggdeploy.deploy.preprocess import PreprocessSpec
-from vggdeploy.deploy.session import ProviderSettings, create_session, open_model, run_session, session_provider
+from vggdeploy.deploy.session import ORT_CHUNK, ProviderSettings, create_session, open_model, session_provider
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.files import folder_lock
 from vggdeploy.metrics.calibration import DEFAULT_BINS, CalibrationFigures
@@ -28,7 +28,7 @@ from vggdeploy.metrics.parity import ParityResult, compare_logits
 from vggdeploy.metrics.per_class import PerClassReport
 from vggdeploy.model.archs import model_args_from_metadata
 from vggdeploy.model.checkpoint import rebuild_model
-from vggdeploy.model.vgg import predict_logits
+from vggdeploy.passes import session_engine, stream_logits, torch_device, torch_engine, working_batch
 from vggdeploy.report import markdown_table, write_json, write_text
 
 LISTED_FLIPS = 10  # flips printed per variant; check.json lists up to parity.MAX_LISTED_FLIPS
@@ -216,9 +216,7 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     spec = PreprocessSpec.from_metadata(loaded.metadata["preprocessing"])
     dataset = dataset_of(state, data_dir)
     test_images, test_labels = dataset.test_images, dataset.test_labels
-    inputs = to_input_tensor(test_images[:images], spec).numpy()
     labels = test_labels[:images].numpy()
-    reference = predict_logits(torch_model, inputs, "cuda" if torch.cuda.is_available() else "cpu")
 
     limits = {
         "fp32": {"atol": config.fp32_atol, "min_agreement": config.fp32_min_agreement},
@@ -230,7 +228,12 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
         for name in ("fp16", "int8"):
             if sibling(model_path, name).is_file():
                 sessions[name] = create_session(sibling(model_path, name), settings)
-    outputs = {name: run_session(session, inputs) for name, session in sessions.items()}
+    device = torch_device()
+    batch = working_batch(state["model_args"], device)
+    engines = {"torch": torch_engine(torch_model, device, batch)}
+    engines |= {name: session_engine(session, min(batch, ORT_CHUNK)) for name, session in sessions.items()}
+    outputs = stream_logits(test_images[:images], spec, engines, batch, "torch and onnxruntime on test images")
+    reference = outputs.pop("torch")
     results = [compare_logits(name, reference, logits, labels, **limits[name]) for name, logits in outputs.items()]
     scale, bins = temperature(loaded.metadata), loaded.metadata.get("calibration", {}).get("ece_bins", DEFAULT_BINS)
     calibration = CalibrationCheck(
@@ -243,7 +246,8 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     per_class = PerClassReport.of(loaded.labels, labels, outputs[variant].argmax(axis=1))
     report = CheckReport(model_path, session_provider(loaded.session), results, loaded.labels, calibration, per_class)
     if config.localize:
-        report.layers = localize_difference(model_path, torch_model, inputs[: config.localize_images], settings)
+        inputs = to_input_tensor(test_images[: config.localize_images], spec).numpy()
+        report.layers = localize_difference(model_path, torch_model, inputs, settings)
         report.first_bad_layer = next((d for d in report.layers if d.relative > config.localize_rtol), None)
     _write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
     return report

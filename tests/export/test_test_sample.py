@@ -1,0 +1,134 @@
+"""What export's test-set figures rest on: the sample rule, the working batch, the shared torch pass, and phases."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vggdeploy import passes
+from vggdeploy.artifacts import export_report
+from vggdeploy.config import PRESETS, ExportConfig
+from vggdeploy.deploy.preprocess import PreprocessSpec
+from vggdeploy.model.archs import ModelArgs
+from vggdeploy.model.vgg import summarize
+
+FULL_GFLOPS = summarize(PRESETS["full"].model).gflops  # VGG-11-BN at 224 px, 15.2 GFLOP an image
+QUICK_GFLOPS = summarize(PRESETS["quick"].model).gflops
+
+
+def test_a_cpu_export_of_a_224_px_vgg_rests_on_1000_evenly_spread_test_images():
+    """The stated default: if this count or its spread changes, the figures the README promises change with it."""
+    sample = passes.evaluation_sample(10_000, None, FULL_GFLOPS, "cpu")
+    assert len(sample) == 1000 and sample.of == 10_000
+    assert np.array_equal(sample.indices, np.arange(0, 10_000, 10))
+    assert "1,000 of 10,000 test images" in sample.format() and "--test-images all" in sample.format()
+    assert sample.to_dict()["images"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("images", "asked", "gflops", "device", "count"),
+    [
+        (10_000, None, QUICK_GFLOPS, "cpu", 10_000),  # the quick model: the whole pass is cheap
+        (10_000, None, FULL_GFLOPS, "cuda", 10_000),  # a GPU keeps the whole test set
+        (1_300, None, FULL_GFLOPS, "cpu", 1_300),  # 19.8 TFLOP: within the budget
+        (1_400, None, FULL_GFLOPS, "cpu", 1_000),  # 21.3 TFLOP: sampled
+        (600, None, 40.0, "cpu", 600),  # a test set smaller than the sample is kept whole
+        (10_000, "all", FULL_GFLOPS, "cpu", 10_000),
+        (10_000, 300, FULL_GFLOPS, "cpu", 300),
+        (10_000, 300, QUICK_GFLOPS, "cuda", 300),
+        (200, 300, QUICK_GFLOPS, "cpu", 200),
+    ],
+)
+def test_the_sample_size(images, asked, gflops, device, count):
+    sample = passes.evaluation_sample(images, asked, gflops, device)
+    assert len(sample) == count and len(np.unique(sample.indices)) == count
+    assert sample.indices.min() == 0 and sample.indices.max() < images
+
+
+def test_a_whole_sample_is_the_tensor_itself_and_a_part_its_rows():
+    tensor = torch.arange(20)
+    assert passes.evaluation_sample(20, None, 1.0, "cpu").take(tensor) is tensor
+    assert passes.evaluation_sample(20, 5, 1.0, "cpu").take(tensor).tolist() == [0, 4, 8, 12, 16]
+
+
+def test_the_working_batch_keeps_one_layer_within_the_budget_on_a_cpu():
+    assert passes.working_batch(PRESETS["quick"].model, "cpu") == 256
+    assert passes.working_batch(PRESETS["full"].model, "cpu") == 10  # 12.8 MB an image in its first conv
+    assert passes.working_batch(PRESETS["full"].model, "cuda") == 256
+    assert passes.working_batch(ModelArgs(arch="A", image_size=4096), "cpu") == 1
+
+
+def test_one_preprocessing_feeds_every_engine_in_order():
+    images = torch.randint(0, 256, (23, 28, 28), dtype=torch.uint8)
+    spec = PreprocessSpec(32, 32)
+    seen: list[int] = []
+
+    def first(inputs):
+        seen.append(len(inputs))
+        return inputs.reshape(len(inputs), -1)[:, :3]
+
+    outputs = passes.stream_logits(images, spec, {"a": first, "b": lambda x: x.mean(axis=(1, 2, 3))[:, None]}, 5, "t")
+    whole = passes.to_input_tensor(images, spec).numpy()
+    assert seen == [5, 5, 5, 5, 3]
+    np.testing.assert_array_equal(outputs["a"], whole.reshape(23, -1)[:, :3])
+    np.testing.assert_allclose(outputs["b"][:, 0], whole.mean(axis=(1, 2, 3)), rtol=1e-6)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_shows_the_time_left_on_a_terminal_only(monkeypatch):
+    monkeypatch.setattr(passes, "PROGRESS_DELAY_S", 0.0)
+    terminal, log = _Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        with passes.progress_bar(100, "torch on test images", stream) as bar:
+            time.sleep(0.15)  # past tqdm's shortest refresh interval
+            bar.update(40)
+    shown = terminal.getvalue()
+    assert "torch on test images" in shown and "40/100" in shown and "<00:00" in shown  # elapsed<remaining
+    assert log.getvalue() == ""
+
+
+@pytest.mark.slow
+def test_export_measures_the_stated_sample_and_says_so(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
+    """A CPU export of a model over the budget (the budget lowered to 0 here) rests its test figures on the stated
+    1,000 images; --test-images chooses another count. The parity check uses the sample's first images."""
+    from vggdeploy.export.pipeline import export_model
+
+    small = dict(parity_images=64, audit_batches=(1, 3))
+    monkeypatch.setattr(passes, "CPU_WHOLE_PASS_TFLOP", 0.0)
+    sampled = export_model(tiny_checkpoint, tmp_path / "sampled", ExportConfig(**small), data_dir=data_dir)
+    chosen = export_model(
+        tiny_checkpoint, tmp_path / "chosen", ExportConfig(test_images=300, **small), data_dir=data_dir
+    )
+    for result, count in ((sampled, 1000), (chosen, 300)):
+        report = json.loads(export_report(result.model_path.parent, "json").read_text())
+        assert report["test_sample"]["images"] == count and report["test_sample"]["of"] == 10_000
+        assert report["calibration"]["test_set"]["before"]["images"] == count
+        assert result.parity.images == 64
+        assert f"test-set figures on {count:,} of 10,000" in result.format()
+        assert f"({count:,} test images)" in result.format()
+        phases = [p["phase"] for p in report["phases"]]
+        assert phases[:3] == ["load the checkpoint and the data", "torch over the test sample", "calibration"]
+        assert phases[-1] == "write"
+        peaks = [p["peak_rss_gb"] for p in report["phases"]]
+        assert peaks == sorted(peaks) and peaks[0] > 0.1
+    assert "CPU export's sample" in sampled.sample.reason
+    # the figures are torch's on exactly the evenly spread images: its accuracy recomputed from them
+    from vggdeploy.data.dataset import dataset_of
+    from vggdeploy.model.checkpoint import rebuild_model
+    from vggdeploy.model.vgg import predict_logits
+
+    model, state = rebuild_model(tiny_checkpoint)
+    dataset = dataset_of(state, data_dir)
+    picked = np.arange(300) * 10_000 // 300
+    inputs = passes.to_input_tensor(dataset.test_images[picked], dataset.spec(32)).numpy()
+    accuracy = (predict_logits(model, inputs).argmax(1) == dataset.test_labels[picked].numpy()).mean()
+    assert chosen.calibration.test_before.accuracy == pytest.approx(accuracy)

@@ -1,0 +1,130 @@
+"""Passes of many test images through torch and ONNX Runtime at once, in batches that fit in memory, with progress.
+
+At 224 px one image's first VGG activation is 64 x 224 x 224 floats (12.8 MB): a batch of 256 holds 3.3 GB in that
+one layer, and the next layer's output is alive beside it. On a CPU the batch is therefore sized from the model's
+largest activation (``ACTIVATION_BUDGET``); images are preprocessed one batch at a time, never a whole split at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vggdeploy.data.batches import to_input_tensor
+from vggdeploy.deploy.preprocess import PreprocessSpec
+from vggdeploy.deploy.session import run_session
+from vggdeploy.model.archs import ModelArgs
+from vggdeploy.model.vgg import predict_logits, summarize
+
+ACTIVATION_BUDGET = 128 * 2**20  # bytes one layer's output may take for a whole batch, on a CPU
+LARGEST_BATCH = 256  # images per forward pass where memory allows it (and always on a GPU)
+PROGRESS_DELAY_S = 3.0  # a pass shorter than this shows no progress bar
+
+Engine = Callable[[np.ndarray], np.ndarray]  # preprocessed (N, C, H, W) float32 -> (N, classes) logits
+
+
+def torch_device() -> str:
+    """Where torch's passes run: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def working_batch(args: ModelArgs, device: str) -> int:
+    """Images per forward pass: ``LARGEST_BATCH`` on a GPU; on a CPU as many as keep the largest layer output within
+    ``ACTIVATION_BUDGET`` (256 for the quick 32 px model, 10 for VGG-11 at 224 px), at least 1."""
+    if device != "cpu":
+        return LARGEST_BATCH
+    per_image = summarize(args).largest_activation * 4  # float32
+    return max(1, min(LARGEST_BATCH, ACTIVATION_BUDGET // per_image))
+
+
+def torch_engine(model: torch.nn.Module, device: str, batch: int) -> Engine:
+    """Strict fp32 torch logits (TF32 off), ``batch`` images per forward pass."""
+    return lambda inputs: predict_logits(model, inputs, device, chunk=batch)
+
+
+def session_engine(session, batch: int) -> Engine:
+    """An ONNX Runtime session's logits, ``batch`` images per call."""
+    return lambda inputs: run_session(session, inputs, chunk=batch)
+
+
+def progress_bar(total: int, what: str, stream: TextIO | None = None) -> tqdm:
+    """A bar with the images done and the time left, on a terminal only, shown once a pass outlasts
+    ``PROGRESS_DELAY_S``."""
+    return tqdm(
+        total=total,
+        desc=what,
+        unit="img",
+        file=stream or sys.stderr,
+        disable=None,  # off where the stream is not a terminal (logs, pipes, tests)
+        delay=PROGRESS_DELAY_S,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def stream_logits(
+    images: torch.Tensor, spec: PreprocessSpec, engines: dict[str, Engine], batch: int, what: str
+) -> dict[str, np.ndarray]:
+    """Each engine's logits for uint8 ``images``, preprocessed ``batch`` at a time and given to every engine in turn,
+    so one preprocessing serves them all and only one batch of inputs is alive."""
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in engines}
+    with progress_bar(len(images), what) as bar:
+        for start in range(0, len(images), batch):
+            inputs = to_input_tensor(images[start : start + batch], spec).numpy()
+            for name, engine in engines.items():
+                outputs[name].append(engine(inputs))
+            bar.update(len(inputs))
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+CPU_SAMPLE = 1000  # test images a CPU export measures when the whole test set would be costly
+CPU_WHOLE_PASS_TFLOP = 20.0  # above this, one torch pass over the test set takes minutes on a few CPU cores
+
+
+@dataclass(frozen=True)
+class EvaluationSample:
+    """The test images a figure rests on: indices evenly spread over the test set (its first N would follow the
+    order of a folder's classes), and why this many."""
+
+    indices: np.ndarray
+    of: int  # images in the test set
+    reason: str
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sampled rows of a test-set tensor (the tensor itself, not a copy, when the sample is all of it)."""
+        return tensor if len(self) == self.of else tensor[torch.from_numpy(self.indices)]
+
+    def format(self) -> str:
+        return f"test-set figures on {len(self):,} of {self.of:,} test images ({self.reason})"
+
+    def to_dict(self) -> dict:
+        return {"images": len(self), "of": self.of, "reason": self.reason}
+
+
+def evaluation_sample(test_images: int, asked: int | str | None, gflops: float, device: str) -> EvaluationSample:
+    """The export's test sample: ``asked`` ("all" or a count), else the whole test set, except on a CPU when a torch
+    pass over it would exceed ``CPU_WHOLE_PASS_TFLOP``: then ``CPU_SAMPLE`` images."""
+    whole_tflop = test_images * gflops / 1000
+    if asked == "all":
+        count, reason = test_images, "--test-images all"
+    elif asked is not None:
+        count = min(int(asked), test_images)
+        reason = f"--test-images {asked}"
+    elif device == "cpu" and whole_tflop > CPU_WHOLE_PASS_TFLOP:
+        count = min(CPU_SAMPLE, test_images)
+        reason = (
+            f"a CPU export's sample, evenly spread: torch over the whole test set would be {whole_tflop:,.0f} TFLOP; "
+            "--test-images all for every image"
+        )
+    else:
+        count, reason = test_images, "the whole test set"
+    return EvaluationSample(np.arange(count) * test_images // max(count, 1), test_images, reason)
