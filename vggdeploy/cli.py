@@ -271,7 +271,7 @@ def info(model: str | None, **options) -> None:
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16"]),
     default=None,
-    help="auto: bf16 autocast + channels_last on CUDA, fp32 on the CPU.",
+    help="auto: bf16 autocast on CUDA, fp32 on the CPU (channels_last on both).",
 )
 @click.option(
     "--data",

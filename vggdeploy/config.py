@@ -29,7 +29,9 @@ class TrainConfig:
     save_every: int = 1  # epochs between checkpoint writes (and at the last epoch, and at a stop)
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the model (pays off on a GPU for runs of several epochs)
-    precision: str = "auto"  # auto: bf16 autocast + channels_last on CUDA, fp32 on the CPU; fp32 | bf16 force it
+    precision: str = (
+        "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU (channels_last on both); fp32 | bf16 force it
+    )
     eval_batch_size: int = 500
     data: str | None = None  # a folder of the user's own labelled images; None = Fashion-MNIST
     test_fraction: float = 0.1  # single-folder layout: the share split off (stratified, seeded) as the test set
@@ -108,10 +110,12 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     # Default without a GPU: a narrow VGG-11-BN on 32 px inputs that trains in minutes on 2 CPU cores.
     # Trials on 2 CPU cores (batch 128, width 8): 6 epochs 90.7 %; 9 epochs 91.1 %; batch 256 trains faster per image.
-    # With 5,000 images held out for calibration, 9 epochs gave 91.51 % and 10 epochs 91.67 % (AMD EPYC, 2 cores).
+    # With 5,000 images held out for calibration, 9 epochs gave 91.51 % and 10 epochs 91.67 % in 154 s (AMD EPYC, 2
+    # cores, contiguous layout). Trained channels_last, an epoch takes 11.5 s instead of 15.4 s: 11 epochs gave
+    # 91.47 % in 126 s, 12 epochs 91.54 % in 145 s (BENCHMARKS.md, "CPU training layout").
     "quick": TrainConfig(
         model=ModelArgs(arch="A", batch_norm=True, width_ratio=8, hidden=256, dropout=0.2, image_size=32),
-        epochs=10,
+        epochs=12,
         batch_size=256,
         lr=0.2,
         erase=0.0,

@@ -230,10 +230,10 @@ def test_save_every_writes_the_checkpoints_every_n_epochs_at_the_last_and_at_a_s
     monkeypatch.setattr(train_module, "save_checkpoint", recording_save)
     config = TINY.with_overrides(epochs=5, train_limit=1500, test_limit=300, save_every=2)
     result = train_module.train(config, tmp_path / "run", data_dir=data_dir, progress=False)
-    accuracies = [row["test_accuracy"] for row in result.history]
+    from vggdeploy.train.checkpoints import selected_epoch
 
-    def best_by(epoch: int) -> int:  # the latest epoch with the best accuracy up to ``epoch`` (ties: the later)
-        return max(range(1, epoch + 1), key=lambda e: (accuracies[e - 1], e))
+    def best_by(epoch: int) -> int:  # the epoch best.pt holds once ``epoch`` has run (its own tests: the rule's)
+        return selected_epoch(result.history[:epoch])["epoch"]
 
     assert [w for w in writes if w[0] == "last.pt"] == [("last.pt", 2), ("last.pt", 4), ("last.pt", 5)]
     assert [w for w in writes if w[0] == "best.pt"] == sorted(
@@ -282,7 +282,8 @@ def test_the_gpu_recipe_path_bf16_channels_last_compiled_runs_on_cpu(trained, tm
     assert result.selected_test_accuracy > 0.6
     assert [h["train_loss"] for h in result.history] != [h["train_loss"] for h in fp32.history]  # bf16 did run
     model, state = rebuild_model(tmp_path / "checkpoints" / "best.pt")  # plain fp32 keys, no torch.compile wrapper
-    assert all(value.dtype == torch.float32 for value in state["model_state"].values() if value.is_floating_point())
+    assert all(value.dtype == torch.float32 for value in model.state_dict().values() if value.is_floating_point())
+    assert "model_state" not in state  # the weights are the model's own, not a second copy in the state
     from vggdeploy.data.batches import to_input_tensor
     from vggdeploy.deploy.preprocess import PreprocessSpec
 
@@ -593,11 +594,14 @@ def test_train_json_keeps_stdout_for_the_json_alone(tmp_path):
     assert "epoch 1: validation accuracy " in result.stderr
 
 
-def test_a_model_trained_channels_last_is_saved_in_the_standard_layout(tmp_path, data_dir, test_split):
-    """bf16 training (the GPU's, here on the CPU) runs the model channels_last; its checkpoint holds the weights in
-    the standard layout, like a contiguous run's, and they give the same logits in either layout."""
-    config = TINY.with_overrides(epochs=1, train_limit=640, test_limit=100, precision="bf16")
-    assert train_module.uses_bf16(config, torch.device("cpu"))
+@pytest.mark.parametrize("precision", ["bf16", "auto"])
+def test_a_model_trained_channels_last_is_saved_in_the_standard_layout(tmp_path, data_dir, test_split, precision):
+    """bf16 training (the GPU's, here on the CPU) and the CPU's fp32 default both run the model channels_last; the
+    checkpoint holds the weights in the standard layout, like a contiguous run's, and they give the same logits in
+    either layout."""
+    config = TINY.with_overrides(epochs=1, train_limit=640, test_limit=100, precision=precision)
+    assert train_module.uses_bf16(config, torch.device("cpu")) == (precision == "bf16")
+    assert train_module.uses_channels_last(config, torch.device("cpu"))
     train_module.train(config, tmp_path / "run", data_dir=data_dir, progress=False)
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model_state"]
     fresh = build_model(config.model).state_dict()

@@ -126,7 +126,7 @@ VARIANT_KINDS = (
         "int8",
         "int8 vs fp32 (onnxruntime)",
         lambda config: config.int8,
-        lambda given: to_int8(given.fp32, _calibration_inputs(given)),
+        lambda given: to_int8(given.fp32, _calibration_inputs(given), min(INT8_CALIBRATION_BATCH, given.batch)),
         lambda given: given.inputs,
         lambda given, logits: logits,
         lambda config, images: variant_limits(config, "int8", images),
@@ -210,13 +210,17 @@ def _calibration_inputs(given: VariantInputs) -> np.ndarray:
     return to_input_tensor(images[::step][:count], spec).numpy()
 
 
-def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
-    """Static QDQ quantisation: s8 per-channel weights, u8 activations, MinMax calibration."""
+INT8_CALIBRATION_BATCH = 32  # images per calibration run, fewer where the working batch is smaller
+
+
+def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray, batch: int = INT8_CALIBRATION_BATCH) -> onnx.ModelProto:
+    """Static QDQ quantisation: s8 per-channel weights, u8 activations, MinMax calibration (``batch`` images per
+    calibration run: the ranges are minima and maxima over all of them, whatever the batch)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = iter(calibration[i : i + 32] for i in range(0, len(calibration), 32))
+            self._batches = iter(calibration[i : i + batch] for i in range(0, len(calibration), batch))
 
         def get_next(self):
             batch = next(self._batches, None)

@@ -46,7 +46,14 @@ from vggdeploy.train.checkpoints import (
     selected_epoch,
     without_optimizer,
 )
-from vggdeploy.train.devices import PROGRESS_EVERY, Distributed, resolve_device, start_distributed, uses_bf16
+from vggdeploy.train.devices import (
+    PROGRESS_EVERY,
+    Distributed,
+    resolve_device,
+    start_distributed,
+    uses_bf16,
+    uses_channels_last,
+)
 from vggdeploy.train.recipe import SIZED_FIELDS, Recipe, size_to_data, too_few_steps
 from vggdeploy.train.schedule import epochs_that_fit, learning_rate, seed_for
 from vggdeploy.train.signals import StopRequests
@@ -249,6 +256,7 @@ class _Run:
     optimizer: torch.optim.SGD
     runner: torch.nn.Module  # the model as trained: DDP-wrapped and/or compiled
     bf16: bool
+    channels_last: bool  # the model and its batches (checkpoints are saved in the standard layout all the same)
     steps_per_epoch: int
     history: list[dict]
     fit_to_time: bool = False  # config.epochs is then the plan, lowered after each epoch to what fits the time
@@ -355,8 +363,8 @@ def _prepare(
     if state is not None:
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
-    bf16 = uses_bf16(config, device)
-    if bf16:
+    bf16, channels_last = uses_bf16(config, device), uses_channels_last(config, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -394,6 +402,7 @@ def _prepare(
         optimizer,
         runner,
         bf16,
+        channels_last,
         steps_per_epoch,
         history,
         fit_to_time,
@@ -534,7 +543,7 @@ def _train_epoch(run: _Run, epoch: int, resumed: dict | None) -> _EpochOutcome:
         torch.manual_seed(seed_for(config, epoch, step))  # dropout
         for group in run.optimizer.param_groups:
             group["lr"] = learning_rate(config, epoch * run.steps_per_epoch + step, total_steps)
-        if run.bf16:
+        if run.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = run.runner(batch)
