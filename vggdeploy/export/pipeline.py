@@ -322,19 +322,20 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             from vggdeploy.export import variants
 
             count = min(config.variant_images, len(sample))
-            with phases.phase("variants"):
-                built = variants.build_variants(
-                    variants.VariantInputs(
-                        final,
-                        session,
-                        to_input_tensor(sample_images[:count], spec).numpy(),
-                        channels_last(sample_images[:count]).numpy(),
-                        sample_labels[:count],
-                        config,
-                        dataset.train_images,
-                        batch,
-                    )
-                )
+            built = variants.build_variants(
+                variants.VariantInputs(
+                    final,
+                    session,
+                    to_input_tensor(sample_images[:count], spec).numpy(),
+                    channels_last(sample_images[:count]).numpy(),
+                    sample_labels[:count],
+                    config,
+                    dataset.train_images,
+                    batch,
+                ),
+                model_file(staging),
+                phases,
+            )
 
         with phases.phase("write"):
             write_golden_vectors(golden_folder(staging), session, dataset, spec, config, calibration)
@@ -358,8 +359,8 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
                     reliability_diagram(staging), f"{args.name}: test set, {calibration.test_before.images:,} images"
                 )
             for variant in built:
-                result.variants[variant.name] = variants.write_variant(variant, staged_model, final)
                 variant.path = sibling(result.model_path, variant.name)  # where it will be once the export is in place
+                result.variants[variant.name] = variant
             if triton_repo is not None:
                 result.triton_model = Path(triton_repo) / triton_model_name(args)  # other models in the repository stay
                 write_triton_model(

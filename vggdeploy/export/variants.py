@@ -36,6 +36,7 @@ from vggdeploy.export.graph import GraphStats, attach_metadata, check_proto, io_
 from vggdeploy.hardware import median_ms
 from vggdeploy.metrics.parity import ParityResult, compare_logits
 from vggdeploy.model.archs import model_args_from_metadata
+from vggdeploy.phases import PhaseLog
 
 
 @dataclass(frozen=True)
@@ -67,18 +68,15 @@ class VariantKind:
 
 @dataclass
 class Variant:
-    """A derived model that passed its check, not yet written (``path`` and ``bytes`` are set once it is)."""
+    """A derived model that passed its check and was written (into export's staging folder: ``path`` is then moved
+    to where the export will be)."""
 
     name: str
-    proto: onnx.ModelProto
     parity: ParityResult
+    path: Path
+    bytes: int
+    nodes: int
     cpu_batch1_ms: dict[str, float] | None = None  # int8: fp32 and int8 batch-1 latency on the CPU and the speed-up
-    path: Path | None = None
-    bytes: int = 0
-
-    @property
-    def nodes(self) -> int:
-        return GraphStats.of(self.proto).nodes
 
     def summary(self) -> str:
         speed = ""
@@ -147,44 +145,49 @@ VARIANT_KINDS = (
 )
 
 
-def build_variants(given: VariantInputs) -> list[Variant]:
-    """Build and check every variant the config asks for; raises CheckFailed before anything is written."""
+def build_variants(given: VariantInputs, model_path: Path, phases: PhaseLog) -> list[Variant]:
+    """Build, check and write beside ``model_path`` every variant the config asks for, one at a time, each dropped
+    once written (at 224 px each is a copy of the model). Raises CheckFailed at the first that fails; export's
+    staging folder then goes with what was written."""
     reference = run_session(given.fp32_session, given.inputs, given.batch)
     built: list[Variant] = []
     for kind in VARIANT_KINDS:
         if not kind.wanted(given.config):
             continue
-        proto = kind.build(given)
-        session = create_session(proto.SerializeToString(), ProviderSettings(provider="cpu"))
-        parity = compare_logits(
-            kind.description,
-            kind.expected(given, reference),
-            run_session(session, kind.feed(given), given.batch),
-            given.labels,
-            **kind.limits(given.config, len(given.labels)),
-        )
-        if not parity:
-            raise CheckFailed(f"variant check: {parity.format()}")
-        variant = Variant(kind.name, proto, parity)
-        if kind.name == "int8":  # what int8 buys on this CPU, next to the fp32 model it replaces
-            fp32_ms, int8_ms = _batch1_ms(given.fp32_session, given.inputs), _batch1_ms(session, given.inputs)
-            variant.cpu_batch1_ms = {"fp32": fp32_ms, "int8": int8_ms, "speedup": fp32_ms / int8_ms}
-        built.append(variant)
+        with phases.phase(f"variant {kind.name}"):
+            proto = kind.build(given)
+            session = create_session(proto.SerializeToString(), ProviderSettings(provider="cpu"))
+            parity = compare_logits(
+                kind.description,
+                kind.expected(given, reference),
+                run_session(session, kind.feed(given), given.batch),
+                given.labels,
+                **kind.limits(given.config, len(given.labels)),
+            )
+            if not parity:
+                raise CheckFailed(f"variant check: {parity.format()}")
+            speed = None
+            if kind.name == "int8":  # what int8 buys on this CPU, next to the fp32 model it replaces
+                fp32_ms, int8_ms = _batch1_ms(given.fp32_session, given.inputs), _batch1_ms(session, given.inputs)
+                speed = {"fp32": fp32_ms, "int8": int8_ms, "speedup": fp32_ms / int8_ms}
+            del session
+            built.append(_write(kind.name, proto, parity, speed, model_path, given.fp32))
     return built
 
 
-def write_variant(variant: Variant, model_path: Path, fp32: onnx.ModelProto) -> Variant:
+def _write(
+    name: str, proto: onnx.ModelProto, parity: ParityResult, speed: dict | None, model_path: Path, fp32: onnx.ModelProto
+) -> Variant:
     """Write ``model.<name>.onnx`` beside the fp32 model with its own metadata."""
     metadata = proto_metadata(fp32, str(model_path))
-    metadata["export"] = {**metadata["export"], "variant": variant.name}
-    metadata["parity"] = {**variant.parity.to_dict(), "flips": []}
-    if variant.name == "preprocess":
+    metadata["export"] = {**metadata["export"], "variant": name}
+    metadata["parity"] = {**parity.to_dict(), "flips": []}
+    if name == "preprocess":
         metadata["io"] = io_section(model_args_from_metadata(metadata), raw_input=True)
-    attach_metadata(variant.proto, metadata)
-    variant.path = sibling(model_path, variant.name)
-    save_onnx(variant.proto, variant.path)
-    variant.bytes = variant.path.stat().st_size
-    return variant
+    attach_metadata(proto, metadata)
+    path = sibling(model_path, name)
+    save_onnx(proto, path)
+    return Variant(name, parity, path, path.stat().st_size, GraphStats.of(proto).nodes, speed)
 
 
 def _batch1_ms(session, inputs: np.ndarray, repeats: int = 20) -> float:
