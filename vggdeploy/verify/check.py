@@ -28,6 +28,7 @@ from vggdeploy.metrics.parity import ParityResult, compare_logits
 from vggdeploy.metrics.per_class import PerClassReport
 from vggdeploy.model.archs import model_args_from_metadata
 from vggdeploy.model.checkpoint import rebuild_model
+from vggdeploy.model.vgg import release_weights
 from vggdeploy.passes import session_engine, stream_logits, torch_device, torch_engine, working_batch
 from vggdeploy.report import markdown_table, write_json, write_text
 
@@ -205,6 +206,7 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
         )
     if config.localize and variant != "fp32":
         raise UsageError(f"{model_path}: --localize follows the fp32 graph; pass {sibling(model_path, 'fp32')}")
+    loaded.session = None  # it answered open_model's checks; it is opened again once torch's weights are gone
     checkpoint = Path(checkpoint or checkpoint_beside(model_path))
     torch_model, state = rebuild_model(checkpoint)
     if model_args_from_metadata(loaded.metadata) != state["model_args"]:
@@ -223,17 +225,22 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
         "fp16": variant_limits(config, "fp16"),
         "int8": variant_limits(config, "int8"),
     }
-    sessions = {variant: loaded.session}
+    # torch first, then ONNX Runtime: the torch weights and the sessions (each a copy of the model) are never
+    # resident together (a 515 MB model's check peaked at 2.63 GB with both)
+    device = torch_device()
+    batch = working_batch(state["model_args"], device)
+    reference = stream_logits(
+        test_images[:images], spec, {"torch": torch_engine(torch_model, device, batch)}, batch, "torch on test images"
+    )["torch"]
+    if not config.localize:  # --localize runs the torch model again, layer by layer
+        release_weights(torch_model)
+    sessions = {variant: create_session(model_path, settings)}
     if variant == "fp32":  # the whole export: the variants found beside it too
         for name in ("fp16", "int8"):
             if sibling(model_path, name).is_file():
                 sessions[name] = create_session(sibling(model_path, name), settings)
-    device = torch_device()
-    batch = working_batch(state["model_args"], device)
-    engines = {"torch": torch_engine(torch_model, device, batch)}
-    engines |= {name: session_engine(session, min(batch, ORT_CHUNK)) for name, session in sessions.items()}
-    outputs = stream_logits(test_images[:images], spec, engines, batch, "torch and onnxruntime on test images")
-    reference = outputs.pop("torch")
+    engines = {name: session_engine(session, min(batch, ORT_CHUNK)) for name, session in sessions.items()}
+    outputs = stream_logits(test_images[:images], spec, engines, batch, "onnxruntime on test images")
     results = [compare_logits(name, reference, logits, labels, **limits[name]) for name, logits in outputs.items()]
     scale, bins = temperature(loaded.metadata), loaded.metadata.get("calibration", {}).get("ece_bins", DEFAULT_BINS)
     calibration = CalibrationCheck(
@@ -244,7 +251,8 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
         config.max_ece_increase_pp,
     )
     per_class = PerClassReport.of(loaded.labels, labels, outputs[variant].argmax(axis=1))
-    report = CheckReport(model_path, session_provider(loaded.session), results, loaded.labels, calibration, per_class)
+    provider = session_provider(sessions[variant])
+    report = CheckReport(model_path, provider, results, loaded.labels, calibration, per_class)
     if config.localize:
         inputs = to_input_tensor(test_images[: config.localize_images], spec).numpy()
         report.layers = localize_difference(model_path, torch_model, inputs, settings)
