@@ -29,9 +29,7 @@ class TrainConfig:
     save_every: int = 1  # epochs between checkpoint writes (and at the last epoch, and at a stop)
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the model (pays off on a GPU for runs of several epochs)
-    precision: str = (
-        "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU (channels_last on both); fp32 | bf16 force it
-    )
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU (channels_last on both); or fp32 | bf16
     eval_batch_size: int = 500
     data: str | None = None  # a folder of the user's own labelled images; None = Fashion-MNIST
     test_fraction: float = 0.1  # single-folder layout: the share split off (stratified, seeded) as the test set

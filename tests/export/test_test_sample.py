@@ -104,7 +104,9 @@ def test_export_measures_the_stated_sample_and_says_so(tiny_checkpoint, tmp_path
 
     small = dict(parity_images=64, audit_batches=(1, 3))
     monkeypatch.setattr(passes, "CPU_WHOLE_PASS_TFLOP", 0.0)
-    sampled = export_model(tiny_checkpoint, tmp_path / "sampled", ExportConfig(**small), data_dir=data_dir)
+    monkeypatch.setattr(passes, "ACTIVATION_BUDGET", 5 * 8 * 32 * 32 * 4)  # 5 images of the first conv's output
+    sampled = export_model(tiny_checkpoint, tmp_path / "sampled", ExportConfig(parity_images=64), data_dir=data_dir)
+    assert sampled.audit.batch_sizes == (1, 2, 5, 7)  # the default audit: 1, 2, 7 and the working batch
     chosen = export_model(
         tiny_checkpoint, tmp_path / "chosen", ExportConfig(test_images=300, **small), data_dir=data_dir
     )

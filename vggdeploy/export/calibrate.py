@@ -146,7 +146,7 @@ def calibrate(
     dataset: Dataset,
     spec: PreprocessSpec,
     config: ExportConfig,
-    test: tuple[np.ndarray, np.ndarray] | None,
+    test: tuple[np.ndarray, np.ndarray],
 ) -> Calibration:
     """Fit T on the held-out slice and measure the test set (``test``: torch's logits of the export's test sample
     and their labels) before and after. With ``config.calibrate`` off, neither: T = 1."""
