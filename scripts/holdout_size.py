@@ -16,9 +16,10 @@ import numpy as np
 
 from vggdeploy.data.dataset import dataset_of
 from vggdeploy.errors import UsageError, run_script
-from vggdeploy.export.calibrate import held_out_slice, torch_logits
+from vggdeploy.export.calibrate import held_out_slice
 from vggdeploy.metrics.calibration import CalibrationFigures, fit_temperature
 from vggdeploy.model.checkpoint import rebuild_model
+from vggdeploy.passes import torch_logits
 
 
 def sizes(text: str) -> list[int]:

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+
+# Mutation runs (BENCHMARKS.md, "Mutation testing") run the in-process tests once per mutant, each in a fresh pytest:
+# with this set to a folder, the tiny model and its export are built there once and reused by every run.
+FIXTURE_CACHE = os.environ.get("VGGDEPLOY_FIXTURE_CACHE")
+
+
+def _built_once(tmp_path_factory, name: str, build: Callable[[Path], object]):
+    """``build(folder)``'s value, built in a fresh temporary folder; with FIXTURE_CACHE, built once there."""
+    if not FIXTURE_CACHE:
+        return build(tmp_path_factory.mktemp(name))
+    folder, saved = Path(FIXTURE_CACHE) / name, Path(FIXTURE_CACHE) / f"{name}.pickle"
+    if not saved.is_file():  # the value is saved last: a folder without it is an interrupted build
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        saved.write_bytes(pickle.dumps(build(folder)))
+    return pickle.loads(saved.read_bytes())
 
 
 @pytest.fixture
@@ -53,12 +72,14 @@ def tiny_checkpoint(tmp_path_factory, data_dir):
     from vggdeploy.model.archs import ModelArgs
     from vggdeploy.train.loop import train
 
-    out = tmp_path_factory.mktemp("tiny-model")
-    config = TrainConfig(
-        model=ModelArgs(**TINY_ARGS), epochs=2, batch_size=64, lr=0.1, train_limit=3000, test_limit=500
-    )
-    train(config, out, data_dir=data_dir, progress=False)
-    return out / "checkpoints" / "best.pt"
+    def build(out: Path) -> Path:
+        config = TrainConfig(
+            model=ModelArgs(**TINY_ARGS), epochs=2, batch_size=64, lr=0.1, train_limit=3000, test_limit=500
+        )
+        train(config, out, data_dir=data_dir, progress=False)
+        return out / "checkpoints" / "best.pt"
+
+    return _built_once(tmp_path_factory, "tiny-model", build)
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +88,6 @@ def tiny_export(tmp_path_factory, tiny_checkpoint, data_dir):
     from vggdeploy.config import ExportConfig
     from vggdeploy.export.pipeline import export_model
 
-    out = tmp_path_factory.mktemp("tiny-export")
     config = ExportConfig(
         fp16=True,
         int8=True,
@@ -78,8 +98,12 @@ def tiny_export(tmp_path_factory, tiny_checkpoint, data_dir):
         int8_calibration_images=128,
         int8_max_drop_pp=5.0,
     )
-    result = export_model(tiny_checkpoint, out / "onnx", config, data_dir=data_dir, triton_repo=out / "triton")
-    return result, out
+
+    def build(out: Path) -> tuple:
+        result = export_model(tiny_checkpoint, out / "onnx", config, data_dir=data_dir, triton_repo=out / "triton")
+        return result, out
+
+    return _built_once(tmp_path_factory, "tiny-export", build)
 
 
 @pytest.fixture(scope="session")

@@ -83,6 +83,13 @@ def stream_logits(
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 
+def torch_logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec, what: str = "torch") -> np.ndarray:
+    """The torch fp32 logits of uint8 images, on the GPU when there is one, in batches that fit in memory."""
+    device = torch_device()
+    batch = working_batch(model.args, device)
+    return stream_logits(images, spec, {"torch": torch_engine(model, device, batch)}, batch, what)["torch"]
+
+
 CPU_SAMPLE = 1000  # test images a CPU export measures when the whole test set would be costly
 CPU_WHOLE_PASS_TFLOP = 20.0  # above this, one torch pass over the test set takes minutes on a few CPU cores
 

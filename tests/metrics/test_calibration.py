@@ -20,6 +20,7 @@ from vggdeploy.export.pipeline import export_model
 from vggdeploy.metrics.calibration import CalibrationFigures, ReliabilityBins, fit_temperature, negative_log_likelihood
 from vggdeploy.model.archs import ModelArgs
 from vggdeploy.model.checkpoint import load_checkpoint, save_checkpoint
+from vggdeploy.passes import torch_logits
 from vggdeploy.train import loop as train_module
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -288,7 +289,7 @@ def test_the_temperature_is_fitted_on_the_held_out_slice_and_nothing_else(tiny_c
     dataset = dataset_of(state, data_dir)
     spec = PreprocessSpec(32, 32)
     test = (
-        temperature_module.torch_logits(model, dataset.test_images[:500], spec),
+        torch_logits(model, dataset.test_images[:500], spec),
         dataset.test_labels[:500].numpy(),
     )
     calibration = temperature_module.calibrate(model, state, dataset, spec, ExportConfig(), test)
@@ -296,7 +297,7 @@ def test_the_temperature_is_fitted_on_the_held_out_slice_and_nothing_else(tiny_c
     assert len(seen) == 1 and calibration.fitted
     fitted_logits, fitted_labels = seen[0]
     assert np.array_equal(fitted_labels, labels.numpy()) and len(labels) == 300
-    np.testing.assert_allclose(fitted_logits, temperature_module.torch_logits(model, images, spec), atol=1e-5)
+    np.testing.assert_allclose(fitted_logits, torch_logits(model, images, spec), atol=1e-5)
     assert calibration.temperature == pytest.approx(fit_temperature(fitted_logits, fitted_labels))
 
 

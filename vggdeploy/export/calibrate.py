@@ -27,7 +27,7 @@ from vggdeploy.metrics.calibration import (
     fit_temperature,
     temperature_interval,
 )
-from vggdeploy.passes import stream_logits, torch_device, torch_engine, working_batch
+from vggdeploy.passes import torch_logits
 from vggdeploy.plots import plot_reliability
 
 
@@ -90,13 +90,6 @@ class Calibration:
         return ReliabilityBins.of(
             probabilities(self.test_logits.astype(np.float64), temperature), self.test_labels, self.bins
         )
-
-
-def torch_logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec, what: str = "torch") -> np.ndarray:
-    """The torch fp32 logits of uint8 images, on the GPU when there is one, in batches that fit in memory."""
-    device = torch_device()
-    batch = working_batch(model.args, device)
-    return stream_logits(images, spec, {"torch": torch_engine(model, device, batch)}, batch, what)["torch"]
 
 
 MIN_SLICE_ERRORS = 30  # misclassified held-out images a temperature fit needs (BENCHMARKS.md, own images)

@@ -220,11 +220,6 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     test_images, test_labels = dataset.test_images, dataset.test_labels
     labels = test_labels[:images].numpy()
 
-    limits = {
-        "fp32": {"atol": config.fp32_atol, "min_agreement": config.fp32_min_agreement},
-        "fp16": variant_limits(config, "fp16"),
-        "int8": variant_limits(config, "int8"),
-    }
     # torch first, then ONNX Runtime: the torch weights and the sessions (each a copy of the model) are never
     # resident together (a 515 MB model's check peaked at 2.63 GB with both)
     device = torch_device()
@@ -241,24 +236,44 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
                 sessions[name] = create_session(sibling(model_path, name), settings)
     engines = {name: session_engine(session, min(batch, ORT_CHUNK)) for name, session in sessions.items()}
     outputs = stream_logits(test_images[:images], spec, engines, batch, "onnxruntime on test images")
-    results = [compare_logits(name, reference, logits, labels, **limits[name]) for name, logits in outputs.items()]
-    scale, bins = temperature(loaded.metadata), loaded.metadata.get("calibration", {}).get("ece_bins", DEFAULT_BINS)
-    calibration = CalibrationCheck(
-        scale,
-        is_calibrated(loaded.metadata),
-        CalibrationFigures.measure(reference, labels, scale, bins),
-        {name: CalibrationFigures.measure(logits, labels, scale, bins) for name, logits in outputs.items()},
-        config.max_ece_increase_pp,
-    )
-    per_class = PerClassReport.of(loaded.labels, labels, outputs[variant].argmax(axis=1))
     provider = session_provider(sessions[variant])
-    report = CheckReport(model_path, provider, results, loaded.labels, calibration, per_class)
+    report = judge(model_path, provider, loaded.metadata, config, reference, outputs, labels)
     if config.localize:
         inputs = to_input_tensor(test_images[: config.localize_images], spec).numpy()
         report.layers = localize_difference(model_path, torch_model, inputs, settings)
         report.first_bad_layer = next((d for d in report.layers if d.relative > config.localize_rtol), None)
-    _write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
+    write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
     return report
+
+
+def judge(
+    model_path: Path,
+    provider: str,
+    metadata: dict,
+    config: CheckConfig,
+    reference: np.ndarray,
+    outputs: dict[str, np.ndarray],
+    labels: np.ndarray,
+) -> CheckReport:
+    """The verdict from the logits: each variant's (``outputs``, the checked file's first) parity with torch fp32's
+    (``reference``) against its own limits, and its calibration at the model's temperature against torch's."""
+    limits = {
+        "fp32": {"atol": config.fp32_atol, "min_agreement": config.fp32_min_agreement},
+        "fp16": variant_limits(config, "fp16"),
+        "int8": variant_limits(config, "int8"),
+    }
+    results = [compare_logits(name, reference, logits, labels, **limits[name]) for name, logits in outputs.items()]
+    scale, bins = temperature(metadata), metadata.get("calibration", {}).get("ece_bins", DEFAULT_BINS)
+    calibration = CalibrationCheck(
+        scale,
+        is_calibrated(metadata),
+        CalibrationFigures.measure(reference, labels, scale, bins),
+        {name: CalibrationFigures.measure(logits, labels, scale, bins) for name, logits in outputs.items()},
+        config.max_ece_increase_pp,
+    )
+    checked = next(iter(outputs.values()))
+    per_class = PerClassReport.of(metadata["labels"], labels, checked.argmax(axis=1))
+    return CheckReport(model_path, provider, results, metadata["labels"], calibration, per_class)
 
 
 def localize_difference(
@@ -301,12 +316,12 @@ def localize_difference(
     return differences
 
 
-def _percent(fraction: float | None) -> str | None:
+def _percent(fraction: float) -> str:
     """A rate as the text reports show it (JSON keeps the fraction): 0.9167 -> "91.67%"."""
-    return None if fraction is None else f"{fraction:.2%}"
+    return f"{fraction:.2%}"
 
 
-def _write_reports(folder: Path, report: CheckReport) -> None:
+def write_reports(folder: Path, report: CheckReport) -> None:
     write_json(folder / "check.json", report.to_dict())
     rows = [
         {

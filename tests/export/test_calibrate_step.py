@@ -1,0 +1,261 @@
+"""Export's calibration step from logits alone: the torch pass over the held-out slice is replaced by a table of
+hand-made logits, so which images are fitted, every branch's result and every text it prints are pinned without a
+model (fast; mutmut runs these on ``export/calibrate.py``)."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from vggdeploy.config import ExportConfig
+from vggdeploy.deploy.contract import probabilities
+from vggdeploy.deploy.preprocess import PreprocessSpec
+from vggdeploy.errors import DataError
+from vggdeploy.export import calibrate as step
+from vggdeploy.metrics.calibration import CalibrationFigures, ReliabilityBins, fit_temperature
+
+TRAIN_IMAGES = 3000
+SLICE = np.arange(2, TRAIN_IMAGES, 3)  # 1,000 held-out training images
+SPEC = PreprocessSpec(28, 28)
+FITTED_METHOD = (
+    "temperature scaling: NLL minimised over T by a bounded golden-section search, on training images held out of "
+    "every gradient step"
+)
+NO_SLICE = (
+    "the checkpoint holds no held-out calibration slice (trained by an older vggdeploy, or with "
+    "--calibration-holdout 0)"
+)
+
+
+def _overconfident(images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits whose labels are drawn from softmax(logits / 0.6): the calibrated temperature is 0.6, far from 1."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (images, 10))
+    labels = (probabilities(logits, 0.6).cumsum(axis=1) > rng.random((images, 1))).argmax(axis=1)
+    return logits.astype(np.float32), labels
+
+
+def _scene(slice_logits: np.ndarray, slice_labels: np.ndarray, indices: np.ndarray = SLICE):
+    """A dataset whose training image i holds the number i, the checkpoint's slice, and the test set's logits."""
+    train_labels = torch.zeros(TRAIN_IMAGES, dtype=torch.long)
+    train_labels[torch.from_numpy(indices)] = torch.from_numpy(slice_labels)
+    dataset = types.SimpleNamespace(
+        train_images=torch.arange(TRAIN_IMAGES).reshape(-1, 1, 1), train_labels=train_labels
+    )
+    state = {"calibration_split": {"indices": torch.from_numpy(indices), "of_images": TRAIN_IMAGES}}
+    table = np.zeros((TRAIN_IMAGES, slice_logits.shape[1]), dtype=np.float32)
+    table[indices] = slice_logits
+    return dataset, state, table
+
+
+@pytest.fixture
+def torch_pass(monkeypatch):
+    """The calibration step's torch pass, answered from a table by the images' numbers; the calls it got."""
+    calls = []
+
+    def install(table: np.ndarray) -> None:
+        def torch_logits(model, images, spec, what="torch"):
+            calls.append((model, images.flatten().tolist(), spec, what))
+            return table[images.flatten().numpy()]
+
+        monkeypatch.setattr(step, "torch_logits", torch_logits)
+
+    install.calls = calls
+    return install
+
+
+def test_the_temperature_is_fitted_on_the_slice_and_the_test_set_only_measured(torch_pass, capsys):
+    slice_logits, slice_labels = _overconfident(len(SLICE), seed=1)
+    test_logits, test_labels = _overconfident(500, seed=2)
+    dataset, state, table = _scene(slice_logits, slice_labels)
+    torch_pass(table)
+    model = object()
+    calibration = step.calibrate(model, state, dataset, SPEC, ExportConfig(), (test_logits, test_labels))
+    assert torch_pass.calls == [(model, SLICE.tolist(), SPEC, "torch on the held-out slice")]
+    fitted = fit_temperature(slice_logits, slice_labels)
+    assert 0.5 < fitted < 0.7 and capsys.readouterr().err == ""
+    assert calibration.temperature == fitted and calibration.fitted and calibration.method == FITTED_METHOD
+    assert calibration.slice_before == CalibrationFigures.measure(slice_logits, slice_labels, 1.0, 15)
+    assert calibration.slice_after == CalibrationFigures.measure(slice_logits, slice_labels, fitted, 15)
+    assert calibration.test_before == CalibrationFigures.measure(test_logits, test_labels, 1.0, 15)
+    assert calibration.test_after == CalibrationFigures.measure(test_logits, test_labels, fitted, 15)
+    assert calibration.test_logits is test_logits and calibration.test_labels is test_labels
+    assert calibration.measured and calibration.bins == 15
+    before, after = calibration.test_before, calibration.test_after
+    assert calibration.format() == (
+        f"calibration: temperature {fitted:.4f} fitted on 1,000 held-out training images; test ECE "
+        f"{before.ece:.2%} -> {after.ece:.2%}, NLL {before.nll:.3f} -> {after.nll:.3f} (500 test images)"
+    )
+    assert after.ece < before.ece and after.nll < before.nll
+    assert calibration.to_metadata() == {
+        "temperature": fitted,
+        "fitted": True,
+        "method": FITTED_METHOD,
+        "probabilities": "softmax(logits / temperature)",
+        "ece_bins": 15,
+        "calibration_slice": {
+            "before": calibration.slice_before.to_dict(),
+            "after": calibration.slice_after.to_dict(),
+        },
+        "test_set": {"before": before.to_dict(), "after": after.to_dict()},
+    }
+
+
+def test_the_bin_count_is_the_configured_one(torch_pass):
+    slice_logits, slice_labels = _overconfident(len(SLICE), seed=1)
+    test = _overconfident(500, seed=2)
+    dataset, state, table = _scene(slice_logits, slice_labels)
+    torch_pass(table)
+    calibration = step.calibrate(object(), state, dataset, SPEC, ExportConfig(calibration_bins=7), test)
+    assert calibration.bins == 7 and calibration.to_metadata()["ece_bins"] == 7
+    for figures, logits, labels, temperature in [
+        (calibration.slice_before, slice_logits, slice_labels, 1.0),
+        (calibration.slice_after, slice_logits, slice_labels, calibration.temperature),
+        (calibration.test_before, *test, 1.0),
+        (calibration.test_after, *test, calibration.temperature),
+    ]:
+        assert figures == CalibrationFigures.measure(logits, labels, temperature, 7)
+        assert figures != CalibrationFigures.measure(logits, labels, temperature, 15)
+
+
+def test_the_reliability_diagram_draws_the_test_set_at_t_1_and_at_the_fitted_t(torch_pass, monkeypatch, tmp_path):
+    slice_logits, slice_labels = _overconfident(len(SLICE), seed=1)
+    test_logits, test_labels = _overconfident(500, seed=2)
+    dataset, state, table = _scene(slice_logits, slice_labels)
+    torch_pass(table)
+    config = ExportConfig(calibration_bins=7)
+    calibration = step.calibrate(object(), state, dataset, SPEC, config, (test_logits, test_labels))
+    drawn = []
+    monkeypatch.setattr(step, "plot_reliability", lambda *args: drawn.append(args))
+    calibration.plot(tmp_path / "r.png", "the title")
+    [(path, curves, title)] = drawn
+    assert path == tmp_path / "r.png" and title == "the title"
+    t = calibration.temperature
+    assert [label for label, _ in curves] == [
+        f"before (T = 1): ECE {calibration.test_before.ece:.2%}",
+        f"after (T = {t:.3f}): ECE {calibration.test_after.ece:.2%}",
+    ]
+    for (_, bins), temperature in zip(curves, (1.0, t), strict=True):
+        expected = ReliabilityBins.of(probabilities(test_logits.astype(np.float64), temperature), test_labels, 7)
+        assert bins.counts.tolist() == expected.counts.tolist()
+        assert bins.expected_calibration_error() == pytest.approx(expected.expected_calibration_error(), abs=1e-12)
+
+
+def test_no_calibration_measures_nothing_and_keeps_t_1(torch_pass):
+    torch_pass(np.zeros((TRAIN_IMAGES, 10), dtype=np.float32))
+    test = _overconfident(100, seed=2)
+    calibration = step.calibrate(object(), {}, None, SPEC, ExportConfig(calibrate=False, calibration_bins=9), test)
+    assert calibration == step.Calibration(1.0, False, "none: --no-calibration", 9, None, None, None, None, None, None)
+    assert torch_pass.calls == [] and not calibration.measured
+    assert calibration.format() == "calibration: temperature 1 (none: --no-calibration); the test set was not measured"
+    assert calibration.to_metadata() == {
+        "temperature": 1.0,
+        "fitted": False,
+        "method": "none: --no-calibration",
+        "probabilities": "softmax(logits / temperature)",
+        "ece_bins": 9,
+        "calibration_slice": None,
+        "test_set": None,
+    }
+
+
+@pytest.mark.parametrize("state", [{}, {"calibration_split": None}, {"calibration_split": {"indices": torch.zeros(0)}}])
+def test_a_checkpoint_without_a_slice_keeps_t_1_says_why_and_measures_the_test_set(state, torch_pass, capsys):
+    torch_pass(np.zeros((TRAIN_IMAGES, 10), dtype=np.float32))
+    test_logits, test_labels = _overconfident(200, seed=2)
+    calibration = step.calibrate(
+        object(), state, None, SPEC, ExportConfig(calibration_bins=7), (test_logits, test_labels)
+    )
+    assert torch_pass.calls == []
+    assert (
+        capsys.readouterr().err == f"vggdeploy: warning: probabilities stay uncalibrated (temperature 1): {NO_SLICE}\n"
+    )
+    test = CalibrationFigures.measure(test_logits, test_labels, 1.0, 7)
+    assert calibration.bins == 7 and test != CalibrationFigures.measure(test_logits, test_labels, 1.0, 15)
+    assert (calibration.temperature, calibration.fitted, calibration.method) == (1.0, False, f"none: {NO_SLICE}")
+    assert (calibration.slice_before, calibration.slice_after) == (None, None)
+    assert calibration.test_before == calibration.test_after == test and calibration.test_labels is test_labels
+    assert calibration.test_logits is test_logits and calibration.measured
+    assert calibration.format() == f"calibration: temperature 1 (none: {NO_SLICE}); test {test.format()}"
+    assert calibration.to_metadata()["calibration_slice"] is None
+    assert calibration.to_metadata()["test_set"] == {"before": test.to_dict(), "after": test.to_dict()}
+
+
+def test_a_slice_the_fit_must_not_be_trusted_on_keeps_t_1_and_says_why(torch_pass, capsys):
+    """29 wrong answers of 1,000: one fewer than a fit needs (MIN_SLICE_ERRORS). The logits are one-hot at five
+    strengths (69 % to 99 % sure) with the wrong answers among the surest, so binning shows in the ECE."""
+    labels = np.arange(len(SLICE)) % 10
+    strength = (3 + np.arange(len(SLICE)) % 5).astype(np.float32)[:, None]
+    logits = np.eye(10, dtype=np.float32)[labels] * strength
+    wrong = np.flatnonzero(np.arange(len(SLICE)) % 5 == 4)[:30]
+    logits[wrong[:29]] = np.eye(10, dtype=np.float32)[(labels[wrong[:29]] + 1) % 10] * strength[wrong[:29]]
+    dataset, state, table = _scene(logits, labels)
+    torch_pass(table)
+    test_logits, test_labels = _overconfident(200, seed=2)
+    calibration = step.calibrate(
+        object(), state, dataset, SPEC, ExportConfig(calibration_bins=7), (test_logits, test_labels)
+    )
+    why = (
+        "the 1,000 held-out training images hold 29 the model gets wrong, fewer than the 30 a temperature fit needs "
+        "(a larger --calibration-holdout or more images would give them)"
+    )
+    assert capsys.readouterr().err == f"vggdeploy: warning: probabilities stay uncalibrated (temperature 1): {why}\n"
+    held = CalibrationFigures.measure(logits, labels, 1.0, 7)
+    assert held != CalibrationFigures.measure(logits, labels, 1.0, 15)
+    test = CalibrationFigures.measure(test_logits, test_labels, 1.0, 7)
+    assert calibration.bins == 7 and test != CalibrationFigures.measure(test_logits, test_labels, 1.0, 15)
+    assert (calibration.temperature, calibration.fitted, calibration.method) == (1.0, False, f"none: {why}")
+    assert calibration.slice_before == calibration.slice_after == held
+    assert calibration.test_before == calibration.test_after == test
+    assert calibration.test_logits is test_logits and calibration.test_labels is test_labels
+    assert calibration.format() == f"calibration: temperature 1 (none: {why}); test {test.format()}"
+    # one more wrong answer, and the same slice is fitted (T = 0.837, its bootstrap interval 0.754-0.909)
+    logits[wrong[29]] = np.eye(10, dtype=np.float32)[(labels[wrong[29]] + 1) % 10] * strength[wrong[29]]
+    assert step.unfit_slice(logits, labels, fit_temperature(logits, labels)) is None
+    assert 0.83 < fit_temperature(logits, labels) < 0.84
+
+
+def test_the_slice_is_refused_when_it_does_not_fit_the_training_images():
+    dataset = types.SimpleNamespace(train_images=torch.zeros(100, 1, 1), train_labels=torch.zeros(100))
+    message = "the checkpoint's calibration slice does not fit the 100 training images found"
+    for split in (
+        {"indices": torch.tensor([1, 2]), "of_images": 101},  # taken from more images than there are
+        {"indices": torch.tensor([1, 100]), "of_images": 100},  # an index past the images it was taken from
+    ):
+        with pytest.raises(DataError) as raised:
+            step.held_out_slice({"calibration_split": split}, dataset)
+        assert str(raised.value) == message
+    images, labels = step.held_out_slice(
+        {"calibration_split": {"indices": torch.tensor([0, 99]), "of_images": 100}},
+        types.SimpleNamespace(train_images=torch.arange(100).reshape(-1, 1, 1), train_labels=torch.arange(100) % 7),
+    )
+    assert images.flatten().tolist() == [0, 99] and labels.tolist() == [0, 1]
+
+
+def test_a_fit_at_an_end_of_the_search_range_is_refused():
+    labels = np.arange(100) % 10
+    logits = np.zeros((100, 10), dtype=np.float32)  # no answer right: errors enough for a fit
+    for bound in (20.0, 0.05):
+        assert step.unfit_slice(logits, labels, bound) == (
+            f"the fit ended at T = {bound:g}, an end of the search range 0.05-20 (no minimum inside it)"
+        )
+
+
+@pytest.mark.parametrize(
+    ("interval", "refused"),
+    [((1.0, 1.2), True), ((0.8, 1.0), True), ((0.8, 0.99), False), ((1.01, 2.5), False), ((1.5, 2.5), False)],
+)
+def test_a_fit_whose_bootstrap_interval_holds_1_is_refused(interval, refused, monkeypatch):
+    """The interval's ends count as inside it: an interval that reaches 1 gives no evidence against T = 1."""
+    labels = np.arange(1000) % 10
+    logits = np.zeros((1000, 10), dtype=np.float32)
+    monkeypatch.setattr(step, "temperature_interval", lambda logits, labels: interval)
+    why = step.unfit_slice(logits, labels, 1.1)
+    low, high = interval
+    assert why == (
+        f"the fitted T = 1.100 is within its 95% bootstrap interval ({low:.3f}-{high:.3f}) of 1: the 1,000 held-out "
+        "training images give no evidence that the probabilities need changing"
+        if refused
+        else None
+    )
