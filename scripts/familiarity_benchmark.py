@@ -18,7 +18,11 @@ the slice) is fitted on the training images where it needs a fit, its threshold 
 it, and then reported per set: AUROC against the test set, the share of the set accepted, and the share of the test
 set rejected.
 
-    python scripts/familiarity_benchmark.py artifacts/vgg11_bn-w8-32px/checkpoints/best.pt [--json out.json]
+With ``--model`` (that checkpoint's export), the deployed score too: the ``familiarity`` output of the ONNX graph,
+through ONNX Runtime, at the metadata's threshold and at the threshold that accepts 95 % of the test set.
+
+    python scripts/familiarity_benchmark.py artifacts/vgg11_bn-w8-32px/checkpoints/best.pt \
+        [--model artifacts/vgg11_bn-w8-32px/onnx/model.onnx] [--json out.json]
 """
 
 from __future__ import annotations
@@ -108,7 +112,39 @@ def standardised(score, reference: dict[str, np.ndarray]):
     return lambda seen: (score(seen) - mean) / deviation
 
 
-def measure(checkpoint: Path, data_dir: str | None, k: int) -> dict:
+def deployed_scores(model_path: Path, images: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+    """The exported graph's familiarity scores of each set of uint8 images, and the metadata's threshold."""
+    from vggdeploy.deploy.contract import familiarity_threshold
+    from vggdeploy.deploy.preprocess import PreprocessSpec
+    from vggdeploy.deploy.session import ProviderSettings, open_model, run_scored
+
+    model = open_model(model_path, ProviderSettings(provider="cpu"))
+    threshold = familiarity_threshold(model.metadata)
+    if threshold is None:
+        raise UsageError(f"{model_path}: has no familiarity output (exported with --no-familiarity?)")
+    spec = PreprocessSpec.from_metadata(model.metadata["preprocessing"])
+    scores = {}
+    for name, batch in images.items():
+        inputs = to_input_tensor(torch.from_numpy(np.ascontiguousarray(batch)), spec).numpy()
+        scores[name] = run_scored(model.session, inputs, 256)[1].astype(np.float64)
+    return threshold, scores
+
+
+def score_rows(score_name: str, threshold: float, familiar: np.ndarray, sets: dict[str, np.ndarray]) -> list[dict]:
+    return [
+        {
+            "score": score_name,
+            "set": set_name,
+            "images": len(unfamiliar),
+            "auroc": round(auroc(familiar, unfamiliar), 4),
+            "accepted": round(accepted(unfamiliar, threshold), 4),
+            "test rejected": round(1 - accepted(familiar, threshold), 4),
+        }
+        for set_name, unfamiliar in sets.items()
+    ]
+
+
+def measure(checkpoint: Path, data_dir: str | None, k: int, model_path: Path | None = None) -> dict:
     model, state = rebuild_model(checkpoint)
     dataset = dataset_of(state, data_dir)
     if dataset.channels != 1 or len(dataset.class_names) != 10:
@@ -137,23 +173,19 @@ def measure(checkpoint: Path, data_dir: str | None, k: int) -> dict:
     late = standardised(scores["Mahalanobis, penultimate"], held)
     early = standardised(scores["Mahalanobis, first-stage statistics"], held)
     scores["Mahalanobis, first stage + penultimate"] = lambda seen: early(seen) + late(seen)
-    sets = {name: representations(model, images, spec) for name, images in unfamiliar_sets(test_images).items()}
+    made = unfamiliar_sets(test_images)
+    sets = {name: representations(model, images, spec) for name, images in made.items()}
     rows = []
     for score_name, score in scores.items():
-        threshold = threshold_accepting(score(held))
-        familiar = score(test)
-        for set_name, seen in sets.items():
-            unfamiliar = score(seen)
-            rows.append(
-                {
-                    "score": score_name,
-                    "set": set_name,
-                    "images": len(unfamiliar),
-                    "auroc": round(auroc(familiar, unfamiliar), 4),
-                    "accepted": round(accepted(unfamiliar, threshold), 4),
-                    "test rejected": round(1 - accepted(familiar, threshold), 4),
-                }
-            )
+        rows += score_rows(
+            score_name, threshold_accepting(score(held)), score(test), {n: score(s) for n, s in sets.items()}
+        )
+    if model_path is not None:
+        threshold, deployed = deployed_scores(model_path, {"test": test_images, **made})
+        familiar = deployed.pop("test")
+        rows += score_rows("exported `familiarity` output, its threshold", threshold, familiar, deployed)
+        at_test = threshold_accepting(familiar)
+        rows += score_rows("exported `familiarity` output, 95 % of the test set", at_test, familiar, deployed)
     accuracy = float((test["logits"].argmax(1) == test_labels).mean())
     return {"checkpoint": str(checkpoint), "temperature": temperature, "test_accuracy": accuracy, "rows": rows}
 
@@ -163,11 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data-dir", default=None, help="the Fashion-MNIST folder, where not the system's")
     parser.add_argument("-k", type=int, default=50, help="the neighbour whose distance is the k-NN score")
+    parser.add_argument("--model", type=Path, default=None, help="the checkpoint's export: its familiarity output too")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.k < 1:
         raise UsageError(f"-k must be at least 1, got {args.k}")
-    figures = measure(args.checkpoint, args.data_dir, args.k)
+    figures = measure(args.checkpoint, args.data_dir, args.k, args.model)
     print(f"{args.checkpoint}: test accuracy {figures['test_accuracy']:.2%}, T = {figures['temperature']:.4g}")
     print(markdown_table(figures["rows"], list(figures["rows"][0])), end="")
     if args.json:

@@ -58,8 +58,14 @@ def multiply_output(proto: onnx.ModelProto, factor: float) -> onnx.ModelProto:
     return _after_output(proto, "Mul", np.full(10, factor, np.float32))
 
 
-def _after_output(proto: onnx.ModelProto, op_type: str, operand: np.ndarray) -> onnx.ModelProto:
-    output = proto.graph.output[0]
+def shift_familiarity(proto: onnx.ModelProto, amount: float) -> onnx.ModelProto:
+    """``proto`` (changed in place) with ``amount`` added to its second output, the familiarity score, by a node after
+    the graph's last one: every image's flag can move while the logits stay."""
+    return _after_output(proto, "Add", np.array(amount, np.float32), output_index=1)
+
+
+def _after_output(proto: onnx.ModelProto, op_type: str, operand: np.ndarray, output_index: int = 0) -> onnx.ModelProto:
+    output = proto.graph.output[output_index]
     producer = next(node for node in proto.graph.node if output.name in node.output)
     raw = f"{output.name}_before_{op_type.lower()}"
     producer.output[list(producer.output).index(output.name)] = raw

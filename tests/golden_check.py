@@ -8,7 +8,8 @@ from vggdeploy.deploy.contract import probabilities
 
 
 def golden_problems(answer: dict, entry: dict, golden: dict) -> list[str]:
-    """Every way ``answer`` ({top, logits, calibrated, temperature}) breaks golden.json's ``entry``; [] when it holds.
+    """Every way ``answer`` ({top, logits, calibrated, temperature, familiarity, unfamiliar}) breaks golden.json's
+    ``entry``; [] when it holds.
 
     ``logits`` may be None (the preprocessing variant outputs probabilities only): then only the golden
     probabilities are compared.
@@ -28,6 +29,12 @@ def golden_problems(answer: dict, entry: dict, golden: dict) -> list[str]:
         if not gap <= tolerance["logits_atol"]:
             problems.append(f"logits differ by {gap} > {tolerance['logits_atol']}")
         expected = probabilities(np.array([answer["logits"]], dtype=np.float64), golden["temperature"])[0]
+    if "familiarity" in entry:  # a model with the familiarity output: the score within its tolerance, the same flag
+        gap = abs(answer["familiarity"] - entry["familiarity"])
+        if not gap <= tolerance["familiarity_atol"]:
+            problems.append(f"familiarity differs by {gap} > {tolerance['familiarity_atol']}")
+        if answer["unfamiliar"] != entry["unfamiliar"]:
+            problems.append(f"unfamiliar {answer['unfamiliar']}, golden {entry['unfamiliar']}")
     for ranked in answer["top"]:
         index, probability = ranked["index"], ranked["probability"]
         if expected is not None and not abs(probability - expected[index]) <= 1e-6:

@@ -17,7 +17,7 @@ from PIL import Image
 
 PNG_KINDS = ("gray8", "gray_transparent_key", "gray16", "gray_alpha8", "gray_alpha16", "rgb8", "rgba8", "palette", "palette_transparent",
              "rgb16", "rgba16", "one_by_one", "large_4000x3000", *(f"exif_orientation_{o}_png" for o in range(2, 9)),
-             "exif_transposed_png_after_idat", "malformed_exif_png", "animated_png")  # fmt: skip
+             "exif_transposed_png_after_idat", "malformed_exif_png", "animated_png", "blank_white")  # fmt: skip
 JPEG_KINDS = ("rgb_jpeg", "gray_jpeg", "cmyk_jpeg", "exif_rotated_jpeg")
 
 
@@ -125,6 +125,7 @@ def write_image_kinds(gray: np.ndarray, folder: Path) -> dict[str, Path]:
     )
     plain = save(Image.fromarray(gray, "L"), "PNG")  # an eXIf chunk that is not EXIF: read as stored, not refused
     images["malformed_exif_png"] = plain[:33] + png_chunk(b"eXIf", b"not EXIF") + plain[33:]
+    images["blank_white"] = save(Image.new("L", (width, height), 255), "PNG")  # unlike any training image
     images["animated_png"] = save(Image.fromarray(gray, "L"), "PNG", save_all=True, append_images=[rgb.rotate(90)])
     paths = {}
     for name, data in images.items():
@@ -134,24 +135,29 @@ def write_image_kinds(gray: np.ndarray, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def reference_logits(model_path: Path, paths: dict[str, Path]) -> dict[str, list[float]]:
-    """What `vggdeploy run` (the Python reference) computes for each file."""
+def reference_answers(model_path: Path, paths: dict[str, Path]) -> dict[str, dict]:
+    """What `vggdeploy run` (the Python reference) computes for each file: its logits, and for a model with the
+    familiarity output its score and flag."""
+    from vggdeploy.deploy.contract import familiarity_threshold
     from vggdeploy.deploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
-    from vggdeploy.deploy.session import ProviderSettings, open_model, run_session
+    from vggdeploy.deploy.session import ProviderSettings, open_model, run_scored
 
     model = open_model(model_path, ProviderSettings(provider="cpu"))
     spec = PreprocessSpec.from_metadata(model.metadata["preprocessing"])
-    return {
-        name: run_session(model.session, to_model_input([decode_grayscale(path)], spec))[0].tolist()
-        for name, path in paths.items()
-    }
+    threshold = familiarity_threshold(model.metadata)
+    answers = {}
+    for name, path in paths.items():
+        logits, scores = run_scored(model.session, to_model_input([decode_grayscale(path)], spec))
+        answers[name] = {"file": path.name, "logits": logits[0].tolist()}
+        if threshold is not None:
+            answers[name].update(familiarity=float(scores[0]), unfamiliar=bool(scores[0] < threshold))
+    return answers
 
 
 def write_fixture_set(gray: np.ndarray, model_path: Path, folder: Path) -> Path:
-    """The images plus ``expected.json`` ({kind: {file, logits}}), as the consumers' tests read them."""
-    paths = write_image_kinds(gray, folder)
-    logits = reference_logits(model_path, paths)
-    expected = {name: {"file": path.name, "logits": logits[name]} for name, path in paths.items()}
-    tolerance = {"logits_atol": 1e-3}
+    """The images plus ``expected.json`` ({kind: {file, logits[, familiarity, unfamiliar]}}), as the consumers' tests
+    read them."""
+    expected = reference_answers(model_path, write_image_kinds(gray, folder))
+    tolerance = {"logits_atol": 1e-3, "familiarity_atol": 1e-3}
     (folder / "expected.json").write_text(json.dumps({"tolerance": tolerance, "kinds": expected}, indent=1))
     return folder / "expected.json"

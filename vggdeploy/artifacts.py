@@ -154,6 +154,11 @@ def golden_folder(onnx_folder: str | Path) -> Path:
     return Path(onnx_folder) / "golden"
 
 
+def familiarity_fit(onnx_folder: str | Path) -> Path:
+    """The familiarity score's fitted arrays, which ``check`` puts on the torch model to compare its flags."""
+    return Path(onnx_folder) / "familiarity_fit.npz"
+
+
 def reliability_diagram(onnx_folder: str | Path) -> Path:
     """Export's before/after calibration plot of the test set."""
     return Path(onnx_folder) / "reliability.png"
@@ -173,7 +178,7 @@ def export_folder_entries() -> frozenset[str]:
     """The names export writes into its folder, and check and bench beside a model: all that a re-export replaces."""
     here = Path(".")
     models = [model_file(here, variant) for variant in ("fp32", *VARIANTS)]
-    others = [golden_folder(here), reliability_diagram(here), reports_folder(models[0])]
+    others = [golden_folder(here), reliability_diagram(here), familiarity_fit(here), reports_folder(models[0])]
     return frozenset(path.name for path in [*models, *others, export_report(here, "json"), export_report(here, "md")])
 
 

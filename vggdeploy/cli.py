@@ -534,6 +534,11 @@ def _listed(numbers: tuple[int, ...]) -> str:
     is_flag=True,
     help="Skip the temperature fit: probabilities are the plain softmax (temperature 1).",
 )
+@click.option(
+    "--no-familiarity",
+    is_flag=True,
+    help="Leave out the second output, the familiarity score that flags images unlike the training images.",
+)
 @_data_dir_option
 def export(
     arch,
@@ -551,6 +556,7 @@ def export(
     variant_images,
     triton_repo,
     no_calibration,
+    no_familiarity,
     data_dir,
     **limits,
 ):
@@ -577,6 +583,7 @@ def export(
         test_images=test_images,
         variant_images=variant_images,
         calibrate=not no_calibration,
+        familiarity=not no_familiarity,
         **_variant_limits(limits),
     )
     from vggdeploy.export.pipeline import export_model
@@ -640,9 +647,14 @@ def _performance_hint_option(function):
     default=None,
     help="Refuse larger images (decompression bombs) [default: 50,000,000].",
 )
+@click.option(
+    "--reject-unfamiliar",
+    is_flag=True,
+    help="No prediction for an image the model flags as unlike its training images (its familiarity output).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_performance_hint_option
-def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, performance_hint):
+def run(images, model_path, provider, top_k, batch_size, max_pixels, reject_unfamiliar, as_json, performance_hint):
     """Classify IMAGES (files, folders or globs; PNG, JPEG, BMP, WebP, ...) with ONNX Runtime."""
     from vggdeploy.artifacts import latest_model
     from vggdeploy.deploy.classify import classify, describe_model
@@ -655,7 +667,8 @@ def run(images, model_path, provider, top_k, batch_size, max_pixels, as_json, pe
         click.echo(f"vggdeploy: no --model given; using the newest export under artifacts/: {model_path}", err=True)
     model = open_model(model_path, ProviderSettings(provider, performance_hint=performance_hint))
     _say_provider(model, provider)
-    result = classify(model, list(images), top_k, batch_size, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    result = classify(model, list(images), top_k, batch_size, pixels, reject_unfamiliar)
     if as_json:
         _print_result(to_json(result.to_dict(), indent=2))
     else:

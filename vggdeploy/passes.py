@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from vggdeploy.data.batches import to_input_tensor
 from vggdeploy.deploy.preprocess import PreprocessSpec
-from vggdeploy.deploy.session import run_session
+from vggdeploy.deploy.session import run_scored
 from vggdeploy.model.archs import ModelArgs
 from vggdeploy.model.vgg import predict_logits, summarize
 
@@ -49,8 +49,16 @@ def torch_engine(model: torch.nn.Module, device: str, batch: int) -> Engine:
 
 
 def session_engine(session, batch: int) -> Engine:
-    """An ONNX Runtime session's logits, ``batch`` images per call."""
-    return lambda inputs: run_session(session, inputs, chunk=batch)
+    """An ONNX Runtime session's logits, ``batch`` images per call; for a model with the familiarity output, its
+    score as one more column (as ``torch_engine`` gives it)."""
+    return lambda inputs: np.column_stack(
+        [part for part in run_scored(session, inputs, chunk=batch) if part is not None]
+    )
+
+
+def split_familiarity(columns: np.ndarray, scored: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """An engine's output as (logits, familiarity scores or None)."""
+    return (columns[:, :-1], columns[:, -1]) if scored else (columns, None)
 
 
 def progress_bar(total: int, what: str, stream: TextIO | None = None) -> tqdm:

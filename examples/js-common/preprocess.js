@@ -103,6 +103,23 @@ export function calibrationOf(metadata) {
 }
 
 /**
+ * The familiarity output's name and threshold, or null for a model without it (an older export, or one made with
+ * --no-familiarity). An image scoring below the threshold is unlike the training images.
+ */
+export function familiarityOf(metadata) {
+  const section = metadata.familiarity;
+  return section ? { name: section.output, threshold: section.threshold } : null;
+}
+
+/** The answer's familiarity fields from the session's outputs: the score and the flag, or nulls. */
+export function familiarityAnswer(metadata, outputs) {
+  const scored = familiarityOf(metadata);
+  if (!scored) return { familiarity: null, unfamiliar: null };
+  const familiarity = outputs[scored.name].data[0];
+  return { familiarity, unfamiliar: !(familiarity >= scored.threshold) }; // a NaN score is no evidence of familiarity
+}
+
+/**
  * Throws when the session's graph contradicts its metadata (vggdeploy's own loader refuses such a model): the input
  * and output names, the output's class count against the labels, the input's channels x height x width against the
  * preprocessing. Labels shifted onto other classes would be wrong answers, not errors. Axes the graph leaves
@@ -122,6 +139,13 @@ export function checkGraphAgainstMetadata(session, metadata, spec) {
     throw new Error(
       `the preprocessing's mean ${JSON.stringify(mean)} and std ${JSON.stringify(std)} must be finite numbers, every std above 0`,
     );
+  }
+  const scored = familiarityOf(metadata);
+  if (scored && !Number.isFinite(scored.threshold)) {
+    throw new Error(`familiarity.threshold must be a number, got ${JSON.stringify(scored.threshold)}`);
+  }
+  if (scored && !session.outputNames.includes(scored.name)) {
+    throw new Error(`its metadata describes a ${JSON.stringify(scored.name)} output, but the graph's outputs are ${session.outputNames}`);
   }
   const { input, output } = metadata.io;
   if (!session.inputNames.includes(input.name) || !session.outputNames.includes(output.name)) {

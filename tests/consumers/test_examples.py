@@ -211,10 +211,15 @@ def test_cpp_program_agrees_on_every_png_kind_and_refuses_jpeg_in_words(image_ki
         timeout=120,
     )
     assert run.returncode == 3, run.stderr  # the JPEGs
-    answers = {Path(answer["file"]).stem: answer["logits"] for answer in map(json.loads, run.stdout.splitlines())}
+    full = {Path(answer["file"]).stem: answer for answer in map(json.loads, run.stdout.splitlines())}
+    answers = {kind: answer["logits"] for kind, answer in full.items()}
     assert sorted(answers) == sorted(PNG_KINDS)
     worst = _worst_differences(answers, expected)
     assert max(worst.values()) <= 1e-3, worst
+    for kind, answer in full.items():  # the familiarity score and flag, as the Python reference gives them
+        assert abs(answer["familiarity"] - expected[kind]["familiarity"]) <= 1e-3, kind
+        assert answer["unfamiliar"] == expected[kind]["unfamiliar"], kind
+    assert full["blank_white"]["unfamiliar"] is True
     refused = run.stderr.strip().splitlines()
     assert len(refused) == len(JPEG_KINDS) and all(
         "not a PNG file (this example decodes PNG only)" in r for r in refused

@@ -341,7 +341,7 @@ def test_click_usage_errors_are_one_line_too(args, message):
 
 def test_json_answers_carry_index_label_probability_and_logits(golden):
     """The shape every consumer answers in: {file, top: [{index, label, probability}], logits, calibrated,
-    temperature}, the probabilities being softmax(logits / T) and the golden ones."""
+    temperature, familiarity, unfamiliar}, the probabilities being softmax(logits / T) and the golden ones."""
     from vggdeploy.deploy.contract import probabilities
 
     model, folder, expected = golden
@@ -351,7 +351,8 @@ def test_json_answers_carry_index_label_probability_and_logits(golden):
     by_file = {Path(p["file"]).name: p for p in answer["predictions"]}
     for entry in expected["images"]:
         prediction = by_file[entry["file"]]
-        assert set(prediction) == {"file", "top", "logits", "calibrated", "temperature"}
+        assert set(prediction) == {"file", "top", "logits", "calibrated", "temperature", "familiarity", "unfamiliar"}
+        assert prediction["unfamiliar"] == (prediction["familiarity"] < expected["familiarity_threshold"])
         assert len(prediction["logits"]) == 10
         assert golden_problems(prediction, entry, expected) == []
         chances = probabilities(np.array([prediction["logits"]]), expected["temperature"])[0]

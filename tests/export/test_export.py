@@ -11,7 +11,7 @@ from PIL import Image
 
 from vggdeploy.config import ExportConfig
 from vggdeploy.data.fashion_mnist import CLASS_NAMES
-from vggdeploy.deploy.contract import BATCH_AXIS, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME
+from vggdeploy.deploy.contract import BATCH_AXIS, FAMILIARITY_NAME, INPUT_NAME, METADATA_KEYS, OUTPUT_NAME
 from vggdeploy.deploy.onnx_file import read_metadata
 from vggdeploy.deploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
 from vggdeploy.deploy.session import ProviderSettings, create_session
@@ -29,7 +29,8 @@ def test_dynamic_batch_survives_simplification(tiny_export, test_split):
     proto = onnx.load(str(result.model_path))
     for value in (*proto.graph.input, *proto.graph.output):
         assert value.type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS
-    assert [i.name for i in proto.graph.input] == [INPUT_NAME] and [o.name for o in proto.graph.output] == [OUTPUT_NAME]
+    assert [i.name for i in proto.graph.input] == [INPUT_NAME]
+    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME, FAMILIARITY_NAME]  # the second output kept by onnxsim
     session = create_session(result.model_path, ProviderSettings(provider="cpu"))
     inputs = to_model_input([i.numpy() / 255.0 for i in test_split[0][:7]], PreprocessSpec(32, 32))
     singles = np.concatenate([session.run(None, {INPUT_NAME: inputs[i : i + 1]})[0] for i in range(7)])
@@ -137,12 +138,18 @@ def test_preprocessing_variant_matches_python_preprocessing(tiny_export, tmp_pat
 
 def test_preprocessing_resize_needs_no_shape_arithmetic_from_opset_18(tiny_export):
     """Opset 18's Resize axes keep every node GPU-placeable; older opsets compute the sizes and give the same result."""
+    from vggdeploy.export.graph import familiarity_nodes
     from vggdeploy.export.variants import with_preprocessing
 
     result, _ = tiny_export
     variant = onnx.load(result.variants["preprocess"].path)
-    assert {"Shape", "Slice", "Concat"}.isdisjoint(n.op_type for n in variant.graph.node)
+    preprocessing = [n for n in variant.graph.node if n.output[0].startswith("pre_")]
+    assert len(preprocessing) == 5 and {"Shape", "Slice", "Concat"}.isdisjoint(n.op_type for n in preprocessing)
     fp32 = onnx.load(str(result.model_path))
+    scoring = set(familiarity_nodes(fp32))  # opset 18 forms (ReduceMean's axes input): the classifier alone is older
+    kept = [node for node in fp32.graph.node if node.name not in scoring]
+    del fp32.graph.node[:], fp32.graph.output[1:]
+    fp32.graph.node.extend(kept)
     fp32.opset_import[0].version = 17
     older = with_preprocessing(
         fp32, PreprocessSpec(32, 32), read_metadata(result.model_path)["calibration"]["temperature"]
@@ -176,12 +183,14 @@ def test_triton_config_parses_with_tritons_own_protobuf(tiny_export):
     result, out = tiny_export
     folders = list((out / "triton").iterdir())
     assert len(folders) == 1 and result.triton_model == folders[0]
-    assert f"  triton: {folders[0]} (config.pbtxt, 1/model.onnx, labels.txt; it serves logits)" in result.format()
+    serves = "it serves logits and familiarity"
+    assert f"  triton: {folders[0]} (config.pbtxt, 1/model.onnx, labels.txt; {serves})" in result.format()
     config = text_format.Parse((folders[0] / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.name == folders[0].name and config.backend == "onnxruntime" and config.max_batch_size == 256
     assert [i.name for i in config.input] == [INPUT_NAME] and list(config.input[0].dims) == [1, 32, 32]
     assert config.input[0].data_type == model_config_pb2.TYPE_FP32
-    assert [o.name for o in config.output] == [OUTPUT_NAME] and list(config.output[0].dims) == [10]
+    assert [o.name for o in config.output] == [OUTPUT_NAME, FAMILIARITY_NAME] and list(config.output[0].dims) == [10]
+    assert list(config.output[1].dims) == [1] and list(config.output[1].reshape.shape) == []  # one score per image
     assert list(config.dynamic_batching.preferred_batch_size)[-1] == 256
     # the GPU where the server has one, else the CPU (KIND_GPU made a CPU-only Triton refuse to load the model)
     assert [group.kind for group in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_AUTO]

@@ -118,7 +118,12 @@ def test_export_measures_the_stated_sample_and_says_so(tiny_checkpoint, tmp_path
         assert f"test-set figures on {count:,} of 10,000" in result.format()
         assert f"({count:,} test images)" in result.format()
         phases = [p["phase"] for p in report["phases"]]
-        assert phases[:3] == ["load the checkpoint and the data", "torch over the test sample", "calibration"]
+        assert phases[:4] == [
+            "load the checkpoint and the data",
+            "familiarity",
+            "torch over the test sample",
+            "calibration",
+        ]
         assert phases[-1] == "write"
         peaks = [p["peak_rss_gb"] for p in report["phases"]]
         assert peaks == sorted(peaks) and peaks[0] > 0.1

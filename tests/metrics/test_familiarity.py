@@ -92,3 +92,56 @@ def test_the_benchmark_refuses_a_k_below_1_in_one_line(tmp_path):
         [sys.executable, str(SCRIPT), str(tmp_path / "best.pt"), "-k", "0"], capture_output=True, text=True
     )
     assert result.returncode == 2 and result.stderr == "error: -k must be at least 1, got 0\n"
+
+
+def test_the_shrunk_covariance_is_ledoit_wolf_s():
+    """The intensity scikit-learn's ``ledoit_wolf(assume_centered=True)`` gives for these rows (0.22260328061277648,
+    checked once outside this project's dependencies), and an invertible covariance from fewer rows than columns."""
+    from vggdeploy.metrics.familiarity import shrunk_covariance
+
+    rng = np.random.default_rng(0)
+    for shape in ((10000, 20), (50, 100), (200, 100)):  # the draws before it in the comparison with scikit-learn
+        rng.normal(0, 1, shape)
+    rows = rng.normal(0, 1, (500, 64)) * np.linspace(1, 5, 64)
+    rows -= rows.mean(axis=0)
+    covariance, shrinkage = shrunk_covariance(rows)
+    assert shrinkage == pytest.approx(0.22260328061277648, rel=1e-12)
+    sample = rows.T @ rows / 500
+    assert covariance == pytest.approx((1 - shrinkage) * sample + shrinkage * np.trace(sample) / 64 * np.eye(64))
+    few = rng.normal(0, 1, (20, 100))
+    few -= few.mean(axis=0)
+    singular, intensity = shrunk_covariance(few)
+    assert 0 < intensity <= 1 and np.linalg.matrix_rank(singular) == 100
+    isotropic = np.eye(4) * 2.0  # already the target: nothing to shrink toward, the sample itself
+    assert shrunk_covariance(np.vstack([isotropic, -isotropic]))[1] in (0.0, 1.0)
+
+
+def test_the_whitened_layer_score_is_the_mahalanobis_score():
+    from vggdeploy.metrics.familiarity import LayerFit
+
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 1, (500, 3)), rng.normal(4, 2, (500, 3))])
+    labels = np.repeat([0, 1], 500)
+    layer, gaussian = LayerFit.of(features, labels), GaussianFit.of(features, labels)
+    probe = rng.normal(2, 3, (50, 3))
+    np.testing.assert_allclose(layer.raw_score(probe), gaussian.score(probe), rtol=1e-9)
+    standard = layer.standardised_on(probe)
+    assert standard.score(probe).mean() == pytest.approx(0, abs=1e-12) and standard.score(probe).std() == pytest.approx(
+        1
+    )
+    arrays = standard.arrays("late")
+    assert sorted(arrays) == ["late_centre", "late_means", "late_scale", "late_whitening"]
+    assert arrays["late_scale"].tolist() == pytest.approx([standard.score_mean, standard.score_deviation])
+    assert all(value.dtype == np.float32 for value in arrays.values())
+
+
+def test_flag_agreement_and_its_limits():
+    from vggdeploy.metrics.familiarity import flag_agreement, flag_failures
+
+    figures = flag_agreement(np.array([1.0, -1.0, 0.0, 3.0]), np.array([1.5, 0.5, 0.0, 3.0]), threshold=0.0)
+    assert figures == {"images": 4, "max_abs_diff": 1.5, "flag_agreement": 0.75}  # -1 -> 0.5 crosses; 0 stays familiar
+    assert flag_failures(figures, 0.75) == [] and flag_failures(figures, 0.76, atol=1.5) == [
+        "familiarity flags agree 75.00% < floor 76.00%"
+    ]
+    assert flag_failures(figures, 0.5, atol=1.49) == ["familiarity max |diff| 1.5 > 1.49"]
+    assert flag_failures({**figures, "max_abs_diff": float("nan")}, 0.5, atol=1.0) == ["familiarity max |diff| nan > 1"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from broken_models import multiply_output, scale_logits, shift_output
+from broken_models import multiply_output, scale_logits, shift_familiarity, shift_output
 from onnx import numpy_helper
 
 from vggdeploy.config import CheckConfig
@@ -231,6 +231,7 @@ def _deployment(tiny_export, folder, planted: dict) -> Path:
             onnx.save(planted[variant](onnx.load(str(source))), str(target))
         else:
             shutil.copyfile(source, target)
+    shutil.copyfile(result.model_path.parent / "familiarity_fit.npz", folder / "familiarity_fit.npz")
     return folder / result.model_path.name
 
 
@@ -321,3 +322,20 @@ def test_an_int8_file_under_its_agreement_floor_or_over_its_distance_limit_fails
     assert (limits["min_agreement"], limits["max_mean_diff"]) == (0.99, open_limits.get("int8_max_mean_diff", 0.1))
     with pytest.raises(CheckFailed, match=r"^parity check failed for int8$"):
         report.raise_if_failed()
+
+
+def test_an_int8_file_whose_familiarity_flags_move_fails_and_a_lost_fit_is_said(tiny_export, tiny_checkpoint, tmp_path):
+    """check compares every deployment's familiarity with torch's own (the torch model carrying the arrays export
+    saved beside the model): an int8 file whose scores all moved down by 3 flags other images, and fails alone."""
+    model = _deployment(tiny_export, tmp_path / "onnx", {"int8": lambda p: shift_familiarity(p, -3.0)})
+    report = run_check(model, tiny_checkpoint, CheckConfig(**GENEROUS), report_dir=tmp_path / "r")
+    familiarity = report.familiarity
+    assert familiarity.worse() == ["int8"] and all(report.results) and not report.calibration.worse()
+    assert familiarity.variants["fp32"]["max_abs_diff"] <= 1e-3 and familiarity.variants["fp32"]["images"] == 500
+    assert familiarity.variants["int8"]["flag_agreement"] < 0.98
+    with pytest.raises(CheckFailed, match=r"^parity check failed for int8 familiarity$"):
+        report.raise_if_failed()
+    (model.parent / "familiarity_fit.npz").unlink()
+    alone = run_check(model, tiny_checkpoint, CheckConfig(**GENEROUS), report_dir=tmp_path / "r2")
+    assert alone and alone.familiarity.missing == "familiarity_fit.npz is not beside the model"
+    assert "not compared with torch: familiarity_fit.npz is not beside the model" in alone.format()

@@ -264,3 +264,75 @@ def test_a_checkpoint_other_than_the_exported_one_is_refused():
     )
     with pytest.raises(DataError, match=r"the model's: epoch 12, test accuracy 91\.54%; this one's: epoch 11, test"):
         require_same_training(exported, {"epoch": 11, "test_accuracy": 0.9154}, "m.onnx", Path("best.pt"))
+
+
+FAMILIAR = {"labels": ["cat", "dog"], "familiarity": {"threshold": 0.0}}
+
+
+def test_each_deployment_s_familiarity_is_held_to_its_own_floor():
+    torch_scores = np.array([1.0, 2.0, -1.0, 0.5])
+    scores = {
+        "fp32": torch_scores + 2**-10,  # within its 0.001
+        "fp16": np.array([1.0, 2.0, -1.0, -0.5]),  # one flag of four moved: 75 % < 99.5 %
+        "int8": torch_scores - 0.4,  # 0.4 off, every flag kept: int8 has no distance limit
+    }
+    outputs = {name: REFERENCE.copy() for name in scores}
+    report = judge(Path("m.onnx"), "cpu", FAMILIAR, CheckConfig(), REFERENCE, outputs, LABELS, (torch_scores, scores))
+    familiarity = report.familiarity
+    assert familiarity.worse() == ["fp16"] and not report
+    assert familiarity.variants["fp32"] == {
+        "images": 4,
+        "max_abs_diff": 2**-10,
+        "flag_agreement": 1.0,
+        "atol": 1e-3,
+        "min_flag_agreement": 0.999,
+    }
+    assert familiarity.failures("fp16") == ["familiarity flags agree 75.00% < floor 99.50%"]
+    assert familiarity.format() == "\n".join(
+        [
+            "  familiarity (threshold 0), against torch's:",
+            "    fp32: max |diff| 0.000977 (limit 0.001), flags agree 100.00% (floor 99.90%) -> ok",
+            "    fp16: max |diff| 1, flags agree 75.00% (floor 99.50%) -> FAILED: familiarity flags agree 75.00% < "
+            "floor 99.50%",
+            "    int8: max |diff| 0.4, flags agree 100.00% (floor 98.00%) -> ok",
+        ]
+    )
+    assert familiarity.format() in report.format()
+    with pytest.raises(CheckFailed, match=r"^parity check failed for fp16 familiarity$"):
+        report.raise_if_failed()
+    saved = report.to_dict()["familiarity"]
+    assert saved["worse_than_limit"] == ["fp16"] and saved["threshold"] == 0.0 and saved["missing"] is None
+    assert saved["variants"]["fp16"]["failures"] == ["familiarity flags agree 75.00% < floor 99.50%"]
+    over = judge(
+        Path("m.onnx"), "cpu", FAMILIAR, CheckConfig(), REFERENCE, {"fp32": REFERENCE}, LABELS,
+        (torch_scores, {"fp32": torch_scores + 1.1e-3}),
+    )  # fmt: skip
+    assert over.familiarity.failures("fp32") == ["familiarity max |diff| 0.0011 > 0.001"]
+
+
+def test_the_familiarity_report_on_disk_and_when_torch_has_no_scores(tmp_path):
+    torch_scores = np.array([1.0, 2.0, -1.0, 0.5])
+    report = judge(
+        Path("m.onnx"), "cpu", FAMILIAR, CheckConfig(), REFERENCE, {"fp32": REFERENCE}, LABELS,
+        (torch_scores, {"fp32": torch_scores}),
+    )  # fmt: skip
+    write_reports(tmp_path, report)
+    assert (
+        "\n## Familiarity against torch's (threshold 0)\n\n"
+        "| model | images | max abs diff | limit | flags agree | floor | verdict |\n|---|---|---|---|---|---|---|\n"
+        "| fp32 | 4 | 0 | 0.001 | 100.00% | 99.90% | ok |\n"
+    ) in (tmp_path / "check.md").read_text()
+    missing = judge(
+        Path("m.onnx"), "cpu", FAMILIAR, CheckConfig(), REFERENCE, {"fp32": REFERENCE}, LABELS,
+        "familiarity_fit.npz is not beside the model",
+    )  # fmt: skip
+    assert missing and missing.familiarity.variants == {} and missing.familiarity.worse() == []
+    assert missing.familiarity.format() == (
+        "  familiarity (threshold 0): not compared with torch: familiarity_fit.npz is not beside the model"
+    )
+    write_reports(tmp_path, missing)
+    assert "Not compared: familiarity_fit.npz is not beside the model.\n" in (tmp_path / "check.md").read_text()
+    assert missing.to_dict()["familiarity"]["missing"] == "familiarity_fit.npz is not beside the model"
+    plain = judge(Path("m.onnx"), "cpu", METADATA, CheckConfig(), REFERENCE, {"fp32": REFERENCE}, LABELS)
+    assert plain.familiarity is None and plain.to_dict()["familiarity"] is None
+    assert "familiarity" not in plain.format()

@@ -24,6 +24,9 @@ RAW_INPUT_NAME = "images_uint8"  # --with-preprocessing variant: uint8 (batch, h
 PROBABILITIES_NAME = "probabilities"  # --with-preprocessing variant: softmax(logits / temperature)
 
 
+FAMILIARITY_NAME = "familiarity"  # float32 (batch,): how much each image looks like the training images (optional)
+
+
 BATCH_AXIS = "batch"
 
 
@@ -44,10 +47,13 @@ METADATA_KEYS = {
     "export": "exporter, opset, variant (fp32/fp16/int8/preprocessing), simplification, library versions",
     "parity": "ONNX Runtime vs torch on real test images, measured at export",
     "calibration": "the temperature T of probabilities = softmax(logits / T), how it was fitted, ECE/NLL before/after",
+    "familiarity": "the second output's threshold (familiarity < threshold = unfamiliar), what the score is, what it "
+    "was fitted on and what it promises",
 }
 
 
-OPTIONAL_METADATA_KEYS = frozenset({"calibration"})  # models exported before it existed mean temperature 1
+# models exported before these existed mean temperature 1 and no familiarity output
+OPTIONAL_METADATA_KEYS = frozenset({"calibration", "familiarity"})
 
 
 def encode_metadata(values: dict) -> dict[str, str]:
@@ -83,6 +89,11 @@ def decode_metadata(props: dict[str, str], source: str) -> dict:
         raise DataError(  # a negative T ranked the classes backwards
             f"{source}: calibration.temperature must be a positive number, got {scale!r}"
         )
+    if "familiarity" in decoded:
+        section = decoded["familiarity"]
+        threshold = section.get("threshold") if isinstance(section, dict) else None
+        if not (isinstance(threshold, int | float) and not isinstance(threshold, bool) and math.isfinite(threshold)):
+            raise DataError(f"{source}: familiarity.threshold must be a number, got {threshold!r}")
     return decoded
 
 
@@ -104,6 +115,12 @@ def temperature(metadata: dict) -> float:
 def is_calibrated(metadata: dict) -> bool:
     """Whether the temperature was fitted on held-out images (False: plain softmax, as exported models used to be)."""
     return bool(metadata.get("calibration", {}).get("fitted", False))
+
+
+def familiarity_threshold(metadata: dict) -> float | None:
+    """The score below which an image is unfamiliar; None for a model without the familiarity output."""
+    section = metadata.get("familiarity")
+    return None if section is None else float(section["threshold"])
 
 
 def probabilities(logits, temperature: float = 1.0):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vggdeploy.deploy.contract import (
+    FAMILIARITY_NAME,
     INPUT_NAME,
     RAW_INPUT_NAME,
 )
@@ -30,9 +31,16 @@ ORT_CHUNK = 64  # images per ONNX Runtime call when scoring many
 
 
 def run_session(session, inputs: np.ndarray, chunk: int = ORT_CHUNK) -> np.ndarray:
-    """Run a single-input session over many rows, ``chunk`` at a time."""
+    """Run a single-input session over many rows, ``chunk`` at a time: its first output (the logits)."""
+    return run_scored(session, inputs, chunk)[0]
+
+
+def run_scored(session, inputs: np.ndarray, chunk: int = ORT_CHUNK) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first output (the logits) and, for a model with the familiarity output, its scores (else None)."""
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: inputs[i : i + chunk]})[0] for i in range(0, len(inputs), chunk)])
+    parts = [session.run(None, {name: inputs[i : i + chunk]}) for i in range(0, len(inputs), chunk)]
+    scored = len(session.get_outputs()) > 1
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]) if scored else None
 
 
 CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessionOptionsDisableCPUEPFallback
@@ -373,6 +381,11 @@ def check_metadata_against_graph(path: Path, metadata: dict, session) -> None:
                 f"{path}: the metadata's preprocessing makes {'x'.join(map(str, made))} inputs, but the graph takes "
                 f"{'x'.join(map(str, graph_input[1:]))}"
             )
+    named = [output.name for output in outputs]
+    if "familiarity" in metadata and named[1:] != [FAMILIARITY_NAME]:
+        raise DataError(
+            f"{path}: its metadata describes a {FAMILIARITY_NAME!r} output, but the graph's outputs are {named}"
+        )
     classes = outputs[0].shape[-1] if outputs else None
     if isinstance(classes, int) and len(metadata["labels"]) != classes:
         raise DataError(

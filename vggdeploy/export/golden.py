@@ -31,9 +31,11 @@ def write_golden_vectors(
     spec: PreprocessSpec,
     config: ExportConfig,
     calibration: Calibration,
+    threshold: float | None,
 ) -> None:
     """The first test image of each class (up to ``count``) as PNG, with the logits this model gives for it and
-    the probabilities softmax(logits / temperature) a consumer must print (the export's calibration temperature).
+    the probabilities softmax(logits / temperature) a consumer must print (the export's calibration temperature);
+    for a model with the familiarity output (``threshold``), its score and flag too.
 
     The logits are computed from the PNG file through ``preprocess.py``, exactly as a consumer would.
     """
@@ -48,7 +50,11 @@ def write_golden_vectors(
         Image.fromarray(channels_last(dataset.test_images[index : index + 1])[0].numpy()).save(buffer, format="PNG")
         write_bytes_atomic(folder / name, buffer.getvalue())
         model_input = to_model_input([decode_image(buffer.getvalue(), spec.color)], spec)
-        logits = session.run(None, {session.get_inputs()[0].name: model_input})[0][0]
+        outputs = session.run(None, {session.get_inputs()[0].name: model_input})
+        logits = outputs[0][0]
+        scored = {}
+        if threshold is not None:
+            scored = {"familiarity": float(outputs[1][0]), "unfamiliar": bool(outputs[1][0] < threshold)}
         entries.append(
             {
                 "file": name,
@@ -58,6 +64,7 @@ def write_golden_vectors(
                 "predicted": int(logits.argmax()),
                 "logits": [float(v) for v in logits],
                 "probabilities": [float(v) for v in probabilities(logits[None].astype(np.float64), temperature)[0]],
+                **scored,
             }
         )
     tolerance = {
@@ -65,12 +72,15 @@ def write_golden_vectors(
         # softmax moves a probability by at most half the largest logit change, divided by the temperature
         "probabilities_atol": config.golden_atol / (2 * temperature),
     }
+    if threshold is not None:
+        tolerance["familiarity_atol"] = config.golden_atol
     write_json(
         folder / "golden.json",
         {
             "temperature": temperature,
             "calibrated": calibration.fitted,
             "probabilities": "softmax(logits / temperature)",
+            "familiarity_threshold": threshold,
             "tolerance": tolerance,
             "images": entries,
         },

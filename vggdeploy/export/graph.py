@@ -11,6 +11,7 @@ import onnx
 from vggdeploy import __version__
 from vggdeploy.deploy.contract import (
     BATCH_AXIS,
+    FAMILIARITY_NAME,
     INPUT_NAME,
     OUTPUT_NAME,
     PROBABILITIES_NAME,
@@ -42,8 +43,22 @@ def check_proto(proto: onnx.ModelProto | Path) -> None:
         raise CheckFailed(f"onnx.checker rejected the graph: {str(error).splitlines()[0]}") from None
 
 
-def io_section(args: ModelArgs, raw_input: bool) -> dict:
-    """The "io" metadata: what goes in and what comes out, with the dynamic axis names."""
+def io_section(args: ModelArgs, raw_input: bool, scored: bool = False) -> dict:
+    """The "io" metadata: what goes in and what comes out, with the dynamic axis names; ``scored``: the second output,
+    the familiarity score, too."""
+    section = _inputs_and_output(args, raw_input)
+    if scored:
+        section["familiarity"] = {
+            "name": FAMILIARITY_NAME,
+            "dtype": "float32",
+            "shape": [BATCH_AXIS],
+            "meaning": "how much each image looks like the training images, higher = more; the image is unfamiliar "
+            "below the 'familiarity' section's threshold",
+        }
+    return section
+
+
+def _inputs_and_output(args: ModelArgs, raw_input: bool) -> dict:
     if raw_input:
         return {
             "input": {
@@ -91,3 +106,22 @@ def attach_metadata(proto: onnx.ModelProto, metadata: dict) -> None:
 def save_onnx(proto: onnx.ModelProto, path) -> None:
     with atomic_path(path) as temporary:
         onnx.save(proto, str(temporary))
+
+
+def familiarity_nodes(proto: onnx.ModelProto) -> list[str]:
+    """The names of the nodes that compute the familiarity score and not the logits: the variants keep them in fp32
+    (fp16 would overflow a sum of squares; int8 ranges fitted to the logits' path would coarsen the distances)."""
+    producer = {output: node for node in proto.graph.node for output in node.output}
+
+    def ancestors(name: str) -> set[int]:
+        seen: set[int] = set()
+        pending = [name]
+        while pending:
+            node = producer.get(pending.pop())
+            if node is not None and id(node) not in seen:
+                seen.add(id(node))
+                pending.extend(node.input)
+        return seen
+
+    only_score = ancestors(FAMILIARITY_NAME) - ancestors(OUTPUT_NAME)
+    return [node.name for node in proto.graph.node if id(node) in only_score]

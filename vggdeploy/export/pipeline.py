@@ -22,18 +22,27 @@ import torch
 from vggdeploy.artifacts import (
     export_folder_entries,
     export_report,
+    familiarity_fit,
     golden_folder,
     model_file,
     reliability_diagram,
     sibling,
 )
-from vggdeploy.config import ExportConfig
+from vggdeploy.config import FAMILIARITY_LIMITS, ExportConfig
 from vggdeploy.data.batches import to_input_tensor
 from vggdeploy.data.dataset import Dataset, dataset_of
-from vggdeploy.deploy.contract import BATCH_AXIS, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, cap_ir_version
+from vggdeploy.deploy.contract import (
+    BATCH_AXIS,
+    FAMILIARITY_NAME,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    cap_ir_version,
+)
 from vggdeploy.deploy.session import ProviderSettings, create_session, run_session
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.export.calibrate import Calibration, calibrate
+from vggdeploy.export.familiarity import Familiarity, fit_familiarity
 from vggdeploy.export.golden import channels_last, write_golden_vectors
 from vggdeploy.export.graph import GraphStats, attach_metadata, check_proto, io_section, save_onnx
 from vggdeploy.export.triton import TRITON_MODEL_ENTRIES, triton_model_name, write_triton_model
@@ -46,6 +55,7 @@ from vggdeploy.passes import (
     EvaluationSample,
     evaluation_sample,
     session_engine,
+    split_familiarity,
     stream_logits,
     torch_device,
     torch_engine,
@@ -87,6 +97,7 @@ class ExportResult:
     simplified: bool
     calibration: Calibration
     sample: EvaluationSample
+    familiarity: Familiarity | None  # None: the model has no familiarity output
     variants: dict[str, Variant] = field(default_factory=dict)
     triton_model: Path | None = None  # the Triton model's folder in --triton-repo
     phases: list[dict] = field(default_factory=list)  # wall seconds and peak memory so far, per phase
@@ -102,15 +113,19 @@ class ExportResult:
             f"  parity {self.parity.format()}",
             f"  {self.calibration.format()}",
         ]
+        if self.familiarity is not None:
+            lines.append(f"  {self.familiarity.format()}")
         for name, variant in self.variants.items():
             lines.append(f"  {name}: {variant.path} ({variant.bytes / 1e6:.2f} MB) {variant.summary()}")
         if self.triton_model is not None:
-            lines.append(f"  triton: {self.triton_model} (config.pbtxt, 1/model.onnx, labels.txt; it serves logits)")
+            serves = "logits and familiarity" if self.familiarity else "logits"
+            lines.append(f"  triton: {self.triton_model} (config.pbtxt, 1/model.onnx, labels.txt; it serves {serves})")
         return "\n".join(lines)
 
 
-def to_onnx(model: torch.nn.Module, args: ModelArgs, opset: int) -> onnx.ModelProto:
-    """torch.export-based exporter with a dynamic batch axis (cleaner graph than the TorchScript tracer)."""
+def to_onnx(model: torch.nn.Module, args: ModelArgs, opset: int, scored: bool = False) -> onnx.ModelProto:
+    """torch.export-based exporter with a dynamic batch axis (cleaner graph than the TorchScript tracer); ``scored``:
+    the model's second output is the familiarity score."""
     example = torch.zeros(2, args.in_channels, args.image_size, args.image_size)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # exporter progress lines
         warnings.simplefilter("ignore")
@@ -118,7 +133,7 @@ def to_onnx(model: torch.nn.Module, args: ModelArgs, opset: int) -> onnx.ModelPr
             model,
             (example,),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[OUTPUT_NAME, FAMILIARITY_NAME] if scored else [OUTPUT_NAME],
             dynamic_shapes={INPUT_NAME: {0: torch.export.Dim(BATCH_AXIS)}},
             opset_version=opset,
             dynamo=True,
@@ -175,14 +190,15 @@ def build_metadata(
     variant: str,
     parity: dict,
     calibration: dict,
+    familiarity: dict | None,
     raw_input: bool,
 ) -> dict:
     spec = dataset.spec(args.image_size)
-    return {
+    described = {
         "vggdeploy.format": FORMAT_VERSION,
         "labels": list(dataset.class_names),
         "preprocessing": spec.to_metadata(),
-        "io": io_section(args, raw_input),
+        "io": io_section(args, raw_input, familiarity is not None),
         "model": {"name": args.name, **args.to_dict()},
         "training": {
             "test_accuracy": state.get("test_accuracy"),
@@ -201,6 +217,9 @@ def build_metadata(
         "parity": parity,
         "calibration": calibration,
     }
+    if familiarity is not None:
+        described["familiarity"] = familiarity
+    return described
 
 
 def export_model(
@@ -249,11 +268,21 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
     sample = evaluation_sample(len(dataset.test_labels), config.test_images, summarize(args).gflops, device)
     sample_images, sample_labels = sample.take(dataset.test_images), sample.take(dataset.test_labels).numpy()
     parity_count = min(config.parity_images, len(sample))
+    with phases.phase("familiarity"):
+        fitted = fit_familiarity(model, state, dataset, spec) if config.familiarity else "--no-familiarity"
+        exported_model, familiarity = fitted if isinstance(fitted, tuple) else (model, None)
     with phases.phase("torch over the test sample"):  # the one pass parity, calibration and the variants share
         measured = len(sample) if config.calibrate else parity_count
-        torch_test = stream_logits(
-            sample_images[:measured], spec, {"torch": torch_engine(model, device, batch)}, batch, "torch on test images"
-        )["torch"]
+        torch_test, torch_familiarity = split_familiarity(
+            stream_logits(
+                sample_images[:measured],
+                spec,
+                {"torch": torch_engine(exported_model, device, batch)},
+                batch,
+                "torch on test images",
+            )["torch"],
+            familiarity is not None,
+        )
     with phases.phase("calibration"):
         calibration = calibrate(model, state, dataset, spec, config, (torch_test, sample_labels))
 
@@ -263,8 +292,8 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
         scratch = staging / SCRATCH  # the graph on its way: ONNX Runtime and onnxsim read it from disk
         scratch.mkdir()
         with phases.phase("convert to ONNX"):
-            exported = to_onnx(model, args, config.opset)
-            release_weights(model)  # every torch figure is measured
+            exported = to_onnx(exported_model, args, config.opset, scored=familiarity is not None)
+            release_weights(exported_model)  # every torch figure is measured
             before = GraphStats.of(exported)
             save_onnx(exported, scratch / "exported.onnx")
             del exported
@@ -287,13 +316,16 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             if not audit:
                 raise CheckFailed(audit.format())
         with phases.phase("parity"):
-            onnx_test = stream_logits(
-                sample_images[:parity_count],
-                spec,
-                {"onnx": session_engine(session, batch)},
-                batch,
-                "onnxruntime parity",
-            )["onnx"]
+            onnx_test, onnx_familiarity = split_familiarity(
+                stream_logits(
+                    sample_images[:parity_count],
+                    spec,
+                    {"onnx": session_engine(session, batch)},
+                    batch,
+                    "onnxruntime parity",
+                )["onnx"],
+                familiarity is not None,
+            )
             parity = compare_logits(
                 "onnxruntime-cpu fp32 vs torch fp32",
                 torch_test[:parity_count],
@@ -303,6 +335,10 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             )
             if not parity:
                 raise CheckFailed(f"parity at export: {parity.format()}")
+            if familiarity is not None:
+                familiarity = familiarity.compared(
+                    torch_familiarity[:parity_count], onnx_familiarity, FAMILIARITY_LIMITS["fp32"]["atol"]
+                )
 
         attach_metadata(
             final,
@@ -314,6 +350,7 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
                 "fp32",
                 _parity_summary(parity),
                 calibration.to_metadata(),
+                None if familiarity is None else familiarity.to_metadata(),
                 raw_input=False,
             ),
         )
@@ -338,7 +375,10 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             )
 
         with phases.phase("write"):
-            write_golden_vectors(golden_folder(staging), session, dataset, spec, config, calibration)
+            threshold = None if familiarity is None else familiarity.threshold
+            write_golden_vectors(golden_folder(staging), session, dataset, spec, config, calibration, threshold)
+            if familiarity is not None:
+                familiarity.save_arrays(familiarity_fit(staging))
             del session
             shutil.rmtree(scratch)
             staged_model = model_file(staging)
@@ -353,6 +393,7 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
                 config.simplify,
                 calibration,
                 sample,
+                familiarity,
             )
             if calibration.measured:
                 calibration.plot(
@@ -387,6 +428,7 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         "parity": result.parity.to_dict(),
         "variants": {name: variant.to_dict() for name, variant in result.variants.items()},
         "calibration": result.calibration.to_metadata(),
+        "familiarity": None if result.familiarity is None else result.familiarity.to_metadata(),
         "test_sample": result.sample.to_dict(),
         "phases": result.phases,
         "triton_model": None if result.triton_model is None else str(result.triton_model),

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 
 from vggdeploy.config import ExportConfig
-from vggdeploy.deploy.contract import INPUT_NAME, OUTPUT_NAME
+from vggdeploy.deploy.contract import FAMILIARITY_NAME, INPUT_NAME, OUTPUT_NAME
 from vggdeploy.export.graph import save_onnx
 from vggdeploy.model.archs import ModelArgs
 from vggdeploy.report import write_text
@@ -28,6 +28,15 @@ def write_triton_model(
     save_onnx(proto, folder / "1" / "model.onnx")
     write_text(folder / "labels.txt", "\n".join(labels) + "\n")
     preferred = [size for size in (8, 32, 64, 128, config.triton_max_batch) if size <= config.triton_max_batch]
+    familiarity = ""
+    if len(proto.graph.output) > 1:  # one score per image: Triton's batched shape [batch] is dims [1] reshaped to []
+        familiarity = f""",
+  {{
+    name: "{FAMILIARITY_NAME}"
+    data_type: TYPE_FP32
+    dims: [ 1 ]
+    reshape: {{ shape: [ ] }}
+  }}"""
     write_text(
         folder / "config.pbtxt",
         f'''name: "{name}"
@@ -46,7 +55,7 @@ output [
     data_type: TYPE_FP32
     dims: [ {args.num_classes} ]
     label_filename: "labels.txt"
-  }}
+  }}{familiarity}
 ]
 dynamic_batching {{
   preferred_batch_size: [ {", ".join(map(str, sorted(set(preferred))))} ]

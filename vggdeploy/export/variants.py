@@ -16,7 +16,7 @@ import torch
 from onnx import TensorProto, helper
 
 from vggdeploy.artifacts import sibling
-from vggdeploy.config import ExportConfig, variant_limits
+from vggdeploy.config import ExportConfig, familiarity_limits, variant_limits
 from vggdeploy.data.batches import to_input_tensor
 from vggdeploy.deploy.contract import (
     BATCH_AXIS,
@@ -25,15 +25,24 @@ from vggdeploy.deploy.contract import (
     PROBABILITIES_NAME,
     RAW_INPUT_NAME,
     cap_ir_version,
+    familiarity_threshold,
     probabilities,
     proto_metadata,
     temperature,
 )
 from vggdeploy.deploy.preprocess import PreprocessSpec
-from vggdeploy.deploy.session import ProviderSettings, create_session, run_session
+from vggdeploy.deploy.session import ProviderSettings, create_session, run_scored
 from vggdeploy.errors import CheckFailed
-from vggdeploy.export.graph import GraphStats, attach_metadata, check_proto, io_section, save_onnx
+from vggdeploy.export.graph import (
+    GraphStats,
+    attach_metadata,
+    check_proto,
+    familiarity_nodes,
+    io_section,
+    save_onnx,
+)
 from vggdeploy.hardware import median_ms
+from vggdeploy.metrics.familiarity import flag_agreement, flag_failures
 from vggdeploy.metrics.parity import ParityResult, compare_logits
 from vggdeploy.model.archs import model_args_from_metadata
 from vggdeploy.phases import PhaseLog
@@ -77,6 +86,7 @@ class Variant:
     bytes: int
     nodes: int
     cpu_batch1_ms: dict[str, float] | None = None  # int8: fp32 and int8 batch-1 latency on the CPU and the speed-up
+    familiarity: dict | None = None  # its familiarity scores against the fp32 model's (metrics.flag_agreement)
 
     def summary(self) -> str:
         speed = ""
@@ -85,7 +95,13 @@ class Variant:
                 f"; CPU batch 1: {self.cpu_batch1_ms['fp32']:.2f} ms fp32 -> {self.cpu_batch1_ms['int8']:.2f} ms int8 "
                 f"({self.cpu_batch1_ms['speedup']:.2f}x)"
             )
-        return self.parity.format() + speed
+        familiarity = ""
+        if self.familiarity:
+            familiarity = (
+                f"; familiarity max |diff| {self.familiarity['max_abs_diff']:.3g}, flags agree "
+                f"{self.familiarity['flag_agreement']:.2%}"
+            )
+        return self.parity.format() + familiarity + speed
 
     def to_dict(self) -> dict:
         return {
@@ -94,6 +110,7 @@ class Variant:
             "nodes": self.nodes,
             "parity": self.parity.to_dict(),
             "cpu_batch1_ms": self.cpu_batch1_ms,
+            "familiarity": self.familiarity,
             "summary": self.summary(),
         }
 
@@ -149,7 +166,8 @@ def build_variants(given: VariantInputs, model_path: Path, phases: PhaseLog) -> 
     """Build, check and write beside ``model_path`` every variant the config asks for, one at a time, each dropped
     once written (at 224 px each is a copy of the model). Raises CheckFailed at the first that fails; export's
     staging folder then goes with what was written."""
-    reference = run_session(given.fp32_session, given.inputs, given.batch)
+    reference, reference_familiarity = run_scored(given.fp32_session, given.inputs, given.batch)
+    threshold = familiarity_threshold(_fp32_metadata(given))
     built: list[Variant] = []
     for kind in VARIANT_KINDS:
         if not kind.wanted(given.config):
@@ -157,26 +175,39 @@ def build_variants(given: VariantInputs, model_path: Path, phases: PhaseLog) -> 
         with phases.phase(f"variant {kind.name}"):
             proto = kind.build(given)
             session = create_session(proto.SerializeToString(), ProviderSettings(provider="cpu"))
+            outputs, familiarity = run_scored(session, kind.feed(given), given.batch)
             parity = compare_logits(
                 kind.description,
                 kind.expected(given, reference),
-                run_session(session, kind.feed(given), given.batch),
+                outputs,
                 given.labels,
                 **kind.limits(given.config, len(given.labels)),
             )
             if not parity:
                 raise CheckFailed(f"variant check: {parity.format()}")
+            if threshold is not None:
+                limits = familiarity_limits(kind.name, len(given.labels))
+                familiarity = {**flag_agreement(reference_familiarity, familiarity, threshold), **limits}
+                problems = flag_failures(familiarity, **limits)
+                if problems:
+                    raise CheckFailed(f"variant check: {kind.name}: {'; '.join(problems)}")
             speed = None
             if kind.name == "int8":  # what int8 buys on this CPU, next to the fp32 model it replaces
                 fp32_ms, int8_ms = _batch1_ms(given.fp32_session, given.inputs), _batch1_ms(session, given.inputs)
                 speed = {"fp32": fp32_ms, "int8": int8_ms, "speedup": fp32_ms / int8_ms}
             del session
-            built.append(_write(kind.name, proto, parity, speed, model_path, given.fp32))
+            built.append(_write(kind.name, proto, parity, speed, model_path, given.fp32, familiarity))
     return built
 
 
 def _write(
-    name: str, proto: onnx.ModelProto, parity: ParityResult, speed: dict | None, model_path: Path, fp32: onnx.ModelProto
+    name: str,
+    proto: onnx.ModelProto,
+    parity: ParityResult,
+    speed: dict | None,
+    model_path: Path,
+    fp32: onnx.ModelProto,
+    familiarity: dict | None,
 ) -> Variant:
     """Write ``model.<name>.onnx`` beside the fp32 model with its own metadata."""
     metadata = proto_metadata(fp32, str(model_path))
@@ -187,7 +218,7 @@ def _write(
     attach_metadata(proto, metadata)
     path = sibling(model_path, name)
     save_onnx(proto, path)
-    return Variant(name, parity, path, path.stat().st_size, GraphStats.of(proto).nodes, speed)
+    return Variant(name, parity, path, path.stat().st_size, GraphStats.of(proto).nodes, speed, familiarity)
 
 
 def _batch1_ms(session, inputs: np.ndarray, repeats: int = 20) -> float:
@@ -196,12 +227,30 @@ def _batch1_ms(session, inputs: np.ndarray, repeats: int = 20) -> float:
 
 
 def to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
-    """fp16 weights and activations, fp32 inputs and outputs (a Cast at each end)."""
+    """fp16 weights and activations, fp32 inputs and outputs (a Cast at each end); the familiarity score's own nodes
+    stay fp32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    proto = convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=False)
+    proto = convert_float_to_float16(
+        fp32, keep_io_types=True, disable_shape_infer=False, node_block_list=familiarity_nodes(fp32)
+    )
+    _drop_repeated_nodes(proto)
     cap_ir_version(proto)
     return proto
+
+
+def _drop_repeated_nodes(proto: onnx.ModelProto) -> None:
+    """Remove nodes identical to an earlier one. The fp16 converter inserts the same Cast once for each kept-fp32
+    consumer of a tensor (ONNX Runtime 1.31.1's ``float16.py``), and ONNX Runtime refuses two nodes of one name."""
+    seen: set[bytes] = set()
+    kept = []
+    for node in proto.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
 
 
 def _calibration_inputs(given: VariantInputs) -> np.ndarray:
@@ -243,6 +292,7 @@ def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray, batch: int = INT8_CA
             per_channel=True,
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
+            nodes_to_exclude=familiarity_nodes(fp32),  # quant_pre_process keeps the node names
         )
         proto = onnx.load(str(target))
     cap_ir_version(proto)
@@ -251,7 +301,8 @@ def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray, batch: int = INT8_CA
 
 def with_preprocessing(fp32: onnx.ModelProto, spec: PreprocessSpec, temperature: float = 1.0) -> onnx.ModelProto:
     """Prepend uint8 (batch, height, width) gray or (batch, height, width, 3) RGB -> resize -> normalise, append
-    softmax(logits / temperature): a service only decodes, and reads calibrated probabilities."""
+    softmax(logits / temperature): a service only decodes, and reads calibrated probabilities (and the familiarity
+    score, where the model has it)."""
     opset = next(o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx"))
     per_channel = [] if spec.channels == 1 else [1, spec.channels, 1, 1]
     constants = [
@@ -313,6 +364,7 @@ def with_preprocessing(fp32: onnx.ModelProto, spec: PreprocessSpec, temperature:
     graph.output[0].type.tensor_type.shape.dim[1].dim_value = (
         fp32.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     )
+    graph.output.extend(fp32.graph.output[1:])  # the familiarity score, where the model has it
     proto = helper.make_model(graph, opset_imports=list(fp32.opset_import), ir_version=fp32.ir_version)
     check_proto(proto)
     return proto

@@ -10,7 +10,7 @@ and the distance to the k-th nearest training image in normalised feature space 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,16 +38,15 @@ class GaussianFit:
 
     means: np.ndarray  # (classes, D)
     precision: np.ndarray  # (D, D), the inverse of the shared covariance
+    shrinkage: float  # the share of the covariance replaced by its mean variance (Ledoit-Wolf)
 
     @classmethod
-    def of(cls, features: np.ndarray, labels: np.ndarray, ridge: float = 1e-6) -> GaussianFit:
+    def of(cls, features: np.ndarray, labels: np.ndarray) -> GaussianFit:
         features = np.asarray(features, dtype=np.float64)
         classes = np.unique(labels)
         means = np.stack([features[labels == c].mean(axis=0) for c in classes])
-        centred = features - means[np.searchsorted(classes, labels)]
-        covariance = centred.T @ centred / len(features)
-        covariance += ridge * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
-        return cls(means, np.linalg.inv(covariance))
+        covariance, shrinkage = shrunk_covariance(features - means[np.searchsorted(classes, labels)])
+        return cls(means, np.linalg.inv(covariance), shrinkage)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float64)
@@ -57,6 +56,65 @@ class GaussianFit:
         cross = projected @ self.means.T
         means = ((self.means @ self.precision) * self.means).sum(axis=1)
         return -(own - 2 * cross + means).min(axis=1)
+
+
+def shrunk_covariance(centred: np.ndarray) -> tuple[np.ndarray, float]:
+    """The covariance of centred rows, shrunk toward its mean variance by the Ledoit-Wolf (2004) intensity, and that
+    intensity: with fewer images than dimensions (a small folder of own images, 4,096 features) the sample covariance
+    is singular, and its inverse would call every new image unfamiliar along the directions it never saw."""
+    images, dimensions = centred.shape
+    sample = centred.T @ centred / images
+    variance = np.trace(sample) / dimensions
+    spread = ((sample - variance * np.eye(dimensions)) ** 2).sum()  # squared distance from the shrinkage target
+    if spread <= 0:
+        return sample, 0.0
+    norms = (centred**2).sum(axis=1)
+    noise = ((norms**2).sum() / images - (sample**2).sum()) / images  # the sample covariance's own error
+    shrinkage = float(min(max(noise, 0.0), spread) / spread)
+    return (1 - shrinkage) * sample + shrinkage * variance * np.eye(dimensions), shrinkage
+
+
+@dataclass(frozen=True)
+class LayerFit:
+    """One layer's Mahalanobis score in the form a graph computes it: whiten, then the squared distance to each
+    whitened class mean, the smallest negated; standardised by the score's mean and deviation on held-out images."""
+
+    centre: np.ndarray  # (D,), the training features' mean (subtracted first, for float32's sake)
+    whitening: np.ndarray  # (D, D), W with W W^T = the precision: |(x - m) W|^2 is the squared Mahalanobis distance
+    means: np.ndarray  # (classes, D), (class mean - centre) W
+    shrinkage: float
+    score_mean: float = 0.0
+    score_deviation: float = 1.0
+
+    @classmethod
+    def of(cls, features: np.ndarray, labels: np.ndarray) -> LayerFit:
+        gaussian = GaussianFit.of(features, labels)
+        centre = np.asarray(features, dtype=np.float64).mean(axis=0)
+        whitening = np.linalg.cholesky(gaussian.precision)
+        return cls(centre, whitening, (gaussian.means - centre) @ whitening, gaussian.shrinkage)
+
+    def raw_score(self, features: np.ndarray) -> np.ndarray:
+        whitened = (np.asarray(features, dtype=np.float64) - self.centre) @ self.whitening
+        return -((whitened[:, None, :] - self.means[None]) ** 2).sum(axis=2).min(axis=1)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """The standardised score."""
+        return (self.raw_score(features) - self.score_mean) / self.score_deviation
+
+    def standardised_on(self, features: np.ndarray) -> LayerFit:
+        scores = self.raw_score(features)
+        return replace(self, score_mean=float(scores.mean()), score_deviation=float(scores.std()))
+
+    def arrays(self, layer: str) -> dict[str, np.ndarray]:
+        """What a graph needs, float32, named ``<layer>_centre``, ``_whitening``, ``_means`` and ``_scale`` (mean and
+        deviation)."""
+        parts = {
+            "centre": self.centre,
+            "whitening": self.whitening,
+            "means": self.means,
+            "scale": np.array([self.score_mean, self.score_deviation]),
+        }
+        return {f"{layer}_{name}": value.astype(np.float32) for name, value in parts.items()}
 
 
 @dataclass(frozen=True)
@@ -106,3 +164,24 @@ def threshold_accepting(familiar: np.ndarray, share: float = ACCEPTED_SHARE) -> 
 def accepted(scores: np.ndarray, threshold: float) -> float:
     """The share of images whose score reaches the threshold."""
     return float((np.asarray(scores) >= threshold).mean())
+
+
+def flag_agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> dict:
+    """How closely one deployment's familiarity scores follow another's: the largest difference, and the share of
+    images both flag alike (unfamiliar = below the threshold)."""
+    reference, candidate = np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
+    return {
+        "images": len(reference),
+        "max_abs_diff": float(np.abs(reference - candidate).max()),
+        "flag_agreement": float(((reference < threshold) == (candidate < threshold)).mean()),
+    }
+
+
+def flag_failures(figures: dict, min_flag_agreement: float, atol: float | None = None) -> list[str]:
+    """What ``flag_agreement``'s figures break of the limits, in words (empty: within them)."""
+    problems = []
+    if atol is not None and not figures["max_abs_diff"] <= atol:
+        problems.append(f"familiarity max |diff| {figures['max_abs_diff']:.3g} > {atol:g}")
+    if not figures["flag_agreement"] >= min_flag_agreement:
+        problems.append(f"familiarity flags agree {figures['flag_agreement']:.2%} < floor {min_flag_agreement:.2%}")
+    return problems

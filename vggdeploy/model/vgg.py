@@ -96,15 +96,20 @@ def build_model(args: ModelArgs) -> VGG:
 def predict_logits(
     model: nn.Module, inputs: np.ndarray, device: str | torch.device = "cpu", chunk: int = 256
 ) -> np.ndarray:
-    """Strict fp32 logits of preprocessed (N, C, H, W) inputs, ``chunk`` at a time (TF32 off on CUDA meanwhile)."""
+    """Strict fp32 logits of preprocessed (N, C, H, W) inputs, ``chunk`` at a time (TF32 off on CUDA meanwhile). A
+    model with a second output (export's familiarity score) gives it as one more column after the logits."""
     model = model.to(device).eval()
     with torch.no_grad(), _tf32_off():
         return np.concatenate(
             [
-                model(torch.from_numpy(inputs[i : i + chunk]).to(device)).cpu().numpy()
+                _columns(model(torch.from_numpy(inputs[i : i + chunk]).to(device))).cpu().numpy()
                 for i in range(0, len(inputs), chunk)
             ]
         )
+
+
+def _columns(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return torch.column_stack(output) if isinstance(output, tuple) else output
 
 
 @contextmanager

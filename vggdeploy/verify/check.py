@@ -13,23 +13,39 @@ import numpy as np
 import onnx
 import torch
 
-from vggdeploy.artifacts import CONFUSION_PNG, PER_CLASS_JSON, checkpoint_beside, reports_folder, sibling
-from vggdeploy.config import CheckConfig, variant_limits
+from vggdeploy.artifacts import (
+    CONFUSION_PNG,
+    PER_CLASS_JSON,
+    checkpoint_beside,
+    familiarity_fit,
+    reports_folder,
+    sibling,
+)
+from vggdeploy.config import FAMILIARITY_LIMITS, CheckConfig, variant_limits
 from vggdeploy.data.batches import to_input_tensor
 from vggdeploy.data.dataset import dataset_of
-from vggdeploy.deploy.contract import is_calibrated, temperature
+from vggdeploy.deploy.contract import familiarity_threshold, is_calibrated, temperature
 from vggdeploy.deploy.onnx_file import require_model_file
 from vggdeploy.deploy.preprocess import PreprocessSpec
 from vggdeploy.deploy.session import ORT_CHUNK, ProviderSettings, create_session, open_model, session_provider
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.files import folder_lock
 from vggdeploy.metrics.calibration import DEFAULT_BINS, CalibrationFigures
+from vggdeploy.metrics.familiarity import flag_agreement, flag_failures
 from vggdeploy.metrics.parity import ParityResult, compare_logits
 from vggdeploy.metrics.per_class import PerClassReport
 from vggdeploy.model.archs import model_args_from_metadata
 from vggdeploy.model.checkpoint import rebuild_model
+from vggdeploy.model.familiarity import ScoredModel
 from vggdeploy.model.vgg import release_weights
-from vggdeploy.passes import session_engine, stream_logits, torch_device, torch_engine, working_batch
+from vggdeploy.passes import (
+    session_engine,
+    split_familiarity,
+    stream_logits,
+    torch_device,
+    torch_engine,
+    working_batch,
+)
 from vggdeploy.report import markdown_table, write_json, write_text
 
 LISTED_FLIPS = 10  # flips printed per variant; check.json lists up to parity.MAX_LISTED_FLIPS
@@ -97,6 +113,44 @@ class CalibrationCheck:
         }
 
 
+@dataclass(frozen=True)
+class FamiliarityCheck:
+    """Each deployment's familiarity scores and flags against the torch model's, which carries the arrays export
+    fitted (``familiarity_fit.npz`` beside the model); ``missing`` says why there was nothing to compare with."""
+
+    threshold: float
+    variants: dict[str, dict]  # metrics.flag_agreement's figures with the variant's limits (FAMILIARITY_LIMITS)
+    missing: str | None = None
+
+    def failures(self, name: str) -> list[str]:
+        figures = self.variants[name]
+        return flag_failures(figures, figures["min_flag_agreement"], figures.get("atol"))
+
+    def worse(self) -> list[str]:
+        return [name for name in self.variants if self.failures(name)]
+
+    def format(self) -> str:
+        if self.missing is not None:
+            return f"  familiarity (threshold {self.threshold:.4g}): not compared with torch: {self.missing}"
+        lines = [f"  familiarity (threshold {self.threshold:.4g}), against torch's:"]
+        for name, figures in self.variants.items():
+            verdict = "ok" if not self.failures(name) else "FAILED: " + "; ".join(self.failures(name))
+            atol = "" if figures.get("atol") is None else f" (limit {figures['atol']:g})"
+            lines.append(
+                f"    {name}: max |diff| {figures['max_abs_diff']:.3g}{atol}, flags agree "
+                f"{figures['flag_agreement']:.2%} (floor {figures['min_flag_agreement']:.2%}) -> {verdict}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "threshold": self.threshold,
+            "missing": self.missing,
+            "variants": {name: {**f, "failures": self.failures(name)} for name, f in self.variants.items()},
+            "worse_than_limit": self.worse(),
+        }
+
+
 @dataclass
 class CheckReport:
     model: Path
@@ -107,9 +161,11 @@ class CheckReport:
     per_class: PerClassReport | None = None  # the checked model's (the first result's) answers on the test set
     layers: list[LayerDifference] = field(default_factory=list)
     first_bad_layer: LayerDifference | None = None
+    familiarity: FamiliarityCheck | None = None  # None for a model without the familiarity output
 
     def __bool__(self) -> bool:
-        return all(self.results) and not self.calibration.worse() and self.first_bad_layer is None
+        familiar = self.familiarity is None or not self.familiarity.worse()
+        return all(self.results) and not self.calibration.worse() and familiar and self.first_bad_layer is None
 
     def raise_if_failed(self) -> None:
         """CheckFailed naming what failed: a variant over its limits, or (with --localize) a layer over tolerance."""
@@ -117,6 +173,8 @@ class CheckReport:
             return
         failed = [r.name for r in self.results if not r]
         failed += [f"{name} calibration (ECE)" for name in self.calibration.worse()]
+        if self.familiarity is not None:
+            failed += [f"{name} familiarity" for name in self.familiarity.worse()]
         where = f"; first layer over tolerance: {self.first_bad_layer.layer}" if self.first_bad_layer else ""
         raise CheckFailed(f"parity check failed for {', '.join(failed) or 'the layers'}{where}")
 
@@ -135,6 +193,8 @@ class CheckReport:
                     f"{self.labels[flip.candidate_label]} (torch margin {flip.reference_margin:.3g})"
                 )
         lines.append(self.calibration.format())
+        if self.familiarity is not None:
+            lines.append(self.familiarity.format())
         if self.per_class is not None:
             confused = ", ".join(f"{t} -> {p} ({n})" for t, p, n in self.per_class.most_confused())
             lines.append(
@@ -157,6 +217,7 @@ class CheckReport:
             "passed": bool(self),
             "results": [r.to_dict() for r in self.results],
             "calibration": self.calibration.to_dict(),
+            "familiarity": None if self.familiarity is None else self.familiarity.to_dict(),
             "per_class": None if self.per_class is None else self.per_class.to_dict(),
             "layers": [layer.__dict__ for layer in self.layers],
             "first_bad_layer": None if self.first_bad_layer is None else self.first_bad_layer.__dict__,
@@ -220,13 +281,24 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     test_images, test_labels = dataset.test_images, dataset.test_labels
     labels = test_labels[:images].numpy()
 
+    scored = familiarity_threshold(loaded.metadata) is not None
+    fit = familiarity_fit(model_path.parent)
+    arrays = dict(np.load(fit)) if scored and fit.is_file() else None
     # torch first, then ONNX Runtime: the torch weights and the sessions (each a copy of the model) are never
     # resident together (a 515 MB model's check peaked at 2.63 GB with both)
     device = torch_device()
     batch = working_batch(state["model_args"], device)
-    reference = stream_logits(
-        test_images[:images], spec, {"torch": torch_engine(torch_model, device, batch)}, batch, "torch on test images"
-    )["torch"]
+    reference_model = torch_model if arrays is None else ScoredModel(torch_model, arrays)
+    reference, torch_familiarity = split_familiarity(
+        stream_logits(
+            test_images[:images],
+            spec,
+            {"torch": torch_engine(reference_model, device, batch)},
+            batch,
+            "torch on test images",
+        )["torch"],
+        arrays is not None,
+    )
     if not config.localize:  # --localize runs the torch model again, layer by layer
         release_weights(torch_model)
     sessions = {variant: create_session(model_path, settings)}
@@ -235,9 +307,15 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
             if sibling(model_path, name).is_file():
                 sessions[name] = create_session(sibling(model_path, name), settings)
     engines = {name: session_engine(session, min(batch, ORT_CHUNK)) for name, session in sessions.items()}
-    outputs = stream_logits(test_images[:images], spec, engines, batch, "onnxruntime on test images")
+    columns = stream_logits(test_images[:images], spec, engines, batch, "onnxruntime on test images")
+    outputs, scores = {}, {}
+    for name, output in columns.items():
+        outputs[name], scores[name] = split_familiarity(output, scored)
+    familiarity = None
+    if scored:
+        familiarity = (torch_familiarity, scores) if arrays is not None else f"{fit.name} is not beside the model"
     provider = session_provider(sessions[variant])
-    report = judge(model_path, provider, loaded.metadata, config, reference, outputs, labels)
+    report = judge(model_path, provider, loaded.metadata, config, reference, outputs, labels, familiarity)
     if config.localize:
         inputs = to_input_tensor(test_images[: config.localize_images], spec).numpy()
         report.layers = localize_difference(model_path, torch_model, inputs, settings)
@@ -254,9 +332,11 @@ def judge(
     reference: np.ndarray,
     outputs: dict[str, np.ndarray],
     labels: np.ndarray,
+    familiarity: tuple[np.ndarray, dict[str, np.ndarray]] | str | None = None,
 ) -> CheckReport:
     """The verdict from the logits: each variant's (``outputs``, the checked file's first) parity with torch fp32's
-    (``reference``) against its own limits, and its calibration at the model's temperature against torch's."""
+    (``reference``) against its own limits, and its calibration at the model's temperature against torch's. For a
+    model with the familiarity output, ``familiarity`` is torch's scores and each variant's, or why torch has none."""
     limits = {
         "fp32": {"atol": config.fp32_atol, "min_agreement": config.fp32_min_agreement},
         "fp16": variant_limits(config, "fp16"),
@@ -273,7 +353,20 @@ def judge(
     )
     checked = next(iter(outputs.values()))
     per_class = PerClassReport.of(metadata["labels"], labels, checked.argmax(axis=1))
-    return CheckReport(model_path, provider, results, metadata["labels"], calibration, per_class)
+    report = CheckReport(model_path, provider, results, metadata["labels"], calibration, per_class)
+    threshold = familiarity_threshold(metadata)
+    if isinstance(familiarity, str):
+        report.familiarity = FamiliarityCheck(threshold, {}, familiarity)
+    elif familiarity is not None:
+        torch_scores, scores = familiarity
+        report.familiarity = FamiliarityCheck(
+            threshold,
+            {
+                name: {**flag_agreement(torch_scores, candidate, threshold), **FAMILIARITY_LIMITS[name]}
+                for name, candidate in scores.items()
+            },
+        )
+    return report
 
 
 def localize_difference(
@@ -363,6 +456,26 @@ def write_reports(folder: Path, report: CheckReport) -> None:
         ["model", "images", "temperature", "ECE", "ECE change (pp)", "NLL", "mean confidence", "accuracy"],
     )
     text += f"\nLimit: a variant's ECE at most +{report.calibration.max_ece_increase_pp:g} pp over torch fp32's.\n"
+    if report.familiarity is not None:
+        text += f"\n## Familiarity against torch's (threshold {report.familiarity.threshold:.4g})\n\n"
+        if report.familiarity.missing is not None:
+            text += f"Not compared: {report.familiarity.missing}.\n"
+        else:
+            text += markdown_table(
+                [
+                    {
+                        "model": name,
+                        "images": figures["images"],
+                        "max abs diff": figures["max_abs_diff"],
+                        "limit": figures.get("atol"),
+                        "flags agree": _percent(figures["flag_agreement"]),
+                        "floor": _percent(figures["min_flag_agreement"]),
+                        "verdict": "ok" if not report.familiarity.failures(name) else "FAILED",
+                    }
+                    for name, figures in report.familiarity.variants.items()
+                ],
+                ["model", "images", "max abs diff", "limit", "flags agree", "floor", "verdict"],
+            )
     if report.per_class is not None:
         text += f"\n## Per class ({report.results[0].name}, ONNX Runtime)\n\n" + report.per_class.markdown()
         text += f"\n![confusion matrix]({CONFUSION_PNG})\n"

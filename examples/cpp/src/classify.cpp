@@ -273,6 +273,9 @@ json ReadMetadata(const Ort::Session& session) {
   // Optional: a model exported before the key existed means temperature 1 (plain softmax), uncalibrated.
   Ort::AllocatedStringPtr calibration = metadata.LookupCustomMetadataMapAllocated("calibration", allocator);
   decoded["calibration"] = calibration ? json::parse(calibration.get()) : json::object();
+  // Optional: a model without the key has no familiarity output.
+  Ort::AllocatedStringPtr familiarity = metadata.LookupCustomMetadataMapAllocated("familiarity", allocator);
+  decoded["familiarity"] = familiarity ? json::parse(familiarity.get()) : json(nullptr);
   if (decoded.at("vggdeploy.format") != "1") {  // another contract: its keys may mean other things
     throw std::runtime_error("vggdeploy format " + decoded.at("vggdeploy.format").dump() +
                              ", but this program reads format \"1\" only");
@@ -280,6 +283,12 @@ json ReadMetadata(const Ort::Session& session) {
   const json temperature = decoded.at("calibration").value("temperature", json(1.0));
   if (!temperature.is_number() || !std::isfinite(temperature.get<double>()) || temperature.get<double>() <= 0) {
     throw std::runtime_error("calibration.temperature must be a positive number, got " + temperature.dump());
+  }
+  const json& scored = decoded.at("familiarity");
+  if (!scored.is_null() && !(scored.is_object() && scored.contains("threshold") && scored.at("threshold").is_number() &&
+                             std::isfinite(scored.at("threshold").get<double>()))) {
+    throw std::runtime_error("familiarity.threshold must be a number, got " +
+                             (scored.is_object() && scored.contains("threshold") ? scored.at("threshold").dump() : "none"));
   }
   return decoded;
 }
@@ -432,6 +441,12 @@ int main(int argc, char** argv) {
     CheckGraphAgainstMetadata(session, metadata, spec);
     const double temperature = metadata.at("calibration").value("temperature", 1.0);
     const bool calibrated = metadata.at("calibration").value("fitted", false);
+    // The familiarity output, where the model has it: an image scoring below the threshold is unlike the training
+    // images, and its probabilities say nothing about it.
+    const bool scored = !metadata.at("familiarity").is_null();
+    const std::string familiarity_name = scored ? metadata.at("familiarity").at("output").get<std::string>() : "";
+    const double threshold = scored ? metadata.at("familiarity").at("threshold").get<double>() : 0.0;
+    if (scored) GraphShape(session, familiarity_name, false);  // refuses a graph without the output its metadata names
 
     int failures = 0;
     int not_finite = 0;  // images whose model output had a NaN or an infinity: a broken model, exit 4
@@ -449,8 +464,8 @@ int main(int argc, char** argv) {
       const std::array<int64_t, 4> shape{1, spec.channels, spec.height, spec.width};
       Ort::Value tensor = Ort::Value::CreateTensor<float>(memory, input.data(), input.size(), shape.data(), shape.size());
       const char* input_names[] = {input_name.c_str()};
-      const char* output_names[] = {output_name.c_str()};
-      auto outputs = session.Run(Ort::RunOptions{nullptr}, input_names, &tensor, 1, output_names, 1);
+      const char* output_names[] = {output_name.c_str(), familiarity_name.c_str()};
+      auto outputs = session.Run(Ort::RunOptions{nullptr}, input_names, &tensor, 1, output_names, scored ? 2 : 1);
       const float* data = outputs[0].GetTensorData<float>();
       std::vector<float> logits(data, data + labels.size());
       if (!std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); })) {
@@ -468,10 +483,18 @@ int main(int argc, char** argv) {
       if (as_json) {
         json top = json::array();
         for (size_t i : order) top.push_back({{"label", labels[i]}, {"index", i}, {"probability", probabilities[i]}});
-        std::cout << json{{"file", path}, {"logits", logits}, {"top", top}, {"calibrated", calibrated}, {"temperature", temperature}}.dump() << "\n";
+        json answer{{"file", path}, {"logits", logits}, {"top", top}, {"calibrated", calibrated}, {"temperature", temperature},
+                    {"familiarity", nullptr}, {"unfamiliar", nullptr}};
+        if (scored) {
+          const double score = outputs[1].GetTensorData<float>()[0];
+          answer["familiarity"] = score;
+          answer["unfamiliar"] = !(score >= threshold);  // a NaN score is no evidence of familiarity
+        }
+        std::cout << answer.dump() << "\n";
       } else {
         std::cout << path;
         for (size_t i : order) std::cout << "  " << labels[i] << " " << 100.0 * probabilities[i] << "%";
+        if (scored && !(outputs[1].GetTensorData<float>()[0] >= threshold)) std::cout << "  (unfamiliar)";
         std::cout << "\n";
       }
     }

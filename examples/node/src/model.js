@@ -5,7 +5,7 @@ import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import { specFromMetadata } from './preprocess.js';
 
-import { calibrationOf, checkGraphAgainstMetadata } from '../../js-common/preprocess.js';
+import { calibrationOf, checkGraphAgainstMetadata, familiarityAnswer } from '../../js-common/preprocess.js';
 
 export { topK } from '../../js-common/preprocess.js';
 
@@ -36,10 +36,10 @@ export async function loadModel(path) {
   };
 }
 
-/** Logits for one preprocessed image. */
+/** Logits for one preprocessed image, with the familiarity score and flag (nulls for a model without them). */
 export async function infer(model, input) {
   const { io } = model.metadata;
   const tensor = new ort.Tensor('float32', input, [1, model.spec.channels, model.spec.height, model.spec.width]);
   const result = await model.session.run({ [io.input.name]: tensor });
-  return Array.from(result[io.output.name].data);
+  return { logits: Array.from(result[io.output.name].data), ...familiarityAnswer(model.metadata, result) };
 }

@@ -94,8 +94,8 @@ export async function startServer({ modelPath, port = 0, host = '127.0.0.1', ...
       const k = Math.min(topCount(url.searchParams.get('k')), metadata.labels.length);
       if (body.length === 0) return [400, { error: 'empty body: send a PNG or JPEG image' }];
       try {
-        const { top, logits, calibrated, temperature } = await pool.run(body, k, settings.maxPixels);
-        return [200, { model: metadata.model.name, top, logits, calibrated, temperature }];
+        const { top, logits, calibrated, temperature, familiarity, unfamiliar } = await pool.run(body, k, settings.maxPixels);
+        return [200, { model: metadata.model.name, top, logits, calibrated, temperature, familiarity, unfamiliar }];
       } catch (error) {
         if (error.badImage) return [415, { error: error.message }];
         throw error;

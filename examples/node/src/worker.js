@@ -8,10 +8,10 @@ parentPort.postMessage({ ready: true });
 
 parentPort.on('message', async ({ id, bytes, k, maxPixels }) => {
   try {
-    const logits = await infer(model, await preprocess(Buffer.from(bytes), model.spec, maxPixels));
+    const { logits, familiarity, unfamiliar } = await infer(model, await preprocess(Buffer.from(bytes), model.spec, maxPixels));
     const { temperature, calibrated } = model;
     const top = topK(logits, model.labels, k, temperature);
-    parentPort.postMessage({ id, result: { top, logits, calibrated, temperature } });
+    parentPort.postMessage({ id, result: { top, logits, calibrated, temperature, familiarity, unfamiliar } });
   } catch (error) {
     parentPort.postMessage({ id, error: error.message, badImage: error instanceof ImageError });
   }

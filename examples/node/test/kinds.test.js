@@ -28,6 +28,11 @@ test('every image kind gives the Python reference logits, or a refusal in words'
       const worst = Math.max(...answer.logits.map((v, i) => Math.abs(v - entry.logits[i])));
       report[kind] = worst;
       assert.ok(worst <= tolerance.logits_atol, `${kind}: logits differ by ${worst} > ${tolerance.logits_atol}`);
+      if ('familiarity' in entry) { // the model's familiarity score and flag, as the Python reference gives them
+        const gap = Math.abs(answer.familiarity - entry.familiarity);
+        assert.ok(gap <= tolerance.familiarity_atol, `${kind}: familiarity differs by ${gap}`);
+        assert.equal(answer.unfamiliar, entry.unfamiliar, `${kind}: unfamiliar`);
+      }
     }
     if (process.env.KINDS_REPORT) writeFileSync(process.env.KINDS_REPORT, JSON.stringify(report, null, 1));
   } finally {

@@ -3,7 +3,7 @@
 import * as ort from '/ort/ort.wasm.min.mjs';
 import { pngOrientation, upright, withoutExifChunk } from '/common/orientation.js';
 import {
-  calibrationOf, checkGraphAgainstMetadata, specFromMetadata, toChannels, toModelInput, topK,
+  calibrationOf, checkGraphAgainstMetadata, familiarityAnswer, specFromMetadata, toChannels, toModelInput, topK,
 } from '/common/preprocess.js';
 
 const TOP_K = 5;
@@ -98,7 +98,8 @@ function show(result, image, metadata) {
   $('result').hidden = false;
   const preview = $('preview');
   preview.getContext('2d').drawImage(image.bitmap, 0, 0, preview.width, preview.height);
-  $('label').textContent = `${result.top[0].label} (${(100 * result.top[0].probability).toFixed(1)} %)`;
+  $('label').textContent = `${result.top[0].label} (${(100 * result.top[0].probability).toFixed(1)} %)`
+    + (result.unfamiliar ? ' - unfamiliar: unlike the training images, so the probabilities say nothing about it' : '');
   $('bars').replaceChildren(...result.top.map(({ label, probability }) => {
     const row = document.createElement('div');
     row.className = 'bar';
@@ -114,9 +115,11 @@ async function classify(model, file) {
   const input = toModelInput(toChannels(image, model.spec), image.width, image.height, model.spec);
   const { io, labels } = model.metadata;
   const feeds = { [io.input.name]: new ort.Tensor('float32', input, [1, model.spec.channels, model.spec.height, model.spec.width]) };
-  const logits = Array.from((await model.session.run(feeds))[io.output.name].data);
+  const outputs = await model.session.run(feeds);
+  const logits = Array.from(outputs[io.output.name].data);
   const { temperature, calibrated } = calibrationOf(model.metadata);
-  const result = { file: file.name, logits, top: topK(logits, labels, TOP_K, temperature), calibrated, temperature };
+  const top = topK(logits, labels, TOP_K, temperature);
+  const result = { file: file.name, logits, top, calibrated, temperature, ...familiarityAnswer(model.metadata, outputs) };
   show(result, image, model.metadata);
   window.lastResult = result; // read by the page's self-test
   return result;

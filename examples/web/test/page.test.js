@@ -93,6 +93,11 @@ test('every image kind gives the Python reference logits, or a refusal in words'
     const worst = Math.max(...result.logits.map((v, i) => Math.abs(v - entry.logits[i])));
     report[kind] = worst;
     assert.ok(worst <= tolerance.logits_atol, `${kind}: logits differ by ${worst} > ${tolerance.logits_atol}`);
+    if ('familiarity' in entry) { // the model's familiarity score and flag, as the Python reference gives them
+      const gap = Math.abs(result.familiarity - entry.familiarity);
+      assert.ok(gap <= tolerance.familiarity_atol, `${kind}: familiarity differs by ${gap}`);
+      assert.equal(result.unfamiliar, entry.unfamiliar, `${kind}: unfamiliar`);
+    }
   }
   if (process.env.KINDS_REPORT) writeFileSync(process.env.KINDS_REPORT, JSON.stringify(report, null, 1));
 });

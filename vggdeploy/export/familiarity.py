@@ -1,0 +1,152 @@
+"""Export's familiarity step: fit the score that says how much an image looks like the training images, and put it in
+the graph as a second output beside the logits.
+
+The score (BENCHMARKS.md, "Familiarity") adds two Mahalanobis scores, each standardised on the held-out slice:
+- the first stage's channel statistics (each channel's mean and standard deviation over the image): what the image
+  is made of, which blanks, noise and inverted images get wrong;
+- the penultimate features (the last Linear layer's input): what the model makes of it.
+Each is minus the squared distance to the nearest class mean under one shared, shrunk covariance, fitted on training
+images outside the slice. The threshold accepts a stated share of the slice, which no fit has seen.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vggdeploy.data.dataset import Dataset
+from vggdeploy.deploy.contract import FAMILIARITY_NAME
+from vggdeploy.deploy.preprocess import PreprocessSpec
+from vggdeploy.errors import CheckFailed
+from vggdeploy.export.calibrate import held_out_slice
+from vggdeploy.metrics.familiarity import ACCEPTED_SHARE, LayerFit, flag_agreement, threshold_accepting
+from vggdeploy.model.familiarity import ScoredModel, representations
+from vggdeploy.model.vgg import summarize
+from vggdeploy.passes import evaluation_sample, stream_logits, torch_device, working_batch
+
+FIT_IMAGES = 10_000  # training images the class means and covariances are fitted on, at most (evenly spread)
+MIN_SLICE_IMAGES = 100  # held-out images a threshold at a 95 % share needs (5 of them fall below it)
+
+
+@dataclass(frozen=True)
+class Familiarity:
+    """The fitted score, its threshold and what it rests on: the ``familiarity`` metadata section."""
+
+    threshold: float
+    accepted_share: float
+    fit_images: int
+    slice_images: int
+    shrinkage: dict[str, float]
+    arrays: dict[str, np.ndarray]  # the graph's constants (LayerFit.arrays), saved beside the model for check
+    parity: dict | None = None  # ONNX Runtime fp32 vs torch on the parity images (flag_agreement and atol)
+
+    def to_metadata(self) -> dict:
+        return {
+            "output": FAMILIARITY_NAME,
+            "threshold": self.threshold,
+            "unfamiliar": f"{FAMILIARITY_NAME} < threshold",
+            "accepted_share": self.accepted_share,
+            "threshold_from": f"{self.slice_images} held-out training images (the calibration slice): the threshold "
+            f"accepts {self.accepted_share:.0%} of them",
+            "fitted_on": f"{self.fit_images} training images outside the slice",
+            "score": "the sum of two Mahalanobis scores, each minus the squared distance to the nearest class mean "
+            "under a shared Ledoit-Wolf-shrunk covariance and standardised on the slice: the first stage's channel "
+            "means and standard deviations, and the penultimate features; higher = more like the training images",
+            "shrinkage": self.shrinkage,
+            "parity": self.parity,
+            "promise": "flags images unlike the training images (blanks, noise, other kinds of picture) at the stated "
+            "share of familiar images accepted; it is not a guarantee that a familiar-looking image is classified "
+            "right, nor that every unfamiliar one is flagged",
+        }
+
+    def format(self) -> str:
+        parity = ""
+        if self.parity is not None:
+            parity = (
+                f"; onnxruntime vs torch on {self.parity['images']:,} test images: max |diff| "
+                f"{self.parity['max_abs_diff']:.3g}, flags agree {self.parity['flag_agreement']:.2%}"
+            )
+        return (
+            f"familiarity: second output {FAMILIARITY_NAME!r}, fitted on {self.fit_images:,} training images; "
+            f"threshold {self.threshold:.3f} accepts {self.accepted_share:.0%} of {self.slice_images:,} held-out "
+            f"training images{parity}"
+        )
+
+    def save_arrays(self, path: Path) -> None:
+        np.savez(path, **self.arrays)
+
+    def compared(self, torch_scores: np.ndarray, onnx_scores: np.ndarray, atol: float) -> Familiarity:
+        """This fit with the parity of the ONNX graph's scores against torch's; CheckFailed beyond ``atol``."""
+        parity = {**flag_agreement(torch_scores, onnx_scores, self.threshold), "atol": atol}
+        if not parity["max_abs_diff"] <= atol:
+            raise CheckFailed(
+                f"parity at export: familiarity max |diff| {parity['max_abs_diff']:.3g} > atol {atol:g} "
+                f"({len(torch_scores)} test images)"
+            )
+        return replace(self, parity=parity)
+
+
+def _fit_sample(state: dict, dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """The training images the slice was drawn from (the first ``of_images``: training may have used a subset), less
+    the slice, evenly spread: at most FIT_IMAGES, fewer on a CPU where a pass would be long (the test sample's rule)."""
+    split = state["calibration_split"]
+    held = np.zeros(split["of_images"], dtype=bool)
+    held[np.asarray(split["indices"])] = True
+    pool = np.flatnonzero(~held)
+    count = min(FIT_IMAGES, len(pool))
+    spread = pool[np.arange(count) * len(pool) // count]
+    chosen = torch.from_numpy(
+        spread[evaluation_sample(count, None, summarize(state["model_args"]).gflops, device).indices]
+    )
+    return dataset.train_images[chosen], dataset.train_labels[chosen].numpy()
+
+
+def _pass(model: nn.Module, images: torch.Tensor, spec: PreprocessSpec, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The first stage's statistics and the penultimate features of uint8 images, batched as every torch pass."""
+    device = torch_device()
+    batch = working_batch(model.args, device)
+    model = model.to(device).eval()
+    widths = []
+
+    @torch.no_grad()
+    def engine(inputs: np.ndarray) -> np.ndarray:
+        _, statistics, penultimate = representations(model, torch.from_numpy(inputs).to(device))
+        widths[:] = [statistics.shape[1]]
+        return torch.cat([statistics, penultimate], dim=1).double().cpu().numpy()
+
+    both = stream_logits(images, spec, {"torch": engine}, batch, what)["torch"]
+    return both[:, : widths[0]], both[:, widths[0] :]
+
+
+def fit_familiarity(
+    model: nn.Module, state: dict, dataset: Dataset, spec: PreprocessSpec
+) -> tuple[ScoredModel, Familiarity] | str:
+    """The model with its familiarity output and the metadata section, or why there is none (a warning is printed)."""
+    held_out = held_out_slice(state, dataset)
+    if held_out is None or len(held_out[1]) < MIN_SLICE_IMAGES:
+        why = (
+            f"the checkpoint holds {0 if held_out is None else len(held_out[1])} held-out training images, fewer than "
+            f"the {MIN_SLICE_IMAGES} a threshold needs (a larger --calibration-holdout or more images would give them)"
+        )
+        print(f"vggdeploy: warning: no familiarity output: {why}", file=sys.stderr)
+        return why
+    images, labels = _fit_sample(state, dataset, torch_device())
+    early_train, late_train = _pass(model, images, spec, "torch on training images (familiarity)")
+    early_slice, late_slice = _pass(model, held_out[0], spec, "torch on the held-out slice (familiarity)")
+    early = LayerFit.of(early_train, labels).standardised_on(early_slice)
+    late = LayerFit.of(late_train, labels).standardised_on(late_slice)
+    slice_scores = early.score(early_slice) + late.score(late_slice)
+    familiarity = Familiarity(
+        threshold_accepting(slice_scores, ACCEPTED_SHARE),
+        ACCEPTED_SHARE,
+        len(labels),
+        len(held_out[1]),
+        {"first stage": early.shrinkage, "penultimate": late.shrinkage},
+        {**early.arrays("early"), **late.arrays("late")},
+    )
+    return ScoredModel(model, familiarity.arrays).eval(), familiarity

@@ -1,0 +1,51 @@
+"""The classifier with its familiarity score as a second output, for export's graph and ``check``'s torch side.
+
+The score's arrays (``metrics.familiarity.LayerFit.arrays``) are fitted by export and saved beside the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+LAYERS = ("early", "late")  # the first stage's channel statistics, the penultimate features
+PARTS = ("centre", "whitening", "means", "scale")
+
+
+def stage_statistics(early: torch.Tensor) -> torch.Tensor:
+    """Each channel's mean and standard deviation over the image, (N, 2C)."""
+    mean = early.mean(dim=(2, 3))
+    deviation = ((early - mean[:, :, None, None]) ** 2).mean(dim=(2, 3)).sqrt()
+    return torch.cat([mean, deviation], dim=1)
+
+
+def representations(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits and what the score reads: the first stage's statistics and the penultimate features."""
+    early = model.features[0](images)
+    penultimate = model.classifier[:-1](model.features[1:](early))
+    return model.classifier[-1](penultimate), stage_statistics(early), penultimate
+
+
+class ScoredModel(nn.Module):
+    """A VGG whose forward pass returns ``(logits, familiarity)``: the sum of the two layers' standardised
+    Mahalanobis scores, higher = more like the training images."""
+
+    def __init__(self, model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self.model = model
+        self.args = model.args
+        for layer in LAYERS:
+            for part in PARTS:
+                name = f"{layer}_{part}"
+                self.register_buffer(name, torch.as_tensor(np.asarray(arrays[name], dtype=np.float32)))
+
+    def _score(self, features: torch.Tensor, layer: str) -> torch.Tensor:
+        centre, whitening, means, scale = (getattr(self, f"{layer}_{part}") for part in PARTS)
+        whitened = (features - centre) @ whitening
+        distance = ((whitened[:, None, :] - means[None]) ** 2).sum(dim=2).amin(dim=1)
+        return (-distance - scale[0]) / scale[1]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, statistics, penultimate = representations(self.model, images)
+        return logits, self._score(statistics, "early") + self._score(penultimate, "late")
