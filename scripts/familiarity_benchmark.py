@@ -1,15 +1,17 @@
-"""Which familiarity score tells a Fashion-MNIST model's own kind of image from others (issue #35's measurement).
+"""Which familiarity score tells a model's own kind of image from others (issue #35's measurement).
 
-For a checkpoint trained on Fashion-MNIST: logits and penultimate features of the training images (minus the held-out
-calibration slice), the slice, the test set, and sets the model never saw, made here (nothing downloaded):
+For a checkpoint trained on Fashion-MNIST or on a folder of one's own images: logits and penultimate features of the
+training images (minus the held-out calibration slice), the slice, the test set, and sets the model never saw, made
+here (nothing downloaded), in the model's channels:
 
 - digits: the digits 0-9 drawn in Pillow's own font, white on black like Fashion-MNIST, at random sizes, positions,
   rotations and stroke widths;
 - letters: A-Z drawn the same way;
 - noise: uniform random pixels;
 - blanks: images of one grey level, black to white;
-- inverted: Fashion-MNIST test images with their levels inverted (255 - x);
-- upside down: Fashion-MNIST test images flipped top to bottom.
+- inverted: the model's test images with their levels inverted (255 - x);
+- upside down: the model's test images flipped top to bottom;
+- Fashion-MNIST: its test images, for a model of other images.
 
 Each score (maximum softmax and energy at the temperature fitted on the slice; Mahalanobis distance and k-th nearest
 neighbour distance on the penultimate features; Mahalanobis distance on the first stage's channel statistics, each
@@ -37,6 +39,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vggdeploy.data.batches import to_input_tensor
 from vggdeploy.data.dataset import dataset_of
+from vggdeploy.data.fashion_mnist import load_split
 from vggdeploy.errors import UsageError, run_script
 from vggdeploy.metrics.calibration import fit_temperature
 from vggdeploy.metrics.familiarity import (
@@ -76,16 +79,27 @@ def drawn_characters(characters: str, count: int, seed: int) -> np.ndarray:
     return images
 
 
-def unfamiliar_sets(test_images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+def unfamiliar_sets(test_images: np.ndarray, channels: int, seed: int = 0, data_dir=None) -> dict[str, np.ndarray]:
+    """The sets a model was not trained for, in its channels (gray drawn, repeated for colour; resized with the test
+    images' preprocessing): for a model of one's own images, Fashion-MNIST test images too."""
     rng = np.random.default_rng(seed)
-    return {
-        "digits": drawn_characters("0123456789", 2000, seed),
-        "letters": drawn_characters("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 2000, seed + 1),
-        "noise": rng.integers(0, 256, (1000, SIDE, SIDE), dtype=np.uint8),
-        "blanks": np.repeat(np.linspace(0, 255, 16).round().astype(np.uint8), SIDE * SIDE).reshape(16, SIDE, SIDE),
+
+    def as_model_sees(gray: np.ndarray) -> np.ndarray:
+        return gray if channels == 1 else np.repeat(gray[:, None], channels, axis=1)
+
+    sets = {
+        "digits": as_model_sees(drawn_characters("0123456789", 2000, seed)),
+        "letters": as_model_sees(drawn_characters("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 2000, seed + 1)),
+        "noise": rng.integers(0, 256, (1000, *test_images.shape[1:]), dtype=np.uint8),
+        "blanks": as_model_sees(
+            np.repeat(np.linspace(0, 255, 16).round().astype(np.uint8), SIDE * SIDE).reshape(16, SIDE, SIDE)
+        ),
         "inverted": 255 - test_images[:1000],
-        "upside down": test_images[:1000, ::-1].copy(),
+        "upside down": np.flip(test_images[:1000], axis=-2).copy(),
     }
+    if channels != 1 or test_images.shape[-1] != SIDE:  # not Fashion-MNIST itself: its garments are other images
+        sets["Fashion-MNIST"] = as_model_sees(load_split("test", data_dir)[0][:1000].numpy())
+    return sets
 
 
 @torch.no_grad()
@@ -147,8 +161,6 @@ def score_rows(score_name: str, threshold: float, familiar: np.ndarray, sets: di
 def measure(checkpoint: Path, data_dir: str | None, k: int, model_path: Path | None = None) -> dict:
     model, state = rebuild_model(checkpoint)
     dataset = dataset_of(state, data_dir)
-    if dataset.channels != 1 or len(dataset.class_names) != 10:
-        raise UsageError(f"{checkpoint}: the made sets are 28x28 grayscale; this benchmark needs a Fashion-MNIST model")
     spec = dataset.spec(state["model_args"].image_size)
     held_out = np.zeros(len(dataset.train_labels), dtype=bool)
     held_out[np.asarray(state["calibration_split"]["indices"])] = True
@@ -173,7 +185,7 @@ def measure(checkpoint: Path, data_dir: str | None, k: int, model_path: Path | N
     late = standardised(scores["Mahalanobis, penultimate"], held)
     early = standardised(scores["Mahalanobis, first-stage statistics"], held)
     scores["Mahalanobis, first stage + penultimate"] = lambda seen: early(seen) + late(seen)
-    made = unfamiliar_sets(test_images)
+    made = unfamiliar_sets(test_images, dataset.channels, data_dir=data_dir)
     sets = {name: representations(model, images, spec) for name, images in made.items()}
     rows = []
     for score_name, score in scores.items():

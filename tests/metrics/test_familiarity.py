@@ -69,10 +69,11 @@ SCRIPT = Path(__file__).parents[2] / "scripts" / "familiarity_benchmark.py"
 
 
 @pytest.mark.slow
-def test_the_benchmark_scores_every_set_with_every_score(tiny_checkpoint, tmp_path):
+def test_the_benchmark_scores_every_set_with_every_score(tiny_checkpoint, tiny_export, tmp_path):
     out = tmp_path / "familiarity.json"
+    model = tiny_export[0].model_path
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tiny_checkpoint), "--json", str(out), "-k", "10"],
+        [sys.executable, str(SCRIPT), str(tiny_checkpoint), "--model", str(model), "--json", str(out), "-k", "10"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -80,10 +81,15 @@ def test_the_benchmark_scores_every_set_with_every_score(tiny_checkpoint, tmp_pa
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
     sets = ["digits", "letters", "noise", "blanks", "inverted", "upside down"]
-    assert [row["set"] for row in rows] == sets * 6 and len({row["score"] for row in rows}) == 6
+    assert [row["set"] for row in rows] == sets * 8 and len({row["score"] for row in rows}) == 8
     assert all(0 <= row["auroc"] <= 1 and 0 <= row["accepted"] <= 1 for row in rows)
     # each threshold accepts 95 % of the held-out slice: about 5 % of the test set falls below it
     assert all(0.02 < row["test rejected"] < 0.08 for row in rows)
+    exported = [row for row in rows if row["score"].startswith("exported")]
+    at_test = [row for row in exported if row["score"].endswith("95 % of the test set")]
+    assert len(at_test) == 6 and all(row["test rejected"] == 0.05 for row in at_test)
+    blanks = next(row for row in exported if row["set"] == "blanks")
+    assert blanks["accepted"] == 0  # no blank passes the exported model's own threshold
     assert result.stdout.splitlines()[1] == "| score | set | images | auroc | accepted | test rejected |"
 
 

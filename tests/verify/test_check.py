@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from vggdeploy.config import CheckConfig
 from vggdeploy.deploy.onnx_file import read_metadata
 from vggdeploy.errors import CheckFailed
+from vggdeploy.passes import torch_device
 from vggdeploy.verify.check import run_check
 
 
@@ -124,6 +125,19 @@ def test_localize_names_the_perturbed_layer(perturbed, tiny_checkpoint, tmp_path
         "features.1.3 (MaxPool2d)",
     ]
     assert all(d.relative < 1e-5 for d in before) and report.first_bad_layer.relative > 0.01
+    assert report.layers[0].onnx_output and report.layers[0].max_abs_diff < 1e-4
+    assert not report and report.format().endswith(
+        f"  first layer over tolerance: features.2.2 (ReLU) (relative diff {report.first_bad_layer.relative:.3g})"
+    )
+    at = CheckConfig(provider="cpu", images=64, localize=True, localize_rtol=report.first_bad_layer.relative)
+    later = run_check(
+        perturbed, tiny_checkpoint, at, report_dir=tmp_path
+    ).first_bad_layer  # a layer at the limit passes
+    assert later is None or report.layers.index(later) > report.layers.index(report.first_bad_layer)
+
+
+@pytest.mark.slow
+def test_localize_on_the_command_line_exits_4_and_names_the_layer(perturbed, tiny_checkpoint, tmp_path):
     result = cli(
         "check",
         "--model",
@@ -212,6 +226,52 @@ def test_a_variant_file_is_checked_against_its_own_limits(tiny_export, tiny_chec
     )
     assert [r.name for r in report.results] == ["int8"] and report.results[0].max_accuracy_drop_pp == 5.0
     assert report.results[0].atol is None and report, report.format()
+    assert report.per_class.confusion.sum() == 300 and report.provider == "cpu"
+
+
+def test_check_refuses_what_it_cannot_compare_before_any_image(tiny_export, tiny_checkpoint, tmp_path):
+    """The preprocessing variant (checked at export), --localize on a variant, and a checkpoint of another model or
+    of another training run: each one line, before a pass."""
+    from vggdeploy.errors import DataError, UsageError
+    from vggdeploy.model.archs import ModelArgs
+    from vggdeploy.model.checkpoint import load_checkpoint, save_checkpoint
+    from vggdeploy.model.vgg import build_model
+
+    result, _ = tiny_export
+    with pytest.raises(UsageError) as raised:
+        run_check(result.variants["preprocess"].path, tiny_checkpoint, report_dir=tmp_path)
+    assert str(raised.value) == (
+        f"{result.variants['preprocess'].path}: the preprocessing variant takes raw images and is checked at export; "
+        f"check {result.model_path} instead"
+    )
+    int8 = result.variants["int8"].path
+    with pytest.raises(UsageError) as raised:
+        run_check(int8, tiny_checkpoint, CheckConfig(localize=True), report_dir=tmp_path)
+    assert str(raised.value) == f"{int8}: --localize follows the fp32 graph; pass {result.model_path}"
+    args = ModelArgs(arch="B", width_ratio=8, hidden=64, image_size=32)
+    save_checkpoint(tmp_path / "b.pt", {"model_args": args.to_dict(), "model_state": build_model(args).state_dict()})
+    with pytest.raises(DataError) as raised:
+        run_check(result.model_path, tmp_path / "b.pt", report_dir=tmp_path)
+    assert str(raised.value) == (
+        f"{result.model_path}: was exported from another model than the checkpoint ({args.name})"
+    )
+    state = load_checkpoint(tiny_checkpoint)
+    later = {**state, "model_args": state["model_args"].to_dict(), "epoch": state["epoch"] + 1}
+    save_checkpoint(tmp_path / "later.pt", later)
+    with pytest.raises(DataError) as raised:
+        run_check(result.model_path, tmp_path / "later.pt", report_dir=tmp_path)
+    assert str(raised.value).startswith(
+        f"{result.model_path}: was exported from another checkpoint than {tmp_path / 'later.pt'} (the model's: epoch "
+    )
+    assert not (tmp_path / "check.json").exists()
+
+
+@pytest.mark.slow
+def test_the_preprocessing_variant_and_localize_on_a_variant_are_usage_errors_on_the_command_line(
+    tiny_export, tiny_checkpoint
+):
+    result, _ = tiny_export
+    int8 = result.variants["int8"].path
     raw = cli("check", "--model", str(result.variants["preprocess"].path), "--checkpoint", str(tiny_checkpoint))
     assert raw.returncode == 2
     assert raw.stderr.strip().endswith(f"check {result.model_path} instead")
@@ -339,3 +399,137 @@ def test_an_int8_file_whose_familiarity_flags_move_fails_and_a_lost_fit_is_said(
     alone = run_check(model, tiny_checkpoint, CheckConfig(**GENEROUS), report_dir=tmp_path / "r2")
     assert alone and alone.familiarity.missing == "familiarity_fit.npz is not beside the model"
     assert "not compared with torch: familiarity_fit.npz is not beside the model" in alone.format()
+
+
+def test_check_holds_its_report_folder_and_runs_every_session_with_the_asked_settings(
+    tiny_export, tiny_checkpoint, tmp_path, monkeypatch
+):
+    """The reports go beside the model unless --report-dir says otherwise, under a lock naming `vggdeploy check`; the
+    provider asked for reaches every session (the model's, its variants', --localize's)."""
+    from vggdeploy.artifacts import reports_folder
+    from vggdeploy.deploy.session import ProviderSettings
+    from vggdeploy.errors import DataError
+    from vggdeploy.verify import check as check_module
+
+    model = _deployment(tiny_export, tmp_path / "onnx", {})
+    (tmp_path / "checkpoints").mkdir()  # the run folder's layout: no --checkpoint needed
+    shutil.copyfile(tiny_checkpoint, tmp_path / "checkpoints" / "best.pt")
+    seen, settings, passes, devices = {}, [], [], []
+    real_check = check_module._check
+
+    def spying(model_path, checkpoint, config, data_dir, report_dir):
+        seen["lock"] = json.loads((report_dir.parent / f".{report_dir.name}.lock").read_text())
+        seen["report_dir"], seen["data_dir"] = report_dir, data_dir
+        return real_check(model_path, checkpoint, config, data_dir, report_dir)
+
+    monkeypatch.setattr(check_module, "_check", spying)
+    for name in ("open_model", "create_session"):
+        real = getattr(check_module, name)
+        monkeypatch.setattr(
+            check_module, name, lambda path, options, real=real: settings.append(options) or real(path, options)
+        )
+    real_stream, real_engine, real_batch = (
+        check_module.stream_logits,
+        check_module.torch_engine,
+        check_module.working_batch,
+    )
+    monkeypatch.setattr(check_module, "stream_logits", lambda *a: passes.append(a[4]) or real_stream(*a))
+    monkeypatch.setattr(check_module, "torch_engine", lambda m, d, b: devices.append(d) or real_engine(m, d, b))
+    monkeypatch.setattr(check_module, "working_batch", lambda a, d: devices.append(d) or real_batch(a, d))
+    loose = {"fp16_min_agreement": 0.9, "int8_min_agreement": 0.9, "int8_max_drop_pp": 10, "max_ece_increase_pp": 10}
+    report = run_check(model, config=CheckConfig(provider="cpu", images=64, localize=True, **loose))
+    assert passes == ["torch on test images", "onnxruntime on test images"]  # the progress bars' words
+    assert devices == [torch_device(), torch_device()]
+    assert report.first_bad_layer is None and report.format().endswith("\n  every layer within tolerance")
+    assert seen["lock"]["command"] == "vggdeploy check" and seen["report_dir"] == reports_folder(model)
+    assert (reports_folder(model) / "check.json").is_file() and report.layers
+    assert len(settings) == 5 and all(options == ProviderSettings("cpu") for options in settings)
+    with pytest.raises(DataError):  # the data folder asked for, not the one the checkpoint remembers
+        run_check(model, tiny_checkpoint, CheckConfig(images=8), data_dir=tmp_path / "nowhere", report_dir=tmp_path)
+
+
+def test_localize_measures_each_layer_against_torch_and_refuses_layers_that_do_not_map(
+    tiny_export, tiny_checkpoint, tmp_path
+):
+    from vggdeploy.deploy.session import ProviderSettings
+    from vggdeploy.errors import DataError
+    from vggdeploy.model.checkpoint import rebuild_model
+    from vggdeploy.verify.check import BOUNDARY_OPS, localize_difference
+
+    result, _ = tiny_export
+    model, _ = rebuild_model(tiny_checkpoint)
+    model.eval()
+    inputs = np.random.default_rng(0).normal(0, 1e-3, (4, 1, 32, 32)).astype(np.float32)  # small activations
+    largest = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, out: largest.append(float(out.abs().max())))
+        for m in model.modules()
+        if isinstance(m, tuple(BOUNDARY_OPS.values()))
+    ]
+    import torch
+
+    with torch.no_grad():
+        model(torch.from_numpy(inputs))
+    for hook in hooks:
+        hook.remove()
+    layers = localize_difference(result.model_path, model, inputs, ProviderSettings(provider="cpu"))
+    assert len(layers) == len(largest) and min(largest) < 0.5  # relative to the layer's own largest value, not 1
+    for difference, peak in zip(layers, largest, strict=True):
+        assert difference.relative == pytest.approx(difference.max_abs_diff / peak, rel=1e-6)
+    proto = onnx.load(str(result.model_path))
+    logits = proto.graph.output[0].name
+    producer = next(node for node in proto.graph.node if logits in node.output)
+    producer.output[0] = "before_relu"
+    proto.graph.node.append(onnx.helper.make_node("Relu", ["before_relu"], [logits], name="extra_relu"))
+    onnx.save(proto, str(tmp_path / "extra.onnx"))
+    with pytest.raises(DataError) as raised:
+        localize_difference(tmp_path / "extra.onnx", model, inputs, ProviderSettings(provider="cpu"))
+    assert str(raised.value) == (
+        f"{tmp_path / 'extra.onnx'}: its layers do not map one-to-one onto the checkpoint's model; cannot localize"
+    )
+
+
+def test_a_model_without_a_variant_name_or_a_familiarity_output_is_checked_as_before(
+    tiny_export, tiny_checkpoint, tmp_path
+):
+    """A model exported before the export section named its variant is the fp32 model (its siblings checked too);
+    one without the familiarity output has no familiarity verdict."""
+    from broken_models import edit_metadata
+
+    def older(proto):
+        proto = edit_metadata(proto, "export", lambda section: {k: v for k, v in section.items() if k != "variant"})
+        del proto.graph.output[1:]
+        kept = [entry for entry in proto.metadata_props if entry.key != "familiarity"]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+        return proto
+
+    model = _deployment(tiny_export, tmp_path / "onnx", {name: older for name in ("fp32", "fp16", "int8")})
+    report = run_check(model, tiny_checkpoint, CheckConfig(**GENEROUS), report_dir=tmp_path / "r")
+    assert [r.name for r in report.results] == ["fp32", "fp16", "int8"]
+    assert report.familiarity is None and "familiarity" not in report.format()
+    assert json.loads((tmp_path / "r" / "check.json").read_text())["familiarity"] is None
+
+
+def test_the_provider_and_its_hint_reach_the_session(tiny_export, tiny_checkpoint, tmp_path, monkeypatch):
+    from vggdeploy.deploy.session import ProviderSettings
+    from vggdeploy.verify import check as check_module
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def recording(path, options):
+        asked.append(options)
+        raise Stop  # the settings are what this test is about, not OpenVINO itself
+
+    monkeypatch.setattr(check_module, "open_model", recording)
+    with pytest.raises(Stop):
+        run_check(
+            tiny_export[0].model_path,
+            tiny_checkpoint,
+            CheckConfig(provider="openvino", performance_hint="throughput"),
+            report_dir=tmp_path,
+        )
+    assert asked == [ProviderSettings("openvino", performance_hint="throughput")]

@@ -308,6 +308,18 @@ def test_each_deployment_s_familiarity_is_held_to_its_own_floor():
         (torch_scores, {"fp32": torch_scores + 1.1e-3}),
     )  # fmt: skip
     assert over.familiarity.failures("fp32") == ["familiarity max |diff| 0.0011 > 0.001"]
+    # both limits broken, and a parity failure beside it: every failure named, in the text and the exception
+    both = judge(
+        Path("m.onnx"), "cpu", FAMILIAR, CheckConfig(), REFERENCE, {"fp32": FLIPPED}, LABELS,
+        (torch_scores, {"fp32": np.array([1.0, 2.0, -1.0, -0.5])}),
+    )  # fmt: skip
+    assert both.familiarity.format().endswith(
+        "-> FAILED: familiarity max |diff| 1 > 0.001; familiarity flags agree 75.00% < floor 99.90%"
+    )
+    with pytest.raises(
+        CheckFailed, match=r"^parity check failed for fp32, fp32 calibration \(ECE\), fp32 familiarity$"
+    ):
+        both.raise_if_failed()
 
 
 def test_the_familiarity_report_on_disk_and_when_torch_has_no_scores(tmp_path):
@@ -316,7 +328,12 @@ def test_the_familiarity_report_on_disk_and_when_torch_has_no_scores(tmp_path):
         Path("m.onnx"), "cpu", FAMILIAR, CheckConfig(), REFERENCE, {"fp32": REFERENCE}, LABELS,
         (torch_scores, {"fp32": torch_scores}),
     )  # fmt: skip
+    report.familiarity.variants["fp16"] = {**report.familiarity.variants["fp32"], "flag_agreement": 0.5}
+    report.familiarity.variants["fp16"].update(min_flag_agreement=0.995, atol=None)
     write_reports(tmp_path, report)
+    text = (tmp_path / "check.md").read_text()
+    assert text.startswith("# Parity check of m.onnx\n") and "\n## Calibration on the test set\n" in text
+    assert "| fp16 | 4 | 0 | – | 50.00% | 99.50% | FAILED |\n" in text
     assert (
         "\n## Familiarity against torch's (threshold 0)\n\n"
         "| model | images | max abs diff | limit | flags agree | floor | verdict |\n|---|---|---|---|---|---|---|\n"
@@ -331,7 +348,11 @@ def test_the_familiarity_report_on_disk_and_when_torch_has_no_scores(tmp_path):
         "  familiarity (threshold 0): not compared with torch: familiarity_fit.npz is not beside the model"
     )
     write_reports(tmp_path, missing)
-    assert "Not compared: familiarity_fit.npz is not beside the model.\n" in (tmp_path / "check.md").read_text()
+    text = (tmp_path / "check.md").read_text()
+    assert text.startswith("# Parity check of m.onnx\n") and "\n## Calibration on the test set\n" in text
+    assert (
+        "\n## Familiarity against torch's (threshold 0)\n\nNot compared: familiarity_fit.npz is not beside the model.\n"
+    ) in text
     assert missing.to_dict()["familiarity"]["missing"] == "familiarity_fit.npz is not beside the model"
     plain = judge(Path("m.onnx"), "cpu", METADATA, CheckConfig(), REFERENCE, {"fp32": REFERENCE}, LABELS)
     assert plain.familiarity is None and plain.to_dict()["familiarity"] is None

@@ -259,29 +259,30 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     images = config.images
     settings = ProviderSettings(config.provider, performance_hint=config.performance_hint)
     loaded = open_model(model_path, settings)
-    variant = loaded.metadata["export"].get("variant", "fp32")
-    if loaded.takes_raw_images:
+    metadata, raw_images = loaded.metadata, loaded.takes_raw_images
+    del loaded  # its session answered open_model's checks; the sessions open again once torch's weights are gone
+    variant = metadata["export"].get("variant", "fp32")
+    if raw_images:
         raise UsageError(
             f"{model_path}: the preprocessing variant takes raw images and is checked at export; "
             f"check {sibling(model_path, 'fp32')} instead"
         )
     if config.localize and variant != "fp32":
         raise UsageError(f"{model_path}: --localize follows the fp32 graph; pass {sibling(model_path, 'fp32')}")
-    loaded.session = None  # it answered open_model's checks; it is opened again once torch's weights are gone
     checkpoint = Path(checkpoint or checkpoint_beside(model_path))
     torch_model, state = rebuild_model(checkpoint)
-    if model_args_from_metadata(loaded.metadata) != state["model_args"]:
+    if model_args_from_metadata(metadata) != state["model_args"]:
         raise DataError(
             f"{model_path}: was exported from another model than the checkpoint ({state['model_args'].name})"
         )
-    require_same_training(loaded.metadata, state, model_path, checkpoint)
+    require_same_training(metadata, state, model_path, checkpoint)
 
-    spec = PreprocessSpec.from_metadata(loaded.metadata["preprocessing"])
+    spec = PreprocessSpec.from_metadata(metadata["preprocessing"])
     dataset = dataset_of(state, data_dir)
     test_images, test_labels = dataset.test_images, dataset.test_labels
     labels = test_labels[:images].numpy()
 
-    scored = familiarity_threshold(loaded.metadata) is not None
+    scored = familiarity_threshold(metadata) is not None
     fit = familiarity_fit(model_path.parent)
     arrays = dict(np.load(fit)) if scored and fit.is_file() else None
     # torch first, then ONNX Runtime: the torch weights and the sessions (each a copy of the model) are never
@@ -315,12 +316,12 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     if scored:
         familiarity = (torch_familiarity, scores) if arrays is not None else f"{fit.name} is not beside the model"
     provider = session_provider(sessions[variant])
-    report = judge(model_path, provider, loaded.metadata, config, reference, outputs, labels, familiarity)
+    report = judge(model_path, provider, metadata, config, reference, outputs, labels, familiarity)
     if config.localize:
         inputs = to_input_tensor(test_images[: config.localize_images], spec).numpy()
         report.layers = localize_difference(model_path, torch_model, inputs, settings)
         report.first_bad_layer = next((d for d in report.layers if d.relative > config.localize_rtol), None)
-    write_reports(Path(report_dir) if report_dir else reports_folder(model_path), report)
+    write_reports(report_dir, report)
     return report
 
 
@@ -401,8 +402,7 @@ def localize_difference(
         raise DataError(f"{model_path}: its layers do not map one-to-one onto the checkpoint's model; cannot localize")
     differences = []
     for node, (layer, expected) in zip(boundary, captured, strict=True):
-        actual = onnx_values[node.output[0]].reshape(expected.shape)
-        worst = float(np.abs(actual - expected).max())
+        worst = float(np.abs(onnx_values[node.output[0]] - expected).max())
         differences.append(
             LayerDifference(layer, node.output[0], worst, worst / max(float(np.abs(expected).max()), 1e-12))
         )
