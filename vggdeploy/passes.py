@@ -61,6 +61,15 @@ def split_familiarity(columns: np.ndarray, scored: bool) -> tuple[np.ndarray, np
     return (columns[:, :-1], columns[:, -1]) if scored else (columns, None)
 
 
+def torch_test_pass(
+    model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec, device: str, batch: int, scored: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """torch's strict fp32 logits of uint8 test images, and for a model with the familiarity output (``scored``) its
+    scores, ``batch`` at a time with progress."""
+    engines = {"torch": torch_engine(model, device, batch)}
+    return split_familiarity(stream_logits(images, spec, engines, batch, "torch on test images")["torch"], scored)
+
+
 def progress_bar(total: int, what: str, stream: TextIO | None = None) -> tqdm:
     """A bar with the images done and the time left, on a terminal only, shown once a pass outlasts
     ``PROGRESS_DELAY_S``."""

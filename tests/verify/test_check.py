@@ -428,17 +428,17 @@ def test_check_holds_its_report_folder_and_runs_every_session_with_the_asked_set
         monkeypatch.setattr(
             check_module, name, lambda path, options, real=real: settings.append(options) or real(path, options)
         )
-    real_stream, real_engine, real_batch = (
+    real_stream, real_torch, real_batch = (
         check_module.stream_logits,
-        check_module.torch_engine,
+        check_module.torch_test_pass,
         check_module.working_batch,
     )
     monkeypatch.setattr(check_module, "stream_logits", lambda *a: passes.append(a[4]) or real_stream(*a))
-    monkeypatch.setattr(check_module, "torch_engine", lambda m, d, b: devices.append(d) or real_engine(m, d, b))
+    monkeypatch.setattr(check_module, "torch_test_pass", lambda *a: devices.append(a[3]) or real_torch(*a))
     monkeypatch.setattr(check_module, "working_batch", lambda a, d: devices.append(d) or real_batch(a, d))
     loose = {"fp16_min_agreement": 0.9, "int8_min_agreement": 0.9, "int8_max_drop_pp": 10, "max_ece_increase_pp": 10}
     report = run_check(model, config=CheckConfig(provider="cpu", images=64, localize=True, **loose))
-    assert passes == ["torch on test images", "onnxruntime on test images"]  # the progress bars' words
+    assert passes == ["onnxruntime on test images"]  # the progress bar's words (torch's: passes.torch_test_pass)
     assert devices == [torch_device(), torch_device()]
     assert report.first_bad_layer is None and report.format().endswith("\n  every layer within tolerance")
     assert seen["lock"]["command"] == "vggdeploy check" and seen["report_dir"] == reports_folder(model)

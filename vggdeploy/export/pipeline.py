@@ -58,7 +58,7 @@ from vggdeploy.passes import (
     split_familiarity,
     stream_logits,
     torch_device,
-    torch_engine,
+    torch_test_pass,
     working_batch,
 )
 from vggdeploy.phases import PhaseLog
@@ -273,15 +273,8 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
         exported_model, familiarity = fitted if isinstance(fitted, tuple) else (model, None)
     with phases.phase("torch over the test sample"):  # the one pass parity, calibration and the variants share
         measured = len(sample) if config.calibrate else parity_count
-        torch_test, torch_familiarity = split_familiarity(
-            stream_logits(
-                sample_images[:measured],
-                spec,
-                {"torch": torch_engine(exported_model, device, batch)},
-                batch,
-                "torch on test images",
-            )["torch"],
-            familiarity is not None,
+        torch_test, torch_familiarity = torch_test_pass(
+            exported_model, sample_images[:measured], spec, device, batch, familiarity is not None
         )
     with phases.phase("calibration"):
         calibration = calibrate(model, state, dataset, spec, config, (torch_test, sample_labels))

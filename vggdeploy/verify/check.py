@@ -43,7 +43,7 @@ from vggdeploy.passes import (
     split_familiarity,
     stream_logits,
     torch_device,
-    torch_engine,
+    torch_test_pass,
     working_batch,
 )
 from vggdeploy.report import markdown_table, write_json, write_text
@@ -290,15 +290,8 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     device = torch_device()
     batch = working_batch(state["model_args"], device)
     reference_model = torch_model if arrays is None else ScoredModel(torch_model, arrays)
-    reference, torch_familiarity = split_familiarity(
-        stream_logits(
-            test_images[:images],
-            spec,
-            {"torch": torch_engine(reference_model, device, batch)},
-            batch,
-            "torch on test images",
-        )["torch"],
-        arrays is not None,
+    reference, torch_familiarity = torch_test_pass(
+        reference_model, test_images[:images], spec, device, batch, arrays is not None
     )
     if not config.localize:  # --localize runs the torch model again, layer by layer
         release_weights(torch_model)
