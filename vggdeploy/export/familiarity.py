@@ -111,16 +111,15 @@ def _pass(model: nn.Module, images: torch.Tensor, spec: PreprocessSpec, what: st
     device = torch_device()
     batch = working_batch(model.args, device)
     model = model.to(device).eval()
-    widths = []
+    statistics_width = 2 * model.args.stages[0][0]  # a mean and a deviation per channel of the first stage
 
     @torch.no_grad()
     def engine(inputs: np.ndarray) -> np.ndarray:
         _, statistics, penultimate = representations(model, torch.from_numpy(inputs).to(device))
-        widths[:] = [statistics.shape[1]]
         return torch.cat([statistics, penultimate], dim=1).double().cpu().numpy()
 
     both = stream_logits(images, spec, {"torch": engine}, batch, what)["torch"]
-    return both[:, : widths[0]], both[:, widths[0] :]
+    return both[:, :statistics_width], both[:, statistics_width:]
 
 
 def fit_familiarity(
