@@ -508,8 +508,8 @@ def _listed(numbers: tuple[int, ...]) -> str:
     "--audit-batches",
     type=IntList(),
     default=None,
-    help="Batch sizes that must agree row by row [default: 1,2,7 and the largest batch that fits the memory budget, "
-    "at most 256].",
+    help="Batch sizes that must agree row by row [default: the largest batch that fits the memory budget, at most "
+    "256, and those of 1, 2 and 7 below it].",
 )
 @click.option(
     "--test-images",

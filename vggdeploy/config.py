@@ -226,7 +226,8 @@ class ExportConfig:
     with_preprocessing: bool = False  # also write model.preprocess.onnx (uint8 images of any size in)
     atol: float = 1e-3  # max |logit difference| allowed between ONNX Runtime fp32 and torch
     parity_images: int = 256  # real test images for the parity check at export
-    # batch sizes that must all give the batch-1 answers; None: 1, 2, 7 and the working batch (256 where memory allows)
+    # batch sizes that must all give the batch-1 answers; None: the working batch (256 where memory allows) and those
+    # of 1, 2 and 7 below it
     audit_batches: tuple[int, ...] | None = None
     # test images the figures rest on (one torch pass shared by parity, calibration and the variants): a count,
     # "all", or None: all of them, except on a CPU for a model whose whole pass is costly (passes.evaluation_sample)

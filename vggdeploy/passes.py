@@ -22,7 +22,7 @@ from vggdeploy.deploy.session import run_scored
 from vggdeploy.model.archs import ModelArgs
 from vggdeploy.model.vgg import predict_logits, summarize
 
-ACTIVATION_BUDGET = 128 * 2**20  # bytes one layer's output may take for a whole batch, on a CPU
+ACTIVATION_BUDGET = 48 * 2**20  # bytes one layer's output may take for a whole batch, on a CPU
 LARGEST_BATCH = 256  # images per forward pass where memory allows it (and always on a GPU)
 PROGRESS_DELAY_S = 3.0  # a pass shorter than this shows no progress bar
 
@@ -36,7 +36,7 @@ def torch_device() -> str:
 
 def working_batch(args: ModelArgs, device: str) -> int:
     """Images per forward pass: ``LARGEST_BATCH`` on a GPU; on a CPU as many as keep the largest layer output within
-    ``ACTIVATION_BUDGET`` (256 for the quick 32 px model, 10 for VGG-11 at 224 px), at least 1."""
+    ``ACTIVATION_BUDGET`` (256 for the quick 32 px model, 3 for VGG-11 at 224 px), at least 1."""
     if device != "cpu":
         return LARGEST_BATCH
     per_image = summarize(args).largest_activation * 4  # float32

@@ -345,3 +345,38 @@ def test_export_report_tables_keep_their_columns_and_no_simplify_says_so(tiny_ch
     rows = [line for line in report.splitlines() if line.startswith("|")]
     cells = [len(line.replace("\\|", "").split("|")) - 2 for line in rows]
     assert len(rows) == 4 and set(cells) == {4}, rows  # header, rule, model.onnx, model.int8.onnx
+
+
+def test_simplifying_without_loading_the_weights_gives_onnxsims_graph_of_the_whole_model(
+    tiny_checkpoint, data_dir, tmp_path, monkeypatch
+):
+    """onnxsim sees the external weights as inputs: its graph must be the one it makes of the whole model."""
+    import onnxsim
+
+    from vggdeploy.export import pipeline
+
+    compared = []
+    real = pipeline.simplify_file
+
+    def simplify_and_compare(source, target):
+        simplified = real(source, target)
+        whole, ok = onnxsim.simplify(onnx.load(str(source)))  # the weights loaded, as onnxsim alone would
+        assert ok
+        assert simplified.graph.node == whole.graph.node and len(simplified.graph.node) < 60
+        assert [v.name for v in simplified.graph.input] == [v.name for v in whole.graph.input] == [INPUT_NAME]
+        assert simplified.graph.output == whole.graph.output
+        onnx.load_external_data_for_model(simplified, str(source.parent))
+        ours, theirs = (
+            {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer} for m in (simplified, whole)
+        )
+        assert ours.keys() == theirs.keys()
+        for name, array in theirs.items():
+            np.testing.assert_array_equal(ours[name], array, strict=True)
+        compared.append(simplified)
+        return real(source, target)
+
+    monkeypatch.setattr(pipeline, "simplify_file", simplify_and_compare)
+    config = ExportConfig(audit_batches=(1, 2), parity_images=32)
+    pipeline.export_model(tiny_checkpoint, tmp_path / "onnx", config, data_dir=data_dir)
+    assert len(compared) == 1 and FAMILIARITY_NAME in [o.name for o in compared[0].graph.output]
+    assert not (tmp_path / "onnx" / ".scratch").exists() and not list((tmp_path / "onnx").glob("*.data"))

@@ -426,7 +426,9 @@ def test_check_holds_its_report_folder_and_runs_every_session_with_the_asked_set
     for name in ("open_model", "create_session"):
         real = getattr(check_module, name)
         monkeypatch.setattr(
-            check_module, name, lambda path, options, real=real: settings.append(options) or real(path, options)
+            check_module,
+            name,
+            lambda path, options, real=real, **kw: settings.append((options, kw)) or real(path, options, **kw),
         )
     real_stream, real_torch, real_batch = (
         check_module.stream_logits,
@@ -443,7 +445,9 @@ def test_check_holds_its_report_folder_and_runs_every_session_with_the_asked_set
     assert report.first_bad_layer is None and report.format().endswith("\n  every layer within tolerance")
     assert seen["lock"]["command"] == "vggdeploy check" and seen["report_dir"] == reports_folder(model)
     assert (reports_folder(model) / "check.json").is_file() and report.layers
-    assert len(settings) == 5 and all(options == ProviderSettings("cpu") for options in settings)
+    assert len(settings) == 5 and all(options == ProviderSettings("cpu") for options, _ in settings)
+    # the model's and its variants' sessions map their weights from the files (--localize's opens its own graph)
+    assert [kw for _, kw in settings].count({"weights_on_disk": True}) == 3
     with pytest.raises(DataError):  # the data folder asked for, not the one the checkpoint remembers
         run_check(model, tiny_checkpoint, CheckConfig(images=8), data_dir=tmp_path / "nowhere", report_dir=tmp_path)
 

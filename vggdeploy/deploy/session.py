@@ -25,6 +25,7 @@ from vggdeploy.deploy.contract import (
 from vggdeploy.deploy.cpu import cpu_vendor
 from vggdeploy.deploy.onnx_file import read_metadata
 from vggdeploy.deploy.preprocess import PreprocessSpec
+from vggdeploy.deploy.weights_on_disk import reference_weights
 from vggdeploy.errors import DataError, ProviderUnavailable, UsageError, VggDeployError, memory_error
 
 ORT_CHUNK = 64  # images per ONNX Runtime call when scoring many
@@ -47,6 +48,8 @@ CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessi
 
 
 QDQ_HANDLING_KEY = "session.disable_quant_qdq"  # ONNX Runtime's kOrtSessionOptionsDisableQuantQDQ
+# ONNX Runtime's kOrtSessionOptionsModelExternalInitializersFileFolderPath: where a model given as bytes keeps its weights
+EXTERNAL_WEIGHTS_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 
 PROVIDERS = ("auto", "cuda", "cpu", "openvino")
@@ -214,7 +217,7 @@ def openvino_options(options: ProviderSettings) -> dict[str, str]:
     return {"load_config": json.dumps({"CPU": device}), **{k: str(v) for k, v in options.extra.items()}}
 
 
-def session_options_for(options: ProviderSettings, on_cuda: bool):
+def session_options_for(options: ProviderSettings, on_cuda: bool, weights_folder: Path | None = None):
     """ONNX Runtime session options; quiet, with the caller's thread count.
 
     On CUDA the QDQ handling is switched off: the CUDA EP has no int8 Conv or Gemm, so keeping the int8 variant's
@@ -233,6 +236,8 @@ def session_options_for(options: ProviderSettings, on_cuda: bool):
         session_options.profile_file_prefix = options.profile_prefix
     if on_cuda:
         session_options.add_session_config_entry(QDQ_HANDLING_KEY, "1")
+    if weights_folder is not None:
+        session_options.add_session_config_entry(EXTERNAL_WEIGHTS_FOLDER_KEY, str(weights_folder))
     return session_options
 
 
@@ -247,12 +252,15 @@ def cuda_provider_options(options: ProviderSettings) -> dict:
     }
 
 
-def create_session(model: str | Path | bytes, options: ProviderSettings = ProviderSettings()):
+def create_session(
+    model: str | Path | bytes, options: ProviderSettings = ProviderSettings(), weights_on_disk: bool = False
+):
     """An InferenceSession on the requested provider.
 
     ``cuda`` and ``openvino`` are strict: the provider failing to start, or any node left to the CPU EP, is an error
     that says why (ONNX Runtime itself only warns). ``auto`` takes CUDA where a GPU answers and lets ONNX Runtime
-    place the rest.
+    place the rest. ``weights_on_disk`` (a model file, CPU or CUDA): ONNX Runtime maps the weights from the file
+    instead of reading the whole file into memory first (the same answers bit for bit, less memory at the peak).
     """
     import onnxruntime as ort
 
@@ -260,11 +268,12 @@ def create_session(model: str | Path | bytes, options: ProviderSettings = Provid
         raise UsageError(f"provider must be one of {', '.join(PROVIDERS)}, got {options.provider!r}")
     if options.provider == "openvino":
         return _openvino_session(model, options)
+    source, weights_folder = _source(model, weights_on_disk)
     strict = options.provider == "cuda"
     if strict and not cuda_driver_present():
         raise ProviderUnavailable("CUDA was asked for, but no NVIDIA driver with a GPU was found (libcuda.so.1)")
     use_cuda = strict or (options.provider == "auto" and cuda_driver_present())
-    session_options = session_options_for(options, on_cuda=use_cuda)
+    session_options = session_options_for(options, on_cuda=use_cuda, weights_folder=weights_folder)
     providers: list = ["CPUExecutionProvider"]
     if use_cuda:
         cuda_options = cuda_provider_options(options)
@@ -275,7 +284,6 @@ def create_session(model: str | Path | bytes, options: ProviderSettings = Provid
         if hasattr(ort, "preload_dlls"):
             with captured_native_stderr():
                 ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels that torch installs
-    source = str(model) if isinstance(model, Path) else model
     try:
         with captured_native_stderr() as log:
             session = ort.InferenceSession(source, sess_options=session_options, providers=providers)
@@ -292,9 +300,19 @@ def create_session(model: str | Path | bytes, options: ProviderSettings = Provid
     if use_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
         if strict:  # ONNX Runtime's own check above should make this unreachable; never hand back a CPU session
             raise ProviderUnavailable(f"CUDA was asked for, but ONNX Runtime fell back to CPU: {_fallback_reason(log)}")
-        cpu_options = session_options_for(options, on_cuda=False)
+        cpu_options = session_options_for(options, on_cuda=False, weights_folder=weights_folder)
         session = ort.InferenceSession(source, sess_options=cpu_options, providers=["CPUExecutionProvider"])
     return session
+
+
+def _source(model: str | Path | bytes, weights_on_disk: bool) -> tuple[str | bytes, Path | None]:
+    """What ONNX Runtime is given, and the folder its external weights are resolved in (for a model given as bytes
+    whose weights are references into its file)."""
+    if not isinstance(model, Path):
+        return model, None
+    if weights_on_disk:
+        return reference_weights(model).SerializeToString(), model.resolve().parent
+    return str(model), None
 
 
 def _openvino_session(model: str | Path | bytes, options: ProviderSettings):

@@ -18,6 +18,7 @@ from vggdeploy.deploy.contract import (
     RAW_INPUT_NAME,
     encode_metadata,
 )
+from vggdeploy.deploy.weights_on_disk import embedded_size
 from vggdeploy.errors import CheckFailed
 from vggdeploy.files import atomic_path
 from vggdeploy.model.archs import ModelArgs
@@ -30,9 +31,11 @@ class GraphStats:
     bytes: int
 
     @classmethod
-    def of(cls, proto: onnx.ModelProto) -> GraphStats:
+    def of(cls, proto: onnx.ModelProto, weights_folder: Path | None = None) -> GraphStats:
+        """``weights_folder``: where the graph's external weights are; its size is then the single file's."""
         ops = collections.Counter(node.op_type for node in proto.graph.node)
-        return cls(len(proto.graph.node), dict(sorted(ops.items())), proto.ByteSize())
+        size = proto.ByteSize() if weights_folder is None else embedded_size(proto, weights_folder)
+        return cls(len(proto.graph.node), dict(sorted(ops.items())), size)
 
 
 def check_proto(proto: onnx.ModelProto | Path) -> None:

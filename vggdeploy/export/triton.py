@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-
-import onnx
 
 from vggdeploy.config import ExportConfig
 from vggdeploy.deploy.contract import FAMILIARITY_NAME, INPUT_NAME, OUTPUT_NAME
-from vggdeploy.export.graph import save_onnx
+from vggdeploy.files import atomic_path
 from vggdeploy.model.archs import ModelArgs
 from vggdeploy.report import write_text
 
@@ -20,16 +19,18 @@ def triton_model_name(args: ModelArgs) -> str:
 
 
 def write_triton_model(
-    folder: Path, proto: onnx.ModelProto, args: ModelArgs, config: ExportConfig, labels: tuple[str, ...]
+    folder: Path, model: Path, scored: bool, args: ModelArgs, config: ExportConfig, labels: tuple[str, ...]
 ) -> Path:
-    """One model of a Triton repository: ``config.pbtxt`` (onnxruntime backend, dynamic batching), ``1/model.onnx``."""
+    """One model of a Triton repository: ``config.pbtxt`` (onnxruntime backend, dynamic batching), ``1/model.onnx``
+    (a copy of ``model``; ``scored``: it has the familiarity output)."""
     name = triton_model_name(args)
     (folder / "1").mkdir(parents=True, exist_ok=True)
-    save_onnx(proto, folder / "1" / "model.onnx")
+    with atomic_path(folder / "1" / "model.onnx") as temporary:
+        shutil.copyfile(model, temporary)
     write_text(folder / "labels.txt", "\n".join(labels) + "\n")
     preferred = [size for size in (8, 32, 64, 128, config.triton_max_batch) if size <= config.triton_max_batch]
     familiarity = ""
-    if len(proto.graph.output) > 1:  # one score per image: Triton's batched shape [batch] is dims [1] reshaped to []
+    if scored:  # one score per image: Triton's batched shape [batch] is dims [1] reshaped to []
         familiarity = f""",
   {{
     name: "{FAMILIARITY_NAME}"

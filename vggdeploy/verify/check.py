@@ -295,11 +295,11 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     )
     if not config.localize:  # --localize runs the torch model again, layer by layer
         release_weights(torch_model)
-    sessions = {variant: create_session(model_path, settings)}
+    sessions = {variant: create_session(model_path, settings, weights_on_disk=True)}
     if variant == "fp32":  # the whole export: the variants found beside it too
         for name in ("fp16", "int8"):
             if sibling(model_path, name).is_file():
-                sessions[name] = create_session(sibling(model_path, name), settings)
+                sessions[name] = create_session(sibling(model_path, name), settings, weights_on_disk=True)
     engines = {name: session_engine(session, min(batch, ORT_CHUNK)) for name, session in sessions.items()}
     columns = stream_logits(test_images[:images], spec, engines, batch, "onnxruntime on test images")
     outputs, scores = {}, {}
