@@ -20,6 +20,7 @@ from vggdeploy.data.batches import to_input_tensor
 from vggdeploy.deploy.preprocess import PreprocessSpec
 from vggdeploy.deploy.session import run_scored
 from vggdeploy.model.archs import ModelArgs
+from vggdeploy.model.familiarity import Representations
 from vggdeploy.model.vgg import predict_logits, summarize
 
 ACTIVATION_BUDGET = 48 * 2**20  # bytes one layer's output may take for a whole batch, on a CPU
@@ -68,6 +69,38 @@ def torch_test_pass(
     scores, ``batch`` at a time with progress."""
     engines = {"torch": torch_engine(model, device, batch)}
     return split_familiarity(stream_logits(images, spec, engines, batch, "torch on test images")["torch"], scored)
+
+
+def torch_representations(
+    model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """torch's strict fp32 logits of uint8 images with what the familiarity score reads, from one pass: (logits,
+    first-stage statistics, penultimate features), the last two in float64 for the fit."""
+    columns = torch_logits(Representations(model), images, spec, what)
+    classes, width = model.args.num_classes, 2 * model.args.stages[0][0]  # a mean and a deviation per channel
+    statistics, penultimate = columns[:, classes : classes + width], columns[:, classes + width :]
+    return columns[:, :classes], statistics.astype(np.float64), penultimate.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class SlicePass:
+    """torch over the held-out calibration slice, once for calibration and the familiarity fit: the labels, the
+    logits and, when the familiarity fit asks, what the score reads."""
+
+    labels: np.ndarray
+    logits: np.ndarray
+    statistics: np.ndarray | None = None
+    penultimate: np.ndarray | None = None
+
+
+def torch_slice_pass(
+    model: torch.nn.Module, held_out: tuple[torch.Tensor, torch.Tensor], spec: PreprocessSpec, representations: bool
+) -> SlicePass:
+    images, labels = held_out
+    what = "torch on the held-out slice"
+    if representations:
+        return SlicePass(labels.numpy(), *torch_representations(model, images, spec, what))
+    return SlicePass(labels.numpy(), torch_logits(model, images, spec, what))
 
 
 def progress_bar(total: int, what: str, stream: TextIO | None = None) -> tqdm:

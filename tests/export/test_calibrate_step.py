@@ -1,6 +1,6 @@
-"""Export's calibration step from logits alone: the torch pass over the held-out slice is replaced by a table of
-hand-made logits, so which images are fitted, every branch's result and every text it prints are pinned without a
-model (fast; mutmut runs these on ``export/calibrate.py``)."""
+"""Export's calibration step from logits alone: the step takes torch's pass over the held-out slice, here hand-made
+logits, so every branch's result and every text it prints are pinned without a model; and the slice pass itself,
+which images it runs and what it returns (fast; mutmut runs these on ``export/calibrate.py``)."""
 
 import types
 
@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from vggdeploy import passes
 from vggdeploy.config import ExportConfig
+from vggdeploy.data.batches import to_input_tensor
 from vggdeploy.deploy.contract import probabilities
 from vggdeploy.deploy.preprocess import PreprocessSpec
 from vggdeploy.errors import DataError
 from vggdeploy.export import calibrate as step
 from vggdeploy.metrics.calibration import CalibrationFigures, ReliabilityBins, fit_temperature
+from vggdeploy.passes import SlicePass
 
 TRAIN_IMAGES = 3000
 SLICE = np.arange(2, TRAIN_IMAGES, 3)  # 1,000 held-out training images
@@ -37,7 +40,7 @@ def _overconfident(images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _scene(slice_logits: np.ndarray, slice_labels: np.ndarray, indices: np.ndarray = SLICE):
-    """A dataset whose training image i holds the number i, the checkpoint's slice, and the test set's logits."""
+    """A dataset whose training image i holds the number i, the checkpoint's slice, and a table of logits by image."""
     train_labels = torch.zeros(TRAIN_IMAGES, dtype=torch.long)
     train_labels[torch.from_numpy(indices)] = torch.from_numpy(slice_labels)
     dataset = types.SimpleNamespace(
@@ -49,30 +52,50 @@ def _scene(slice_logits: np.ndarray, slice_labels: np.ndarray, indices: np.ndarr
     return dataset, state, table
 
 
-@pytest.fixture
-def torch_pass(monkeypatch):
-    """The calibration step's torch pass, answered from a table by the images' numbers; the calls it got."""
+def _held(logits: np.ndarray, labels: np.ndarray) -> SlicePass:
+    return SlicePass(labels, logits)
+
+
+def test_the_slice_pass_runs_torch_once_on_the_held_out_images(monkeypatch):
+    slice_logits, slice_labels = _overconfident(len(SLICE), seed=1)
+    dataset, state, table = _scene(slice_logits, slice_labels)
     calls = []
 
-    def install(table: np.ndarray) -> None:
-        def torch_logits(model, images, spec, what="torch"):
-            calls.append((model, images.flatten().tolist(), spec, what))
-            return table[images.flatten().numpy()]
+    def torch_logits(model, images, spec, what="torch"):
+        calls.append((model, images.flatten().tolist(), spec, what))
+        return table[images.flatten().numpy()]
 
-        monkeypatch.setattr(step, "torch_logits", torch_logits)
+    monkeypatch.setattr(passes, "torch_logits", torch_logits)
+    model = object()
+    sliced = passes.torch_slice_pass(model, step.held_out_slice(state, dataset), SPEC, representations=False)
+    assert calls == [(model, SLICE.tolist(), SPEC, "torch on the held-out slice")]
+    np.testing.assert_array_equal(sliced.logits, slice_logits)
+    np.testing.assert_array_equal(sliced.labels, slice_labels)
+    assert sliced.statistics is None and sliced.penultimate is None
 
-    install.calls = calls
-    return install
+
+def test_the_slice_pass_with_representations_is_torchs_logits_and_what_the_score_reads():
+    from vggdeploy.model.archs import ModelArgs
+    from vggdeploy.model.familiarity import representations
+    from vggdeploy.model.vgg import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelArgs(arch="A", width_ratio=8, hidden=32, image_size=32)).eval()
+    images = torch.randint(0, 256, (9, 1, 28, 28), dtype=torch.uint8)
+    sliced = passes.torch_slice_pass(model, (images, torch.arange(9) % 10), PreprocessSpec(32, 32), True)
+    np.testing.assert_array_equal(sliced.logits, passes.torch_logits(model, images, PreprocessSpec(32, 32)))
+    with torch.no_grad():
+        _, statistics, penultimate = representations(model, to_input_tensor(images, PreprocessSpec(32, 32)))
+    assert sliced.statistics.shape == (9, 16) and sliced.statistics.dtype == np.float64
+    np.testing.assert_array_equal(sliced.statistics, statistics.double().numpy())
+    np.testing.assert_array_equal(sliced.penultimate, penultimate.double().numpy())
+    np.testing.assert_array_equal(sliced.labels, np.arange(9) % 10)
 
 
-def test_the_temperature_is_fitted_on_the_slice_and_the_test_set_only_measured(torch_pass, capsys):
+def test_the_temperature_is_fitted_on_the_slice_and_the_test_set_only_measured(capsys):
     slice_logits, slice_labels = _overconfident(len(SLICE), seed=1)
     test_logits, test_labels = _overconfident(500, seed=2)
-    dataset, state, table = _scene(slice_logits, slice_labels)
-    torch_pass(table)
-    model = object()
-    calibration = step.calibrate(model, state, dataset, SPEC, ExportConfig(), (test_logits, test_labels))
-    assert torch_pass.calls == [(model, SLICE.tolist(), SPEC, "torch on the held-out slice")]
+    calibration = step.calibrate(ExportConfig(), (test_logits, test_labels), _held(slice_logits, slice_labels))
     fitted = fit_temperature(slice_logits, slice_labels)
     assert 0.5 < fitted < 0.7 and capsys.readouterr().err == ""
     assert calibration.temperature == fitted and calibration.fitted and calibration.method == FITTED_METHOD
@@ -102,12 +125,10 @@ def test_the_temperature_is_fitted_on_the_slice_and_the_test_set_only_measured(t
     }
 
 
-def test_the_bin_count_is_the_configured_one(torch_pass):
+def test_the_bin_count_is_the_configured_one():
     slice_logits, slice_labels = _overconfident(len(SLICE), seed=1)
     test = _overconfident(500, seed=2)
-    dataset, state, table = _scene(slice_logits, slice_labels)
-    torch_pass(table)
-    calibration = step.calibrate(object(), state, dataset, SPEC, ExportConfig(calibration_bins=7), test)
+    calibration = step.calibrate(ExportConfig(calibration_bins=7), test, _held(slice_logits, slice_labels))
     assert calibration.bins == 7 and calibration.to_metadata()["ece_bins"] == 7
     for figures, logits, labels, temperature in [
         (calibration.slice_before, slice_logits, slice_labels, 1.0),
@@ -119,13 +140,11 @@ def test_the_bin_count_is_the_configured_one(torch_pass):
         assert figures != CalibrationFigures.measure(logits, labels, temperature, 15)
 
 
-def test_the_reliability_diagram_draws_the_test_set_at_t_1_and_at_the_fitted_t(torch_pass, monkeypatch, tmp_path):
+def test_the_reliability_diagram_draws_the_test_set_at_t_1_and_at_the_fitted_t(monkeypatch, tmp_path):
     slice_logits, slice_labels = _overconfident(len(SLICE), seed=1)
     test_logits, test_labels = _overconfident(500, seed=2)
-    dataset, state, table = _scene(slice_logits, slice_labels)
-    torch_pass(table)
     config = ExportConfig(calibration_bins=7)
-    calibration = step.calibrate(object(), state, dataset, SPEC, config, (test_logits, test_labels))
+    calibration = step.calibrate(config, (test_logits, test_labels), _held(slice_logits, slice_labels))
     drawn = []
     monkeypatch.setattr(step, "plot_reliability", lambda *args: drawn.append(args))
     calibration.plot(tmp_path / "r.png", "the title")
@@ -142,12 +161,12 @@ def test_the_reliability_diagram_draws_the_test_set_at_t_1_and_at_the_fitted_t(t
         assert bins.expected_calibration_error() == pytest.approx(expected.expected_calibration_error(), abs=1e-12)
 
 
-def test_no_calibration_measures_nothing_and_keeps_t_1(torch_pass):
-    torch_pass(np.zeros((TRAIN_IMAGES, 10), dtype=np.float32))
+def test_no_calibration_measures_nothing_and_keeps_t_1():
     test = _overconfident(100, seed=2)
-    calibration = step.calibrate(object(), {}, None, SPEC, ExportConfig(calibrate=False, calibration_bins=9), test)
+    held = _held(*_overconfident(len(SLICE), seed=1))
+    calibration = step.calibrate(ExportConfig(calibrate=False, calibration_bins=9), test, held)
     assert calibration == step.Calibration(1.0, False, "none: --no-calibration", 9, None, None, None, None, None, None)
-    assert torch_pass.calls == [] and not calibration.measured
+    assert not calibration.measured
     assert calibration.format() == "calibration: temperature 1 (none: --no-calibration); the test set was not measured"
     assert calibration.to_metadata() == {
         "temperature": 1.0,
@@ -161,13 +180,10 @@ def test_no_calibration_measures_nothing_and_keeps_t_1(torch_pass):
 
 
 @pytest.mark.parametrize("state", [{}, {"calibration_split": None}, {"calibration_split": {"indices": torch.zeros(0)}}])
-def test_a_checkpoint_without_a_slice_keeps_t_1_says_why_and_measures_the_test_set(state, torch_pass, capsys):
-    torch_pass(np.zeros((TRAIN_IMAGES, 10), dtype=np.float32))
+def test_a_checkpoint_without_a_slice_keeps_t_1_says_why_and_measures_the_test_set(state, capsys):
+    assert step.held_out_slice(state, None) is None
     test_logits, test_labels = _overconfident(200, seed=2)
-    calibration = step.calibrate(
-        object(), state, None, SPEC, ExportConfig(calibration_bins=7), (test_logits, test_labels)
-    )
-    assert torch_pass.calls == []
+    calibration = step.calibrate(ExportConfig(calibration_bins=7), (test_logits, test_labels), None)
     assert (
         capsys.readouterr().err == f"vggdeploy: warning: probabilities stay uncalibrated (temperature 1): {NO_SLICE}\n"
     )
@@ -182,7 +198,7 @@ def test_a_checkpoint_without_a_slice_keeps_t_1_says_why_and_measures_the_test_s
     assert calibration.to_metadata()["test_set"] == {"before": test.to_dict(), "after": test.to_dict()}
 
 
-def test_a_slice_the_fit_must_not_be_trusted_on_keeps_t_1_and_says_why(torch_pass, capsys):
+def test_a_slice_the_fit_must_not_be_trusted_on_keeps_t_1_and_says_why(capsys):
     """29 wrong answers of 1,000: one fewer than a fit needs (MIN_SLICE_ERRORS). The logits are one-hot at five
     strengths (69 % to 99 % sure) with the wrong answers among the surest, so binning shows in the ECE."""
     labels = np.arange(len(SLICE)) % 10
@@ -190,12 +206,8 @@ def test_a_slice_the_fit_must_not_be_trusted_on_keeps_t_1_and_says_why(torch_pas
     logits = np.eye(10, dtype=np.float32)[labels] * strength
     wrong = np.flatnonzero(np.arange(len(SLICE)) % 5 == 4)[:30]
     logits[wrong[:29]] = np.eye(10, dtype=np.float32)[(labels[wrong[:29]] + 1) % 10] * strength[wrong[:29]]
-    dataset, state, table = _scene(logits, labels)
-    torch_pass(table)
     test_logits, test_labels = _overconfident(200, seed=2)
-    calibration = step.calibrate(
-        object(), state, dataset, SPEC, ExportConfig(calibration_bins=7), (test_logits, test_labels)
-    )
+    calibration = step.calibrate(ExportConfig(calibration_bins=7), (test_logits, test_labels), _held(logits, labels))
     why = (
         "the 1,000 held-out training images hold 29 the model gets wrong, fewer than the 30 a temperature fit needs "
         "(a larger --calibration-holdout or more images would give them)"

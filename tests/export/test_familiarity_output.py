@@ -150,19 +150,24 @@ def test_without_the_output_run_says_so_and_old_consumers_see_one_output(tiny_ch
 
 def test_a_slice_too_small_for_a_threshold_leaves_the_output_out_and_says_why(tiny_checkpoint, data_dir, capsys):
     from vggdeploy.data.dataset import dataset_of
+    from vggdeploy.export.calibrate import held_out_slice
     from vggdeploy.export.familiarity import MIN_SLICE_IMAGES, fit_familiarity
     from vggdeploy.model.checkpoint import rebuild_model
+    from vggdeploy.passes import torch_slice_pass
 
     model, state = rebuild_model(tiny_checkpoint)
-    split = state["calibration_split"]
-    state["calibration_split"] = {**split, "indices": split["indices"][: MIN_SLICE_IMAGES - 1]}
     dataset = dataset_of(state, data_dir)
-    why = fit_familiarity(model, state, dataset, dataset.spec(32))
-    assert why == (
-        "the checkpoint holds 99 held-out training images, fewer than the 100 a threshold needs (a larger "
-        "--calibration-holdout or more images would give them)"
+    images, labels = held_out_slice(state, dataset)
+    small = torch_slice_pass(
+        model, (images[: MIN_SLICE_IMAGES - 1], labels[: MIN_SLICE_IMAGES - 1]), dataset.spec(32), True
     )
-    assert capsys.readouterr().err == f"vggdeploy: warning: no familiarity output: {why}\n"
+    for held_out, count in ((small, 99), (None, 0)):
+        why = fit_familiarity(model, state, dataset, dataset.spec(32), held_out)
+        assert why == (
+            f"the checkpoint holds {count} held-out training images, fewer than the 100 a threshold needs (a larger "
+            "--calibration-holdout or more images would give them)"
+        )
+        assert capsys.readouterr().err == f"vggdeploy: warning: no familiarity output: {why}\n"
 
 
 def test_metadata_that_promises_an_output_the_graph_lacks_is_refused(tiny_export, tmp_path):

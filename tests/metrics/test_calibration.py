@@ -270,12 +270,16 @@ def test_a_variant_that_spoils_the_calibration_fails_the_check():
     assert CalibrationCheck(0.8, True, reference, {"int8": Figures(100, 0.8, 0.034, 0.3, 0.9, 0.9)}, 0.5).worse() == []
 
 
-def test_the_temperature_is_fitted_on_the_held_out_slice_and_nothing_else(tiny_checkpoint, data_dir, monkeypatch):
+def test_the_temperature_is_fitted_on_the_held_out_slice_and_nothing_else(
+    tiny_checkpoint, data_dir, tmp_path, monkeypatch
+):
     """Fitting on the test set would pass every other test (its NLL and ECE go down further there): the fit's
-    input must be the torch logits of exactly the images the checkpoint held out, with their labels."""
+    input, in a whole export, must be the torch logits of exactly the images the checkpoint held out, with their
+    labels (the one slice pass calibration shares with the familiarity fit)."""
     from vggdeploy.data.dataset import dataset_of
     from vggdeploy.deploy.preprocess import PreprocessSpec
     from vggdeploy.export import calibrate as temperature_module
+    from vggdeploy.export.pipeline import export_model
     from vggdeploy.model.checkpoint import rebuild_model
 
     seen = []
@@ -285,20 +289,16 @@ def test_the_temperature_is_fitted_on_the_held_out_slice_and_nothing_else(tiny_c
         return fit_temperature(logits, labels, *args, **kwargs)
 
     monkeypatch.setattr(temperature_module, "fit_temperature", spy)
-    model, state = rebuild_model(tiny_checkpoint)
-    dataset = dataset_of(state, data_dir)
-    spec = PreprocessSpec(32, 32)
-    test = (
-        torch_logits(model, dataset.test_images[:500], spec),
-        dataset.test_labels[:500].numpy(),
+    result = export_model(
+        tiny_checkpoint, tmp_path / "onnx", ExportConfig(audit_batches=(1, 2), parity_images=32), data_dir=data_dir
     )
-    calibration = temperature_module.calibrate(model, state, dataset, spec, ExportConfig(), test)
-    images, labels = temperature_module.held_out_slice(state, dataset)
-    assert len(seen) == 1 and calibration.fitted
+    model, state = rebuild_model(tiny_checkpoint)
+    images, labels = temperature_module.held_out_slice(state, dataset_of(state, data_dir))
+    assert len(seen) == 1 and result.calibration.fitted
     fitted_logits, fitted_labels = seen[0]
     assert np.array_equal(fitted_labels, labels.numpy()) and len(labels) == 300
-    np.testing.assert_allclose(fitted_logits, torch_logits(model, images, spec), atol=1e-5)
-    assert calibration.temperature == pytest.approx(fit_temperature(fitted_logits, fitted_labels))
+    np.testing.assert_allclose(fitted_logits, torch_logits(model, images, PreprocessSpec(32, 32)), atol=1e-5)
+    assert result.calibration.temperature == pytest.approx(fit_temperature(fitted_logits, fitted_labels))
 
 
 @pytest.mark.slow

@@ -1,3 +1,5 @@
+import types
+
 import pytest
 import torch
 
@@ -115,3 +117,18 @@ def test_model_args_round_trip():
     args = ModelArgs(arch="B", batch_norm=True, width_ratio=2, image_size=64)
     assert ModelArgs.from_dict(args.to_dict()) == args
     assert args.name == "vgg13_bn-w2-64px"
+
+
+def test_release_weights_frees_them_and_hands_the_freed_heap_back(monkeypatch):
+    """The weights become empty tensors, and glibc's malloc_trim(0) is called; without one, nothing fails."""
+    import ctypes
+
+    from vggdeploy.model import vgg
+
+    trims = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: types.SimpleNamespace(malloc_trim=trims.append))
+    model = build_model(ModelArgs(arch="A", width_ratio=8, hidden=32, image_size=32))
+    vgg.release_weights(model)
+    assert all(t.numel() == 0 for t in (*model.parameters(), *model.buffers())) and trims == [0]
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: types.SimpleNamespace())  # a C library without malloc_trim
+    vgg.return_freed_memory()

@@ -16,7 +16,6 @@ import torch
 from vggdeploy.config import ExportConfig
 from vggdeploy.data.dataset import Dataset
 from vggdeploy.deploy.contract import probabilities
-from vggdeploy.deploy.preprocess import PreprocessSpec
 from vggdeploy.errors import DataError
 from vggdeploy.metrics.calibration import (
     BOOTSTRAP_LEVEL,
@@ -27,7 +26,7 @@ from vggdeploy.metrics.calibration import (
     fit_temperature,
     temperature_interval,
 )
-from vggdeploy.passes import torch_logits
+from vggdeploy.passes import SlicePass
 from vggdeploy.plots import plot_reliability
 
 
@@ -133,21 +132,14 @@ def held_out_slice(state: dict, dataset: Dataset) -> tuple[torch.Tensor, torch.T
     return images[indices], labels[indices]
 
 
-def calibrate(
-    model: torch.nn.Module,
-    state: dict,
-    dataset: Dataset,
-    spec: PreprocessSpec,
-    config: ExportConfig,
-    test: tuple[np.ndarray, np.ndarray],
-) -> Calibration:
-    """Fit T on the held-out slice and measure the test set (``test``: torch's logits of the export's test sample
-    and their labels) before and after. With ``config.calibrate`` off, neither: T = 1."""
+def calibrate(config: ExportConfig, test: tuple[np.ndarray, np.ndarray], held_out: SlicePass | None) -> Calibration:
+    """Fit T on the held-out slice (``held_out``: torch's pass over it, None where the checkpoint has none) and
+    measure the test set (``test``: torch's logits of the export's test sample and their labels) before and after.
+    With ``config.calibrate`` off, neither: T = 1."""
     bins = config.calibration_bins
     if not config.calibrate:
         return Calibration(1.0, False, "none: --no-calibration", bins, None, None, None, None, None, None)
     test_logits, labels = test
-    held_out = held_out_slice(state, dataset)
     if held_out is None:
         why = (
             "the checkpoint holds no held-out calibration slice (trained by an older vggdeploy, or with "
@@ -156,8 +148,7 @@ def calibrate(
         print(f"vggdeploy: warning: probabilities stay uncalibrated (temperature 1): {why}", file=sys.stderr)
         test = CalibrationFigures.measure(test_logits, labels, 1.0, bins)
         return Calibration(1.0, False, f"none: {why}", bins, None, None, test, test, test_logits, labels)
-    slice_logits = torch_logits(model, held_out[0], spec, "torch on the held-out slice")
-    slice_labels = held_out[1].numpy()
+    slice_logits, slice_labels = held_out.logits, held_out.labels
     temperature = fit_temperature(slice_logits, slice_labels)
     refused = unfit_slice(slice_logits, slice_labels, temperature)
     if refused is not None:

@@ -23,11 +23,10 @@ from vggdeploy.data.dataset import Dataset
 from vggdeploy.deploy.contract import FAMILIARITY_NAME
 from vggdeploy.deploy.preprocess import PreprocessSpec
 from vggdeploy.errors import CheckFailed
-from vggdeploy.export.calibrate import held_out_slice
 from vggdeploy.metrics.familiarity import ACCEPTED_SHARE, LayerFit, flag_agreement, threshold_accepting
-from vggdeploy.model.familiarity import ScoredModel, representations
+from vggdeploy.model.familiarity import ScoredModel
 from vggdeploy.model.vgg import summarize
-from vggdeploy.passes import evaluation_sample, stream_logits, torch_device, working_batch
+from vggdeploy.passes import SlicePass, evaluation_sample, torch_device, torch_representations
 
 FIT_IMAGES = 10_000  # training images the class means and covariances are fitted on, at most (evenly spread)
 MIN_SLICE_IMAGES = 100  # held-out images a threshold at a 95 % share needs (5 of them fall below it)
@@ -106,45 +105,29 @@ def _fit_sample(state: dict, dataset: Dataset, device: torch.device) -> tuple[to
     return dataset.train_images[chosen], dataset.train_labels[chosen].numpy()
 
 
-def _pass(model: nn.Module, images: torch.Tensor, spec: PreprocessSpec, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """The first stage's statistics and the penultimate features of uint8 images, batched as every torch pass."""
-    device = torch_device()
-    batch = working_batch(model.args, device)
-    model = model.to(device).eval()
-    statistics_width = 2 * model.args.stages[0][0]  # a mean and a deviation per channel of the first stage
-
-    @torch.no_grad()
-    def engine(inputs: np.ndarray) -> np.ndarray:
-        _, statistics, penultimate = representations(model, torch.from_numpy(inputs).to(device))
-        return torch.cat([statistics, penultimate], dim=1).double().cpu().numpy()
-
-    both = stream_logits(images, spec, {"torch": engine}, batch, what)["torch"]
-    return both[:, :statistics_width], both[:, statistics_width:]
-
-
 def fit_familiarity(
-    model: nn.Module, state: dict, dataset: Dataset, spec: PreprocessSpec
+    model: nn.Module, state: dict, dataset: Dataset, spec: PreprocessSpec, held_out: SlicePass | None
 ) -> tuple[ScoredModel, Familiarity] | str:
-    """The model with its familiarity output and the metadata section, or why there is none (a warning is printed)."""
-    held_out = held_out_slice(state, dataset)
-    if held_out is None or len(held_out[1]) < MIN_SLICE_IMAGES:
+    """The model with its familiarity output and the metadata section, or why there is none (a warning is printed).
+    ``held_out``: torch's pass over the held-out slice, with what the score reads (None: the checkpoint has none)."""
+    slice_images = 0 if held_out is None else len(held_out.labels)
+    if held_out is None or slice_images < MIN_SLICE_IMAGES:
         why = (
-            f"the checkpoint holds {0 if held_out is None else len(held_out[1])} held-out training images, fewer than "
-            f"the {MIN_SLICE_IMAGES} a threshold needs (a larger --calibration-holdout or more images would give them)"
+            f"the checkpoint holds {slice_images} held-out training images, fewer than the {MIN_SLICE_IMAGES} a "
+            "threshold needs (a larger --calibration-holdout or more images would give them)"
         )
         print(f"vggdeploy: warning: no familiarity output: {why}", file=sys.stderr)
         return why
     images, labels = _fit_sample(state, dataset, torch_device())
-    early_train, late_train = _pass(model, images, spec, "torch on training images (familiarity)")
-    early_slice, late_slice = _pass(model, held_out[0], spec, "torch on the held-out slice (familiarity)")
-    early = LayerFit.of(early_train, labels).standardised_on(early_slice)
-    late = LayerFit.of(late_train, labels).standardised_on(late_slice)
-    slice_scores = early.score(early_slice) + late.score(late_slice)
+    _, early_train, late_train = torch_representations(model, images, spec, "torch on training images (familiarity)")
+    early = LayerFit.of(early_train, labels).standardised_on(held_out.statistics)
+    late = LayerFit.of(late_train, labels).standardised_on(held_out.penultimate)
+    slice_scores = early.score(held_out.statistics) + late.score(held_out.penultimate)
     familiarity = Familiarity(
         threshold_accepting(slice_scores, ACCEPTED_SHARE),
         ACCEPTED_SHARE,
         len(labels),
-        len(held_out[1]),
+        slice_images,
         {"first stage": early.shrinkage, "penultimate": late.shrinkage},
         {**early.arrays("early"), **late.arrays("late")},
     )

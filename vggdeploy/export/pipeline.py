@@ -42,7 +42,7 @@ from vggdeploy.deploy.contract import (
 from vggdeploy.deploy.session import ProviderSettings, create_session, run_session
 from vggdeploy.deploy.weights_on_disk import write_embedded
 from vggdeploy.errors import CheckFailed, DataError, UsageError
-from vggdeploy.export.calibrate import Calibration, calibrate
+from vggdeploy.export.calibrate import Calibration, calibrate, held_out_slice
 from vggdeploy.export.familiarity import Familiarity, fit_familiarity
 from vggdeploy.export.golden import channels_last, write_golden_vectors
 from vggdeploy.export.graph import GraphStats, attach_metadata, check_proto, io_section
@@ -59,6 +59,7 @@ from vggdeploy.passes import (
     split_familiarity,
     stream_logits,
     torch_device,
+    torch_slice_pass,
     torch_test_pass,
     working_batch,
 )
@@ -293,8 +294,12 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
     sample = evaluation_sample(len(dataset.test_labels), config.test_images, summarize(args).gflops, device)
     sample_images, sample_labels = sample.take(dataset.test_images), sample.take(dataset.test_labels).numpy()
     parity_count = min(config.parity_images, len(sample))
+    held_out = held_out_slice(state, dataset)
+    with phases.phase("torch over the held-out slice"):  # the one pass calibration and familiarity share
+        wanted = held_out is not None and (config.calibrate or config.familiarity)
+        sliced = torch_slice_pass(model, held_out, spec, config.familiarity) if wanted else None
     with phases.phase("familiarity"):
-        fitted = fit_familiarity(model, state, dataset, spec) if config.familiarity else "--no-familiarity"
+        fitted = fit_familiarity(model, state, dataset, spec, sliced) if config.familiarity else "--no-familiarity"
         exported_model, familiarity = fitted if isinstance(fitted, tuple) else (model, None)
     with phases.phase("torch over the test sample"):  # the one pass parity, calibration and the variants share
         measured = len(sample) if config.calibrate else parity_count
@@ -302,7 +307,7 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             exported_model, sample_images[:measured], spec, device, batch, familiarity is not None
         )
     with phases.phase("calibration"):
-        calibration = calibrate(model, state, dataset, spec, config, (torch_test, sample_labels))
+        calibration = calibrate(config, (torch_test, sample_labels), sliced)
 
     # Everything is built beside --out and swapped in once every check has passed: nothing half-written is left
     with contextlib.ExitStack() as stack:

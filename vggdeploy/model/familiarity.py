@@ -27,6 +27,18 @@ def representations(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tenso
     return model.classifier[-1](penultimate), stage_statistics(early), penultimate
 
 
+class Representations(nn.Module):
+    """The model's logits and what the score reads, from one forward pass (torch's passes stack them as columns)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.args = model.args
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return representations(self.model, images)
+
+
 class ScoredModel(nn.Module):
     """A VGG whose forward pass returns ``(logits, familiarity)``: the sum of the two layers' standardised
     Mahalanobis scores, higher = more like the training images."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +130,14 @@ def release_weights(model: nn.Module) -> None:
     parameter, until the next export (a 515 MB VGG stayed resident beside its ONNX copy)."""
     for tensor in (*model.parameters(), *model.buffers()):
         tensor.data = torch.empty(0, dtype=tensor.dtype)
+    return_freed_memory()
+
+
+def return_freed_memory() -> None:
+    """Hand the C allocator's freed heap pages back to the system: glibc keeps them for reuse, 0.17 GB after a 224 px
+    VGG's torch pass that stayed resident through ONNX Runtime's session. A no-op where there is no malloc_trim."""
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def count_parameters(model: nn.Module) -> int:
