@@ -18,6 +18,7 @@ def small_model() -> onnx.ModelProto:
     weight = numpy_helper.from_array(rng.standard_normal((64, 300)).astype(np.float32), "weight")  # 76,800 bytes
     bias = numpy_helper.from_array(rng.standard_normal(300).astype(np.float32)[:10], "bias")
     shape = numpy_helper.from_array(np.array([-1, 10], np.int64), "shape")
+    edge = numpy_helper.from_array(np.zeros(256, np.float32), "edge")  # exactly REFERENCE_FROM_BYTES: referenced
     nodes = [
         helper.make_node("MatMul", ["x", "weight"], ["y"]),
         helper.make_node("Slice", ["y", "start", "stop", "axis"], ["z"]),
@@ -30,9 +31,10 @@ def small_model() -> onnx.ModelProto:
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 10])],
-        [bias, weight, shape, *ints],
+        [bias, weight, shape, *ints, edge],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.model_version = -1  # an int64 the wire format writes as a 10-byte varint
     helper.set_model_props(model, {"labels": "[0, 1]", "note": "metadata after the graph"})
     return model
 
@@ -48,7 +50,7 @@ def test_write_embedded_gives_the_model_onnx_save_would_write(tmp_path):
     model = small_model()
     graph = saved_with_external_weights(model, tmp_path)
     external = [t.name for t in graph.graph.initializer if t.data_location == TensorProto.EXTERNAL]
-    assert external == ["weight"]  # the mixed case: one weight on disk, the rest inline
+    assert external == ["weight", "edge"]  # the mixed case: two weights on disk, the rest inline
     write_embedded(graph, tmp_path, tmp_path / "model.onnx")
     written = onnx.load(str(tmp_path / "model.onnx"))
     assert written == model  # initializers in their order, metadata, everything
@@ -76,6 +78,27 @@ def test_write_embedded_honours_offsets_and_reports_missing_bytes(tmp_path):
     (tmp_path / "padded.bin").write_bytes(b"\x00" * 100 + weight.raw_data[:1000])
     with pytest.raises(DataError, match=r"ends .* bytes early"):
         write_embedded(graph, tmp_path, tmp_path / "model.onnx")
+    del external.external_data[2:]  # an offset and no length: to the end of the file
+    assert [e.key for e in external.external_data] == ["location", "offset"]
+    (tmp_path / "padded.bin").write_bytes(b"\x00" * 100 + weight.raw_data)
+    write_embedded(graph, tmp_path, tmp_path / "model.onnx")
+    assert onnx.load(str(tmp_path / "model.onnx")) == model
+
+
+def test_write_embedded_reads_a_whole_file_where_offset_and_length_are_left_out(tmp_path):
+    model = small_model()
+    weight = next(t for t in model.graph.initializer if t.name == "weight")
+    (tmp_path / "weight.bin").write_bytes(weight.raw_data)
+    graph = onnx.ModelProto()
+    graph.CopyFrom(model)
+    external = next(t for t in graph.graph.initializer if t.name == "weight")
+    external.ClearField("raw_data")
+    external.data_location = TensorProto.EXTERNAL
+    entry = external.external_data.add()
+    entry.key, entry.value = "location", "weight.bin"  # the whole file, from its start
+    write_embedded(graph, tmp_path, tmp_path / "model.onnx")
+    assert onnx.load(str(tmp_path / "model.onnx")) == model
+    assert embedded_size(graph, tmp_path) == model.ByteSize()
 
 
 def test_reference_weights_points_into_the_file_and_answers_the_same(tmp_path):
@@ -93,7 +116,8 @@ def test_reference_weights_points_into_the_file_and_answers_the_same(tmp_path):
         np.frombuffer(content[start : start + length], np.float32).reshape(64, 300),
         numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "weight")),
     )
-    assert all(t.data_location != TensorProto.EXTERNAL for n, t in by_name.items() if n != "weight")
+    assert {n for n, t in by_name.items() if t.data_location == TensorProto.EXTERNAL} == {"weight", "edge"}
+    assert REFERENCE_FROM_BYTES == 1024 and referenced.model_version == -1
     onnx.load_external_data_for_model(referenced, str(tmp_path))
     restored = {t.name: numpy_helper.to_array(t) for t in referenced.graph.initializer}
     assert restored.keys() == {t.name for t in model.graph.initializer}
@@ -120,11 +144,62 @@ def test_reference_weights_of_an_exported_model_answers_bit_for_bit(tiny_export,
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("content", [b"\x0a\xff\xff", b"\x3a\x05\x2a\x10", b"\x0b" * 10])
-def test_reference_weights_refuses_what_is_not_a_model(content, tmp_path):
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"\x0a\xff\xff", "it ends inside a field"),
+        (b"\x3a\x05\x2a\x10", "a field runs past the end of its message"),
+        (b"\x0b" * 10, "unsupported protobuf wire type 3"),
+        (b"\x08" + b"\xff" * 10 + b"\x01", "a varint longer than 10 bytes"),
+    ],
+)
+def test_reference_weights_refuses_what_is_not_a_model(content, reason, tmp_path):
     (tmp_path / "model.onnx").write_bytes(content)
-    with pytest.raises(DataError, match="not an ONNX model"):
+    with pytest.raises(DataError) as refused:
         reference_weights(tmp_path / "model.onnx")
+    assert str(refused.value) == f"{tmp_path / 'model.onnx'}: not an ONNX model ({reason})"
+
+
+def test_varints_are_protobufs_own():
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    from vggdeploy.deploy.weights_on_disk import _read_varint, _varint
+
+    for value in (0, 1, 127, 128, 300, 2**14 - 1, 2**14, 2**31, 2**64 - 1):
+        assert _varint(value) == _VarintBytes(value)
+        assert _read_varint(b"\x00" + _VarintBytes(value), 1) == (value, 1 + len(_VarintBytes(value)))
+
+
+def _field(key: bytes, value: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    return key + _VarintBytes(len(value)) + value
+
+
+def test_fixed_width_fields_are_walked_over(tmp_path):
+    """Repeated floats and doubles written unpacked (wire types 5 and 1, which parsers accept): inline tensors keep
+    them, and before a weight's raw bytes they must not shift its reference."""
+    model = small_model()
+    floats = TensorProto(name="floats", data_type=TensorProto.FLOAT, dims=[3]).SerializeToString()
+    doubles = TensorProto(name="doubles", data_type=TensorProto.DOUBLE, dims=[2]).SerializeToString()
+    raw = np.arange(300, dtype=np.float32).tobytes()
+    mixed = TensorProto(name="mixed", data_type=TensorProto.FLOAT, dims=[300]).SerializeToString()
+    tensors = (
+        floats + b"".join(b"\x25" + np.float32(v).tobytes() for v in (1.5, -2.0, 3.25)),
+        doubles + b"".join(b"\x51" + np.float64(v).tobytes() for v in (0.1, 7.0)),
+        mixed + b"\x25" + np.float32(1.5).tobytes() + b"\x51" + np.float64(0.1).tobytes() + _field(b"\x4a", raw),
+    )
+    graph = b"".join(_field(b"\x2a", tensor) for tensor in tensors)
+    content = model.SerializeToString() + _field(b"\x3a", graph)  # a second graph field: parsers merge the two
+    (tmp_path / "model.onnx").write_bytes(content)
+    by_name = {t.name: t for t in reference_weights(tmp_path / "model.onnx").graph.initializer}
+    assert list(by_name["floats"].float_data) == [1.5, -2.0, 3.25]
+    assert list(by_name["doubles"].double_data) == [0.1, 7.0]
+    assert by_name["weight"].data_location == by_name["mixed"].data_location == TensorProto.EXTERNAL
+    entries = {e.key: e.value for e in by_name["mixed"].external_data}
+    start, length = int(entries["offset"]), int(entries["length"])
+    assert content[start : start + length] == raw and length == 1200
 
 
 def test_a_session_with_weights_on_disk_is_given_the_references_and_their_folder(tmp_path, monkeypatch):

@@ -46,7 +46,8 @@ def _delimited_size(length: int) -> int:
     return 1 + len(_varint(length)) + length
 
 
-_Tensor = tuple[bytes, "Path | None", int, int]  # serialised fields but raw_data, external file, offset, length
+# a TensorProto's serialised fields (all of them when it is inline), and where an external one's bytes are
+_Tensor = tuple[bytes, "tuple[Path, int, int] | None"]
 
 
 def _plan(proto: onnx.ModelProto, folder: Path) -> tuple[bytes, bytes, list[_Tensor]]:
@@ -57,26 +58,26 @@ def _plan(proto: onnx.ModelProto, folder: Path) -> tuple[bytes, bytes, list[_Ten
     tensors: list[_Tensor] = []
     for tensor in rest.graph.initializer:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            tensors.append((tensor.SerializeToString(), None, 0, 0))
+            tensors.append((tensor.SerializeToString(), None))
             continue
         entries = {entry.key: entry.value for entry in tensor.external_data}
         source, offset = Path(folder) / entries["location"], int(entries.get("offset", 0))
         length = int(entries["length"]) if "length" in entries else source.stat().st_size - offset
         tensor.ClearField("external_data")
         tensor.ClearField("data_location")
-        tensors.append((tensor.SerializeToString(), source, offset, length))
+        tensors.append((tensor.SerializeToString(), (source, offset, length)))
     rest.graph.ClearField("initializer")
     graph_bytes = rest.graph.SerializeToString()
     rest.ClearField("graph")
     return rest.SerializeToString(), graph_bytes, tensors
 
 
-def _tensor_size(header: bytes, source: Path | None, length: int) -> int:
-    return len(header) + (0 if source is None else _delimited_size(length))
+def _tensor_size(header: bytes, external: tuple[Path, int, int] | None) -> int:
+    return len(header) + (0 if external is None else _delimited_size(external[2]))
 
 
 def _graph_size(graph_bytes: bytes, tensors: list[_Tensor]) -> int:
-    return len(graph_bytes) + sum(_delimited_size(_tensor_size(h, s, n)) for h, s, _, n in tensors)
+    return len(graph_bytes) + sum(_delimited_size(_tensor_size(*tensor)) for tensor in tensors)
 
 
 def embedded_size(proto: onnx.ModelProto, folder: Path) -> int:
@@ -92,11 +93,11 @@ def write_embedded(proto: onnx.ModelProto, folder: Path, path: Path) -> None:
     with atomic_path(path) as temporary, open(temporary, "wb") as out:
         out.write(model_bytes)
         out.write(_key(_MODEL_GRAPH) + _varint(_graph_size(graph_bytes, tensors)) + graph_bytes)
-        for header, source, offset, length in tensors:
-            out.write(_key(_GRAPH_INITIALIZER) + _varint(_tensor_size(header, source, length)) + header)
-            if source is not None:
-                out.write(_key(_TENSOR_RAW_DATA) + _varint(length))
-                _copy_range(source, offset, length, out)
+        for header, external in tensors:
+            out.write(_key(_GRAPH_INITIALIZER) + _varint(_tensor_size(header, external)) + header)
+            if external is not None:
+                out.write(_key(_TENSOR_RAW_DATA) + _varint(external[2]))
+                _copy_range(*external, out)
 
 
 def _copy_range(source: Path, offset: int, length: int, out) -> None:
@@ -152,8 +153,11 @@ def reference_weights(path: str | Path) -> onnx.ModelProto:
     try:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
             return _referenced_model(buffer, path.name)
-    except (ValueError, IndexError, DecodeError):
-        raise DataError(f"{path}: not an ONNX model (its protobuf does not parse)") from None
+    except IndexError:
+        reason = "it ends inside a field"
+    except (ValueError, DecodeError) as error:
+        reason = str(error)
+    raise DataError(f"{path}: not an ONNX model ({reason})")
 
 
 def _referenced_model(buffer, name: str) -> onnx.ModelProto:
