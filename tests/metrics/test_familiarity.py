@@ -131,6 +131,9 @@ def test_the_whitened_layer_score_is_the_mahalanobis_score():
     layer, gaussian = LayerFit.of(features, labels), GaussianFit.of(features, labels)
     probe = rng.normal(2, 3, (50, 3))
     np.testing.assert_allclose(layer.raw_score(probe), gaussian.score(probe), rtol=1e-9)
+    # a few images at a time (memory) gives the very same scores as all at once, a last partial chunk included
+    np.testing.assert_array_equal(layer.raw_score(probe, chunk=7), layer.raw_score(probe, chunk=50))
+    assert layer.raw_score(probe[:0]).shape == (0,)
     standard = layer.standardised_on(probe)
     assert standard.score(probe).mean() == pytest.approx(0, abs=1e-12) and standard.score(probe).std() == pytest.approx(
         1
