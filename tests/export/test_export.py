@@ -380,3 +380,11 @@ def test_simplifying_without_loading_the_weights_gives_onnxsims_graph_of_the_who
     pipeline.export_model(tiny_checkpoint, tmp_path / "onnx", config, data_dir=data_dir)
     assert len(compared) == 1 and FAMILIARITY_NAME in [o.name for o in compared[0].graph.output]
     assert not (tmp_path / "onnx" / ".scratch").exists() and not list((tmp_path / "onnx").glob("*.data"))
+
+
+def test_the_graph_sizes_printed_are_the_single_files_with_their_weights(tiny_export):
+    """The graph's weights live in a scratch file until the end: the sizes printed are still those of one file."""
+    result, _ = tiny_export
+    assert result.after.bytes == result.model_path.stat().st_size
+    assert 0.5 < result.before.bytes / result.after.bytes < 1.5
+    assert f"({result.after.bytes / 1e6:.2f} MB)" in result.format()
