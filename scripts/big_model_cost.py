@@ -7,7 +7,12 @@ for the cost), then `vggdeploy export` and `vggdeploy check` run as they would f
 process, whose peak RSS the kernel reports when it ends (``wait4``'s ``ru_maxrss``); export's own report adds the
 seconds of each of its phases and its peak RSS when each ended.
 
-    python scripts/big_model_cost.py --arch A --image-size 224 --out /tmp/big [--check-images 500] [--json cost.json]
+With ``--held-out N`` the checkpoint's held-out slice becomes N of the 60,000 training images, evenly spread, as a
+full run keeps them (the weights saw none of them, nor most others: only the cost is real), so export fits the
+temperature and the familiarity score as it would for a user.
+
+    python scripts/big_model_cost.py --arch A --image-size 224 --out /tmp/big [--held-out 5000] [--check-images 500]
+        [--json cost.json]
 """
 
 from __future__ import annotations
@@ -47,11 +52,32 @@ def measured(command: list[str]) -> dict:
     }
 
 
-def measure(model: list[str], out: Path, export_options: list[str], check: list[str] | None) -> dict:
+FASHION_MNIST_TRAINING_IMAGES = 60_000
+
+
+def hold_out(checkpoint: Path, images: int) -> None:
+    """Rewrite the checkpoint's held-out slice as ``images`` of the Fashion-MNIST training images, evenly spread."""
+    import torch
+
+    state = torch.load(checkpoint, weights_only=False)
+    indices = torch.arange(images) * FASHION_MNIST_TRAINING_IMAGES // images
+    state["calibration_split"] = {
+        **state["calibration_split"],
+        "indices": indices,
+        "of_images": FASHION_MNIST_TRAINING_IMAGES,
+    }
+    torch.save(state, checkpoint)
+
+
+def measure(
+    model: list[str], out: Path, export_options: list[str], check: list[str] | None, held_out: int | None = None
+) -> dict:
     """Train (``model``: the architecture options), export and check; each step's figures."""
     cli = [sys.executable, "-m", "vggdeploy"]
     steps = [measured([*cli, "train", *model, *TRAINING, "--quiet", "--overwrite", "--out", str(out / "run")])]
     checkpoint = RunFolder(out / "run").best_checkpoint
+    if held_out is not None:
+        hold_out(checkpoint, held_out)
     onnx = out / "run" / "onnx"
     steps.append(measured([*cli, "export", "--checkpoint", str(checkpoint), "--out", str(onnx), *export_options]))
     size = model_file(onnx).stat().st_size if model_file(onnx).is_file() else None
@@ -84,17 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check-images", type=int, default=None, help="check on this many test images (default: check's)"
     )
+    parser.add_argument(
+        "--held-out", type=int, default=None, help="give the checkpoint a held-out slice of this many training images"
+    )
     parser.add_argument("--no-check", action="store_true", help="measure train and export only")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.check_images is not None and args.check_images < 1:
         raise UsageError(f"--check-images must be at least 1, got {args.check_images}")
+    if args.held_out is not None and not 1 <= args.held_out <= FASHION_MNIST_TRAINING_IMAGES:
+        raise UsageError(f"--held-out must be 1 to {FASHION_MNIST_TRAINING_IMAGES:,}, got {args.held_out}")
     check = None if args.no_check else ([] if args.check_images is None else ["--images", str(args.check_images)])
     model = [
         *("--arch", args.arch, "--image-size", str(args.image_size)),
         *("--width-ratio", str(args.width_ratio), "--hidden", str(args.hidden)),
     ]
-    figures = measure(model, args.out, shlex.split(args.export_options), check)
+    figures = measure(model, args.out, shlex.split(args.export_options), check, args.held_out)
     print(f"fp32 model file: {figures['model_file_mb']} MB; {figures['cpu_count']} CPU cores")
     print(markdown_table(figures["steps"], list(figures["steps"][0])), end="")
     if figures["export_phases"]:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "big_model_cost.py"
 
@@ -17,7 +18,8 @@ def test_each_command_is_measured_against_the_exported_file(tmp_path):
         [
             *(sys.executable, str(SCRIPT), "--image-size", "32", "--width-ratio", "16", "--hidden", "64"),
             *("--out", str(tmp_path / "big")),
-            *("--check-images", "100", "--export-options=--no-calibration", "--json", str(out)),
+            *("--check-images", "100", "--export-options=--no-calibration", "--held-out", "150"),
+            *("--json", str(out)),
         ],
         capture_output=True,
         text=True,
@@ -38,6 +40,13 @@ def test_each_command_is_measured_against_the_exported_file(tmp_path):
     assert phases[0] == "load the checkpoint and the data" and phases[-1] == "write"
     assert max(phase["peak_rss_gb"] for phase in figures["export_phases"]) <= figures["steps"][1]["peak_rss_gb"]
     assert "export's phases" in result.stdout
+    # the slice the script gave the checkpoint: 150 training images of 60,000, evenly spread, fitted on by export
+    report = json.loads((tmp_path / "big" / "run" / "onnx" / "export_report.json").read_text())
+    assert report["slice_sample"] == {"images": 150, "of": 150, "reason": "the whole slice"}
+    assert report["familiarity"]["threshold_from"].startswith("150 held-out training images")
+    state = torch.load(tmp_path / "big" / "run" / "checkpoints" / "best.pt", weights_only=False)
+    assert state["calibration_split"]["indices"].tolist() == [i * 400 for i in range(150)]
+    assert state["calibration_split"]["of_images"] == 60_000
     assert result.stdout.splitlines()[0].startswith(f"fp32 model file: {figures['model_file_mb']} MB")
 
 
@@ -46,4 +55,9 @@ def test_a_check_on_no_images_is_refused_in_one_line(tmp_path):
         [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--check-images", "0"], capture_output=True, text=True
     )
     assert result.returncode == 2 and result.stderr == "error: --check-images must be at least 1, got 0\n"
+    assert list(tmp_path.iterdir()) == []
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--held-out", "60001"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr == "error: --held-out must be 1 to 60,000, got 60001\n"
     assert list(tmp_path.iterdir()) == []
