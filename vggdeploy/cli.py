@@ -519,6 +519,13 @@ def _listed(numbers: tuple[int, ...]) -> str:
     "over the whole test set would exceed 20 TFLOP].",
 )
 @click.option(
+    "--slice-images",
+    type=CountOrAll(),
+    default=None,
+    help="Held-out training images the temperature and the familiarity threshold rest on (evenly spread), or 'all' "
+    "[default: all; on a CPU, 1,000 when a torch pass over the whole slice would exceed 20 TFLOP].",
+)
+@click.option(
     "--variant-images",
     type=int,
     default=ExportConfig.variant_images,
@@ -553,6 +560,7 @@ def export(
     parity_images,
     audit_batches,
     test_images,
+    slice_images,
     variant_images,
     triton_repo,
     no_calibration,
@@ -581,6 +589,7 @@ def export(
         parity_images=parity_images,
         audit_batches=audit_batches,
         test_images=test_images,
+        slice_images=slice_images,
         variant_images=variant_images,
         calibrate=not no_calibration,
         familiarity=not no_familiarity,

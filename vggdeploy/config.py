@@ -232,6 +232,9 @@ class ExportConfig:
     # test images the figures rest on (one torch pass shared by parity, calibration and the variants): a count,
     # "all", or None: all of them, except on a CPU for a model whose whole pass is costly (passes.evaluation_sample)
     test_images: int | str | None = None
+    # held-out training images the temperature and the familiarity threshold rest on: a count, "all", or None: the
+    # same rule as test_images
+    slice_images: int | str | None = None
     golden_images: int = 10  # one test image per class, with expected logits, next to the model
     int8_calibration_images: int = 256  # training images that set the int8 variant's activation ranges
     calibrate: bool = True  # fit the temperature on the checkpoint's held-out slice (--no-calibration: T = 1)
@@ -254,8 +257,10 @@ class ExportConfig:
             raise UsageError(f"opset {self.opset} is outside the supported range 13..23")
         if self.audit_batches is not None and (not self.audit_batches or min(self.audit_batches) < 1):
             raise UsageError("audit batches must be positive sizes")
-        if self.test_images != "all" and self.test_images is not None and not self.test_images >= 1:
-            raise UsageError(f"--test-images must be a count of at least 1 or 'all', got {self.test_images}")
+        for name in ("test_images", "slice_images"):
+            count = getattr(self, name)
+            if count != "all" and count is not None and not count >= 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be a count of at least 1 or 'all', got {count}")
         for name in ("parity_images", "golden_images", "int8_calibration_images", "variant_images", "calibration_bins"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1")

@@ -45,7 +45,11 @@ def working_batch(args: ModelArgs, device: str) -> int:
 
 
 def torch_engine(model: torch.nn.Module, device: str, batch: int) -> Engine:
-    """Strict fp32 torch logits (TF32 off), ``batch`` images per forward pass."""
+    """Strict fp32 torch logits (TF32 off), ``batch`` images per forward pass. On a CPU the model's weights are put in
+    channels_last first, in place (its values and its ONNX export stay the same): oneDNN's convolutions run 1.2x to
+    1.8x faster so (BENCHMARKS.md, "the CPU's torch passes"), and the logits move by float summation order only."""
+    if device == "cpu":
+        model.to(memory_format=torch.channels_last)
     return lambda inputs: predict_logits(model, inputs, device, chunk=batch)
 
 
@@ -82,25 +86,109 @@ def torch_representations(
     return columns[:, :classes], statistics.astype(np.float64), penultimate.astype(np.float64)
 
 
+CPU_SAMPLE = 1000  # images a CPU export passes through torch where the whole set would be costly
+CPU_WHOLE_PASS_TFLOP = 20.0  # above this, one torch pass over a set takes minutes on a few CPU cores
+
+
+@dataclass(frozen=True)
+class SampledSet:
+    """A set of images export may sample on a CPU: what it is called, the option that chooses the count, and the
+    figures that rest on it."""
+
+    images: str
+    whole: str
+    option: str
+    figures: str
+
+
+TEST_SET = SampledSet("test images", "the whole test set", "--test-images", "test-set figures")
+HELD_OUT_SLICE = SampledSet(
+    "held-out training images", "the whole slice", "--slice-images", "temperature and familiarity threshold"
+)
+
+
+@dataclass(frozen=True)
+class EvaluationSample:
+    """The images a figure rests on: indices evenly spread over the set (its first N would follow the order of a
+    folder's classes), and why this many."""
+
+    indices: np.ndarray
+    of: int  # images in the set
+    reason: str
+    kind: SampledSet = TEST_SET
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sampled rows of the set's tensor (the tensor itself, not a copy, when the sample is all of it)."""
+        return tensor if len(self) == self.of else tensor[torch.from_numpy(self.indices)]
+
+    def format(self) -> str:
+        return f"{self.kind.figures} on {len(self):,} of {self.of:,} {self.kind.images} ({self.reason})"
+
+    def to_dict(self) -> dict:
+        return {"images": len(self), "of": self.of, "reason": self.reason}
+
+
+def evaluation_sample(
+    images: int, asked: int | str | None, gflops: float, device: str, kind: SampledSet = TEST_SET
+) -> EvaluationSample:
+    """The images of a set of ``images`` export measures: ``asked`` ("all" or a count), else all of them, except on a
+    CPU when a torch pass over them would exceed ``CPU_WHOLE_PASS_TFLOP``: then ``CPU_SAMPLE`` images."""
+    whole_tflop = images * gflops / 1000
+    if asked == "all":
+        count, reason = images, f"{kind.option} all"
+    elif asked is not None:
+        count = min(int(asked), images)
+        reason = f"{kind.option} {asked}"
+    elif device == "cpu" and whole_tflop > CPU_WHOLE_PASS_TFLOP:
+        count = min(CPU_SAMPLE, images)
+        reason = (
+            f"a CPU export's sample, evenly spread: torch over {kind.whole} would be {whole_tflop:,.0f} TFLOP; "
+            f"{kind.option} all for every image"
+        )
+    else:
+        count, reason = images, kind.whole
+    return EvaluationSample(np.arange(count) * images // max(count, 1), images, reason, kind)
+
+
 @dataclass(frozen=True)
 class SlicePass:
     """torch over the held-out calibration slice, once for calibration and the familiarity fit: the labels, the
-    logits and, when the familiarity fit asks, what the score reads."""
+    logits and, when the familiarity fit asks, what the score reads; ``sample`` says which of the slice's images."""
 
     labels: np.ndarray
     logits: np.ndarray
     statistics: np.ndarray | None = None
     penultimate: np.ndarray | None = None
+    sample: EvaluationSample | None = None  # None: every image of the slice
+
+    @property
+    def of(self) -> int:
+        """Images in the whole slice."""
+        return len(self.labels) if self.sample is None else self.sample.of
+
+    def describe(self) -> str:
+        """'1,000 of 5,000 held-out training images' for a sample, '5,000 held-out training images' for all."""
+        part = f"{len(self.labels):,} of " if len(self.labels) < self.of else ""
+        return f"{part}{self.of:,} held-out training images"
 
 
 def torch_slice_pass(
-    model: torch.nn.Module, held_out: tuple[torch.Tensor, torch.Tensor], spec: PreprocessSpec, representations: bool
+    model: torch.nn.Module,
+    held_out: tuple[torch.Tensor, torch.Tensor],
+    spec: PreprocessSpec,
+    representations: bool,
+    sample: EvaluationSample | None = None,
 ) -> SlicePass:
-    images, labels = held_out
+    """torch over the slice's images (``sample``'s, where given), with what the familiarity score reads when
+    ``representations``."""
+    images, labels = held_out if sample is None else (sample.take(part) for part in held_out)
     what = "torch on the held-out slice"
     if representations:
-        return SlicePass(labels.numpy(), *torch_representations(model, images, spec, what))
-    return SlicePass(labels.numpy(), torch_logits(model, images, spec, what))
+        return SlicePass(labels.numpy(), *torch_representations(model, images, spec, what), sample=sample)
+    return SlicePass(labels.numpy(), torch_logits(model, images, spec, what), sample=sample)
 
 
 def progress_bar(total: int, what: str, stream: TextIO | None = None) -> tqdm:
@@ -138,50 +226,3 @@ def torch_logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessS
     device = torch_device()
     batch = working_batch(model.args, device)
     return stream_logits(images, spec, {"torch": torch_engine(model, device, batch)}, batch, what)["torch"]
-
-
-CPU_SAMPLE = 1000  # test images a CPU export measures when the whole test set would be costly
-CPU_WHOLE_PASS_TFLOP = 20.0  # above this, one torch pass over the test set takes minutes on a few CPU cores
-
-
-@dataclass(frozen=True)
-class EvaluationSample:
-    """The test images a figure rests on: indices evenly spread over the test set (its first N would follow the
-    order of a folder's classes), and why this many."""
-
-    indices: np.ndarray
-    of: int  # images in the test set
-    reason: str
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def take(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The sampled rows of a test-set tensor (the tensor itself, not a copy, when the sample is all of it)."""
-        return tensor if len(self) == self.of else tensor[torch.from_numpy(self.indices)]
-
-    def format(self) -> str:
-        return f"test-set figures on {len(self):,} of {self.of:,} test images ({self.reason})"
-
-    def to_dict(self) -> dict:
-        return {"images": len(self), "of": self.of, "reason": self.reason}
-
-
-def evaluation_sample(test_images: int, asked: int | str | None, gflops: float, device: str) -> EvaluationSample:
-    """The export's test sample: ``asked`` ("all" or a count), else the whole test set, except on a CPU when a torch
-    pass over it would exceed ``CPU_WHOLE_PASS_TFLOP``: then ``CPU_SAMPLE`` images."""
-    whole_tflop = test_images * gflops / 1000
-    if asked == "all":
-        count, reason = test_images, "--test-images all"
-    elif asked is not None:
-        count = min(int(asked), test_images)
-        reason = f"--test-images {asked}"
-    elif device == "cpu" and whole_tflop > CPU_WHOLE_PASS_TFLOP:
-        count = min(CPU_SAMPLE, test_images)
-        reason = (
-            f"a CPU export's sample, evenly spread: torch over the whole test set would be {whole_tflop:,.0f} TFLOP; "
-            "--test-images all for every image"
-        )
-    else:
-        count, reason = test_images, "the whole test set"
-    return EvaluationSample(np.arange(count) * test_images // max(count, 1), test_images, reason)

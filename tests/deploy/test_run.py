@@ -324,6 +324,10 @@ def test_run_works_without_torch(golden):
             "Invalid value for '--batch-sizes': must be comma-separated integers, got '1,x'",
         ),
         (["export", "--audit-batches", "0,2"], "Invalid value for '--audit-batches': must be positive, got '0,2'"),
+        (
+            ["export", "--slice-images", "most"],
+            "Invalid value for '--slice-images': must be a count or 'all', got 'most'",
+        ),
         (["run"], "Missing argument 'IMAGES...'."),
         (["--nope"], "No such option '--nope'"),
     ],

@@ -74,6 +74,58 @@ def test_the_slice_pass_runs_torch_once_on_the_held_out_images(monkeypatch):
     assert sliced.statistics is None and sliced.penultimate is None
 
 
+def test_a_sampled_slice_pass_runs_torch_on_the_samples_images_only(monkeypatch):
+    slice_logits, slice_labels = _overconfident(len(SLICE), seed=1)
+    dataset, state, table = _scene(slice_logits, slice_labels)
+    seen = []
+    monkeypatch.setattr(
+        passes, "torch_logits", lambda model, images, spec, what: seen.append(images.flatten()) or table[seen[-1]]
+    )
+    sample = passes.evaluation_sample(len(SLICE), 100, 1.0, "cpu", passes.HELD_OUT_SLICE)
+    sliced = passes.torch_slice_pass(object(), step.held_out_slice(state, dataset), SPEC, False, sample)
+    assert len(seen) == 1 and seen[0].tolist() == SLICE[np.arange(100) * 10].tolist()
+    np.testing.assert_array_equal(sliced.labels, slice_labels[::10])
+    np.testing.assert_array_equal(sliced.logits, slice_logits[::10])
+    assert sliced.sample is sample and sliced.of == 1000
+    assert sliced.describe() == "100 of 1,000 held-out training images"
+    whole = passes.torch_slice_pass(object(), step.held_out_slice(state, dataset), SPEC, False)
+    assert whole.of == 1000 and whole.describe() == "1,000 held-out training images"
+    every = passes.evaluation_sample(len(SLICE), "all", 1.0, "cpu", passes.HELD_OUT_SLICE)
+    assert passes.SlicePass(slice_labels, slice_logits, sample=every).describe() == "1,000 held-out training images"
+
+
+def test_a_temperature_fitted_on_a_sample_of_the_slice_says_so(capsys):
+    slice_logits, slice_labels = _overconfident(len(SLICE), seed=1)
+    test_logits, test_labels = _overconfident(500, seed=2)
+    sample = passes.evaluation_sample(4000, None, 40.0, "cpu", passes.HELD_OUT_SLICE)  # 160 TFLOP: 1,000 of 4,000
+    held = SlicePass(slice_labels, slice_logits, sample=sample)
+    calibration = step.calibrate(ExportConfig(), (test_logits, test_labels), held)
+    assert calibration.temperature == fit_temperature(slice_logits, slice_labels) and calibration.fitted
+    assert "fitted on 1,000 of 4,000 held-out training images; test ECE" in calibration.format()
+    assert (
+        calibration.to_metadata()["slice_sample"]
+        == sample.to_dict()
+        == {
+            "images": 1000,
+            "of": 4000,
+            "reason": "a CPU export's sample, evenly spread: torch over the whole slice would be 160 TFLOP; --slice-images "
+            "all for every image",
+        }
+    )
+    # a refusal on a sample says how to pass every image of the slice
+    few = slice_logits.copy()
+    few[np.arange(len(few)), slice_labels] = 100.0  # every answer right: too few errors for a fit
+    refused = step.calibrate(ExportConfig(), (test_logits, test_labels), SlicePass(slice_labels, few, sample=sample))
+    assert not refused.fitted and refused.method.endswith(
+        "would give them) (fitted on a sample: 1,000 of 4,000 held-out training images; --slice-images all fits on every one)"
+    )
+    unsampled = step.calibrate(ExportConfig(), (test_logits, test_labels), SlicePass(slice_labels, few))
+    assert (
+        unsampled.method.endswith("would give them)")
+        and "1,000 held-out training images hold 0" in capsys.readouterr().err
+    )
+
+
 def test_the_slice_pass_with_representations_is_torchs_logits_and_what_the_score_reads():
     from vggdeploy.model.archs import ModelArgs
     from vggdeploy.model.familiarity import representations
@@ -122,6 +174,7 @@ def test_the_temperature_is_fitted_on_the_slice_and_the_test_set_only_measured(c
             "after": calibration.slice_after.to_dict(),
         },
         "test_set": {"before": before.to_dict(), "after": after.to_dict()},
+        "slice_sample": None,
     }
 
 
@@ -176,6 +229,7 @@ def test_no_calibration_measures_nothing_and_keeps_t_1():
         "ece_bins": 9,
         "calibration_slice": None,
         "test_set": None,
+        "slice_sample": None,
     }
 
 

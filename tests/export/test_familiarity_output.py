@@ -153,7 +153,7 @@ def test_a_slice_too_small_for_a_threshold_leaves_the_output_out_and_says_why(ti
     from vggdeploy.export.calibrate import held_out_slice
     from vggdeploy.export.familiarity import MIN_SLICE_IMAGES, fit_familiarity
     from vggdeploy.model.checkpoint import rebuild_model
-    from vggdeploy.passes import torch_slice_pass
+    from vggdeploy.passes import HELD_OUT_SLICE, evaluation_sample, torch_slice_pass
 
     model, state = rebuild_model(tiny_checkpoint)
     dataset = dataset_of(state, data_dir)
@@ -168,6 +168,12 @@ def test_a_slice_too_small_for_a_threshold_leaves_the_output_out_and_says_why(ti
             "--calibration-holdout or more images would give them)"
         )
         assert capsys.readouterr().err == f"vggdeploy: warning: no familiarity output: {why}\n"
+    # a slice large enough, sampled below the threshold's need by --slice-images: that option is named
+    sample = evaluation_sample(len(labels), 60, 1.0, "cpu", HELD_OUT_SLICE)
+    sampled = torch_slice_pass(model, (images, labels), dataset.spec(32), True, sample)
+    assert fit_familiarity(model, state, dataset, dataset.spec(32), sampled) == (
+        f"--slice-images leaves 60 of {len(labels):,} held-out training images, fewer than the 100 a threshold needs"
+    )
 
 
 def test_metadata_that_promises_an_output_the_graph_lacks_is_refused(tiny_export, tmp_path):

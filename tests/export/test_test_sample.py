@@ -30,6 +30,21 @@ def test_a_cpu_export_of_a_224_px_vgg_rests_on_1000_evenly_spread_test_images():
     assert sample.to_dict()["images"] == 1000
 
 
+def test_a_cpu_export_of_a_224_px_vgg_fits_its_temperature_and_threshold_on_1000_held_out_images():
+    """The slice's stated default, by the test set's rule: a full Fashion-MNIST run holds out 5,000 images."""
+    sample = passes.evaluation_sample(5_000, None, FULL_GFLOPS, "cpu", passes.HELD_OUT_SLICE)
+    assert len(sample) == 1000 and sample.of == 5_000
+    assert np.array_equal(sample.indices, np.arange(0, 5_000, 5))
+    assert sample.format().startswith("temperature and familiarity threshold on 1,000 of 5,000 held-out training")
+    assert "--slice-images all for every image" in sample.format()
+    assert passes.evaluation_sample(5_000, "all", FULL_GFLOPS, "cpu", passes.HELD_OUT_SLICE).reason == (
+        "--slice-images all"
+    )
+    assert len(passes.evaluation_sample(5_000, None, QUICK_GFLOPS, "cpu", passes.HELD_OUT_SLICE)) == 5_000
+    whole = passes.evaluation_sample(5_000, None, FULL_GFLOPS, "cuda", passes.HELD_OUT_SLICE)
+    assert len(whole) == 5_000 and whole.reason == "the whole slice"
+
+
 @pytest.mark.parametrize(
     ("images", "asked", "gflops", "device", "count"),
     [
@@ -50,6 +65,17 @@ def test_the_sample_size(images, asked, gflops, device, count):
     assert sample.indices.min() == 0 and sample.indices.max() < images
 
 
+@pytest.mark.parametrize("name", ["test_images", "slice_images"])
+def test_a_sample_of_no_images_is_a_usage_error(name):
+    from vggdeploy.errors import UsageError
+
+    option = f"--{name.replace('_', '-')}"
+    for count in (0, -3):
+        with pytest.raises(UsageError, match=f"^{option} must be a count of at least 1 or 'all', got {count}$"):
+            ExportConfig(**{name: count})
+    assert getattr(ExportConfig(**{name: "all"}), name) == "all" and getattr(ExportConfig(**{name: 1}), name) == 1
+
+
 def test_a_whole_sample_is_the_tensor_itself_and_a_part_its_rows():
     tensor = torch.arange(20)
     assert passes.evaluation_sample(20, None, 1.0, "cpu").take(tensor) is tensor
@@ -61,6 +87,25 @@ def test_the_working_batch_keeps_one_layer_within_the_budget_on_a_cpu():
     assert passes.working_batch(PRESETS["full"].model, "cpu") == 3  # 12.8 MB an image in its first conv, 48 MB a batch
     assert passes.working_batch(PRESETS["full"].model, "cuda") == 256
     assert passes.working_batch(ModelArgs(arch="A", image_size=4096), "cpu") == 1
+
+
+def test_a_cpu_pass_runs_the_model_channels_last_with_the_same_logits():
+    """oneDNN's faster layout on a CPU (BENCHMARKS.md): the weights change layout in place, not value."""
+    import copy
+
+    from vggdeploy.model.vgg import build_model, predict_logits
+
+    torch.manual_seed(0)
+    model = build_model(ModelArgs(arch="A", width_ratio=8, hidden=32, image_size=32)).eval()
+    contiguous = copy.deepcopy(model)
+    inputs = torch.randn(5, 1, 32, 32).numpy()
+    engine = passes.torch_engine(model, "cpu", 4)
+    convolutions = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+    assert not convolutions[1].is_contiguous()
+    for moved, kept in zip(model.state_dict().values(), contiguous.state_dict().values(), strict=True):
+        assert torch.equal(moved, kept)
+    np.testing.assert_allclose(engine(inputs), predict_logits(contiguous, inputs), atol=1e-5, rtol=0)
 
 
 def test_one_preprocessing_feeds_every_engine_in_order():
@@ -108,7 +153,10 @@ def test_export_measures_the_stated_sample_and_says_so(tiny_checkpoint, tmp_path
     sampled = export_model(tiny_checkpoint, tmp_path / "sampled", ExportConfig(parity_images=64), data_dir=data_dir)
     assert sampled.audit.batch_sizes == (1, 2, 5)  # the default audit: 1, 2 and 7 below the working batch, and it
     chosen = export_model(
-        tiny_checkpoint, tmp_path / "chosen", ExportConfig(test_images=300, **small), data_dir=data_dir
+        tiny_checkpoint,
+        tmp_path / "chosen",
+        ExportConfig(test_images=300, slice_images=150, **small),
+        data_dir=data_dir,
     )
     for result, count in ((sampled, 1000), (chosen, 300)):
         report = json.loads(export_report(result.model_path.parent, "json").read_text())
@@ -129,6 +177,23 @@ def test_export_measures_the_stated_sample_and_says_so(tiny_checkpoint, tmp_path
         peaks = [p["peak_rss_gb"] for p in report["phases"]]
         assert peaks == sorted(peaks) and peaks[0] > 0.1
     assert "CPU export's sample" in sampled.sample.reason
+    # the held-out slice by the same rule: the tiny checkpoint's slice is under 1,000 images, so all of it; or the
+    # 150 --slice-images asks for, which the temperature and the familiarity threshold then rest on
+    held = len(torch.load(tiny_checkpoint, weights_only=False)["calibration_split"]["indices"])
+    assert 150 < held < 1000
+    for result, count, reason in (
+        (sampled, held, "a CPU export's sample, evenly spread"),
+        (chosen, 150, "--slice-images 150"),
+    ):
+        report = json.loads(export_report(result.model_path.parent, "json").read_text())
+        assert report["slice_sample"]["images"] == count and report["slice_sample"]["of"] == held
+        assert report["slice_sample"]["reason"].startswith(reason)
+        assert report["calibration"]["slice_sample"] == report["slice_sample"]
+        assert report["calibration"]["calibration_slice"]["before"]["images"] == count
+        assert result.familiarity.slice_images == count
+        of = "" if count == held else f" of {held:,}"
+        assert report["familiarity"]["threshold_from"].startswith(f"{count:,}{of} held-out training images")
+        assert f"temperature and familiarity threshold on {count:,} of {held:,} held-out" in result.format()
     # the figures are torch's on exactly the evenly spread images: its accuracy recomputed from them
     from vggdeploy.data.dataset import dataset_of
     from vggdeploy.model.checkpoint import rebuild_model

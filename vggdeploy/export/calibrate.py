@@ -44,6 +44,7 @@ class Calibration:
     test_after: CalibrationFigures | None
     test_logits: np.ndarray | None
     test_labels: np.ndarray | None
+    slice_sample: dict | None = None  # which of the slice's images were passed (EvaluationSample.to_dict), if sampled
 
     @property
     def measured(self) -> bool:
@@ -61,6 +62,7 @@ class Calibration:
             "probabilities": "softmax(logits / temperature)",
             "ece_bins": self.bins,
             "calibration_slice": pair(self.slice_before, self.slice_after),
+            "slice_sample": self.slice_sample,
             "test_set": pair(self.test_before, self.test_after),
         }
 
@@ -69,10 +71,14 @@ class Calibration:
             test = f"test {self.test_before.format()}" if self.measured else "the test set was not measured"
             return f"calibration: temperature 1 ({self.method}); {test}"
         return (
-            f"calibration: temperature {self.temperature:.4f} fitted on {self.slice_before.images:,} held-out "
-            f"training images; test ECE {self.test_before.ece:.2%} -> {self.test_after.ece:.2%}, NLL "
+            f"calibration: temperature {self.temperature:.4f} fitted on {self._slice_images()} held-out training "
+            f"images; test ECE {self.test_before.ece:.2%} -> {self.test_after.ece:.2%}, NLL "
             f"{self.test_before.nll:.3f} -> {self.test_after.nll:.3f} ({self.test_before.images:,} test images)"
         )
+
+    def _slice_images(self) -> str:
+        sampled = self.slice_sample is not None and self.slice_sample["images"] < self.slice_sample["of"]
+        return f"{self.slice_before.images:,}" + (f" of {self.slice_sample['of']:,}" if sampled else "")
 
     def plot(self, path: Path, title: str) -> None:
         """The reliability diagram of the test set before (T = 1) and after (T = fitted)."""
@@ -149,13 +155,16 @@ def calibrate(config: ExportConfig, test: tuple[np.ndarray, np.ndarray], held_ou
         test = CalibrationFigures.measure(test_logits, labels, 1.0, bins)
         return Calibration(1.0, False, f"none: {why}", bins, None, None, test, test, test_logits, labels)
     slice_logits, slice_labels = held_out.logits, held_out.labels
+    sample = None if held_out.sample is None else held_out.sample.to_dict()
     temperature = fit_temperature(slice_logits, slice_labels)
     refused = unfit_slice(slice_logits, slice_labels, temperature)
+    if refused is not None and len(slice_labels) < held_out.of:
+        refused += f" (fitted on a sample: {held_out.describe()}; --slice-images all fits on every one)"
     if refused is not None:
         print(f"vggdeploy: warning: probabilities stay uncalibrated (temperature 1): {refused}", file=sys.stderr)
         test = CalibrationFigures.measure(test_logits, labels, 1.0, bins)
         held = CalibrationFigures.measure(slice_logits, slice_labels, 1.0, bins)
-        return Calibration(1.0, False, f"none: {refused}", bins, held, held, test, test, test_logits, labels)
+        return Calibration(1.0, False, f"none: {refused}", bins, held, held, test, test, test_logits, labels, sample)
     return Calibration(
         temperature,
         True,
@@ -168,4 +177,5 @@ def calibrate(config: ExportConfig, test: tuple[np.ndarray, np.ndarray], held_ou
         CalibrationFigures.measure(test_logits, labels, temperature, bins),
         test_logits,
         labels,
+        sample,
     )

@@ -42,6 +42,7 @@ class Familiarity:
     slice_images: int
     shrinkage: dict[str, float]
     arrays: dict[str, np.ndarray]  # the graph's constants (LayerFit.arrays), saved beside the model for check
+    slice_of: int | None = None  # images in the whole slice, where the threshold rests on a sample of them
     parity: dict | None = None  # ONNX Runtime fp32 vs torch on the parity images (flag_agreement and atol)
 
     def to_metadata(self) -> dict:
@@ -50,7 +51,7 @@ class Familiarity:
             "threshold": self.threshold,
             "unfamiliar": f"{FAMILIARITY_NAME} < threshold",
             "accepted_share": self.accepted_share,
-            "threshold_from": f"{self.slice_images} held-out training images (the calibration slice): the threshold "
+            "threshold_from": f"{self._slice()} held-out training images (the calibration slice): the threshold "
             f"accepts {self.accepted_share:.0%} of them",
             "fitted_on": f"{self.fit_images} training images outside the slice",
             "score": "the sum of two Mahalanobis scores, each minus the squared distance to the nearest class mean "
@@ -72,9 +73,14 @@ class Familiarity:
             )
         return (
             f"familiarity: second output {FAMILIARITY_NAME!r}, fitted on {self.fit_images:,} training images; "
-            f"threshold {self.threshold:.3f} accepts {self.accepted_share:.0%} of {self.slice_images:,} held-out "
+            f"threshold {self.threshold:.3f} accepts {self.accepted_share:.0%} of {self._slice()} held-out "
             f"training images{parity}"
         )
+
+    def _slice(self) -> str:
+        """'1,000 of 5,000' where the threshold rests on a sample of the slice, else its size."""
+        sampled = self.slice_of is not None and self.slice_of > self.slice_images
+        return f"{self.slice_images:,}" + (f" of {self.slice_of:,}" if sampled else "")
 
     def save_arrays(self, path: Path) -> None:
         np.savez(path, **self.arrays)
@@ -116,6 +122,8 @@ def fit_familiarity(
             f"the checkpoint holds {slice_images} held-out training images, fewer than the {MIN_SLICE_IMAGES} a "
             "threshold needs (a larger --calibration-holdout or more images would give them)"
         )
+        if held_out is not None and held_out.of >= MIN_SLICE_IMAGES:
+            why = f"--slice-images leaves {held_out.describe()}, fewer than the {MIN_SLICE_IMAGES} a threshold needs"
         print(f"vggdeploy: warning: no familiarity output: {why}", file=sys.stderr)
         return why
     images, labels = _fit_sample(state, dataset, torch_device())
@@ -130,5 +138,6 @@ def fit_familiarity(
         slice_images,
         {"first stage": early.shrinkage, "penultimate": late.shrinkage},
         {**early.arrays("early"), **late.arrays("late")},
+        held_out.of,
     )
     return ScoredModel(model, familiarity.arrays).eval(), familiarity

@@ -53,6 +53,7 @@ from vggdeploy.model.archs import ModelArgs
 from vggdeploy.model.checkpoint import rebuild_model
 from vggdeploy.model.vgg import count_parameters, onnx_size_problem, release_weights, summarize
 from vggdeploy.passes import (
+    HELD_OUT_SLICE,
     EvaluationSample,
     evaluation_sample,
     session_engine,
@@ -99,10 +100,15 @@ class ExportResult:
     simplified: bool
     calibration: Calibration
     sample: EvaluationSample
+    slice_sample: EvaluationSample | None  # None: no held-out slice was passed through torch
     familiarity: Familiarity | None  # None: the model has no familiarity output
     variants: dict[str, Variant] = field(default_factory=dict)
     triton_model: Path | None = None  # the Triton model's folder in --triton-repo
     phases: list[dict] = field(default_factory=list)  # wall seconds and peak memory so far, per phase
+
+    def samples(self) -> list[EvaluationSample]:
+        """What the figures rest on: the test sample, and the held-out slice's where it was passed."""
+        return [self.sample] + ([] if self.slice_sample is None else [self.slice_sample])
 
     def format(self) -> str:
         step = "simplified" if self.simplified else "not simplified (--no-simplify)"
@@ -111,7 +117,7 @@ class ExportResult:
             f"  graph: {self.before.nodes} nodes ({self.before.bytes / 1e6:.2f} MB) -> {step} "
             f"{self.after.nodes} nodes ({self.after.bytes / 1e6:.2f} MB): {self.after.ops}",
             f"  {self.audit.format()}",
-            f"  {self.sample.format()}",
+            *(f"  {sample.format()}" for sample in self.samples()),
             f"  parity {self.parity.format()}",
             f"  {self.calibration.format()}",
         ]
@@ -291,13 +297,17 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
     spec = dataset.spec(args.image_size)
     device = torch_device()
     batch = working_batch(args, device)
-    sample = evaluation_sample(len(dataset.test_labels), config.test_images, summarize(args).gflops, device)
+    gflops = summarize(args).gflops
+    sample = evaluation_sample(len(dataset.test_labels), config.test_images, gflops, device)
     sample_images, sample_labels = sample.take(dataset.test_images), sample.take(dataset.test_labels).numpy()
     parity_count = min(config.parity_images, len(sample))
     held_out = held_out_slice(state, dataset)
+    slice_sample = None
+    if held_out is not None:
+        slice_sample = evaluation_sample(len(held_out[1]), config.slice_images, gflops, device, HELD_OUT_SLICE)
     with phases.phase("torch over the held-out slice"):  # the one pass calibration and familiarity share
         wanted = held_out is not None and (config.calibrate or config.familiarity)
-        sliced = torch_slice_pass(model, held_out, spec, config.familiarity) if wanted else None
+        sliced = torch_slice_pass(model, held_out, spec, config.familiarity, slice_sample) if wanted else None
     with phases.phase("familiarity"):
         fitted = fit_familiarity(model, state, dataset, spec, sliced) if config.familiarity else "--no-familiarity"
         exported_model, familiarity = fitted if isinstance(fitted, tuple) else (model, None)
@@ -413,6 +423,7 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
                 config.simplify,
                 calibration,
                 sample,
+                slice_sample if wanted else None,
                 familiarity,
             )
             if calibration.measured:
@@ -455,6 +466,7 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
         "calibration": result.calibration.to_metadata(),
         "familiarity": None if result.familiarity is None else result.familiarity.to_metadata(),
         "test_sample": result.sample.to_dict(),
+        "slice_sample": None if result.slice_sample is None else result.slice_sample.to_dict(),
         "phases": result.phases,
         "triton_model": None if result.triton_model is None else str(result.triton_model),
     }
@@ -474,8 +486,8 @@ def _write_report(out_dir: Path, result: ExportResult, args: ModelArgs) -> None:
     write_text(
         export_report(out_dir, "md"),
         f"# Export of {args.name}\n\n{result.audit.format()}\n\n"
-        f"{result.sample.format()}\n\n"
-        f"Graph as exported: {result.before.nodes} nodes; "
+        + "".join(f"{sample.format()}\n\n" for sample in result.samples())
+        + f"Graph as exported: {result.before.nodes} nodes; "
         f"{'after onnxsim' if result.simplified else 'not simplified (--no-simplify)'}: {result.after.nodes} nodes "
         f"`{json.dumps(result.after.ops)}`\n\n"
         + markdown_table(rows, ["file", "MB", "nodes", "summary"])
