@@ -14,6 +14,7 @@ fi
 .venv/bin/ruff format --check .
 .venv/bin/lint-imports --no-cache > .venv/lint-imports.log || { cat .venv/lint-imports.log; exit 1; }
 site=$(mktemp -d)
-NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site"
-rm -rf "$site"
+# not --quiet: it hides the warnings strict mode counts, and a broken link would pass
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$site" > "$site.log" 2>&1 || { cat "$site.log"; exit 1; }
+rm -rf "$site" "$site.log"
 exec .venv/bin/python -m pytest "${selection[@]}" "$@"
