@@ -46,8 +46,9 @@ def working_batch(args: ModelArgs, device: str) -> int:
 
 def torch_engine(model: torch.nn.Module, device: str, batch: int) -> Engine:
     """Strict fp32 torch logits (TF32 off), ``batch`` images per forward pass. On a CPU the model's weights are put in
-    channels_last first, in place (its values and its ONNX export stay the same): oneDNN's convolutions run 1.2x to
-    1.8x faster so (BENCHMARKS.md, "the CPU's torch passes"), and the logits move by float summation order only."""
+    channels_last first, in place (its values and its ONNX export stay the same): export's passes ran 1.04x (224 px)
+    to 1.55x (the quick model) faster so (BENCHMARKS.md, "the slice sample and the CPU's layout"), and the logits
+    move by float summation order only."""
     if device == "cpu":
         model.to(memory_format=torch.channels_last)
     return lambda inputs: predict_logits(model, inputs, device, chunk=batch)
