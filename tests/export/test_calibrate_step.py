@@ -102,6 +102,9 @@ def test_a_temperature_fitted_on_a_sample_of_the_slice_says_so(capsys):
     calibration = step.calibrate(ExportConfig(), (test_logits, test_labels), held)
     assert calibration.temperature == fit_temperature(slice_logits, slice_labels) and calibration.fitted
     assert "fitted on 1,000 of 4,000 held-out training images; test ECE" in calibration.format()
+    whole = SlicePass(slice_labels, slice_logits, sample=passes.evaluation_sample(1000, "all", 40.0, "cpu"))
+    fitted_on_all = step.calibrate(ExportConfig(), (test_logits, test_labels), whole).format()
+    assert "fitted on 1,000 held-out training images; test ECE" in fitted_on_all
     assert (
         calibration.to_metadata()["slice_sample"]
         == sample.to_dict()
@@ -116,6 +119,7 @@ def test_a_temperature_fitted_on_a_sample_of_the_slice_says_so(capsys):
     few = slice_logits.copy()
     few[np.arange(len(few)), slice_labels] = 100.0  # every answer right: too few errors for a fit
     refused = step.calibrate(ExportConfig(), (test_logits, test_labels), SlicePass(slice_labels, few, sample=sample))
+    assert refused.to_metadata()["slice_sample"] == sample.to_dict()
     assert not refused.fitted and refused.method.endswith(
         "would give them) (fitted on a sample: 1,000 of 4,000 held-out training images; --slice-images all fits on every one)"
     )
@@ -126,7 +130,7 @@ def test_a_temperature_fitted_on_a_sample_of_the_slice_says_so(capsys):
     )
 
 
-def test_the_slice_pass_with_representations_is_torchs_logits_and_what_the_score_reads():
+def test_the_slice_pass_with_representations_is_torchs_logits_and_what_the_score_reads(monkeypatch):
     from vggdeploy.model.archs import ModelArgs
     from vggdeploy.model.familiarity import representations
     from vggdeploy.model.vgg import build_model
@@ -136,12 +140,22 @@ def test_the_slice_pass_with_representations_is_torchs_logits_and_what_the_score
     images = torch.randint(0, 256, (9, 1, 28, 28), dtype=torch.uint8)
     sliced = passes.torch_slice_pass(model, (images, torch.arange(9) % 10), PreprocessSpec(32, 32), True)
     np.testing.assert_array_equal(sliced.logits, passes.torch_logits(model, images, PreprocessSpec(32, 32)))
+    assert sliced.sample is None and sliced.of == 9
     with torch.no_grad():
         _, statistics, penultimate = representations(model, to_input_tensor(images, PreprocessSpec(32, 32)))
     assert sliced.statistics.shape == (9, 16) and sliced.statistics.dtype == np.float64
     np.testing.assert_array_equal(sliced.statistics, statistics.double().numpy())
     np.testing.assert_array_equal(sliced.penultimate, penultimate.double().numpy())
     np.testing.assert_array_equal(sliced.labels, np.arange(9) % 10)
+    # a sample of the slice: its images only, the sample kept, and the pass named as the slice's
+    labels_seen = []
+    real = passes.torch_logits
+    monkeypatch.setattr(passes, "torch_logits", lambda *a: labels_seen.append(a[3]) or real(*a))
+    sample = passes.evaluation_sample(9, 3, 1.0, "cpu", passes.HELD_OUT_SLICE)
+    part = passes.torch_slice_pass(model, (images, torch.arange(9) % 10), PreprocessSpec(32, 32), True, sample)
+    assert part.sample is sample and part.of == 9 and labels_seen == ["torch on the held-out slice"]
+    np.testing.assert_allclose(part.penultimate, sliced.penultimate[[0, 3, 6]], atol=1e-5)  # batches of 3, not 9
+    np.testing.assert_array_equal(part.labels, [0, 3, 6])
 
 
 def test_the_temperature_is_fitted_on_the_slice_and_the_test_set_only_measured(capsys):

@@ -52,6 +52,8 @@ def test_a_cpu_export_of_a_224_px_vgg_fits_its_temperature_and_threshold_on_1000
         (10_000, None, FULL_GFLOPS, "cuda", 10_000),  # a GPU keeps the whole test set
         (1_300, None, FULL_GFLOPS, "cpu", 1_300),  # 19.8 TFLOP: within the budget
         (1_400, None, FULL_GFLOPS, "cpu", 1_000),  # 21.3 TFLOP: sampled
+        (2_000, None, 10.005, "cpu", 1_000),  # 20.01 TFLOP: over the budget
+        (2_000, None, 10.0, "cpu", 2_000),  # 20 TFLOP exactly: within it
         (600, None, 40.0, "cpu", 600),  # a test set smaller than the sample is kept whole
         (10_000, "all", FULL_GFLOPS, "cpu", 10_000),
         (10_000, 300, FULL_GFLOPS, "cpu", 300),
@@ -63,6 +65,8 @@ def test_the_sample_size(images, asked, gflops, device, count):
     sample = passes.evaluation_sample(images, asked, gflops, device)
     assert len(sample) == count and len(np.unique(sample.indices)) == count
     assert sample.indices.min() == 0 and sample.indices.max() < images
+    if asked is not None:
+        assert sample.reason == f"--test-images {asked}"
 
 
 @pytest.mark.parametrize("name", ["test_images", "slice_images"])
