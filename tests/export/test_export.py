@@ -161,6 +161,27 @@ def test_preprocessing_resize_needs_no_shape_arithmetic_from_opset_18(tiny_expor
     np.testing.assert_allclose(new, old, atol=1e-6)
 
 
+def test_the_preprocessing_variant_built_without_the_weights_is_the_whole_models(tiny_export):
+    """Built on the fp32 graph whose weights stay in their file, and written with every weight inside it: the same
+    graph and weights as the variant built on the whole fp32 model."""
+    from vggdeploy.export.variants import with_preprocessing
+
+    result, _ = tiny_export
+    written = onnx.load(str(result.variants["preprocess"].path), load_external_data=False)
+    assert not [t.name for t in written.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    whole = with_preprocessing(
+        onnx.load(str(result.model_path)),
+        PreprocessSpec(32, 32),
+        read_metadata(result.model_path)["calibration"]["temperature"],
+    )
+    assert written.graph.node == whole.graph.node
+    assert {t.name: t.SerializeToString() for t in written.graph.initializer} == {
+        t.name: t.SerializeToString() for t in whole.graph.initializer
+    }
+    assert [i.name for i in written.graph.input] == [i.name for i in whole.graph.input] == ["images_uint8"]
+    assert [o.name for o in written.graph.output] == [o.name for o in whole.graph.output]
+
+
 def test_golden_vectors_reproduce_through_the_files(tiny_export):
     result, out = tiny_export
     golden = json.loads((out / "onnx" / "golden" / "golden.json").read_text())

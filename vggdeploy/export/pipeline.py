@@ -392,7 +392,7 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             count = min(config.variant_images, len(sample))
             built = variants.build_variants(
                 variants.VariantInputs(
-                    onnx.load(str(staged_model)),
+                    final,
                     session,
                     to_input_tensor(sample_images[:count], spec).numpy(),
                     channels_last(sample_images[:count]).numpy(),
@@ -400,6 +400,8 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
                     config,
                     dataset.train_images,
                     batch,
+                    staged_model,
+                    scratch,
                 ),
                 model_file(staging),
                 phases,

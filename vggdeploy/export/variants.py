@@ -32,6 +32,7 @@ from vggdeploy.deploy.contract import (
 )
 from vggdeploy.deploy.preprocess import PreprocessSpec
 from vggdeploy.deploy.session import ProviderSettings, create_session, run_scored
+from vggdeploy.deploy.weights_on_disk import write_embedded
 from vggdeploy.errors import CheckFailed
 from vggdeploy.export.graph import (
     GraphStats,
@@ -50,7 +51,10 @@ from vggdeploy.phases import PhaseLog
 
 @dataclass(frozen=True)
 class VariantInputs:
-    """What the variants are built and checked with: real test images, and training images for int8 calibration."""
+    """What the variants are built and checked with: real test images, and training images for int8 calibration. The
+    fp32 model is never held whole through the variants (at 224 px it is 0.5 GB): ``fp32`` is its graph and metadata
+    with the weights as references into files under ``weights_folder``, and ``fp32_path`` the written file, read
+    where a variant needs the weights' values."""
 
     fp32: onnx.ModelProto
     fp32_session: object
@@ -60,6 +64,8 @@ class VariantInputs:
     config: ExportConfig
     training_images: torch.Tensor  # uint8, the dataset's training split: int8 calibration draws from it
     batch: int  # images per ONNX Runtime call (passes.working_batch: what fits in memory)
+    fp32_path: Path
+    weights_folder: Path
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,7 @@ VARIANT_KINDS = (
         "fp16",
         "fp16 vs fp32 (onnxruntime)",
         lambda config: config.fp16,
-        lambda given: to_fp16(given.fp32),
+        lambda given: to_fp16(onnx.load(str(given.fp32_path))),
         lambda given: given.inputs,
         lambda given, logits: logits,
         lambda config, images: variant_limits(config, "fp16", images),
@@ -141,7 +147,12 @@ VARIANT_KINDS = (
         "int8",
         "int8 vs fp32 (onnxruntime)",
         lambda config: config.int8,
-        lambda given: to_int8(given.fp32, _calibration_inputs(given), min(INT8_CALIBRATION_BATCH, given.batch)),
+        lambda given: to_int8(
+            given.fp32_path,
+            familiarity_nodes(given.fp32),
+            _calibration_inputs(given),
+            min(INT8_CALIBRATION_BATCH, given.batch),
+        ),
         lambda given: given.inputs,
         lambda given, logits: logits,
         lambda config, images: variant_limits(config, "int8", images),
@@ -174,7 +185,7 @@ def build_variants(given: VariantInputs, model_path: Path, phases: PhaseLog) -> 
             continue
         with phases.phase(f"variant {kind.name}"):
             proto = kind.build(given)
-            session = create_session(proto.SerializeToString(), ProviderSettings(provider="cpu"))
+            session = _cpu_session(proto, given.weights_folder)
             outputs, familiarity = run_scored(session, kind.feed(given), given.batch)
             parity = compare_logits(
                 kind.description,
@@ -196,8 +207,25 @@ def build_variants(given: VariantInputs, model_path: Path, phases: PhaseLog) -> 
                 fp32_ms, int8_ms = _batch1_ms(given.fp32_session, given.inputs), _batch1_ms(session, given.inputs)
                 speed = {"fp32": fp32_ms, "int8": int8_ms, "speedup": fp32_ms / int8_ms}
             del session
-            built.append(_write(kind.name, proto, parity, speed, model_path, given.fp32, familiarity))
+            built.append(_write(kind.name, proto, parity, speed, model_path, given, familiarity))
     return built
+
+
+def _references_weights(proto: onnx.ModelProto) -> bool:
+    """Whether the graph's weights are references to files (the fp32 graph and what is built on it without them)."""
+    return any(tensor.data_location == TensorProto.EXTERNAL for tensor in proto.graph.initializer)
+
+
+def _cpu_session(proto: onnx.ModelProto, weights_folder: Path):
+    """A CPU session on a variant: from its bytes, or, for a graph whose weights are references into files under
+    ``weights_folder`` (the preprocessing variant), from the graph written there and checked by onnx's checker
+    first (a check in memory cannot read the weights)."""
+    if not _references_weights(proto):
+        return create_session(proto.SerializeToString(), ProviderSettings(provider="cpu"))
+    graph = weights_folder / "variant.onnx"
+    onnx.save(proto, str(graph))
+    check_proto(graph)
+    return create_session(graph, ProviderSettings(provider="cpu"))
 
 
 def _write(
@@ -206,18 +234,21 @@ def _write(
     parity: ParityResult,
     speed: dict | None,
     model_path: Path,
-    fp32: onnx.ModelProto,
+    given: VariantInputs,
     familiarity: dict | None,
 ) -> Variant:
-    """Write ``model.<name>.onnx`` beside the fp32 model with its own metadata."""
-    metadata = proto_metadata(fp32, str(model_path))
+    """Write ``model.<name>.onnx`` beside the fp32 model with its own metadata, every weight inside it."""
+    metadata = proto_metadata(given.fp32, str(model_path))
     metadata["export"] = {**metadata["export"], "variant": name}
     metadata["parity"] = {**parity.to_dict(), "flips": []}
     if name == "preprocess":
         metadata["io"] = io_section(model_args_from_metadata(metadata), raw_input=True)
     attach_metadata(proto, metadata)
     path = sibling(model_path, name)
-    save_onnx(proto, path)
+    if _references_weights(proto):
+        write_embedded(proto, given.weights_folder, path)
+    else:
+        save_onnx(proto, path)
     return Variant(name, parity, path, path.stat().st_size, GraphStats.of(proto).nodes, speed, familiarity)
 
 
@@ -265,9 +296,12 @@ def _calibration_inputs(given: VariantInputs) -> np.ndarray:
 INT8_CALIBRATION_BATCH = 32  # images per calibration run, fewer where the working batch is smaller
 
 
-def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray, batch: int = INT8_CALIBRATION_BATCH) -> onnx.ModelProto:
-    """Static QDQ quantisation: s8 per-channel weights, u8 activations, MinMax calibration (``batch`` images per
-    calibration run: the ranges are minima and maxima over all of them, whatever the batch)."""
+def to_int8(
+    fp32: Path, excluded: list[str], calibration: np.ndarray, batch: int = INT8_CALIBRATION_BATCH
+) -> onnx.ModelProto:
+    """Static QDQ quantisation of the fp32 model file: s8 per-channel weights, u8 activations, MinMax calibration
+    (``batch`` images per calibration run: the ranges are minima and maxima over all of them, whatever the batch).
+    ``excluded``: the nodes that stay fp32 (the familiarity score's)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -281,9 +315,8 @@ def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray, batch: int = INT8_CA
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as folder:
-        source, prepared, target = (Path(folder) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
-        onnx.save(fp32, str(source))
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # shape inference + graph fusions
+        prepared, target = (Path(folder) / name for name in ("prepared.onnx", "int8.onnx"))
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # shape inference + graph fusions
         quantize_static(
             str(prepared),
             str(target),
@@ -292,7 +325,7 @@ def to_int8(fp32: onnx.ModelProto, calibration: np.ndarray, batch: int = INT8_CA
             per_channel=True,
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
-            nodes_to_exclude=familiarity_nodes(fp32),  # quant_pre_process keeps the node names
+            nodes_to_exclude=excluded,  # quant_pre_process keeps the node names
         )
         proto = onnx.load(str(target))
     cap_ir_version(proto)
@@ -365,6 +398,4 @@ def with_preprocessing(fp32: onnx.ModelProto, spec: PreprocessSpec, temperature:
         fp32.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     )
     graph.output.extend(fp32.graph.output[1:])  # the familiarity score, where the model has it
-    proto = helper.make_model(graph, opset_imports=list(fp32.opset_import), ir_version=fp32.ir_version)
-    check_proto(proto)
-    return proto
+    return helper.make_model(graph, opset_imports=list(fp32.opset_import), ir_version=fp32.ir_version)
