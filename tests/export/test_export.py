@@ -106,6 +106,23 @@ def test_fp16_variant_agrees_with_fp32(tiny_export):
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O kept
 
 
+def test_fp16_with_shapes_inferred_on_the_graph_alone_is_the_converters_own(tiny_export, tmp_path):
+    """Export's fp16 variant infers shapes on the graph without its weights (the converter's own inference copies
+    the whole model): the same fp16 model, byte for byte."""
+    result, _ = tiny_export
+    onnx.save(
+        onnx.load(str(result.model_path)),
+        str(tmp_path / "graph.onnx"),
+        save_as_external_data=True,
+        location="weights",
+        size_threshold=0,
+    )
+    graph = onnx.load(str(tmp_path / "graph.onnx"), load_external_data=False)
+    assert graph.graph.initializer[0].data_location == onnx.TensorProto.EXTERNAL
+    own = to_fp16(onnx.load(str(result.model_path)))
+    assert to_fp16(onnx.load(str(result.model_path)), shapes_from=graph).SerializeToString() == own.SerializeToString()
+
+
 def test_int8_variant_runs_and_stays_close(tiny_export):
     result, _ = tiny_export
     int8 = result.variants["int8"]
@@ -113,6 +130,40 @@ def test_int8_variant_runs_and_stays_close(tiny_export):
     assert abs(int8.parity.accuracy_change) <= 0.02
     assert int8.cpu_batch1_ms["int8"] > 0 and "QuantizeLinear" in {n.op_type for n in onnx.load(int8.path).graph.node}
     assert f"({int8.cpu_batch1_ms['speedup']:.2f}x)" in (result.model_path.parent / "export_report.md").read_text()
+    speeds = int8.cpu_batch1_ms
+    assert speeds["fp32"] > 0 and speeds["speedup"] == pytest.approx(speeds["fp32"] / speeds["int8"])
+
+
+def test_the_variants_are_built_with_the_fp32_session_closed(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
+    """At 224 px the fp32 session holds 0.9 GB (its weights mapped and prepacked): the variants are compared with its
+    answers, measured first, and it is gone while they are built."""
+    import gc
+    import weakref
+
+    from vggdeploy.deploy.session import run_scored
+    from vggdeploy.export import pipeline, variants
+
+    opened, seen = [], []
+    real_session, real_build = pipeline.create_session, variants.build_variants
+
+    def session(*args, **kwargs):
+        made = real_session(*args, **kwargs)
+        opened.append(weakref.ref(made))
+        return made
+
+    def build(given, *args):
+        gc.collect()
+        seen.append([ref() is None for ref in opened])
+        logits, _ = run_scored(real_session(given.fp32_path, ProviderSettings(provider="cpu")), given.inputs, 64)
+        np.testing.assert_array_equal(given.reference.logits, logits)  # the closed session's answers, kept
+        assert given.reference.batch1_ms is None  # no int8: no fp32 latency measured
+        return real_build(given, *args)
+
+    monkeypatch.setattr(pipeline, "create_session", session)
+    monkeypatch.setattr(variants, "build_variants", build)
+    config = ExportConfig(with_preprocessing=True, parity_images=32, audit_batches=(1, 2), variant_images=64)
+    result = pipeline.export_model(tiny_checkpoint, tmp_path / "onnx", config, data_dir=data_dir)
+    assert seen == [[True]] and "preprocess" in result.variants
 
 
 def test_preprocessing_variant_matches_python_preprocessing(tiny_export, tmp_path):
@@ -312,9 +363,9 @@ def test_bad_export_input_is_one_line_and_leaves_no_onnx(problem, tiny_checkpoin
     assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.tmp"))
 
 
-def _fp16_that_always_says_class_0(fp32: onnx.ModelProto) -> onnx.ModelProto:
+def _fp16_that_always_says_class_0(fp32: onnx.ModelProto, **options) -> onnx.ModelProto:
     """A broken fp16 variant: the classifier's bias pushes every image to class 0."""
-    return add_to_class_bias(to_fp16(fp32), 0, 1000)  # the real to_fp16, bound when this module was imported
+    return add_to_class_bias(to_fp16(fp32, **options), 0, 1000)  # the real to_fp16, bound at this module's import
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,13 @@ from vggdeploy.files import ensure_writable, folder_lock, require_replaceable, s
 from vggdeploy.metrics.parity import ParityResult, compare_logits
 from vggdeploy.model.archs import ModelArgs
 from vggdeploy.model.checkpoint import rebuild_model
-from vggdeploy.model.vgg import count_parameters, onnx_size_problem, release_weights, summarize
+from vggdeploy.model.vgg import (
+    count_parameters,
+    onnx_size_problem,
+    release_weights,
+    return_freed_memory,
+    summarize,
+)
 from vggdeploy.passes import (
     HELD_OUT_SLICE,
     EvaluationSample,
@@ -384,17 +390,26 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             ),
         )
         staged_model = model_file(staging)
-        write_embedded(final, scratch, staged_model)
+        with phases.phase("write model.onnx and the golden vectors"):
+            write_embedded(final, scratch, staged_model)
+            threshold = None if familiarity is None else familiarity.threshold
+            write_golden_vectors(golden_folder(staging), session, dataset, spec, config, calibration, threshold)
         built = []
-        if config.fp16 or config.int8 or config.with_preprocessing:
+        wants_variants = config.fp16 or config.int8 or config.with_preprocessing
+        if wants_variants:
             from vggdeploy.export import variants
 
             count = min(config.variant_images, len(sample))
+            variant_inputs = to_input_tensor(sample_images[:count], spec).numpy()
+            reference = variants.Fp32Reference.of(session, variant_inputs, batch, config.int8)
+        del session  # every answer of it is measured: the variants are compared with its answers, not with it
+        return_freed_memory()
+        if wants_variants:
             built = variants.build_variants(
                 variants.VariantInputs(
                     final,
-                    session,
-                    to_input_tensor(sample_images[:count], spec).numpy(),
+                    reference,
+                    variant_inputs,
                     channels_last(sample_images[:count]).numpy(),
                     sample_labels[:count],
                     config,
@@ -408,11 +423,8 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             )
 
         with phases.phase("write"):
-            threshold = None if familiarity is None else familiarity.threshold
-            write_golden_vectors(golden_folder(staging), session, dataset, spec, config, calibration, threshold)
             if familiarity is not None:
                 familiarity.save_arrays(familiarity_fit(staging))
-            del session
             after = GraphStats.of(final, scratch)
             shutil.rmtree(scratch)
             result = ExportResult(
