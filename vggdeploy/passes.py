@@ -172,8 +172,12 @@ class SlicePass:
 
     def describe(self) -> str:
         """'1,000 of 5,000 held-out training images' for a sample, '5,000 held-out training images' for all."""
-        part = f"{len(self.labels):,} of " if len(self.labels) < self.of else ""
-        return f"{part}{self.of:,} held-out training images"
+        return f"{part_of(len(self.labels), self.of)} held-out training images"
+
+
+def part_of(count: int, whole: int | None) -> str:
+    """'1,000 of 5,000' for a part of a set, '5,000' for all of it (or where its size is not known)."""
+    return f"{count:,}" + (f" of {whole:,}" if whole is not None and count < whole else "")
 
 
 def torch_slice_pass(

@@ -26,7 +26,7 @@ from vggdeploy.metrics.calibration import (
     fit_temperature,
     temperature_interval,
 )
-from vggdeploy.passes import SlicePass
+from vggdeploy.passes import SlicePass, part_of
 from vggdeploy.plots import plot_reliability
 
 
@@ -77,8 +77,7 @@ class Calibration:
         )
 
     def _slice_images(self) -> str:
-        sampled = self.slice_sample is not None and self.slice_sample["images"] < self.slice_sample["of"]
-        return f"{self.slice_before.images:,}" + (f" of {self.slice_sample['of']:,}" if sampled else "")
+        return part_of(self.slice_before.images, None if self.slice_sample is None else self.slice_sample["of"])
 
     def plot(self, path: Path, title: str) -> None:
         """The reliability diagram of the test set before (T = 1) and after (T = fitted)."""

@@ -26,7 +26,7 @@ from vggdeploy.errors import CheckFailed
 from vggdeploy.metrics.familiarity import ACCEPTED_SHARE, LayerFit, flag_agreement, threshold_accepting
 from vggdeploy.model.familiarity import ScoredModel
 from vggdeploy.model.vgg import summarize
-from vggdeploy.passes import SlicePass, evaluation_sample, torch_device, torch_representations
+from vggdeploy.passes import SlicePass, evaluation_sample, part_of, torch_device, torch_representations
 
 FIT_IMAGES = 10_000  # training images the class means and covariances are fitted on, at most (evenly spread)
 MIN_SLICE_IMAGES = 100  # held-out images a threshold at a 95 % share needs (5 of them fall below it)
@@ -78,9 +78,7 @@ class Familiarity:
         )
 
     def _slice(self) -> str:
-        """'1,000 of 5,000' where the threshold rests on a sample of the slice, else its size."""
-        sampled = self.slice_of is not None and self.slice_of > self.slice_images
-        return f"{self.slice_images:,}" + (f" of {self.slice_of:,}" if sampled else "")
+        return part_of(self.slice_images, self.slice_of)
 
     def save_arrays(self, path: Path) -> None:
         np.savez(path, **self.arrays)
