@@ -7,8 +7,8 @@ for the cost), then `vggdeploy export` and `vggdeploy check` run as they would f
 process, whose peak RSS the kernel reports when it ends (``wait4``'s ``ru_maxrss``); export's own report adds the
 seconds of each of its phases and its peak RSS when each ended.
 
-With ``--held-out N`` the checkpoint's held-out slice becomes N of the 60,000 training images, evenly spread, as a
-full run keeps them (the weights saw none of them, nor most others: only the cost is real), so export fits the
+With ``--held-out N`` the checkpoint's held-out slice becomes N of the 60,000 training images, evenly spread, as
+``train`` keeps them (the weights saw none of them, nor most others: only the cost is real), so export fits the
 temperature and the familiarity score as it would for a user.
 
     python scripts/big_model_cost.py --arch A --image-size 224 --out /tmp/big [--held-out 5000] [--check-images 500]
