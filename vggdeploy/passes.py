@@ -25,6 +25,7 @@ from vggdeploy.model.vgg import predict_logits, summarize
 
 ACTIVATION_BUDGET = 48 * 2**20  # bytes one layer's output may take for a whole batch, on a CPU
 LARGEST_BATCH = 256  # images per forward pass where memory allows it (and always on a GPU)
+DENSE_BATCH = 64  # on a CPU, images the dense layers take at once (their weights are read once for them all)
 PROGRESS_DELAY_S = 3.0  # a pass shorter than this shows no progress bar
 
 Engine = Callable[[np.ndarray], np.ndarray]  # preprocessed (N, C, H, W) float32 -> (N, classes) logits
@@ -42,6 +43,17 @@ def working_batch(args: ModelArgs, device: str) -> int:
         return LARGEST_BATCH
     per_image = summarize(args).largest_activation * 4  # float32
     return max(1, min(LARGEST_BATCH, ACTIVATION_BUDGET // per_image))
+
+
+def stream_batch(args: ModelArgs, device: str) -> int:
+    """Images preprocessed and handed to the engines at once: the working batch, or on a CPU up to ``DENSE_BATCH``
+    where their inputs fit in ``ACTIVATION_BUDGET`` (64 for VGG-11 at 224 px, whose convolutions still run 3 at a
+    time), so that torch's dense layers take many images a call."""
+    batch = working_batch(args, device)
+    if device != "cpu":
+        return batch
+    per_image = args.in_channels * args.image_size**2 * 4  # float32 inputs
+    return max(batch, min(DENSE_BATCH, ACTIVATION_BUDGET // per_image))
 
 
 def torch_engine(model: torch.nn.Module, device: str, batch: int) -> Engine:
@@ -73,7 +85,8 @@ def torch_test_pass(
     """torch's strict fp32 logits of uint8 test images, and for a model with the familiarity output (``scored``) its
     scores, ``batch`` at a time with progress."""
     engines = {"torch": torch_engine(model, device, batch)}
-    return split_familiarity(stream_logits(images, spec, engines, batch, "torch on test images")["torch"], scored)
+    columns = stream_logits(images, spec, engines, stream_batch(model.args, device), "torch on test images")
+    return split_familiarity(columns["torch"], scored)
 
 
 def torch_representations(
@@ -229,5 +242,5 @@ def stream_logits(
 def torch_logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec, what: str = "torch") -> np.ndarray:
     """The torch fp32 logits of uint8 images, on the GPU when there is one, in batches that fit in memory."""
     device = torch_device()
-    batch = working_batch(model.args, device)
-    return stream_logits(images, spec, {"torch": torch_engine(model, device, batch)}, batch, what)["torch"]
+    engine = torch_engine(model, device, working_batch(model.args, device))
+    return stream_logits(images, spec, {"torch": engine}, stream_batch(model.args, device), what)["torch"]

@@ -93,6 +93,47 @@ def test_the_working_batch_keeps_one_layer_within_the_budget_on_a_cpu():
     assert passes.working_batch(ModelArgs(arch="A", image_size=4096), "cpu") == 1
 
 
+def test_a_cpu_pass_hands_the_dense_layers_many_images_while_convolving_a_few():
+    """The classifier's weights (470 MB at 224 px) are read once per stream batch, not once per working batch."""
+    assert passes.stream_batch(PRESETS["quick"].model, "cpu") == 256  # the working batch already: unchanged
+    assert passes.stream_batch(PRESETS["full"].model, "cpu") == 64  # 0.2 MB of inputs an image
+    assert passes.stream_batch(PRESETS["full"].model, "cuda") == 256
+    assert passes.stream_batch(ModelArgs(arch="A", image_size=224, in_channels=3), "cpu") == 64  # 0.6 MB: 83 fit
+    assert passes.stream_batch(ModelArgs(arch="A", image_size=2048, in_channels=3), "cpu") == 1  # 50 MB: none fits
+
+
+@pytest.mark.parametrize("scored", [False, True])
+def test_the_dense_layers_take_every_input_at_once_and_the_convolutions_a_chunk(scored):
+    from vggdeploy.model.familiarity import LAYERS, PARTS, ScoredModel
+    from vggdeploy.model.vgg import build_model, predict_logits
+
+    torch.manual_seed(0)
+    vgg = build_model(ModelArgs(arch="A", width_ratio=8, hidden=32, image_size=32)).eval()
+    model = vgg
+    if scored:
+        widths = {"early": 2 * vgg.args.stages[0][0], "late": 32}
+        rng = np.random.default_rng(0)
+        arrays = {
+            f"{layer}_{part}": rng.normal(size=shape).astype(np.float32)
+            for layer, width in widths.items()
+            for part, shape in zip(PARTS, [(width,), (width, width), (10, width), (2,)], strict=True)
+        }
+        assert set(arrays) == {f"{layer}_{part}" for layer in LAYERS for part in PARTS}
+        model = ScoredModel(vgg, arrays).eval()
+    seen: dict[str, list[int]] = {"first stage": [], "first dense layer": []}
+    for name, module in zip(seen, (vgg.features[0], vgg.classifier[1]), strict=True):
+        module.register_forward_hook(lambda module, args, out, name=name: seen[name].append(len(args[0])))
+    inputs = torch.randn(11, 1, 32, 32).numpy()
+    with torch.no_grad():
+        whole = model(torch.from_numpy(inputs))
+    whole = torch.column_stack(whole) if scored else whole
+    for calls in seen.values():
+        calls.clear()
+    chunked = predict_logits(model, inputs, chunk=4)
+    assert seen == {"first stage": [4, 4, 3], "first dense layer": [11]}
+    np.testing.assert_allclose(chunked, whole.numpy(), atol=1e-5, rtol=1e-5)
+
+
 def test_a_cpu_pass_runs_the_model_channels_last_with_the_same_logits():
     """oneDNN's faster layout on a CPU (BENCHMARKS.md): the weights change layout in place, not value."""
     import copy

@@ -22,31 +22,38 @@ def stage_statistics(early: torch.Tensor) -> torch.Tensor:
 
 def representations(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The logits and what the score reads: the first stage's statistics and the penultimate features."""
-    early = model.features[0](images)
-    penultimate = model.classifier[:-1](model.features[1:](early))
-    return model.classifier[-1](penultimate), stage_statistics(early), penultimate
+    return Representations(model)(images)
 
 
 class Representations(nn.Module):
-    """The model's logits and what the score reads, from one forward pass (torch's passes stack them as columns)."""
+    """The model's logits and what the score reads, from one forward pass (torch's passes stack them as columns).
+    Split as the VGG is (``convolve``, then ``classify``) so that torch's passes batch the dense layers alike."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.args = model.args
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return representations(self.model, images)
+    def convolve(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        early = self.model.features[0](images)
+        return self.model.features[1:](early), stage_statistics(early)
+
+    def classify(
+        self, features: torch.Tensor, statistics: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        penultimate = self.model.classifier[:-1](features)
+        return self.model.classifier[-1](penultimate), statistics, penultimate
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.classify(*self.convolve(images))
 
 
-class ScoredModel(nn.Module):
+class ScoredModel(Representations):
     """A VGG whose forward pass returns ``(logits, familiarity)``: the sum of the two layers' standardised
     Mahalanobis scores, higher = more like the training images."""
 
     def __init__(self, model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
-        super().__init__()
-        self.model = model
-        self.args = model.args
+        super().__init__(model)
         for layer in LAYERS:
             for part in PARTS:
                 name = f"{layer}_{part}"
@@ -58,6 +65,6 @@ class ScoredModel(nn.Module):
         distance = ((whitened[:, None, :] - means[None]) ** 2).sum(dim=2).amin(dim=1)
         return (-distance - scale[0]) / scale[1]
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, statistics, penultimate = representations(self.model, images)
+    def classify(self, features: torch.Tensor, statistics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, statistics, penultimate = super().classify(features, statistics)
         return logits, self._score(statistics, "early") + self._score(penultimate, "late")
