@@ -339,7 +339,11 @@ def to_int8(
 
     with tempfile.TemporaryDirectory() as folder:
         prepared, target = (Path(folder) / name for name in ("prepared.onnx", "int8.onnx"))
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # shape inference + graph fusions
+        # Shape inference only: the graph is onnxsim's already, and ONNX Runtime's optimisation pass here would load
+        # the model into one more session. Weights in files of their own: no step serialises the model whole.
+        quant_pre_process(
+            str(fp32), str(prepared), skip_optimization=True, skip_symbolic_shape=True, save_as_external_data=True
+        )
         quantize_static(
             str(prepared),
             str(target),
@@ -349,6 +353,7 @@ def to_int8(
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
             nodes_to_exclude=excluded,  # quant_pre_process keeps the node names
+            use_external_data_format=True,
         )
         proto = onnx.load(str(target))
     cap_ir_version(proto)
