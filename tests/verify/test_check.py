@@ -445,8 +445,9 @@ def test_check_holds_its_report_folder_and_runs_every_session_with_the_asked_set
     assert report.first_bad_layer is None and report.format().endswith("\n  every layer within tolerance")
     assert seen["lock"]["command"] == "vggdeploy check" and seen["report_dir"] == reports_folder(model)
     assert (reports_folder(model) / "check.json").is_file() and report.layers
-    assert len(settings) == 5 and all(options == ProviderSettings("cpu") for options, _ in settings)
-    # the model's and its variants' sessions map their weights from the files (--localize's opens its own graph)
+    assert len(settings) == 4 and all(options == ProviderSettings("cpu") for options, _ in settings)
+    # the model's session (open_model's, kept for the pass) and its variants' map their weights from the files
+    # (--localize's opens its own graph)
     assert [kw for _, kw in settings].count({"weights_on_disk": True}) == 3
     with pytest.raises(DataError):  # the data folder asked for, not the one the checkpoint remembers
         run_check(model, tiny_checkpoint, CheckConfig(images=8), data_dir=tmp_path / "nowhere", report_dir=tmp_path)
@@ -524,8 +525,8 @@ def test_the_provider_and_its_hint_reach_the_session(tiny_export, tiny_checkpoin
     class Stop(Exception):
         pass
 
-    def recording(path, options):
-        asked.append(options)
+    def recording(path, options, weights_on_disk):
+        asked.append((options, weights_on_disk))
         raise Stop  # the settings are what this test is about, not OpenVINO itself
 
     monkeypatch.setattr(check_module, "open_model", recording)
@@ -536,4 +537,44 @@ def test_the_provider_and_its_hint_reach_the_session(tiny_export, tiny_checkpoin
             CheckConfig(provider="openvino", performance_hint="throughput"),
             report_dir=tmp_path,
         )
-    assert asked == [ProviderSettings("openvino", performance_hint="throughput")]
+    assert asked == [(ProviderSettings("openvino", performance_hint="throughput"), True)]
+
+
+def test_no_onnx_runtime_session_is_alive_while_torch_holds_the_weights(
+    tiny_export, tiny_checkpoint, tmp_path, monkeypatch
+):
+    """The memory design: each is a copy of the model, so together they were 2.63 GB for a 515 MB model's check."""
+    import gc
+    import weakref
+
+    from vggdeploy.verify import check as check_module
+
+    sessions: list[weakref.ref] = []
+    alive_when_torch_loaded: list[int] = []
+    real_open, real_create, real_rebuild = (
+        check_module.open_model,
+        check_module.create_session,
+        check_module.rebuild_model,
+    )
+
+    def opening(*args, **kwargs):
+        loaded = real_open(*args, **kwargs)
+        sessions.append(weakref.ref(loaded.session))
+        return loaded
+
+    def creating(*args, **kwargs):
+        session = real_create(*args, **kwargs)
+        sessions.append(weakref.ref(session))
+        return session
+
+    def rebuilding(*args, **kwargs):
+        gc.collect()
+        alive_when_torch_loaded.append(sum(ref() is not None for ref in sessions))
+        return real_rebuild(*args, **kwargs)
+
+    monkeypatch.setattr(check_module, "open_model", opening)
+    monkeypatch.setattr(check_module, "create_session", creating)
+    monkeypatch.setattr(check_module, "rebuild_model", rebuilding)
+    report = run_check(tiny_export[0].model_path, tiny_checkpoint, CheckConfig(images=32), report_dir=tmp_path)
+    assert report
+    assert len(sessions) >= 2 and alive_when_torch_loaded == [0]  # the model's and its variants' sessions, all closed

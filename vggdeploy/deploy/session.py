@@ -364,11 +364,14 @@ class LoadedModel:
         return self.metadata["io"]["input"]["name"] == RAW_INPUT_NAME
 
 
-def open_model(path: str | Path, options: ProviderSettings = ProviderSettings()) -> LoadedModel:
-    """Open an exported model and check that its graph matches its metadata."""
+def open_model(
+    path: str | Path, options: ProviderSettings = ProviderSettings(), weights_on_disk: bool = False
+) -> LoadedModel:
+    """Open an exported model and check that its graph matches its metadata (``weights_on_disk``: as
+    ``create_session``'s)."""
     path = Path(path)
     metadata = read_metadata(path)
-    session = create_session(path, options)
+    session = create_session(path, options, weights_on_disk)
     check_metadata_against_graph(path, metadata, session)
     return LoadedModel(path, session, metadata)
 

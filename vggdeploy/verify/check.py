@@ -34,10 +34,10 @@ from vggdeploy.metrics.calibration import DEFAULT_BINS, CalibrationFigures
 from vggdeploy.metrics.familiarity import flag_agreement, flag_failures
 from vggdeploy.metrics.parity import ParityResult, compare_logits
 from vggdeploy.metrics.per_class import PerClassReport
-from vggdeploy.model.archs import model_args_from_metadata
-from vggdeploy.model.checkpoint import rebuild_model
+from vggdeploy.model.archs import ModelArgs, model_args_from_metadata
+from vggdeploy.model.checkpoint import load_checkpoint, rebuild_model
 from vggdeploy.model.familiarity import ScoredModel
-from vggdeploy.model.vgg import release_weights
+from vggdeploy.model.vgg import release_weights, return_freed_memory
 from vggdeploy.passes import (
     session_engine,
     split_familiarity,
@@ -258,11 +258,10 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     model_path = Path(model_path)
     images = config.images
     settings = ProviderSettings(config.provider, performance_hint=config.performance_hint)
-    loaded = open_model(model_path, settings)
-    metadata, raw_images = loaded.metadata, loaded.takes_raw_images
-    del loaded  # its session answered open_model's checks; the sessions open again once torch's weights are gone
+    loaded = open_model(model_path, settings, weights_on_disk=True)
+    metadata = loaded.metadata
     variant = metadata["export"].get("variant", "fp32")
-    if raw_images:
+    if loaded.takes_raw_images:
         raise UsageError(
             f"{model_path}: the preprocessing variant takes raw images and is checked at export; "
             f"check {sibling(model_path, 'fp32')} instead"
@@ -270,45 +269,47 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     if config.localize and variant != "fp32":
         raise UsageError(f"{model_path}: --localize follows the fp32 graph; pass {sibling(model_path, 'fp32')}")
     checkpoint = Path(checkpoint or checkpoint_beside(model_path))
-    torch_model, state = rebuild_model(checkpoint)
-    if model_args_from_metadata(metadata) != state["model_args"]:
-        raise DataError(
-            f"{model_path}: was exported from another model than the checkpoint ({state['model_args'].name})"
-        )
+    state = load_checkpoint(checkpoint, mmap=True)  # what it says now; its weights once ONNX Runtime is done
+    args: ModelArgs = state["model_args"]
+    if model_args_from_metadata(metadata) != args:
+        raise DataError(f"{model_path}: was exported from another model than the checkpoint ({args.name})")
     require_same_training(metadata, state, model_path, checkpoint)
 
     spec = PreprocessSpec.from_metadata(metadata["preprocessing"])
     dataset = dataset_of(state, data_dir)
-    test_images, test_labels = dataset.test_images, dataset.test_labels
-    labels = test_labels[:images].numpy()
+    test_images, labels = dataset.test_images, dataset.test_labels[:images].numpy()
+    del dataset, state  # the training images and the mapped weights are not needed before torch's pass
 
     scored = familiarity_threshold(metadata) is not None
     fit = familiarity_fit(model_path.parent)
-    arrays = dict(np.load(fit)) if scored and fit.is_file() else None
-    # torch first, then ONNX Runtime: the torch weights and the sessions (each a copy of the model) are never
-    # resident together (a 515 MB model's check peaked at 2.63 GB with both)
+    fitted = scored and fit.is_file()
+    # ONNX Runtime first, then torch: the sessions (each a copy of the model) and the torch weights are never resident
+    # together (a 515 MB model's check peaked at 2.63 GB with both), and the sessions open beside the imports alone
     device = torch_device()
-    batch = working_batch(state["model_args"], device)
-    reference_model = torch_model if arrays is None else ScoredModel(torch_model, arrays)
-    reference, torch_familiarity = torch_test_pass(
-        reference_model, test_images[:images], spec, device, batch, arrays is not None
-    )
-    if not config.localize:  # --localize runs the torch model again, layer by layer
-        release_weights(torch_model)
-    sessions = {variant: create_session(model_path, settings, weights_on_disk=True)}
+    batch = working_batch(args, device)
+    sessions = {variant: loaded.session}
+    del loaded
     if variant == "fp32":  # the whole export: the variants found beside it too
         for name in ("fp16", "int8"):
             if sibling(model_path, name).is_file():
                 sessions[name] = create_session(sibling(model_path, name), settings, weights_on_disk=True)
+    provider = session_provider(sessions[variant])
     engines = {name: session_engine(session, min(batch, ORT_CHUNK)) for name, session in sessions.items()}
     columns = stream_logits(test_images[:images], spec, engines, batch, "onnxruntime on test images")
+    del engines, sessions
+    return_freed_memory()
     outputs, scores = {}, {}
     for name, output in columns.items():
         outputs[name], scores[name] = split_familiarity(output, scored)
+
+    torch_model, _ = rebuild_model(checkpoint)
+    reference_model = ScoredModel(torch_model, dict(np.load(fit))) if fitted else torch_model
+    reference, torch_familiarity = torch_test_pass(reference_model, test_images[:images], spec, device, batch, fitted)
+    if not config.localize:  # --localize runs the torch model again, layer by layer
+        release_weights(reference_model)
     familiarity = None
     if scored:
-        familiarity = (torch_familiarity, scores) if arrays is not None else f"{fit.name} is not beside the model"
-    provider = session_provider(sessions[variant])
+        familiarity = (torch_familiarity, scores) if fitted else f"{fit.name} is not beside the model"
     report = judge(model_path, provider, metadata, config, reference, outputs, labels, familiarity)
     if config.localize:
         inputs = to_input_tensor(test_images[: config.localize_images], spec).numpy()
