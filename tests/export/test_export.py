@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+import torch
 from broken_models import add_to_class_bias
 from PIL import Image
 
@@ -140,6 +141,7 @@ def test_the_variants_are_built_with_the_fp32_session_closed(tiny_checkpoint, tm
     import gc
     import weakref
 
+    from vggdeploy.data.batches import to_input_tensor
     from vggdeploy.deploy.session import run_scored
     from vggdeploy.export import pipeline, variants
 
@@ -154,7 +156,9 @@ def test_the_variants_are_built_with_the_fp32_session_closed(tiny_checkpoint, tm
     def build(given, *args):
         gc.collect()
         seen.append([ref() is None for ref in opened])
-        logits, _ = run_scored(real_session(given.fp32_path, ProviderSettings(provider="cpu")), given.inputs, 64)
+        assert given.images.dtype == torch.uint8  # preprocessed a batch at a time, never held whole
+        inputs = to_input_tensor(given.images, given.spec).numpy()
+        logits, _ = run_scored(real_session(given.fp32_path, ProviderSettings(provider="cpu")), inputs, 64)
         np.testing.assert_array_equal(given.reference.logits, logits)  # the closed session's answers, kept
         assert given.reference.batch1_ms is None  # no int8: no fp32 latency measured
         return real_build(given, *args)

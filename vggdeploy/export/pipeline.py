@@ -44,7 +44,7 @@ from vggdeploy.deploy.weights_on_disk import write_embedded
 from vggdeploy.errors import CheckFailed, DataError, UsageError
 from vggdeploy.export.calibrate import Calibration, calibrate, held_out_slice
 from vggdeploy.export.familiarity import Familiarity, fit_familiarity
-from vggdeploy.export.golden import channels_last, write_golden_vectors
+from vggdeploy.export.golden import write_golden_vectors
 from vggdeploy.export.graph import GraphStats, attach_metadata, check_proto, io_section
 from vggdeploy.export.triton import TRITON_MODEL_ENTRIES, triton_model_name, write_triton_model
 from vggdeploy.files import ensure_writable, folder_lock, require_replaceable, staged_folder
@@ -62,9 +62,7 @@ from vggdeploy.passes import (
     HELD_OUT_SLICE,
     EvaluationSample,
     evaluation_sample,
-    session_engine,
-    split_familiarity,
-    stream_logits,
+    session_pass,
     torch_device,
     torch_slice_pass,
     torch_test_pass,
@@ -351,15 +349,8 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             if not audit:
                 raise CheckFailed(audit.format())
         with phases.phase("parity"):
-            onnx_test, onnx_familiarity = split_familiarity(
-                stream_logits(
-                    sample_images[:parity_count],
-                    spec,
-                    {"onnx": session_engine(session, batch)},
-                    batch,
-                    "onnxruntime parity",
-                )["onnx"],
-                familiarity is not None,
+            onnx_test, onnx_familiarity = session_pass(
+                session, sample_images[:parity_count], spec, batch, "onnxruntime parity"
             )
             parity = compare_logits(
                 "onnxruntime-cpu fp32 vs torch fp32",
@@ -400,8 +391,7 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             from vggdeploy.export import variants
 
             count = min(config.variant_images, len(sample))
-            variant_inputs = to_input_tensor(sample_images[:count], spec).numpy()
-            reference = variants.Fp32Reference.of(session, variant_inputs, batch, config.int8)
+            reference = variants.Fp32Reference.of(session, sample_images[:count], spec, batch, config.int8)
         del session  # every answer of it is measured: the variants are compared with its answers, not with it
         return_freed_memory()
         if wants_variants:
@@ -409,8 +399,8 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
                 variants.VariantInputs(
                     final,
                     reference,
-                    variant_inputs,
-                    channels_last(sample_images[:count]).numpy(),
+                    sample_images[:count],
+                    spec,
                     sample_labels[:count],
                     config,
                     dataset.train_images,

@@ -34,6 +34,7 @@ from vggdeploy.deploy.preprocess import PreprocessSpec
 from vggdeploy.deploy.session import ProviderSettings, create_session, run_scored
 from vggdeploy.deploy.weights_on_disk import write_embedded
 from vggdeploy.errors import CheckFailed
+from vggdeploy.export.golden import channels_last
 from vggdeploy.export.graph import (
     GraphStats,
     attach_metadata,
@@ -46,6 +47,8 @@ from vggdeploy.hardware import median_ms
 from vggdeploy.metrics.familiarity import flag_agreement, flag_failures
 from vggdeploy.metrics.parity import ParityResult, compare_logits
 from vggdeploy.model.archs import model_args_from_metadata
+from vggdeploy.model.vgg import return_freed_memory
+from vggdeploy.passes import session_pass
 from vggdeploy.phases import PhaseLog
 
 
@@ -59,9 +62,11 @@ class Fp32Reference:
     batch1_ms: float | None  # fp32 batch-1 latency on this CPU, for the int8 variant's speed-up (None: no int8)
 
     @classmethod
-    def of(cls, session, inputs: np.ndarray, batch: int, int8: bool) -> Fp32Reference:
-        logits, familiarity = run_scored(session, inputs, batch)
-        return cls(logits, familiarity, _batch1_ms(session, inputs) if int8 else None)
+    def of(cls, session, images: torch.Tensor, spec: PreprocessSpec, batch: int, int8: bool) -> Fp32Reference:
+        logits, familiarity = session_pass(session, images, spec, batch, "onnxruntime fp32, for the variants")
+        return cls(
+            logits, familiarity, _batch1_ms(session, to_input_tensor(images[:1], spec).numpy()) if int8 else None
+        )
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,8 @@ class VariantInputs:
 
     fp32: onnx.ModelProto
     reference: Fp32Reference
-    inputs: np.ndarray  # preprocessed test images (float32, N x C x H x W)
-    raw_images: np.ndarray  # the same test images as uint8 (N x H x W, or N x H x W x 3), for in-graph preprocessing
+    images: torch.Tensor  # uint8 test images, (N, H, W) or (N, C, H, W), preprocessed a batch at a time when fed
+    spec: PreprocessSpec  # the fp32 model's preprocessing
     labels: np.ndarray
     config: ExportConfig
     training_images: torch.Tensor  # uint8, the dataset's training split: int8 calibration draws from it
@@ -91,7 +96,7 @@ class VariantKind:
     description: str  # the comparison, as reports print it
     wanted: Callable[[ExportConfig], bool]
     build: Callable[[VariantInputs], onnx.ModelProto]
-    feed: Callable[[VariantInputs], np.ndarray]  # what the variant's session is given
+    answers: Callable[[object, VariantInputs], tuple[np.ndarray, np.ndarray | None]]  # (session, given) -> outputs
     expected: Callable[[VariantInputs, np.ndarray], np.ndarray]  # the fp32 logits -> what the variant must output
     limits: Callable[[ExportConfig, int], dict]  # compare_logits tolerances, given the number of test images
 
@@ -154,7 +159,7 @@ VARIANT_KINDS = (
         "fp16 vs fp32 (onnxruntime)",
         lambda config: config.fp16,
         lambda given: to_fp16(onnx.load(str(given.fp32_path)), shapes_from=given.fp32),
-        lambda given: given.inputs,
+        lambda session, given: _preprocessed_pass(session, given, "fp16"),
         lambda given, logits: logits,
         lambda config, images: variant_limits(config, "fp16", images),
     ),
@@ -168,7 +173,7 @@ VARIANT_KINDS = (
             _calibration_inputs(given),
             min(INT8_CALIBRATION_BATCH, given.batch),
         ),
-        lambda given: given.inputs,
+        lambda session, given: _preprocessed_pass(session, given, "int8"),
         lambda given, logits: logits,
         lambda config, images: variant_limits(config, "int8", images),
     ),
@@ -181,7 +186,7 @@ VARIANT_KINDS = (
             PreprocessSpec.from_metadata(_fp32_metadata(given)["preprocessing"]),
             _fp32_temperature(given),
         ),
-        lambda given: given.raw_images,
+        lambda session, given: run_scored(session, channels_last(given.images).numpy(), given.batch),
         _logits_to_probabilities,
         lambda config, images: {"atol": config.preprocessing_atol},
     ),
@@ -201,7 +206,7 @@ def build_variants(given: VariantInputs, model_path: Path, phases: PhaseLog) -> 
         with phases.phase(f"variant {kind.name}"):
             proto = kind.build(given)
             session = _cpu_session(proto, given.weights_folder)
-            outputs, familiarity = run_scored(session, kind.feed(given), given.batch)
+            outputs, familiarity = kind.answers(session, given)
             parity = compare_logits(
                 kind.description,
                 kind.expected(given, reference),
@@ -219,11 +224,18 @@ def build_variants(given: VariantInputs, model_path: Path, phases: PhaseLog) -> 
                     raise CheckFailed(f"variant check: {kind.name}: {'; '.join(problems)}")
             speed = None
             if kind.name == "int8":  # what int8 buys on this CPU, next to the fp32 model it replaces
-                fp32_ms, int8_ms = given.reference.batch1_ms, _batch1_ms(session, given.inputs)
+                one = to_input_tensor(given.images[:1], given.spec).numpy()
+                fp32_ms, int8_ms = given.reference.batch1_ms, _batch1_ms(session, one)
                 speed = {"fp32": fp32_ms, "int8": int8_ms, "speedup": fp32_ms / int8_ms}
             del session
             built.append(_write(kind.name, proto, parity, speed, model_path, given, familiarity))
+            del proto  # not alive through the next variant's build (the fp16 model is 0.26 GB at 224 px)
+            return_freed_memory()
     return built
+
+
+def _preprocessed_pass(session, given: VariantInputs, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    return session_pass(session, given.images, given.spec, given.batch, f"onnxruntime {name}")
 
 
 def _references_weights(proto: onnx.ModelProto) -> bool:
@@ -267,8 +279,9 @@ def _write(
     return Variant(name, parity, path, path.stat().st_size, GraphStats.of(proto).nodes, speed, familiarity)
 
 
-def _batch1_ms(session, inputs: np.ndarray, repeats: int = 20) -> float:
-    name, single = session.get_inputs()[0].name, inputs[:1]
+def _batch1_ms(session, single: np.ndarray, repeats: int = 20) -> float:
+    """Median latency of one preprocessed image (1, C, H, W) on the session."""
+    name = session.get_inputs()[0].name
     return median_ms(lambda: session.run(None, {name: single}), repeats)
 
 
@@ -312,8 +325,7 @@ def _calibration_inputs(given: VariantInputs) -> np.ndarray:
     count = given.config.int8_calibration_images
     images = given.training_images
     step = max(1, len(images) // count)
-    spec = PreprocessSpec.from_metadata(_fp32_metadata(given)["preprocessing"])
-    return to_input_tensor(images[::step][:count], spec).numpy()
+    return to_input_tensor(images[::step][:count], given.spec).numpy()
 
 
 INT8_CALIBRATION_BATCH = 32  # images per calibration run, fewer where the working batch is smaller
