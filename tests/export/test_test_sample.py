@@ -90,6 +90,7 @@ def test_the_working_batch_keeps_one_layer_within_the_budget_on_a_cpu():
     assert passes.working_batch(PRESETS["quick"].model, "cpu") == 256
     assert passes.working_batch(PRESETS["full"].model, "cpu") == 3  # 12.8 MB an image in its first conv, 48 MB a batch
     assert passes.working_batch(PRESETS["full"].model, "cuda") == 256
+    assert passes.working_batch(ModelArgs(arch="A", image_size=160), "cpu") == 7  # 6.55 MB an image: 7.68 fit
     assert passes.working_batch(ModelArgs(arch="A", image_size=4096), "cpu") == 1
 
 
@@ -99,6 +100,8 @@ def test_a_cpu_pass_hands_the_dense_layers_many_images_while_convolving_a_few():
     assert passes.stream_batch(PRESETS["full"].model, "cpu") == 64  # 0.2 MB of inputs an image
     assert passes.stream_batch(PRESETS["full"].model, "cuda") == 256
     assert passes.stream_batch(ModelArgs(arch="A", image_size=224, in_channels=3), "cpu") == 64  # 0.6 MB: 83 fit
+    partial = passes.stream_batch(ModelArgs(arch="A", image_size=500, in_channels=3), "cpu")
+    assert partial == 16 and isinstance(partial, int)  # 3 MB an image: 16.8 fit
     assert passes.stream_batch(ModelArgs(arch="A", image_size=2048, in_channels=3), "cpu") == 1  # 50 MB: none fits
 
 
@@ -145,12 +148,15 @@ def test_a_cpu_pass_runs_the_model_channels_last_with_the_same_logits():
     contiguous = copy.deepcopy(model)
     inputs = torch.randn(5, 1, 32, 32).numpy()
     engine = passes.torch_engine(model, "cpu", 4)
+    chunks: list[int] = []
+    model.features[0].register_forward_hook(lambda module, args, out: chunks.append(len(args[0])))
     convolutions = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convolutions and all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
     assert not convolutions[1].is_contiguous()
     for moved, kept in zip(model.state_dict().values(), contiguous.state_dict().values(), strict=True):
         assert torch.equal(moved, kept)
     np.testing.assert_allclose(engine(inputs), predict_logits(contiguous, inputs), atol=1e-5, rtol=0)
+    assert chunks == [4, 1]  # the engine's working batch
 
 
 def test_one_preprocessing_feeds_every_engine_in_order():
