@@ -94,9 +94,7 @@ def torch_test_pass(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """torch's strict fp32 logits of uint8 test images, and for a model with the familiarity output (``scored``) its
     scores, ``batch`` at a time with progress."""
-    engines = {"torch": torch_engine(model, device, batch)}
-    columns = stream_logits(images, spec, engines, stream_batch(model.args, device), "torch on test images")
-    return split_familiarity(columns["torch"], scored)
+    return split_familiarity(_torch_columns(model, images, spec, device, batch, "torch on test images"), scored)
 
 
 def torch_representations(
@@ -252,5 +250,12 @@ def stream_logits(
 def torch_logits(model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec, what: str = "torch") -> np.ndarray:
     """The torch fp32 logits of uint8 images, on the GPU when there is one, in batches that fit in memory."""
     device = torch_device()
-    engine = torch_engine(model, device, working_batch(model.args, device))
+    return _torch_columns(model, images, spec, device, working_batch(model.args, device), what)
+
+
+def _torch_columns(
+    model: torch.nn.Module, images: torch.Tensor, spec: PreprocessSpec, device: str, batch: int, what: str
+) -> np.ndarray:
+    """torch's outputs as columns: the convolutions ``batch`` images at a time, the dense layers a stream batch."""
+    engine = torch_engine(model, device, batch)
     return stream_logits(images, spec, {"torch": engine}, stream_batch(model.args, device), what)["torch"]

@@ -64,9 +64,7 @@ class Fp32Reference:
     @classmethod
     def of(cls, session, images: torch.Tensor, spec: PreprocessSpec, batch: int, int8: bool) -> Fp32Reference:
         logits, familiarity = session_pass(session, images, spec, batch, "onnxruntime fp32, for the variants")
-        return cls(
-            logits, familiarity, _batch1_ms(session, to_input_tensor(images[:1], spec).numpy()) if int8 else None
-        )
+        return cls(logits, familiarity, _batch1_ms(session, images, spec) if int8 else None)
 
 
 @dataclass(frozen=True)
@@ -181,11 +179,7 @@ VARIANT_KINDS = (
         "preprocess",
         "uint8 in-graph preprocessing vs numpy preprocessing + fp32",
         lambda config: config.with_preprocessing,
-        lambda given: with_preprocessing(
-            given.fp32,
-            PreprocessSpec.from_metadata(_fp32_metadata(given)["preprocessing"]),
-            _fp32_temperature(given),
-        ),
+        lambda given: with_preprocessing(given.fp32, given.spec, _fp32_temperature(given)),
         lambda session, given: run_scored(session, channels_last(given.images).numpy(), given.batch),
         _logits_to_probabilities,
         lambda config, images: {"atol": config.preprocessing_atol},
@@ -224,8 +218,7 @@ def build_variants(given: VariantInputs, model_path: Path, phases: PhaseLog) -> 
                     raise CheckFailed(f"variant check: {kind.name}: {'; '.join(problems)}")
             speed = None
             if kind.name == "int8":  # what int8 buys on this CPU, next to the fp32 model it replaces
-                one = to_input_tensor(given.images[:1], given.spec).numpy()
-                fp32_ms, int8_ms = given.reference.batch1_ms, _batch1_ms(session, one)
+                fp32_ms, int8_ms = given.reference.batch1_ms, _batch1_ms(session, given.images, given.spec)
                 speed = {"fp32": fp32_ms, "int8": int8_ms, "speedup": fp32_ms / int8_ms}
             del session
             built.append(_write(kind.name, proto, parity, speed, model_path, given, familiarity))
@@ -279,9 +272,9 @@ def _write(
     return Variant(name, parity, path, path.stat().st_size, GraphStats.of(proto).nodes, speed, familiarity)
 
 
-def _batch1_ms(session, single: np.ndarray, repeats: int = 20) -> float:
-    """Median latency of one preprocessed image (1, C, H, W) on the session."""
-    name = session.get_inputs()[0].name
+def _batch1_ms(session, images: torch.Tensor, spec: PreprocessSpec, repeats: int = 20) -> float:
+    """Median latency of the session on the first of the uint8 ``images``, preprocessed, alone."""
+    name, single = session.get_inputs()[0].name, to_input_tensor(images[:1], spec).numpy()
     return median_ms(lambda: session.run(None, {name: single}), repeats)
 
 
