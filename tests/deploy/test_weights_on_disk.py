@@ -58,6 +58,33 @@ def test_write_embedded_gives_the_model_onnx_save_would_write(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("kernel", ["none", "part, then an error", "all"])
+def test_write_embedded_copies_in_the_kernel_or_in_chunks_the_same_bytes(kernel, tmp_path, monkeypatch):
+    """os.copy_file_range where the system has it (no buffer in the process), else reads: missing, failing after
+    part of a tensor (file systems that do not support it), or doing all of it."""
+    import os
+
+    model = small_model()
+    graph = saved_with_external_weights(model, tmp_path)
+    real = os.copy_file_range
+    calls = []
+
+    def copying(source, target, count, offset_src=None):
+        calls.append(count)
+        if kernel == "part, then an error" and len(calls) > 1:
+            raise OSError(18, "Invalid cross-device link")
+        return real(source, target, min(count, 100) if kernel != "all" else count, offset_src)
+
+    if kernel == "none":
+        monkeypatch.delattr(os, "copy_file_range")
+    else:
+        monkeypatch.setattr(os, "copy_file_range", copying)
+    write_embedded(graph, tmp_path, tmp_path / "model.onnx")
+    assert onnx.load(str(tmp_path / "model.onnx")) == model
+    assert (tmp_path / "model.onnx").stat().st_size == model.ByteSize()
+    assert len(calls) == {"none": 0, "part, then an error": 3, "all": 2}[kernel]  # (two weights on disk)
+
+
 def test_write_embedded_honours_offsets_and_reports_missing_bytes(tmp_path):
     model = small_model()
     weight = next(t for t in model.graph.initializer if t.name == "weight")

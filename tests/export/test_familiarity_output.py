@@ -151,7 +151,7 @@ def test_without_the_output_run_says_so_and_old_consumers_see_one_output(tiny_ch
 def test_a_slice_too_small_for_a_threshold_leaves_the_output_out_and_says_why(tiny_checkpoint, data_dir, capsys):
     from vggdeploy.data.dataset import dataset_of
     from vggdeploy.export.calibrate import held_out_slice
-    from vggdeploy.export.familiarity import MIN_SLICE_IMAGES, fit_familiarity
+    from vggdeploy.export.familiarity import MIN_SLICE_IMAGES, familiarity_refusal
     from vggdeploy.model.checkpoint import rebuild_model
     from vggdeploy.passes import HELD_OUT_SLICE, evaluation_sample, torch_slice_pass
 
@@ -162,7 +162,7 @@ def test_a_slice_too_small_for_a_threshold_leaves_the_output_out_and_says_why(ti
         model, (images[: MIN_SLICE_IMAGES - 1], labels[: MIN_SLICE_IMAGES - 1]), dataset.spec(32), True
     )
     for held_out, count in ((small, 99), (None, 0)):
-        why = fit_familiarity(model, state, dataset, dataset.spec(32), held_out)
+        why = familiarity_refusal(held_out)
         assert why == (
             f"the checkpoint holds {count} held-out training images, fewer than the 100 a threshold needs (a larger "
             "--calibration-holdout or more images would give them)"
@@ -171,7 +171,7 @@ def test_a_slice_too_small_for_a_threshold_leaves_the_output_out_and_says_why(ti
     # a slice large enough, sampled below the threshold's need by --slice-images: that option is named
     sample = evaluation_sample(len(labels), 60, 1.0, "cpu", HELD_OUT_SLICE)
     sampled = torch_slice_pass(model, (images, labels), dataset.spec(32), True, sample)
-    assert fit_familiarity(model, state, dataset, dataset.spec(32), sampled) == (
+    assert familiarity_refusal(sampled) == (
         f"--slice-images leaves 60 of {len(labels):,} held-out training images, fewer than the 100 a threshold needs"
     )
 

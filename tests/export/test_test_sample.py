@@ -217,12 +217,14 @@ def test_export_measures_the_stated_sample_and_says_so(tiny_checkpoint, tmp_path
         assert f"test-set figures on {count:,} of 10,000" in result.format()
         assert f"({count:,} test images)" in result.format()
         phases = [p["phase"] for p in report["phases"]]
-        assert phases[:5] == [
+        assert phases[:7] == [
             "load the checkpoint and the data",
             "torch over the held-out slice",
-            "familiarity",
+            "torch over the familiarity fit's training images",
             "torch over the test sample",
+            "familiarity",
             "calibration",
+            "convert to ONNX",
         ]
         assert phases[-1] == "write"
         peaks = [p["peak_rss_gb"] for p in report["phases"]]

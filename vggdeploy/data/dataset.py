@@ -8,7 +8,7 @@ images, the same test split and the same numbers again.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -49,6 +49,15 @@ class Dataset:
 
     def spec(self, size: int) -> PreprocessSpec:
         return PreprocessSpec(size, size, self.mean, self.std, self.color)
+
+    def without_training_images(self) -> Dataset:
+        """This dataset less its training split's images and labels, for steps that need only the test split and
+        what describes the data: a folder of colour photos at 224 px holds gigabytes of training images."""
+        return replace(
+            self,
+            train_images=self.train_images.new_empty((0, *self.train_images.shape[1:])),
+            train_labels=self.train_labels.new_empty((0,)),
+        )
 
 
 def fashion_mnist(data_dir=None) -> Dataset:

@@ -48,6 +48,7 @@ CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"  # ONNX Runtime's kOrtSessi
 
 
 QDQ_HANDLING_KEY = "session.disable_quant_qdq"  # ONNX Runtime's kOrtSessionOptionsDisableQuantQDQ
+PREPACKING_KEY = "session.disable_prepacking"  # ONNX Runtime's kOrtSessionOptionsConfigDisablePrepacking
 # ONNX Runtime's kOrtSessionOptionsModelExternalInitializersFileFolderPath: where a model given as bytes keeps its weights
 EXTERNAL_WEIGHTS_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
@@ -75,6 +76,9 @@ class ProviderSettings:
     intra_op_threads: int = 0  # CPU EP and OpenVINO threads; 0 = the provider's default
     performance_hint: str = "auto"  # OpenVINO: auto | latency | throughput
     profile_prefix: str = ""  # ONNX Runtime's own profiler on, its JSON written to <prefix>_<date>.json
+    # CPU EP: copy the weights once into the layout its matrix kernels read (runs ~4 % faster for a 224 px VGG); while
+    # the session is created both copies are in memory (0.3 GB more for a 515 MB model)
+    prepack_weights: bool = True
     extra: dict = field(default_factory=dict)  # more provider options, passed through
 
     def __post_init__(self) -> None:
@@ -236,6 +240,8 @@ def session_options_for(options: ProviderSettings, on_cuda: bool, weights_folder
         session_options.profile_file_prefix = options.profile_prefix
     if on_cuda:
         session_options.add_session_config_entry(QDQ_HANDLING_KEY, "1")
+    if not options.prepack_weights:
+        session_options.add_session_config_entry(PREPACKING_KEY, "1")
     if weights_folder is not None:
         session_options.add_session_config_entry(EXTERNAL_WEIGHTS_FOLDER_KEY, str(weights_folder))
     return session_options

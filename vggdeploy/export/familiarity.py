@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from vggdeploy.deploy.contract import FAMILIARITY_NAME
 from vggdeploy.deploy.preprocess import PreprocessSpec
 from vggdeploy.errors import CheckFailed
 from vggdeploy.metrics.familiarity import ACCEPTED_SHARE, LayerFit, flag_agreement, threshold_accepting
-from vggdeploy.model.familiarity import ScoredModel
+from vggdeploy.model.familiarity import familiarity_score, score_parts
 from vggdeploy.model.vgg import summarize
 from vggdeploy.passes import SlicePass, evaluation_sample, part_of, torch_device, torch_representations
 
@@ -41,7 +40,6 @@ class Familiarity:
     fit_images: int
     slice_images: int
     shrinkage: dict[str, float]
-    arrays: dict[str, np.ndarray]  # the graph's constants (LayerFit.arrays), saved beside the model for check
     slice_of: int | None = None  # images in the whole slice, where the threshold rests on a sample of them
     parity: dict | None = None  # ONNX Runtime fp32 vs torch on the parity images (flag_agreement and atol)
 
@@ -80,9 +78,6 @@ class Familiarity:
     def _slice(self) -> str:
         return part_of(self.slice_images, self.slice_of)
 
-    def save_arrays(self, path: Path) -> None:
-        np.savez(path, **self.arrays)
-
     def compared(self, torch_scores: np.ndarray, onnx_scores: np.ndarray, atol: float) -> Familiarity:
         """This fit with the parity of the ONNX graph's scores against torch's; CheckFailed beyond ``atol``."""
         parity = {**flag_agreement(torch_scores, onnx_scores, self.threshold), "atol": atol}
@@ -109,33 +104,62 @@ def _fit_sample(state: dict, dataset: Dataset, device: torch.device) -> tuple[to
     return dataset.train_images[chosen], dataset.train_labels[chosen].numpy()
 
 
-def fit_familiarity(
-    model: nn.Module, state: dict, dataset: Dataset, spec: PreprocessSpec, held_out: SlicePass | None
-) -> tuple[ScoredModel, Familiarity] | str:
-    """The model with its familiarity output and the metadata section, or why there is none (a warning is printed).
-    ``held_out``: torch's pass over the held-out slice, with what the score reads (None: the checkpoint has none)."""
+def familiarity_refusal(held_out: SlicePass | None) -> str | None:
+    """Why the held-out slice (torch's pass over it; None: the checkpoint has none) cannot give the score a threshold,
+    printed as a warning; None where it can."""
     slice_images = 0 if held_out is None else len(held_out.labels)
-    if held_out is None or slice_images < MIN_SLICE_IMAGES:
-        why = (
-            f"the checkpoint holds {slice_images} held-out training images, fewer than the {MIN_SLICE_IMAGES} a "
-            "threshold needs (a larger --calibration-holdout or more images would give them)"
-        )
-        if held_out is not None and held_out.of >= MIN_SLICE_IMAGES:
-            why = f"--slice-images leaves {held_out.describe()}, fewer than the {MIN_SLICE_IMAGES} a threshold needs"
-        print(f"vggdeploy: warning: no familiarity output: {why}", file=sys.stderr)
-        return why
+    if held_out is not None and slice_images >= MIN_SLICE_IMAGES:
+        return None
+    why = (
+        f"the checkpoint holds {slice_images} held-out training images, fewer than the {MIN_SLICE_IMAGES} a "
+        "threshold needs (a larger --calibration-holdout or more images would give them)"
+    )
+    if held_out is not None and held_out.of >= MIN_SLICE_IMAGES:
+        why = f"--slice-images leaves {held_out.describe()}, fewer than the {MIN_SLICE_IMAGES} a threshold needs"
+    print(f"vggdeploy: warning: no familiarity output: {why}", file=sys.stderr)
+    return why
+
+
+@dataclass(frozen=True)
+class FitFeatures:
+    """What the score reads of the training images it is fitted on, from torch's pass over them (float64)."""
+
+    labels: np.ndarray
+    statistics: np.ndarray
+    penultimate: np.ndarray
+
+
+def torch_fit_pass(model: nn.Module, state: dict, dataset: Dataset, spec: PreprocessSpec) -> FitFeatures:
+    """torch over the training images the score is fitted on (``_fit_sample``)."""
     images, labels = _fit_sample(state, dataset, torch_device())
-    _, early_train, late_train = torch_representations(model, images, spec, "torch on training images (familiarity)")
-    early = LayerFit.of(early_train, labels).standardised_on(held_out.statistics)
-    late = LayerFit.of(late_train, labels).standardised_on(held_out.penultimate)
+    _, statistics, penultimate = torch_representations(model, images, spec, "torch on training images (familiarity)")
+    return FitFeatures(labels, statistics, penultimate)
+
+
+def fit_familiarity(training: FitFeatures, held_out: SlicePass) -> tuple[Familiarity, dict[str, np.ndarray]]:
+    """The score fitted on ``training``, its threshold on the held-out slice, and the graph's constants
+    (``LayerFit.arrays``; export saves them beside the model for ``check``, then frees them). numpy alone, so that
+    export frees torch's weights for it (a fit on 4,096 features takes 0.6 GB for a moment)."""
+    early = LayerFit.of(training.statistics, training.labels).standardised_on(held_out.statistics)
+    late = LayerFit.of(training.penultimate, training.labels).standardised_on(held_out.penultimate)
     slice_scores = early.score(held_out.statistics) + late.score(held_out.penultimate)
     familiarity = Familiarity(
         threshold_accepting(slice_scores, ACCEPTED_SHARE),
         ACCEPTED_SHARE,
-        len(labels),
-        slice_images,
+        len(training.labels),
+        len(held_out.labels),
         {"first stage": early.shrinkage, "penultimate": late.shrinkage},
-        {**early.arrays("early"), **late.arrays("late")},
         held_out.of,
     )
-    return ScoredModel(model, familiarity.arrays).eval(), familiarity
+    return familiarity, {**early.arrays("early"), **late.arrays("late")}
+
+
+def torch_scores(arrays: dict[str, np.ndarray], statistics: np.ndarray, penultimate: np.ndarray) -> np.ndarray:
+    """torch's float32 scores of what the score reads, as the exported model's graph computes them."""
+    with torch.no_grad():
+        scores = familiarity_score(
+            score_parts(arrays),
+            torch.as_tensor(statistics, dtype=torch.float32),
+            torch.as_tensor(penultimate, dtype=torch.float32),
+        )
+    return scores.numpy()

@@ -41,16 +41,23 @@ from vggdeploy.deploy.contract import (
 )
 from vggdeploy.deploy.session import ProviderSettings, create_session, run_session
 from vggdeploy.deploy.weights_on_disk import write_embedded
-from vggdeploy.errors import CheckFailed, DataError, UsageError
+from vggdeploy.errors import NO_SPACE, CheckFailed, DataError, UsageError, write_error
 from vggdeploy.export.calibrate import Calibration, calibrate, held_out_slice
-from vggdeploy.export.familiarity import Familiarity, fit_familiarity
+from vggdeploy.export.familiarity import (
+    Familiarity,
+    familiarity_refusal,
+    fit_familiarity,
+    torch_fit_pass,
+    torch_scores,
+)
 from vggdeploy.export.golden import write_golden_vectors
 from vggdeploy.export.graph import GraphStats, attach_metadata, check_proto, io_section
 from vggdeploy.export.triton import TRITON_MODEL_ENTRIES, triton_model_name, write_triton_model
 from vggdeploy.files import ensure_writable, folder_lock, require_replaceable, staged_folder
 from vggdeploy.metrics.parity import ParityResult, compare_logits
 from vggdeploy.model.archs import ModelArgs
-from vggdeploy.model.checkpoint import rebuild_model
+from vggdeploy.model.checkpoint import CheckpointFile
+from vggdeploy.model.familiarity import ScoredModel
 from vggdeploy.model.vgg import (
     count_parameters,
     onnx_size_problem,
@@ -64,6 +71,7 @@ from vggdeploy.passes import (
     evaluation_sample,
     session_pass,
     torch_device,
+    torch_representations,
     torch_slice_pass,
     torch_test_pass,
     working_batch,
@@ -71,6 +79,19 @@ from vggdeploy.passes import (
 from vggdeploy.phases import PhaseLog
 from vggdeploy.report import markdown_table, write_json, write_text
 from vggdeploy.versions import deployment_versions
+
+# Above this size of weights, the session export's checks and golden vectors run on uses the weights as ONNX Runtime
+# maps them from the graph's scratch file, without its prepacked copy: creating the session held both at once, 0.3 GB
+# over what its runs need for a 515 MB VGG at 224 px (BENCHMARKS.md, "torch's weights freed for the fits"), and its
+# batched rows then differ from their batch-1 rows by float summation order (1.5e-5 there, within --audit-atol).
+# Smaller models keep ONNX Runtime's default, the one `run` uses, whose batched rows equal their batch-1 rows exactly.
+PREPACK_LIMIT_BYTES = 64 * 2**20
+
+
+def checking_session_settings(weight_bytes: int) -> ProviderSettings:
+    """The CPU session settings for export's checks of a graph with ``weight_bytes`` of weights."""
+    return ProviderSettings(provider="cpu", prepack_weights=weight_bytes <= PREPACK_LIMIT_BYTES)
+
 
 SCRATCH = ".scratch"  # a folder inside the staging folder, removed before the export is swapped in
 
@@ -270,7 +291,12 @@ def export_model(
     if triton_repo is not None:
         _require_apart(Path(out_dir), Path(triton_repo))
     with folder_lock(out_dir, "vggdeploy export"):  # one export into a folder at a time
-        return _export(checkpoint, Path(out_dir), config, expected_arch, data_dir, triton_repo)
+        try:
+            return _export(checkpoint, Path(out_dir), config, expected_arch, data_dir, triton_repo)
+        except OSError as error:  # the exporter's and onnx's own writes of the scratch graph name no file
+            if error.errno not in NO_SPACE:
+                raise
+            raise write_error(error, out_dir) from None
 
 
 def _require_apart(out_dir: Path, triton_repo: Path) -> None:
@@ -288,7 +314,8 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
     out_dir = Path(out_dir)
     phases = PhaseLog()
     with phases.phase("load the checkpoint and the data"):
-        model, state = rebuild_model(checkpoint, expected_arch)
+        source = CheckpointFile.of(checkpoint)  # read again for the graph's export, after the fits
+        model, state = source.rebuild_model(expected_arch)
         args: ModelArgs = state["model_args"]
         too_large = onnx_size_problem(count_parameters(model))
         if too_large is not None:
@@ -312,16 +339,37 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
     with phases.phase("torch over the held-out slice"):  # the one pass calibration and familiarity share
         wanted = held_out is not None and (config.calibrate or config.familiarity)
         sliced = torch_slice_pass(model, held_out, spec, config.familiarity, slice_sample) if wanted else None
-    with phases.phase("familiarity"):
-        fitted = fit_familiarity(model, state, dataset, spec, sliced) if config.familiarity else "--no-familiarity"
-        exported_model, familiarity = fitted if isinstance(fitted, tuple) else (model, None)
+        del held_out
+    fitted = config.familiarity and familiarity_refusal(sliced) is None
+    if fitted:
+        with phases.phase("torch over the familiarity fit's training images"):
+            training = torch_fit_pass(model, state, dataset, spec)
     with phases.phase("torch over the test sample"):  # the one pass parity, calibration and the variants share
-        measured = len(sample) if config.calibrate else parity_count
-        torch_test, torch_familiarity = torch_test_pass(
-            exported_model, sample_images[:measured], spec, device, batch, familiarity is not None
-        )
+        test_images = sample_images[: len(sample) if config.calibrate else parity_count]
+        if fitted:  # with what the score reads, for its parity
+            torch_test, statistics, penultimate = torch_representations(
+                model, test_images, spec, "torch on test images"
+            )
+            read = (statistics[:parity_count].copy(), penultimate[:parity_count].copy())
+            del statistics, penultimate
+        else:
+            torch_test, _ = torch_test_pass(model, test_images, spec, device, batch, scored=False)
+    release_weights(model)  # every torch pass is done: the fits run in numpy, and the graph's export loads them again
+    calibration_images = None
+    if config.int8:
+        from vggdeploy.export.variants import int8_calibration_images
+
+        calibration_images = int8_calibration_images(dataset.train_images, config.int8_calibration_images)
+    dataset = dataset.without_training_images()
+    familiarity = None
+    if fitted:
+        with phases.phase("familiarity"):
+            familiarity, score_arrays = fit_familiarity(training, sliced)
+            torch_familiarity = torch_scores(score_arrays, *read)
+            del training, read
     with phases.phase("calibration"):
         calibration = calibrate(config, (torch_test, sample_labels), sliced)
+        del sliced  # with the features the fit read
 
     # Everything is built beside --out and swapped in once every check has passed: nothing half-written is left
     with contextlib.ExitStack() as stack:
@@ -329,8 +377,13 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
         scratch = staging / SCRATCH  # the graph on its way: ONNX Runtime and onnxsim read it from disk
         scratch.mkdir()
         with phases.phase("convert to ONNX"):
+            model, _ = source.rebuild_model(expected_arch)
+            exported_model = model if familiarity is None else ScoredModel(model, score_arrays).eval()
             exported = to_onnx(exported_model, args, config.opset, scratch / "exported.onnx", familiarity is not None)
-            release_weights(exported_model)  # every torch figure is measured
+            release_weights(exported_model)
+            if familiarity is not None:  # for check's torch side; the graph holds them too
+                np.savez(familiarity_fit(staging), **score_arrays)
+                del score_arrays
             before = GraphStats.of(exported, scratch)
         with phases.phase("simplify and check"):
             checked = scratch / "exported.onnx"
@@ -339,7 +392,7 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
                 checked = scratch / "simplified.onnx"
                 final = simplify_file(scratch / "exported.onnx", checked)
             check_proto(checked)
-            session = create_session(checked, ProviderSettings(provider="cpu"))
+            session = create_session(checked, checking_session_settings(before.bytes))
 
         with phases.phase("batch audit"):
             audited = config.audit_batches or (*(size for size in (1, 2, 7) if size < batch), batch)
@@ -363,7 +416,7 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
                 raise CheckFailed(f"parity at export: {parity.format()}")
             if familiarity is not None:
                 familiarity = familiarity.compared(
-                    torch_familiarity[:parity_count], onnx_familiarity, FAMILIARITY_LIMITS["fp32"]["atol"]
+                    torch_familiarity, onnx_familiarity, FAMILIARITY_LIMITS["fp32"]["atol"]
                 )
 
         attach_metadata(
@@ -403,7 +456,7 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
                     spec,
                     sample_labels[:count],
                     config,
-                    dataset.train_images,
+                    calibration_images,
                     batch,
                     staged_model,
                     scratch,
@@ -413,8 +466,6 @@ def _export(checkpoint, out_dir: Path, config: ExportConfig, expected_arch, data
             )
 
         with phases.phase("write"):
-            if familiarity is not None:
-                familiarity.save_arrays(familiarity_fit(staging))
             after = GraphStats.of(final, scratch)
             shutil.rmtree(scratch)
             result = ExportResult(

@@ -80,7 +80,7 @@ class VariantInputs:
     spec: PreprocessSpec  # the fp32 model's preprocessing
     labels: np.ndarray
     config: ExportConfig
-    training_images: torch.Tensor  # uint8, the dataset's training split: int8 calibration draws from it
+    calibration_images: torch.Tensor | None  # uint8 training images the int8 variant is calibrated on
     batch: int  # images per ONNX Runtime call (passes.working_batch: what fits in memory)
     fp32_path: Path
     weights_folder: Path
@@ -313,12 +313,16 @@ def _drop_repeated_nodes(proto: onnx.ModelProto) -> None:
     proto.graph.node.extend(kept)
 
 
+def int8_calibration_images(training_images: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` training images (never test images), evenly strided, as a tensor of their own: export drops the rest
+    of the training split once torch's passes are done."""
+    step = max(1, len(training_images) // count)
+    return training_images[::step][:count].clone()
+
+
 def _calibration_inputs(given: VariantInputs) -> np.ndarray:
-    """Training images (never test images) preprocessed as at test time: the int8 calibration set."""
-    count = given.config.int8_calibration_images
-    images = given.training_images
-    step = max(1, len(images) // count)
-    return to_input_tensor(images[::step][:count], given.spec).numpy()
+    """The int8 calibration images preprocessed as at test time."""
+    return to_input_tensor(given.calibration_images, given.spec).numpy()
 
 
 INT8_CALIBRATION_BATCH = 32  # images per calibration run, fewer where the working batch is smaller

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -96,3 +98,45 @@ def rebuild_model(path: str | Path, expected_arch: str | None = None):
             f"{len(broken)} of {len(tensors)} tensors), so its answers would be NaN: a damaged checkpoint"
         )
     return model.eval(), state
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint that can be rebuilt more than once from the same file: export frees the weights while numpy fits
+    the familiarity score and reads them again for the graph, and training may meanwhile replace ``best.pt``."""
+
+    path: Path
+    identity: tuple[int, int, int, int] | None  # device, inode, size, modification time (ns); None: unreadable
+
+    @classmethod
+    def of(cls, path: str | Path) -> CheckpointFile:
+        try:
+            identity = _identity(Path(path))
+        except OSError:  # rebuilding it says what is wrong
+            identity = None
+        return cls(Path(path), identity)
+
+    def rebuild_model(self, expected_arch: str | None = None):
+        """``rebuild_model`` of the file; DataError if it is no longer the file first seen, or changes while read."""
+        self._require_unchanged()
+        rebuilt = rebuild_model(self.path, expected_arch)
+        self._require_unchanged()
+        return rebuilt
+
+    def _require_unchanged(self) -> None:
+        if self.identity is None:
+            return
+        try:
+            same = _identity(self.path) == self.identity
+        except OSError:
+            same = False
+        if not same:
+            raise DataError(
+                f"{self.path}: replaced or changed while export ran (is training still writing it?); export again "
+                "once it is final"
+            )
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns

@@ -48,23 +48,40 @@ class Representations(nn.Module):
         return self.classify(*self.convolve(images))
 
 
+def familiarity_score(
+    parts: dict[str, torch.Tensor], statistics: torch.Tensor, penultimate: torch.Tensor
+) -> torch.Tensor:
+    """The sum of the two layers' standardised Mahalanobis scores, higher = more like the training images, from what
+    the score reads; ``parts``: the fit's arrays as tensors, by ``LayerFit.arrays``' names."""
+    return _layer_score(parts, statistics, "early") + _layer_score(parts, penultimate, "late")
+
+
+def _layer_score(parts: dict[str, torch.Tensor], features: torch.Tensor, layer: str) -> torch.Tensor:
+    centre, whitening, means, scale = (parts[f"{layer}_{part}"] for part in PARTS)
+    whitened = (features - centre) @ whitening
+    distance = ((whitened[:, None, :] - means[None]) ** 2).sum(dim=2).amin(dim=1)
+    return (-distance - scale[0]) / scale[1]
+
+
+def score_parts(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The fit's arrays as the float32 tensors the score computes with."""
+    return {
+        f"{layer}_{part}": torch.as_tensor(np.asarray(arrays[f"{layer}_{part}"], dtype=np.float32))
+        for layer in LAYERS
+        for part in PARTS
+    }
+
+
 class ScoredModel(Representations):
-    """A VGG whose forward pass returns ``(logits, familiarity)``: the sum of the two layers' standardised
-    Mahalanobis scores, higher = more like the training images."""
+    """A VGG whose forward pass returns ``(logits, familiarity)`` (``familiarity_score``); the score's arrays are
+    buffers, constants of the exported graph."""
 
     def __init__(self, model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
         super().__init__(model)
-        for layer in LAYERS:
-            for part in PARTS:
-                name = f"{layer}_{part}"
-                self.register_buffer(name, torch.as_tensor(np.asarray(arrays[name], dtype=np.float32)))
-
-    def _score(self, features: torch.Tensor, layer: str) -> torch.Tensor:
-        centre, whitening, means, scale = (getattr(self, f"{layer}_{part}") for part in PARTS)
-        whitened = (features - centre) @ whitening
-        distance = ((whitened[:, None, :] - means[None]) ** 2).sum(dim=2).amin(dim=1)
-        return (-distance - scale[0]) / scale[1]
+        for name, tensor in score_parts(arrays).items():
+            self.register_buffer(name, tensor)
 
     def classify(self, features: torch.Tensor, statistics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, statistics, penultimate = super().classify(features, statistics)
-        return logits, self._score(statistics, "early") + self._score(penultimate, "late")
+        parts = {f"{layer}_{part}": getattr(self, f"{layer}_{part}") for layer in LAYERS for part in PARTS}
+        return logits, familiarity_score(parts, statistics, penultimate)
