@@ -81,8 +81,8 @@ from vggdeploy.report import markdown_table, write_json, write_text
 from vggdeploy.versions import deployment_versions
 
 # Above this size of weights, the session export's checks and golden vectors run on uses the weights as ONNX Runtime
-# maps them from the graph's scratch file, without its prepacked copy: creating the session held both at once, 0.3 GB
-# over what its runs need for a 515 MB VGG at 224 px (BENCHMARKS.md, "torch's weights freed for the fits"), and its
+# maps them from the graph's scratch file, without its prepacked copy: creating the session held both at once, 0.25
+# GB over what its runs need for a 515 MB VGG at 224 px (BENCHMARKS.md, "torch's weights freed for the fits"), and its
 # batched rows then differ from their batch-1 rows by float summation order (1.5e-5 there, within --audit-atol).
 # Smaller models keep ONNX Runtime's default, the one `run` uses, whose batched rows equal their batch-1 rows exactly.
 PREPACK_LIMIT_BYTES = 64 * 2**20
