@@ -150,4 +150,18 @@ def test_a_checkpoint_replaced_while_it_is_read_is_refused(tiny_checkpoint, tmp_
     monkeypatch.setattr(checkpoint, "rebuild_model", replaced_midway)
     with pytest.raises(DataError, match="replaced or changed while export ran"):
         source.rebuild_model()
+    path.unlink()  # gone since: changed as well
+    with pytest.raises(DataError, match="replaced or changed while export ran"):
+        source.rebuild_model()
     assert checkpoint.CheckpointFile.of(tmp_path / "none.pt").identity is None
+
+
+def test_every_reading_checks_the_architecture_asked_for(tiny_checkpoint):
+    from vggdeploy.errors import UsageError
+    from vggdeploy.model.checkpoint import CheckpointFile
+
+    source = CheckpointFile.of(tiny_checkpoint)
+    for _ in range(2):
+        with pytest.raises(UsageError, match="holds architecture A with batch norm, not vgg11"):
+            source.rebuild_model("vgg11")
+    assert source.rebuild_model("A")[0].args.arch == "A"
