@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from broken_models import multiply_output, scale_logits, shift_familiarity, shift_output
+from cli_output import TINY_INT8_AGREEMENT
 from onnx import numpy_helper
 
 from vggdeploy.config import CheckConfig
@@ -37,7 +38,10 @@ def perturbed(tiny_export, tmp_path_factory):
 def test_torch_and_onnxruntime_agree_on_the_real_test_set(tiny_export, tiny_checkpoint, tmp_path):
     result, _ = tiny_export
     report = run_check(
-        result.model_path, tiny_checkpoint, CheckConfig(provider="cpu", images=2000), report_dir=tmp_path
+        result.model_path,
+        tiny_checkpoint,
+        CheckConfig(provider="cpu", images=2000, int8_min_agreement=TINY_INT8_AGREEMENT),
+        report_dir=tmp_path,
     )
     assert report, report.format()
     names = [r.name for r in report.results]
@@ -173,6 +177,36 @@ def test_check_refuses_a_model_of_another_checkpoint(tiny_export, tiny_checkpoin
     assert f"this one's: epoch {state['epoch'] + 1}, test accuracy 50.00%); export it again" in result.stderr
 
 
+def test_a_checkpoint_replaced_while_check_runs_is_refused_and_no_report_is_written(
+    tiny_export, tiny_checkpoint, tmp_path, monkeypatch
+):
+    """Check reads the checkpoint's metadata first and its weights after ONNX Runtime's pass: a training run saving a
+    new best.pt in between would have compared the model with weights it was not exported from."""
+    import os
+
+    from vggdeploy.errors import DataError
+    from vggdeploy.verify import check as check_module
+
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy(tiny_checkpoint, checkpoint)
+    real_stream = check_module.stream_logits
+
+    def training_saves_a_new_best(*args):
+        shutil.copy(tiny_checkpoint, tmp_path / "new.pt")
+        os.replace(tmp_path / "new.pt", checkpoint)  # as training saves: a new file renamed over the old
+        return real_stream(*args)
+
+    monkeypatch.setattr(check_module, "stream_logits", training_saves_a_new_best)
+    reports = tmp_path / "reports"
+    with pytest.raises(DataError) as raised:
+        run_check(tiny_export[0].model_path, checkpoint, CheckConfig(images=16), report_dir=reports)
+    assert str(raised.value) == (
+        f"{checkpoint}: replaced or changed while check ran (is training still writing it?); check again once it is "
+        "final"
+    )
+    assert not list(reports.glob("check*"))
+
+
 def test_swapped_classes_give_exactly_the_figures_they_must(tiny_export, tiny_checkpoint, test_split, tmp_path):
     """The last Gemm's rows for classes 0 and 1 exchanged: ONNX Runtime's logits are torch's with two columns swapped,
     so every figure of the check is known from torch's logits alone."""
@@ -222,11 +256,14 @@ def test_a_variant_file_is_checked_against_its_own_limits(tiny_export, tiny_chec
     result, _ = tiny_export
     int8 = result.variants["int8"].path
     report = run_check(
-        int8, tiny_checkpoint, CheckConfig(provider="cpu", images=300, int8_max_drop_pp=5.0), report_dir=tmp_path
+        int8,
+        tiny_checkpoint,
+        CheckConfig(provider="cpu", images=2000, int8_max_drop_pp=5.0, int8_min_agreement=TINY_INT8_AGREEMENT),
+        report_dir=tmp_path,
     )
     assert [r.name for r in report.results] == ["int8"] and report.results[0].max_accuracy_drop_pp == 5.0
     assert report.results[0].atol is None and report, report.format()
-    assert report.per_class.confusion.sum() == 300 and report.provider == "cpu"
+    assert report.per_class.confusion.sum() == 2000 and report.provider == "cpu"
 
 
 def test_check_refuses_what_it_cannot_compare_before_any_image(tiny_export, tiny_checkpoint, tmp_path):
@@ -295,7 +332,8 @@ def _deployment(tiny_export, folder, planted: dict) -> Path:
     return folder / result.model_path.name
 
 
-GENEROUS = dict(provider="cpu", images=500, int8_max_drop_pp=5.0)
+# 2,000 images: on 500 the tiny model's int8 file measured its ECE 0.5 pp over torch's by chance
+GENEROUS = dict(provider="cpu", images=2000, int8_max_drop_pp=5.0, int8_min_agreement=TINY_INT8_AGREEMENT)
 
 
 @pytest.mark.parametrize(
@@ -354,8 +392,8 @@ def test_a_planted_failure_is_exit_4_on_the_command_line(tiny_export, tiny_check
 @pytest.mark.parametrize(
     ("planted", "named"),
     [
-        # a few answers moved to class 0: accuracy barely changes, agreement falls under the int8 floor (99 %)
-        (lambda p: shift_output(p, 0, 2.0), "< floor 99.0000%"),
+        # a few answers moved to class 0: accuracy barely changes, agreement falls under the int8 floor
+        (lambda p: shift_output(p, 0, 2.0), f"< floor {TINY_INT8_AGREEMENT:.4%}"),
         # every logit 1.5 times as large: the same argmax everywhere, the distance from torch over its limit
         (lambda p: multiply_output(p, 1.5), "mean |logit difference|"),
     ],
@@ -373,13 +411,16 @@ def test_an_int8_file_under_its_agreement_floor_or_over_its_distance_limit_fails
     assert [r.name for r in report.results if not r] == ["int8"] and len(int8.failures) == 1
     assert named in int8.failures[0] and named in int8.format()
     if "mean" in named:
-        assert int8.top1_agreement == 1.0 or int8.top1_agreement >= 0.99
+        assert int8.top1_agreement >= TINY_INT8_AGREEMENT
         assert int8.failures[0] == f"mean |logit difference| {int8.mean_abs_diff:.3g} > 0.1"
     else:
-        assert int8.top1_agreement < 0.99 and abs(int8.accuracy_change) < 0.05
+        assert int8.top1_agreement < TINY_INT8_AGREEMENT and abs(int8.accuracy_change) < 0.05
     saved = json.loads((tmp_path / "r" / "check.json").read_text())["results"]
     limits = next(r for r in saved if r["name"] == "int8")
-    assert (limits["min_agreement"], limits["max_mean_diff"]) == (0.99, open_limits.get("int8_max_mean_diff", 0.1))
+    assert (limits["min_agreement"], limits["max_mean_diff"]) == (
+        TINY_INT8_AGREEMENT,
+        open_limits.get("int8_max_mean_diff", 0.1),
+    )
     with pytest.raises(CheckFailed, match=r"^parity check failed for int8$"):
         report.raise_if_failed()
 
@@ -391,7 +432,7 @@ def test_an_int8_file_whose_familiarity_flags_move_fails_and_a_lost_fit_is_said(
     report = run_check(model, tiny_checkpoint, CheckConfig(**GENEROUS), report_dir=tmp_path / "r")
     familiarity = report.familiarity
     assert familiarity.worse() == ["int8"] and all(report.results) and not report.calibration.worse()
-    assert familiarity.variants["fp32"]["max_abs_diff"] <= 1e-3 and familiarity.variants["fp32"]["images"] == 500
+    assert familiarity.variants["fp32"]["max_abs_diff"] <= 1e-3 and familiarity.variants["fp32"]["images"] == 2000
     assert familiarity.variants["int8"]["flag_agreement"] < 0.98
     with pytest.raises(CheckFailed, match=r"^parity check failed for int8 familiarity$"):
         report.raise_if_failed()
@@ -547,6 +588,7 @@ def test_no_onnx_runtime_session_is_alive_while_torch_holds_the_weights(
     import gc
     import weakref
 
+    from vggdeploy.model import checkpoint as checkpoint_module
     from vggdeploy.verify import check as check_module
 
     sessions: list[weakref.ref] = []
@@ -554,7 +596,7 @@ def test_no_onnx_runtime_session_is_alive_while_torch_holds_the_weights(
     real_open, real_create, real_rebuild = (
         check_module.open_model,
         check_module.create_session,
-        check_module.rebuild_model,
+        checkpoint_module.rebuild_model,
     )
 
     def opening(*args, **kwargs):
@@ -574,7 +616,7 @@ def test_no_onnx_runtime_session_is_alive_while_torch_holds_the_weights(
 
     monkeypatch.setattr(check_module, "open_model", opening)
     monkeypatch.setattr(check_module, "create_session", creating)
-    monkeypatch.setattr(check_module, "rebuild_model", rebuilding)
+    monkeypatch.setattr(checkpoint_module, "rebuild_model", rebuilding)
     report = run_check(tiny_export[0].model_path, tiny_checkpoint, CheckConfig(images=32), report_dir=tmp_path)
-    assert report
+    assert [r.name for r in report.results] == ["fp32", "fp16", "int8"]  # every session ran (the verdict aside)
     assert len(sessions) >= 2 and alive_when_torch_loaded == [0]  # the model's and its variants' sessions, all closed
