@@ -155,6 +155,22 @@ def test_a_checkpoint_replaced_while_it_is_read_is_refused(tiny_checkpoint, tmp_
         source.rebuild_model()
     assert checkpoint.CheckpointFile.of(tmp_path / "none.pt").identity is None
 
+    # its metadata read (check's first reading) the same way, the refusal naming the command
+    shutil.copy(tiny_checkpoint, path)
+    source = checkpoint.CheckpointFile.of(path, "check")
+    assert source.load(mmap=True)["model_args"] == state["model_args"]
+    real_load = checkpoint.load_checkpoint
+
+    def load_replaced_midway(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        shutil.copy(tiny_checkpoint, tmp_path / "new.pt")
+        os.replace(tmp_path / "new.pt", path)
+        return loaded
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", load_replaced_midway)
+    with pytest.raises(DataError, match=r"replaced or changed while check ran .*; check again once it is final"):
+        source.load(mmap=True)
+
 
 def test_every_reading_checks_the_architecture_asked_for(tiny_checkpoint):
     from vggdeploy.errors import UsageError

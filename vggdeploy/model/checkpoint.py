@@ -102,26 +102,35 @@ def rebuild_model(path: str | Path, expected_arch: str | None = None):
 
 @dataclass(frozen=True)
 class CheckpointFile:
-    """A checkpoint that can be rebuilt more than once from the same file: export frees the weights while numpy fits
-    the familiarity score and reads them again for the graph, and training may meanwhile replace ``best.pt``."""
+    """A checkpoint read more than once by one command, refused if the file changes in between: export frees the
+    weights while numpy fits the familiarity score and reads them again for the graph, check reads the metadata
+    before ONNX Runtime's pass and the weights after it, and training may meanwhile replace ``best.pt``."""
 
     path: Path
     identity: tuple[int, int, int, int] | None  # device, inode, size, modification time (ns); None: unreadable
+    command: str  # the command reading it, named in the refusal
 
     @classmethod
-    def of(cls, path: str | Path) -> CheckpointFile:
+    def of(cls, path: str | Path, command: str = "export") -> CheckpointFile:
         try:
             identity = _identity(Path(path))
-        except OSError:  # rebuilding it says what is wrong
+        except OSError:  # reading it says what is wrong
             identity = None
-        return cls(Path(path), identity)
+        return cls(Path(path), identity, command)
+
+    def load(self, mmap: bool = False) -> dict:
+        """``load_checkpoint`` of the file; DataError if it is no longer the file first seen, or changes while read."""
+        return self._unchanged_around(load_checkpoint, self.path, mmap=mmap)
 
     def rebuild_model(self, expected_arch: str | None = None):
         """``rebuild_model`` of the file; DataError if it is no longer the file first seen, or changes while read."""
+        return self._unchanged_around(rebuild_model, self.path, expected_arch)
+
+    def _unchanged_around(self, read, *args, **kwargs):
         self._require_unchanged()
-        rebuilt = rebuild_model(self.path, expected_arch)
+        value = read(*args, **kwargs)
         self._require_unchanged()
-        return rebuilt
+        return value
 
     def _require_unchanged(self) -> None:
         if self.identity is None:
@@ -132,8 +141,8 @@ class CheckpointFile:
             same = False
         if not same:
             raise DataError(
-                f"{self.path}: replaced or changed while export ran (is training still writing it?); export again "
-                "once it is final"
+                f"{self.path}: replaced or changed while {self.command} ran (is training still writing it?); "
+                f"{self.command} again once it is final"
             )
 
 

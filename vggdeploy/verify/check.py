@@ -35,7 +35,7 @@ from vggdeploy.metrics.familiarity import flag_agreement, flag_failures
 from vggdeploy.metrics.parity import ParityResult, compare_logits
 from vggdeploy.metrics.per_class import PerClassReport
 from vggdeploy.model.archs import ModelArgs, model_args_from_metadata
-from vggdeploy.model.checkpoint import load_checkpoint, rebuild_model
+from vggdeploy.model.checkpoint import CheckpointFile
 from vggdeploy.model.familiarity import ScoredModel
 from vggdeploy.model.vgg import release_weights, return_freed_memory
 from vggdeploy.passes import (
@@ -269,7 +269,8 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     if config.localize and variant != "fp32":
         raise UsageError(f"{model_path}: --localize follows the fp32 graph; pass {sibling(model_path, 'fp32')}")
     checkpoint = Path(checkpoint or checkpoint_beside(model_path))
-    state = load_checkpoint(checkpoint, mmap=True)  # what it says now; its weights once ONNX Runtime is done
+    source = CheckpointFile.of(checkpoint, "check")  # read twice: its weights once ONNX Runtime is done
+    state = source.load(mmap=True)
     args: ModelArgs = state["model_args"]
     if model_args_from_metadata(metadata) != args:
         raise DataError(f"{model_path}: was exported from another model than the checkpoint ({args.name})")
@@ -302,7 +303,7 @@ def _check(model_path: Path, checkpoint, config: CheckConfig, data_dir, report_d
     for name, output in columns.items():
         outputs[name], scores[name] = split_familiarity(output, scored)
 
-    torch_model, _ = rebuild_model(checkpoint)
+    torch_model, _ = source.rebuild_model()
     reference_model = ScoredModel(torch_model, dict(np.load(fit))) if fitted else torch_model
     reference, torch_familiarity = torch_test_pass(reference_model, test_images[:images], spec, device, batch, fitted)
     if not config.localize:  # --localize runs the torch model again, layer by layer
