@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -76,6 +77,9 @@ class _Group(click.Group):
         except Exception as error:
             if ctx.meta.get("debug"):
                 traceback.print_exc()
+            if _SIGTERM_RECEIVED.is_set():  # raised inside a C extension's import, it comes back as an ImportError
+                _say_error("terminated (SIGTERM)")
+                sys.exit(Terminated.exit_code)
             if isinstance(error, VggDeployError):
                 for line in str(error).splitlines():  # one line per problem (run: one per bad image)
                     _say_error(line)
@@ -106,7 +110,11 @@ def _print_result(text: str) -> None:
         raise
 
 
+_SIGTERM_RECEIVED = threading.Event()
+
+
 def _terminated(_number, _frame) -> None:
+    _SIGTERM_RECEIVED.set()
     raise Terminated
 
 

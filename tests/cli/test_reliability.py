@@ -573,6 +573,36 @@ def test_sigterm_stops_a_command_in_one_line_and_leaves_no_lock_or_new_folder(ti
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".*.lock"))
 
 
+# A command whose heavy import is under way when SIGTERM comes: a C extension's initialisation turns the handler's
+# exception into an ImportError, as numpy's and torch's did on a loaded machine
+SIGTERM_DURING_AN_IMPORT = """
+import os, signal, sys, time
+from vggdeploy import cli
+from vggdeploy.errors import Terminated
+
+@cli.main.command("slow-import")
+def slow_import():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here, at once
+    except Terminated:
+        raise ImportError("initialization failed")
+
+cli.main(sys.argv[1:])
+"""
+
+
+def test_sigterm_during_an_import_is_still_a_termination_not_an_internal_error():
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_DURING_AN_IMPORT, "slow-import"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 143 and result.stderr == "error: terminated (SIGTERM)\n", result.stderr
+    # any other ImportError stays an internal error: the flag is the signal's, not the exception's
+    other = SIGTERM_DURING_AN_IMPORT.replace("os.kill(os.getpid(), signal.SIGTERM)", "raise Terminated")
+    result = subprocess.run([sys.executable, "-c", other, "slow-import"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 70 and "internal error: ImportError: initialization failed" in result.stderr
+
+
 @pytest.mark.slow
 def test_two_exports_to_one_path_one_runs_the_other_is_told(tiny_checkpoint, tmp_path):
     out = tmp_path / "shared"
