@@ -17,4 +17,7 @@ site=$(mktemp -d)
 # not --quiet: it hides the warnings strict mode counts, and a broken link would pass
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$site" > "$site.log" 2>&1 || { cat "$site.log"; exit 1; }
 rm -rf "$site" "$site.log"
-exec .venv/bin/python -m pytest "${selection[@]}" "$@"
+# One pytest-xdist worker per core (at most 4; VGGDEPLOY_TEST_WORKERS=0 runs in one process), each test file on one
+# worker (its module fixtures built once); the tiny model and its export are built once for all (tests/conftest.py).
+workers=${VGGDEPLOY_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "${selection[@]}" "$@"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_output import TINY_INT8_AGREEMENT
+from filelock import FileLock
 
 # Mutation runs (BENCHMARKS.md, "Mutation testing") run the in-process tests once per mutant, each in a fresh pytest:
 # with this set to a folder, the tiny model and its export are built there once and reused by every run.
@@ -17,14 +19,20 @@ FIXTURE_CACHE = os.environ.get("VGGDEPLOY_FIXTURE_CACHE")
 
 
 def _built_once(tmp_path_factory, name: str, build: Callable[[Path], object]):
-    """``build(folder)``'s value, built in a fresh temporary folder; with FIXTURE_CACHE, built once there."""
-    if not FIXTURE_CACHE:
+    """``build(folder)``'s value, built once per test run: by the first pytest-xdist worker that asks, in the
+    run's temporary folder the workers share, and read by the others; with FIXTURE_CACHE, once there for every run."""
+    if FIXTURE_CACHE:
+        cache = Path(FIXTURE_CACHE)
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        cache = tmp_path_factory.getbasetemp().parent  # each worker's own folder lies in the run's
+    else:
         return build(tmp_path_factory.mktemp(name))
-    folder, saved = Path(FIXTURE_CACHE) / name, Path(FIXTURE_CACHE) / f"{name}.pickle"
-    if not saved.is_file():  # the value is saved last: a folder without it is an interrupted build
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        saved.write_bytes(pickle.dumps(build(folder)))
+    folder, saved = cache / name, cache / f"{name}.pickle"
+    with FileLock(cache / f"{name}.lock"):
+        if not saved.is_file():  # the value is saved last: a folder without it is an interrupted build
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            saved.write_bytes(pickle.dumps(build(folder)))
     return pickle.loads(saved.read_bytes())
 
 
@@ -97,6 +105,7 @@ def tiny_export(tmp_path_factory, tiny_checkpoint, data_dir):
         variant_images=300,
         int8_calibration_images=128,
         int8_max_drop_pp=5.0,
+        int8_min_agreement=TINY_INT8_AGREEMENT,
     )
 
     def build(out: Path) -> tuple:
