@@ -135,19 +135,23 @@ def test_a_checkpoint_replaced_while_it_is_read_is_refused(tiny_checkpoint, tmp_
     from vggdeploy.model import checkpoint
 
     path = tmp_path / "best.pt"
+
+    def replacing_the_file_after(read):
+        """``read``, after which training saves a new best.pt: a new file renamed over the old."""
+
+        def reading(*args, **kwargs):
+            value = read(*args, **kwargs)
+            shutil.copy(tiny_checkpoint, tmp_path / "new.pt")
+            os.replace(tmp_path / "new.pt", path)
+            return value
+
+        return reading
+
     shutil.copy(tiny_checkpoint, path)
     source = checkpoint.CheckpointFile.of(path)
     _, state = source.rebuild_model()  # unchanged: read as often as asked
     assert source.rebuild_model()[1]["model_args"] == state["model_args"]
-    real = checkpoint.rebuild_model
-
-    def replaced_midway(*args, **kwargs):
-        rebuilt = real(*args, **kwargs)
-        shutil.copy(tiny_checkpoint, tmp_path / "new.pt")
-        os.replace(tmp_path / "new.pt", path)
-        return rebuilt
-
-    monkeypatch.setattr(checkpoint, "rebuild_model", replaced_midway)
+    monkeypatch.setattr(checkpoint, "rebuild_model", replacing_the_file_after(checkpoint.rebuild_model))
     with pytest.raises(DataError, match="replaced or changed while export ran"):
         source.rebuild_model()
     path.unlink()  # gone since: changed as well
@@ -159,15 +163,7 @@ def test_a_checkpoint_replaced_while_it_is_read_is_refused(tiny_checkpoint, tmp_
     shutil.copy(tiny_checkpoint, path)
     source = checkpoint.CheckpointFile.of(path, "check")
     assert source.load(mmap=True)["model_args"] == state["model_args"]
-    real_load = checkpoint.load_checkpoint
-
-    def load_replaced_midway(*args, **kwargs):
-        loaded = real_load(*args, **kwargs)
-        shutil.copy(tiny_checkpoint, tmp_path / "new.pt")
-        os.replace(tmp_path / "new.pt", path)
-        return loaded
-
-    monkeypatch.setattr(checkpoint, "load_checkpoint", load_replaced_midway)
+    monkeypatch.setattr(checkpoint, "load_checkpoint", replacing_the_file_after(checkpoint.load_checkpoint))
     with pytest.raises(DataError, match=r"replaced or changed while check ran .*; check again once it is final"):
         source.load(mmap=True)
 
