@@ -33,6 +33,7 @@ from vggdeploy.deploy.contract import OUTPUT_NAME
 from vggdeploy.deploy.cpu import cpu_instruction_sets, cpu_vendor
 from vggdeploy.deploy.onnx_file import read_metadata, require_model_file
 from vggdeploy.deploy.preprocess import PreprocessSpec
+from vggdeploy.deploy.session import run_scored
 from vggdeploy.errors import UsageError, run_script
 from vggdeploy.export.graph import familiarity_nodes
 from vggdeploy.export.variants import INT8_WEIGHTS, VARIANT_INT8_WEIGHTS, int8_calibration_images, to_int8
@@ -44,19 +45,15 @@ TIMED_BATCH = 64
 
 
 def logits(model: onnx.ModelProto | Path, inputs: np.ndarray, exact: bool) -> tuple[np.ndarray, float]:
-    """The model's logits for ``inputs`` (batches of 256) and the median ms of a batch of TIMED_BATCH; ``exact``:
-    graph optimisations off, so ONNX Runtime's int8 kernels never run."""
+    """The model's logits for ``inputs`` and the median ms of a batch of TIMED_BATCH; ``exact``: graph optimisations
+    off, so ONNX Runtime's int8 kernels never run."""
     options = ort.SessionOptions()
     if exact:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    answers = np.concatenate(
-        [session.run([OUTPUT_NAME], {name: inputs[i : i + 256]})[0] for i in range(0, len(inputs), 256)]
-    )
-    timed = inputs[:TIMED_BATCH]
-    return answers, median_ms(lambda: session.run([OUTPUT_NAME], {name: timed}), 20)
+    name, timed = session.get_inputs()[0].name, inputs[:TIMED_BATCH]
+    return run_scored(session, inputs)[0], median_ms(lambda: session.run([OUTPUT_NAME], {name: timed}), 20)
 
 
 def measure(model_path: Path, checkpoint: Path, images: int, calibration_images: int, data_dir=None) -> dict:
