@@ -9,9 +9,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
-from cli_output import TINY_INT8_AGREEMENT
-from filelock import FileLock
+
+
+def _share_the_cores() -> None:
+    """Each pytest-xdist worker, and every process its tests start, gets its share of the cores as its thread count.
+    torch's OpenMP threads spin while they wait: two workers each running two threads on two cores took six times as
+    long to train as one thread each. Set before torch is imported; an OMP_NUM_THREADS already set is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+
+_share_the_cores()
+
+import torch  # noqa: E402  (after the thread count is set)
+from cli_output import TINY_INT8_AGREEMENT  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 # Mutation runs (BENCHMARKS.md, "Mutation testing") run the in-process tests once per mutant, each in a fresh pytest:
 # with this set to a folder, the tiny model and its export are built there once and reused by every run.

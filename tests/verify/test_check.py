@@ -362,7 +362,8 @@ def test_each_planted_failure_alone_fails_the_check_and_is_named(
     failed_parity = [r.name for r in report.results if not r]
     if failed.endswith("(ECE)"):  # every parity verdict passes: the calibration alone failed the check
         assert failed_parity == [] and report.calibration.worse() == ["fp16"]
-        assert next(r for r in report.results if r.name == "fp16").top1_agreement == 1.0
+        # the same argmax as the unscaled fp16 file: a flip only where fp16's rounding alone can turn a near-tie
+        assert all(flip.reference_margin < 0.01 for flip in next(r for r in report.results if r.name == "fp16").flips)
     else:
         assert failed_parity == [failed] and report.calibration.worse() == []
 
@@ -380,6 +381,8 @@ def test_a_planted_failure_is_exit_4_on_the_command_line(tiny_export, tiny_check
         "300",
         "--int8-max-drop",
         "5",
+        "--fp16-min-agreement",  # the default 99.9 % allows no flip in 300 images: one near-tie would fail fp16 too
+        "0.99",
         "--max-ece-increase",
         "100",
         "--report-dir",
@@ -519,7 +522,8 @@ def test_localize_measures_each_layer_against_torch_and_refuses_layers_that_do_n
     for hook in hooks:
         hook.remove()
     layers = localize_difference(result.model_path, model, inputs, ProviderSettings(provider="cpu"))
-    assert len(layers) == len(largest) and min(largest) < 0.5  # relative to the layer's own largest value, not 1
+    # a layer whose largest value is under 1 tells "relative to the layer's own largest value" from "to at least 1"
+    assert len(layers) == len(largest) and min(largest) < 1.0
     for difference, peak in zip(layers, largest, strict=True):
         assert difference.relative == pytest.approx(difference.max_abs_diff / peak, rel=1e-6)
     proto = onnx.load(str(result.model_path))
