@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from cli_output import TINY_INT8_AGREEMENT
 
 from vggdeploy.config import FAMILIARITY_LIMITS
 from vggdeploy.deploy.contract import FAMILIARITY_NAME, OUTPUT_NAME, PROBABILITIES_NAME
@@ -247,7 +248,14 @@ def test_an_export_whose_familiarity_strays_fails_and_leaves_nothing(
     else:
         real_int8 = variants.to_int8
         monkeypatch.setattr(variants, "to_int8", lambda *a, **k: shift_familiarity(real_int8(*a, **k), -3.0))
-    config = ExportConfig(audit_batches=(1, 2), parity_images=32, variant_images=300, int8=plant == "int8")
+    config = ExportConfig(
+        audit_batches=(1, 2),
+        parity_images=32,
+        variant_images=300,
+        int8=plant == "int8",
+        int8_max_drop_pp=5.0,  # the tiny model's int8 limits (tests/conftest.py): its familiarity alone may fail
+        int8_min_agreement=TINY_INT8_AGREEMENT,
+    )
     with pytest.raises(CheckFailed, match=message):
         pipeline.export_model(tiny_checkpoint, tmp_path / "onnx", config, data_dir=data_dir)
     assert list(tmp_path.iterdir()) == []

@@ -392,19 +392,40 @@ def test_a_planted_failure_is_exit_4_on_the_command_line(tiny_export, tiny_check
     assert "int8: 300 images" in result.stdout and "-> FAILED" in result.stdout
 
 
+def _class_0_shift_that_moves(share: float, checkpoint: Path, test_split, images: int) -> float:
+    """The amount added to class 0's logit that moves about ``share`` of the first ``images`` test images' answers
+    to class 0 (from torch's logits): the tiny model's logit scale differs from one CPU or seed to another."""
+    import torch
+
+    from vggdeploy.data.batches import to_input_tensor
+    from vggdeploy.deploy.preprocess import PreprocessSpec
+    from vggdeploy.model.checkpoint import rebuild_model
+
+    model, _ = rebuild_model(checkpoint)
+    with torch.no_grad():
+        logits = model.eval()(to_input_tensor(test_split[0][:images], PreprocessSpec(32, 32))).numpy()
+    gaps = logits.max(axis=1) - logits[:, 0]  # 0 where the answer is class 0 already
+    return float(np.quantile(gaps, np.mean(gaps == 0) + share))
+
+
 @pytest.mark.parametrize(
-    ("planted", "named"),
+    ("plant", "named"),
     [
-        # a few answers moved to class 0: accuracy barely changes, agreement falls under the int8 floor
-        (lambda p: shift_output(p, 0, 2.0), f"< floor {TINY_INT8_AGREEMENT:.4%}"),
+        # 5 % of the answers moved to class 0: accuracy changes little, agreement falls under the int8 floor
+        ("moved answers", f"< floor {TINY_INT8_AGREEMENT:.4%}"),
         # every logit 1.5 times as large: the same argmax everywhere, the distance from torch over its limit
-        (lambda p: multiply_output(p, 1.5), "mean |logit difference|"),
+        ("larger logits", "mean |logit difference|"),
     ],
     ids=["agreement-floor", "logit-distance"],
 )
 def test_an_int8_file_under_its_agreement_floor_or_over_its_distance_limit_fails_and_names_the_limit(
-    planted, named, tiny_export, tiny_checkpoint, tmp_path
+    plant, named, tiny_export, tiny_checkpoint, test_split, tmp_path
 ):
+    if plant == "moved answers":
+        shift = _class_0_shift_that_moves(0.05, tiny_checkpoint, test_split, GENEROUS["images"])
+        planted = lambda p: shift_output(p, 0, shift)
+    else:
+        planted = lambda p: multiply_output(p, 1.5)
     model = _deployment(tiny_export, tmp_path / "onnx", {"int8": planted})
     open_limits = {"int8_max_drop_pp": 100, "max_ece_increase_pp": 100}  # the planted limit alone can fail
     if "mean" not in named:
