@@ -23,7 +23,7 @@ def _share_the_cores() -> None:
 _share_the_cores()
 
 import torch  # noqa: E402  (after the thread count is set)
-from cli_output import TINY_INT8_AGREEMENT  # noqa: E402
+from cli_output import TINY_INT8_LIMITS  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
 # Mutation runs (BENCHMARKS.md, "Mutation testing") run the in-process tests once per mutant, each in a fresh pytest:
@@ -117,8 +117,7 @@ def tiny_export(tmp_path_factory, tiny_checkpoint, data_dir):
         audit_batches=(1, 2, 7, 64),
         variant_images=300,
         int8_calibration_images=128,
-        int8_max_drop_pp=5.0,
-        int8_min_agreement=TINY_INT8_AGREEMENT,
+        **TINY_INT8_LIMITS,
     )
 
     def build(out: Path) -> tuple:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from cli_output import TINY_INT8_AGREEMENT
+from cli_output import TINY_INT8_LIMITS
 
 from vggdeploy.config import FAMILIARITY_LIMITS
 from vggdeploy.deploy.contract import FAMILIARITY_NAME, OUTPUT_NAME, PROBABILITIES_NAME
@@ -253,8 +253,7 @@ def test_an_export_whose_familiarity_strays_fails_and_leaves_nothing(
         parity_images=32,
         variant_images=300,
         int8=plant == "int8",
-        int8_max_drop_pp=5.0,  # the tiny model's int8 limits (tests/conftest.py): its familiarity alone may fail
-        int8_min_agreement=TINY_INT8_AGREEMENT,
+        **TINY_INT8_LIMITS,  # the tiny model's: its familiarity alone may fail
     )
     with pytest.raises(CheckFailed, match=message):
         pipeline.export_model(tiny_checkpoint, tmp_path / "onnx", config, data_dir=data_dir)

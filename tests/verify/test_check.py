@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from broken_models import multiply_output, scale_logits, shift_familiarity, shift_output
-from cli_output import TINY_INT8_AGREEMENT
+from cli_output import TINY_INT8_AGREEMENT, TINY_INT8_LIMITS
 from onnx import numpy_helper
 
 from vggdeploy.config import CheckConfig
@@ -258,7 +258,7 @@ def test_a_variant_file_is_checked_against_its_own_limits(tiny_export, tiny_chec
     report = run_check(
         int8,
         tiny_checkpoint,
-        CheckConfig(provider="cpu", images=2000, int8_max_drop_pp=5.0, int8_min_agreement=TINY_INT8_AGREEMENT),
+        CheckConfig(provider="cpu", images=2000, **TINY_INT8_LIMITS),
         report_dir=tmp_path,
     )
     assert [r.name for r in report.results] == ["int8"] and report.results[0].max_accuracy_drop_pp == 5.0
@@ -333,7 +333,7 @@ def _deployment(tiny_export, folder, planted: dict) -> Path:
 
 
 # 2,000 images: on 500 the tiny model's int8 file measured its ECE 0.5 pp over torch's by chance
-GENEROUS = dict(provider="cpu", images=2000, int8_max_drop_pp=5.0, int8_min_agreement=TINY_INT8_AGREEMENT)
+GENEROUS = dict(provider="cpu", images=2000, **TINY_INT8_LIMITS)
 
 
 @pytest.mark.parametrize(
