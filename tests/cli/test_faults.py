@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from cli_output import TINY_MODEL, failure_lines
+from forked_cli import Command
+from forked_cli import vggdeploy as cli
 
 from vggdeploy.model.checkpoint import load_checkpoint
 
@@ -27,10 +29,6 @@ TRAIN = [
     "200",
     "--quiet",
 ]
-
-
-def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -289,9 +287,6 @@ def test_an_export_killed_midway_leaves_a_whole_export_and_the_next_run_tidies_u
     shutil.copytree(previous_export, out)
     before = (out / "model.onnx").read_bytes()
     command = [
-        sys.executable,
-        "-m",
-        "vggdeploy",
         "export",
         "--checkpoint",
         str(tiny_checkpoint),
@@ -301,7 +296,7 @@ def test_an_export_killed_midway_leaves_a_whole_export_and_the_next_run_tidies_u
         "--fp16",
         "--int8",
     ]
-    process = subprocess.Popen(command)
+    process = Command(*command)
 
     def reached() -> bool:
         staging = list(tmp_path.glob(".onnx.staging-*"))
@@ -382,12 +377,8 @@ def test_a_run_killed_between_the_two_renames_gets_its_previous_export_back(tmp_
 @pytest.mark.slow
 def test_two_trainings_into_one_folder_the_second_stops_at_once_naming_the_first(tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen(  # 20,000 images: long enough that the second starts (imports torch) while it runs
-        [sys.executable, "-m", "vggdeploy", *TRAIN, "--train-limit", "20000", "--epochs", "3", "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # 20,000 images: still training when the second has been refused
+    first = Command(*TRAIN, "--train-limit", "20000", "--epochs", "3", "--out", str(out))
     lock = tmp_path / ".run.lock"
     deadline = time.monotonic() + 120
     while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
@@ -411,7 +402,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_and_resume_works(tmp_path):
     import socket
 
     out = tmp_path / "run"
-    crashed = subprocess.Popen([sys.executable, "-m", "vggdeploy", *TRAIN, "--epochs", "3", "--out", str(out)])
+    crashed = Command(*TRAIN, "--epochs", "3", "--out", str(out))
     checkpoint = out / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and crashed.poll() is None and time.monotonic() < deadline:

@@ -19,6 +19,8 @@ import onnx
 import pytest
 import torch
 from cli_output import TINY_MODEL, failure_lines
+from forked_cli import Command
+from forked_cli import vggdeploy as cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from image_kinds import png_chunk
@@ -27,12 +29,6 @@ from PIL import Image
 from vggdeploy.deploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
 from vggdeploy.errors import DataError
 from vggdeploy.model.checkpoint import load_checkpoint
-
-VGGDEPLOY = [sys.executable, "-m", "vggdeploy"]
-
-
-def cli(*args, timeout=300, cwd=None):
-    return subprocess.run([*VGGDEPLOY, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def assert_clean_failure(result, *needles, code=None):
@@ -414,13 +410,8 @@ TINY_TRAIN = [
 ]
 
 
-def _train(out: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*VGGDEPLOY, "train", *TINY_TRAIN, "--out", str(out), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _train(out: Path, *extra) -> Command:
+    return Command("train", *TINY_TRAIN, "--out", str(out), *extra)
 
 
 def _wait_for(condition, timeout=120.0):
@@ -434,7 +425,7 @@ def _wait_for(condition, timeout=120.0):
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
     process = _train(out, "--epochs", "3", "--quiet")
-    assert process.wait(timeout=300) == 0, process.stderr.read()
+    assert process.wait(timeout=300) == 0, process.communicate()[1]
     return load_checkpoint(out / "checkpoints" / "last.pt")
 
 
@@ -458,7 +449,7 @@ def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_exactly(tmp_path, unin
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["epoch"] == 1 and state["in_progress"]["step"] > 0  # saved inside epoch 2
     resumed = _train(tmp_path, "--epochs", "3", "--quiet", "--resume")
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()[1]
     final = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert "in_progress" not in final and final["epoch"] == 3
     assert _same_weights(final, uninterrupted)
@@ -476,7 +467,7 @@ def test_sigkill_mid_epoch_loses_at_most_that_epoch(tmp_path, uninterrupted):
     state = load_checkpoint(last)  # always loadable
     assert state["epoch"] >= 1
     resumed = _train(tmp_path, "--epochs", "3", "--quiet", "--resume")
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()[1]
     final = load_checkpoint(last)
     assert final["epoch"] == 3 and _same_weights(final, uninterrupted)
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
@@ -519,36 +510,9 @@ def test_sigkill_while_writing_a_checkpoint_never_leaves_a_broken_one(tmp_path):
 def test_two_runs_and_a_bench_at_the_same_time(tiny_export, tiny_checkpoint, tmp_path):
     model = tiny_export[0].model_path
     golden = model.parent / "golden"
-    processes = [
-        subprocess.Popen(
-            [*VGGDEPLOY, "run", str(golden), "--model", str(model), "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    processes.append(
-        subprocess.Popen(
-            [
-                *VGGDEPLOY,
-                "bench",
-                "--model",
-                str(model),
-                "--checkpoint",
-                str(tiny_checkpoint),
-                "--batch-sizes",
-                "1,4",
-                "--seconds",
-                "0.3",
-                "--report-dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    )
+    processes = [Command("run", str(golden), "--model", str(model), "--json") for _ in range(2)]
+    bench = ("bench", "--model", str(model), "--checkpoint", str(tiny_checkpoint), "--batch-sizes", "1,4")
+    processes.append(Command(*bench, "--seconds", "0.3", "--report-dir", str(tmp_path)))
     outputs = [p.communicate(timeout=300) for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], [err for _, err in outputs]
     assert json.loads(outputs[0][0])["predictions"] == json.loads(outputs[1][0])["predictions"]
@@ -560,10 +524,8 @@ def test_sigterm_stops_a_command_in_one_line_and_leaves_no_lock_or_new_folder(ti
     """SIGTERM (a container stop, `kill`) once ended bench with no message, its lock file and an empty new folder
     left behind; now it is raised in the main thread, so every cleanup runs as for Ctrl-C."""
     reports = tmp_path / "new" / "reports"
-    command = [*VGGDEPLOY, "bench", "--model", str(tiny_export[0].model_path), "--checkpoint", str(tiny_checkpoint)]
-    process = subprocess.Popen(
-        [*command, "--seconds", "5", "--report-dir", str(reports)], stderr=subprocess.PIPE, text=True
-    )
+    command = ["bench", "--model", str(tiny_export[0].model_path), "--checkpoint", str(tiny_checkpoint)]
+    process = Command(*command, "--seconds", "5", "--report-dir", str(reports))
     time.sleep(6)
     assert process.poll() is None, "bench ended before it could be stopped"
     process.send_signal(signal.SIGTERM)
@@ -607,7 +569,6 @@ def test_sigterm_during_an_import_is_still_a_termination_not_an_internal_error()
 def test_two_exports_to_one_path_one_runs_the_other_is_told(tiny_checkpoint, tmp_path):
     out = tmp_path / "shared"
     args = [
-        *VGGDEPLOY,
         "export",
         "--checkpoint",
         str(tiny_checkpoint),
@@ -618,8 +579,8 @@ def test_two_exports_to_one_path_one_runs_the_other_is_told(tiny_checkpoint, tmp
         "--audit-batches",
         "1,2,7",
     ]
-    processes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in processes)
+    processes = [Command(*args) for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=300), p.communicate()[1]) for p in processes)
     assert [code for code, _ in outcomes] == [0, 75]  # one writer: the second stops at once, naming the first
     assert (
         f"{out} is in use by 'vggdeploy export' (pid " in outcomes[1][1] and "write elsewhere (--out)" in outcomes[1][1]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from forked_cli import vggdeploy as cli
 from golden_check import golden_problems
 from PIL import Image
 
@@ -23,10 +24,6 @@ from vggdeploy.deploy.session import (
     parse_node_placements,
 )
 from vggdeploy.errors import ProviderUnavailable
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

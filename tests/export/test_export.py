@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 from broken_models import add_to_class_bias
+from forked_cli import vggdeploy as cli
 from PIL import Image
 
 from vggdeploy.config import ExportConfig
@@ -21,10 +22,6 @@ from vggdeploy.deploy.session import ProviderSettings, create_session
 from vggdeploy.errors import DataError, UsageError
 from vggdeploy.export.variants import to_fp16
 from vggdeploy.model.checkpoint import load_checkpoint
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_dynamic_batch_survives_simplification(tiny_export, test_split):

@@ -2,14 +2,13 @@
 variant, and answered by ``run`` (the other consumers: tests/consumers/test_examples.py)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
 import torch
 from cli_output import TINY_INT8_LIMITS
+from forked_cli import vggdeploy as cli
 
 from vggdeploy.config import FAMILIARITY_LIMITS
 from vggdeploy.deploy.contract import FAMILIARITY_NAME, OUTPUT_NAME, PROBABILITIES_NAME
@@ -19,10 +18,6 @@ from vggdeploy.metrics.familiarity import ACCEPTED_SHARE, LayerFit, threshold_ac
 from vggdeploy.model.archs import ModelArgs
 from vggdeploy.model.familiarity import ScoredModel, representations
 from vggdeploy.model.vgg import build_model
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_the_second_output_survives_simplification_and_every_variant(tiny_export):

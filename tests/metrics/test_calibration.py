@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from forked_cli import vggdeploy as cli
 from golden_check import golden_problems
 
 from vggdeploy.config import ExportConfig, TrainConfig
@@ -24,10 +25,6 @@ from vggdeploy.passes import torch_logits
 from vggdeploy.train import loop as train_module
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=300)
 
 
 def _synthetic(true_temperature: float, images: int = 20_000, classes: int = 10, seed: int = 0):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_output import TINY_MODEL, failure_lines
+from forked_cli import vggdeploy as cli
 
 from vggdeploy.config import PRESETS, TrainConfig
 from vggdeploy.data.holdout import holdout_size
@@ -31,12 +32,6 @@ TINY = TrainConfig(
 
 # steps per epoch: the images left after the calibration holdout (a tenth of the 3,000), in full batches
 TINY_STEPS = (TINY.train_limit - holdout_size(TINY.calibration_holdout, TINY.train_limit)) // TINY.batch_size
-
-
-def run_cli(*args, env=None, timeout=300, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
-    )
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +140,7 @@ def test_time_limit_stops_cleanly_mid_epoch_and_resume_finishes_the_run(trained,
 
 @pytest.mark.slow
 def test_time_limit_before_the_first_epoch_ends_says_how_to_continue(tmp_path):
-    result = run_cli(
+    result = cli(
         "train",
         *TINY_CLI,
         "--train-limit",
@@ -163,7 +158,7 @@ def test_time_limit_before_the_first_epoch_ends_says_how_to_continue(tmp_path):
     assert len(failure) == 1 and failure[0].startswith("error: ")
     assert "stopped by the 1e-09 s time limit in epoch 1 at step 0/14, before any epoch ended" in result.stderr
     assert "--resume" in result.stderr and (tmp_path / "checkpoints" / "last.pt").is_file()
-    assert run_cli("train", "--time-limit", "0").returncode == 2
+    assert cli("train", "--time-limit", "0").returncode == 2
 
 
 @pytest.mark.slow
@@ -191,7 +186,7 @@ def test_fit_to_time_plans_the_epochs_so_the_schedule_ends_within_the_limit(tmp_
     summary = json.loads((tmp_path / "train" / "summary.json").read_text())
     assert summary["fitted_to_time_limit_seconds"] == 1990 and summary["config"]["epochs"] == 4
     monkeypatch.undo()
-    finished = run_cli("train", "--out", str(tmp_path), "--resume", "--quiet")
+    finished = cli("train", "--out", str(tmp_path), "--resume", "--quiet")
     assert finished.returncode == 2 and "has finished 4 epochs; pass --epochs N with N > 4" in finished.stderr
 
 
@@ -210,7 +205,7 @@ def test_epochs_that_fit_time_the_epochs_after_this_calls_first():
 
 @pytest.mark.slow
 def test_fit_to_time_needs_a_time_limit(tmp_path):
-    result = run_cli("train", *TINY_CLI, "--fit-to-time", "--out", str(tmp_path))
+    result = cli("train", *TINY_CLI, "--fit-to-time", "--out", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr == "error: --fit-to-time plans the epochs for --time-limit SECONDS: give both\n"
     assert list(tmp_path.iterdir()) == []
@@ -254,7 +249,7 @@ def test_save_every_writes_the_checkpoints_every_n_epochs_at_the_last_and_at_a_s
     with pytest.raises(train_module.Interrupted, match="interrupted \\(SIGINT\\) after epoch 3"):
         train_module.train(config, tmp_path / "stopped", data_dir=data_dir, progress=False)
     assert ("last.pt", 3) in writes and load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")["epoch"] == 3
-    assert run_cli("train", *TINY_CLI, "--save-every", "0").stderr == "error: save-every must be at least 1, got 0\n"
+    assert cli("train", *TINY_CLI, "--save-every", "0").stderr == "error: save-every must be at least 1, got 0\n"
 
 
 def test_a_state_kept_for_a_later_write_does_not_change_with_training():
@@ -301,7 +296,7 @@ def test_resume_refuses_other_settings(trained, data_dir):
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_one_line_error(tmp_path):
-    result = run_cli(
+    result = cli(
         "train",
         *TINY_MODEL,
         "--lr",
@@ -364,7 +359,7 @@ def test_a_loss_that_exploded_without_reaching_nan_is_divergence_too():
 def test_bad_training_input_is_one_line(args, message, code):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    result = run_cli("train", "--epochs", "1", "--train-limit", "500", *args)
+    result = cli("train", "--epochs", "1", "--train-limit", "500", *args)
     assert result.returncode == code, result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
     assert message in result.stderr
@@ -377,7 +372,7 @@ def test_corrupt_data_is_a_one_line_error(tmp_path, data_dir):
     for spec in (*SPLITS["train"], *SPLITS["test"]):
         (tmp_path / spec.name).write_bytes((data_dir / spec.name).read_bytes())
     (tmp_path / SPLITS["train"][0].name).write_bytes(b"\x1f\x8b garbage")
-    result = run_cli("train", "--epochs", "1", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out"))
+    result = cli("train", "--epochs", "1", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out"))
     assert result.returncode == 3 and "train-images-idx3-ubyte.gz: not a complete gzip file" in result.stderr
 
 
@@ -475,10 +470,10 @@ def test_resume_with_more_epochs_extends_a_finished_run(trained, tmp_path, data_
 
     _, out = trained
     shutil.copytree(out, tmp_path / "run")
-    finished = run_cli("train", "--out", str(tmp_path / "run"), "--resume", "--quiet")
+    finished = cli("train", "--out", str(tmp_path / "run"), "--resume", "--quiet")
     assert finished.returncode == 2
     assert "has finished 2 epochs; pass --epochs N with N > 2 to train on" in finished.stderr
-    extended = run_cli(
+    extended = cli(
         "train",
         "--out",
         str(tmp_path / "run"),
@@ -518,35 +513,35 @@ def test_a_new_run_never_replaces_an_earlier_one_unasked(trained, tmp_path):
     earlier = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     before = (tmp_path / "run" / "checkpoints" / "best.pt").read_bytes()
     small = (*TINY_CLI, "--train-limit", "300", "--test-limit", "50")
-    refused = run_cli("train", *small, "--out", str(tmp_path / "run"))
+    refused = cli("train", *small, "--out", str(tmp_path / "run"))
     assert refused.returncode == 2 and refused.stderr == (
         f"error: --out {tmp_path / 'run'} holds an earlier run: --resume continues it, --overwrite replaces it, or "
         "choose another --out\n"
     )
     assert (tmp_path / "run" / "checkpoints" / "best.pt").read_bytes() == before
-    result = run_cli("train", *small, "--out", str(tmp_path / "run"), "--overwrite")
+    result = cli("train", *small, "--out", str(tmp_path / "run"), "--overwrite")
     assert result.returncode == 0, result.stderr
     assert (
         f"vggdeploy: warning: {tmp_path / 'run'} holds an earlier run (epoch {earlier['epoch']}, test accuracy "
         f"{earlier['test_accuracy']:.2%}); this run replaces its checkpoints and training reports (--overwrite); "
         f"{tmp_path / 'run' / 'onnx' / 'model.onnx'} was exported from the earlier run: export again after this one\n"
     ) in result.stderr
-    both = run_cli("train", *small, "--out", str(tmp_path / "run"), "--overwrite", "--resume")
+    both = cli("train", *small, "--out", str(tmp_path / "run"), "--overwrite", "--resume")
     assert (
         both.returncode == 2 and "--resume continues the run in the folder and --overwrite replaces it" in both.stderr
     )
-    fresh = run_cli("train", *small, "--out", str(tmp_path / "new"))
+    fresh = cli("train", *small, "--out", str(tmp_path / "new"))
     assert fresh.returncode == 0 and "holds an earlier run" not in fresh.stderr
 
     # without --out: artifacts/<model>, then <model>-2 (in a working directory of its own)
     work = tmp_path / "work"
     work.mkdir()
-    first, second = (run_cli("train", *small, "--quiet", "--json", cwd=work) for _ in range(2))
+    first, second = (cli("train", *small, "--quiet", "--json", cwd=work) for _ in range(2))
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     paths = [json.loads(r.stdout)["out_dir"] for r in (first, second)]
     assert paths[1] == paths[0] + "-2" and f"holds an earlier run; this one goes to {paths[1]}" in second.stderr
     assert (work / paths[0] / "checkpoints" / "best.pt").is_file()
-    resumed = run_cli("train", *small, "--resume", "--epochs", "2", "--quiet", "--json", cwd=work)
+    resumed = cli("train", *small, "--resume", "--epochs", "2", "--quiet", "--json", cwd=work)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["out_dir"] == paths[1]  # the newest run
 
@@ -567,7 +562,7 @@ def test_a_model_export_would_refuse_is_named_before_training(tmp_path, data_dir
 @pytest.mark.slow
 def test_train_json_keeps_stdout_for_the_json_alone(tmp_path):
     """Progress bars and per-epoch lines go to stderr, so `train --json` output parses as it is (scripts/demo.sh)."""
-    result = run_cli(
+    result = cli(
         "train",
         *TINY_CLI,
         "--train-limit",

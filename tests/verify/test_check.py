@@ -1,7 +1,5 @@
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +7,7 @@ import onnx
 import pytest
 from broken_models import multiply_output, scale_logits, shift_familiarity, shift_output
 from cli_output import TINY_INT8_AGREEMENT, TINY_INT8_LIMITS
+from forked_cli import vggdeploy as cli
 from onnx import numpy_helper
 
 from vggdeploy.config import CheckConfig
@@ -16,10 +15,6 @@ from vggdeploy.deploy.onnx_file import read_metadata
 from vggdeploy.errors import CheckFailed
 from vggdeploy.passes import torch_device
 from vggdeploy.verify.check import run_check
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
