@@ -26,6 +26,8 @@ import torch  # noqa: E402  (after the thread count is set)
 from cli_output import TINY_INT8_LIMITS  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
+pytest.register_assert_rewrite("image_kinds")  # its consumer checks assert: their failures show the values
+
 # Mutation runs (BENCHMARKS.md, "Mutation testing") run the in-process tests once per mutant, each in a fresh pytest:
 # with this set to a folder, the tiny model and its export are built there once and reused by every run.
 FIXTURE_CACHE = os.environ.get("VGGDEPLOY_FIXTURE_CACHE")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -94,7 +95,10 @@ def write_image_kinds(gray: np.ndarray, folder: Path) -> dict[str, Path]:
 
     rgb = Image.fromarray(tint, "RGB")
     images["gray8"] = save(Image.fromarray(gray, "L"), "PNG")
-    images["gray_transparent_key"] = save(Image.fromarray(gray, "L"), "PNG", transparency=int(gray[0, 0]))
+    # a colour key on the picture's most common non-black gray: decoders make those pixels transparent black, and
+    # the reference (Pillow's "L") ignores a gray key; a key on black pixels could not tell the two apart
+    key = int(np.bincount(gray[gray > 0].ravel()).argmax())
+    images["gray_transparent_key"] = save(Image.fromarray(gray, "L"), "PNG", transparency=key)
     images["gray16"] = save(Image.fromarray(sixteen.astype(np.uint16)), "PNG")
     images["gray_alpha8"] = save(Image.fromarray(np.stack([gray, ramp], -1), "LA"), "PNG")
     images["gray_alpha16"] = _raw_png(width, height, 4, np.stack([sixteen, ramp.astype(np.uint16) * 257], -1))
@@ -136,10 +140,10 @@ def write_image_kinds(gray: np.ndarray, folder: Path) -> dict[str, Path]:
 
 
 def reference_answers(model_path: Path, paths: dict[str, Path]) -> dict[str, dict]:
-    """What `vggdeploy run` (the Python reference) computes for each file: its logits, and for a model with the
-    familiarity output its score and flag."""
+    """What `vggdeploy run` (the Python reference) computes for each file, decoded to the model's colour (gray or
+    RGB): its logits, and for a model with the familiarity output its score and flag."""
     from vggdeploy.deploy.contract import familiarity_threshold
-    from vggdeploy.deploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
+    from vggdeploy.deploy.preprocess import PreprocessSpec, decode_image, to_model_input
     from vggdeploy.deploy.session import ProviderSettings, open_model, run_scored
 
     model = open_model(model_path, ProviderSettings(provider="cpu"))
@@ -147,7 +151,7 @@ def reference_answers(model_path: Path, paths: dict[str, Path]) -> dict[str, dic
     threshold = familiarity_threshold(model.metadata)
     answers = {}
     for name, path in paths.items():
-        logits, scores = run_scored(model.session, to_model_input([decode_grayscale(path)], spec))
+        logits, scores = run_scored(model.session, to_model_input([decode_image(path, spec.color)], spec))
         answers[name] = {"file": path.name, "logits": logits[0].tolist()}
         if threshold is not None:
             answers[name].update(familiarity=float(scores[0]), unfamiliar=bool(scores[0] < threshold))
@@ -161,3 +165,30 @@ def write_fixture_set(gray: np.ndarray, model_path: Path, folder: Path) -> Path:
     tolerance = {"logits_atol": 1e-3, "familiarity_atol": 1e-3}
     (folder / "expected.json").write_text(json.dumps({"tolerance": tolerance, "kinds": expected}, indent=1))
     return folder / "expected.json"
+
+
+def cpp_answers_on_every_kind(program: Path, model_path: Path, fixture: Path) -> dict[str, dict]:
+    """examples/cpp's answers to every PNG kind of the fixture set, checked against the Python reference's logits,
+    familiarity score and flag (none for a model without them) within its tolerance, and its refusal of every JPEG
+    kind in words; by kind."""
+    expected, tolerance = json.loads(fixture.read_text())["kinds"], json.loads(fixture.read_text())["tolerance"]
+    files = [str(fixture.parent / expected[kind]["file"]) for kind in (*PNG_KINDS, *JPEG_KINDS)]
+    run = subprocess.run([str(program), str(model_path), *files, "--json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 3, run.stderr  # the JPEGs
+    answers = {Path(answer["file"]).stem: answer for answer in map(json.loads, run.stdout.splitlines())}
+    assert sorted(answers) == sorted(PNG_KINDS)
+    worst = {
+        kind: max(abs(a - b) for a, b in zip(answer["logits"], expected[kind]["logits"], strict=True))
+        for kind, answer in answers.items()
+    }
+    assert max(worst.values()) <= tolerance["logits_atol"], worst
+    for kind, answer in answers.items():
+        if "familiarity" not in expected[kind]:  # a model without the familiarity output
+            assert answer["familiarity"] is None and answer["unfamiliar"] is None, kind
+            continue
+        assert abs(answer["familiarity"] - expected[kind]["familiarity"]) <= tolerance["familiarity_atol"], kind
+        assert answer["unfamiliar"] == expected[kind]["unfamiliar"], kind
+    refused = run.stderr.strip().splitlines()
+    assert len(refused) == len(JPEG_KINDS), refused
+    assert all("not a PNG file (this example decodes PNG only)" in line for line in refused), refused
+    return answers

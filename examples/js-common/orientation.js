@@ -1,9 +1,9 @@
 // A PNG's EXIF orientation, read and applied as vggdeploy/preprocess.py applies it (Pillow's exif_transpose on the
 // eXIf chunk, wherever it lies; EXIF in PNG text chunks is not used). Shared by the Node service and the browser page:
-// PNG decoders there skip the chunk (pngjs) or read it only before the pixels (Chromium), so both take it out and
-// turn the decoded pixels here.
+// PNG decoders there skip the chunk (pngjs) or read it only before the pixels (Chromium), so both take it out
+// (png.js) and turn the decoded pixels here.
 
-const latin1 = (bytes, start, end) => String.fromCharCode(...bytes.subarray(start, end));
+import { latin1, pngChunks } from './png.js';
 
 /** The EXIF orientation (tag 0x0112) of a TIFF-headed EXIF block ("II*\0" / "MM\0*", "Exif\0\0" allowed first); 1 if none. */
 export function exifOrientation(exif) {
@@ -24,32 +24,10 @@ export function exifOrientation(exif) {
   return 1;
 }
 
-/** A PNG's chunks as { kind, start, end } (start of the length field, end after the CRC), up to IEND or a cut. */
-function pngChunks(bytes) {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const chunks = [];
-  for (let at = 8; at + 8 <= bytes.length;) {
-    const end = at + 12 + view.getUint32(at);
-    chunks.push({ kind: latin1(bytes, at + 4, at + 8), start: at, end: Math.min(end, bytes.length) });
-    if (chunks.at(-1).kind === 'IEND') break;
-    at = end;
-  }
-  return chunks;
-}
-
 /** The orientation in a PNG's eXIf chunk, before or after the pixels; 1 if it has none. */
 export function pngOrientation(bytes) {
   const chunk = pngChunks(bytes).find(({ kind }) => kind === 'eXIf');
   return chunk ? exifOrientation(bytes.subarray(chunk.start + 8, Math.max(chunk.start + 8, chunk.end - 4))) : 1;
-}
-
-/** The PNG without its eXIf chunk (a decoder then gives the stored pixels, never turned). */
-export function withoutExifChunk(bytes) {
-  const kept = [bytes.subarray(0, 8), ...pngChunks(bytes).filter(({ kind }) => kind !== 'eXIf')
-    .map(({ start, end }) => bytes.subarray(start, end))];
-  const out = new Uint8Array(kept.reduce((total, part) => total + part.length, 0));
-  kept.reduce((at, part) => { out.set(part, at); return at + part.length; }, 0);
-  return out;
 }
 
 /**

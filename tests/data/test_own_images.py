@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 from cli_output import OPEN_VARIANT_LIMITS
+from forked_cli import vggdeploy
 from golden_check import golden_problems
+from image_kinds import cpp_answers_on_every_kind, write_fixture_set
 from PIL import Image
 
 from vggdeploy.data import folders
@@ -40,10 +42,7 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def cli(*args, cache: Path):
-    env = {**os.environ, folders.CACHE_DIR_ENV: str(cache)}
-    return subprocess.run(
-        [sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, timeout=600, env=env
-    )
+    return vggdeploy(*args, env={**os.environ, folders.CACHE_DIR_ENV: str(cache)})
 
 
 @pytest.fixture(scope="module")
@@ -417,28 +416,45 @@ def test_check_runs_on_the_users_test_split(rgb_export):
     assert (train_reports / "confusion.png").is_file()
 
 
-def _consumer(example: str, script: str, onnx_folder: Path) -> subprocess.CompletedProcess:
+def _consumer(example: str, scripts: list[str], onnx_folder: Path, image_kinds: Path) -> subprocess.CompletedProcess:
     folder = ROOT / "examples" / example
     if shutil.which("node") is None or not (folder / "node_modules").is_dir():
         pytest.fail(f"examples/{example} is not installed: run ./scripts/setup.sh")
     env = {**os.environ, "MODEL_PATH": str(onnx_folder / "model.onnx"), "GOLDEN_DIR": str(onnx_folder / "golden")}
-    return subprocess.run(["node", "--test", script], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    env["IMAGE_KINDS"] = str(image_kinds)
+    return subprocess.run(
+        ["node", "--test", *scripts], cwd=folder, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def rgb_image_kinds(rgb_export, rgb_set, tmp_path_factory) -> Path:
+    """Every image kind `run` accepts, made from a test image of the RGB set (gray kinds, and colour ones tinted),
+    with the Python reference's answers for the RGB model (tests/image_kinds.py)."""
+    onnx_folder, _ = rgb_export
+    bag = Image.open(sorted((rgb_set / "test" / "Bag").iterdir())[0])
+    gray = np.asarray(bag.convert("L").resize((61, 47), Image.BILINEAR))
+    return write_fixture_set(gray, onnx_folder / "model.onnx", tmp_path_factory.mktemp("rgb-image-kinds"))
 
 
 @pytest.mark.slow
-def test_the_node_service_and_the_web_page_answer_the_rgb_golden_images(rgb_export):
-    """Their own golden tests (labels, logits, calibrated probabilities) on the RGB model, unchanged."""
+def test_the_node_service_and_the_web_page_answer_the_rgb_golden_images_and_every_image_kind(
+    rgb_export, rgb_image_kinds
+):
+    """Their own golden tests (labels, logits, calibrated probabilities) on the RGB model, unchanged, and every image
+    kind (gray ones given three equal channels, alpha over black, 16-bit, palettes, EXIF orientation) as the Python
+    reference reads it for an RGB model, or refused in words."""
     onnx_folder, _ = rgb_export
-    node = _consumer("node", "test/service.test.js", onnx_folder)
-    assert node.returncode == 0 and "# pass 6" in node.stdout, node.stdout[-3000:]
+    node = _consumer("node", ["test/service.test.js", "test/kinds.test.js"], onnx_folder, rgb_image_kinds)
+    assert node.returncode == 0 and "# pass 7" in node.stdout, node.stdout[-3000:]
     if not Path("/usr/bin/chromium").is_file():
         pytest.fail("Debian's chromium is missing: run ./scripts/setup.sh")
-    web = _consumer("web", "test/page.test.js", onnx_folder)
-    assert web.returncode == 0 and "# pass 3" in web.stdout and "# fail 0" in web.stdout, web.stdout[-3000:]
+    web = _consumer("web", ["test/page.test.js"], onnx_folder, rgb_image_kinds)
+    assert web.returncode == 0 and "# pass 4" in web.stdout and "# fail 0" in web.stdout, web.stdout[-3000:]
 
 
 @pytest.mark.slow  # trains and exports the RGB model (seconds more than the fast tier allows)
-def test_the_cpp_program_answers_the_rgb_golden_images(rgb_export):
+def test_the_cpp_program_answers_the_rgb_golden_images_and_every_png_kind(rgb_export, rgb_image_kinds):
     onnx_folder, _ = rgb_export
     program = ROOT / "examples" / "cpp" / "build" / "classify"
     if not program.is_file():
@@ -454,6 +470,7 @@ def test_the_cpp_program_answers_the_rgb_golden_images(rgb_export):
     assert run.returncode == 0, run.stderr
     for entry, line in zip(golden["images"], run.stdout.splitlines(), strict=True):
         assert golden_problems(json.loads(line), entry, golden) == [], entry["file"]
+    cpp_answers_on_every_kind(program, onnx_folder / "model.onnx", rgb_image_kinds)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 import sharp from 'sharp';
 import { PNG } from 'pngjs';
 import { pngOrientation, upright } from '../../js-common/orientation.js';
+import { pngForDecoding } from '../../js-common/png.js';
 import { toChannels, toModelInput } from '../../js-common/preprocess.js';
 
 export { specFromMetadata } from '../../js-common/preprocess.js';
@@ -23,7 +24,7 @@ export async function decode(bytes, maxPixels) {
     if (bytes.subarray(0, 4).equals(PNG_SIGNATURE)) {
       const [depth, colorType] = [bytes[24], bytes[25]]; // from the IHDR chunk, which a PNG must start with
       if (bytes.length >= 24) tooManyPixels(bytes.readUInt32BE(16), bytes.readUInt32BE(20), maxPixels); // before decoding
-      const png = PNG.sync.read(bytes, { skipRescale: depth === 16 });
+      const png = PNG.sync.read(Buffer.from(pngForDecoding(bytes)), { skipRescale: depth === 16 });
       image = upright({ width: png.width, height: png.height, rgba: png.data, depth, colorType }, pngOrientation(bytes));
     } else if (bytes.subarray(0, 3).equals(JPEG_SIGNATURE)) {
       // libvips decodes JPEG with mozjpeg (libjpeg-turbo's decoder, as Pillow uses), so the pixels are Pillow's

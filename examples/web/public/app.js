@@ -1,7 +1,8 @@
 // Classifies a dropped image with the exported .onnx via onnxruntime-web (wasm files served from the package).
 // Labels and preprocessing come from the model's metadata_props, read with protobufjs and a partial ONNX schema.
 import * as ort from '/ort/ort.wasm.min.mjs';
-import { pngOrientation, upright, withoutExifChunk } from '/common/orientation.js';
+import { pngOrientation, upright } from '/common/orientation.js';
+import { pngForDecoding } from '/common/png.js';
 import {
   calibrationOf, checkGraphAgainstMetadata, familiarityAnswer, specFromMetadata, toChannels, toModelInput, topK,
 } from '/common/preprocess.js';
@@ -80,10 +81,9 @@ async function decodeImage(file) {
   }
   // A PNG's eXIf orientation is applied here, not by the browser (Chromium reads it only before the pixels);
   // a JPEG's EXIF orientation is applied by the browser, as every current one does.
-  const source = png ? new Blob([withoutExifChunk(bytes)], { type: 'image/png' }) : file;
+  const source = png ? new Blob([pngForDecoding(bytes)], { type: 'image/png' }) : file;
   const bitmap = await createImageBitmap(source, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
   const rgba = exactPixels(bitmap) ?? canvasPixels(bitmap);
-  // PNG gray (colour type 0): the reference ignores a tRNS colour key, so only the gray values count
   const stored = { width: bitmap.width, height: bitmap.height, rgba, colorType: png?.colorType };
   const image = png ? upright(stored, pngOrientation(bytes)) : stored;
   return { ...image, bitmap: image === stored ? bitmap : await uprightBitmap(image) };
