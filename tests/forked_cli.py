@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -46,7 +47,17 @@ def vggdeploy(
     """What ``subprocess.run([sys.executable, "-m", "vggdeploy", *args], capture_output=True, text=True, ...)``
     returns: the exit code (negative: the signal that ended it), stdout and stderr as text. Killed after
     ``timeout`` seconds, as ``subprocess.run`` kills it."""
-    command = Command(*args, env=env, cwd=cwd)
+    return _finished(Command(*args, env=env, cwd=cwd), timeout)
+
+
+def script(
+    path: str | Path, *args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``vggdeploy`` for one of the project's scripts: ``python PATH ARGS``."""
+    return _finished(Command(*args, script=path, env=env, cwd=cwd), timeout)
+
+
+def _finished(command: Command, timeout: float) -> subprocess.CompletedProcess:
     try:
         stdout, stderr = command.communicate(timeout)
     except subprocess.TimeoutExpired:
@@ -60,8 +71,15 @@ class Command:
     """A started command, with the part of ``subprocess.Popen``'s interface the tests use; its stdout and stderr are
     captured as with ``stdout=PIPE, stderr=PIPE, text=True`` and read by ``communicate``."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None) -> None:
-        self.args = [PROGRAM, *args]
+    def __init__(
+        self,
+        *args: str,
+        script: str | Path | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+    ) -> None:
+        """``python -m vggdeploy ARGS``, or with ``script``, ``python SCRIPT ARGS``."""
+        self.args = [PROGRAM if script is None else str(script), *args]
         self._streams = tempfile.TemporaryDirectory(prefix="vggdeploy-streams-")
         self._stdout, self._stderr = Path(self._streams.name, "stdout"), Path(self._streams.name, "stderr")
         self._stdout.touch()
@@ -69,7 +87,7 @@ class Command:
         environment = dict(os.environ if env is None else env)
         self._process = _server.Process(
             target=_run_command,
-            args=(list(args), environment, str(cwd or os.getcwd()), str(self._stdout), str(self._stderr)),
+            args=(self.args, environment, str(cwd or os.getcwd()), str(self._stdout), str(self._stderr)),
         )
         self._process.start()
         self.pid = self._process.pid
@@ -114,9 +132,10 @@ def _text_stream(fd: int, like: io.TextIOWrapper, line_buffering: bool) -> io.Te
     return io.TextIOWrapper(binary, encoding=like.encoding, errors=like.errors, line_buffering=line_buffering)
 
 
-def _run_command(args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
+def _run_command(argv: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
     """In the forked process: the caller's environment and folder, the streams on fds 1 and 2 as a fresh interpreter
-    has them (stdin empty), then the command; its ``sys.exit`` is the process's exit code."""
+    has them (stdin empty), then the command (``argv[0]``: PROGRAM or a script's path); its ``sys.exit`` is the
+    process's exit code."""
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -126,11 +145,15 @@ def _run_command(args: list[str], env: dict[str, str], cwd: str, stdout: str, st
         os.close(opened)
     sys.stdout = sys.__stdout__ = _text_stream(1, sys.stdout, line_buffering=False)
     sys.stderr = sys.__stderr__ = _text_stream(2, sys.stderr, line_buffering=True)
-    sys.argv = [PROGRAM, *args]
-    from vggdeploy.cli import main
-
+    sys.argv = argv
     try:
-        main(args, prog_name=PROGRAM)
+        if argv[0] == PROGRAM:
+            from vggdeploy.cli import main
+
+            main(argv[1:], prog_name=PROGRAM)
+        else:
+            sys.path.insert(0, str(Path(argv[0]).parent))  # as for `python SCRIPT`: the script's folder first
+            runpy.run_path(argv[0], run_name="__main__")
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

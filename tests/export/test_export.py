@@ -1,7 +1,5 @@
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +7,7 @@ import onnx
 import pytest
 import torch
 from broken_models import add_to_class_bias
+from forked_cli import script
 from forked_cli import vggdeploy as cli
 from PIL import Image
 
@@ -154,9 +153,7 @@ SATURATION_SCRIPT = Path(__file__).parents[2] / "scripts" / "int8_saturation.py"
 def test_the_saturation_script_measures_every_weight_format_with_both_sums(tiny_export, tiny_checkpoint, tmp_path):
     model, out = tiny_export[0].model_path, tmp_path / "formats.json"
     args = ["--checkpoint", str(tiny_checkpoint), "--images", "300", "--calibration-images", "64", "--json", str(out)]
-    result = subprocess.run(
-        [sys.executable, str(SATURATION_SCRIPT), str(model), *args], capture_output=True, text=True, timeout=600
-    )
+    result = script(SATURATION_SCRIPT, str(model), *args)
     assert result.returncode == 0, result.stderr
     figures = json.loads(out.read_text())
     assert figures["images"] == 300 and figures["cpu"].startswith(cpu_vendor())
@@ -174,11 +171,7 @@ def test_the_saturation_script_measures_every_weight_format_with_both_sums(tiny_
 
 
 def test_the_saturation_script_refuses_no_images_in_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(SATURATION_SCRIPT), str(tmp_path / "model.onnx"), "--images", "0"],
-        capture_output=True,
-        text=True,
-    )
+    result = script(SATURATION_SCRIPT, str(tmp_path / "model.onnx"), "--images", "0")
     assert result.returncode == 2
     assert result.stderr == "error: --images and --calibration-images must be at least 1\n"
 

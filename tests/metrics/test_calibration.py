@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from forked_cli import script
 from forked_cli import vggdeploy as cli
 from golden_check import golden_problems
 
@@ -204,9 +205,9 @@ def old_model(tiny_export, tmp_path_factory):
 @pytest.mark.slow
 def test_holdout_size_script_fits_subsets_of_the_slice_and_refuses_what_it_cannot_do(tiny_checkpoint, data_dir):
     """scripts/holdout_size.py: the spread of T over subsets of the held-out slice (300 images in the tiny run)."""
-    script = [sys.executable, str(Path(__file__).parents[2] / "scripts" / "holdout_size.py"), str(tiny_checkpoint)]
+    holdout_size = (Path(__file__).parents[2] / "scripts" / "holdout_size.py", str(tiny_checkpoint))
     common = ["--data-dir", str(data_dir)]
-    result = subprocess.run([*script, "--sizes", "50,300", "--draws", "3", *common], capture_output=True, text=True)
+    result = script(*holdout_size, "--sizes", "50,300", "--draws", "3", *common)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("test ECE at T = 1: ") and lines[1].startswith("whole slice, 300 images: T = ")
@@ -218,9 +219,9 @@ def test_holdout_size_script_fits_subsets_of_the_slice_and_refuses_what_it_canno
         (["--sizes", "301", *common], "error: --sizes [301] exceed the 300 images of the checkpoint's slice\n"),
         (["--draws", "0", *common], "error: --draws must be at least 1, got 0\n"),
     ):
-        refused = subprocess.run([*script, *args], capture_output=True, text=True)
+        refused = script(*holdout_size, *args)
         assert (refused.returncode, refused.stderr, refused.stdout) == (2, words, "")
-    bad = subprocess.run([*script, "--sizes", "a,b"], capture_output=True, text=True)
+    bad = script(*holdout_size, "--sizes", "a,b")
     assert bad.returncode == 2 and "sizes are whole numbers separated by commas, got 'a,b'" in bad.stderr
 
 

@@ -1,12 +1,11 @@
 """The familiarity scores and the figures that judge them, on inputs whose answers are known in advance."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from forked_cli import script
 
 from vggdeploy.metrics.familiarity import (
     GaussianFit,
@@ -72,12 +71,7 @@ SCRIPT = Path(__file__).parents[2] / "scripts" / "familiarity_benchmark.py"
 def test_the_benchmark_scores_every_set_with_every_score(tiny_checkpoint, tiny_export, tmp_path):
     out = tmp_path / "familiarity.json"
     model = tiny_export[0].model_path
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tiny_checkpoint), "--model", str(model), "--json", str(out), "-k", "10"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = script(SCRIPT, str(tiny_checkpoint), "--model", str(model), "--json", str(out), "-k", "10")
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
     sets = ["digits", "letters", "noise", "blanks", "inverted", "upside down"]
@@ -94,9 +88,7 @@ def test_the_benchmark_scores_every_set_with_every_score(tiny_checkpoint, tiny_e
 
 
 def test_the_benchmark_refuses_a_k_below_1_in_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path / "best.pt"), "-k", "0"], capture_output=True, text=True
-    )
+    result = script(SCRIPT, str(tmp_path / "best.pt"), "-k", "0")
     assert result.returncode == 2 and result.stderr == "error: -k must be at least 1, got 0\n"
 
 

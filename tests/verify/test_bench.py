@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from forked_cli import script
 
 from vggdeploy import hardware
 from vggdeploy.config import BenchConfig
@@ -227,13 +228,8 @@ def test_gpu_engines_measure(tiny_export, tiny_checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_cpu_layer_times_script_prints_the_breakdown_and_the_floor(tiny_export, tiny_checkpoint):
-    script = ROOT / "scripts" / "cpu_layer_times.py"
-    result = subprocess.run(
-        [sys.executable, str(script), str(tiny_export[0].model_path), str(tiny_checkpoint), "--runs", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    layer_times = ROOT / "scripts" / "cpu_layer_times.py"
+    result = script(layer_times, str(tiny_export[0].model_path), str(tiny_checkpoint), "--runs", "2")
     assert result.returncode == 0, result.stderr
     assert "ERROR" not in result.stderr and "gpuGetDeviceCount" not in result.stderr, result.stderr
     engines = ("torch eager fp32", "ONNX Runtime CPU fp32", "ONNX Runtime CPU int8")  # int8: the sibling exported
@@ -242,15 +238,11 @@ def test_cpu_layer_times_script_prints_the_breakdown_and_the_floor(tiny_export, 
     for engine in engines:  # each engine's time against both floors
         assert re.search(rf"  {engine}: [\d.]+ ms = [\d.]+x the fp32 floor, [\d.]+x the int8 floor", result.stdout)
     missing = tiny_checkpoint.parent / "absent.pt"  # once a traceback, as every script's bad input was
-    result = subprocess.run(
-        [sys.executable, str(script), str(tiny_export[0].model_path), str(missing)], capture_output=True, text=True
-    )
+    result = script(layer_times, str(tiny_export[0].model_path), str(missing))
     assert result.returncode == 3 and result.stderr == f"error: {missing}: no such checkpoint\n"
-    result = subprocess.run(  # once a ZeroDivisionError traceback
-        [sys.executable, str(script), str(tiny_export[0].model_path), str(tiny_checkpoint), "--runs", "0"],
-        capture_output=True,
-        text=True,
-    )
+    result = script(
+        layer_times, str(tiny_export[0].model_path), str(tiny_checkpoint), "--runs", "0"
+    )  # once a traceback
     assert result.returncode == 2 and result.stderr == "error: --runs must be at least 1, got 0\n"
 
 
