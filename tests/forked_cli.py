@@ -4,8 +4,10 @@ Each command runs in its own process, with its own exit code, standard streams, 
 `subprocess.run` gives them; but the process is forked from a server that has already imported torch, torch's
 exporter, ONNX Runtime and vggdeploy (multiprocessing's forkserver), instead of importing them again: on 2 CPU cores
 that is 10 to 15 s of every `train`, `export` or `check`. The server imports and runs nothing else, so no thread pool
-is started before a fork. A test about starting the program itself (signals, another user, a torch-free install)
-starts ``sys.executable -m vggdeploy`` instead.
+is started before a fork. What a library reads from the environment as it loads (OMP_NUM_THREADS,
+CUDA_VISIBLE_DEVICES) is the server's; the environment a call passes is the one the command reads. A test about
+starting the program itself (as another user, a full standard output, a torch-free install, SIGTERM during an
+import) starts ``sys.executable -m vggdeploy`` instead.
 """
 
 from __future__ import annotations
