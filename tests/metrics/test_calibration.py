@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,12 +178,7 @@ def test_no_calibration_and_a_checkpoint_without_a_slice_export_temperature_1(ti
     del state["calibration_split"]  # as an older vggdeploy wrote it
     old = tmp_path / "old" / "checkpoints" / "best.pt"
     save_checkpoint(old, state)
-    run = subprocess.run(
-        [sys.executable, "-m", "vggdeploy", "export", "--checkpoint", str(old), "--parity-images", "32"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = cli("export", "--checkpoint", str(old), "--parity-images", "32")
     assert run.returncode == 0, run.stderr
     assert "warning: probabilities stay uncalibrated (temperature 1): the checkpoint holds no held-out" in run.stderr
     assert read_metadata(tmp_path / "old" / "onnx" / "model.onnx")["calibration"]["fitted"] is False

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from forked_cli import script
+from forked_cli import script, vggdeploy
 
 from vggdeploy import hardware
 from vggdeploy.config import BenchConfig
@@ -147,15 +147,13 @@ def test_the_report_names_what_the_engines_ran_on(monkeypatch):
 def test_onnx_runtime_engines_alone_need_no_checkpoint_on_fashion_mnist(tiny_export, tmp_path):
     """A deployed model.onnx without its 500 MB checkpoint could not be benched at all, even with no torch engine."""
     lone = _lone_model(tiny_export[0], tmp_path)  # no checkpoints/ beside it
-    command = [sys.executable, "-m", "vggdeploy", "bench", "--model", str(lone), "--batch-sizes", "1"]
-    alone = subprocess.run(
-        [*command, "--engines", "ort-cpu-fp32", "--seconds", "0.05", "--min-runs", "2"], capture_output=True, text=True
-    )
+    command = ["bench", "--model", str(lone), "--batch-sizes", "1"]
+    alone = vggdeploy(*command, "--engines", "ort-cpu-fp32", "--seconds", "0.05", "--min-runs", "2")
     assert alone.returncode == 0, alone.stderr
     assert (
         json.loads((lone.parent / "reports" / "bench.json").read_text())["measurements"][0]["engine"] == "ort-cpu-fp32"
     )
-    with_torch = subprocess.run(command, capture_output=True, text=True)
+    with_torch = vggdeploy(*command)
     assert with_torch.returncode == 2 and with_torch.stderr == (
         f"error: no checkpoint at {tmp_path / 'checkpoints' / 'best.pt'}: the torch engines need it; pass "
         "--checkpoint, or name ONNX Runtime engines alone with --engines\n"

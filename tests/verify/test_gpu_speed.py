@@ -2,7 +2,6 @@
 kinds, bench --profile, the ablations' verdicts, and the perf stage's goals."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from forked_cli import vggdeploy
 
 from vggdeploy.config import BenchConfig
 from vggdeploy.deploy.session import ProviderSettings, cuda_provider_options
@@ -158,13 +158,9 @@ def test_bench_profile_traces_every_engine_and_survives_the_json(tiny_export, ti
 def test_bench_profile_refuses_a_batch_below_one(tiny_export):
     with pytest.raises(UsageError, match="--profile takes a batch size of at least 1"):
         BenchConfig(profile_batch=0)
-    cli = subprocess.run(
-        [sys.executable, "-m", "vggdeploy", "bench", "--model", str(tiny_export[0].model_path), "--profile", "0"],
-        capture_output=True,
-        text=True,
-    )
-    assert cli.returncode == 2 and "Traceback" not in cli.stderr
-    assert cli.stderr.strip().splitlines()[-1].startswith("error: --profile takes a batch size of at least 1")
+    refused = vggdeploy("bench", "--model", str(tiny_export[0].model_path), "--profile", "0")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: --profile takes a batch size of at least 1")
 
 
 def test_cuda_sessions_search_convolution_algorithms_heuristically_by_default():
