@@ -8,6 +8,7 @@ log-likelihood on images the model never took a gradient step on.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,10 +26,21 @@ _GOLDEN_RATIO = (math.sqrt(5) - 1) / 2
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean -log p(true class) of softmax(logits / temperature), computed in float64 with log-sum-exp."""
-    scaled = logits.astype(np.float64) / temperature
-    peak = scaled.max(axis=1, keepdims=True)
-    log_normaliser = peak[:, 0] + np.log(np.exp(scaled - peak).sum(axis=1))
-    return float(np.mean(log_normaliser - scaled[np.arange(len(labels)), labels]))
+    return nll_of_temperature(logits, labels)(temperature)
+
+
+def nll_of_temperature(logits: np.ndarray, labels: np.ndarray) -> Callable[[float], float]:
+    """``negative_log_likelihood(logits, labels, T)`` as a function of T, for a search that asks it many times: what
+    does not depend on T is computed once, the logits in float64 less each row's peak (the peak of logits / T is the
+    peak / T, so -log p(true class) = log sum exp(centred / T) - centred true logit / T)."""
+    scaled = logits.astype(np.float64)
+    centred = scaled - scaled.max(axis=1, keepdims=True)
+    true_class = centred[np.arange(len(labels)), labels]
+
+    def nll(temperature: float) -> float:
+        return float(np.mean(np.log(np.exp(centred / temperature).sum(axis=1)) - true_class / temperature))
+
+    return nll
 
 
 def at_search_bound(temperature: float) -> bool:
@@ -44,9 +56,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, tolerance: float = 1
     is all one scalar needs (no optimiser library, no gradient).
     """
     low, high = (math.log(bound) for bound in TEMPERATURE_RANGE)
+    nll = nll_of_temperature(logits, labels)
 
     def loss(log_t: float) -> float:
-        return negative_log_likelihood(logits, labels, math.exp(log_t))
+        return nll(math.exp(log_t))
 
     left, right = high - _GOLDEN_RATIO * (high - low), low + _GOLDEN_RATIO * (high - low)
     left_loss, right_loss = loss(left), loss(right)
