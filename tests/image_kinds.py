@@ -171,7 +171,8 @@ def cpp_answers_on_every_kind(program: Path, model_path: Path, fixture: Path) ->
     """examples/cpp's answers to every PNG kind of the fixture set, checked against the Python reference's logits,
     familiarity score and flag (none for a model without them) within its tolerance, and its refusal of every JPEG
     kind in words; by kind."""
-    expected, tolerance = json.loads(fixture.read_text())["kinds"], json.loads(fixture.read_text())["tolerance"]
+    written = json.loads(fixture.read_text())
+    expected, tolerance = written["kinds"], written["tolerance"]
     files = [str(fixture.parent / expected[kind]["file"]) for kind in (*PNG_KINDS, *JPEG_KINDS)]
     run = subprocess.run([str(program), str(model_path), *files, "--json"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 3, run.stderr  # the JPEGs
