@@ -195,19 +195,12 @@ def _info_defaults() -> dict[str, str]:
 
 def _train_defaults() -> dict[str, str]:
     """The defaults of a plain `train` here: the preset a GPU or its absence picks."""
+    from vggdeploy.hardware import torch_sees_cuda
     from vggdeploy.train.recipe import shown_defaults
 
-    name = "full" if _cuda_answers() else "quick"
+    name = "full" if torch_sees_cuda() else "quick"
     why = "a CUDA GPU answers here" if name == "full" else "no CUDA GPU here"
     return {**shown_defaults(name), "preset": f"{name}, as {why}"}
-
-
-def _cuda_answers() -> bool:
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _provider_option(function):
@@ -368,9 +361,7 @@ def train(
     (metrics.jsonl, curves.png, summary.json, per_class.json, confusion.png).
     """
     require_train_extra("train")
-    import torch
-
-    from vggdeploy.train.loop import train as run_training
+    from vggdeploy.hardware import torch_sees_cuda
     from vggdeploy.train.request import is_main_process, plan_training
 
     model_options = dict(
@@ -384,8 +375,10 @@ def train(
         resume,
         overwrite,
         data_dir,
-        torch.cuda.is_available(),
+        torch_sees_cuda(),
     )
+    from vggdeploy.train.loop import train as run_training  # after the settings are checked: a usage error is instant
+
     speaks = is_main_process()
     if request.note and speaks:
         click.echo(request.note, err=True)
@@ -836,6 +829,9 @@ def bench(
 
     names = tuple(engines.split(",")) if engines is not None else None  # "" names an engine: '', refused
     config = BenchConfig(names, compile_torch, batch_sizes, seconds, min_runs, profile_batch=profile_batch)
+    from vggdeploy.verify.engines import chosen_engines
+
+    chosen_engines(config)  # a misspelt engine is refused before torch is imported
     from vggdeploy.verify.bench import run_bench
 
     report = run_bench(model_path or latest_model(), checkpoint, config, report_dir=report_dir, data_dir=data_dir)

@@ -6,11 +6,13 @@ these, so a peak fraction means the same thing wherever it is printed. torch is 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Callable
 
 from vggdeploy.deploy.cpu import cpu_instruction_sets, cpu_vendor
+from vggdeploy.deploy.session import cuda_driver_present
 
 # Dense (no sparsity) peak TFLOP/s per precision, SXM parts, from the vendors' data sheets.
 GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
@@ -19,6 +21,17 @@ GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0},
     "L40S": {"fp32": 91.6, "tf32": 183.0, "fp16": 362.0, "bf16": 362.0},
 }
+
+
+def torch_sees_cuda() -> bool:
+    """Whether torch would train on a CUDA GPU here (``torch.cuda.is_available()``). torch reaches the GPU through the
+    NVIDIA driver, so where no driver answers the answer is no without importing torch (seconds), and a usage error
+    or ``train --help`` on a machine without a GPU answers at once."""
+    if not cuda_driver_present() or importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 MAX_TIMED_RUNS = 10_000  # beyond ``min_runs``: a sub-millisecond engine ends here before its seconds do

@@ -45,7 +45,8 @@ from vggdeploy.artifacts import RunFolder, model_file, reliability_diagram, repo
 from vggdeploy.hardware import cpu_name
 from vggdeploy.plots import plot_accuracy_against_time
 from vggdeploy.report import markdown_table, write_json, write_text
-from vggdeploy.verify.bench import ENGINE_SETS, GPU_ENGINES, BenchReport
+from vggdeploy.verify.bench import BenchReport
+from vggdeploy.verify.engines import ENGINE_SETS, GPU_ENGINES
 
 GRAPH_ENGINE = "ort-cuda-fp16-nhwc-graph"
 # A model whose variants' answers do not matter (a few steps trained, for latency; or a tiny rehearsal model near

@@ -27,6 +27,7 @@ from image_kinds import png_chunk
 from PIL import Image
 
 from vggdeploy.deploy.preprocess import PreprocessSpec, decode_grayscale, to_model_input
+from vggdeploy.deploy.session import cuda_driver_present
 from vggdeploy.errors import DataError
 from vggdeploy.model.checkpoint import load_checkpoint
 
@@ -198,6 +199,46 @@ def test_an_option_that_would_be_ignored_or_mean_nothing_is_refused(
     result = cli(*command, *out)
     assert_clean_failure(result, problem, code=3 if "/dev/null" in command else 2)
     assert not (tmp_path / "new").exists()
+
+
+TORCH_IMPORTED_AT_EXIT = """
+import atexit, sys
+atexit.register(lambda: print("torch imported:", "torch" in sys.modules))
+from vggdeploy import cli
+cli.main(sys.argv[1:], prog_name="vggdeploy")
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--preset", "quick", "--epochs", "0"],
+        ["train", "--preset", "quick", "--resume", "--overwrite"],
+        ["train", "--preset", "nope"],
+        ["train", "--color", "rgb"],
+        ["export", "--int8-max-drop", "2"],
+        ["check", "--images", "0"],
+        ["bench", "--engines", ""],
+        ["run", "--top-k", "0", "photo.png"],
+    ],
+)
+def test_a_usage_error_answers_before_torch_is_imported(command):
+    """A typo costs no seconds of importing torch: every setting is checked first (a fresh process, as a user's)."""
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_IMPORTED_AT_EXIT, *command], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == "torch imported: False\n"
+
+
+def test_train_asks_torch_about_a_gpu_only_where_an_nvidia_driver_answers():
+    """Without a preset, ``train`` picks ``full`` where torch sees a GPU; torch can see one only through the driver,
+    so a machine without one refuses a bad setting without importing torch."""
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_IMPORTED_AT_EXIT, "train", "--epochs", "0"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr == "error: epochs must be at least 1, got 0\n"
+    assert result.stdout == f"torch imported: {cuda_driver_present()}\n"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

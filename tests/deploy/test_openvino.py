@@ -68,7 +68,8 @@ def test_a_hint_without_openvino_is_a_usage_error(tiny_export):
 
 
 def test_bench_engines_name_their_hint():
-    from vggdeploy.verify.bench import Engine, describe_settings
+    from vggdeploy.verify.bench import describe_settings
+    from vggdeploy.verify.engines import Engine
 
     assert Engine.parse("ort-openvino-int8-throughput").performance_hint == "throughput"
     assert Engine.parse("ort-openvino-int8").performance_hint == "auto"
@@ -140,7 +141,8 @@ def test_fp32_and_int8_parity_through_openvino(openvino_ready, tiny_export, tiny
 @pytest.mark.slow
 def test_bench_runs_the_openvino_engines_or_skips_them_with_the_reason(plugin, tiny_export, tiny_checkpoint, tmp_path):
     from vggdeploy.config import BenchConfig
-    from vggdeploy.verify.bench import OPENVINO_ENGINES, run_bench
+    from vggdeploy.verify.bench import run_bench
+    from vggdeploy.verify.engines import OPENVINO_ENGINES
 
     devices, reason = _devices_or_reason()
     report = run_bench(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vggdeploy.verify.bench import CPU_ENGINES, ENGINE_SETS
+from vggdeploy.verify.engines import CPU_ENGINES, ENGINE_SETS
 
 ROOT = Path(__file__).parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "gpu"))

@@ -13,16 +13,14 @@ from vggdeploy import hardware
 from vggdeploy.config import BenchConfig
 from vggdeploy.errors import UsageError
 from vggdeploy.verify.bench import (
-    CPU_ENGINES,
-    GPU_ENGINES,
     BenchReport,
     BoundOrtRun,
-    Engine,
     Measurement,
     engine_session,
     ratio_noise,
     run_bench,
 )
+from vggdeploy.verify.engines import CPU_ENGINES, ENGINE_SETS, GPU_ENGINES, Engine
 
 ROOT = Path(__file__).parents[2]
 
@@ -103,14 +101,13 @@ def test_the_timing_loop_stops_at_its_run_cap_before_long_seconds_end(monkeypatc
 
 @pytest.mark.slow
 def test_an_engine_set_skips_what_cannot_run_here_with_a_reason(tiny_checkpoint, tiny_export, tmp_path):
-    from vggdeploy.verify import bench
 
     lone = _lone_model(tiny_export[0], tmp_path)
     for name in ("cpu", "gpu"):
         report = run_bench(
             lone, tiny_checkpoint, BenchConfig((name,), batch_sizes=(1,), seconds=0.01), report_dir=tmp_path / name
         )
-        assert set(report.skipped) | {m.engine for m in report.measurements} == set(bench.ENGINE_SETS[name])
+        assert set(report.skipped) | {m.engine for m in report.measurements} == set(ENGINE_SETS[name])
         assert "ort-cpu-fp32" in {m.engine for m in report.measurements}
         assert json.loads((tmp_path / name / "bench.json").read_text())["skipped"] == report.skipped
     assert report.skipped.get("ort-cuda-fp32") == (None if torch.cuda.is_available() else "no CUDA GPU")
@@ -119,7 +116,7 @@ def test_an_engine_set_skips_what_cannot_run_here_with_a_reason(tiny_checkpoint,
 
 
 def test_names_one_by_one_must_run_and_a_set_or_the_default_skips():
-    from vggdeploy.verify.bench import COMPILE_ENGINE, ENGINE_SETS, chosen_engines
+    from vggdeploy.verify.engines import COMPILE_ENGINE, chosen_engines
 
     here = "gpu" if torch.cuda.is_available() else "cpu"
     assert chosen_engines(BenchConfig(None)) == (ENGINE_SETS[here], False)
@@ -129,7 +126,8 @@ def test_names_one_by_one_must_run_and_a_set_or_the_default_skips():
     with pytest.raises(UsageError, match="with engines named one by one, name it"):
         chosen_engines(BenchConfig(("ort-cpu-fp32",), compile_torch=True))
     assert chosen_engines(BenchConfig(("ort-cpu-fp32",))) == (("ort-cpu-fp32",), True)
-    assert chosen_engines(BenchConfig(("cpu", "ort-cpu-fp32"))) == (("cpu", "ort-cpu-fp32"), True)  # refused by name
+    with pytest.raises(UsageError, match="unknown engine 'cpu' "):  # a set is named alone
+        chosen_engines(BenchConfig(("cpu", "ort-cpu-fp32")))
 
 
 def test_the_report_names_what_the_engines_ran_on(monkeypatch):
@@ -137,7 +135,7 @@ def test_the_report_names_what_the_engines_ran_on(monkeypatch):
     from vggdeploy.verify import bench
 
     monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda index=0: "NVIDIA H100 80GB HBM3")
-    on_cpu, on_gpu = [bench.Engine.parse("ort-cpu-fp32")], [bench.Engine.parse("ort-cuda-fp16")]
+    on_cpu, on_gpu = [Engine.parse("ort-cpu-fp32")], [Engine.parse("ort-cuda-fp16")]
     assert bench.device_name(on_cpu) == cpu_name()  # a CPU bench on a GPU machine names the CPU, not the GPU
     assert bench.device_name(on_gpu) == "NVIDIA H100 80GB HBM3"
     assert bench.device_name(on_gpu + on_cpu) == f"NVIDIA H100 80GB HBM3; {cpu_name()}"

@@ -12,7 +12,6 @@ from vggdeploy.artifacts import RunFolder
 from vggdeploy.config import TrainConfig, preset
 from vggdeploy.errors import UsageError
 from vggdeploy.model.archs import model_args_from_options
-from vggdeploy.train.checkpoints import saved_config
 
 OWN_IMAGE_OPTIONS = {  # train options that mean nothing for Fashion-MNIST, and why
     "test_fraction": "Fashion-MNIST comes with its own test split",
@@ -70,6 +69,8 @@ def plan_training(
     if out is None and not resume and folder.path != usual:
         note = f"vggdeploy: {usual} holds an earlier run; this one goes to {folder.path}"
     if resume:  # the saved run's settings, not the preset's; flags given still override (a larger --epochs extends)
+        from vggdeploy.train.checkpoints import saved_config  # torch, needed only here: other runs check flags at once
+
         base = saved_config(folder.path)
     model = model_args_from_options(base.model.to_dict(), **model_options)
     config = base.with_overrides(model=model, **overrides)

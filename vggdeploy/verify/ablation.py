@@ -31,7 +31,8 @@ from vggdeploy.hardware import gpu_peak_tflops, peak_fraction, timed_runs
 from vggdeploy.model.archs import ModelArgs
 from vggdeploy.model.vgg import build_model, summarize
 from vggdeploy.report import markdown_table
-from vggdeploy.verify.bench import BoundOrtRun, Engine, _prepare_torch, _torch_runner
+from vggdeploy.verify.bench import BoundOrtRun, _prepare_torch, _torch_runner
+from vggdeploy.verify.engines import Engine
 from vggdeploy.verify.graph_rewrites import rewritten
 from vggdeploy.verify.kernel_profile import EngineProfile, engine_profile, format_profiles, traced
 

@@ -23,90 +23,20 @@ from vggdeploy.deploy.preprocess import PreprocessSpec
 from vggdeploy.deploy.session import (
     ProviderSettings,
     create_session,
-    cuda_driver_present,
     openvino_devices,
     openvino_hint,
 )
 from vggdeploy.errors import ProviderUnavailable, UsageError
 from vggdeploy.files import folder_lock
-from vggdeploy.hardware import cpu_fp32_gflops, cpu_name, gpu_peak_tflops, peak_fraction, timed_runs
+from vggdeploy.hardware import cpu_fp32_gflops, cpu_name, gpu_peak_tflops, peak_fraction, timed_runs, torch_sees_cuda
 from vggdeploy.model.archs import model_args_from_metadata
 from vggdeploy.model.checkpoint import load_checkpoint, rebuild_model
 from vggdeploy.model.vgg import summarize
 from vggdeploy.plots import plot_bench
 from vggdeploy.report import markdown_table, write_json, write_text
+from vggdeploy.verify.engines import Engine, chosen_engines
 from vggdeploy.verify.kernel_profile import EngineProfile, KernelTime, engine_profile, format_profiles
 from vggdeploy.versions import deployment_versions
-
-CPU_ENGINES = ("torch-cpu-fp32", "ort-cpu-fp32", "ort-cpu-int8")
-
-
-OPENVINO_ENGINES = ("ort-openvino-fp32", "ort-openvino-int8")  # the openvino extra, on Intel CPUs; LATENCY hint
-
-
-OPENVINO_THROUGHPUT = tuple(f"{engine}-throughput" for engine in OPENVINO_ENGINES)  # named only: the hint's cost
-
-
-GPU_ENGINES = (
-    "torch-cuda-fp32",
-    "torch-cuda-tf32",
-    "torch-cuda-fp16-cl",
-    "ort-cuda-fp32",
-    "ort-cuda-fp16",
-    "ort-cuda-fp16-nhwc-graph",
-)
-
-
-COMPILE_ENGINE = "torch-cuda-fp16-compile"
-
-
-KNOWN_ENGINES = (*CPU_ENGINES, *OPENVINO_ENGINES, *OPENVINO_THROUGHPUT, *GPU_ENGINES, COMPILE_ENGINE)
-
-
-# A set named alone with --engines: its engines that cannot run here are skipped with their reason, as by default
-# (the CPU set on a machine with a GPU, say, which the default there leaves out).
-ENGINE_SETS = {"cpu": (*CPU_ENGINES, *OPENVINO_ENGINES), "gpu": (*GPU_ENGINES, "ort-cpu-fp32")}
-
-
-@dataclass(frozen=True)
-class Engine:
-    """What an engine name says, parsed once: ``<framework>-<device>-<precision>[-<option>...]``."""
-
-    name: str
-    framework: str  # torch | ort
-    device: str  # cpu | cuda | openvino (ONNX Runtime's OpenVINO provider on the CPU)
-    precision: str  # fp32 | tf32 | fp16 | int8
-    channels_last: bool = False  # torch "-cl"; ONNX Runtime "-nhwc" (the CUDA EP's prefer_nhwc)
-    cuda_graph: bool = False  # ONNX Runtime "-graph": replay a captured CUDA graph
-    compiled: bool = False  # torch "-compile": torch.compile max-autotune
-    performance_hint: str = "auto"  # OpenVINO "-throughput"; auto is LATENCY
-
-    @classmethod
-    def parse(cls, name: str) -> Engine:
-        if name not in KNOWN_ENGINES:
-            raise UsageError(
-                f"unknown engine {name!r} (valid: {', '.join(KNOWN_ENGINES)}; or one set alone: {', '.join(ENGINE_SETS)})"
-            )
-        framework, device, precision, *options = name.split("-")
-        return cls(
-            name,
-            framework,
-            device,
-            precision,
-            channels_last=bool({"cl", "nhwc"} & set(options)),
-            cuda_graph="graph" in options,
-            compiled="compile" in options,
-            performance_hint="throughput" if "throughput" in options else "auto",
-        )
-
-    @property
-    def on_cpu(self) -> bool:
-        return self.device in ("cpu", "openvino")
-
-    @property
-    def peak_precision(self) -> str:
-        return "fp16" if self.compiled else self.precision
-
 
 NOISY_SPREAD = 1.5  # p90 / p50 above this: a tenth of the runs took half as long again as the median
 
@@ -358,7 +288,7 @@ def _prepare_torch(checkpoint: Path, engine: Engine) -> torch.nn.Module:
 
 def why_engine_cannot_run(engine: Engine, model_path: Path) -> str | None:
     """The reason an engine cannot run here (no GPU, variant not exported), or None."""
-    if engine.device == "cuda" and not (torch.cuda.is_available() and cuda_driver_present()):
+    if engine.device == "cuda" and not torch_sees_cuda():
         return "no CUDA GPU"
     if engine.device == "openvino":
         try:
@@ -454,21 +384,6 @@ def _peak_fraction(
     return peak_fraction(images_per_second, gflops, peak and peak * 1e3)
 
 
-def chosen_engines(config: BenchConfig) -> tuple[tuple[str, ...], bool]:
-    """The engine names to run, and whether each must run: names given one by one must; a set (named, or this
-    machine's default: the GPU set with a GPU, else the CPU set) skips what cannot run here."""
-    names = config.engines
-    if names and not (len(names) == 1 and names[0] in ENGINE_SETS):
-        if config.compile_torch:
-            raise UsageError(
-                f"--compile adds {COMPILE_ENGINE} to an engine set; with engines named one by one, name it"
-            )
-        return names, True
-    name = names[0] if names else "gpu" if torch.cuda.is_available() and cuda_driver_present() else "cpu"
-    compiled = (COMPILE_ENGINE,) if config.compile_torch else ()  # a GPU engine: skipped with its reason without one
-    return (*ENGINE_SETS[name], *compiled), False
-
-
 def run_bench(
     model_path: str | Path,
     checkpoint: str | Path | None = None,
@@ -488,8 +403,8 @@ def run_bench(
 
 def _bench(model_path: Path, checkpoint, config: BenchConfig, report_dir: Path, data_dir) -> BenchReport:
     model_path = Path(model_path)
-    names, strict = chosen_engines(config)
-    chosen = [Engine.parse(name) for name in names]  # a misspelt engine first: before any file is looked for
+    names, strict = chosen_engines(config)  # a misspelt engine first: before any file is looked for
+    chosen = [Engine.parse(name) for name in names]
     metadata = read_metadata(model_path)
     checkpoint, images = _test_images(model_path, metadata, checkpoint, chosen, data_dir)
     batch_sizes = config.batch_sizes
