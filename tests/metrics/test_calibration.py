@@ -178,7 +178,9 @@ def test_no_calibration_and_a_checkpoint_without_a_slice_export_temperature_1(ti
     del state["calibration_split"]  # as an older vggdeploy wrote it
     old = tmp_path / "old" / "checkpoints" / "best.pt"
     save_checkpoint(old, state)
-    run = cli("export", "--checkpoint", str(old), "--parity-images", "32")
+    run = cli(
+        "export", "--checkpoint", str(old), "--parity-images", "32", "--test-images", "500", "--audit-batches", "1,2"
+    )
     assert run.returncode == 0, run.stderr
     assert "warning: probabilities stay uncalibrated (temperature 1): the checkpoint holds no held-out" in run.stderr
     assert read_metadata(tmp_path / "old" / "onnx" / "model.onnx")["calibration"]["fitted"] is False

@@ -41,6 +41,28 @@ def test_logit_scores_match_their_formulas():
         2 * np.log(np.exp(1) + 1) * np.array([1, 0]) + [0, 2 * np.log(2)]
     )
     assert energy(np.array([[1000.0, 999.0]])) == pytest.approx([1000 + np.log(1 + np.exp(-1))])  # no overflow
+    # each row shifted by its own peak: a flat row beside a confident one does not underflow to -inf
+    assert energy(np.array([[1000.0, 999.0], [0.0, 0.0]])) == pytest.approx([1000 + np.log(1 + np.exp(-1)), np.log(2)])
+    assert max_softmax(logits, temperature=2.0) == pytest.approx([np.exp(1) / (np.exp(1) + 1), 0.5])
+
+
+def test_float32_inputs_score_as_their_float64_values():
+    """torch and ONNX Runtime give float32 features and logits; every score is computed in float64 (the Mahalanobis
+    expansion x'Px - 2m'Px + m'Pm cancels: in float32 a feature offset of 100 costs the third digit)."""
+    from vggdeploy.metrics.familiarity import LayerFit
+
+    rng = np.random.default_rng(0)
+    features = (100 + rng.normal(0, 1, (400, 3)) + np.repeat([[0.0], [3.0]], 200, axis=0)).astype(np.float32)
+    labels = np.repeat([0, 1], 200)
+    wide = features.astype(np.float64)
+    fits = [(fit.of(features, labels), fit.of(wide, labels)) for fit in (GaussianFit, LayerFit)]
+    fits.append((NeighbourFit.of(features, k=5), NeighbourFit.of(wide, k=5)))
+    for narrow, exact in fits:
+        np.testing.assert_allclose(narrow.score(features[:50]), exact.score(wide[:50]), rtol=1e-12, err_msg=str(exact))
+    for score in (max_softmax, energy):
+        np.testing.assert_allclose(score(features[:50]), score(wide[:50]), rtol=1e-12, err_msg=str(score))
+    layer = fits[1][0]
+    np.testing.assert_array_equal(layer.centre, wide.mean(axis=0))  # one centre per dimension
 
 
 def test_mahalanobis_is_minus_the_squared_distance_to_the_nearest_class_mean():
@@ -52,6 +74,10 @@ def test_mahalanobis_is_minus_the_squared_distance_to_the_nearest_class_mean():
     assert np.linalg.inv(fit.precision) == pytest.approx(np.eye(2), abs=0.1)
     near, between, far = fit.score(np.array([[0.0, 0.0], [5.0, 5.0], [30.0, -30.0]]))
     assert near > between > far
+    from vggdeploy.metrics.familiarity import LayerFit, shrunk_covariance
+
+    assert fit.shrinkage == shrunk_covariance(features - fit.means[labels])[1] > 0  # reported in the metadata
+    assert LayerFit.of(features, labels).shrinkage == fit.shrinkage
     point = np.array([5.0, 5.0])
     assert between == pytest.approx(-min((point - mean) @ fit.precision @ (point - mean) for mean in fit.means))
 
@@ -62,6 +88,22 @@ def test_the_neighbour_score_is_minus_the_kth_distance_between_unit_rows():
     # (1, 1)/sqrt2 is 0.765 from both (1, 0) and (0, 1): the second nearest is that far
     assert fit.score(np.array([[3.0, 3.0]])) == pytest.approx([-np.sqrt(2 - np.sqrt(2))])
     assert fit.score(np.array([[2.0, 0.0]]), chunk=1) == pytest.approx([-np.sqrt(2)])
+    assert NeighbourFit.of(bank / 1000, k=2).score(np.array([[0.003, 0.003]])) == pytest.approx(
+        [-np.sqrt(2 - np.sqrt(2))]
+    )  # short rows too
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 40])
+def test_the_neighbour_score_takes_the_kth_nearest_of_many_in_chunks(k):
+    """Against every distance sorted: the k-th smallest for each image, whatever the chunk."""
+    rng = np.random.default_rng(k)
+    bank, probe = rng.normal(0, 1, (300, 8)), rng.normal(0, 1, (23, 8))
+    unit = lambda rows: rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    distances = np.linalg.norm(unit(probe)[:, None] - unit(bank)[None], axis=2)
+    expected = -np.sort(distances, axis=1)[:, k - 1]
+    fit = NeighbourFit.of(bank, k=k)
+    for chunk in (5, 23, 1024):
+        np.testing.assert_allclose(fit.score(probe, chunk=chunk), expected, rtol=1e-9)
 
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "familiarity_benchmark.py"
@@ -111,7 +153,9 @@ def test_the_shrunk_covariance_is_ledoit_wolf_s():
     singular, intensity = shrunk_covariance(few)
     assert 0 < intensity <= 1 and np.linalg.matrix_rank(singular) == 100
     isotropic = np.eye(4) * 2.0  # already the target: nothing to shrink toward, the sample itself
-    assert shrunk_covariance(np.vstack([isotropic, -isotropic]))[1] in (0.0, 1.0)
+    assert shrunk_covariance(np.vstack([isotropic, -isotropic]))[1] == 0.0
+    # the intensity is a ratio of squared spreads: features in other units shrink by the same share
+    assert shrunk_covariance(rows * 1e-3)[1] == pytest.approx(shrinkage, rel=1e-9)
 
 
 def test_the_whitened_layer_score_is_the_mahalanobis_score():

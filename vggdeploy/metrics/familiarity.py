@@ -137,7 +137,7 @@ class NeighbourFit:
     k: int
 
     @classmethod
-    def of(cls, features: np.ndarray, k: int = 50) -> NeighbourFit:
+    def of(cls, features: np.ndarray, k: int) -> NeighbourFit:
         return cls(_unit_rows(features), k)
 
     def score(self, features: np.ndarray, chunk: int = 1024) -> np.ndarray:
