@@ -4,6 +4,7 @@ key, and the readers' answers for a model exported before a key existed (the con
 import json
 import math
 
+import numpy as np
 import onnx
 import pytest
 
@@ -15,6 +16,7 @@ from vggdeploy.deploy.contract import (
     encode_metadata,
     familiarity_threshold,
     is_calibrated,
+    probabilities,
     proto_metadata,
     temperature,
 )
@@ -100,3 +102,10 @@ def test_an_in_memory_model_is_read_and_named_like_a_file():
     del proto.metadata_props[:]
     with pytest.raises(DataError, match=r"^staged\.onnx: no vggdeploy metadata"):
         proto_metadata(proto, "staged.onnx")
+
+
+def test_probabilities_are_softmax_of_logits_over_t_for_any_logits():
+    """Each row shifted by its own peak: a confident row and a flat one side by side stay finite."""
+    chances = probabilities(np.array([[2000.0, 1999.0], [0.0, 0.0], [2.0, 0.0]]), temperature=2.0)
+    half = 1 / (1 + math.exp(-0.5))
+    np.testing.assert_allclose(chances, [[half, 1 - half], [0.5, 0.5], [1 / (1 + math.exp(-1)), 1 / (1 + math.e)]])
