@@ -235,7 +235,10 @@ def test_train_asks_torch_about_a_gpu_only_where_an_nvidia_driver_answers():
     """Without a preset, ``train`` picks ``full`` where torch sees a GPU; torch can see one only through the driver,
     so a machine without one refuses a bad setting without importing torch."""
     result = subprocess.run(
-        [sys.executable, "-c", TORCH_IMPORTED_AT_EXIT, "train", "--epochs", "0"], capture_output=True, text=True
+        [sys.executable, "-c", TORCH_IMPORTED_AT_EXIT, "train", "--epochs", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and result.stderr == "error: epochs must be at least 1, got 0\n"
     assert result.stdout == f"torch imported: {cuda_driver_present()}\n"
