@@ -22,9 +22,11 @@ set rejected.
 
 With ``--model`` (that checkpoint's export), the deployed score too: the ``familiarity`` output of the ONNX graph,
 through ONNX Runtime, at the metadata's threshold and at the threshold that accepts 95 % of the test set.
+``--fit-images N`` fits the scores on N of the training images, drawn at random: a quicker, noisier measurement
+(the k-NN distance costs in proportion to the images it searches).
 
     python scripts/familiarity_benchmark.py artifacts/vgg11_bn-w8-32px/checkpoints/best.pt \
-        [--model artifacts/vgg11_bn-w8-32px/onnx/model.onnx] [--json out.json]
+        [--model artifacts/vgg11_bn-w8-32px/onnx/model.onnx] [--json out.json] [--fit-images 5000]
 """
 
 from __future__ import annotations
@@ -158,7 +160,9 @@ def score_rows(score_name: str, threshold: float, familiar: np.ndarray, sets: di
     ]
 
 
-def measure(checkpoint: Path, data_dir: str | None, k: int, model_path: Path | None = None) -> dict:
+def measure(
+    checkpoint: Path, data_dir: str | None, k: int, model_path: Path | None = None, fit_images: int | None = None
+) -> dict:
     model, state = rebuild_model(checkpoint)
     dataset = dataset_of(state, data_dir)
     spec = dataset.spec(state["model_args"].image_size)
@@ -166,11 +170,14 @@ def measure(checkpoint: Path, data_dir: str | None, k: int, model_path: Path | N
     held_out[np.asarray(state["calibration_split"]["indices"])] = True
     train_images, train_labels = dataset.train_images.numpy(), dataset.train_labels.numpy()
     test_images, test_labels = dataset.test_images.numpy(), dataset.test_labels.numpy()
+    fitted = np.flatnonzero(~held_out)
+    if fit_images is not None and fit_images < len(fitted):
+        fitted = np.sort(np.random.default_rng(0).choice(fitted, fit_images, replace=False))
 
-    train = representations(model, train_images[~held_out], spec)
+    train = representations(model, train_images[fitted], spec)
     held = representations(model, train_images[held_out], spec)
     test = representations(model, test_images, spec)
-    labels = train_labels[~held_out]
+    labels = train_labels[fitted]
     temperature = fit_temperature(held["logits"], train_labels[held_out])
     penultimate = GaussianFit.of(train["penultimate"], labels)
     first_stage = GaussianFit.of(train["first stage"], labels)
@@ -199,7 +206,13 @@ def measure(checkpoint: Path, data_dir: str | None, k: int, model_path: Path | N
         at_test = threshold_accepting(familiar)
         rows += score_rows("exported `familiarity` output, 95 % of the test set", at_test, familiar, deployed)
     accuracy = float((test["logits"].argmax(1) == test_labels).mean())
-    return {"checkpoint": str(checkpoint), "temperature": temperature, "test_accuracy": accuracy, "rows": rows}
+    return {
+        "checkpoint": str(checkpoint),
+        "temperature": temperature,
+        "test_accuracy": accuracy,
+        "fit_images": len(fitted),
+        "rows": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,11 +222,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", type=int, default=50, help="the neighbour whose distance is the k-NN score")
     parser.add_argument("--model", type=Path, default=None, help="the checkpoint's export: its familiarity output too")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--fit-images", type=int, default=None, help="fit the scores on this many training images [default: all]"
+    )
     args = parser.parse_args(argv)
     if args.k < 1:
         raise UsageError(f"-k must be at least 1, got {args.k}")
-    figures = measure(args.checkpoint, args.data_dir, args.k, args.model)
-    print(f"{args.checkpoint}: test accuracy {figures['test_accuracy']:.2%}, T = {figures['temperature']:.4g}")
+    if args.fit_images is not None and args.fit_images <= args.k:
+        raise UsageError(f"--fit-images must be more than -k ({args.k}), got {args.fit_images}")
+    figures = measure(args.checkpoint, args.data_dir, args.k, args.model, args.fit_images)
+    print(
+        f"{args.checkpoint}: test accuracy {figures['test_accuracy']:.2%}, T = {figures['temperature']:.4g}, "
+        f"scores fitted on {figures['fit_images']:,} training images"
+    )
     print(markdown_table(figures["rows"], list(figures["rows"][0])), end="")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

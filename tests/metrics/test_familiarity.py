@@ -113,9 +113,12 @@ SCRIPT = Path(__file__).parents[2] / "scripts" / "familiarity_benchmark.py"
 def test_the_benchmark_scores_every_set_with_every_score(tiny_checkpoint, tiny_export, tmp_path):
     out = tmp_path / "familiarity.json"
     model = tiny_export[0].model_path
-    result = script(SCRIPT, str(tiny_checkpoint), "--model", str(model), "--json", str(out), "-k", "10")
+    fit = ("--fit-images", "3000")  # of 59,700: the whole set took 4 times as long
+    result = script(SCRIPT, str(tiny_checkpoint), "--model", str(model), "--json", str(out), "-k", "10", *fit)
     assert result.returncode == 0, result.stderr
-    rows = json.loads(out.read_text())["rows"]
+    figures = json.loads(out.read_text())
+    assert figures["fit_images"] == 3000 and "scores fitted on 3,000 training images" in result.stdout
+    rows = figures["rows"]
     sets = ["digits", "letters", "noise", "blanks", "inverted", "upside down"]
     assert [row["set"] for row in rows] == sets * 8 and len({row["score"] for row in rows}) == 8
     assert all(0 <= row["auroc"] <= 1 and 0 <= row["accepted"] <= 1 for row in rows)
@@ -129,9 +132,11 @@ def test_the_benchmark_scores_every_set_with_every_score(tiny_checkpoint, tiny_e
     assert result.stdout.splitlines()[1] == "| score | set | images | auroc | accepted | test rejected |"
 
 
-def test_the_benchmark_refuses_a_k_below_1_in_one_line(tmp_path):
+def test_the_benchmark_refuses_a_k_below_1_and_too_few_fit_images_in_one_line(tmp_path):
     result = script(SCRIPT, str(tmp_path / "best.pt"), "-k", "0")
     assert result.returncode == 2 and result.stderr == "error: -k must be at least 1, got 0\n"
+    result = script(SCRIPT, str(tmp_path / "best.pt"), "--fit-images", "50")
+    assert result.returncode == 2 and result.stderr == "error: --fit-images must be more than -k (50), got 50\n"
 
 
 def test_the_shrunk_covariance_is_ledoit_wolf_s():

@@ -66,7 +66,10 @@ class VGG(nn.Module):
             nn.Dropout(args.dropout),
             nn.Linear(args.hidden, args.num_classes),
         )
-        self._init_weights()
+        if self.classifier[-1].weight.device.type != "meta":
+            # On the meta device (shapes only: a checkpoint's weights are assigned after) torch's first random
+            # init loads its reference kernels, 2 s of every export for values nobody reads.
+            self._init_weights()
 
     def _init_weights(self) -> None:
         # Convolutions as torchvision (Kaiming, fan_out): PyTorch's default leaves plain-SGD VGG at chance for
