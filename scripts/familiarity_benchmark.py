@@ -23,10 +23,11 @@ set rejected.
 With ``--model`` (that checkpoint's export), the deployed score too: the ``familiarity`` output of the ONNX graph,
 through ONNX Runtime, at the metadata's threshold and at the threshold that accepts 95 % of the test set.
 ``--fit-images N`` fits the scores on N of the training images, drawn at random: a quicker, noisier measurement
-(the k-NN distance costs in proportion to the images it searches).
+(the k-NN distance costs in proportion to the images it searches). ``--device cuda`` runs torch's pass and the
+exported graph (ONNX Runtime's CUDA provider) on the GPU, where a 224 px model's images would take hours on a CPU.
 
     python scripts/familiarity_benchmark.py artifacts/vgg11_bn-w8-32px/checkpoints/best.pt \
-        [--model artifacts/vgg11_bn-w8-32px/onnx/model.onnx] [--json out.json] [--fit-images 5000]
+        [--model artifacts/vgg11_bn-w8-32px/onnx/model.onnx] [--json out.json] [--fit-images 5000] [--device cuda]
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from vggdeploy.metrics.familiarity import (
 )
 from vggdeploy.model.checkpoint import rebuild_model
 from vggdeploy.report import markdown_table
+from vggdeploy.train.devices import resolve_device
 
 SIDE = 28  # Fashion-MNIST's size: every made set is drawn at it and preprocessed like the test images
 
@@ -104,19 +106,25 @@ def unfamiliar_sets(test_images: np.ndarray, channels: int, seed: int = 0, data_
     return sets
 
 
+def model_inputs(images: np.ndarray, spec, device: torch.device, chunk: int = 1000):
+    """uint8 images as the model's normalised inputs on ``device``, ``chunk`` at a time (resized there)."""
+    for start in range(0, len(images), chunk):
+        uint8 = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])).to(device)
+        yield to_input_tensor(uint8, spec)
+
+
 @torch.no_grad()
-def representations(model, images: np.ndarray, spec, chunk: int = 1000) -> dict[str, np.ndarray]:
+def representations(model, images: np.ndarray, spec, device: torch.device) -> dict[str, np.ndarray]:
     """What the scores read of uint8 (N, H, W) images: the logits, the penultimate features (the last Linear layer's
     input), and the first stage's statistics (each channel's mean and standard deviation over the image)."""
     head, last, first = model.classifier[:-1], model.classifier[-1], model.features[0]
     parts: dict[str, list[np.ndarray]] = {"logits": [], "penultimate": [], "first stage": []}
-    for start in range(0, len(images), chunk):
-        batch = to_input_tensor(torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])), spec)
+    for batch in model_inputs(images, spec, device):
         early = first(batch)
         penultimate = head(model.features[1:](early))
-        parts["first stage"].append(torch.cat([early.mean((2, 3)), early.std((2, 3))], 1).double().numpy())
-        parts["penultimate"].append(penultimate.double().numpy())
-        parts["logits"].append(last(penultimate).double().numpy())
+        parts["first stage"].append(torch.cat([early.mean((2, 3)), early.std((2, 3))], 1).double().cpu().numpy())
+        parts["penultimate"].append(penultimate.double().cpu().numpy())
+        parts["logits"].append(last(penultimate).double().cpu().numpy())
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
@@ -128,21 +136,24 @@ def standardised(score, reference: dict[str, np.ndarray]):
     return lambda seen: (score(seen) - mean) / deviation
 
 
-def deployed_scores(model_path: Path, images: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
-    """The exported graph's familiarity scores of each set of uint8 images, and the metadata's threshold."""
+def deployed_scores(
+    model_path: Path, images: dict[str, np.ndarray], device: torch.device
+) -> tuple[float, dict[str, np.ndarray]]:
+    """The exported graph's familiarity scores of each set of uint8 images, and the metadata's threshold (ONNX
+    Runtime's provider for ``device``)."""
     from vggdeploy.deploy.contract import familiarity_threshold
     from vggdeploy.deploy.preprocess import PreprocessSpec
     from vggdeploy.deploy.session import ProviderSettings, open_model, run_scored
 
-    model = open_model(model_path, ProviderSettings(provider="cpu"))
+    model = open_model(model_path, ProviderSettings(provider=device.type))
     threshold = familiarity_threshold(model.metadata)
     if threshold is None:
         raise UsageError(f"{model_path}: has no familiarity output (exported with --no-familiarity?)")
     spec = PreprocessSpec.from_metadata(model.metadata["preprocessing"])
     scores = {}
     for name, batch in images.items():
-        inputs = to_input_tensor(torch.from_numpy(np.ascontiguousarray(batch)), spec).numpy()
-        scores[name] = run_scored(model.session, inputs, 256)[1].astype(np.float64)
+        parts = [run_scored(model.session, b.cpu().numpy(), 256)[1] for b in model_inputs(batch, spec, device)]
+        scores[name] = np.concatenate(parts).astype(np.float64)
     return threshold, scores
 
 
@@ -161,9 +172,16 @@ def score_rows(score_name: str, threshold: float, familiar: np.ndarray, sets: di
 
 
 def measure(
-    checkpoint: Path, data_dir: str | None, k: int, model_path: Path | None = None, fit_images: int | None = None
+    checkpoint: Path,
+    data_dir: str | None,
+    k: int,
+    model_path: Path | None = None,
+    fit_images: int | None = None,
+    device: torch.device | None = None,
 ) -> dict:
+    device = device or torch.device("cpu")
     model, state = rebuild_model(checkpoint)
+    model.to(device)
     dataset = dataset_of(state, data_dir)
     spec = dataset.spec(state["model_args"].image_size)
     held_out = np.zeros(len(dataset.train_labels), dtype=bool)
@@ -174,9 +192,9 @@ def measure(
     if fit_images is not None and fit_images < len(fitted):
         fitted = np.sort(np.random.default_rng(0).choice(fitted, fit_images, replace=False))
 
-    train = representations(model, train_images[fitted], spec)
-    held = representations(model, train_images[held_out], spec)
-    test = representations(model, test_images, spec)
+    train = representations(model, train_images[fitted], spec, device)
+    held = representations(model, train_images[held_out], spec, device)
+    test = representations(model, test_images, spec, device)
     labels = train_labels[fitted]
     temperature = fit_temperature(held["logits"], train_labels[held_out])
     penultimate = GaussianFit.of(train["penultimate"], labels)
@@ -193,14 +211,14 @@ def measure(
     early = standardised(scores["Mahalanobis, first-stage statistics"], held)
     scores["Mahalanobis, first stage + penultimate"] = lambda seen: early(seen) + late(seen)
     made = unfamiliar_sets(test_images, dataset.channels, data_dir=data_dir)
-    sets = {name: representations(model, images, spec) for name, images in made.items()}
+    sets = {name: representations(model, images, spec, device) for name, images in made.items()}
     rows = []
     for score_name, score in scores.items():
         rows += score_rows(
             score_name, threshold_accepting(score(held)), score(test), {n: score(s) for n, s in sets.items()}
         )
     if model_path is not None:
-        threshold, deployed = deployed_scores(model_path, {"test": test_images, **made})
+        threshold, deployed = deployed_scores(model_path, {"test": test_images, **made}, device)
         familiar = deployed.pop("test")
         rows += score_rows("exported `familiarity` output, its threshold", threshold, familiar, deployed)
         at_test = threshold_accepting(familiar)
@@ -211,6 +229,7 @@ def measure(
         "temperature": temperature,
         "test_accuracy": accuracy,
         "fit_images": len(fitted),
+        "device": device.type,
         "rows": rows,
     }
 
@@ -225,19 +244,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fit-images", type=int, default=None, help="fit the scores on this many training images [default: all]"
     )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="cpu",
+        help="torch's pass and ONNX Runtime's provider; auto: CUDA where torch sees a GPU [default: cpu]",
+    )
     args = parser.parse_args(argv)
     if args.k < 1:
         raise UsageError(f"-k must be at least 1, got {args.k}")
     if args.fit_images is not None and args.fit_images <= args.k:
         raise UsageError(f"--fit-images must be more than -k ({args.k}), got {args.fit_images}")
-    figures = measure(args.checkpoint, args.data_dir, args.k, args.model, args.fit_images)
+    device = resolve_device(args.device)
+    figures = measure(args.checkpoint, args.data_dir, args.k, args.model, args.fit_images, device)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     print(
         f"{args.checkpoint}: test accuracy {figures['test_accuracy']:.2%}, T = {figures['temperature']:.4g}, "
         f"scores fitted on {figures['fit_images']:,} training images"
     )
     print(markdown_table(figures["rows"], list(figures["rows"][0])), end="")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 

@@ -10,6 +10,7 @@ one from a failed allocation.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 import sys
@@ -129,6 +130,9 @@ def run_script(main: Callable[[], int | None]) -> NoReturn:
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except BrokenPipeError:  # its reader stopped reading (`| head`); Python's advice: no flush at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     sys.exit(code or 0)
 
 

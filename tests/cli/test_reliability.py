@@ -653,3 +653,17 @@ def test_export_writes_only_inside_its_output_folder(tiny_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr
     created = set(tmp_path.rglob("*")) - before
     assert created and all(path.is_relative_to(tmp_path / "work" / "out") for path in created)
+
+
+def test_a_script_whose_reader_stops_reading_exits_1_without_a_traceback(tmp_path):
+    """`python scripts/familiarity_benchmark.py ... | head -1` printed a BrokenPipeError traceback."""
+    talker = tmp_path / "talker.py"
+    talker.write_text(
+        "from vggdeploy.errors import run_script\n\n"
+        "def main():\n    for line in range(200_000):\n        print('line', line)\n\nrun_script(main)\n"
+    )
+    process = subprocess.Popen([sys.executable, str(talker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline() == b"line 0\n"
+    process.stdout.close()
+    assert process.wait(timeout=60) == 1
+    assert process.stderr.read() == b""
