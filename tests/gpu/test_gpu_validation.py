@@ -40,7 +40,7 @@ def rehearse(stage: str, out: Path, *options: str, **env: str) -> dict:
 def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     # the train stage as the next window runs it: fitted, with a recipe's option added
     report = rehearse(
-        "all", tmp_path, "--full-fit-epochs", "3", "--full-train-options", "--calibration-holdout 50 --save-every 2"
+        "all", tmp_path, "--full-fit-epochs", "3", "--full-train-options", "--calibration-holdout 100 --save-every 2"
     )
     assert report["profile"] == "cpu-rehearsal" and report["stages"] == ["runtime", "train", "cpu"]
     names = [
@@ -54,6 +54,7 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
         "pytest-gpu",
         "full-train",
         "full-export",
+        "full-familiarity",
         "pytest-openvino",
         "cpu-table",
     ]
@@ -61,11 +62,13 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     for step in report["steps"]:
         assert step["returncode"] == 0 and step["seconds"] > 0
         assert step["command"].startswith(
-            "bash scripts/cpu_table.sh --smoke " if step["name"] == "cpu-table" else "python -m "
+            {"cpu-table": "bash scripts/cpu_table.sh --smoke ", "full-familiarity": "python scripts/"}.get(
+                step["name"], "python -m "
+            )
         )
-    full_train = report["steps"][-4]["command"]  # as many of 3 epochs as fit the 440 s: all 3
+    full_train = report["steps"][-5]["command"]  # as many of 3 epochs as fit the 380 s: all 3
     assert full_train.endswith(
-        f" --epochs 3 --fit-to-time --calibration-holdout 50 --save-every 2 --time-limit 440 --out "
+        f" --epochs 3 --fit-to-time --calibration-holdout 100 --save-every 2 --time-limit 380 --out "
         f"{tmp_path / 'work' / 'full'} --quiet"
     )
     assert report["environment"]["torch"] and report["environment"]["onnxruntime"].startswith("1.")
@@ -81,11 +84,16 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     }
     timeline = report["figures"]["full_train"]["accuracy_against_time"]
     assert [row["epoch"] for row in timeline] == [1, 2, 3]
-    assert report["figures"]["full_train"]["summary"]["fitted_to_time_limit_seconds"] == 440
-    assert report["figures"]["full_train"]["summary"]["held_out_for_calibration"] == 50
+    assert report["figures"]["full_train"]["summary"]["fitted_to_time_limit_seconds"] == 380
+    assert report["figures"]["full_train"]["summary"]["held_out_for_calibration"] == 100
     assert 0 < timeline[0]["elapsed_seconds"] < timeline[1]["elapsed_seconds"]
     assert all(0 < row["epoch_seconds"] < row["elapsed_seconds"] for row in timeline)  # the rest: loading, saving
     assert report["figures"]["pytest_gpu"].get("skipped", 0) + report["figures"]["pytest_gpu"].get("passed", 0) == 3
+    familiarity = report["figures"]["full_familiarity"]  # issue #35's benchmark of the full run's export
+    assert familiarity["fit_images"] == 600 and familiarity["device"] == "cpu"
+    assert report["steps"][-3]["command"].startswith(
+        f"python scripts/familiarity_benchmark.py {tmp_path / 'work' / 'full' / 'checkpoints' / 'best.pt'} --model "
+    )
 
     goals = {goal["goal"]: goal for goal in report["goals"]}
     assert goals["run --provider cpu: the golden images answered as golden.json says"]["met"] is True
@@ -93,6 +101,12 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     assert goals["fp32 (TF32 off): 100 % top-1 agreement, max |logit diff| <= 1e-3"]["met"] is True
     assert goals[">= 95.0 % test accuracy within the first 4 min"]["met"] is False  # a tiny model; the figure is honest
     assert all(goal["source"] in names for goal in report["goals"])
+    unfamiliar = goals[
+        "full model's familiarity, 95 % of the test set accepted: <= 5% of digits, noise, blanks accepted"
+    ]
+    assert unfamiliar["met"] is not None and re.fullmatch(
+        r"digits [\d.]+%, noise [\d.]+%, blanks [\d.]+%", unfamiliar["measured"]
+    )
     ece = goals["full preset: test-set ECE <= 2.5 % (temperature fitted on held-out training images)"]
     calibration = report["figures"]["full_calibration"]  # a tiny model near chance: a fit at the bound, so refused
     assert " -> " in ece["measured"] and isinstance(calibration["fitted"], bool)
@@ -116,6 +130,7 @@ def test_rehearsal_runs_every_stage_and_writes_the_report(tmp_path):
     markdown = (tmp_path / "gpu-report.md").read_text()
     assert "## CPU engines: vgg11" in markdown and "best deployable CPU engine at batch 1: ort-" in markdown
     assert "Rehearsal on the CPU" in markdown and "| seed-check | `python -m vggdeploy check" in markdown
+    assert "## full model: familiarity (600 training images fitted)" in markdown
     assert "max \\|logit diff\\|" in markdown  # pipes escaped: the goals table keeps four columns
     logs = (tmp_path / "gpu-logs.txt").read_text()
     assert all(f"==== {name}: " in logs for name in names) and "of best.pt (epoch" in logs
@@ -474,3 +489,32 @@ def test_the_perf_stage_refuses_an_unknown_part(tmp_path):
     )
     assert result.returncode == 2 and "--perf-parts takes inference and/or training" in result.stderr
     assert not (tmp_path / "gpu-report.json").exists()
+
+
+def _familiarity_rows(accepted: dict[str, float]) -> dict:
+    other = {"score": "Mahalanobis, penultimate", "set": "digits", "accepted": 0.0}  # another score: never read
+    rows = [{"score": validate.FAMILIARITY_AT_TEST, "set": name, "accepted": share} for name, share in accepted.items()]
+    return {"rows": [other, *rows]}
+
+
+@pytest.mark.parametrize(
+    ("accepted", "verdicts"),
+    [
+        ({"digits": 0.05, "noise": 0.0, "blanks": 0.0, "inverted": 0.2}, [True, True]),  # both at their limits
+        ({"digits": 0.0501, "noise": 0.0, "blanks": 0.0, "inverted": 0.2}, [False, True]),
+        ({"digits": 0.0, "noise": 0.0, "blanks": 0.0625, "inverted": 0.19}, [False, True]),
+        ({"digits": 0.0, "noise": 0.0, "blanks": 0.0, "inverted": 0.2001}, [True, False]),
+        ({"digits": 0.0, "noise": 0.0, "inverted": 0.0}, [None, True]),  # no blanks row: not measured, not met
+    ],
+)
+def test_the_familiarity_goals_hold_issue_35s_limits_on_the_exported_output(tmp_path, accepted, verdicts):
+    validation = validate.Validation(validate.REHEARSAL, tmp_path, tmp_path / "work", 60, ["train"])
+    validate.add_familiarity_goals(validation, _familiarity_rows(accepted), validate.Step("full-familiarity", "x"))
+    assert [goal.met for goal in validation.goals] == verdicts
+    assert validation.goals[1].measured == f"inverted {accepted['inverted']:.2%}"
+
+
+def test_a_failed_familiarity_benchmark_is_not_measured(tmp_path):
+    validation = validate.Validation(validate.REHEARSAL, tmp_path, tmp_path / "work", 60, ["train"])
+    validate.add_familiarity_goals(validation, None, validate.Step("full-familiarity", "x", returncode=1))
+    assert [(goal.measured, goal.met) for goal in validation.goals] == [("not measured", None)] * 2
