@@ -103,6 +103,18 @@ def test_val_and_single_layouts_and_a_reproducible_split(rgb_set, tmp_path):
     val = _copy(rgb_set, tmp_path / "val-set")
     (val / "test").rename(val / "val")
     assert image_folder(val, 32, progress=False).description["layout"] == "train/val"
+    # Kaggle's names: train/ with valid/ or validation/ had been read as two classes, "train" and "valid"
+    for train, test in (("train", "valid"), ("train", "validation"), ("Training", "Testing")):
+        renamed = tmp_path / f"{train}-{test}"
+        shutil.copytree(rgb_set / "train", renamed / train)
+        shutil.copytree(rgb_set / "test", renamed / test)
+        scan = folders.scan_folder(renamed)
+        assert (scan.layout, len(scan.classes), len(scan.train), len(scan.test)) == (f"{train}/{test}", 10, 240, 60)
+    both = _copy(rgb_set, tmp_path / "both")  # train/, test/ and valid/: test/ is the test split, and it says so
+    shutil.copytree(rgb_set / "test", both / "valid")
+    dataset = image_folder(both, 32, progress=False)
+    assert dataset.description["layout"] == "train/test" and len(dataset.description["test_files"]) == 60
+    assert f"{both / 'valid'} left out: train/test are the training and test splits" in dataset.notes[1]
 
     single = tmp_path / "single"
     shutil.copytree(rgb_set / "train", single)
@@ -167,6 +179,13 @@ def _bad_sets(root: Path, rgb_set: Path) -> dict:
     cases["class-name-with-newline"] = (
         two_lines,
         f"{two_lines / 'test'}: the class folder 'Bag\\nold' holds a control",
+    )
+    alone = root / "train-alone"  # a split of class folders without its partner: not a class named "train"
+    shutil.copytree(rgb_set / "train", alone / "train")
+    shutil.copytree(rgb_set / "test", alone / "eval")
+    cases["split-folders-as-classes"] = (
+        alone,
+        f"{alone}: train/ holds folders, as a split of class folders does, but the split beside it is missing",
     )
     return cases
 

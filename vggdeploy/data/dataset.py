@@ -120,6 +120,11 @@ def image_folder(
         + (f" ({int(train.colored.sum()):,} training images have colour)" if color == "auto" else " (--color)")
         + f"; decoded images {train_cache if train_cache == test_cache else f'train {train_cache}, test {test_cache}'}"
     ]
+    if scan.unused_splits:
+        notes.append(
+            f"{' and '.join(scan.unused_splits)} left out: {scan.layout} are the training and test splits, and "
+            "the validation images are held out of the training split (--calibration-holdout)"
+        )
     if failures:
         shown = "; ".join(failures[: folders.LISTED_FAILURES])
         notes.append(f"skipped {len(failures)} unreadable image files or folders (--strict makes them fatal): {shown}")

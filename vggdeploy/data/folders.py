@@ -2,10 +2,11 @@
 
 Layouts (torchvision's ``ImageFolder``, scanned in its class order and with its ``make_dataset``, hidden entries
 skipped):
-``DIR/train/<class>/*`` with ``DIR/test/<class>/*`` (or ``val/``), or a single ``DIR/<class>/*`` split stratified by
-class with a fixed seed. Every image goes through the one preprocessing of ``preprocess.py`` (EXIF orientation,
-alpha over black, float scale, bilinear half-pixel resize without antialiasing) and is stored rounded to uint8, so
-augmentation runs on the training device as it does for Fashion-MNIST. A cache keyed by the file list, sizes and
+``DIR/train/<class>/*`` (or ``training/``) with ``DIR/test/<class>/*`` (or ``testing/``, ``val/``, ``valid/``,
+``validation/``; in any case), or a single ``DIR/<class>/*`` split stratified by class with a fixed seed.
+Every image goes through the one preprocessing of ``preprocess.py`` (EXIF orientation, alpha over black, float
+scale, bilinear half-pixel resize without antialiasing) and is stored rounded to uint8, so augmentation runs on the
+training device as it does for Fashion-MNIST. A cache keyed by the file list, sizes and
 modification times makes the second run start in seconds.
 """
 
@@ -31,7 +32,8 @@ from vggdeploy.errors import DataError, UsageError, VggDeployError, write_error
 from vggdeploy.files import atomic_path
 from vggdeploy.report import readable
 
-TEST_SPLITS = ("test", "val")
+TRAIN_SPLITS = ("train", "training")
+TEST_SPLITS = ("test", "testing", "val", "valid", "validation")  # the first one there is the test split
 
 
 CACHE_VERSION = 2  # bump when the decoded bytes of a file could change
@@ -56,6 +58,7 @@ class FolderScan:
     train: list[tuple[str, int]]
     test: list[tuple[str, int]]
     unreadable: list[str]  # one line per folder the scan could not list (``walk_folder``): its images are left out
+    unused_splits: list[str] = field(default_factory=list)  # split folders beside the test split, not read
 
 
 def _samples(directory: Path, class_to_idx: dict[str, int]) -> tuple[list[tuple[str, int]], list[str]]:
@@ -116,14 +119,40 @@ def _require_images(
         raise DataError(f"{directory}: class {empty[0]!r} has no images in the {split} split{why}")
 
 
+def _split_folders(root: Path) -> dict[str, Path]:
+    """The folders of ``root`` named like a split (any case: Kaggle's ``Training``/``Testing``), by lower-case name."""
+    found: dict[str, Path] = {}
+    for entry in sorted(os.scandir(root), key=lambda entry: entry.name):
+        name = entry.name.lower()
+        if name in (*TRAIN_SPLITS, *TEST_SPLITS) and entry.is_dir() and (name not in found or entry.name == name):
+            found[name] = Path(entry.path)
+    return found
+
+
+def _refuse_splits_read_as_classes(root: Path, classes: list[str]) -> None:
+    """A split folder of class folders without its partner would be read as one class, its images labelled
+    "train": a model of train against validation. Such a folder holds folders; a real class holds images."""
+    for name in classes:
+        if name.lower() in (*TRAIN_SPLITS, *TEST_SPLITS) and any(
+            entry.is_dir() and not is_hidden(entry.name) for entry in os.scandir(root / name)
+        ):
+            raise DataError(
+                f"{root}: {name}/ holds folders, as a split of class folders does, but the split beside it is missing "
+                f"(train/ with one of {'/, '.join(TEST_SPLITS)}/); add it, or pass --data {root / name} to have that "
+                "folder split"
+            )
+
+
 def scan_folder(root: str | Path, test_fraction: float = 0.1, seed: int = 0) -> FolderScan:
     """Find the classes and the files of each split; one clear line for every way a dataset can be unusable."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    train_dir = root / "train"
-    test_dir = next((root / name for name in TEST_SPLITS if (root / name).is_dir()), None)
-    if train_dir.is_dir() and test_dir is not None:
+    splits = _split_folders(root)
+    train_dir = next((splits[name] for name in TRAIN_SPLITS if name in splits), None)
+    tests = [splits[name] for name in TEST_SPLITS if name in splits]
+    if train_dir is not None and tests:
+        test_dir, unused = tests[0], [str(folder) for folder in tests[1:]]
         classes, class_to_idx = _classes(train_dir)
         if len(classes) < 2:
             raise DataError(f"{train_dir}: {len(classes)} class folder; a classifier needs at least 2")
@@ -141,9 +170,11 @@ def scan_folder(root: str | Path, test_fraction: float = 0.1, seed: int = 0) -> 
         )
         _require_images(train_dir, classes, train, "train", unreadable_train)
         _require_images(test_dir, classes, test, test_dir.name, unreadable_test)
-        return FolderScan(root, f"train/{test_dir.name}", classes, train, test, unreadable_train + unreadable_test)
+        layout = f"{train_dir.name}/{test_dir.name}"
+        return FolderScan(root, layout, classes, train, test, unreadable_train + unreadable_test, unused)
 
     classes, class_to_idx = _classes(root)
+    _refuse_splits_read_as_classes(root, classes)
     if len(classes) < 2:
         raise DataError(f"{root}: {len(classes)} class folder; a classifier needs at least 2")
     samples, unreadable = _samples(root, class_to_idx)
