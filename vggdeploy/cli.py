@@ -278,7 +278,10 @@ def info(model: str | None, **options) -> None:
     "--data",
     type=click.Path(file_okay=False),
     default=None,
-    help="A folder of your own labelled images: DIR/<class>/* or DIR/train|test/<class>/* [default: Fashion-MNIST].",
+    help=(
+        "A folder of your own labelled images: DIR/<class>/* or DIR/train|test/<class>/* (test/ may be val/, valid/, "
+        "validation/ or testing/) [default: Fashion-MNIST]."
+    ),
 )
 @click.option(
     "--test-fraction",
