@@ -6,8 +6,8 @@ skipped):
 ``validation/``; in any case), or a single ``DIR/<class>/*`` split stratified by class with a fixed seed.
 Every image goes through the one preprocessing of ``preprocess.py`` (EXIF orientation, alpha over black, float
 scale, bilinear half-pixel resize without antialiasing) and is stored rounded to uint8, so augmentation runs on the
-training device as it does for Fashion-MNIST. A cache keyed by the file list, sizes and
-modification times makes the second run start in seconds.
+training device as it does for Fashion-MNIST. A cache keyed by the file list, sizes and modification times makes the
+second run start in seconds.
 """
 
 from __future__ import annotations
@@ -133,9 +133,13 @@ def _refuse_splits_read_as_classes(root: Path, classes: list[str]) -> None:
     """A split folder of class folders without its partner would be read as one class, its images labelled
     "train": a model of train against validation. Such a folder holds folders; a real class holds images."""
     for name in classes:
-        if name.lower() in (*TRAIN_SPLITS, *TEST_SPLITS) and any(
-            entry.is_dir() and not is_hidden(entry.name) for entry in os.scandir(root / name)
-        ):
+        if name.lower() not in (*TRAIN_SPLITS, *TEST_SPLITS):
+            continue
+        try:
+            holds_folders = any(entry.is_dir() and not is_hidden(entry.name) for entry in os.scandir(root / name))
+        except OSError:  # an unreadable class folder: the scan names it
+            continue
+        if holds_folders:
             raise DataError(
                 f"{root}: {name}/ holds folders, as a split of class folders does, but the split beside it is missing "
                 f"(train/ with one of {'/, '.join(TEST_SPLITS)}/); add it, or pass --data {root / name} to have that "
